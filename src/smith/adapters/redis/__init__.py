@@ -1,0 +1,1 @@
+"""Redis / Valkey: connections, key names, the job queue, and the embedded server for ``smith dev``."""

@@ -1,0 +1,49 @@
+"""Redis connections and the mapping of redis-py errors to ours."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+import redis.exceptions as rexc
+
+from smith.errors import SmithError, Unavailable
+
+T = TypeVar("T")
+
+
+def client(url: str, *, max_connections: int = 512) -> aioredis.Redis:
+    """A client with decoded strings, short connect timeouts and retries on a broken connection."""
+    return aioredis.Redis.from_url(
+        url,
+        decode_responses=True,
+        max_connections=max_connections,
+        socket_connect_timeout=2.0,
+        health_check_interval=15,
+    )
+
+
+def translate(exc: BaseException) -> SmithError:
+    if isinstance(exc, rexc.ConnectionError | rexc.TimeoutError | rexc.BusyLoadingError | OSError):
+        return Unavailable(f"redis unavailable: {type(exc).__name__}", retry_after=1.0)
+    if isinstance(exc, rexc.ReadOnlyError):
+        return Unavailable("redis is read-only (a replica or failover in progress)", retry_after=1.0)
+    return SmithError(f"redis error: {exc}")
+
+
+@asynccontextmanager
+async def errors() -> AsyncIterator[None]:
+    """Turn redis-py exceptions raised inside the block into ``smith.errors``."""
+    try:
+        yield
+    except SmithError:
+        raise
+    except (rexc.RedisError, OSError) as exc:
+        raise translate(exc) from exc
+
+
+async def call(fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+    async with errors():
+        return await fn(*args, **kwargs)

@@ -1,0 +1,475 @@
+"""The job queue and job records on Redis Streams with one consumer group per class stream.
+
+Delivery is at-least-once: an agent's lease is the stream entry sitting in its pending list (PEL). Heartbeats
+reset the entry's idle time; ``reclaim`` takes entries idle longer than the lease TTL (XAUTOCLAIM) and puts the
+job back on the queue, or fails it after ``max_attempts``. Every state change is one Lua script (scripts.py).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+import redis.exceptions as rexc
+
+from smith.adapters.redis import keys, scripts
+from smith.adapters.redis.connect import errors
+from smith.domain.jobs import Job, JobState, RunnerClass
+from smith.errors import Conflict, NotFound
+
+_INT_FIELDS = {"vcpus", "memory_mib", "run_id", "run_attempt", "installation_id", "attempts"}
+_FLOAT_FIELDS = {"created_at", "updated_at"}
+_OPT_FLOAT_FIELDS = {"assigned_at", "started_at", "finished_at"}
+
+
+def job_from_hash(h: Mapping[str, str]) -> Job:
+    kwargs: dict[str, Any] = {}
+    for name in Job.__dataclass_fields__:
+        if name not in h:
+            continue
+        raw = h[name]
+        if name in _INT_FIELDS:
+            kwargs[name] = int(raw or 0)
+        elif name in _FLOAT_FIELDS:
+            kwargs[name] = float(raw or 0)
+        elif name in _OPT_FLOAT_FIELDS:
+            kwargs[name] = float(raw) if raw else None
+        elif name == "exit_code":
+            kwargs[name] = int(raw) if raw not in ("", None) else None
+        elif name == "labels":
+            kwargs[name] = tuple(orjson.loads(raw)) if raw else ()
+        elif name == "cancel_requested":
+            kwargs[name] = raw == "1"
+        elif name == "state":
+            kwargs[name] = JobState(raw)
+        else:
+            kwargs[name] = raw
+    return Job(**kwargs)
+
+
+def job_fields(job: Job) -> dict[str, str]:
+    """The hash fields a new job starts with (state and timestamps are set by the script)."""
+    out: dict[str, str] = {}
+    for name in (
+        "id",
+        "runner_class",
+        "vcpus",
+        "memory_mib",
+        "source",
+        "repo",
+        "org",
+        "name",
+        "workflow",
+        "run_id",
+        "run_attempt",
+        "head_sha",
+        "head_branch",
+        "installation_id",
+        "run",
+    ):
+        out[name] = str(getattr(job, name))
+    out["labels"] = orjson.dumps(list(job.labels)).decode()
+    out["attempts"] = "0"
+    return out
+
+
+def _pairs(flat: Sequence[Any]) -> dict[str, str]:
+    return {str(flat[i]): str(flat[i + 1]) for i in range(0, len(flat), 2)}
+
+
+@dataclass(frozen=True)
+class Recorded:
+    outcome: str  # queued | known | recorded | duplicate | dequeued | updated | tombstone | unknown
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Lease:
+    job: Job
+    entry: str
+
+
+class RedisJobs:
+    """Job records, class streams, leases. One instance per process; safe for many concurrent callers."""
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        *,
+        blocking: aioredis.Redis | None = None,
+        retention_seconds: int = 7 * 24 * 3600,
+        retention_max: int = 100_000,
+        delivery_ttl: int = 3 * 24 * 3600,
+        events_maxlen: int = 100_000,
+    ) -> None:
+        self.r = redis
+        self.blocking = blocking or redis
+        self.retention = retention_seconds
+        self.retention_max = retention_max
+        self.delivery_ttl = delivery_ttl
+        self.events_maxlen = events_maxlen
+        self._record_queued = redis.register_script(scripts.RECORD_QUEUED)
+        self._record_update = redis.register_script(scripts.RECORD_UPDATE)
+        self._claim = redis.register_script(scripts.CLAIM)
+        self._requeue = redis.register_script(scripts.REQUEUE)
+        self._handback = redis.register_script(scripts.HANDBACK)
+        self._renew = redis.register_script(scripts.RENEW)
+        self._report = redis.register_script(scripts.REPORT)
+        self._cancel = redis.register_script(scripts.CANCEL)
+        self._groups_ready: set[str] = set()
+
+    # -- set-up -------------------------------------------------------------------------------------------
+
+    async def ensure_groups(self, classes: Iterable[str]) -> None:
+        async with errors():
+            for name in classes:
+                try:
+                    await self.r.xgroup_create(keys.queue(name), keys.GROUP, id="0", mkstream=True)
+                except rexc.ResponseError as exc:
+                    if "BUSYGROUP" not in str(exc):
+                        raise
+                self._groups_ready.add(name)
+
+    # -- webhooks -----------------------------------------------------------------------------------------
+
+    async def record_queued(
+        self, delivery_id: str, job: Job | None, outcome: Mapping[str, Any], event: Mapping[str, Any]
+    ) -> Recorded:
+        """Record a delivery once; with a job, enqueue it unless it is already known."""
+        now = time.time()
+        cls = job.runner_class if job else "_none"
+        argv: list[Any] = [
+            self.delivery_ttl,
+            repr(now),
+            orjson.dumps(outcome),
+            orjson.dumps(event),
+            self.events_maxlen,
+            "1" if job else "0",
+            job.id if job else "",
+        ]
+        if job:
+            for k, v in job_fields(job).items():
+                argv += [k, v]
+        ks = [
+            keys.delivery(delivery_id),
+            keys.job(job.id if job else "_none"),
+            keys.queue(cls),
+            keys.JOBS,
+            keys.EVENTS,
+        ]
+        async with errors():
+            res = await self._record_queued(keys=ks, args=argv)
+            if job and res[0] == "queued":
+                await self._trim()
+        return Recorded(str(res[0]), str(res[1]))
+
+    async def record_update(
+        self,
+        delivery_id: str,
+        job_id: str,
+        runner_class: str | None,
+        action: str,
+        conclusion: str,
+        outcome: Mapping[str, Any],
+        event: Mapping[str, Any],
+        tombstone: Mapping[str, str],
+    ) -> Recorded:
+        now = time.time()
+        stream_class = runner_class or await self._class_of(job_id) or "_none"
+        ks = [keys.delivery(delivery_id), keys.job(job_id), keys.queue(stream_class), keys.JOBS, keys.EVENTS]
+        argv = [
+            self.delivery_ttl,
+            repr(now),
+            orjson.dumps(outcome),
+            orjson.dumps(event),
+            self.events_maxlen,
+            action,
+            conclusion or "",
+            job_id,
+            self.retention,
+            orjson.dumps(dict(tombstone)),
+        ]
+        async with errors():
+            res = await self._record_update(keys=ks, args=argv)
+        return Recorded(str(res[0]), str(res[1]))
+
+    async def submit(self, job: Job) -> Job:
+        """Queue a job that did not come from a webhook (operator API, ``smith run``)."""
+        res = await self.record_queued(
+            f"api:{job.id}", job, {"outcome": "queued", "job_id": job.id}, {"source": "api", "job_id": job.id}
+        )
+        if res.outcome != "queued":
+            raise Conflict(f"job {job.id} already exists")
+        return await self.get(job.id)
+
+    async def _class_of(self, job_id: str) -> str | None:
+        async with errors():
+            value = await self.r.hget(keys.job(job_id), "runner_class")
+        return str(value) if value else None
+
+    async def _trim(self) -> None:
+        cutoff = time.time() - self.retention
+        pipe = self.r.pipeline(transaction=False)
+        pipe.zremrangebyscore(keys.JOBS, "-inf", cutoff)
+        pipe.zremrangebyrank(keys.JOBS, 0, -(self.retention_max + 1))
+        await pipe.execute()
+
+    # -- agents -------------------------------------------------------------------------------------------
+
+    async def lease(self, agent_id: str, classes: Sequence[str], wait_seconds: float) -> Lease | None:
+        """Block up to ``wait_seconds`` for a job of one of ``classes``; the first one read becomes the lease.
+
+        XREADGROUP hands each entry to exactly one consumer. An entry read together with the one taken is
+        handed back to the queue unchanged (no attempt counted).
+        """
+        if not classes:
+            return None
+        missing = [c for c in classes if c not in self._groups_ready]
+        if missing:
+            await self.ensure_groups(missing)
+        deadline = time.monotonic() + wait_seconds
+        streams = {keys.queue(c): ">" for c in classes}
+        while True:
+            remaining = deadline - time.monotonic()
+            block_ms = max(1, int(remaining * 1000)) if remaining > 0 else None
+            async with errors():
+                try:
+                    got = await self.blocking.xreadgroup(keys.GROUP, agent_id, streams, count=1, block=block_ms)
+                except rexc.ResponseError as exc:
+                    if "NOGROUP" not in str(exc):
+                        raise
+                    self._groups_ready.clear()  # the server lost its data (no AOF?): make the groups again
+                    await self.ensure_groups(classes)
+                    continue
+            lease: Lease | None = None
+            for stream, entries in got or []:
+                for entry_id, fields in entries:
+                    job_id = fields.get("job", "")
+                    if lease is None:
+                        lease = await self._take(agent_id, stream, entry_id, job_id)
+                    else:
+                        async with errors():
+                            await self._handback(keys=[keys.job(job_id), stream], args=[entry_id, repr(time.time())])
+            if lease is not None:
+                return lease
+            if remaining <= 0 or block_ms is None:
+                return None
+
+    async def _take(self, agent_id: str, stream: str, entry_id: str, job_id: str) -> Lease | None:
+        async with errors():
+            flat = await self._claim(keys=[keys.job(job_id)], args=[entry_id, agent_id, repr(time.time())])
+            if not flat:  # stale entry: the job was cancelled, finished or re-queued meanwhile
+                await self.r.xack(stream, keys.GROUP, entry_id)
+                await self.r.xdel(stream, entry_id)
+                return None
+        return Lease(job_from_hash(_pairs(flat)), entry_id)
+
+    async def renew(self, agent_id: str, job_ids: Iterable[str]) -> dict[str, str]:
+        """Renew this agent's leases; per job 'ok', 'cancel' or 'lost'."""
+        out: dict[str, str] = {}
+        now = repr(time.time())
+        for job_id in job_ids:
+            cls = await self._class_of(job_id)
+            if cls is None:
+                out[job_id] = "lost"
+                continue
+            async with errors():
+                out[job_id] = str(await self._renew(keys=[keys.job(job_id), keys.queue(cls)], args=[agent_id, now]))
+        return out
+
+    async def report(
+        self, agent_id: str, job_id: str, state: JobState, *, reason: str = "", exit_code: int | None = None
+    ) -> Job:
+        cls = await self._class_of(job_id)
+        if cls is None:
+            raise NotFound(f"job {job_id} not found")
+        async with errors():
+            res = await self._report(
+                keys=[keys.job(job_id), keys.queue(cls)],
+                args=[
+                    agent_id,
+                    state.value,
+                    repr(time.time()),
+                    reason,
+                    "" if exit_code is None else exit_code,
+                    self.retention,
+                ],
+            )
+        if res[0] == "missing":
+            raise NotFound(f"job {job_id} not found")
+        if res[0] == "not_owner":
+            raise Conflict(f"job {job_id} is not leased to agent {agent_id} (state {res[1]})")
+        if res[0] == "bad_transition":
+            raise Conflict(f"job {job_id} cannot go from {res[1]} to {state.value}")
+        return await self.get(job_id)
+
+    async def reclaim(self, classes: Iterable[str], lease_ttl: float, max_attempts: int) -> dict[str, int]:
+        """Re-queue (or fail) jobs whose lease was not renewed for ``lease_ttl`` seconds."""
+        counts = {"requeued": 0, "failed": 0, "stale": 0}
+        min_idle = int(lease_ttl * 1000)
+        for cls in classes:
+            stream = keys.queue(cls)
+            start = "0-0"
+            while True:
+                async with errors():
+                    try:
+                        res = await self.r.xautoclaim(stream, keys.GROUP, keys.REAPER, min_idle, start, count=100)
+                    except rexc.ResponseError as exc:
+                        if "NOGROUP" in str(exc):
+                            await self.ensure_groups([cls])
+                            break
+                        raise
+                start, claimed = res[0], res[1]
+                for entry_id, fields in claimed:
+                    if not fields:
+                        continue
+                    job_id = fields.get("job", "")
+                    async with errors():
+                        out = await self._requeue(
+                            keys=[keys.job(job_id), stream],
+                            args=[
+                                entry_id,
+                                repr(time.time()),
+                                max_attempts,
+                                f"lease expired (no heartbeat for {lease_ttl:g}s)",
+                                self.retention,
+                            ],
+                        )
+                    counts[str(out[0])] = counts.get(str(out[0]), 0) + 1
+                if start in ("0-0", b"0-0"):
+                    break
+        return counts
+
+    # -- operators ----------------------------------------------------------------------------------------
+
+    async def get(self, job_id: str) -> Job:
+        async with errors():
+            h = await self.r.hgetall(keys.job(job_id))
+        if not h:
+            raise NotFound(f"job {job_id} not found")
+        return job_from_hash(h)
+
+    async def recent(
+        self,
+        *,
+        limit: int = 50,
+        state: str | None = None,
+        repo: str | None = None,
+        runner_class: str | None = None,
+        since: float | None = None,
+    ) -> list[Job]:
+        """Newest first, filtered. Scans at most a few pages of the index, so filters stay cheap."""
+        out: list[Job] = []
+        offset, page = 0, max(limit * 2, 100)
+        async with errors():
+            while len(out) < limit and offset < 20 * page:
+                ids = await self.r.zrevrangebyscore(
+                    keys.JOBS, "+inf", since if since is not None else "-inf", start=offset, num=page
+                )
+                if not ids:
+                    break
+                offset += len(ids)
+                pipe = self.r.pipeline(transaction=False)
+                for job_id in ids:
+                    pipe.hgetall(keys.job(job_id))
+                for h in await pipe.execute():
+                    if not h:
+                        continue
+                    job = job_from_hash(h)
+                    if state and job.state.value != state:
+                        continue
+                    if repo and job.repo != repo:
+                        continue
+                    if runner_class and job.runner_class != runner_class:
+                        continue
+                    out.append(job)
+                    if len(out) >= limit:
+                        break
+        return out
+
+    async def cancel(self, job_id: str, reason: str) -> str:
+        cls = await self._class_of(job_id)
+        if cls is None:
+            raise NotFound(f"job {job_id} not found")
+        async with errors():
+            res = await self._cancel(
+                keys=[keys.job(job_id), keys.queue(cls)], args=[repr(time.time()), reason, self.retention]
+            )
+        if res[0] == "missing":
+            raise NotFound(f"job {job_id} not found")
+        if res[0] == "final":
+            raise Conflict(f"job {job_id} already finished ({res[1]})")
+        return str(res[0])
+
+    async def queue_health(self, classes: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """Per class: depth (queued, not yet read), leases in flight, age of the oldest queued job."""
+        out: dict[str, dict[str, Any]] = {}
+        now_ms = int(time.time() * 1000)
+        async with errors():
+            for cls in classes:
+                stream = keys.queue(cls)
+                depth, in_flight, oldest_age = 0, 0, None
+                try:
+                    groups = await self.r.xinfo_groups(stream)
+                except rexc.ResponseError:
+                    groups = []
+                for g in groups:
+                    if g["name"] == keys.GROUP:
+                        in_flight = int(g.get("pending", 0))
+                        depth = int(g.get("lag") or 0)
+                        last = g.get("last-delivered-id", "0-0")
+                        nxt = await self.r.xrange(stream, min=f"({last}", count=1)
+                        if nxt:
+                            oldest_age = max(0.0, (now_ms - int(nxt[0][0].split("-")[0])) / 1000)
+                out[cls] = {
+                    "depth": depth,
+                    "leases_in_flight": in_flight,
+                    "oldest_queued_age_seconds": oldest_age,
+                }
+        return out
+
+    # -- hosts --------------------------------------------------------------------------------------------
+
+    async def put_host(self, agent_id: str, info: Mapping[str, Any], ttl_seconds: float) -> None:
+        now = time.time()
+        async with errors():
+            pipe = self.r.pipeline(transaction=True)
+            pipe.set(
+                keys.host(agent_id),
+                orjson.dumps({**info, "agent_id": agent_id, "seen_at": now}),
+                px=int(ttl_seconds * 1000),
+            )
+            pipe.zadd(keys.HOSTS, {agent_id: now})
+            await pipe.execute()
+
+    async def get_host(self, agent_id: str) -> dict[str, Any] | None:
+        async with errors():
+            raw = await self.r.get(keys.host(agent_id))
+        return orjson.loads(raw) if raw else None
+
+    async def hosts_alive(self, ttl_seconds: float) -> list[dict[str, Any]]:
+        cutoff = time.time() - ttl_seconds
+        async with errors():
+            await self.r.zremrangebyscore(keys.HOSTS, "-inf", cutoff - 3600)
+            ids = await self.r.zrangebyscore(keys.HOSTS, cutoff, "+inf")
+            raws = await self.r.mget([keys.host(i) for i in ids]) if ids else []
+        return [orjson.loads(r) for r in raws if r]
+
+
+def runner_classes_for(
+    classes: Iterable[RunnerClass], host_labels: Iterable[str], vcpus_free: int, memory_free_mib: int
+) -> list[str]:
+    """The classes a host can take now: it has their labels (or none were set) and room for their size."""
+    labels = {label.lower() for label in host_labels}
+    out = []
+    for rc in classes:
+        if rc.vcpus > vcpus_free or rc.memory_mib > memory_free_mib:
+            continue
+        if labels and rc.name.lower() not in labels:
+            continue
+        out.append(rc.name)
+    return out

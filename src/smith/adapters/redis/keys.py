@@ -1,0 +1,46 @@
+"""Every Redis key Smith uses, in one place. docs/ARCHITECTURE.md lists the same table.
+
+=============================  ======  ==========================================================
+key                            type    what
+=============================  ======  ==========================================================
+smith:delivery:{delivery_id}   string  outcome of a webhook delivery (JSON); dedupes redeliveries
+smith:job:{job_id}             hash    one job record (state, class, repo, timestamps, lease)
+smith:jobs                     zset    job ids by creation time: listing and retention
+smith:q:{runner_class}         stream  queued jobs of one class; consumer group ``smith-agents``
+smith:host:{agent_id}          string  a host's registration and last heartbeat (JSON), with TTL
+smith:hosts                    zset    agent ids by last heartbeat time
+smith:events                   stream  webhook events received, capped (audit trail)
+=============================  ======  ==========================================================
+
+The cache and log services keep their own prefixes (``smith:cache:``, ``smith:logs:``) in their modules'
+own key helpers, listed in the same ARCHITECTURE.md table.
+"""
+
+from __future__ import annotations
+
+PREFIX = "smith:"
+GROUP = "smith-agents"
+REAPER = "smith-reaper"
+
+
+def delivery(delivery_id: str) -> str:
+    return f"{PREFIX}delivery:{delivery_id}"
+
+
+def job(job_id: str) -> str:
+    return f"{PREFIX}job:{job_id}"
+
+
+JOBS = f"{PREFIX}jobs"
+
+
+def queue(runner_class: str) -> str:
+    return f"{PREFIX}q:{runner_class}"
+
+
+def host(agent_id: str) -> str:
+    return f"{PREFIX}host:{agent_id}"
+
+
+HOSTS = f"{PREFIX}hosts"
+EVENTS = f"{PREFIX}events"

@@ -1,0 +1,179 @@
+"""Lua scripts: every state change of a job is one atomic script, never a read-then-write from Python.
+
+Job records are hashes (see keys.py). Field ``entry`` holds the id of the job's current stream entry, so a
+stale entry (a job re-queued, cancelled or finished meanwhile) is recognised and dropped.
+"""
+
+# Record a webhook delivery once; for a job to queue, create its record and add it to its class stream.
+# KEYS: delivery, job, stream, jobs-zset, events-stream
+# ARGV: delivery_ttl, now, outcome_json, event_json, events_maxlen, enqueue(0|1), job_id, field, value, ...
+RECORD_QUEUED = """
+if not redis.call('SET', KEYS[1], ARGV[3], 'NX', 'EX', ARGV[1]) then
+  return {'duplicate', redis.call('GET', KEYS[1]) or ''}
+end
+redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[5], '*', 'event', ARGV[4])
+if ARGV[6] ~= '1' then return {'recorded', ''} end
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  return {'known', redis.call('HGET', KEYS[2], 'state') or ''}
+end
+for i = 8, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
+local entry = redis.call('XADD', KEYS[3], '*', 'job', ARGV[7])
+redis.call('HSET', KEYS[2], 'entry', entry, 'state', 'queued', 'created_at', ARGV[2], 'updated_at', ARGV[2])
+redis.call('ZADD', KEYS[4], ARGV[2], ARGV[7])
+return {'queued', entry}
+"""
+
+# GitHub says a job is in progress / completed / waiting. A completed (or cancelled) job that is still queued
+# here leaves the queue. Unknown jobs get a short tombstone so a late 'queued' delivery does not enqueue them.
+# KEYS: delivery, job, stream, jobs-zset, events-stream
+# ARGV: delivery_ttl, now, outcome_json, event_json, events_maxlen, action, conclusion, job_id, retention,
+#       tombstone_fields_json (used only when the job is unknown and the action is 'completed')
+RECORD_UPDATE = """
+if not redis.call('SET', KEYS[1], ARGV[3], 'NX', 'EX', ARGV[1]) then
+  return {'duplicate', redis.call('GET', KEYS[1]) or ''}
+end
+redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[5], '*', 'event', ARGV[4])
+local action = ARGV[6]
+local state = redis.call('HGET', KEYS[2], 'state')
+if not state then
+  if action == 'completed' then
+    local f = cjson.decode(ARGV[10])
+    for k, v in pairs(f) do redis.call('HSET', KEYS[2], k, v) end
+    redis.call('HSET', KEYS[2], 'state', 'cancelled', 'github_status', 'completed',
+      'github_conclusion', ARGV[7], 'reason', 'completed on GitHub before Smith queued it',
+      'created_at', ARGV[2], 'updated_at', ARGV[2], 'finished_at', ARGV[2])
+    redis.call('EXPIRE', KEYS[2], ARGV[9])
+    return {'tombstone', ''}
+  end
+  return {'unknown', ''}
+end
+redis.call('HSET', KEYS[2], 'github_status', action, 'updated_at', ARGV[2])
+if ARGV[7] ~= '' then redis.call('HSET', KEYS[2], 'github_conclusion', ARGV[7]) end
+if action == 'completed' and state == 'queued' then
+  local entry = redis.call('HGET', KEYS[2], 'entry')
+  if entry then
+    redis.call('XACK', KEYS[3], 'smith-agents', entry)
+    redis.call('XDEL', KEYS[3], entry)
+  end
+  redis.call('HSET', KEYS[2], 'state', 'cancelled', 'finished_at', ARGV[2],
+    'reason', 'GitHub completed the job (' .. ARGV[7] .. ') before an agent leased it')
+  redis.call('HDEL', KEYS[2], 'entry')
+  redis.call('EXPIRE', KEYS[2], ARGV[9])
+  return {'dequeued', state}
+end
+return {'updated', state}
+"""
+
+# An agent read a stream entry; make it the job's lease if the entry is still the job's current one.
+# KEYS: job   ARGV: entry, agent_id, now
+# Returns the job's fields (flat list) or {} when the entry is stale.
+CLAIM = """
+local f = redis.call('HMGET', KEYS[1], 'state', 'entry')
+if f[1] ~= 'queued' or f[2] ~= ARGV[1] then return {} end
+redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+redis.call('HSET', KEYS[1], 'state', 'assigned', 'agent_id', ARGV[2], 'assigned_at', ARGV[3],
+  'updated_at', ARGV[3])
+redis.call('HDEL', KEYS[1], 'started_at')
+return redis.call('HGETALL', KEYS[1])
+"""
+
+# Put a job's entry back at the end of its stream: a lease that expired (count it) or an entry an agent
+# read but did not take (do not count it). Fails the job once it has used max_attempts leases.
+# KEYS: job, stream   ARGV: entry, now, max_attempts, reason, retention
+REQUEUE = """
+local f = redis.call('HMGET', KEYS[1], 'state', 'entry', 'attempts')
+if f[2] ~= ARGV[1] or (f[1] ~= 'queued' and f[1] ~= 'assigned' and f[1] ~= 'running') then
+  redis.call('XACK', KEYS[2], 'smith-agents', ARGV[1])
+  redis.call('XDEL', KEYS[2], ARGV[1])
+  return {'stale', f[1] or ''}
+end
+redis.call('XACK', KEYS[2], 'smith-agents', ARGV[1])
+redis.call('XDEL', KEYS[2], ARGV[1])
+if tonumber(f[3] or '0') >= tonumber(ARGV[3]) then
+  redis.call('HSET', KEYS[1], 'state', 'failed', 'finished_at', ARGV[2], 'updated_at', ARGV[2],
+    'reason', ARGV[4] .. '; gave up after ' .. (f[3] or '0') .. ' attempts')
+  redis.call('HDEL', KEYS[1], 'entry')
+  redis.call('EXPIRE', KEYS[1], ARGV[5])
+  return {'failed', f[1]}
+end
+local job_id = redis.call('HGET', KEYS[1], 'id')
+local entry = redis.call('XADD', KEYS[2], '*', 'job', job_id)
+redis.call('HSET', KEYS[1], 'state', 'queued', 'entry', entry, 'updated_at', ARGV[2], 'reason', ARGV[4])
+redis.call('HDEL', KEYS[1], 'agent_id', 'assigned_at', 'started_at')
+return {'requeued', f[1]}
+"""
+
+# Same as REQUEUE for an entry an agent read but handed back unused: no attempt is counted.
+# KEYS: job, stream   ARGV: entry, now
+HANDBACK = """
+local f = redis.call('HMGET', KEYS[1], 'state', 'entry')
+redis.call('XACK', KEYS[2], 'smith-agents', ARGV[1])
+redis.call('XDEL', KEYS[2], ARGV[1])
+if f[1] ~= 'queued' or f[2] ~= ARGV[1] then return 0 end
+local job_id = redis.call('HGET', KEYS[1], 'id')
+local entry = redis.call('XADD', KEYS[2], '*', 'job', job_id)
+redis.call('HSET', KEYS[1], 'entry', entry, 'updated_at', ARGV[2])
+return 1
+"""
+
+# Heartbeat for one job: renew the lease (reset the entry's idle time) if this agent still holds it.
+# KEYS: job, stream   ARGV: agent_id, now
+# Returns: 'ok' | 'cancel' (operator asked to cancel) | 'lost' (the lease is no longer this agent's)
+RENEW = """
+local f = redis.call('HMGET', KEYS[1], 'state', 'entry', 'agent_id', 'cancel_requested')
+if f[3] ~= ARGV[1] or (f[1] ~= 'assigned' and f[1] ~= 'running') or not f[2] then return 'lost' end
+redis.call('XCLAIM', KEYS[2], 'smith-agents', ARGV[1], 0, f[2], 'JUSTID')
+if f[4] == '1' then return 'cancel' end
+return 'ok'
+"""
+
+# An agent reports a job's state. Only the agent holding the lease may; only allowed transitions happen.
+# KEYS: job, stream   ARGV: agent_id, new_state, now, reason, exit_code, retention
+REPORT = """
+local f = redis.call('HMGET', KEYS[1], 'state', 'entry', 'agent_id')
+if not f[1] then return {'missing', ''} end
+if f[3] ~= ARGV[1] then return {'not_owner', f[1]} end
+local s, n = f[1], ARGV[2]
+local ok = (s == 'assigned' and (n == 'running' or n == 'succeeded' or n == 'failed' or n == 'cancelled'))
+  or (s == 'running' and (n == 'running' or n == 'succeeded' or n == 'failed' or n == 'cancelled'))
+if not ok then return {'bad_transition', s} end
+redis.call('HSET', KEYS[1], 'state', n, 'updated_at', ARGV[3])
+if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'reason', ARGV[4]) end
+if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'exit_code', ARGV[5]) end
+if n == 'running' then
+  if s ~= 'running' then redis.call('HSET', KEYS[1], 'started_at', ARGV[3]) end
+  if f[2] then redis.call('XCLAIM', KEYS[2], 'smith-agents', ARGV[1], 0, f[2], 'JUSTID') end
+  return {'ok', s}
+end
+if f[2] then
+  redis.call('XACK', KEYS[2], 'smith-agents', f[2])
+  redis.call('XDEL', KEYS[2], f[2])
+end
+redis.call('HDEL', KEYS[1], 'entry')
+redis.call('HSET', KEYS[1], 'finished_at', ARGV[3])
+redis.call('EXPIRE', KEYS[1], ARGV[6])
+return {'ok', s}
+"""
+
+# Operator cancel. A queued job leaves the queue at once; a leased one is flagged for its agent.
+# KEYS: job, stream   ARGV: now, reason, retention
+CANCEL = """
+local f = redis.call('HMGET', KEYS[1], 'state', 'entry')
+if not f[1] then return {'missing', ''} end
+if f[1] == 'queued' then
+  if f[2] then
+    redis.call('XACK', KEYS[2], 'smith-agents', f[2])
+    redis.call('XDEL', KEYS[2], f[2])
+  end
+  redis.call('HSET', KEYS[1], 'state', 'cancelled', 'reason', ARGV[2], 'finished_at', ARGV[1],
+    'updated_at', ARGV[1])
+  redis.call('HDEL', KEYS[1], 'entry')
+  redis.call('EXPIRE', KEYS[1], ARGV[3])
+  return {'cancelled', f[1]}
+end
+if f[1] == 'assigned' or f[1] == 'running' then
+  redis.call('HSET', KEYS[1], 'cancel_requested', '1', 'reason', ARGV[2], 'updated_at', ARGV[1])
+  return {'cancel_requested', f[1]}
+end
+return {'final', f[1]}
+"""

@@ -1,0 +1,89 @@
+"""Control plane settings (``SMITH_*``)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import BaseModel, Field, SecretStr, field_validator
+
+from smith.domain.jobs import RunnerClass, default_runner_classes
+from smith.settings import CommonSettings
+
+
+class RunnerClassSpec(BaseModel):
+    vcpus: int = Field(gt=0)
+    memory_mib: int = Field(gt=0)
+    labels: list[str] = []
+    disk_mib: int = Field(8192, gt=0)
+
+
+class ControlSettings(CommonSettings):
+    host: str = "127.0.0.1"
+    port: int = 8080
+    github_webhook_secret: SecretStr | None = Field(None, description="Secret set on the GitHub webhook")
+    jwt_secret: SecretStr | None = Field(None, description="Signs operator tokens (HS256)")
+    agent_token_secret: SecretStr | None = Field(None, description="Signs agent tokens (HS256)")
+    webhook_max_body_bytes: int = Field(25 * 1024 * 1024, gt=0, description="GitHub caps payloads at 25 MB")
+    runner_classes: dict[str, RunnerClassSpec] = Field(
+        default_factory=lambda: {
+            rc.name: RunnerClassSpec(vcpus=rc.vcpus, memory_mib=rc.memory_mib, disk_mib=rc.disk_mib)
+            for rc in default_runner_classes()
+        },
+        description='JSON: {"smith-2vcpu": {"vcpus": 2, "memory_mib": 4096}, ...}',
+    )
+    lease_ttl_seconds: float = Field(60.0, gt=0, description="A lease not renewed by heartbeat for this long expires")
+    reclaim_interval_seconds: float = Field(5.0, gt=0)
+    max_attempts: int = Field(3, ge=1, description="Leases a job may get before it fails")
+    host_ttl_seconds: float = Field(30.0, gt=0, description="A host with no heartbeat for this long is dead")
+    job_retention_seconds: int = Field(7 * 24 * 3600, gt=0, description="How long finished job records stay")
+    job_retention_max: int = Field(100_000, gt=0, description="At most this many job records are listed")
+    delivery_retention_seconds: int = Field(3 * 24 * 3600, gt=0, description="Window for redelivery dedupe")
+    lease_wait_max_seconds: float = Field(30.0, gt=0, description="Longest long-poll an agent may ask for")
+    # GitHub App
+    github_api_url: str = "https://api.github.com"
+    github_app_id: str | None = None
+    github_app_private_key: SecretStr | None = Field(None, description="PEM text of the App's private key")
+    github_app_private_key_path: str | None = None
+    github_installation_id: int | None = Field(None, description="Default installation; else from the webhook")
+    github_runner_mode: str = Field("jit", description="jit (ephemeral JIT config) or registration (token)")
+    github_runner_group_id: int = 1
+    # Where the VM reaches the other services (handed to the agent with each job)
+    cache_url: str | None = None
+    cache_shared_secret: SecretStr | None = None
+    logs_url: str | None = None
+
+    @field_validator("runner_classes", mode="before")
+    @classmethod
+    def _parse_classes(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return json.loads(value)
+        return value
+
+    @field_validator("github_runner_mode")
+    @classmethod
+    def _mode(cls, value: str) -> str:
+        if value not in ("jit", "registration"):
+            raise ValueError("must be 'jit' or 'registration'")
+        return value
+
+    def classes(self) -> tuple[RunnerClass, ...]:
+        return tuple(
+            RunnerClass(name, spec.vcpus, spec.memory_mib, frozenset(spec.labels), spec.disk_mib)
+            for name, spec in self.runner_classes.items()
+        )
+
+    def problems(self) -> list[str]:
+        """What would stop the control plane from doing its job; empty when all is well."""
+        found = []
+        if self.github_webhook_secret is None:
+            found.append("SMITH_GITHUB_WEBHOOK_SECRET is not set: every webhook will be refused (401)")
+        if self.agent_token_secret is None:
+            found.append("SMITH_AGENT_TOKEN_SECRET is not set: no agent can authenticate")
+        if self.jwt_secret is None:
+            found.append("SMITH_JWT_SECRET is not set: the operator API refuses every request")
+        if self.github_app_id and not (self.github_app_private_key or self.github_app_private_key_path):
+            found.append("SMITH_GITHUB_APP_ID is set but no private key (SMITH_GITHUB_APP_PRIVATE_KEY[_PATH])")
+        if not self.runner_classes:
+            found.append("SMITH_RUNNER_CLASSES is empty: no job can ever match")
+        return found

@@ -1,0 +1,29 @@
+"""Settings shared by every service. Each service subclasses ``CommonSettings`` in its own settings.py.
+
+All settings come from ``SMITH_*`` environment variables (or a ``.env`` file), are built once by a composition
+root and passed down; nothing reads the environment at import time.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "smith"
+
+
+class CommonSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SMITH_", env_file=".env", extra="ignore")
+
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
+    log_json: bool = Field(True, description="JSON log lines (false: human-readable console lines)")
+    data_dir: Path = Field(default_factory=default_data_dir, description="Where embedded services keep data")
+    redis_url: str | None = Field(
+        None, description="redis:// or rediss:// URL; unset means a private embedded Valkey under data_dir"
+    )

@@ -1,0 +1,79 @@
+"""Signed tokens and webhook signatures.
+
+Tokens are HS256 JWTs with a ``scope`` claim (``agent``, ``operator``, ``cache``, ``logs``), an expiry and a
+subject. ``verify`` checks signature, expiry and scope and raises ``AuthError``; it never logs the token.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+import uuid
+from typing import Any
+
+import jwt
+
+from smith.errors import AuthError, Forbidden
+
+ALGORITHM = "HS256"
+LEEWAY_SECONDS = 5
+
+
+def mint(secret: str, *, scope: str, subject: str, ttl_seconds: float, **claims: Any) -> str:
+    if ttl_seconds <= 0:
+        raise ValueError("ttl_seconds must be positive")
+    now = int(time.time())
+    payload = {
+        "sub": subject,
+        "scope": scope,
+        "iat": now,
+        "exp": now + int(ttl_seconds),
+        "jti": uuid.uuid4().hex,
+        **claims,
+    }
+    return jwt.encode(payload, secret, algorithm=ALGORITHM)
+
+
+def verify(secret: str | None, token: str, *, scope: str) -> dict[str, Any]:
+    """The token's claims, if its signature, expiry and scope are right; else ``AuthError``/``Forbidden``."""
+    if not secret:
+        raise AuthError("token authentication is not configured on this server")
+    try:
+        claims: dict[str, Any] = jwt.decode(
+            token,
+            secret,
+            algorithms=[ALGORITHM],
+            leeway=LEEWAY_SECONDS,
+            options={"require": ["exp", "sub", "scope"]},
+        )
+    except jwt.ExpiredSignatureError as exc:
+        raise AuthError("token expired") from exc
+    except jwt.PyJWTError as exc:
+        raise AuthError("invalid token") from exc
+    if claims.get("scope") != scope:
+        raise Forbidden(f"token scope {claims.get('scope')!r} cannot be used here (needs {scope!r})")
+    return claims
+
+
+def bearer(header: str | None) -> str:
+    """The token out of an ``Authorization: Bearer ...`` header."""
+    if not header:
+        raise AuthError("missing Authorization header")
+    kind, _, token = header.partition(" ")
+    if kind.lower() != "bearer" or not token.strip():
+        raise AuthError("Authorization header must be 'Bearer <token>'")
+    return token.strip()
+
+
+def github_signature(secret: bytes, body: bytes) -> str:
+    """The ``X-Hub-Signature-256`` value GitHub sends for ``body``."""
+    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+
+
+def verify_github_signature(secret: bytes, body: bytes, header: str | None) -> bool:
+    """Constant-time check of GitHub's HMAC-SHA256 signature over the raw body."""
+    if not header or not header.startswith("sha256="):
+        return False
+    expected = github_signature(secret, body)
+    return hmac.compare_digest(expected.encode(), header.encode())

@@ -1,0 +1,139 @@
+"""The agent API: what a host agent and the control plane say to each other over HTTP.
+
+All endpoints take ``Authorization: Bearer <agent token>`` (HS256 JWT, scope ``agent``, claim ``agent_id``).
+
+=====================================  ======================  ==========================================
+POST /v1/agents/register               RegisterRequest         -> RegisterResponse
+POST /v1/agents/heartbeat              HeartbeatRequest        -> HeartbeatResponse
+POST /v1/agents/lease                  LeaseRequest            -> 200 LeaseResponse | 204 nothing to do
+POST /v1/agents/jobs/{job_id}/status   StatusReport            -> JobView (409 if the lease is not yours)
+=====================================  ======================  ==========================================
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+
+class RunnerClassView(BaseModel):
+    name: str
+    vcpus: int
+    memory_mib: int
+    disk_mib: int = 8192
+    labels: list[str] = []
+
+
+class RegisterRequest(BaseModel):
+    hostname: str = Field(min_length=1, max_length=253)
+    vcpus: int = Field(gt=0)
+    memory_mib: int = Field(gt=0)
+    max_vms: int = Field(gt=0)
+    labels: list[str] = Field(default_factory=list, description="Runner classes this host serves; empty = all")
+    backend: str = ""
+    version: str = ""
+
+
+class RegisterResponse(BaseModel):
+    agent_id: str
+    heartbeat_interval_seconds: float
+    lease_ttl_seconds: float
+    runner_classes: list[RunnerClassView]
+
+
+class HeartbeatRequest(BaseModel):
+    running: list[str] = Field(default_factory=list, description="Ids of the jobs this agent runs now")
+    free_vcpus: int = 0
+    free_memory_mib: int = 0
+    free_vms: int = 0
+
+
+class HeartbeatResponse(BaseModel):
+    jobs: dict[str, Literal["ok", "cancel", "lost"]] = Field(
+        default_factory=dict, description="ok: keep going; cancel: an operator cancelled it; lost: stop, not yours"
+    )
+
+
+class LeaseRequest(BaseModel):
+    free_vcpus: int = Field(ge=0)
+    free_memory_mib: int = Field(ge=0)
+    wait_seconds: float = Field(20.0, ge=0, le=60, description="Long-poll: how long to wait for a job")
+
+
+class JobSpec(BaseModel):
+    id: str
+    runner_class: str
+    vcpus: int
+    memory_mib: int
+    disk_mib: int = 8192
+    labels: list[str] = []
+    repo: str = ""
+    org: str = ""
+    name: str = ""
+    workflow: str = ""
+    head_sha: str = ""
+    head_branch: str = ""
+    run: str = Field("", description="Shell script to run instead of GitHub's runner (API-submitted jobs)")
+    attempt: int = 1
+
+
+class RunnerCredential(BaseModel):
+    """How the VM's GitHub runner registers: a JIT config (ephemeral) or a registration token."""
+
+    kind: Literal["jit", "registration"]
+    value: str = Field(description="encoded_jit_config, or the registration token")
+    url: str = Field("", description="For registration: the repo or org URL to pass to config.sh --url")
+    runner_name: str = ""
+    expires_at: str | None = None
+
+
+class ServiceAccess(BaseModel):
+    url: str
+    token: str
+
+
+class LeaseResponse(BaseModel):
+    job: JobSpec
+    runner: RunnerCredential | None = None
+    cache: ServiceAccess | None = Field(None, description="actions/cache endpoint and a per-job token")
+    logs_url: str | None = Field(None, description="Where the agent ships the job's log lines")
+    lease_ttl_seconds: float
+
+
+class StatusReport(BaseModel):
+    state: Literal["running", "succeeded", "failed", "cancelled"]
+    exit_code: int | None = None
+    reason: str = Field("", max_length=2000)
+
+
+class JobView(BaseModel):
+    """A job as the APIs show it."""
+
+    id: str
+    state: str
+    runner_class: str
+    vcpus: int
+    memory_mib: int
+    labels: list[str]
+    source: str
+    repo: str
+    org: str
+    name: str
+    workflow: str
+    run_id: int
+    run_attempt: int
+    head_sha: str
+    head_branch: str
+    attempts: int
+    agent_id: str
+    reason: str
+    exit_code: int | None
+    cancel_requested: bool
+    github_status: str
+    github_conclusion: str
+    created_at: float
+    assigned_at: float | None
+    started_at: float | None
+    finished_at: float | None
+    updated_at: float

