@@ -6,10 +6,13 @@ the cache, LogSink for the logs pipeline).
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Protocol
 
 from smith.domain.jobs import Job
+from smith.domain.vms import Backend, VMShape
 from smith.wire.agent import RunnerCredential
+from smith.wire.guest import GuestConfig, GuestEvent
 
 
 class RunnerCredentials(Protocol):
@@ -18,3 +21,38 @@ class RunnerCredentials(Protocol):
     async def for_job(self, job: Job, runner_name: str) -> RunnerCredential: ...
 
     async def aclose(self) -> None: ...
+
+
+# -- host agent -------------------------------------------------------------------------------------------
+
+
+class Machine(Protocol):
+    """One booted VM (or sandbox). Booted first, then handed one job's config; destroyed after the job."""
+
+    id: str
+
+    async def assign(self, config: GuestConfig) -> None:
+        """Hand the guest its job (MMDS, serial port, pipe...). Called once."""
+        ...
+
+    def events(self) -> AsyncIterator[GuestEvent]:
+        """The guest's output lines and finally its exit event; ends when the guest is gone."""
+        ...
+
+    async def stop(self) -> None:
+        """Destroy the VM and everything made for it (process, tap, chroot, sockets). Idempotent."""
+        ...
+
+
+class VMM(Protocol):
+    """A VM backend: Firecracker, QEMU microvm or the bubblewrap sandbox."""
+
+    backend: Backend
+
+    async def boot(self, shape: VMShape, vm_id: str) -> Machine:
+        """Boot a VM of this shape, ready for ``assign``; a failure unwinds every step already done."""
+        ...
+
+    async def cleanup_leftovers(self) -> list[str]:
+        """Remove what a crashed agent left behind (processes, taps, chroots); names what was removed."""
+        ...

@@ -1,0 +1,33 @@
+"""What the host agent hands to the guest agent inside a VM, and what the guest sends back.
+
+The config reaches the guest over MMDS (Firecracker) or the backend's equivalent; it never goes on the kernel
+command line. Guest events are JSON lines, one object each, over the backend's channel (serial port, vsock,
+a pipe for the sandbox).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from smith.wire.agent import JobSpec, RunnerCredential, ServiceAccess
+
+
+class GuestConfig(BaseModel):
+    job: JobSpec
+    runner: RunnerCredential | None = None
+    cache: ServiceAccess | None = None
+    env: dict[str, str] = Field(default_factory=dict, description="Extra environment for the job")
+    runner_dir: str = Field("/opt/actions-runner", description="Where GitHub's runner lives in the image")
+
+
+class GuestEvent(BaseModel):
+    """One line of output, or the end of the job. ``ts`` is seconds since the epoch, taken in the guest."""
+
+    type: Literal["started", "line", "exit"]
+    ts: float
+    stream: Literal["stdout", "stderr", "system"] = "stdout"
+    line: str = ""
+    seq: int = 0
+    exit_code: int | None = None
