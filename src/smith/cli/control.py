@@ -1,5 +1,55 @@
-"""smith control (filled in by the control plane work)."""
+"""``smith control serve``: run the control plane."""
+
+from __future__ import annotations
 
 import typer
 
-app = typer.Typer(help="control", no_args_is_help=True)
+app = typer.Typer(
+    help="The control plane: GitHub webhooks, the job queue, agent and operator APIs.", no_args_is_help=True
+)
+
+
+def build_credentials(settings: object) -> object | None:
+    """The GitHub App client when an App is configured, else None (jobs then carry no runner credentials)."""
+    try:
+        from smith.adapters import github
+    except ImportError:
+        return None
+    return github.from_settings(settings)  # type: ignore[attr-defined]
+
+
+@app.command()
+def serve(
+    host: str = typer.Option(None, help="Address to listen on [env SMITH_HOST, default 127.0.0.1]"),
+    port: int = typer.Option(None, help="Port to listen on [env SMITH_PORT, default 8080]"),
+    workers: int = typer.Option(1, help="uvicorn worker processes"),
+) -> None:
+    """Serve the control plane against SMITH_REDIS_URL (run `smith dev` for an embedded Redis)."""
+    import uvicorn
+
+    from smith.cli.common import fail
+    from smith.control.settings import ControlSettings
+    from smith.logging import configure
+
+    settings = ControlSettings()
+    configure(settings.log_level, json=settings.log_json)
+    if not settings.redis_url:
+        fail("SMITH_REDIS_URL is not set; use `smith dev` for an embedded Valkey")
+    for problem in settings.problems():
+        typer.echo(f"warning: {problem}", err=True)
+    h, p = host or settings.host, port or settings.port
+    if workers > 1:
+        uvicorn.run(
+            "smith.control.asgi:app",
+            host=h,
+            port=p,
+            workers=workers,
+            log_level="warning",
+            access_log=False,
+            factory=False,
+        )
+        return
+    from smith.control.app import create_app
+
+    app_ = create_app(settings, credentials=build_credentials(settings))  # type: ignore[arg-type]
+    uvicorn.run(app_, host=h, port=p, log_level="warning", access_log=False)

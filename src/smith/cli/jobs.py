@@ -1,5 +1,136 @@
-"""smith jobs (filled in by the control plane work)."""
+"""``smith jobs``: look at and act on jobs through the operator API."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any
 
 import typer
+from rich.table import Table
 
-app = typer.Typer(help="jobs", no_args_is_help=True)
+from smith.cli.common import api_client, check, console, print_json
+
+app = typer.Typer(help="Jobs: recent, show, status (queue health), cancel, submit.", no_args_is_help=True)
+
+URL = typer.Option(None, "--url", help="Control plane URL [env SMITH_CONTROL_URL]")
+TOKEN = typer.Option(None, "--token", help="Operator token [env SMITH_OPERATOR_TOKEN]")
+JSON = typer.Option(False, "--json", help="Print JSON instead of a table")
+
+
+def _client(url: str | None, token: str | None) -> Any:
+    return api_client(url, token, env_url="SMITH_CONTROL_URL", env_token="SMITH_OPERATOR_TOKEN")
+
+
+def _when(ts: float | None) -> str:
+    if not ts:
+        return "-"
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _ago(text: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if not text or text[-1] not in units:
+        raise typer.BadParameter("use e.g. 30m, 2h, 7d")
+    return time.time() - float(text[:-1]) * units[text[-1]]
+
+
+@app.command()
+def recent(
+    state: str = typer.Option(None, help="queued, assigned, running, succeeded, failed, cancelled"),
+    repo: str = typer.Option(None, help="owner/name"),
+    runner_class: str = typer.Option(None, "--class", help="Runner class, e.g. smith-2vcpu"),
+    since: str = typer.Option(None, help="Only jobs created in the last 30m, 2h, 7d..."),
+    limit: int = typer.Option(20, min=1, max=1000),
+    url: str = URL,
+    token: str = TOKEN,
+    json_out: bool = JSON,
+) -> None:
+    """The newest jobs first, with optional filters."""
+    params: dict[str, Any] = {"limit": limit}
+    for k, v in (("state", state), ("repo", repo), ("runner_class", runner_class)):
+        if v:
+            params[k] = v
+    if since:
+        params["since"] = _ago(since)
+    with _client(url, token) as c:
+        jobs = check(c.get("/v1/jobs", params=params))
+    if json_out:
+        print_json(jobs)
+        return
+    table = Table("id", "state", "class", "repo", "name", "agent", "created", "reason")
+    for j in jobs:
+        table.add_row(
+            j["id"],
+            j["state"],
+            j["runner_class"],
+            j["repo"],
+            j["name"],
+            j["agent_id"],
+            _when(j["created_at"]),
+            (j["reason"] or "")[:60],
+        )
+    console.print(table)
+
+
+@app.command()
+def show(job_id: str, url: str = URL, token: str = TOKEN, json_out: bool = JSON) -> None:
+    """One job in full."""
+    with _client(url, token) as c:
+        job = check(c.get(f"/v1/jobs/{job_id}"))
+    if json_out:
+        print_json(job)
+        return
+    for k, v in job.items():
+        console.print(f"[bold]{k:>18}[/bold]  {_when(v) if k.endswith('_at') else v}")
+
+
+@app.command()
+def status(url: str = URL, token: str = TOKEN, json_out: bool = JSON) -> None:
+    """Queue health: depth per runner class, oldest queued job, leases in flight, hosts alive."""
+    with _client(url, token) as c:
+        health = check(c.get("/v1/queue"))
+    if json_out:
+        print_json(health)
+        return
+    table = Table("class", "queued", "leased", "oldest queued (s)")
+    for name, c_ in health["classes"].items():
+        age = c_["oldest_queued_age_seconds"]
+        table.add_row(name, str(c_["depth"]), str(c_["leases_in_flight"]), "-" if age is None else f"{age:.1f}")
+    console.print(table)
+    console.print(f"hosts alive: {health['hosts_alive']}")
+
+
+@app.command()
+def cancel(
+    job_id: str,
+    reason: str = typer.Option("cancelled by operator", help="Recorded on the job"),
+    url: str = URL,
+    token: str = TOKEN,
+    json_out: bool = JSON,
+) -> None:
+    """Cancel a job: a queued job leaves the queue; a running one is stopped by its agent."""
+    with _client(url, token) as c:
+        out = check(c.post(f"/v1/jobs/{job_id}/cancel", json={"reason": reason}))
+    if json_out:
+        print_json(out)
+    else:
+        console.print(f"{job_id}: {out['outcome']}")
+
+
+@app.command()
+def submit(
+    run: str = typer.Argument(..., help="Shell script to run in a fresh VM"),
+    label: list[str] = typer.Option(["self-hosted"], "--label", help="Runner labels (repeat)"),
+    repo: str = typer.Option("", help="owner/name, for scoping the cache"),
+    url: str = URL,
+    token: str = TOKEN,
+    json_out: bool = JSON,
+) -> None:
+    """Queue a job that runs a shell script (no GitHub involved)."""
+    with _client(url, token) as c:
+        job = check(c.post("/v1/jobs", json={"run": run, "labels": label, "repo": repo}))
+    if json_out:
+        print_json(job)
+    else:
+        console.print(f"queued {job['id']} on {job['runner_class']}")

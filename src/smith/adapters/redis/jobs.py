@@ -176,8 +176,13 @@ class RedisJobs:
         conclusion: str,
         outcome: Mapping[str, Any],
         event: Mapping[str, Any],
-        tombstone: Mapping[str, str],
+        tombstone: Mapping[str, str] | None,
+        dequeue_reason: str = "",
     ) -> Recorded:
+        """Record GitHub's news about a job. With ``dequeue_reason``, a job still queued here leaves the queue.
+
+        With ``tombstone`` fields, an unknown job that GitHub reports completed gets a short-lived cancelled
+        record, so a late 'queued' redelivery does not enqueue it."""
         now = time.time()
         stream_class = runner_class or await self._class_of(job_id) or "_none"
         ks = [keys.delivery(delivery_id), keys.job(job_id), keys.queue(stream_class), keys.JOBS, keys.EVENTS]
@@ -191,7 +196,9 @@ class RedisJobs:
             conclusion or "",
             job_id,
             self.retention,
-            orjson.dumps(dict(tombstone)),
+            orjson.dumps(dict(tombstone)) if tombstone else b"",
+            "1" if dequeue_reason else "0",
+            dequeue_reason,
         ]
         async with errors():
             res = await self._record_update(keys=ks, args=argv)
@@ -342,6 +349,48 @@ class RedisJobs:
                     counts[str(out[0])] = counts.get(str(out[0]), 0) + 1
                 if start in ("0-0", b"0-0"):
                     break
+        return counts
+
+    async def requeue(self, job_id: str, entry: str, max_attempts: int, reason: str) -> str:
+        """Put a leased job back on its queue (counts as an attempt; fails it past ``max_attempts``)."""
+        cls = await self._class_of(job_id)
+        if cls is None:
+            return "stale"
+        async with errors():
+            out = await self._requeue(
+                keys=[keys.job(job_id), keys.queue(cls)],
+                args=[entry, repr(time.time()), max_attempts, reason, self.retention],
+            )
+        return str(out[0])
+
+    async def release_agent(self, agent_id: str, classes: Iterable[str], max_attempts: int) -> dict[str, int]:
+        """Re-queue every lease an agent holds: used when an agent (re)registers and so holds nothing."""
+        counts: dict[str, int] = {}
+        for cls in classes:
+            stream = keys.queue(cls)
+            async with errors():
+                try:
+                    pending = await self.r.xpending_range(
+                        stream, keys.GROUP, min="-", max="+", count=1000, consumername=agent_id
+                    )
+                except rexc.ResponseError:
+                    continue
+            for p in pending:
+                entry_id = p["message_id"]
+                got = await self.r.xrange(stream, min=entry_id, max=entry_id)
+                job_id = got[0][1].get("job", "") if got else ""
+                async with errors():
+                    out = await self._requeue(
+                        keys=[keys.job(job_id), stream],
+                        args=[
+                            entry_id,
+                            repr(time.time()),
+                            max_attempts,
+                            f"agent {agent_id} restarted while holding the lease",
+                            self.retention,
+                        ],
+                    )
+                counts[str(out[0])] = counts.get(str(out[0]), 0) + 1
         return counts
 
     # -- operators ----------------------------------------------------------------------------------------

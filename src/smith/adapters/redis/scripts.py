@@ -27,7 +27,8 @@ return {'queued', entry}
 # here leaves the queue. Unknown jobs get a short tombstone so a late 'queued' delivery does not enqueue them.
 # KEYS: delivery, job, stream, jobs-zset, events-stream
 # ARGV: delivery_ttl, now, outcome_json, event_json, events_maxlen, action, conclusion, job_id, retention,
-#       tombstone_fields_json (used only when the job is unknown and the action is 'completed')
+#       tombstone_fields_json (used only when the job is unknown and the action is 'completed'),
+#       dequeue ('1': a still-queued job leaves the queue), dequeue_reason
 RECORD_UPDATE = """
 if not redis.call('SET', KEYS[1], ARGV[3], 'NX', 'EX', ARGV[1]) then
   return {'duplicate', redis.call('GET', KEYS[1]) or ''}
@@ -36,7 +37,7 @@ redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[5], '*', 'event', ARGV[4])
 local action = ARGV[6]
 local state = redis.call('HGET', KEYS[2], 'state')
 if not state then
-  if action == 'completed' then
+  if action == 'completed' and ARGV[10] ~= '' then
     local f = cjson.decode(ARGV[10])
     for k, v in pairs(f) do redis.call('HSET', KEYS[2], k, v) end
     redis.call('HSET', KEYS[2], 'state', 'cancelled', 'github_status', 'completed',
@@ -49,14 +50,14 @@ if not state then
 end
 redis.call('HSET', KEYS[2], 'github_status', action, 'updated_at', ARGV[2])
 if ARGV[7] ~= '' then redis.call('HSET', KEYS[2], 'github_conclusion', ARGV[7]) end
-if action == 'completed' and state == 'queued' then
+if ARGV[11] == '1' and state == 'queued' then
   local entry = redis.call('HGET', KEYS[2], 'entry')
   if entry then
     redis.call('XACK', KEYS[3], 'smith-agents', entry)
     redis.call('XDEL', KEYS[3], entry)
   end
   redis.call('HSET', KEYS[2], 'state', 'cancelled', 'finished_at', ARGV[2],
-    'reason', 'GitHub completed the job (' .. ARGV[7] .. ') before an agent leased it')
+    'reason', ARGV[12])
   redis.call('HDEL', KEYS[2], 'entry')
   redis.call('EXPIRE', KEYS[2], ARGV[9])
   return {'dequeued', state}

@@ -1,0 +1,216 @@
+"""The control plane's HTTP app: ``create_app(settings)`` is its composition root."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import orjson
+from fastapi import Depends, FastAPI, Query, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field, ValidationError
+
+from smith import tokens
+from smith.adapters.redis import connect
+from smith.adapters.redis.jobs import RedisJobs
+from smith.control.service import ControlPlane, job_view
+from smith.control.settings import ControlSettings
+from smith.errors import AuthError, InvalidInput, PayloadTooLarge, SmithError
+from smith.logging import get_logger
+from smith.ports import RunnerCredentials
+from smith.wire import agent as wire
+
+log = get_logger("smith.control.http")
+
+
+def _json(data: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The raw body, refusing (413) anything over ``limit`` bytes without reading it all."""
+    length = request.headers.get("content-length")
+    if length is not None:
+        try:
+            if int(length) > limit:
+                raise PayloadTooLarge(f"body of {length} bytes is over the {limit} byte limit")
+        except ValueError as exc:
+            raise InvalidInput("bad Content-Length") from exc
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"body is over the {limit} byte limit")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class SubmitRequest(BaseModel):
+    run: str = Field(min_length=1, max_length=1_000_000, description="Shell script the job runs")
+    labels: list[str] = Field(default_factory=lambda: ["self-hosted"])
+    repo: str = ""
+
+
+class CancelRequest(BaseModel):
+    reason: str = Field("cancelled by operator", max_length=500)
+
+
+def create_app(
+    settings: ControlSettings,
+    *,
+    credentials: RunnerCredentials | None = None,
+    jobs: RedisJobs | None = None,
+) -> FastAPI:
+    """Build the app. Redis comes from ``settings.redis_url`` unless a job store is passed in."""
+    if jobs is None:
+        if not settings.redis_url:
+            raise SmithError("SMITH_REDIS_URL is not set (smith dev starts an embedded Valkey and sets it)")
+        r = connect.client(settings.redis_url)
+        jobs = RedisJobs(
+            r,
+            retention_seconds=settings.job_retention_seconds,
+            retention_max=settings.job_retention_max,
+            delivery_ttl=settings.delivery_retention_seconds,
+        )
+    plane = ControlPlane(settings, jobs, credentials)
+    webhook_secret = (
+        settings.github_webhook_secret.get_secret_value().encode() if settings.github_webhook_secret else None
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await plane.start()
+        try:
+            yield
+        finally:
+            await plane.stop()
+            await jobs.r.aclose()
+
+    app = FastAPI(title="Smith control plane", version="0.1.0", lifespan=lifespan)
+    app.state.plane = plane
+
+    @app.exception_handler(SmithError)
+    async def _smith_error(_: Request, exc: SmithError) -> Response:
+        headers = {"Retry-After": str(max(1, round(exc.retry_after)))} if exc.retry_after else None
+        if isinstance(exc, AuthError) and exc.status_code == 401:
+            headers = {**(headers or {}), "WWW-Authenticate": "Bearer"}
+        return JSONResponse(exc.to_dict(), status_code=exc.status_code, headers=headers)
+
+    @app.exception_handler(ValidationError)
+    async def _validation(_: Request, exc: ValidationError) -> Response:
+        return JSONResponse({"error": "invalid_input", "message": str(exc), "retryable": False}, status_code=400)
+
+    def agent_id(request: Request) -> str:
+        secret = settings.agent_token_secret.get_secret_value() if settings.agent_token_secret else None
+        claims = tokens.verify(secret, tokens.bearer(request.headers.get("authorization")), scope="agent")
+        return str(claims.get("agent_id") or claims["sub"])
+
+    def operator(request: Request) -> str:
+        secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None
+        claims = tokens.verify(secret, tokens.bearer(request.headers.get("authorization")), scope="operator")
+        return str(claims["sub"])
+
+    Agent = Annotated[str, Depends(agent_id)]
+    Operator = Annotated[str, Depends(operator)]
+
+    # -- health -------------------------------------------------------------------------------------------
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"])
+    async def readyz() -> Response:
+        try:
+            async with asyncio.timeout(2):
+                await connect.call(jobs.r.ping)
+        except (SmithError, TimeoutError) as exc:
+            return _json({"status": "unavailable", "redis": str(exc)}, 503)
+        return _json({"status": "ok", "redis": "ok"})
+
+    # -- GitHub -------------------------------------------------------------------------------------------
+
+    @app.post("/webhooks/github", status_code=202, tags=["github"])
+    async def github_webhook(request: Request) -> Response:
+        body = await read_body(request, settings.webhook_max_body_bytes)
+        if webhook_secret is None or not tokens.verify_github_signature(
+            webhook_secret, body, request.headers.get("x-hub-signature-256")
+        ):
+            raise AuthError("missing or bad X-Hub-Signature-256")
+        event = request.headers.get("x-github-event")
+        delivery = request.headers.get("x-github-delivery")
+        if not event or not delivery or len(delivery) > 100:
+            raise InvalidInput("X-GitHub-Event and X-GitHub-Delivery headers are required")
+        try:
+            payload = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidInput(f"body is not valid JSON: {exc}") from exc
+        if not isinstance(payload, dict):
+            raise InvalidInput("body must be a JSON object")
+        return _json(await plane.webhook(event, delivery, payload), 202)
+
+    # -- agents -------------------------------------------------------------------------------------------
+
+    @app.post("/v1/agents/register", tags=["agents"])
+    async def register(body: wire.RegisterRequest, agent: Agent) -> wire.RegisterResponse:
+        return await plane.register(agent, body)
+
+    @app.post("/v1/agents/heartbeat", tags=["agents"])
+    async def heartbeat(body: wire.HeartbeatRequest, agent: Agent) -> wire.HeartbeatResponse:
+        return await plane.heartbeat(agent, body)
+
+    @app.post("/v1/agents/lease", tags=["agents"], responses={204: {"description": "no job within the wait"}})
+    async def lease(body: wire.LeaseRequest, agent: Agent, request: Request) -> Response:
+        task = asyncio.ensure_future(plane.lease(agent, body))
+        # Stop waiting when the agent hangs up, so its lease is not handed to a closed connection.
+        while not task.done():
+            done, _ = await asyncio.wait({task}, timeout=1.0)
+            if not done and await request.is_disconnected():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, SmithError):
+                    await task
+                return Response(status_code=499)
+        got = task.result()
+        if got is None:
+            return Response(status_code=204)
+        return Response(got.model_dump_json(), media_type="application/json")
+
+    @app.post("/v1/agents/jobs/{job_id}/status", tags=["agents"])
+    async def status(job_id: str, body: wire.StatusReport, agent: Agent) -> wire.JobView:
+        return await plane.report(agent, job_id, body)
+
+    # -- operators ----------------------------------------------------------------------------------------
+
+    @app.get("/v1/jobs", tags=["operators"])
+    async def recent(
+        _: Operator,
+        state: str | None = None,
+        repo: str | None = None,
+        runner_class: str | None = None,
+        since: float | None = Query(None, description="Unix time: only jobs created after it"),
+        limit: int = Query(50, ge=1, le=1000),
+    ) -> list[wire.JobView]:
+        found = await jobs.recent(limit=limit, state=state, repo=repo, runner_class=runner_class, since=since)
+        return [job_view(j) for j in found]
+
+    @app.post("/v1/jobs", status_code=201, tags=["operators"])
+    async def submit(body: SubmitRequest, _: Operator) -> wire.JobView:
+        return await plane.submit(body.run, body.labels, body.repo)
+
+    @app.get("/v1/jobs/{job_id}", tags=["operators"])
+    async def show(job_id: str, _: Operator) -> wire.JobView:
+        return job_view(await jobs.get(job_id))
+
+    @app.post("/v1/jobs/{job_id}/cancel", tags=["operators"])
+    async def cancel(job_id: str, who: Operator, body: CancelRequest | None = None) -> dict[str, Any]:
+        reason = (body.reason if body else "cancelled by operator") + f" ({who})"
+        outcome = await jobs.cancel(job_id, reason)
+        return {"outcome": outcome, "job": job_view(await jobs.get(job_id)).model_dump()}
+
+    @app.get("/v1/queue", tags=["operators"])
+    async def queue(_: Operator) -> dict[str, Any]:
+        return await plane.queue_health()
+
+    return app

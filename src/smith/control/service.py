@@ -1,0 +1,283 @@
+"""The control plane's behaviour, independent of HTTP: webhooks, agents, operators."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from typing import Any
+
+import orjson
+
+from smith import tokens
+from smith.adapters.redis.jobs import Lease, RedisJobs, runner_classes_for
+from smith.control import webhooks
+from smith.control.settings import ControlSettings
+from smith.domain.jobs import Job, JobState, match_runner_class
+from smith.errors import Conflict, InvalidInput, SmithError, Unavailable
+from smith.logging import get_logger
+from smith.ports import RunnerCredentials
+from smith.wire import agent as wire
+
+log = get_logger("smith.control")
+
+CACHE_TOKEN_TTL = 6 * 3600  # a GitHub job runs for at most 6 hours
+
+
+def job_view(job: Job) -> wire.JobView:
+    return wire.JobView(
+        **{name: getattr(job, name) for name in wire.JobView.model_fields if name not in ("labels", "state")},
+        labels=list(job.labels),
+        state=job.state.value,
+    )
+
+
+class ControlPlane:
+    def __init__(
+        self, settings: ControlSettings, jobs: RedisJobs, credentials: RunnerCredentials | None = None
+    ) -> None:
+        self.settings = settings
+        self.jobs = jobs
+        self.credentials = credentials
+        self.classes = settings.classes()
+        self._by_name = {rc.name: rc for rc in self.classes}
+        self._reaper: asyncio.Task[None] | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        try:
+            await self.jobs.ensure_groups(self._by_name)
+        except Unavailable as exc:  # Redis may come up later; every call retries and /readyz says so
+            log.warning("redis not ready at start", error=exc.message)
+        self._reaper = asyncio.create_task(self._reap_forever(), name="smith-reaper")
+
+    async def stop(self) -> None:
+        if self._reaper:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+        if self.credentials:
+            await self.credentials.aclose()
+
+    async def _reap_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.reclaim_interval_seconds)
+            try:
+                counts = await self.reclaim()
+                if counts.get("requeued") or counts.get("failed"):
+                    log.info("leases reclaimed", **counts)
+            except SmithError as exc:
+                log.warning("reclaim failed", error=exc.message)
+
+    async def reclaim(self) -> dict[str, int]:
+        return await self.jobs.reclaim(self._by_name, self.settings.lease_ttl_seconds, self.settings.max_attempts)
+
+    # -- webhooks -----------------------------------------------------------------------------------------
+
+    async def webhook(self, event: str, delivery: str, payload: dict[str, Any]) -> dict[str, Any]:
+        base: dict[str, Any] = {"delivery": delivery, "event": event, "received_at": time.time()}
+        if event == "workflow_job":
+            d = webhooks.workflow_job(payload, self.classes)
+            base |= {"action": d.action, "job_id": d.job_id, **(d.summary or {})}
+            if d.job is not None:
+                outcome = {**base, "outcome": "queued", "runner_class": d.job.runner_class}
+                res = await self.jobs.record_queued(delivery, d.job, outcome, base)
+            elif d.action == "queued" or d.reason:
+                outcome = {**base, "outcome": "ignored", "reason": d.reason}
+                res = await self.jobs.record_queued(delivery, None, outcome, outcome)
+            else:
+                tomb = None
+                if d.action == "completed" and d.runner_class is not None:
+                    tomb = {
+                        "id": d.job_id,
+                        "runner_class": d.runner_class.name,
+                        "repo": str(base.get("repo", "")),
+                        "source": "github",
+                    }
+                outcome = {**base, "outcome": "recorded"}
+                res = await self.jobs.record_update(
+                    delivery,
+                    d.job_id,
+                    d.runner_class.name if d.runner_class else None,
+                    d.action,
+                    d.conclusion,
+                    outcome,
+                    base,
+                    tomb,
+                    d.dequeue_reason,
+                )
+            result = {"outcome": res.outcome, "job_id": d.job_id}
+            if res.outcome == "duplicate":
+                result["first"] = orjson.loads(res.detail) if res.detail else None
+            elif d.reason:
+                result["outcome"] = "ignored"
+                result["reason"] = d.reason
+            elif res.outcome == "known":
+                result["state"] = res.detail
+            log.info(
+                "webhook",
+                event=event,
+                delivery=delivery,
+                action=d.action,
+                job_id=d.job_id,
+                outcome=result["outcome"],
+                reason=d.reason or None,
+            )
+            return result
+        reason = "pong" if event == "ping" else f"event {event!r} is not handled"
+        outcome = {**base, "outcome": "ignored" if event != "ping" else "pong", "reason": reason}
+        res = await self.jobs.record_queued(delivery, None, outcome, outcome)
+        if res.outcome == "duplicate":
+            return {"outcome": "duplicate"}
+        return {"outcome": outcome["outcome"], "reason": reason}
+
+    # -- agents -------------------------------------------------------------------------------------------
+
+    async def register(self, agent_id: str, req: wire.RegisterRequest) -> wire.RegisterResponse:
+        await self.jobs.put_host(agent_id, req.model_dump(), self.settings.host_ttl_seconds)
+        # A (re)starting agent holds no job: whatever it had leased goes back to the queue now rather than
+        # after the lease TTL.
+        released = await self.jobs.release_agent(agent_id, self._by_name, self.settings.max_attempts)
+        if released:
+            log.info("agent restarted; its leases were released", agent_id=agent_id, **released)
+        return wire.RegisterResponse(
+            agent_id=agent_id,
+            heartbeat_interval_seconds=max(1.0, self.settings.lease_ttl_seconds / 4),
+            lease_ttl_seconds=self.settings.lease_ttl_seconds,
+            runner_classes=[
+                wire.RunnerClassView(
+                    name=rc.name,
+                    vcpus=rc.vcpus,
+                    memory_mib=rc.memory_mib,
+                    disk_mib=rc.disk_mib,
+                    labels=sorted(rc.all_labels),
+                )
+                for rc in self.classes
+            ],
+        )
+
+    async def heartbeat(self, agent_id: str, req: wire.HeartbeatRequest) -> wire.HeartbeatResponse:
+        host = await self.jobs.get_host(agent_id)
+        if host is None:
+            raise Conflict("unknown or expired agent: register again")
+        host.update(
+            free_vcpus=req.free_vcpus, free_memory_mib=req.free_memory_mib, free_vms=req.free_vms, running=req.running
+        )
+        await self.jobs.put_host(agent_id, host, self.settings.host_ttl_seconds)
+        statuses = await self.jobs.renew(agent_id, req.running)
+        return wire.HeartbeatResponse(jobs=statuses)  # type: ignore[arg-type]
+
+    async def lease(self, agent_id: str, req: wire.LeaseRequest) -> wire.LeaseResponse | None:
+        host = await self.jobs.get_host(agent_id)
+        if host is None:
+            raise Conflict("unknown or expired agent: register again")
+        names = runner_classes_for(self.classes, host.get("labels") or [], req.free_vcpus, req.free_memory_mib)
+        if not names:
+            await asyncio.sleep(min(req.wait_seconds, self.settings.lease_wait_max_seconds))
+            return None
+        wait = min(req.wait_seconds, self.settings.lease_wait_max_seconds)
+        lease = await self.jobs.lease(agent_id, names, wait)
+        if lease is None:
+            return None
+        return await self._hand_over(agent_id, lease)
+
+    async def _hand_over(self, agent_id: str, lease: Lease) -> wire.LeaseResponse:
+        job = lease.job
+        rc = self._by_name.get(job.runner_class)
+        runner = None
+        if job.source == "github" and not job.run and self.credentials is not None:
+            try:
+                runner = await self.credentials.for_job(job, webhooks.runner_name(job))
+            except SmithError as exc:
+                await self.jobs.requeue(
+                    job.id,
+                    lease.entry,
+                    self.settings.max_attempts,
+                    f"could not get runner credentials from GitHub: {exc.message}",
+                )
+                log.warning("runner credentials failed; job re-queued", job_id=job.id, error=exc.message)
+                raise Unavailable(
+                    "GitHub did not give runner credentials; the job was re-queued", retry_after=exc.retry_after or 2.0
+                ) from exc
+        cache = None
+        s = self.settings
+        if s.cache_url and s.cache_shared_secret:
+            org = job.org or job.repo.split("/")[0] or "local"
+            cache = wire.ServiceAccess(
+                url=s.cache_url,
+                token=tokens.mint(
+                    s.cache_shared_secret.get_secret_value(),
+                    scope="cache",
+                    subject=org,
+                    ttl_seconds=CACHE_TOKEN_TTL,
+                    org=org,
+                    repo=job.repo,
+                    job_id=job.id,
+                ),
+            )
+        log.info("job leased", job_id=job.id, agent_id=agent_id, attempt=job.attempts)
+        return wire.LeaseResponse(
+            job=wire.JobSpec(
+                id=job.id,
+                runner_class=job.runner_class,
+                vcpus=job.vcpus,
+                memory_mib=job.memory_mib,
+                disk_mib=rc.disk_mib if rc else 8192,
+                labels=list(job.labels),
+                repo=job.repo,
+                org=job.org,
+                name=job.name,
+                workflow=job.workflow,
+                head_sha=job.head_sha,
+                head_branch=job.head_branch,
+                run=job.run,
+                attempt=job.attempts,
+            ),
+            runner=runner,
+            cache=cache,
+            logs_url=s.logs_url,
+            lease_ttl_seconds=s.lease_ttl_seconds,
+        )
+
+    async def report(self, agent_id: str, job_id: str, req: wire.StatusReport) -> wire.JobView:
+        job = await self.jobs.report(agent_id, job_id, JobState(req.state), reason=req.reason, exit_code=req.exit_code)
+        log.info("job state", job_id=job_id, agent_id=agent_id, state=req.state, exit_code=req.exit_code)
+        return job_view(job)
+
+    # -- operators ----------------------------------------------------------------------------------------
+
+    async def submit(self, run: str, labels: list[str], repo: str = "") -> wire.JobView:
+        rc = match_runner_class(labels or ["self-hosted"], self.classes)
+        if rc is None:
+            raise InvalidInput(f"no runner class matches labels {labels}")
+        if not run.strip():
+            raise InvalidInput("run must be a non-empty script")
+        job = Job(
+            id=f"local-{uuid.uuid4().hex[:12]}",
+            state=JobState.QUEUED,
+            runner_class=rc.name,
+            vcpus=rc.vcpus,
+            memory_mib=rc.memory_mib,
+            labels=tuple(labels),
+            source="api",
+            repo=repo,
+            org=repo.split("/")[0] if repo else "",
+            run=run,
+        )
+        return job_view(await self.jobs.submit(job))
+
+    async def queue_health(self) -> dict[str, Any]:
+        classes = await self.jobs.queue_health(self._by_name)
+        hosts = await self.jobs.hosts_alive(self.settings.host_ttl_seconds)
+        return {
+            "classes": classes,
+            "queued_total": sum(c["depth"] for c in classes.values()),
+            "leases_in_flight": sum(c["leases_in_flight"] for c in classes.values()),
+            "oldest_queued_age_seconds": max(
+                (c["oldest_queued_age_seconds"] or 0.0 for c in classes.values()), default=0.0
+            ),
+            "hosts_alive": len(hosts),
+            "hosts": hosts,
+        }
