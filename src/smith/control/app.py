@@ -57,6 +57,24 @@ class CancelRequest(BaseModel):
     reason: str = Field("cancelled by operator", max_length=500)
 
 
+def _agent_id(request: Request) -> str:
+    settings: ControlSettings = request.app.state.settings
+    secret = settings.agent_token_secret.get_secret_value() if settings.agent_token_secret else None
+    claims = tokens.verify(secret, tokens.bearer(request.headers.get("authorization")), scope="agent")
+    return str(claims.get("agent_id") or claims["sub"])
+
+
+def _operator(request: Request) -> str:
+    settings: ControlSettings = request.app.state.settings
+    secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None
+    claims = tokens.verify(secret, tokens.bearer(request.headers.get("authorization")), scope="operator")
+    return str(claims["sub"])
+
+
+Agent = Annotated[str, Depends(_agent_id)]
+Operator = Annotated[str, Depends(_operator)]
+
+
 def create_app(
     settings: ControlSettings,
     *,
@@ -90,6 +108,7 @@ def create_app(
 
     app = FastAPI(title="Smith control plane", version="0.1.0", lifespan=lifespan)
     app.state.plane = plane
+    app.state.settings = settings
 
     @app.exception_handler(SmithError)
     async def _smith_error(_: Request, exc: SmithError) -> Response:
@@ -101,19 +120,6 @@ def create_app(
     @app.exception_handler(ValidationError)
     async def _validation(_: Request, exc: ValidationError) -> Response:
         return JSONResponse({"error": "invalid_input", "message": str(exc), "retryable": False}, status_code=400)
-
-    def agent_id(request: Request) -> str:
-        secret = settings.agent_token_secret.get_secret_value() if settings.agent_token_secret else None
-        claims = tokens.verify(secret, tokens.bearer(request.headers.get("authorization")), scope="agent")
-        return str(claims.get("agent_id") or claims["sub"])
-
-    def operator(request: Request) -> str:
-        secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None
-        claims = tokens.verify(secret, tokens.bearer(request.headers.get("authorization")), scope="operator")
-        return str(claims["sub"])
-
-    Agent = Annotated[str, Depends(agent_id)]
-    Operator = Annotated[str, Depends(operator)]
 
     # -- health -------------------------------------------------------------------------------------------
 

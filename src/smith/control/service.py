@@ -118,7 +118,7 @@ class ControlPlane:
                 result["state"] = res.detail
             log.info(
                 "webhook",
-                event=event,
+                github_event=event,
                 delivery=delivery,
                 action=d.action,
                 job_id=d.job_id,

@@ -23,7 +23,13 @@ class ThreadedServer:
     def __init__(self, app: Any, *, port: int | None = None, **config: Any) -> None:
         self.port = port or free_port()
         self.config = uvicorn.Config(
-            app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on", **config
+            app,
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+            lifespan="on",
+            timeout_graceful_shutdown=2,
+            **config,
         )
         self.server = uvicorn.Server(self.config)
         self.thread = threading.Thread(target=self._run, daemon=True)
