@@ -57,8 +57,9 @@ def queued_payload(job_id: int, labels: list[str] | None = None, action: str = "
     return p
 
 
-def signed(body: bytes, event: str = "workflow_job", delivery: str | None = None, secret: str = WEBHOOK_SECRET
-           ) -> dict[str, str]:
+def signed(
+    body: bytes, event: str = "workflow_job", delivery: str | None = None, secret: str = WEBHOOK_SECRET
+) -> dict[str, str]:
     return {
         "X-GitHub-Event": event,
         "X-GitHub-Delivery": delivery or str(uuid.uuid4()),
@@ -77,16 +78,26 @@ class Control:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         return httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
 
-    def deliver(self, payload: dict[str, Any], event: str = "workflow_job", delivery: str | None = None
-                ) -> httpx.Response:
+    def deliver(
+        self, payload: dict[str, Any], event: str = "workflow_job", delivery: str | None = None
+    ) -> httpx.Response:
         body = orjson.dumps(payload)
         return httpx.post(self.url + "/webhooks/github", content=body, headers=signed(body, event, delivery))
 
-    def agent(self, agent_id: str, vcpus: int = 8, memory_mib: int = 32768, labels: list[str] | None = None
-              ) -> httpx.Client:
+    def agent(
+        self, agent_id: str, vcpus: int = 8, memory_mib: int = 32768, labels: list[str] | None = None
+    ) -> httpx.Client:
         c = self.client(agent_token(agent_id))
-        r = c.post("/v1/agents/register", json={"hostname": agent_id, "vcpus": vcpus, "memory_mib": memory_mib,
-                                                "max_vms": 16, "labels": labels or []})
+        r = c.post(
+            "/v1/agents/register",
+            json={
+                "hostname": agent_id,
+                "vcpus": vcpus,
+                "memory_mib": memory_mib,
+                "max_vms": 16,
+                "labels": labels or [],
+            },
+        )
         assert r.status_code == 200, r.text
         return c
 

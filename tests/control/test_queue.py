@@ -181,8 +181,9 @@ def test_two_agents_compete_for_1000_jobs_each_leased_once(control: Control) -> 
     with httpx.Client() as c:
         for i in range(n):
             body = queued_payload(100_000 + i)
-            from tests.control.conftest import signed  # noqa: PLC0415
-            import orjson  # noqa: PLC0415
+            import orjson
+
+            from tests.control.conftest import signed
 
             raw = orjson.dumps(body)
             assert c.post(control.url + "/webhooks/github", content=raw, headers=signed(raw)).status_code == 202
@@ -231,8 +232,12 @@ def test_redis_restart_between_webhook_and_lease_loses_nothing(
         server.stop() if how == "graceful" else server.kill()
         # While Redis is down, the control plane says so instead of pretending.
         a = httpx.Client(base_url=control.url, headers={"Authorization": f"Bearer {agent_token('a')}"})
-        assert a.post("/v1/agents/register", json={"hostname": "a", "vcpus": 64, "memory_mib": 262144,
-                                                   "max_vms": 64}).status_code == 503
+        assert (
+            a.post(
+                "/v1/agents/register", json={"hostname": "a", "vcpus": 64, "memory_mib": 262144, "max_vms": 64}
+            ).status_code
+            == 503
+        )
         assert httpx.get(control.url + "/readyz").status_code == 503
         server.start()
         agent = control.agent("a")

@@ -1,0 +1,3 @@
+from smith.cli import main
+
+main()
