@@ -55,3 +55,12 @@ async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
     client = aioredis.Redis.from_url(redis_url, decode_responses=True)
     yield client
     await client.aclose()
+
+
+@pytest.fixture(autouse=True)
+def _isolated_data_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test reads or writes the real ~/.local/share/smith, nor sees a developer's SMITH_* settings."""
+    for var in list(os.environ):
+        if var.startswith("SMITH_") and var not in ("SMITH_SHARED_DIR", "SMITH_TEST_REDIS_URL"):
+            monkeypatch.delenv(var)
+    monkeypatch.setenv("SMITH_DATA_DIR", str(tmp_path_factory.mktemp("data")))

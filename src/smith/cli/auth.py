@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import typer
 
 from smith import tokens
@@ -29,7 +27,9 @@ def parse_ttl(text: str) -> int:
 
 
 def _secret(env: str) -> str:
-    value = os.environ.get(env)
+    from smith.cli.common import _dev_secret
+
+    value = _dev_secret(env)
     if not value:
         fail(f"{env} is not set: the token must be signed with the same secret the server uses")
     return value

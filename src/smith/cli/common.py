@@ -59,3 +59,38 @@ def run_or_fail(fn: Any, *args: Any, **kwargs: Any) -> Any:
         fail(exc.message)
     except httpx.HTTPError as exc:
         fail(f"cannot reach server: {exc}")
+
+
+def _dev_secret(name: str) -> str | None:
+    """A secret from the environment, else from the `smith dev` secrets file of this machine's data dir."""
+    if os.environ.get(name):
+        return os.environ[name]
+    from smith.settings import CommonSettings
+
+    path = CommonSettings().data_dir / "dev-secrets.json"
+    try:
+        value = json.loads(path.read_text()).get(name)
+    except (OSError, ValueError):
+        return None
+    return str(value) if value else None
+
+
+def local_control_url() -> str | None:
+    """SMITH_CONTROL_URL, else the `smith dev` default when its secrets file exists on this machine."""
+    if os.environ.get("SMITH_CONTROL_URL"):
+        return os.environ["SMITH_CONTROL_URL"]
+    if _dev_secret("SMITH_JWT_SECRET"):
+        return f"http://127.0.0.1:{os.environ.get('SMITH_PORT', '8080')}"
+    return None
+
+
+def local_operator_token() -> str | None:
+    """SMITH_OPERATOR_TOKEN, else a 10-minute operator token signed with the local SMITH_JWT_SECRET."""
+    if os.environ.get("SMITH_OPERATOR_TOKEN"):
+        return os.environ["SMITH_OPERATOR_TOKEN"]
+    secret = _dev_secret("SMITH_JWT_SECRET")
+    if not secret:
+        return None
+    from smith import tokens
+
+    return tokens.mint(secret, scope="operator", subject=os.environ.get("USER", "operator"), ttl_seconds=600)

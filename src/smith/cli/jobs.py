@@ -9,7 +9,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from smith.cli.common import api_client, check, console, print_json
+from smith.cli.common import api_client, check, console, local_control_url, local_operator_token, print_json
 
 app = typer.Typer(help="Jobs: recent, show, status (queue health), cancel, submit.", no_args_is_help=True)
 
@@ -19,7 +19,12 @@ JSON = typer.Option(False, "--json", help="Print JSON instead of a table")
 
 
 def _client(url: str | None, token: str | None) -> Any:
-    return api_client(url, token, env_url="SMITH_CONTROL_URL", env_token="SMITH_OPERATOR_TOKEN")
+    return api_client(
+        url or local_control_url(),
+        token or local_operator_token(),
+        env_url="SMITH_CONTROL_URL",
+        env_token="SMITH_OPERATOR_TOKEN",
+    )
 
 
 def _when(ts: float | None) -> str:
