@@ -61,7 +61,6 @@ async def _serve_control(port: int) -> None:
     settings = ControlSettings()
     app = create_app(settings, credentials=build_credentials(settings))  # type: ignore[arg-type]
     server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=port, log_level="warning", access_log=False))
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     await server.serve()
 
 
@@ -70,8 +69,8 @@ async def _run_all(tasks: list[Coroutine[Any, Any, None]]) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    running = [asyncio.create_task(t) for t in tasks]
-    waiter = asyncio.create_task(stop.wait())
+    running: list[asyncio.Task[Any]] = [asyncio.create_task(t) for t in tasks]
+    waiter: asyncio.Task[Any] = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait([*running, waiter], return_when=asyncio.FIRST_COMPLETED)
     for t in running:
         t.cancel()

@@ -108,7 +108,7 @@ class ControlPlane:
                     tomb,
                     d.dequeue_reason,
                 )
-            result = {"outcome": res.outcome, "job_id": d.job_id}
+            result: dict[str, Any] = {"outcome": res.outcome, "job_id": d.job_id}
             if res.outcome == "duplicate":
                 result["first"] = orjson.loads(res.detail) if res.detail else None
             elif d.reason:
@@ -139,7 +139,9 @@ class ControlPlane:
         await self.jobs.put_host(agent_id, req.model_dump(), self.settings.host_ttl_seconds)
         # A (re)starting agent holds no job: whatever it had leased goes back to the queue now rather than
         # after the lease TTL.
-        released = await self.jobs.release_agent(agent_id, self._by_name, self.settings.max_attempts)
+        released = await self.jobs.release_agent(
+            agent_id, self._by_name, self.settings.max_attempts, keep=set(req.running)
+        )
         if released:
             log.info("agent restarted; its leases were released", agent_id=agent_id, **released)
         return wire.RegisterResponse(
@@ -167,7 +169,7 @@ class ControlPlane:
         )
         await self.jobs.put_host(agent_id, host, self.settings.host_ttl_seconds)
         statuses = await self.jobs.renew(agent_id, req.running)
-        return wire.HeartbeatResponse(jobs=statuses)  # type: ignore[arg-type]
+        return wire.HeartbeatResponse.model_validate({"jobs": statuses})
 
     async def lease(self, agent_id: str, req: wire.LeaseRequest) -> wire.LeaseResponse | None:
         host = await self.jobs.get_host(agent_id)

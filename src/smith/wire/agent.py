@@ -33,6 +33,9 @@ class RegisterRequest(BaseModel):
     labels: list[str] = Field(default_factory=list, description="Runner classes this host serves; empty = all")
     backend: str = ""
     version: str = ""
+    running: list[str] = Field(
+        default_factory=list, description="Jobs this agent still runs (re-registering); the rest are released"
+    )
 
 
 class RegisterResponse(BaseModel):

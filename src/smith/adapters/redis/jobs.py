@@ -106,8 +106,9 @@ class RedisJobs:
         delivery_ttl: int = 3 * 24 * 3600,
         events_maxlen: int = 100_000,
     ) -> None:
-        self.r = redis
-        self.blocking = blocking or redis
+        # redis-py's type hints do not follow decode_responses=True; these are str-returning clients.
+        self.r: Any = redis
+        self.blocking: Any = blocking or redis
         self.retention = retention_seconds
         self.retention_max = retention_max
         self.delivery_ttl = delivery_ttl
@@ -186,7 +187,7 @@ class RedisJobs:
         now = time.time()
         stream_class = runner_class or await self._class_of(job_id) or "_none"
         ks = [keys.delivery(delivery_id), keys.job(job_id), keys.queue(stream_class), keys.JOBS, keys.EVENTS]
-        argv = [
+        argv: list[Any] = [
             self.delivery_ttl,
             repr(now),
             orjson.dumps(outcome),
@@ -363,8 +364,10 @@ class RedisJobs:
             )
         return str(out[0])
 
-    async def release_agent(self, agent_id: str, classes: Iterable[str], max_attempts: int) -> dict[str, int]:
-        """Re-queue every lease an agent holds: used when an agent (re)registers and so holds nothing."""
+    async def release_agent(
+        self, agent_id: str, classes: Iterable[str], max_attempts: int, keep: set[str] | None = None
+    ) -> dict[str, int]:
+        """Re-queue every lease an agent holds but does not say it still runs (``keep``): on (re)register."""
         counts: dict[str, int] = {}
         for cls in classes:
             stream = keys.queue(cls)
@@ -379,6 +382,8 @@ class RedisJobs:
                 entry_id = p["message_id"]
                 got = await self.r.xrange(stream, min=entry_id, max=entry_id)
                 job_id = got[0][1].get("job", "") if got else ""
+                if keep and job_id in keep:
+                    continue
                 async with errors():
                     out = await self._requeue(
                         keys=[keys.job(job_id), stream],

@@ -1,0 +1,352 @@
+"""The host agent: register, lease jobs that fit, run each in a fresh VM, report, destroy the VM.
+
+``Agent`` is the composition of a control plane client, a VM backend, a capacity ledger, a warm pool and a job
+output sink. ``run()`` serves until ``shutdown()`` (SIGTERM): leasing stops at once, running jobs get
+``drain_seconds`` to finish, then they are stopped and reported failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from smith import __version__
+from smith.agent.capacity import Ledger
+from smith.agent.client import ControlClient
+from smith.agent.logsink import JobOutput
+from smith.agent.pool import WarmPool
+from smith.domain.vms import VMShape
+from smith.errors import Conflict, SmithError
+from smith.logging import get_logger
+from smith.ports import VMM, Machine
+from smith.wire import agent as wire
+from smith.wire.guest import GuestConfig, GuestEvent
+
+log = get_logger("smith.agent")
+
+
+@dataclass
+class RunningJob:
+    lease: wire.LeaseResponse
+    shape: VMShape
+    task: asyncio.Task[None] | None = None
+    machine: Machine | None = None
+    stop_reason: str = ""  # set when the job must stop early: "cancel" | "lost" | "shutdown" | "timeout"
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    leased_at: float = field(default_factory=time.monotonic)
+    first_line_at: float | None = None
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    agent_id: str
+    hostname: str
+    vcpus: int
+    memory_mib: int
+    max_vms: int
+    labels: tuple[str, ...] = ()
+    warm_pool: Mapping[str, int] = field(default_factory=dict)
+    drain_seconds: float = 300.0
+    job_timeout_seconds: float = 6 * 3600.0
+    lease_wait_seconds: float = 20.0
+    runner_dir: str = "/opt/actions-runner"
+    logs_url: str | None = None
+
+
+class Agent:
+    def __init__(self, config: AgentConfig, control: ControlClient, vmm: VMM, output: JobOutput) -> None:
+        self.config = config
+        self.control = control
+        self.vmm = vmm
+        self.output = output
+        self.ledger = Ledger(config.vcpus, config.memory_mib, config.max_vms)
+        self.jobs: dict[str, RunningJob] = {}
+        self.pool: WarmPool | None = None
+        self.heartbeat_interval = 5.0
+        self._draining = asyncio.Event()
+        self._stopped = asyncio.Event()
+        self._lease_task: asyncio.Task[Any] | None = None
+        self.stats: list[dict[str, float]] = []  # per finished job: lease -> first line, total
+
+    async def __aenter__(self) -> Agent:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.shutdown()
+
+    # -- lifecycle ----------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        removed = await self.vmm.cleanup_leftovers()
+        if removed:
+            log.warning("removed leftovers of an earlier agent", removed=removed)
+        reg = await self.control.register(
+            wire.RegisterRequest(
+                hostname=self.config.hostname,
+                vcpus=self.config.vcpus,
+                memory_mib=self.config.memory_mib,
+                max_vms=self.config.max_vms,
+                labels=list(self.config.labels),
+                backend=str(self.vmm.backend),
+                version=__version__,
+            )
+        )
+        self.heartbeat_interval = reg.heartbeat_interval_seconds
+        shapes = {rc.name: VMShape(rc.name, rc.vcpus, rc.memory_mib, rc.disk_mib) for rc in reg.runner_classes}
+        self.pool = WarmPool(self.vmm, self.ledger, shapes, self.config.warm_pool)
+        log.info(
+            "agent registered",
+            agent_id=reg.agent_id,
+            backend=str(self.vmm.backend),
+            vcpus=self.config.vcpus,
+            memory_mib=self.config.memory_mib,
+            max_vms=self.config.max_vms,
+            warm_pool=dict(self.config.warm_pool),
+        )
+
+    async def run(self) -> None:
+        """Serve until shutdown() is called."""
+        await self.start()
+        assert self.pool is not None
+        tasks = [
+            asyncio.create_task(self._lease_loop(), name="lease"),
+            asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
+            asyncio.create_task(self.pool.run(), name="pool"),
+        ]
+        try:
+            await self._draining.wait()
+            await self._drain()
+        finally:
+            for t in tasks:
+                t.cancel()
+            for t in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await t
+            await self.pool.close()
+            await self.output.aclose()
+            self._stopped.set()
+
+    async def shutdown(self) -> None:
+        """Stop leasing; let running jobs finish within drain_seconds; then stop them. Waits until done."""
+        self._draining.set()
+        if self._lease_task:
+            self._lease_task.cancel()
+        await self._stopped.wait()
+
+    async def _drain(self) -> None:
+        if self._lease_task:
+            self._lease_task.cancel()
+        running = [j.task for j in self.jobs.values() if j.task]
+        if running:
+            log.info("draining: waiting for running jobs", jobs=len(running), seconds=self.config.drain_seconds)
+            _, pending = await asyncio.wait(running, timeout=self.config.drain_seconds)
+            for job in list(self.jobs.values()):
+                if job.task in pending:
+                    job.stop_reason = "shutdown"
+                    job.stop.set()
+            if pending:
+                await asyncio.wait(pending, timeout=60)
+
+    # -- leasing ------------------------------------------------------------------------------------------
+
+    def _offer(self) -> tuple[int, int, int]:
+        assert self.pool is not None
+        idle_cpu, idle_mem, idle_vms = self.pool.idle_capacity()
+        return (
+            self.ledger.free_vcpus + idle_cpu,
+            self.ledger.free_memory_mib + idle_mem,
+            self.ledger.free_vms + idle_vms,
+        )
+
+    async def _lease_loop(self) -> None:
+        backoff = 0.5
+        while not self._draining.is_set():
+            cpu, mem, vms = self._offer()
+            if vms <= 0 or cpu <= 0:
+                await asyncio.sleep(0.2)
+                continue
+            req = wire.LeaseRequest(free_vcpus=cpu, free_memory_mib=mem, wait_seconds=self.config.lease_wait_seconds)
+            self._lease_task = asyncio.ensure_future(self.control.lease(req))
+            try:
+                lease = await self._lease_task
+            except asyncio.CancelledError:
+                if self._draining.is_set():
+                    return
+                raise
+            except SmithError as exc:
+                if isinstance(exc, Conflict):  # the control plane forgot us (Redis lost?): register again
+                    await self._reregister()
+                log.warning("lease failed", error=exc.message, retry_in=backoff)
+                await asyncio.sleep(exc.retry_after or backoff)
+                backoff = min(backoff * 2, 15.0)
+                continue
+            finally:
+                self._lease_task = None
+            backoff = 0.5
+            if lease is not None:
+                await self._accept(lease)
+
+    async def _accept(self, lease: wire.LeaseResponse) -> None:
+        assert self.pool is not None
+        spec = lease.job
+        shape = VMShape(spec.runner_class, spec.vcpus, spec.memory_mib, spec.disk_mib)
+        job = RunningJob(lease, shape)
+        job.machine = self.pool.take(spec.runner_class)
+        if (
+            job.machine is None
+            and not self.ledger.reserve(shape)
+            and not (await self.pool.evict_for(shape) and self.ledger.reserve(shape))
+        ):
+            # Should not happen: we only offered what we had. Say so and give the job back.
+            await self._report(spec.id, "failed", reason="host had no room for the VM (capacity changed)")
+            return
+        self.jobs[spec.id] = job
+        job.task = asyncio.create_task(self._run_job(job), name=f"job-{spec.id}")
+
+    async def _reregister(self) -> None:
+        with contextlib.suppress(SmithError):
+            await self.control.register(
+                wire.RegisterRequest(
+                    hostname=self.config.hostname,
+                    vcpus=self.config.vcpus,
+                    memory_mib=self.config.memory_mib,
+                    max_vms=self.config.max_vms,
+                    labels=list(self.config.labels),
+                    backend=str(self.vmm.backend),
+                    version=__version__,
+                    running=list(self.jobs),
+                )
+            )
+
+    # -- one job ------------------------------------------------------------------------------------------
+
+    def guest_config(self, lease: wire.LeaseResponse) -> GuestConfig:
+        return GuestConfig(job=lease.job, runner=lease.runner, cache=lease.cache, runner_dir=self.config.runner_dir)
+
+    async def _run_job(self, job: RunningJob) -> None:
+        spec = job.lease.job
+        state, reason, exit_code = "failed", "", None
+        warm = job.machine is not None
+        try:
+            if job.machine is None:
+                job.machine = await self.vmm.boot(job.shape, f"job-{spec.id}-{spec.attempt}")
+            await job.machine.assign(self.guest_config(job.lease))
+            await self._report(spec.id, "running")
+            exit_code = await self._follow(job)
+            if job.stop_reason:
+                state = "cancelled" if job.stop_reason == "cancel" else "failed"
+                reason = {
+                    "cancel": "cancelled by operator",
+                    "shutdown": "agent shut down before the job finished",
+                    "timeout": f"job ran past {self.config.job_timeout_seconds:g}s",
+                    "lost": "lease lost",
+                }[job.stop_reason]
+            elif exit_code is None:
+                reason = "the VM ended without reporting an exit status"
+            else:
+                state = "succeeded" if exit_code == 0 else "failed"
+                reason = "" if exit_code == 0 else f"exit code {exit_code}"
+        except SmithError as exc:
+            reason = f"VM failed: {exc.message}"
+            log.warning("job failed in the VM layer", job_id=spec.id, error=exc.message)
+        except OSError as exc:
+            reason = f"VM failed: {exc}"
+        finally:
+            if job.machine is not None:
+                with contextlib.suppress(Exception):
+                    await job.machine.stop()
+            self.ledger.release(job.shape)
+            await self.output.close_job(spec.id)
+            self.jobs.pop(spec.id, None)
+            if self.pool:
+                self.pool.changed.set()
+        if job.stop_reason != "lost":
+            await self._report(spec.id, state, reason=reason, exit_code=exit_code)
+        done = time.monotonic()
+        self.stats.append(
+            {
+                "lease_to_first_line": (job.first_line_at or done) - job.leased_at,
+                "total": done - job.leased_at,
+                "warm": float(warm),
+            }
+        )
+        log.info("job finished", job_id=spec.id, state=state, exit_code=exit_code, reason=reason or None, warm=warm)
+
+    async def _follow(self, job: RunningJob) -> int | None:
+        """Stream the guest's events until its exit event, a stop request, or the job timeout."""
+        assert job.machine is not None
+        exit_code: int | None = None
+        spec_id = job.lease.job.id
+
+        async def consume() -> None:
+            nonlocal exit_code
+            assert job.machine is not None
+            async for event in job.machine.events():
+                if event.type == "line" and job.first_line_at is None:
+                    job.first_line_at = time.monotonic()
+                await self.output.emit(spec_id, event)
+                if event.type == "exit":
+                    exit_code = event.exit_code
+                    return
+
+        reader = asyncio.create_task(consume())
+        stopper = asyncio.create_task(job.stop.wait())
+        done, _ = await asyncio.wait(
+            {reader, stopper}, timeout=self.config.job_timeout_seconds, return_when=asyncio.FIRST_COMPLETED
+        )
+        if not done:
+            job.stop_reason = "timeout"
+        for t in (reader, stopper):
+            t.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        if reader in done and reader.exception():
+            raise reader.exception()  # type: ignore[misc]
+        if job.stop_reason:
+            await self.output.emit(
+                spec_id,
+                GuestEvent(
+                    type="line", ts=time.time(), stream="system", line=f"smith: job stopped ({job.stop_reason})"
+                ),
+            )
+        return exit_code
+
+    async def _report(self, job_id: str, state: str, *, reason: str = "", exit_code: int | None = None) -> None:
+        try:
+            await self.control.report(
+                job_id,
+                wire.StatusReport.model_validate({"state": state, "reason": reason, "exit_code": exit_code}),
+            )
+        except SmithError as exc:
+            log.warning("could not report job state", job_id=job_id, state=state, error=exc.message)
+
+    # -- heartbeat ----------------------------------------------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_interval)
+            try:
+                resp = await self.control.heartbeat(
+                    wire.HeartbeatRequest(
+                        running=list(self.jobs),
+                        free_vcpus=self.ledger.free_vcpus,
+                        free_memory_mib=self.ledger.free_memory_mib,
+                        free_vms=self.ledger.free_vms,
+                    )
+                )
+            except Conflict:
+                await self._reregister()
+                continue
+            except SmithError as exc:
+                log.warning("heartbeat failed", error=exc.message)
+                continue
+            for job_id, status in resp.jobs.items():
+                job = self.jobs.get(job_id)
+                if job and status in ("cancel", "lost") and not job.stop_reason:
+                    log.info("stopping job", job_id=job_id, why=status)
+                    job.stop_reason = status
+                    job.stop.set()

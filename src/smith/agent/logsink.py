@@ -1,0 +1,62 @@
+"""Where a job's output lines go on the host: a local NDJSON file per job, and the log pipeline when set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+from smith.wire.guest import GuestEvent
+
+
+class JobOutput(Protocol):
+    async def emit(self, job_id: str, event: GuestEvent) -> None: ...
+
+    async def close_job(self, job_id: str) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+class LocalFiles:
+    """``<dir>/<job_id>.ndjson``: every guest event of a job, one JSON object a line, in order."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._files: dict[str, object] = {}
+
+    def path(self, job_id: str) -> Path:
+        return self.dir / f"{job_id.replace('/', '_')}.ndjson"
+
+    async def emit(self, job_id: str, event: GuestEvent) -> None:
+        f = self._files.get(job_id)
+        if f is None:
+            f = self._files[job_id] = self.path(job_id).open("a", encoding="utf-8")
+        f.write(event.model_dump_json() + "\n")  # type: ignore[attr-defined]
+
+    async def close_job(self, job_id: str) -> None:
+        f = self._files.pop(job_id, None)
+        if f is not None:
+            f.close()  # type: ignore[attr-defined]
+
+    async def aclose(self) -> None:
+        for job_id in list(self._files):
+            await self.close_job(job_id)
+
+
+class Fanout:
+    """Send every event to several outputs (local files and the log pipeline)."""
+
+    def __init__(self, *outputs: JobOutput) -> None:
+        self.outputs = outputs
+
+    async def emit(self, job_id: str, event: GuestEvent) -> None:
+        for out in self.outputs:
+            await out.emit(job_id, event)
+
+    async def close_job(self, job_id: str) -> None:
+        for out in self.outputs:
+            await out.close_job(job_id)
+
+    async def aclose(self) -> None:
+        for out in self.outputs:
+            await out.aclose()

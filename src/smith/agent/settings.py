@@ -1,0 +1,87 @@
+"""Host agent settings (``SMITH_AGENT_*`` and shared ``SMITH_*``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+
+from smith.settings import CommonSettings
+
+
+def _total_memory_mib() -> int:
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024 / 1024)
+    except (ValueError, OSError):
+        return 4096
+
+
+class AgentSettings(CommonSettings):
+    control_url: str = Field("http://127.0.0.1:8080", description="The control plane's URL")
+    agent_token: SecretStr | None = Field(None, description="Bearer token: `smith auth agent-token`")
+    agent_id: str = Field(default_factory=socket.gethostname, description="Must match the token's agent_id")
+    agent_backend: str = Field("auto", description="auto, firecracker, qemu or sandbox")
+    agent_vcpus: int = Field(default_factory=lambda: os.cpu_count() or 1, gt=0, description="vCPUs to hand out")
+    agent_memory_mib: int = Field(
+        default_factory=lambda: max(512, _total_memory_mib() - 1024), gt=0, description="Memory to hand out"
+    )
+    agent_max_vms: int = Field(16, gt=0, description="At most this many VMs at once (warm ones included)")
+    agent_overcommit_vcpus: float = Field(
+        1.0, ge=1.0, description="vCPU overcommit factor (1.0: a vCPU is never promised twice)"
+    )
+    agent_labels: list[str] = Field(default_factory=list, description="Runner classes served; empty: all that fit")
+    agent_warm_pool: dict[str, int] = Field(
+        default_factory=dict, description='Warm VMs per runner class, JSON: {"smith-2vcpu": 2}'
+    )
+    agent_drain_seconds: float = Field(300.0, ge=0, description="SIGTERM: how long running jobs may finish")
+    agent_job_timeout_seconds: float = Field(6 * 3600.0, gt=0, description="A job running longer is stopped")
+    agent_lease_wait_seconds: float = Field(20.0, gt=0, le=60)
+    agent_work_dir: Path | None = Field(None, description="Per-VM files; default <data_dir>/agent")
+    agent_runner_dir: str = Field("/opt/actions-runner", description="Where GitHub's runner lives in the image")
+    logs_url: str | None = Field(
+        None,
+        validation_alias=AliasChoices("SMITH_AGENT_LOGS_URL", "SMITH_LOGS_URL"),
+        description="Log pipeline URL; overrides what the control plane hands out",
+    )
+    # Backend specifics
+    agent_kernel: Path | None = Field(None, description="Guest kernel (Firecracker: uncompressed vmlinux)")
+    agent_rootfs: Path | None = Field(None, description="Guest root filesystem image")
+    agent_firecracker_bin: str = "firecracker"
+    agent_jailer_bin: str = "jailer"
+    agent_qemu_bin: str = "qemu-system-x86_64"
+    agent_network: bool = Field(False, description="Give VMs a tap on the smith bridge with NAT egress")
+
+    @field_validator("agent_labels", mode="before")
+    @classmethod
+    def _labels(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip().startswith("["):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @field_validator("agent_warm_pool", mode="before")
+    @classmethod
+    def _pool(cls, value: Any) -> Any:
+        return json.loads(value) if isinstance(value, str) else value
+
+    @field_validator("agent_backend")
+    @classmethod
+    def _backend(cls, value: str) -> str:
+        if value not in ("auto", "firecracker", "qemu", "sandbox"):
+            raise ValueError("must be auto, firecracker, qemu or sandbox")
+        return value
+
+    @property
+    def work_dir(self) -> Path:
+        return self.agent_work_dir or (self.data_dir / "agent")
+
+    def problems(self) -> list[str]:
+        found = []
+        if self.agent_token is None:
+            found.append("SMITH_AGENT_TOKEN is not set: the control plane will refuse this agent")
+        if self.agent_backend == "firecracker" and not (self.agent_kernel and self.agent_rootfs):
+            found.append("firecracker backend needs SMITH_AGENT_KERNEL and SMITH_AGENT_ROOTFS")
+        return found
