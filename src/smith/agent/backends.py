@@ -1,0 +1,90 @@
+"""Pick the VM backend for this machine and say why: Firecracker, else QEMU microvm, else the sandbox."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from typing import Any
+
+from smith.errors import ConfigError
+from smith.ports import VMM
+
+ORDER = ("firecracker", "qemu", "sandbox")
+
+
+def _kvm_usable() -> tuple[bool, str]:
+    if not os.path.exists("/dev/kvm"):
+        return False, "/dev/kvm does not exist"
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return False, "/dev/kvm is not readable and writable by this user"
+    if os.environ.get("SMITH_AGENT_KVM_BROKEN") == "1":
+        return False, "SMITH_AGENT_KVM_BROKEN=1 (KVM present but cannot boot normal guests, e.g. nested PVM)"
+    return True, "/dev/kvm is usable"
+
+
+def probe(settings: Any | None = None) -> dict[str, Any]:
+    """What each backend needs, whether this machine has it, and what `auto` would choose."""
+    fc_bin = getattr(settings, "agent_firecracker_bin", "firecracker")
+    qemu_bin = getattr(settings, "agent_qemu_bin", "qemu-system-x86_64")
+    kvm, kvm_why = _kvm_usable()
+    out: dict[str, dict[str, Any]] = {}
+    fc = shutil.which(fc_bin)
+    has_image = bool(settings and settings.agent_kernel and settings.agent_rootfs)
+    if not fc:
+        out["firecracker"] = {"available": False, "reason": f"no {fc_bin} binary on PATH"}
+    elif not kvm:
+        out["firecracker"] = {"available": False, "reason": kvm_why}
+    elif not has_image:
+        out["firecracker"] = {"available": False, "reason": "SMITH_AGENT_KERNEL / SMITH_AGENT_ROOTFS not set"}
+    else:
+        out["firecracker"] = {"available": True, "reason": f"{fc} with KVM"}
+    q = shutil.which(qemu_bin)
+    if not q:
+        out["qemu"] = {"available": False, "reason": f"no {qemu_bin} binary on PATH"}
+    else:
+        accel = "KVM" if kvm else "software emulation (slow: no usable KVM)"
+        out["qemu"] = {"available": True, "reason": f"{q} with {accel}", "kvm": kvm}
+    bw = shutil.which("bwrap")
+    out["sandbox"] = (
+        {"available": True, "reason": f"{bw}: namespaces only, weaker isolation than a VM"}
+        if bw
+        else {"available": False, "reason": "no bwrap binary on PATH (apt install bubblewrap)"}
+    )
+    # auto: a VM if a fast one is here; QEMU only with KVM (software emulation is too slow to be the default).
+    auto = "sandbox"
+    if out["firecracker"]["available"]:
+        auto = "firecracker"
+    elif out["qemu"]["available"] and out["qemu"].get("kvm"):
+        auto = "qemu"
+    elif not out["sandbox"]["available"] and out["qemu"]["available"]:
+        auto = "qemu"
+    return {"backends": out, "auto": auto}
+
+
+def select_backend(settings: Any) -> tuple[VMM, str]:
+    """The VMM to use and the reason, per SMITH_AGENT_BACKEND (auto picks the best available)."""
+    found = probe(settings)
+    name = settings.agent_backend if settings.agent_backend != "auto" else found["auto"]
+    info = found["backends"][name]
+    if not info["available"]:
+        raise ConfigError(f"backend {name} is not available here: {info['reason']}")
+    why = info["reason"] if settings.agent_backend != "auto" else f"auto: {info['reason']}"
+    return build(name, settings), why
+
+
+def build(name: str, settings: Any) -> VMM:
+    work = settings.work_dir / name
+    work.mkdir(parents=True, exist_ok=True)
+    if name == "sandbox":
+        from smith.adapters.sandbox import SandboxVMM
+
+        return SandboxVMM(base_dir=work)  # type: ignore[no-any-return]
+    if name == "qemu":
+        from smith.adapters.qemu import QemuVMM
+
+        return QemuVMM(base_dir=work, kernel=settings.agent_kernel, rootfs=settings.agent_rootfs)  # type: ignore[no-any-return]
+    if name == "firecracker":
+        from smith.adapters.firecracker.vmm import FirecrackerVMM
+
+        return FirecrackerVMM(base_dir=work, kernel=settings.agent_kernel, rootfs=settings.agent_rootfs)  # type: ignore[no-any-return]
+    raise ConfigError(f"unknown backend {name}")

@@ -1,0 +1,116 @@
+"""``smith agent``: the host agent daemon."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import socket
+from collections.abc import Coroutine
+from typing import Any
+
+import typer
+
+from smith.cli.common import console, fail, print_json
+
+app = typer.Typer(help="The host agent: leases jobs and runs each in a fresh VM on this machine.", no_args_is_help=True)
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(app, name="agent")
+
+
+def build_agent(settings: Any) -> Any:
+    """Compose an Agent from settings: control client, chosen backend, job output."""
+    from smith.agent.backends import select_backend
+    from smith.agent.client import ControlClient
+    from smith.agent.daemon import Agent, AgentConfig
+    from smith.agent.logsink import LocalFiles
+
+    if settings.agent_token is None:
+        fail("SMITH_AGENT_TOKEN is not set: mint one with `smith auth agent-token --agent-id ...`")
+    vmm, why = select_backend(settings)
+    console.print(f"backend: [bold]{vmm.backend}[/bold] ({why})")
+    config = AgentConfig(
+        agent_id=settings.agent_id,
+        hostname=socket.gethostname(),
+        vcpus=settings.agent_vcpus,
+        memory_mib=settings.agent_memory_mib,
+        max_vms=settings.agent_max_vms,
+        labels=tuple(settings.agent_labels),
+        warm_pool=settings.agent_warm_pool,
+        drain_seconds=settings.agent_drain_seconds,
+        job_timeout_seconds=settings.agent_job_timeout_seconds,
+        lease_wait_seconds=settings.agent_lease_wait_seconds,
+        runner_dir=settings.agent_runner_dir,
+        logs_url=settings.logs_url,
+    )
+    control = ControlClient(settings.control_url, settings.agent_token.get_secret_value())
+    output = LocalFiles(settings.work_dir / "logs")
+    return Agent(config, control, vmm, output)
+
+
+async def serve_agent(agent: Any) -> None:
+    """Run until SIGTERM/SIGINT, then drain."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, lambda: asyncio.ensure_future(agent.shutdown()))
+    await agent.run()
+
+
+@app.command()
+def run() -> None:
+    """Register with the control plane (SMITH_CONTROL_URL) and run jobs until SIGTERM, which drains.
+
+    Settings: SMITH_AGENT_TOKEN, SMITH_AGENT_BACKEND (auto|firecracker|qemu|sandbox), SMITH_AGENT_VCPUS,
+    SMITH_AGENT_MEMORY_MIB, SMITH_AGENT_MAX_VMS, SMITH_AGENT_WARM_POOL ('{"smith-2vcpu": 2}'),
+    SMITH_AGENT_DRAIN_SECONDS. `smith config check agent` validates them.
+    """
+    from smith.agent.settings import AgentSettings
+    from smith.logging import configure
+
+    settings = AgentSettings()
+    configure(settings.log_level, json=settings.log_json)
+    asyncio.run(serve_agent(build_agent(settings)))
+
+
+@app.command()
+def backends(json_out: bool = typer.Option(False, "--json", help="Print JSON")) -> None:
+    """Which VM backends this machine can run, and which one `auto` picks, with the reasons."""
+    from smith.agent.backends import probe
+
+    found = probe()
+    if json_out:
+        print_json(found)
+        return
+    for name, info in found["backends"].items():
+        mark = "[green]yes[/green]" if info["available"] else "[red]no[/red]"
+        console.print(f"{name:>12}: {mark}  {info['reason']}")
+    console.print(f"auto picks: [bold]{found['auto']}[/bold]")
+
+
+def dev_service(env: dict[str, str]) -> Coroutine[Any, Any, None] | None:
+    """`smith dev`: one agent on this machine, with the best backend it has (the sandbox without KVM)."""
+    from smith import tokens
+    from smith.agent.settings import AgentSettings
+
+    secret = env.get("SMITH_AGENT_TOKEN_SECRET")
+    if not secret:
+        return None
+    agent_id = socket.gethostname()
+    token = env.get("SMITH_AGENT_TOKEN") or tokens.mint(
+        secret, scope="agent", subject=agent_id, ttl_seconds=30 * 86400, agent_id=agent_id
+    )
+    settings = AgentSettings(agent_token=token, agent_id=agent_id, control_url=env["SMITH_CONTROL_URL"])
+
+    async def serve() -> None:
+        await asyncio.sleep(0.5)  # let the control plane bind first
+        agent = build_agent(settings)
+        try:
+            await agent.run()
+        finally:
+            with contextlib.suppress(Exception):
+                await agent.shutdown()
+
+    return serve()
