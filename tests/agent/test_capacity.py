@@ -1,0 +1,54 @@
+"""The capacity ledger never promises more vCPUs, memory or VM slots than the host has."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from smith.agent.capacity import Ledger
+from smith.domain.vms import VMShape
+
+SMALL = VMShape("self-hosted", 1, 2048)
+MED = VMShape("smith-2vcpu", 2, 4096)
+BIG = VMShape("smith-8vcpu", 8, 16384)
+
+
+def test_reserve_until_full_then_refuse() -> None:
+    ledger = Ledger(vcpus=4, memory_mib=8192, max_vms=3)
+    assert ledger.reserve(MED) and ledger.reserve(MED)
+    assert not ledger.reserve(SMALL)  # vCPUs are used up
+    assert (ledger.free_vcpus, ledger.free_memory_mib, ledger.free_vms) == (0, 0, 1)
+    ledger.release(MED)
+    assert ledger.reserve(SMALL) and not ledger.reserve(MED)  # 1 vCPU left, MED needs 2
+    assert not ledger.reserve(BIG)
+
+
+def test_max_vms_limits_even_with_room() -> None:
+    ledger = Ledger(vcpus=64, memory_mib=1 << 20, max_vms=2)
+    assert ledger.reserve(SMALL) and ledger.reserve(SMALL)
+    assert not ledger.reserve(SMALL)
+
+
+def test_release_twice_is_caught() -> None:
+    ledger = Ledger(vcpus=2, memory_mib=4096, max_vms=1)
+    ledger.reserve(MED)
+    ledger.release(MED)
+    with pytest.raises(AssertionError):
+        ledger.release(MED)
+
+
+def test_random_walk_never_exceeds_capacity() -> None:
+    rng = random.Random(7)
+    ledger = Ledger(vcpus=16, memory_mib=32768, max_vms=6)
+    held: list[VMShape] = []
+    for _ in range(5000):
+        if held and rng.random() < 0.45:
+            ledger.release(held.pop(rng.randrange(len(held))))
+        else:
+            shape = rng.choice([SMALL, MED, BIG])
+            if ledger.reserve(shape):
+                held.append(shape)
+        assert sum(s.vcpus for s in held) == ledger.used_vcpus <= 16
+        assert sum(s.memory_mib for s in held) == ledger.used_memory_mib <= 32768
+        assert len(held) == ledger.used_vms <= 6
