@@ -21,8 +21,12 @@ from tests.control.conftest import queued_payload, signed
 def start_dev(data: Path, port: int) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SMITH_")}
     env["SMITH_DATA_DIR"] = str(data)
-    proc = subprocess.Popen([sys.executable, "-m", "smith", "dev", "--port", str(port), "--only-control"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "smith", "dev", "--port", str(port), "--only-control"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
@@ -65,8 +69,13 @@ def test_smith_dev_runs_with_no_setup_and_restarts_without_loss(tmp_path: Path) 
     try:
         env = {**os.environ, "SMITH_DATA_DIR": str(tmp_path), "SMITH_PORT": str(port)}
         env.pop("SMITH_CONTROL_URL", None)
-        out = subprocess.run([sys.executable, "-m", "smith", "jobs", "show", "7001", "--json"], env=env,
-                             capture_output=True, text=True, check=True).stdout
+        out = subprocess.run(
+            [sys.executable, "-m", "smith", "jobs", "show", "7001", "--json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         assert json.loads(out)["state"] == "queued"  # survived the restart; the CLI found dev's URL and secret
     finally:
         stop_dev(proc)

@@ -54,9 +54,7 @@ def probe(settings: Any | None = None) -> dict[str, Any]:
     auto = "sandbox"
     if out["firecracker"]["available"]:
         auto = "firecracker"
-    elif out["qemu"]["available"] and out["qemu"].get("kvm"):
-        auto = "qemu"
-    elif not out["sandbox"]["available"] and out["qemu"]["available"]:
+    elif out["qemu"]["available"] and (out["qemu"].get("kvm") or not out["sandbox"]["available"]):
         auto = "qemu"
     return {"backends": out, "auto": auto}
 

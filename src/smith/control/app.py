@@ -17,6 +17,7 @@ from smith.adapters.redis import connect
 from smith.adapters.redis.jobs import RedisJobs
 from smith.control.service import ControlPlane, job_view
 from smith.control.settings import ControlSettings
+from smith.control.spool import Spool
 from smith.errors import AuthError, InvalidInput, PayloadTooLarge, SmithError
 from smith.logging import get_logger
 from smith.ports import RunnerCredentials
@@ -92,7 +93,8 @@ def create_app(
             retention_max=settings.job_retention_max,
             delivery_ttl=settings.delivery_retention_seconds,
         )
-    plane = ControlPlane(settings, jobs, credentials)
+    spool = Spool(settings.spool_dir) if settings.spool_dir else None
+    plane = ControlPlane(settings, jobs, credentials, spool)
     webhook_secret = (
         settings.github_webhook_secret.get_secret_value().encode() if settings.github_webhook_secret else None
     )
@@ -155,7 +157,7 @@ def create_app(
             raise InvalidInput(f"body is not valid JSON: {exc}") from exc
         if not isinstance(payload, dict):
             raise InvalidInput("body must be a JSON object")
-        return _json(await plane.webhook(event, delivery, payload), 202)
+        return _json(await plane.receive(event, delivery, payload), 202)
 
     # -- agents -------------------------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from smith import tokens
 from smith.adapters.redis.jobs import Lease, RedisJobs, runner_classes_for
 from smith.control import webhooks
 from smith.control.settings import ControlSettings
+from smith.control.spool import Spool
 from smith.domain.jobs import Job, JobState, match_runner_class
 from smith.errors import Conflict, InvalidInput, SmithError, Unavailable
 from smith.logging import get_logger
@@ -35,9 +36,14 @@ def job_view(job: Job) -> wire.JobView:
 
 class ControlPlane:
     def __init__(
-        self, settings: ControlSettings, jobs: RedisJobs, credentials: RunnerCredentials | None = None
+        self,
+        settings: ControlSettings,
+        jobs: RedisJobs,
+        credentials: RunnerCredentials | None = None,
+        spool: Spool | None = None,
     ) -> None:
         self.settings = settings
+        self.spool = spool
         self.jobs = jobs
         self.credentials = credentials
         self.classes = settings.classes()
@@ -65,6 +71,8 @@ class ControlPlane:
         while True:
             await asyncio.sleep(self.settings.reclaim_interval_seconds)
             try:
+                if self.spool is not None:
+                    await self.spool.replay(self.webhook)
                 counts = await self.reclaim()
                 if counts.get("requeued") or counts.get("failed"):
                     log.info("leases reclaimed", **counts)
@@ -75,6 +83,17 @@ class ControlPlane:
         return await self.jobs.reclaim(self._by_name, self.settings.lease_ttl_seconds, self.settings.max_attempts)
 
     # -- webhooks -----------------------------------------------------------------------------------------
+
+    async def receive(self, event: str, delivery: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """A verified delivery: record it now, or spool it to disk while Redis is down (GitHub won't retry)."""
+        try:
+            return await self.webhook(event, delivery, payload)
+        except Unavailable:
+            if self.spool is None:
+                raise
+            self.spool.put(event, delivery, payload)
+            log.warning("redis down: webhook delivery spooled to disk", delivery=delivery, spooled=len(self.spool))
+            return {"outcome": "spooled"}
 
     async def webhook(self, event: str, delivery: str, payload: dict[str, Any]) -> dict[str, Any]:
         base: dict[str, Any] = {"delivery": delivery, "event": event, "received_at": time.time()}

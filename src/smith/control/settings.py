@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 
 from smith.domain.jobs import RunnerClass, default_runner_classes
 from smith.settings import CommonSettings
@@ -40,6 +41,9 @@ class ControlSettings(CommonSettings):
     job_retention_max: int = Field(100_000, gt=0, description="At most this many job records are listed")
     delivery_retention_seconds: int = Field(3 * 24 * 3600, gt=0, description="Window for redelivery dedupe")
     lease_wait_max_seconds: float = Field(30.0, gt=0, description="Longest long-poll an agent may ask for")
+    spool_dir: Path | None = Field(
+        None, description="Where deliveries wait while Redis is down (default <data_dir>/control/spool; '' = off)"
+    )
     # GitHub App
     github_api_url: str = "https://api.github.com"
     github_app_id: str | None = None
@@ -66,6 +70,14 @@ class ControlSettings(CommonSettings):
         if value not in ("jit", "registration"):
             raise ValueError("must be 'jit' or 'registration'")
         return value
+
+    @model_validator(mode="after")
+    def _default_spool(self) -> ControlSettings:
+        if self.spool_dir is None:
+            self.spool_dir = self.data_dir / "control" / "spool"
+        elif str(self.spool_dir) in ("", "."):
+            self.spool_dir = None
+        return self
 
     def classes(self) -> tuple[RunnerClass, ...]:
         return tuple(
