@@ -1,0 +1,260 @@
+"""The sandbox backend: each job in a bubblewrap (``bwrap``) sandbox. About 10 ms to start.
+
+Isolation: fresh user, mount, pid, net, ipc, uts and cgroup namespaces; the host's root mounted read-only; a
+private writable work dir and /tmp; no network but loopback (unless ``network="host"``); all capabilities
+dropped; ``--die-with-parent`` and its own session; an address-space limit (RLIMIT_AS) and a process count
+limit; when the agent runs as root, the sandbox runs as ``nobody`` (uid 65534) outside its namespace too.
+The root is built from read-only binds of /usr, /etc, /opt (and the /bin, /lib... links): the agent's data
+directory, /root, /home and /var are not there at all. As root, the sandboxes' directories must be reachable by
+nobody, so they live under /var/tmp/smith-sandboxes/ when the agent's own directory is not (e.g. under /root). This is namespace isolation on a shared kernel: **weaker than a VM**. Use it where no VM can run.
+
+A sandbox is started before its job exists: the guest agent inside waits on stdin for its config, so a warm
+pool of sandboxes works like one of VMs. Guest events come back on the sandbox's stdout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import resource
+import shutil
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import orjson
+from pydantic import ValidationError
+
+from smith.domain.vms import Backend, VMShape
+from smith.errors import VMError
+from smith.logging import get_logger
+from smith.wire.guest import GuestConfig, GuestEvent
+
+log = get_logger("smith.sandbox")
+
+GUEST_AGENT = Path(__file__).resolve().parent.parent / "guest" / "agent.py"
+PREFIX = "sbx-"
+
+
+SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+NOBODY = 65534
+
+
+def guest_python() -> str:
+    """A plain interpreter for the guest agent (stdlib only): the system's, else this one's base (not a venv)."""
+    if os.access("/usr/bin/python3", os.X_OK):
+        return "/usr/bin/python3"
+    return str(getattr(sys, "_base_executable", None) or sys.executable)
+
+
+class SandboxMachine:
+    def __init__(self, vm_id: str, root: Path, proc: asyncio.subprocess.Process) -> None:
+        self.id = vm_id
+        self.root = root
+        self.proc = proc
+        self._assigned = False
+        self._stopped = False
+
+    async def assign(self, config: GuestConfig) -> None:
+        if self._assigned:
+            raise VMError(f"sandbox {self.id} already has a job")
+        self._assigned = True
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(config.model_dump_json().encode())
+            await self.proc.stdin.drain()
+            self.proc.stdin.close()
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            raise VMError(f"sandbox {self.id} died before it got its job") from exc
+
+    async def events(self) -> AsyncIterator[GuestEvent]:
+        assert self.proc.stdout is not None
+        while True:
+            try:
+                raw = await self.proc.stdout.readline()
+            except ValueError:  # a line past the stream limit: the guest agent cuts lines, so this is noise
+                continue
+            if not raw:
+                return
+            try:
+                yield GuestEvent.model_validate(orjson.loads(raw))
+            except (orjson.JSONDecodeError, ValidationError):
+                yield GuestEvent(
+                    type="line",
+                    ts=asyncio.get_running_loop().time(),
+                    stream="system",
+                    line=raw.decode("utf-8", "replace").rstrip("\n"),
+                )
+
+    async def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        if self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.proc.wait(), 10)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+class SandboxVMM:
+    backend = Backend.SANDBOX
+    isolation = "namespace sandbox: weaker than a VM"
+
+    def __init__(self, base_dir: Path, *, network: str = "none", bwrap: str = "bwrap", max_procs: int = 4096) -> None:
+        if network not in ("none", "host"):
+            raise VMError("sandbox network must be 'none' or 'host'")
+        self.base_dir = _reachable_dir(Path(base_dir))
+        self.network = network
+        self.bwrap = shutil.which(bwrap) or bwrap
+        self.max_procs = max_procs
+        log.warning("sandbox backend: jobs share the host kernel; isolation is weaker than a VM")
+
+    def command(self, root: Path, vm_id: str) -> list[str]:
+        """bwrap's argv: a fresh root built from read-only host system dirs, nothing of the agent's own state."""
+        argv = [
+            self.bwrap,
+            "--unshare-user",
+            "--unshare-ipc",
+            "--unshare-pid",
+            "--unshare-uts",
+            "--unshare-cgroup-try",
+            "--die-with-parent",
+            "--new-session",
+        ]
+        if self.network == "none":
+            argv.append("--unshare-net")
+        for top in ("usr", "etc", "opt"):
+            if Path(f"/{top}").is_dir():
+                argv += ["--ro-bind", f"/{top}", f"/{top}"]
+        for top in ("bin", "lib", "lib64", "sbin"):
+            path = Path(f"/{top}")
+            if path.is_symlink():
+                argv += ["--symlink", os.readlink(path), f"/{top}"]
+            elif path.is_dir():
+                argv += ["--ro-bind", f"/{top}", f"/{top}"]
+        python = guest_python()
+        prefix = Path(python).resolve().parent.parent
+        if not str(prefix).startswith("/usr"):
+            argv += ["--ro-bind", str(prefix), str(prefix)]
+        argv += [
+            "--dev",
+            "/dev",
+            "--proc",
+            "/proc",
+            "--tmpfs",
+            "/tmp",
+            "--tmpfs",
+            "/run",
+            "--bind",
+            str(root / "work"),
+            "/work",
+            "--ro-bind",
+            str(root / "guest"),
+            "/smith-guest",
+            "--chdir",
+            "/work",
+            "--hostname",
+            f"smith-{vm_id[:40]}",
+            "--setenv",
+            "HOME",
+            "/work",
+            "--setenv",
+            "TMPDIR",
+            "/tmp",
+            "--setenv",
+            "PATH",
+            SAFE_PATH,
+            "--cap-drop",
+            "ALL",
+            "--",
+            python,
+            "-I",
+            "-S",
+            "/smith-guest/agent.py",
+            "--workdir",
+            "/work",
+        ]
+        return argv
+
+    async def boot(self, shape: VMShape, vm_id: str) -> SandboxMachine:
+        root = self.base_dir / f"{PREFIX}{vm_id}"
+        undo: list[tuple[str, object]] = []
+        try:
+            (root / "work").mkdir(parents=True)
+            undo.append(("dir", root))
+            root.chmod(0o711)
+            (root / "guest").mkdir(mode=0o755)
+            shutil.copy2(GUEST_AGENT, root / "guest" / "agent.py")
+            (root / "guest" / "agent.py").chmod(0o644)
+            mem = shape.memory_mib * 1024 * 1024
+            procs = self.max_procs
+            as_root = os.geteuid() == 0
+            if as_root:  # the job runs as nobody, never as the agent's root
+                os.chown(root / "work", NOBODY, NOBODY)
+
+            def limits() -> None:  # runs in the child before exec
+                resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
+                resource.setrlimit(resource.RLIMIT_NPROC, (procs, procs))
+                if as_root:
+                    os.setgroups([])
+                    os.setgid(NOBODY)
+                    os.setuid(NOBODY)
+
+            proc = await asyncio.create_subprocess_exec(
+                *self.command(root, vm_id),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=limits,
+                limit=1 << 20,
+            )
+            (root / "pid").write_text(str(proc.pid))
+        except BaseException as exc:
+            for kind, what in reversed(undo):
+                if kind == "dir":
+                    shutil.rmtree(what, ignore_errors=True)  # type: ignore[arg-type]
+            if isinstance(exc, OSError):
+                raise VMError(f"cannot start sandbox {vm_id}: {exc}") from exc
+            raise
+        return SandboxMachine(vm_id, root, proc)
+
+    async def cleanup_leftovers(self) -> list[str]:
+        """Kill sandboxes a crashed agent left running and remove their directories."""
+        removed = []
+        for root in sorted(self.base_dir.glob(f"{PREFIX}*")):
+            pid_file = root / "pid"
+            if pid_file.exists():
+                with contextlib.suppress(ValueError, ProcessLookupError, PermissionError):
+                    pid = int(pid_file.read_text())
+                    if _is_bwrap(pid):
+                        os.killpg(pid, signal.SIGKILL)
+            shutil.rmtree(root, ignore_errors=True)
+            removed.append(root.name)
+        return removed
+
+
+def _reachable_dir(wanted: Path) -> Path:
+    """``wanted``, or a stand-in under /var/tmp when running as root and nobody could not reach ``wanted``."""
+    wanted.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0:
+        return wanted
+    path = wanted.resolve()
+    if not all(p.stat().st_mode & 0o001 for p in path.parents):
+        path = Path("/var/tmp/smith-sandboxes") / hashlib.sha256(str(path).encode()).hexdigest()[:12]
+        path.mkdir(parents=True, exist_ok=True)
+        path.parent.chmod(0o711)
+    path.chmod(0o711)
+    return path
+
+
+def _is_bwrap(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].endswith(b"bwrap")
+    except OSError:
+        return False

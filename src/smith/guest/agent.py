@@ -1,0 +1,203 @@
+#!/usr/bin/env python3
+"""Smith's guest agent: runs inside a VM or sandbox, runs one job, streams its output as JSON lines.
+
+Stdlib only, one file: it is copied alone into guest images. It reads its config (a GuestConfig as JSON) from
+stdin, a file, or Firecracker's MMDS (waiting for it: warm VMs boot before their job exists), then either starts
+GitHub's runner with the JIT config or runs the job's script, and writes one JSON object per line to its output:
+``started`` first, a ``line`` per line of stdout/stderr (timestamp taken here, ``seq`` increasing), ``exit`` last.
+Secrets from the config (runner credential, cache token) are masked as ``***`` in every line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from typing import IO, Any
+
+MAX_LINE = 64 * 1024
+MMDS_IP = "169.254.169.254"
+
+
+class Output:
+    def __init__(self, stream: IO[str], secrets: list[str]) -> None:
+        self.stream = stream
+        self.secrets = [s for s in secrets if s and len(s) >= 4]
+        self.seq = 0
+        self.lock = threading.Lock()
+
+    def mask(self, text: str) -> str:
+        for s in self.secrets:
+            if s in text:
+                text = text.replace(s, "***")
+        return text
+
+    def emit(self, type_: str, **fields: Any) -> None:
+        with self.lock:
+            self.seq += 1
+            event = {"type": type_, "ts": time.time(), "seq": self.seq, **fields}
+            if "line" in event:
+                event["line"] = self.mask(event["line"])
+            self.stream.write(json.dumps(event, ensure_ascii=False) + "\n")
+            self.stream.flush()
+
+
+def read_config(args: argparse.Namespace) -> dict[str, Any]:
+    if args.config_file:
+        while True:  # the host writes the file atomically (rename), so it is whole once it exists
+            try:
+                with open(args.config_file, encoding="utf-8") as f:
+                    return dict(json.load(f))
+            except FileNotFoundError:
+                time.sleep(0.01)
+    if args.mmds:
+        return read_mmds(args.mmds)
+    return dict(json.loads(sys.stdin.read()))
+
+
+def read_mmds(address: str) -> dict[str, Any]:
+    """MMDS V2: PUT a session token, then GET the config; poll until the host has put it there."""
+    base = f"http://{address}"
+    while True:
+        try:
+            req = urllib.request.Request(
+                f"{base}/latest/api/token", method="PUT", headers={"X-metadata-token-ttl-seconds": "21600"}
+            )
+            with urllib.request.urlopen(req, timeout=2) as r:
+                token = r.read().decode()
+            req = urllib.request.Request(
+                f"{base}/smith/config", headers={"X-metadata-token": token, "Accept": "application/json"}
+            )
+            with urllib.request.urlopen(req, timeout=2) as r:
+                body = r.read().decode()
+            if body.strip():
+                data = json.loads(body)
+                return dict(json.loads(data) if isinstance(data, str) else data)
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.05)
+
+
+def command(config: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """The command to run and the secrets to mask."""
+    job = config.get("job") or {}
+    runner = config.get("runner")
+    secrets = []
+    if config.get("cache"):
+        secrets.append(str(config["cache"].get("token", "")))
+    if runner:
+        secrets.append(str(runner.get("value", "")))
+        runner_dir = config.get("runner_dir") or "/opt/actions-runner"
+        if runner.get("kind") == "jit":
+            return [f"{runner_dir}/run.sh", "--jitconfig", runner["value"]], secrets
+        script = (
+            f'cd "{runner_dir}" && ./config.sh --unattended --ephemeral --url "$SMITH_RUNNER_URL" '
+            f'--token "$SMITH_RUNNER_TOKEN" --name "$SMITH_RUNNER_NAME" --labels "$SMITH_RUNNER_LABELS" '
+            f"&& ./run.sh"
+        )
+        return ["/bin/sh", "-c", script], secrets
+    shell = "/bin/bash" if os.path.exists("/bin/bash") else "/bin/sh"
+    return [shell, "-e", "-c", str(job.get("run") or "")], secrets
+
+
+def environment(config: dict[str, Any], workdir: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SMITH_GUEST_")}
+    job = config.get("job") or {}
+    env.update({"CI": "true", "SMITH_JOB_ID": str(job.get("id", "")), "HOME": env.get("HOME", workdir)})
+    cache = config.get("cache")
+    if cache:
+        url = str(cache["url"]).rstrip("/") + "/"
+        env.update(
+            {
+                "ACTIONS_CACHE_URL": url,
+                "ACTIONS_RESULTS_URL": url,
+                "ACTIONS_RUNTIME_TOKEN": cache["token"],
+                "ACTIONS_CACHE_SERVICE_V2": "true",
+            }
+        )
+    runner = config.get("runner")
+    if runner and runner.get("kind") == "registration":
+        env.update(
+            {
+                "SMITH_RUNNER_URL": runner.get("url", ""),
+                "SMITH_RUNNER_TOKEN": runner["value"],
+                "SMITH_RUNNER_NAME": runner.get("runner_name", ""),
+                "SMITH_RUNNER_LABELS": ",".join(job.get("labels") or []),
+            }
+        )
+    env.update({str(k): str(v) for k, v in (config.get("env") or {}).items()})
+    return env
+
+
+def pump(pipe: IO[bytes], name: str, q: queue.Queue[tuple[str, str] | None]) -> None:
+    while True:
+        chunk = pipe.readline(MAX_LINE)
+        if not chunk:
+            break
+        text = chunk.decode("utf-8", errors="replace")
+        if not chunk.endswith(b"\n") and len(chunk) >= MAX_LINE:
+            text += " [smith: line cut at 64 KiB]"
+            rest = chunk
+            while rest and not rest.endswith(b"\n"):  # drop the rest of the over-long line
+                rest = pipe.readline(MAX_LINE)
+        q.put((name, text.rstrip("\r\n")))
+    q.put(None)
+
+
+def run(config: dict[str, Any], out: Output, workdir: str) -> int:
+    argv, _ = command(config)
+    out.emit("started", stream="system", line=f"job {(config.get('job') or {}).get('id', '')} starting")
+    try:
+        proc = subprocess.Popen(
+            argv,
+            cwd=workdir,
+            env=environment(config, workdir),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        out.emit("line", stream="system", line=f"smith: cannot start the job: {exc}")
+        return 127
+    q: queue.Queue[tuple[str, str] | None] = queue.Queue()
+    threads = [
+        threading.Thread(target=pump, args=(p, n, q), daemon=True)
+        for p, n in ((proc.stdout, "stdout"), (proc.stderr, "stderr"))
+    ]
+    for t in threads:
+        t.start()
+    open_pipes = len(threads)
+    while open_pipes:
+        item = q.get()
+        if item is None:
+            open_pipes -= 1
+            continue
+        out.emit("line", stream=item[0], line=item[1])
+    return proc.wait()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description="Smith guest agent")
+    ap.add_argument("--config-file", help="Read the config from this file (waits until it exists)")
+    ap.add_argument("--mmds", nargs="?", const=MMDS_IP, help="Read the config from Firecracker's MMDS")
+    ap.add_argument("--out", default="-", help="Where events go: a path (e.g. a virtio serial port) or - for stdout")
+    ap.add_argument("--workdir", default=os.getcwd())
+    args = ap.parse_args()
+    stream: IO[str] = sys.stdout if args.out == "-" else open(args.out, "w", encoding="utf-8")  # noqa: SIM115
+    config = read_config(args)
+    _, secrets = command(config)
+    out = Output(stream, secrets)
+    code = run(config, out, args.workdir)
+    out.emit("exit", stream="system", exit_code=code)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
