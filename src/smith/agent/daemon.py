@@ -69,6 +69,7 @@ class Agent:
         self.heartbeat_interval = 5.0
         self._draining = asyncio.Event()
         self._stopped = asyncio.Event()
+        self.registered = asyncio.Event()
         self._lease_task: asyncio.Task[Any] | None = None
         self.stats: list[dict[str, float]] = []  # per finished job: lease -> first line, total
 
@@ -98,6 +99,7 @@ class Agent:
         self.heartbeat_interval = reg.heartbeat_interval_seconds
         shapes = {rc.name: VMShape(rc.name, rc.vcpus, rc.memory_mib, rc.disk_mib) for rc in reg.runner_classes}
         self.pool = WarmPool(self.vmm, self.ledger, shapes, self.config.warm_pool)
+        self.registered.set()
         log.info(
             "agent registered",
             agent_id=reg.agent_id,
