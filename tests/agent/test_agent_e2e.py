@@ -204,7 +204,7 @@ def agent_process(control: Control, work: Path, env_extra: dict[str, str] | None
             "SMITH_AGENT_BACKEND": "sandbox",
             "SMITH_AGENT_VCPUS": "2",
             "SMITH_AGENT_MEMORY_MIB": "4096",
-        "SMITH_AGENT_DRAIN_SECONDS": "2",
+            "SMITH_AGENT_DRAIN_SECONDS": "2",
             "SMITH_AGENT_WORK_DIR": str(work),
             "SMITH_DATA_DIR": str(work.parent),
             **(env_extra or {}),

@@ -89,6 +89,9 @@ def create_app(
         r = connect.client(settings.redis_url)
         jobs = RedisJobs(
             r,
+            blocking=connect.client(
+                settings.redis_url, max_connections=4096, socket_timeout=settings.lease_wait_max_seconds + 10
+            ),
             retention_seconds=settings.job_retention_seconds,
             retention_max=settings.job_retention_max,
             delivery_ttl=settings.delivery_retention_seconds,
@@ -107,6 +110,8 @@ def create_app(
         finally:
             await plane.stop()
             await jobs.r.aclose()
+            if jobs.blocking is not jobs.r:
+                await jobs.blocking.aclose()
 
     app = FastAPI(title="Smith control plane", version="0.1.0", lifespan=lifespan)
     app.state.plane = plane

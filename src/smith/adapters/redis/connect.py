@@ -14,13 +14,15 @@ from smith.errors import SmithError, Unavailable
 T = TypeVar("T")
 
 
-def client(url: str, *, max_connections: int = 512) -> aioredis.Redis:
-    """A client with decoded strings, short connect timeouts and retries on a broken connection."""
+def client(url: str, *, max_connections: int = 512, socket_timeout: float = 5.0) -> aioredis.Redis:
+    """A client with decoded strings and short timeouts. Blocking reads (XREADGROUP BLOCK) need a client whose
+    ``socket_timeout`` is longer than the longest block, or the wait itself times out."""
     return aioredis.Redis.from_url(
         url,
         decode_responses=True,
         max_connections=max_connections,
         socket_connect_timeout=2.0,
+        socket_timeout=socket_timeout,
         health_check_interval=15,
     )
 
