@@ -83,6 +83,22 @@ def _check_job_id(job_id: str) -> str:
     return job_id
 
 
+def _agent_id(request: Request) -> str:
+    secret = request.app.state.agent_secret
+    claims = tokens.verify(secret, tokens.bearer(request.headers.get("authorization")), scope="agent")
+    return str(claims.get("agent_id") or claims["sub"])
+
+
+def _operator(request: Request) -> str:
+    secret = request.app.state.operator_secret
+    claims = tokens.verify(secret, tokens.bearer(request.headers.get("authorization")), scope="operator")
+    return str(claims["sub"])
+
+
+Agent = Annotated[str, Depends(_agent_id)]
+Operator = Annotated[str, Depends(_operator)]
+
+
 def create_app(settings: LogsSettings, *, clickhouse: ClickHouse | None = None) -> FastAPI:
     """Build the app; the store opens and migrates on start-up (lifespan)."""
     store = LogStore(
@@ -96,8 +112,6 @@ def create_app(settings: LogsSettings, *, clickhouse: ClickHouse | None = None) 
         delay=settings.logs_batch_delay_seconds,
         max_pending=settings.logs_max_pending_rows,
     )
-    agent_secret = settings.agent_token_secret.get_secret_value() if settings.agent_token_secret else None
-    operator_secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None
 
     async def sweeper() -> None:
         while True:
@@ -128,17 +142,8 @@ def create_app(settings: LogsSettings, *, clickhouse: ClickHouse | None = None) 
     app = FastAPI(title="Smith log pipeline", version="0.1.0", lifespan=lifespan)
     app.state.store = store
     app.state.batcher = batcher
-
-    def agent_id(request: Request) -> str:
-        claims = tokens.verify(agent_secret, tokens.bearer(request.headers.get("authorization")), scope="agent")
-        return str(claims.get("agent_id") or claims["sub"])
-
-    def operator(request: Request) -> str:
-        claims = tokens.verify(operator_secret, tokens.bearer(request.headers.get("authorization")), scope="operator")
-        return str(claims["sub"])
-
-    Agent = Annotated[str, Depends(agent_id)]
-    Operator = Annotated[str, Depends(operator)]
+    app.state.agent_secret = settings.agent_token_secret.get_secret_value() if settings.agent_token_secret else None
+    app.state.operator_secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None
 
     @app.exception_handler(SmithError)
     async def _smith_error(_: Request, exc: SmithError) -> Response:

@@ -21,7 +21,7 @@ import re
 import time
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 Stream = Literal["stdout", "stderr", "system"]
 STREAMS: frozenset[str] = frozenset(("stdout", "stderr", "system"))
@@ -32,6 +32,8 @@ TRUNCATION_MARKER = " …[smith: truncated {dropped} bytes]"
 
 class LogLine(BaseModel):
     """One line of a job's output as the agent ships it (one JSON object per NDJSON line)."""
+
+    model_config = ConfigDict(strict=True)
 
     job_id: str = Field(pattern=JOB_ID_PATTERN)
     seq: int = Field(ge=0, lt=2**63, description="Per-job sequence number; (job_id, seq) is the line's identity")
