@@ -261,12 +261,12 @@ class LogShipper:
     def _unsent(self) -> bool:
         return any(j.acked < j.written for j in self.jobs.values())
 
-    def _read_batch(self, job: _Job) -> bytes:
-        job.file.flush()
+    def _read_batch(self, job: _Job, end: int) -> bytes:
+        """The next whole lines after the acknowledged offset, up to ``end`` (runs in a worker thread)."""
         with (job.dir / "lines.ndjson").open("rb") as f:
             f.seek(job.acked)
-            data = f.read(min(self.batch_bytes, job.written - job.acked))
-        if len(data) < job.written - job.acked or not data.endswith(b"\n"):
+            data = f.read(min(self.batch_bytes, end - job.acked))
+        if len(data) < end - job.acked or not data.endswith(b"\n"):
             data = data[: data.rfind(b"\n") + 1]
         if data.count(b"\n") > self.batch_lines:
             cut = -1
@@ -304,7 +304,8 @@ class LogShipper:
         job.busy = True
         try:
             while job.acked < job.written and time.monotonic() >= self._not_before:
-                data = await asyncio.to_thread(self._read_batch, job)
+                job.file.flush()  # here, not in the worker thread: appends happen on this thread
+                data = await asyncio.to_thread(self._read_batch, job, job.written)
                 if not data:
                     return
                 if not await self._post(job, data):
