@@ -29,6 +29,7 @@ from typing import IO, Any, BinaryIO
 import httpx
 import orjson
 
+from smith.asyncutil import wait_event
 from smith.logging import get_logger
 from smith.wire.guest import GuestEvent
 
@@ -82,6 +83,7 @@ class LogShipper:
         self._not_before = 0.0  # monotonic time before which nothing is sent (pipeline down / busy)
         self._failures = 0
         self._closing = False
+        self._stopped = False
         self._followers: set[asyncio.Task[None]] = set()
         self.sent_lines = 0
 
@@ -112,9 +114,12 @@ class LogShipper:
             self._wake.set()
             await asyncio.sleep(0.05)
         if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            self._stopped = True
+            self._wake.set()
+            await asyncio.wait({self._task}, timeout=max(1.0, deadline - time.monotonic()))
+            if not self._task.done():
+                self._task.cancel()
+                await asyncio.wait({self._task}, timeout=5)
             self._task = None
         done = not self._unsent()
         for job in list(self.jobs.values()):
@@ -284,9 +289,10 @@ class LogShipper:
 
     async def _run(self) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.flush_interval)
+            await wait_event(self._wake, self.flush_interval)
             self._wake.clear()
+            if self._stopped:
+                return
             wait = self._not_before - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)

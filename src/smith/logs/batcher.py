@@ -13,12 +13,12 @@ flusher writes in order, so a retry arriving while its first copy is being writt
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from smith.asyncutil import wait_event
 from smith.errors import RateLimited, SmithError, Unavailable
 from smith.logging import get_logger
 from smith.logs.ingest import encode
@@ -81,12 +81,10 @@ class Batcher:
         self._wake.set()
         if self._task is None:
             return
-        try:
-            await asyncio.wait_for(asyncio.shield(self._task), drain_seconds)
-        except TimeoutError:
+        await asyncio.wait({self._task}, timeout=drain_seconds)
+        if not self._task.done():
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await asyncio.wait({self._task}, timeout=5)
         for req in self._queue:
             if not req.future.done():
                 req.future.set_exception(Unavailable("log pipeline stopped before writing", retry_after=1.0))
@@ -122,8 +120,7 @@ class Batcher:
 
     async def wait_flush(self, seconds: float) -> None:
         """Return after the next batch is written, or after ``seconds``."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._flushed.wait(), seconds)
+        await wait_event(self._flushed, seconds)
 
     # -- flushing ---------------------------------------------------------------------------------------
 
@@ -141,8 +138,7 @@ class Batcher:
             wait = self._queue[0].at + self.delay - time.monotonic()
             if wait > 0 and not self._closing and self._queued_rows() < self.batch_rows:
                 self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), wait)
+                await wait_event(self._wake, wait)
                 continue
             taken: list[_Request] = []
             count = 0
