@@ -109,6 +109,7 @@ def create_app(settings: LogsSettings, *, clickhouse: ClickHouse | None = None) 
     batcher = Batcher(
         store,
         batch_rows=settings.logs_batch_rows,
+        min_rows=settings.logs_batch_min_rows,
         delay=settings.logs_batch_delay_seconds,
         max_pending=settings.logs_max_pending_rows,
     )

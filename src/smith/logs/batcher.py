@@ -1,7 +1,9 @@
 """The bounded in-memory batcher between ``POST /v1/logs`` and ClickHouse.
 
 Requests put their rows here and wait: a request is answered only once its rows are in ClickHouse. One flusher
-writes a batch when ``batch_rows`` are waiting or the oldest waited ``delay`` seconds. At most ``max_pending``
+writes as soon as ``min_rows`` wait or the oldest waited ``delay`` seconds, at most ``batch_rows`` in one insert;
+rows that arrive while an insert runs go into the next one (group commit), so a busy pipeline writes big
+batches back to back and a quiet one answers within ``delay``. At most ``max_pending``
 rows wait or are being written; past that ``submit`` raises ``RateLimited`` (HTTP 429 with Retry-After) and the
 agent keeps the lines on its disk: nothing is dropped silently.
 
@@ -13,6 +15,7 @@ flusher writes in order, so a retry arriving while its first copy is being writt
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
@@ -32,6 +35,37 @@ class _Request:
     rows: list[dict[str, Any]]
     future: asyncio.Future[tuple[int, int]]
     at: float
+    spans: dict[str, tuple[int, int]] | None  # per job (lowest, highest) seq, if its seqs strictly increase
+
+
+def spans(rows: list[dict[str, Any]]) -> dict[str, tuple[int, int]] | None:
+    """Each job's (lowest, highest) seq in ``rows``, or None unless each job's seqs strictly increase."""
+    out: dict[str, tuple[int, int]] = {}
+    last: dict[str, int] = {}
+    for row in rows:
+        j, s = row["job_id"], row["seq"]
+        prev = last.get(j)
+        if prev is None:
+            out[j] = (s, s)
+        elif s <= prev:
+            return None
+        last[j] = s
+    return {j: (lo, last[j]) for j, (lo, _) in out.items()}
+
+
+def _disjoint(taken: list[_Request]) -> bool:
+    """No two requests share a (job, seq): every request is increasing and their ranges do not overlap."""
+    by_job: dict[str, list[tuple[int, int]]] = {}
+    for req in taken:
+        if req.spans is None:
+            return False
+        for j, span in req.spans.items():
+            by_job.setdefault(j, []).append(span)
+    for ranges in by_job.values():
+        ranges.sort()
+        if any(a[1] >= b[0] for a, b in itertools.pairwise(ranges)):
+            return False
+    return True
 
 
 @dataclass
@@ -51,12 +85,14 @@ class Batcher:
         store: LogStore,
         *,
         batch_rows: int = 50_000,
+        min_rows: int = 5_000,
         delay: float = 0.2,
         max_pending: int = 1_000_000,
         known_jobs: int = 100_000,
     ) -> None:
         self.store = store
         self.batch_rows = batch_rows
+        self.min_rows = min(min_rows, batch_rows)
         self.delay = delay
         self.max_pending = max_pending
         self.pending = 0  # rows queued or being written
@@ -112,9 +148,9 @@ class Batcher:
                 retry_after=max(1.0, self.stats.last_batch_seconds * 2),
             )
         future: asyncio.Future[tuple[int, int]] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Request(rows, future, time.monotonic()))
+        self._queue.append(_Request(rows, future, time.monotonic(), spans(rows)))
         self.pending += len(rows)
-        if len(self._queue) == 1 or self.pending >= self.batch_rows:
+        if len(self._queue) == 1 or self._queued_rows() >= self.min_rows:
             self._wake.set()
         return await future
 
@@ -136,7 +172,7 @@ class Batcher:
                 await self._wake.wait()
                 continue
             wait = self._queue[0].at + self.delay - time.monotonic()
-            if wait > 0 and not self._closing and self._queued_rows() < self.batch_rows:
+            if wait > 0 and not self._closing and self._queued_rows() < self.min_rows:
                 self._wake.clear()
                 await wait_event(self._wake, wait)
                 continue
@@ -167,12 +203,13 @@ class Batcher:
         lo: dict[str, int] = {}
         hi: dict[str, int] = {}
         for req in taken:
-            for row in req.rows:
-                j, s = row["job_id"], row["seq"]
-                if j not in lo or s < lo[j]:
-                    lo[j] = s
-                if j not in hi or s > hi[j]:
-                    hi[j] = s
+            pairs = req.spans.values() if req.spans is not None else ((r["seq"], r["seq"]) for r in req.rows)
+            jobs = req.spans.keys() if req.spans is not None else (r["job_id"] for r in req.rows)
+            for j, (a, b) in zip(jobs, pairs, strict=True):
+                if j not in lo or a < lo[j]:
+                    lo[j] = a
+                if j not in hi or b > hi[j]:
+                    hi[j] = b
         known = {j: self._max_seq[j] for j in lo if j in self._max_seq}
         unknown = [j for j in lo if j not in known]
         if unknown:
@@ -184,7 +221,14 @@ class Batcher:
         seen: set[tuple[str, int]] = set()
         out: list[dict[str, Any]] = []
         results: list[tuple[int, int]] = []
-        for req in taken:
+        if not stored and _disjoint(taken):  # the usual case: nothing to drop, no per-row work
+            for req in taken:
+                out += req.rows
+                results.append((len(req.rows), 0))
+            taken_slow: list[_Request] = []
+        else:
+            taken_slow = taken
+        for req in taken_slow:
             new = dup = 0
             for row in req.rows:
                 key = (row["job_id"], row["seq"])
@@ -197,7 +241,7 @@ class Batcher:
             results.append((new, dup))
         if out:
             try:
-                await self.store.insert(encode(out))
+                await self.store.insert(encode(out, array=not self.store.legacy))
             except BaseException:
                 # Part of it may be stored: forget these jobs' high-water marks so a retry checks the store.
                 for j in lo:

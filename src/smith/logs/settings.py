@@ -23,7 +23,8 @@ class LogsSettings(CommonSettings):
     chdb_dir: Path | None = Field(None, description="chdb data directory; default <data_dir>/logs/chdb")
     log_retention_days: int = Field(30, ge=1, le=3650, description="Lines older than this are dropped")
     # Ingestion
-    logs_batch_rows: int = Field(50_000, gt=0, description="Flush to ClickHouse once this many lines wait")
+    logs_batch_rows: int = Field(100_000, gt=0, description="Most lines in one INSERT")
+    logs_batch_min_rows: int = Field(5_000, gt=0, description="Write as soon as this many lines wait...")
     logs_batch_delay_seconds: float = Field(0.2, gt=0, le=10, description="...or once the oldest waited this long")
     logs_max_pending_rows: int = Field(
         1_000_000, gt=0, description="Lines waiting to be written before POSTs get 429 (back-pressure)"
