@@ -207,3 +207,27 @@ def test_follow_streams_until_the_last_line(client: httpx.Client, server: tuple[
     t.join(30)
     assert ended.is_set()
     assert [x["seq"] for x in got] == [1, 2, 3, 4, 5, 6] and got[-1]["last"]
+
+
+def test_against_a_clickhouse_server_over_http(database: str, clickhouse_server: str) -> None:
+    """The whole API with the HTTP adapter (here Debian's 18.16, so the legacy dialect and NDJSON inserts)."""
+    from smith.adapters.clickhouse_http import HttpClickHouse
+    from tests.logs.conftest import CH_PASSWORD
+
+    settings = LogsSettings(
+        agent_token_secret=AGENT_SECRET,
+        jwt_secret="jwt-secret-for-tests-0123456789abcdef",
+        clickhouse_database=database,
+        logs_batch_delay_seconds=0.02,
+    )
+    ch = HttpClickHouse(clickhouse_server, password=CH_PASSWORD)
+    with ThreadedServer(create_app(settings, clickhouse=ch)) as srv, httpx.Client(base_url=srv.url, timeout=30) as c:
+        assert c.post("/v1/logs", content=ndjson("h1", range(1, 101)), headers=AGENT).json()["accepted"] == 100
+        again = c.post("/v1/logs", content=ndjson("h1", range(51, 121)), headers=AGENT).json()
+        assert again["accepted"] == 20 and again["duplicates"] == 50
+        lines = c.get("/v1/jobs/h1/logs", params={"limit": 1000}, headers=OPERATOR).json()["lines"]
+        assert [x["seq"] for x in lines] == list(range(1, 121))
+        hits = c.get("/v1/logs/search", params={"q": "line 11", "job_id": "h1"}, headers=OPERATOR).json()["hits"]
+        assert sorted(h["seq"] for h in hits) == [11, *range(110, 120)]
+        assert c.get("/v1/jobs/h1/logs/summary", headers=OPERATOR).json()["lines"] == 120
+        assert c.get("/v1/logs/stats", headers=OPERATOR).json()["dialect"] in ("legacy", "modern")

@@ -153,3 +153,14 @@ def test_literals_and_dialects() -> None:
     assert dialect_for_version("18.16.1") == LEGACY
     assert dialect_for_version("26.9.2.1") == MODERN
     assert dialect_for_version("20.3.1") == MODERN
+
+
+async def test_reads_hide_duplicates_not_yet_merged(store: LogStore) -> None:
+    """Two writers may both store a line before ReplacingMergeTree merges: reads show it once."""
+    await store.insert(rows("job-d", range(1, 11)))
+    await store.insert(rows("job-d", range(5, 8)))
+    assert [r.seq for r in await store.page("job-d", limit=100)] == list(range(1, 11))
+    tail = await store.tail("job-d", limit=100)
+    assert [r.seq for r in tail] == list(range(1, 11))
+    summary = await store.summary("job-d")
+    assert summary is not None and summary.lines == 10

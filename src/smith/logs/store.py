@@ -1,7 +1,7 @@
 """The log store: one table in ClickHouse (server over HTTP, or chdb), its migrations, and every query.
 
 Schema (``migrations/0001_logs.sql``): ``log_lines`` is a ReplacingMergeTree ordered by ``(job_id, seq)`` and
-partitioned by day. A job's page or tail is one primary-key range read; retention drops whole day partitions
+partitioned by day. A job's page or tail is one primary-key range read in key order; retention drops whole day partitions
 (a TTL on modern servers, a sweep on legacy ones); text search uses an n-gram bloom-filter skip index on
 ``lower(line)`` where the server has skip indexes.
 
@@ -191,17 +191,17 @@ class LogStore:
         """Up to ``limit`` lines with seq above ``after``, in order."""
         rows = await self.ch.select(
             f"SELECT {COLUMNS} FROM {self.table} WHERE job_id = {literal(job_id)} AND seq > {int(after)} "
-            f"ORDER BY seq LIMIT 1 BY seq LIMIT {int(limit)}"
+            f"ORDER BY seq LIMIT {int(limit)}"
         )
-        return [record(r) for r in rows]
+        return _unique(rows)
 
     async def tail(self, job_id: str, *, limit: int = 1000) -> list[LogRecord]:
         """The last ``limit`` lines, in order."""
         rows = await self.ch.select(
             f"SELECT {COLUMNS} FROM {self.table} WHERE job_id = {literal(job_id)} "
-            f"ORDER BY seq DESC LIMIT 1 BY seq LIMIT {int(limit)}"
+            f"ORDER BY seq DESC LIMIT {int(limit)}"
         )
-        return [record(r) for r in reversed(rows)]
+        return _unique(list(reversed(rows)))
 
     async def search(
         self,
@@ -263,6 +263,21 @@ class LogStore:
             complete=bool(int(r["done"])),
             last_seq=int(r["m"]),
         )
+
+
+def _unique(rows: list[dict[str, Any]]) -> list[LogRecord]:
+    """Records of rows ordered by seq, each seq once: a duplicate not yet merged away is skipped.
+
+    (Done here rather than with ``LIMIT 1 BY seq``, which stops ClickHouse reading in key order: 4x slower tails.)
+    """
+    out: list[LogRecord] = []
+    last = None
+    for r in rows:
+        seq = int(r["seq"])
+        if seq != last:
+            out.append(record(r))
+            last = seq
+    return out
 
 
 def _day(ts: float) -> str:
