@@ -1,8 +1,8 @@
 """The log store: one table in ClickHouse (server over HTTP, or chdb), its migrations, and every query.
 
 Schema (``migrations/0001_logs.sql``): ``log_lines`` is a ReplacingMergeTree ordered by ``(job_id, seq)`` and
-partitioned by day. A job's page or tail is one primary-key range read in key order; retention drops whole day partitions
-(a TTL on modern servers, a sweep on legacy ones); text search uses an n-gram bloom-filter skip index on
+partitioned by day. A job's page or tail is one primary-key range read in key order; retention drops whole day
+partitions (a TTL on modern servers, a sweep on legacy ones); text search uses an n-gram bloom-filter skip index on
 ``lower(line)`` where the server has skip indexes.
 
 Migrations are SQL files applied in name order at start-up and recorded in ``schema_migrations``; ``${...}``
@@ -198,8 +198,7 @@ class LogStore:
     async def tail(self, job_id: str, *, limit: int = 1000) -> list[LogRecord]:
         """The last ``limit`` lines, in order."""
         rows = await self.ch.select(
-            f"SELECT {COLUMNS} FROM {self.table} WHERE job_id = {literal(job_id)} "
-            f"ORDER BY seq DESC LIMIT {int(limit)}"
+            f"SELECT {COLUMNS} FROM {self.table} WHERE job_id = {literal(job_id)} ORDER BY seq DESC LIMIT {int(limit)}"
         )
         return _unique(list(reversed(rows)))
 
