@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 
 from smith import tokens
-from smith.testing.servers import free_port
+from smith.testing.servers import free_port, wait_ready
 
 AGENT_SECRET = "bench-agent-secret-0123456789abcdef0123"
 JWT_SECRET = "bench-jwt-secret-0123456789abcdef012345"
@@ -67,16 +67,8 @@ def start_server(port: int, data: Path, args: argparse.Namespace) -> subprocess.
         env["SMITH_CLICKHOUSE_DATABASE"] = f"bench_{int(time.time())}"
     log = (data / "server.log").open("wb")
     proc = subprocess.Popen([sys.executable, "-m", "smith", "logs", "serve", "--port", str(port)], env=env, stderr=log)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None:
-            break
-        time.sleep(0.1)
+    if wait_ready(f"http://127.0.0.1:{port}/readyz", proc):
+        return proc
     proc.kill()
     sys.exit(f"server did not start: {(data / 'server.log').read_text()[-2000:]}")
 

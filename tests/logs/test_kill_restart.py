@@ -8,13 +8,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
-
 from smith.agent.logship import LogShipper
-from smith.testing.servers import free_port
+from smith.testing.servers import free_port, wait_ready
 from tests.logs.conftest import AGENT_SECRET, JWT_SECRET, agent_token
 from tests.logs.test_logship import all_lines, line
 
@@ -35,16 +32,8 @@ def start_server(port: int, data: Path, log: Path) -> subprocess.Popen[bytes]:
         proc = subprocess.Popen(
             [sys.executable, "-m", "smith", "logs", "serve", "--port", str(port)], env=env, stdout=out, stderr=out
         )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None:
-            break
-        time.sleep(0.1)
+    if wait_ready(f"http://127.0.0.1:{port}/readyz", proc):
+        return proc
     proc.kill()
     raise AssertionError(f"smith logs serve did not start:\n{log.read_text()[-3000:]}")
 

@@ -26,6 +26,7 @@ _RETRYABLE_CODES = {
     999,  # KEEPER_EXCEPTION
 }
 _CODE = re.compile(r"Code:\s*(\d+)")
+_ESCAPES = str.maketrans({"\\": "\\\\", "'": "\\'", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\0": "\\0"})
 
 
 def dialect_for_version(version: str) -> str:
@@ -44,23 +45,7 @@ def literal(value: str | int | float | bool) -> str:
         if value != value or value in (float("inf"), float("-inf")):
             raise ValueError("not a finite number")
         return repr(float(value))
-    out = []
-    for ch in value:
-        if ch == "\\":
-            out.append("\\\\")
-        elif ch == "'":
-            out.append("\\'")
-        elif ch == "\n":
-            out.append("\\n")
-        elif ch == "\r":
-            out.append("\\r")
-        elif ch == "\t":
-            out.append("\\t")
-        elif ch == "\0":
-            out.append("\\0")
-        else:
-            out.append(ch)
-    return "'" + "".join(out) + "'"
+    return "'" + value.translate(_ESCAPES) + "'"
 
 
 def like_contains(text: str) -> str:

@@ -59,3 +59,20 @@ class ThreadedServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def wait_ready(url: str, proc: Any = None, *, seconds: float = 60.0) -> bool:
+    """Poll ``url`` until it answers 200; False if ``proc`` (a Popen) exits first or time runs out."""
+    import httpx
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        if proc is not None and proc.poll() is not None:
+            return False
+        time.sleep(0.1)
+    return False
