@@ -70,3 +70,12 @@ def test_errors_are_clear(env: dict[str, str]) -> None:
     assert code == 1 and "duration" in out
     code, out = run({**env, "SMITH_OPERATOR_TOKEN": "garbage"}, "--job-id", "cli-1")
     assert code == 1 and "401" in out
+
+
+def test_unreachable_pipeline_is_a_clear_error() -> None:
+    from smith.testing.servers import free_port
+
+    env = {"SMITH_LOGS_URL": f"http://127.0.0.1:{free_port()}", "SMITH_OPERATOR_TOKEN": operator_token()}
+    for args in (["--job-id", "j"], ["--job-id", "j", "--follow"], ["search", "x"], ["summary", "--job-id", "j"]):
+        code, out = run(env, *args)
+        assert code == 1 and "cannot reach the log pipeline" in out, args

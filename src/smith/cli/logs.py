@@ -44,6 +44,16 @@ def _client(url: str | None, token: str | None, timeout: float = 30.0) -> Any:
     )
 
 
+def _get(c: Any, path: str, params: dict[str, Any] | None = None) -> Any:
+    """GET ``path`` and return its JSON; a clear error (not a traceback) when the pipeline cannot be reached."""
+    import httpx
+
+    try:
+        return check(c.get(path, params=params))
+    except httpx.HTTPError as exc:
+        fail(f"cannot reach the log pipeline at {c.base_url}: {exc} (is `smith logs serve` running? SMITH_LOGS_URL)")
+
+
 def _when(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
 
@@ -80,7 +90,7 @@ def logs(
     if tail:
         params = {"tail": tail}
     with _client(url, token) as c:
-        page = check(c.get(f"/v1/jobs/{job_id}/logs", params=params))
+        page = _get(c, f"/v1/jobs/{job_id}/logs", params)
     if json_out:
         print_json(page)
         return
@@ -97,6 +107,7 @@ def _follow(job_id: str, after: int, tail: int | None, url: str | None, token: s
     if tail:
         params["tail"] = tail
     last_id = ""
+    connected = False
     while True:
         headers = {"Last-Event-ID": last_id} if last_id else {}
         try:
@@ -107,6 +118,7 @@ def _follow(job_id: str, after: int, tail: int | None, url: str | None, token: s
                 if resp.status_code >= 400:
                     resp.read()
                     check(resp)
+                connected = True
                 event = ""
                 for raw in resp.iter_lines():
                     if raw.startswith("event:"):
@@ -123,6 +135,8 @@ def _follow(job_id: str, after: int, tail: int | None, url: str | None, token: s
                     elif raw.startswith("data:") and event == "end":
                         return
         except httpx.TransportError as exc:
+            if not connected:
+                fail(f"cannot reach the log pipeline: {exc} (is `smith logs serve` running? SMITH_LOGS_URL)")
             console.print(f"[yellow]connection lost ({exc}); reconnecting[/yellow]", highlight=False)
             import time
 
@@ -148,7 +162,7 @@ def search(
         if v:
             params[k] = v
     with _client(url, token) as c:
-        result = check(c.get("/v1/logs/search", params=params))
+        result = _get(c, "/v1/logs/search", params)
     if json_out:
         print_json(result)
         return
@@ -167,7 +181,7 @@ def summary(
 ) -> None:
     """Line count, bytes, first/last timestamps and error lines of a job."""
     with _client(url, token) as c:
-        s = check(c.get(f"/v1/jobs/{job_id}/logs/summary"))
+        s = _get(c, f"/v1/jobs/{job_id}/logs/summary")
     if json_out:
         print_json(s)
         return
