@@ -48,6 +48,15 @@ def batch(job: str, start: int, count: int, t0: float) -> bytes:
     return b"\n".join(out)
 
 
+def cpu_seconds(pid: int | None = None) -> float:
+    """User + system CPU seconds of a process (this one by default), from /proc."""
+    if pid is None:
+        t = os.times()
+        return t.user + t.system
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def pct(values: list[float], p: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, round(p / 100 * (len(values) - 1)))]
@@ -156,11 +165,17 @@ def main() -> None:
         proc = start_server(port, Path(tmp), args)
         url = f"http://127.0.0.1:{port}"
         try:
+            server0, client0 = cpu_seconds(proc.pid), cpu_seconds()
             elapsed, retries = asyncio.run(ingest(url, args))
+            server_cpu, client_cpu = cpu_seconds(proc.pid) - server0, cpu_seconds() - client0
             total = (args.lines // args.jobs) * args.jobs
             print(
                 f"ingest: {total:,} lines from {args.jobs} jobs in {elapsed:.1f} s = {total / elapsed:,.0f} lines/s "
                 f"end to end (acknowledged = stored; {retries} 429/503 retries)"
+            )
+            print(
+                f"cpu: server {server_cpu:.1f} s ({server_cpu / total * 1e6:.1f} us/line, chdb included), "
+                f"load generator {client_cpu:.1f} s, on {os.cpu_count()} cores for {elapsed:.1f} s"
             )
             reads(url, args)
         finally:
