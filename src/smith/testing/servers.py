@@ -50,8 +50,14 @@ class ThreadedServer:
             time.sleep(0.01)
 
     def stop(self) -> None:
+        """Stop for sure: a server left running (its background tasks too) would leak into later tests."""
         self.server.should_exit = True
-        self.thread.join(10)
+        self.thread.join(5)
+        if self.thread.is_alive():
+            self.server.force_exit = True
+            self.thread.join(10)
+        if self.thread.is_alive():
+            raise RuntimeError(f"server on port {self.port} did not stop")
 
     def __enter__(self) -> ThreadedServer:
         self.start()
