@@ -300,3 +300,24 @@ async def test_setup_in_a_missing_namespace_is_a_config_error() -> None:
     net = HostNetwork(NetworkConfig(netns="smtest-does-not-exist"))
     with pytest.raises(ConfigError, match="does not exist"):
         await net.setup()
+
+
+async def test_the_agent_lifecycle_sets_up_and_tears_down(host_ns: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from smith.agent.network import host_network
+    from smith.agent.settings import AgentSettings
+
+    sh("ip", "-n", host_ns, "tuntap", "add", "dev", "smt4", "mode", "tap")  # a crashed agent's tap
+    monkeypatch.setenv("SMITH_AGENT_NETWORK", "true")
+    monkeypatch.setenv("SMITH_AGENT_NETWORK_NETNS", host_ns)
+    monkeypatch.setenv("SMITH_AGENT_NETWORK_HOST_PORTS", "8080")
+    with pytest.raises(RuntimeError, match="agent crashed"):
+        async with host_network(AgentSettings()) as net:
+            assert net is not None
+            assert "smt4" not in links(host_ns) and "smithbr0" in links(host_ns)
+            await net.acquire("vm1")
+            raise RuntimeError("agent crashed")
+    assert links(host_ns) == ["lo"]
+    assert nft_tables(host_ns) == []
+    monkeypatch.setenv("SMITH_AGENT_NETWORK", "false")
+    async with host_network(AgentSettings()) as off:
+        assert off is None
