@@ -216,7 +216,8 @@ async def test_fifty_acquire_release_cycles_never_share_an_address(host_ns: str)
 async def test_teardown_leaves_no_link_table_or_namespace(host_ns: str) -> None:
     net = HostNetwork(NetworkConfig(netns=host_ns))
     async with net:
-        slots = [await net.acquire(f"vm{i}") for i in range(3)]
+        slots = await asyncio.gather(*(net.acquire(f"vm{i}") for i in range(6)))
+        assert len({s.guest_ip for s in slots}) == len({s.tap for s in slots}) == 6
         assert {"smithbr0", *(s.tap for s in slots)} <= set(links(host_ns))
         assert set(nft_tables(host_ns)) == {"table bridge smith", "table inet smith"}
     assert links(host_ns) == ["lo"]
@@ -292,6 +293,7 @@ async def test_tap_owner_lets_an_unprivileged_vmm_open_the_tap(host_ns: str) -> 
         detail = sh("ip", "-n", host_ns, "-d", "link", "show", "dev", slot.tap)
         assert "user 4242" in detail or "owner 4242" in detail
         assert "isolated on" in detail
+        assert f"group {net.config.tap_group}" in detail
 
 
 async def test_setup_in_a_missing_namespace_is_a_config_error() -> None:

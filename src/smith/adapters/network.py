@@ -26,6 +26,7 @@ the first failure; ``cleanup_leftovers`` removes taps, tables and the bridge a c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import json
 import os
@@ -59,6 +60,7 @@ class NetworkConfig:
     deny_egress: tuple[str, ...] = ("169.254.0.0/16",)  # never forwarded (cloud metadata services)
     netns: str | None = None  # run everything inside this named network namespace
     tap_owner: int | None = None  # uid allowed to open the taps (a jailed Firecracker); None: root only
+    tap_group: int = 0x736D  # netdev group of our taps: teardown deletes them all in one kernel operation
     ip_bin: str = "ip"
     nft_bin: str = "nft"
     sysctl_bin: str = "sysctl"
@@ -90,6 +92,8 @@ class NetworkConfig:
                     found.append(f"deny_egress {cidr!r}: only IPv4 ranges are supported")
             except ValueError:
                 found.append(f"deny_egress {cidr!r} is not an address or a CIDR range")
+        if not 1 <= self.tap_group < 2**32:
+            found.append(f"tap group {self.tap_group} is not a device group number (1..4294967295)")
         if self.tap_owner is not None and self.tap_owner < 0:
             found.append(f"tap owner uid {self.tap_owner} is negative")
         return found
@@ -161,6 +165,15 @@ class Commands:
         flags = ["-force"] if force else []
         argv = [self._which(self.ip_bin, "iproute2"), *ns, *flags, "-batch", "-"]
         await self.run(argv, stdin="\n".join(lines) + "\n")
+
+    async def delete_group(self, group: int, names: Sequence[str]) -> None:
+        """Delete every link in a device group at once (one kernel unregister for all), then any of ``names``
+        still there (a tap whose group was never set)."""
+        if not names:
+            return
+        with contextlib.suppress(VMError):  # none in the group: whatever is left is deleted one by one below
+            await self.ip("link", "del", "group", str(group))
+        await self.delete_links(sorted(set(names) & set(await self.links())))
 
     async def delete_links(self, names: Sequence[str]) -> None:
         """Delete these links in one ip process; those already gone are fine, any left is a VMError."""
@@ -353,7 +366,7 @@ class HostNetwork:
             errors: list[SmithError] = []
             live = list(self.table.live())
             try:
-                await self.commands.delete_links([self.plan.slot(index).tap for index in live])
+                await self.commands.delete_group(self.config.tap_group, [self.plan.slot(i).tap for i in live])
                 for index in live:
                     self.table.free(index)
             except SmithError as exc:
@@ -372,7 +385,10 @@ class HostNetwork:
             mine = {self.plan.slot(i).tap for i in self.table.live()}
             links = await self.commands.links()
             stale = [name for name in links if self.plan.index_of(name) is not None and name not in mine]
-            await self.commands.delete_links(stale)
+            if self.ready or not stale:
+                await self.commands.delete_links(stale)
+            else:  # nothing of ours is live: every tap in our group is a leftover
+                await self.commands.delete_group(self.config.tap_group, stale)
             removed += [f"tap {name}" for name in stale]
             if not self.ready:
                 existing = await self.commands.tables()
@@ -426,7 +442,7 @@ class HostNetwork:
         owner = f" user {self.config.tap_owner}" if self.config.tap_owner is not None else ""
         lines = [
             f"tuntap add dev {slot.tap} mode tap{owner}",
-            f"link set dev {slot.tap} master {self.config.bridge}",
+            f"link set dev {slot.tap} group {self.config.tap_group} master {self.config.bridge}",
             f"link set dev {slot.tap} type bridge_slave isolated on learning off",
             f"link set dev {slot.tap} up",
         ]
