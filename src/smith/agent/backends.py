@@ -17,8 +17,11 @@ def _kvm_usable() -> tuple[bool, str]:
         return False, "/dev/kvm does not exist"
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return False, "/dev/kvm is not readable and writable by this user"
-    if os.environ.get("SMITH_AGENT_KVM_BROKEN") == "1":
-        return False, "SMITH_AGENT_KVM_BROKEN=1 (KVM present but cannot boot normal guests, e.g. nested PVM)"
+    forced = os.environ.get("SMITH_AGENT_KVM", "auto")
+    if forced == "off":
+        return False, "SMITH_AGENT_KVM=off"
+    if forced != "on" and os.path.exists("/sys/module/kvm_pvm"):
+        return False, "/dev/kvm is PVM (kvm_pvm loaded): it boots only PVM guest kernels, not normal ones"
     return True, "/dev/kvm is usable"
 
 
