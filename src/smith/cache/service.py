@@ -127,7 +127,8 @@ class CacheService:
                 f"cache entry of {declared} bytes is over the {self.settings.cache_max_entry_bytes} byte limit"
             )
         if not self.store_healthy():
-            raise Unavailable("cache storage is unavailable; not saving")
+            raise Unavailable("cache storage is unavailable (circuit open); not saving")
+        await self.store.check()  # a save into a store that is down is refused now, not after the upload
         got = await self.meta.reserve(tenant, key, version, declared)
         if got.won:
             log.info("cache entry reserved", org=tenant.org, repo=tenant.repo, entry=got.entry_id)
