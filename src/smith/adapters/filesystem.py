@@ -20,7 +20,7 @@ from pathlib import Path
 
 from smith.errors import InvalidInput, NotFound, SmithError, Unavailable
 
-READ_CHUNK = 1024 * 1024
+READ_CHUNK = 4 * 1024 * 1024
 WRITE_BATCH = 4 * 1024 * 1024
 _SAFE = re.compile(r"^[A-Za-z0-9_.-]{1,200}$")
 
