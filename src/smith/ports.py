@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from typing import Protocol
 
 from smith.domain.jobs import Job
-from smith.domain.vms import Backend, VMShape
+from smith.domain.vms import Backend, Slot, VMShape
 from smith.wire.agent import RunnerCredential
 from smith.wire.guest import GuestConfig, GuestEvent
 
@@ -55,6 +55,22 @@ class VMM(Protocol):
 
     async def cleanup_leftovers(self) -> list[str]:
         """Remove what a crashed agent left behind (processes, taps, chroots); names what was removed."""
+        ...
+
+
+class Network(Protocol):
+    """Per-VM host networking: a tap on the host bridge with addresses from a pool (see adapters/network.py)."""
+
+    async def acquire(self, vm_id: str) -> Slot:
+        """A tap and addresses for one VM; never the same slot to two VMs at once."""
+        ...
+
+    async def release(self, slot: Slot) -> None:
+        """Delete the slot's tap and free its addresses for reuse. Idempotent."""
+        ...
+
+    async def cleanup_leftovers(self) -> list[str]:
+        """Remove taps (and stale rules) a crashed agent left behind; names what was removed."""
         ...
 
 

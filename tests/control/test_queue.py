@@ -73,6 +73,18 @@ def test_long_poll_hands_over_a_job_queued_while_waiting(control: Control) -> No
     assert result["waited"] < 20  # it did not sit out the whole wait
 
 
+def test_long_poll_outlasts_the_redis_socket_timeout(control: Control) -> None:
+    """A wait longer than redis-py's default 5 s socket timeout is still one clean long-poll."""
+    a = control.agent("agent-patient")
+    result: dict = {}
+    t = threading.Thread(target=lambda: result.update(r=a.post("/v1/agents/lease", json={**BIG, "wait_seconds": 7})))
+    t.start()
+    time.sleep(6)
+    control.deliver(queued_payload(2010))
+    t.join(20)
+    assert result["r"].status_code == 200 and result["r"].json()["job"]["id"] == "2010"
+
+
 def test_job_only_goes_to_a_host_with_room(control: Control) -> None:
     control.deliver(queued_payload(2003, ["self-hosted", "smith-4vcpu"]))
     small = control.agent("small")

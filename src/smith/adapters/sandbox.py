@@ -1,12 +1,14 @@
 """The sandbox backend: each job in a bubblewrap (``bwrap``) sandbox. About 10 ms to start.
 
-Isolation: fresh user, mount, pid, net, ipc, uts and cgroup namespaces; the host's root mounted read-only; a
+This is namespace isolation on a shared kernel: **weaker than a VM**. Use it where no VM can run.
+
+Isolation: fresh user, mount, pid, net, ipc, uts and cgroup namespaces; the host's system dirs read-only; a
 private writable work dir and /tmp; no network but loopback (unless ``network="host"``); all capabilities
 dropped; ``--die-with-parent`` and its own session; an address-space limit (RLIMIT_AS) and a process count
 limit; when the agent runs as root, the sandbox runs as ``nobody`` (uid 65534) outside its namespace too.
 The root is built from read-only binds of /usr, /etc, /opt (and the /bin, /lib... links): the agent's data
 directory, /root, /home and /var are not there at all. As root, the sandboxes' directories must be reachable by
-nobody, so they live under /var/tmp/smith-sandboxes/ when the agent's own directory is not (e.g. under /root). This is namespace isolation on a shared kernel: **weaker than a VM**. Use it where no VM can run.
+nobody, so they live under /var/tmp/smith-sandboxes/ when the agent's own directory is not (e.g. under /root).
 
 A sandbox is started before its job exists: the guest agent inside waits on stdin for its config, so a warm
 pool of sandboxes works like one of VMs. Guest events come back on the sandbox's stdout.
@@ -41,6 +43,7 @@ PREFIX = "sbx-"
 
 SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 NOBODY = 65534
+RUNNER_MOUNT = "/runner"
 
 
 def guest_python() -> str:
@@ -51,8 +54,9 @@ def guest_python() -> str:
 
 
 class SandboxMachine:
-    def __init__(self, vm_id: str, root: Path, proc: asyncio.subprocess.Process) -> None:
+    def __init__(self, vm_id: str, root: Path, proc: asyncio.subprocess.Process, runner_dir: str | None = None) -> None:
         self.id = vm_id
+        self.runner_dir = runner_dir
         self.root = root
         self.proc = proc
         self._assigned = False
@@ -63,6 +67,8 @@ class SandboxMachine:
             raise VMError(f"sandbox {self.id} already has a job")
         self._assigned = True
         assert self.proc.stdin is not None
+        if self.runner_dir:
+            config = config.model_copy(update={"runner_dir": self.runner_dir})
         try:
             self.proc.stdin.write(config.model_dump_json().encode())
             await self.proc.stdin.drain()
@@ -105,13 +111,22 @@ class SandboxVMM:
     backend = Backend.SANDBOX
     isolation = "namespace sandbox: weaker than a VM"
 
-    def __init__(self, base_dir: Path, *, network: str = "none", bwrap: str = "bwrap", max_procs: int = 4096) -> None:
+    def __init__(
+        self,
+        base_dir: Path,
+        *,
+        network: str = "none",
+        bwrap: str = "bwrap",
+        max_procs: int = 4096,
+        runner_dir: Path | None = None,
+    ) -> None:
         if network not in ("none", "host"):
             raise VMError("sandbox network must be 'none' or 'host'")
         self.base_dir = _reachable_dir(Path(base_dir))
         self.network = network
         self.bwrap = shutil.which(bwrap) or bwrap
         self.max_procs = max_procs
+        self.runner_dir = runner_dir  # a host's GitHub runner install, shown read-only at /runner
         log.warning("sandbox backend: jobs share the host kernel; isolation is weaker than a VM")
 
     def command(self, root: Path, vm_id: str) -> list[str]:
@@ -137,6 +152,8 @@ class SandboxVMM:
                 argv += ["--symlink", os.readlink(path), f"/{top}"]
             elif path.is_dir():
                 argv += ["--ro-bind", f"/{top}", f"/{top}"]
+        if self.runner_dir is not None:
+            argv += ["--ro-bind", str(self.runner_dir), RUNNER_MOUNT]
         python = guest_python()
         prefix = Path(python).resolve().parent.parent
         if not str(prefix).startswith("/usr"):
@@ -222,7 +239,7 @@ class SandboxVMM:
             if isinstance(exc, OSError):
                 raise VMError(f"cannot start sandbox {vm_id}: {exc}") from exc
             raise
-        return SandboxMachine(vm_id, root, proc)
+        return SandboxMachine(vm_id, root, proc, RUNNER_MOUNT if self.runner_dir else None)
 
     async def cleanup_leftovers(self) -> list[str]:
         """Kill sandboxes a crashed agent left running and remove their directories."""

@@ -69,6 +69,7 @@ class Agent:
         self.heartbeat_interval = 5.0
         self._draining = asyncio.Event()
         self._stopped = asyncio.Event()
+        self.registered = asyncio.Event()
         self._lease_task: asyncio.Task[Any] | None = None
         self.stats: list[dict[str, float]] = []  # per finished job: lease -> first line, total
 
@@ -98,6 +99,7 @@ class Agent:
         self.heartbeat_interval = reg.heartbeat_interval_seconds
         shapes = {rc.name: VMShape(rc.name, rc.vcpus, rc.memory_mib, rc.disk_mib) for rc in reg.runner_classes}
         self.pool = WarmPool(self.vmm, self.ledger, shapes, self.config.warm_pool)
+        self.registered.set()
         log.info(
             "agent registered",
             agent_id=reg.agent_id,
@@ -231,11 +233,13 @@ class Agent:
         spec = job.lease.job
         state, reason, exit_code = "failed", "", None
         warm = job.machine is not None
+        running_report: asyncio.Task[None] | None = None
         try:
             if job.machine is None:
                 job.machine = await self.vmm.boot(job.shape, f"job-{spec.id}-{spec.attempt}")
             await job.machine.assign(self.guest_config(job.lease))
-            await self._report(spec.id, "running")
+            # Tell the control plane while the guest starts, not before it may.
+            running_report = asyncio.create_task(self._report(spec.id, "running"))
             exit_code = await self._follow(job)
             if job.stop_reason:
                 state = "cancelled" if job.stop_reason == "cancel" else "failed"
@@ -264,6 +268,8 @@ class Agent:
             self.jobs.pop(spec.id, None)
             if self.pool:
                 self.pool.changed.set()
+        if running_report is not None:
+            await running_report  # the final state must not overtake "running"
         if job.stop_reason != "lost":
             await self._report(spec.id, state, reason=reason, exit_code=exit_code)
         done = time.monotonic()

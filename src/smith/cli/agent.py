@@ -65,14 +65,26 @@ def run() -> None:
 
     Settings: SMITH_AGENT_TOKEN, SMITH_AGENT_BACKEND (auto|firecracker|qemu|sandbox), SMITH_AGENT_VCPUS,
     SMITH_AGENT_MEMORY_MIB, SMITH_AGENT_MAX_VMS, SMITH_AGENT_WARM_POOL ('{"smith-2vcpu": 2}'),
-    SMITH_AGENT_DRAIN_SECONDS. `smith config check agent` validates them.
+    SMITH_AGENT_DRAIN_SECONDS, SMITH_AGENT_NETWORK (bridge, taps, NAT: see SMITH_AGENT_NETWORK_*).
+    `smith config check agent` validates them.
     """
     from smith.agent.settings import AgentSettings
     from smith.logging import configure
 
     settings = AgentSettings()
     configure(settings.log_level, json=settings.log_json)
-    asyncio.run(serve_agent(build_agent(settings)))
+    asyncio.run(serve_with_network(settings))
+
+
+async def serve_with_network(settings: Any) -> None:
+    """With SMITH_AGENT_NETWORK=true: clean up a crashed agent's taps and rules, set the bridge up, serve,
+    and tear the network down on every exit path."""
+    from smith.agent.network import host_network
+
+    async with host_network(settings) as network:
+        if network is not None:
+            console.print(f"network: bridge {network.config.bridge}, pool {network.plan.pool}")
+        await serve_agent(build_agent(settings))
 
 
 @app.command()

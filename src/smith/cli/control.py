@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
+
+if TYPE_CHECKING:
+    from smith.control.settings import ControlSettings
+    from smith.ports import RunnerCredentials
 
 app = typer.Typer(
     help="The control plane: GitHub webhooks, the job queue, agent and operator APIs.", no_args_is_help=True
 )
 
 
-def build_credentials(settings: object) -> object | None:
+def build_credentials(settings: ControlSettings) -> RunnerCredentials | None:
     """The GitHub App client when an App is configured, else None (jobs then carry no runner credentials)."""
-    try:
-        from smith.adapters import github
-    except ImportError:
-        return None
-    return github.from_settings(settings)  # type: ignore[attr-defined]
+    from smith.adapters import github
+
+    return github.from_settings(settings)
 
 
 @app.command()
@@ -51,5 +55,5 @@ def serve(
         return
     from smith.control.app import create_app
 
-    app_ = create_app(settings, credentials=build_credentials(settings))  # type: ignore[arg-type]
+    app_ = create_app(settings, credentials=build_credentials(settings))
     uvicorn.run(app_, host=h, port=p, log_level="warning", access_log=False)

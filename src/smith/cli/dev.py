@@ -59,7 +59,7 @@ async def _serve_control(port: int) -> None:
     from smith.control.settings import ControlSettings
 
     settings = ControlSettings()
-    app = create_app(settings, credentials=build_credentials(settings))  # type: ignore[arg-type]
+    app = create_app(settings, credentials=build_credentials(settings))
     server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=port, log_level="warning", access_log=False))
     await server.serve()
 

@@ -89,6 +89,9 @@ def create_app(
         r = connect.client(settings.redis_url)
         jobs = RedisJobs(
             r,
+            blocking=connect.client(
+                settings.redis_url, max_connections=4096, socket_timeout=settings.lease_wait_max_seconds + 10
+            ),
             retention_seconds=settings.job_retention_seconds,
             retention_max=settings.job_retention_max,
             delivery_ttl=settings.delivery_retention_seconds,
@@ -107,6 +110,8 @@ def create_app(
         finally:
             await plane.stop()
             await jobs.r.aclose()
+            if jobs.blocking is not jobs.r:
+                await jobs.blocking.aclose()
 
     app = FastAPI(title="Smith control plane", version="0.1.0", lifespan=lifespan)
     app.state.plane = plane
@@ -172,14 +177,17 @@ def create_app(
     @app.post("/v1/agents/lease", tags=["agents"], responses={204: {"description": "no job within the wait"}})
     async def lease(body: wire.LeaseRequest, agent: Agent, request: Request) -> Response:
         task = asyncio.ensure_future(plane.lease(agent, body))
-        # Stop waiting when the agent hangs up, so its lease is not handed to a closed connection.
-        while not task.done():
-            done, _ = await asyncio.wait({task}, timeout=1.0)
-            if not done and await request.is_disconnected():
+        try:
+            # Stop waiting when the agent hangs up, so its lease is not handed to a closed connection.
+            while not task.done():
+                done, _ = await asyncio.wait({task}, timeout=1.0)
+                if not done and await request.is_disconnected():
+                    return Response(status_code=499)
+        finally:
+            if not task.done():  # hung up, or this handler was cancelled (server shutting down)
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, SmithError):
                     await task
-                return Response(status_code=499)
         got = task.result()
         if got is None:
             return Response(status_code=204)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from smith.adapters import github
 from smith.control.app import create_app
 from smith.control.settings import ControlSettings
 from smith.logging import configure
@@ -10,14 +11,7 @@ from smith.logging import configure
 def _build() -> object:
     settings = ControlSettings()
     configure(settings.log_level, json=settings.log_json)
-    credentials = None
-    try:
-        from smith.adapters import github
-
-        credentials = github.from_settings(settings)  # type: ignore[attr-defined]
-    except ImportError:
-        pass
-    return create_app(settings, credentials=credentials)
+    return create_app(settings, credentials=github.from_settings(settings))
 
 
 app = _build()

@@ -51,7 +51,10 @@ class ControlSettings(CommonSettings):
     github_app_private_key_path: str | None = None
     github_installation_id: int | None = Field(None, description="Default installation; else from the webhook")
     github_runner_mode: str = Field("jit", description="jit (ephemeral JIT config) or registration (token)")
-    github_runner_group_id: int = 1
+    github_runner_group_id: int = Field(1, ge=1, description="Runner group JIT runners join (1 = Default)")
+    github_org_runners: bool = Field(
+        False, description="Register runners at the organisation instead of the job's repository"
+    )
     # Where the VM reaches the other services (handed to the agent with each job)
     cache_url: str | None = None
     cache_shared_secret: SecretStr | None = None

@@ -1,0 +1,71 @@
+"""End to end: webhook -> queue -> agent lease, with runner credentials from the GitHub App client over HTTP
+against the fake GitHub API (both under uvicorn on loopback)."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from smith.adapters.github import GitHubApp
+from smith.control.app import create_app
+from smith.testing.github import FakeGitHub
+from smith.testing.servers import ThreadedServer
+from tests.control.conftest import Control, make_settings, operator_token, queued_payload
+
+APP_ID = "4242"
+INSTALLATION = 3456996  # what the shared workflow_job payloads carry
+LEASE = {"free_vcpus": 8, "free_memory_mib": 32768, "wait_seconds": 5}
+
+
+@pytest.fixture
+def github_and_control(redis_url: str) -> Iterator[tuple[FakeGitHub, Control]]:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    fake = FakeGitHub(APP_ID, key.public_key())
+    fake.add_installation(INSTALLATION, "Codertocat", ["Codertocat/Hello-World"], account_type="User")
+    with ThreadedServer(fake.app) as gh:
+        settings = make_settings(redis_url)
+        credentials = GitHubApp(APP_ID, pem, api_url=gh.url, web_url="https://github.com", max_attempts=2)
+        with ThreadedServer(create_app(settings, credentials=credentials)) as srv:
+            yield fake, Control(srv.url, settings, srv)
+
+
+def test_a_leased_github_job_carries_a_jit_config(github_and_control: tuple[FakeGitHub, Control]) -> None:
+    fake, control = github_and_control
+    assert control.deliver(queued_payload(7001)).status_code == 202
+    agent = control.agent("a1")
+    r = agent.post("/v1/agents/lease", json=LEASE)
+    assert r.status_code == 200, r.text
+    lease: dict[str, Any] = r.json()
+    runner = lease["runner"]
+    assert runner["kind"] == "jit"
+    assert runner["url"] == "https://github.com/Codertocat/Hello-World"
+    [registered] = fake.runners_in("repo:codertocat/hello-world")
+    assert registered["name"] == runner["runner_name"]
+    assert [label["name"] for label in registered["labels"]] == ["self-hosted", "smith-2vcpu"]
+    assert json.loads(base64.b64decode(runner["value"]))[".runner"]["agentId"] == registered["id"]
+    assert [c.path for c in fake.token_requests()] == [f"/app/installations/{INSTALLATION}/access_tokens"]
+
+
+def test_when_github_refuses_the_job_is_requeued_not_lost(github_and_control: tuple[FakeGitHub, Control]) -> None:
+    fake, control = github_and_control
+    fake.fail(404, times=1, message="Not Found", path="generate-jitconfig")
+    control.deliver(queued_payload(7002))
+    agent = control.agent("a1")
+    r = agent.post("/v1/agents/lease", json=LEASE)
+    assert r.status_code == 503
+    assert "re-queued" in r.json()["message"]
+    with control.client(operator_token()) as c:
+        job = c.get("/v1/jobs/7002").json()
+    assert job["state"] == "queued"
+    assert "Not Found" in job["reason"]
+    r = agent.post("/v1/agents/lease", json=LEASE)  # GitHub answers again: the job goes out
+    assert r.status_code == 200 and r.json()["runner"]["kind"] == "jit"
