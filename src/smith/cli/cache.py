@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import getpass
 import os
+from collections.abc import Coroutine
 from datetime import UTC, datetime
+from typing import Any
 
 import typer
 from rich.table import Table
@@ -153,3 +155,25 @@ def purge(
         print_json(data)
     else:
         console.print(f"deleted {data['deleted']} entries")
+
+
+def dev_service(env: dict[str, str]) -> Coroutine[Any, Any, None] | None:
+    """`smith dev`: the cache on the filesystem under the data dir, metadata in dev's Valkey."""
+    import uvicorn
+
+    from smith.cache.app import create_app
+    from smith.cache.settings import CacheSettings
+
+    settings = CacheSettings()
+    if not settings.cache_shared_secret:
+        return None
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(settings),
+            host=settings.cache_host,
+            port=settings.cache_port,
+            log_level="warning",
+            access_log=False,
+        )
+    )
+    return server.serve()

@@ -106,6 +106,8 @@ def dev(
         embedded.start()
         os.environ["SMITH_REDIS_URL"] = embedded.url
     control_url = f"http://127.0.0.1:{port}"
+    # Where the control plane tells jobs to find the other services (each starts below if it is installed).
+    os.environ.setdefault("SMITH_CACHE_URL", f"http://127.0.0.1:{os.environ.get('SMITH_CACHE_PORT', '8090')}")
     os.environ.setdefault("SMITH_CONTROL_URL", control_url)
     console.print(f"[bold]smith dev[/bold]  data: {data}")
     console.print(f"  redis:   {os.environ['SMITH_REDIS_URL']}" + ("  (embedded valkey)" if embedded else ""))
