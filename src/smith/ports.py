@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from typing import Protocol
 
 from smith.domain.jobs import Job
-from smith.domain.vms import Backend, VMShape
+from smith.domain.vms import Backend, NetSlot, VMShape
 from smith.wire.agent import RunnerCredential
 from smith.wire.guest import GuestConfig, GuestEvent
 
@@ -55,4 +55,16 @@ class VMM(Protocol):
 
     async def cleanup_leftovers(self) -> list[str]:
         """Remove what a crashed agent left behind (processes, taps, chroots); names what was removed."""
+        ...
+
+
+class Network(Protocol):
+    """Hands out per-VM network slots (a tap device plus the guest's addresses) and takes them back."""
+
+    async def acquire(self, vm_id: str) -> NetSlot:
+        """A free slot for ``vm_id``, its tap created and up; raises VMError when none is left."""
+        ...
+
+    async def release(self, slot: NetSlot) -> None:
+        """Tear the slot's tap down and free it. Idempotent."""
         ...

@@ -82,7 +82,18 @@ def build(name: str, settings: Any) -> VMM:
 
         return QemuVMM(base_dir=work, kernel=settings.agent_kernel, rootfs=settings.agent_rootfs)  # type: ignore[no-any-return]
     if name == "firecracker":
-        from smith.adapters.firecracker.vmm import FirecrackerVMM
+        from pathlib import Path
 
-        return FirecrackerVMM(base_dir=work, kernel=settings.agent_kernel, rootfs=settings.agent_rootfs)  # type: ignore[no-any-return]
+        from smith.adapters.firecracker.network import TapNetwork
+        from smith.adapters.firecracker.vmm import FirecrackerConfig, FirecrackerVMM
+
+        config = FirecrackerConfig(
+            kernel=settings.agent_kernel,
+            rootfs=settings.agent_rootfs,
+            chroot_base=work,
+            firecracker_bin=Path(shutil.which(settings.agent_firecracker_bin) or settings.agent_firecracker_bin),
+            jailer_bin=Path(shutil.which(settings.agent_jailer_bin) or settings.agent_jailer_bin),
+            use_jailer=os.geteuid() == 0,  # the jailer needs root (chroot, cgroups, setuid)
+        )
+        return FirecrackerVMM(config, TapNetwork())
     raise ConfigError(f"unknown backend {name}")

@@ -27,3 +27,15 @@ class VMState(StrEnum):
     READY = "ready"  # booted, waiting for a job's config (warm)
     RUNNING = "running"
     STOPPED = "stopped"
+
+
+@dataclass(frozen=True)
+class NetSlot:
+    """One VM's network: its host tap device and the guest's addresses (IPv4, dotted quads)."""
+
+    tap: str
+    mac: str
+    guest_ip: str
+    gateway_ip: str
+    netmask: str
+    netns: str = ""  # a network namespace path the VMM joins (jailer --netns); "" = the host's
