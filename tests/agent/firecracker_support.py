@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +28,29 @@ SHAPE = VMShape("smith-2vcpu", 2, 512, disk_mib=64)
 SECRET = "ghs_jitconfig_SECRET_value_1234"
 
 
+def run(*argv: str) -> subprocess.CompletedProcess[str]:
+    """A short command, synchronously (tests only)."""
+    return subprocess.run(argv, capture_output=True, text=True, check=False)
+
+
+def spawn(*argv: str) -> subprocess.Popen[bytes]:
+    """Start ``argv`` in its own session; return once /proc shows its command line.
+
+    (Popen returns as soon as the exec began: for a moment the child's /proc/<pid>/cmdline is still empty.)
+    """
+    proc = subprocess.Popen(argv, start_new_session=True)
+    want = "\0".join(argv).encode()
+    for _ in range(1000):
+        if Path(f"/proc/{proc.pid}/cmdline").read_bytes().startswith(want):
+            break
+        time.sleep(0.005)
+    return proc
+
+
+def size_of(path: str | Path) -> int:
+    return Path(path).stat().st_size
+
+
 def load_spec() -> dict[str, Any]:
     if not SPEC_PATH.exists():
         pytest.fail(f"missing {SPEC_PATH}: is ../shared beside the checkout?")
@@ -35,7 +60,9 @@ def load_spec() -> dict[str, Any]:
 
 def guest_config(run: str = "echo hi", *, secret: bool = False) -> GuestConfig:
     runner = RunnerCredential(kind="jit", value=SECRET) if secret else None
-    return GuestConfig(job=JobSpec(id="job-1", runner_class="smith-2vcpu", vcpus=2, memory_mib=512, run=run), runner=runner)
+    return GuestConfig(
+        job=JobSpec(id="job-1", runner_class="smith-2vcpu", vcpus=2, memory_mib=512, run=run), runner=runner
+    )
 
 
 @dataclass
@@ -69,7 +96,9 @@ def make_rig(*fake_args: str, **config: Any) -> Iterator[Rig]:
         rootfs = base / "rootfs.ext4"
         rootfs.write_bytes(b"\0" * 4096)
         rootfs.chmod(0o644)
-        binary = write_stand_in(base / "firecracker", "--spec", str(SPEC_PATH), "--record-dir", str(records), *fake_args)
+        binary = write_stand_in(
+            base / "firecracker", "--spec", str(SPEC_PATH), "--record-dir", str(records), *fake_args
+        )
         network = MemoryNetwork()
         cfg = FirecrackerConfig(
             kernel=kernel,

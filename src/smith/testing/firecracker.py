@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import contextlib
 import copy
+import ctypes
 import json
 import os
 import re
@@ -527,6 +528,7 @@ class Guest:
             str(self.workdir),
             stdin=asyncio.subprocess.PIPE,
             start_new_session=True,
+            preexec_fn=_die_with_parent,  # a SIGKILLed "VMM" takes its guest with it, as a real VM would go
         )
         self.proc = proc
         assert proc.stdin is not None
@@ -540,6 +542,11 @@ class Guest:
         if self.proc is not None:
             _signal_group(self.proc, signal.SIGKILL)
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _die_with_parent() -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def _console(line: str) -> None:

@@ -30,7 +30,7 @@ import orjson
 from pydantic import ValidationError
 
 from smith.adapters.firecracker.client import FirecrackerClient, wait_for_socket
-from smith.adapters.firecracker.jailer import API_SOCKET, Jail, JailSpec
+from smith.adapters.firecracker.jailer import API_SOCKET, Jail, JailSpec, check_id
 from smith.adapters.firecracker.models import (
     BootSource,
     Drive,
@@ -146,6 +146,7 @@ class FirecrackerMachine:
         self.command: list[str] = []
         self.jailer_command: list[str] = []
         self.boot_args = ""
+        self.started = False  # InstanceStart (or a resumed snapshot load) happened
         self._assigned = False
         self._stopped = False
 
@@ -191,7 +192,7 @@ class FirecrackerMachine:
             return
         self._stopped = True
         proc = self.process
-        if proc is not None and proc.returncode is None and self.client is not None:
+        if self.started and proc is not None and proc.returncode is None and self.client is not None:
             try:
                 await self.client.send_ctrl_alt_del()
                 await asyncio.wait_for(proc.wait(), self.stop_timeout)
@@ -344,7 +345,7 @@ class _Boot:
         self.shape = shape
         self.vm_id = vm_id
         self.snapshot = snapshot
-        name = vmm.config.prefix + vm_id
+        name = vmm.config.prefix + check_id(vm_id)
         self.jail = vmm._jail(name, shape=shape)  # validates the id before anything is made
         self.machine = FirecrackerMachine(vm_id, name, self.jail, CleanupStack(), vmm.config.stop_timeout)
         self.state: dict[str, object] = {"vm_id": vm_id}
@@ -495,6 +496,7 @@ class _Boot:
 
     async def start(self) -> None:
         await self.machine.api.start()
+        self.machine.started = True
 
     async def load_snapshot(self) -> None:
         assert self.snapshot is not None
@@ -508,6 +510,7 @@ class _Boot:
                 resume_vm=True,
             )
         )
+        self.machine.started = True
 
 
 def _stderr_tail(path: Path) -> str:
