@@ -573,6 +573,8 @@ async def run_binary(args: argparse.Namespace) -> int:
         api.record = Path(args.record_dir) / f"{args.id}.jsonl"
     done = asyncio.Event()
     guest = Guest(api, done) if not args.no_guest else None
+    if guest is None:  # no guest to reboot, but Ctrl+Alt+Del still ends the process (reboot=k)
+        api.on_change = lambda event: done.set() if event == "ctrl-alt-del" else None
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, done.set)
