@@ -228,3 +228,9 @@ def test_the_development_spec_loads_too(spec: Spec) -> None:
     dev = Spec(SPEC_PATH.parent / "firecracker-api.yaml")
     assert dev.version.startswith("1.17")
     assert set(spec.operations) <= set(dev.operations)  # nothing we use disappeared in the next version
+
+
+def test_payloads_over_the_api_limit_are_refused(fc: FakeFirecracker) -> None:
+    raw = json.dumps({"blob": "x" * 51200}).encode()
+    assert "larger than the limit of 51200" in fault(fc.handle("PUT", "/mmds", raw))
+    assert fc.mmds is None

@@ -16,7 +16,7 @@ import pytest
 from smith.adapters.firecracker.client import FirecrackerAPIError
 from smith.adapters.firecracker.vmm import STATE_FILE, FirecrackerConfig, FirecrackerMachine, FirecrackerVMM
 from smith.domain.vms import VMShape
-from smith.errors import ConfigError, InvalidInput, VMError
+from smith.errors import ConfigError, InvalidInput, PayloadTooLarge, VMError
 from smith.testing.network import MemoryNetwork
 from smith.wire.agent import ServiceAccess
 from smith.wire.guest import GuestEvent
@@ -348,4 +348,36 @@ async def test_several_vms_at_once(rig: Rig) -> None:
         assert outputs == [[m.id] for m in machines]
     finally:
         await asyncio.gather(*(m.stop() for m in machines))
+    assert_nothing_left(rig)
+
+
+async def test_a_config_too_big_for_mmds_is_refused_and_the_vm_stays_usable(rig: Rig) -> None:
+    machine = await rig.vmm.boot(SHAPE, "vm12")
+    try:
+        huge = guest_config("true").model_copy(update={"env": {"BIG": "x" * 60_000}})
+        with pytest.raises(PayloadTooLarge, match="at most 51200"):
+            await machine.assign(huge)
+        await machine.assign(guest_config("echo still-fine"))  # the refusal did not use up the VM
+        lines = [e.line for e in [x async for x in machine.events()] if e.stream == "stdout"]
+        assert lines == ["still-fine"]
+    finally:
+        await machine.stop()
+
+
+async def test_a_cancelled_boot_leaves_nothing(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    from smith.adapters.firecracker import vmm as vmm_module
+
+    reached = asyncio.Event()
+
+    async def hang(self: Any) -> None:
+        reached.set()
+        await asyncio.sleep(3600)
+
+    monkeypatch.setattr(vmm_module._Boot, "drives", hang)
+    task = asyncio.ensure_future(rig.vmm.boot(SHAPE, "vm13"))
+    await reached.wait()
+    assert rig.leftovers() and rig.network.in_use  # half-booted: jail and slot exist
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
     assert_nothing_left(rig)

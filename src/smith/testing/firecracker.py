@@ -41,6 +41,7 @@ VERSION = "1.16.1"
 SPEC_NAME = f"firecracker-api-v{VERSION}.yaml"
 GUEST_AGENT = Path(__file__).resolve().parent.parent / "guest" / "agent.py"
 
+MAX_PAYLOAD = 51200  # --http-api-max-payload-size default
 NOT_AFTER_START = "The requested operation is not supported after starting the microVM."
 NOT_BEFORE_START = "The requested operation is not supported before starting the microVM."
 
@@ -194,6 +195,10 @@ class FakeFirecracker:
     def handle(self, method: str, path: str, raw: bytes) -> tuple[int, Any]:
         body: Any = None
         try:
+            if len(raw) > MAX_PAYLOAD:
+                raise Refused(
+                    f"Request payload with size {len(raw)} is larger than the limit of {MAX_PAYLOAD} allowed by server."
+                )
             if raw.strip():
                 try:
                     body = json.loads(raw)

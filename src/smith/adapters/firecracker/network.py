@@ -45,6 +45,7 @@ class TapNetwork:
             self._used[index] = vm_id
         slot = self.slot(index)
         try:
+            await self._ip("link", "del", slot.tap, check=False)  # a tap a crashed agent left under this name
             await self._ip("tuntap", "add", "dev", slot.tap, "mode", "tap")
             await self._ip("addr", "add", f"{slot.gateway_ip}/30", "dev", slot.tap)
             await self._ip("link", "set", slot.tap, "up")

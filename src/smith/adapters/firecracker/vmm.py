@@ -47,7 +47,7 @@ from smith.adapters.firecracker.models import (
     Vsock,
 )
 from smith.domain.vms import Backend, NetSlot, VMShape
-from smith.errors import ConfigError, SmithError, VMError
+from smith.errors import ConfigError, PayloadTooLarge, SmithError, VMError
 from smith.logging import get_logger
 from smith.ports import Network
 from smith.wire.guest import GuestConfig, GuestEvent
@@ -62,6 +62,7 @@ LOG, METRICS, VSOCK = "firecracker.log", "metrics.json", "v.sock"
 VMSTATE, MEMFILE = "snapshot.vmstate", "snapshot.mem"
 STATE_FILE = "smith.json"  # beside root/: what cleanup_leftovers needs after a crash
 SOCKET_PATH_MAX = 107
+MMDS_MAX_BYTES = 51200  # Firecracker's default --http-api-max-payload-size (and MMDS data store limit)
 
 
 @dataclass(frozen=True)
@@ -162,8 +163,14 @@ class FirecrackerMachine:
             raise VMError(f"VM {self.id} is stopped")
         if self._assigned:
             raise VMError(f"VM {self.id} already has a job")
+        data = {"smith": {"config": config.model_dump(mode="json")}}
+        size = len(orjson.dumps(data))
+        if size > MMDS_MAX_BYTES:
+            raise PayloadTooLarge(
+                f"job config for VM {self.id} is {size} bytes; Firecracker's API takes at most {MMDS_MAX_BYTES}"
+            )
         self._assigned = True
-        await self.api.put_mmds({"smith": {"config": config.model_dump(mode="json")}})
+        await self.api.put_mmds(data)
 
     async def events(self) -> AsyncIterator[GuestEvent]:
         """Serial console lines: GuestEvent JSON from the guest agent, anything else (kernel) as system lines."""
