@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import tempfile
@@ -85,7 +86,9 @@ class Rig:
         return sorted(jails.iterdir()) if jails.exists() else []
 
 
-def make_rig(*fake_args: str, **config: Any) -> Iterator[Rig]:
+def make_rig(*fake_args: str, jailed: bool = False, **config: Any) -> Iterator[Rig]:
+    """``jailed``: through the fake jailer (paths in API bodies are then inside the VM's chroot). The jail user
+    is this test's own user: the interpreter under /root could not be run by another one."""
     # Unix socket paths are limited to 107 bytes: keep the base short, not under pytest's long tmp_path.
     base = Path(tempfile.mkdtemp(prefix="fc", dir="/tmp"))
     try:
@@ -100,12 +103,15 @@ def make_rig(*fake_args: str, **config: Any) -> Iterator[Rig]:
             base / "firecracker", "--spec", str(SPEC_PATH), "--record-dir", str(records), *fake_args
         )
         network = MemoryNetwork()
+        if jailed:
+            jailer = write_stand_in(base / "jailer", "--record-dir", str(records), jailer=True)
+            config = {"jailer_bin": jailer, "uid": os.geteuid(), "gid": os.getegid(), **config}
         cfg = FirecrackerConfig(
             kernel=kernel,
             rootfs=rootfs,
             chroot_base=base / "jails",
             firecracker_bin=binary,
-            use_jailer=False,
+            use_jailer=jailed,
             stop_timeout=5.0,
             socket_timeout=10.0,
             **config,

@@ -381,3 +381,50 @@ async def test_a_cancelled_boot_leaves_nothing(rig: Rig, monkeypatch: pytest.Mon
     with pytest.raises(asyncio.CancelledError):
         await task
     assert_nothing_left(rig)
+
+
+async def test_jailed_boot_uses_paths_inside_the_chroot_and_runs_a_job() -> None:
+    for rig in make_rig(jailed=True):
+        machine = await rig.vmm.boot(SHAPE, "jvm")
+        try:
+            assert machine.command == machine.jailer_command  # launched through the (fake) jailer
+            jailer = json.loads((rig.records / "smith-jvm.jailer.json").read_text())
+            assert jailer["rest"] == ["--api-sock", "/run/firecracker.socket"]
+            assert sequence(rig, "smith-jvm") == BOOT_SEQUENCE
+            assert body(rig, "smith-jvm", "PUT", "/boot-source")["kernel_image_path"] == "/vmlinux"
+            drives = [c["body"]["path_on_host"] for c in rig.calls("smith-jvm") if c["path"].startswith("/drives/")]
+            assert drives == ["/rootfs.ext4", "/scratch.img"]
+            assert body(rig, "smith-jvm", "PUT", "/logger")["log_path"] == "/firecracker.log"
+            await machine.assign(guest_config("echo jailed"))
+            lines = [e.line for e in [x async for x in machine.events()] if e.stream == "stdout"]
+            assert lines == ["jailed"]
+        finally:
+            await machine.stop()
+        assert_nothing_left(rig)
+
+
+async def test_jailed_snapshot_restores_into_another_vms_chroot() -> None:
+    for rig in make_rig(jailed=True):
+        source = await rig.vmm.boot(SHAPE, "jsrc")
+        snap = await rig.vmm.snapshot(source, rig.base / "snap")
+        assert body(rig, "smith-jsrc", "PUT", "/snapshot/create")["snapshot_path"] == "/snapshot.vmstate"
+        await source.stop()
+        clone = await rig.vmm.boot_from_snapshot(SHAPE, "jdst", snap)
+        try:
+            load = body(rig, "smith-jdst", "PUT", "/snapshot/load")
+            assert (load["snapshot_path"], load["mem_backend"]["backend_path"]) == (
+                "/snapshot.vmstate",
+                "/snapshot.mem",
+            )
+            assert (await clone.api.describe_instance()).state == "Running"
+        finally:
+            await clone.stop()
+        assert_nothing_left(rig)
+
+
+async def test_a_jailer_that_fails_leaves_nothing() -> None:
+    for rig in make_rig(jailed=True):
+        bad = FirecrackerConfig(**{**rig.vmm.config.__dict__, "jailer_bin": Path("/bin/false")})
+        with pytest.raises(VMError, match="exited with code 1"):
+            await FirecrackerVMM(bad, rig.network).boot(SHAPE, "jbad")
+        assert_nothing_left(rig)

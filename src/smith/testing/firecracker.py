@@ -187,6 +187,7 @@ class FakeFirecracker:
     calls: list[Call] = field(default_factory=list)
     record: Path | None = None
     on_change: Any = None  # callable(event: str) for the guest emulator
+    chroot: Path | None = None  # set when "jailed": paths in bodies are relative to this root
 
     @property
     def started(self) -> bool:
@@ -275,16 +276,16 @@ class FakeFirecracker:
         self.config["machine-config"] = body
 
     def _put_boot_source(self, body: Any) -> None:
-        _must_exist(body["kernel_image_path"], "Cannot open kernel image")
+        self._must_exist(body["kernel_image_path"], "Cannot open kernel image")
         if body.get("initrd_path"):
-            _must_exist(body["initrd_path"], "Cannot open initrd file")
+            self._must_exist(body["initrd_path"], "Cannot open initrd file")
         self.config["boot-source"] = body
 
     def _put_drives(self, body: Any, drive_id: str) -> None:
         if body["drive_id"] != drive_id:
             raise Refused(_id_mismatch(drive_id, body["drive_id"]))
         if "path_on_host" in body:
-            _must_exist(body["path_on_host"], "Unable to create the virtio block device")
+            self._must_exist(body["path_on_host"], "Unable to create the virtio block device")
         if body["is_root_device"] and any(d["is_root_device"] for i, d in self.drives.items() if i != drive_id):
             raise Refused("A root block device already exists!")
         self.drives[drive_id] = body
@@ -309,7 +310,7 @@ class FakeFirecracker:
         self.config["mmds-config"] = body
 
     def _put_vsock(self, body: Any) -> None:
-        uds = Path(body["uds_path"])
+        uds = self._host(body["uds_path"])
         with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as s:
             uds.unlink(missing_ok=True)
             s.bind(str(uds))  # Firecracker binds and listens on it
@@ -317,13 +318,13 @@ class FakeFirecracker:
 
     def _put_logger(self, body: Any) -> None:
         if body.get("log_path"):
-            _must_exist(body["log_path"], "Failed to open the log file")
+            self._must_exist(body["log_path"], "Failed to open the log file")
         self.config["logger"] = body
 
     def _put_metrics(self, body: Any) -> None:
         if "metrics" in self.config:
             raise Refused("Reinitialization of metrics not allowed.")
-        _must_exist(body["metrics_path"], "Failed to open the metrics file")
+        self._must_exist(body["metrics_path"], "Failed to open the metrics file")
         self.config["metrics"] = body
 
     def _put_mmds(self, body: Any) -> None:
@@ -368,7 +369,7 @@ class FakeFirecracker:
         if self.state != "Paused":
             raise Refused("Cannot create a snapshot: the microVM must be paused first.")
         for name in ("snapshot_path", "mem_file_path"):
-            if not Path(body[name]).parent.is_dir():
+            if not self._host(body[name]).parent.is_dir():
                 raise Refused(f"Cannot create snapshot file {body[name]}: No such file or directory (os error 2)")
         state = {
             "firecracker_version": VERSION,
@@ -377,8 +378,8 @@ class FakeFirecracker:
             "ifaces": self.ifaces,
             "mem_mib": self._get_machine_config(None)["mem_size_mib"],
         }
-        Path(body["snapshot_path"]).write_text(json.dumps(state))
-        Path(body["mem_file_path"]).write_bytes(b"\0" * 4096)
+        self._host(body["snapshot_path"]).write_text(json.dumps(state))
+        self._host(body["mem_file_path"]).write_bytes(b"\0" * 4096)
 
     def _put_snapshot_load(self, body: Any) -> None:
         if self.configured:
@@ -386,9 +387,9 @@ class FakeFirecracker:
         if ("mem_backend" in body) == ("mem_file_path" in body):
             raise Refused("Exactly one of mem_backend and mem_file_path must be given.")
         mem = body["mem_backend"]["backend_path"] if "mem_backend" in body else body["mem_file_path"]
-        _must_exist(mem, "Cannot open the memory file")
+        self._must_exist(mem, "Cannot open the memory file")
         try:
-            saved = json.loads(Path(body["snapshot_path"]).read_text())
+            saved = json.loads(self._host(body["snapshot_path"]).read_text())
         except (OSError, ValueError) as exc:
             raise Refused(f"Cannot load the microVM state: {exc}") from exc
         self.config.update(saved["config"])
@@ -401,6 +402,14 @@ class FakeFirecracker:
         self.state = "Running" if body.get("resume_vm") else "Paused"
         self._changed(self.state.lower())
 
+    def _host(self, path: str) -> Path:
+        """A path as the (possibly jailed) process sees it, on the host: under the chroot when there is one."""
+        return self.chroot / path.lstrip("/") if self.chroot is not None else Path(path)
+
+    def _must_exist(self, path: str, what: str) -> None:
+        if not self._host(path).exists():
+            raise Refused(f"{what} {path}: No such file or directory (os error 2)")
+
     def _changed(self, event: str) -> None:
         if self.on_change is not None:
             self.on_change(event)
@@ -408,11 +417,6 @@ class FakeFirecracker:
 
 def _id_mismatch(in_path: str, in_body: str) -> str:
     return f"The id from the path [{in_path}] does not match the id from the body [{in_body}]!"
-
-
-def _must_exist(path: str, what: str) -> None:
-    if not Path(path).exists():
-        raise Refused(f"{what} {path}: No such file or directory (os error 2)")
 
 
 def _merge_patch(target: Any, patch: Any) -> Any:
@@ -572,6 +576,7 @@ async def run_binary(args: argparse.Namespace) -> int:
         method, _, path = call.partition(" ")
         fail[(method.upper(), path)] = message or "injected failure"
     api = FakeFirecracker(Spec(Path(args.spec) if args.spec else None), instance_id=args.id, fail=fail)
+    api.chroot = Path(args.chroot) if args.chroot else None
     if args.record:
         api.record = Path(args.record)
     elif args.record_dir:
@@ -604,13 +609,75 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--record-dir", help="Record into <dir>/<id>.jsonl")
     ap.add_argument("--fail", action="append", default=[], help="'METHOD /path[=message]': refuse this call")
     ap.add_argument("--no-guest", action="store_true", help="Do not emulate the guest")
+    ap.add_argument("--chroot", help="Act as if chrooted here (set by the fake jailer): body paths are under it")
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["jailer"]:
+        return jailer_main(argv[1:])
     args, _unknown = ap.parse_known_args(argv)  # real firecracker flags (--level, --seccomp-filter...) ignored
     return asyncio.run(run_binary(args))
 
 
-def write_stand_in(path: Path, *args: str) -> Path:
-    """An executable ``path`` that runs this fake (with ``args``) wherever a firecracker binary is expected."""
-    quoted = " ".join(f"'{a}'" for a in args)
+def jailer_main(argv: list[str]) -> int:
+    """A stand-in jailer: checks its arguments as the jailer does, records them, drops to --uid/--gid and execs
+    --exec-file with the arguments after ``--``, telling it (``--chroot``) where its root would be.
+
+    It does not chroot (the fake is a Python program that needs the host's files), make cgroups or join --netns.
+    """
+    ap = argparse.ArgumentParser(prog="jailer", description="fake jailer")
+    ap.add_argument("--id", required=True)
+    ap.add_argument("--exec-file", required=True)
+    ap.add_argument("--uid", type=int, required=True)
+    ap.add_argument("--gid", type=int, required=True)
+    ap.add_argument("--chroot-base-dir", default="/srv/jailer")
+    ap.add_argument("--netns", default="")
+    ap.add_argument("--cgroup-version", default="1", choices=["1", "2"])
+    ap.add_argument("--cgroup", action="append", default=[])
+    ap.add_argument("--parent-cgroup", default="")
+    ap.add_argument("--resource-limit", action="append", default=[])
+    ap.add_argument("--daemonize", action="store_true")
+    ap.add_argument("--new-pid-ns", action="store_true")
+    ap.add_argument("--record-dir", default="")
+    rest: list[str] = []
+    if "--" in argv:
+        argv, rest = argv[: argv.index("--")], argv[argv.index("--") + 1 :]
+    args = ap.parse_args(argv)
+    exec_file = Path(args.exec_file)
+    problems = []
+    if not re.fullmatch(r"[A-Za-z0-9-]{1,64}", args.id):
+        problems.append(f"Invalid instance ID: {args.id}")
+    if not exec_file.is_file() or "firecracker" not in exec_file.name:
+        problems.append(f"Invalid exec file: {exec_file}")
+    if not Path(args.chroot_base_dir).is_dir():
+        problems.append(f"Invalid chroot base dir: {args.chroot_base_dir}")
+    for item in args.cgroup:
+        if not re.fullmatch(r"[a-z_]+\.[a-z_.]+=.+", item):
+            problems.append(f"Invalid cgroup: {item}")
+    if problems:
+        sys.stderr.write("\n".join(problems) + "\n")
+        return 1
+    root = Path(args.chroot_base_dir) / exec_file.name / args.id / "root"
+    root.mkdir(parents=True, exist_ok=True)
+    if args.record_dir:
+        (Path(args.record_dir) / f"{args.id}.jailer.json").write_text(json.dumps({"argv": argv, "rest": rest}))
+    api_sock = "/run/firecracker.socket"
+    if "--api-sock" in rest:
+        api_sock = rest[rest.index("--api-sock") + 1]
+    if os.geteuid() == 0:  # as the real jailer: Firecracker never runs as root
+        os.setgroups([])
+        os.setgid(args.gid)
+        os.setuid(args.uid)
+    host_sock = str(root / api_sock.lstrip("/"))
+    child = [str(exec_file), *rest, "--id", args.id, "--chroot", str(root), "--api-sock", host_sock]
+    os.execv(child[0], child)  # noqa: S606
+    return 1  # not reached
+
+
+def write_stand_in(path: Path, *args: str, jailer: bool = False) -> Path:
+    """An executable ``path`` that runs this fake (with ``args``) wherever a firecracker binary is expected.
+
+    ``jailer=True``: the fake jailer instead (its ``args`` go before the jailer's own).
+    """
+    quoted = " ".join(f"'{a}'" for a in (("jailer", *args) if jailer else args))
     path.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m smith.testing.firecracker {quoted} "$@"\n')
     path.chmod(0o755)
     return path
