@@ -49,6 +49,10 @@ def body(rig: Rig, name: str, method: str, path: str) -> Any:
     return next(c["body"] for c in rig.calls(name) if (c["method"], c["path"]) == (method, path))
 
 
+def is_socket(path: str) -> bool:
+    return Path(path).is_socket()
+
+
 def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -427,4 +431,18 @@ async def test_a_jailer_that_fails_leaves_nothing() -> None:
         bad = FirecrackerConfig(**{**rig.vmm.config.__dict__, "jailer_bin": Path("/bin/false")})
         with pytest.raises(VMError, match="exited with code 1"):
             await FirecrackerVMM(bad, rig.network).boot(SHAPE, "jbad")
+        assert_nothing_left(rig)
+
+
+async def test_vsock_is_configured_before_start_when_enabled() -> None:
+    for rig in make_rig(vsock=True):
+        machine = await rig.vmm.boot(SHAPE, "vs")
+        try:
+            calls = sequence(rig, "smith-vs")
+            assert calls[-2:] == [("PUT", "/vsock"), ("PUT", "/actions")]
+            vsock = body(rig, "smith-vs", "PUT", "/vsock")
+            assert vsock["guest_cid"] >= 3
+            assert is_socket(vsock["uds_path"])  # Firecracker made it (unjailed: a host path)
+        finally:
+            await machine.stop()
         assert_nothing_left(rig)
