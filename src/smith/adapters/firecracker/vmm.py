@@ -280,8 +280,8 @@ class FirecrackerVMM:
         finally:
             await machine.api.resume()
         result = Snapshot(directory / VMSTATE, directory / MEMFILE)
-        shutil.move(jail.host(VMSTATE), result.vmstate)
-        shutil.move(jail.host(MEMFILE), result.mem)
+        for name, target in ((VMSTATE, result.vmstate), (MEMFILE, result.mem)):  # the memory file is guest-RAM big
+            await asyncio.to_thread(shutil.move, jail.host(name), target)
         return result
 
     async def cleanup_leftovers(self) -> list[str]:
@@ -354,6 +354,9 @@ class _Boot:
         self.snapshot = snapshot
         name = vmm.config.prefix + check_id(vm_id)
         self.jail = vmm._jail(name, shape=shape)  # validates the id before anything is made
+        socket_path = str(self.jail.host(API_SOCKET))
+        if len(socket_path) > SOCKET_PATH_MAX:
+            raise ConfigError(f"API socket path {socket_path} is too long for a Unix socket; shorten the chroot base")
         self.machine = FirecrackerMachine(vm_id, name, self.jail, CleanupStack(), vmm.config.stop_timeout)
         self.state: dict[str, object] = {"vm_id": vm_id}
 
@@ -369,12 +372,17 @@ class _Boot:
 
     async def chroot(self) -> None:
         jail = self.jail
-        jail.create()
+        await asyncio.to_thread(jail.create)
 
         async def remove() -> None:
-            jail.remove()
+            await asyncio.to_thread(jail.remove)
 
         self.cleanup.push("chroot", remove)
+        await asyncio.to_thread(self._fill_chroot)
+
+    def _fill_chroot(self) -> None:
+        """Images linked in (copied across filesystems: may take a while, hence a thread), per-VM files made."""
+        jail = self.jail
         self.save_state()
         if self.snapshot is None:
             jail.link(self.config.kernel, KERNEL)
@@ -385,9 +393,6 @@ class _Boot:
         jail.new_file(SCRATCH, size=self.shape.disk_mib * 1024 * 1024)
         jail.new_file(LOG)
         jail.new_file(METRICS)
-        socket_path = str(jail.host(API_SOCKET))
-        if len(socket_path) > SOCKET_PATH_MAX:
-            raise ConfigError(f"API socket path {socket_path} is too long for a Unix socket; shorten the chroot base")
 
     async def network(self) -> None:
         slot = await self.vmm.network.acquire(self.vm_id)
