@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from smith.adapters.firecracker.jailer import Jail, JailSpec
+from smith.adapters.firecracker.jailer import Jail, JailSpec, jail_name
 from smith.adapters.firecracker.network import TapNetwork
 from smith.errors import ConfigError, InvalidInput, VMError
 from tests.agent.firecracker_support import run
@@ -210,3 +210,13 @@ async def test_real_firecracker_boots_and_answers(tmp_path: Path) -> None:
         assert (await machine.api.describe_instance()).state == "Running"
     finally:
         await machine.stop()
+
+
+def test_jail_names() -> None:
+    assert jail_name("smith-", "job-123-1") == "smith-job-123-1"  # valid ids are kept as they are
+    odd = jail_name("smith-", "a b/c")
+    assert odd.startswith("smith-a-b-c-") and len(odd) == len("smith-a-b-c-") + 8
+    assert jail_name("smith-", "a b/c") == odd  # stable, so leftovers are found again
+    assert len(jail_name("smith-", "j" * 200)) == 64
+    with pytest.raises(InvalidInput):
+        jail_name("smith-", "")

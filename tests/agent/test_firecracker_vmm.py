@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -305,10 +306,25 @@ async def test_cleanup_leftovers_does_not_kill_a_reused_pid(rig: Rig) -> None:
         proc.wait()
 
 
-async def test_bad_vm_ids_are_refused_before_anything_is_made(rig: Rig) -> None:
-    for bad in ("has space", "x" * 70, "dots.no", ""):
-        with pytest.raises(InvalidInput, match="not valid for the jailer"):
-            await rig.vmm.boot(SHAPE, bad)
+async def test_an_empty_vm_id_is_refused_before_anything_is_made(rig: Rig) -> None:
+    with pytest.raises(InvalidInput, match="empty"):
+        await rig.vmm.boot(SHAPE, "")
+    assert_nothing_left(rig)
+
+
+async def test_any_vm_id_gets_a_valid_unique_jailer_id(rig: Rig) -> None:
+    ids = ["warm-ubuntu_22.04-ab12cd34", "job-" + "x" * 80, "job-" + "x" * 80 + "y"]
+    machines = [await rig.vmm.boot(SHAPE, vm_id) for vm_id in ids]
+    try:
+        names = [m.name for m in machines]
+        assert all(re.fullmatch(r"smith-[A-Za-z0-9-]{1,58}", n) for n in names), names
+        assert all(len(str(m.jail.host("/run/firecracker.socket"))) <= 107 for m in machines)
+        assert len(set(names)) == 3  # long ids that share a prefix stay distinct
+        assert names[0].startswith("smith-warm-ubuntu-22-04-")
+        assert [m.id for m in machines] == ids  # the Machine keeps the agent's id
+    finally:
+        for m in machines:
+            await m.stop()
     assert_nothing_left(rig)
 
 
@@ -332,13 +348,11 @@ def test_config_is_checked(tmp_path: Path) -> None:
         FirecrackerVMM(FirecrackerConfig(kernel=kernel, rootfs=rootfs, chroot_base=tmp_path, prefix="a_b"), network)
 
 
-async def test_too_long_socket_path_is_a_clear_error(tmp_path: Path) -> None:
+def test_a_chroot_base_too_long_for_the_socket_is_a_config_error(tmp_path: Path) -> None:
     for rig in make_rig():
-        deep = tmp_path / ("d" * 100)
-        config = FirecrackerConfig(**{**rig.vmm.config.__dict__, "chroot_base": deep})
-        with pytest.raises(ConfigError, match="too long for a Unix socket"):
-            await FirecrackerVMM(config, rig.network).boot(SHAPE, "vm11")
-        assert not (deep / "firecracker" / "smith-vm11").exists()
+        config = FirecrackerConfig(**{**rig.vmm.config.__dict__, "chroot_base": tmp_path / ("d" * 100)})
+        with pytest.raises(ConfigError, match="would not fit a Unix socket"):
+            FirecrackerVMM(config, rig.network)
 
 
 async def test_several_vms_at_once(rig: Rig) -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import re
 import shutil
@@ -42,6 +43,19 @@ def check_id(vm_id: str) -> str:
     if not ID_RE.match(vm_id):
         raise InvalidInput(f"VM id {vm_id!r} is not valid for the jailer: use 1-64 letters, digits and hyphens")
     return vm_id
+
+
+def jail_name(prefix: str, vm_id: str, max_len: int = 64) -> str:
+    """A jailer id for ``vm_id``: ``prefix + vm_id`` when valid and short enough, else sanitized, cut, hashed."""
+    if not vm_id:
+        raise InvalidInput("VM id is empty")
+    max_len = min(max_len, 64)
+    safe = re.sub(r"[^A-Za-z0-9-]", "-", vm_id)
+    name = prefix + safe
+    if safe != vm_id or len(name) > max_len:
+        digest = hashlib.sha256(vm_id.encode()).hexdigest()[:8]
+        name = f"{prefix}{safe[: max(0, max_len - len(prefix) - 9)]}-{digest}"
+    return check_id(name)
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ import orjson
 from pydantic import ValidationError
 
 from smith.adapters.firecracker.client import FirecrackerClient, wait_for_socket
-from smith.adapters.firecracker.jailer import API_SOCKET, Jail, JailSpec, check_id
+from smith.adapters.firecracker.jailer import API_SOCKET, Jail, JailSpec, jail_name
 from smith.adapters.firecracker.models import (
     BootSource,
     Drive,
@@ -242,6 +242,14 @@ class FirecrackerVMM:
         self.config = config
         self.network = network
         self.jails_dir = config.chroot_base / config.firecracker_bin.name
+        # We reach the API socket by its host path, which must fit a Unix socket address: VM names are cut to fit.
+        overhead = len(str(self.jails_dir / "root" / API_SOCKET.lstrip("/"))) + 1
+        self.max_name = min(64, SOCKET_PATH_MAX - overhead)
+        if self.max_name < len(config.prefix) + 12:
+            raise ConfigError(
+                f"chroot base {config.chroot_base} is too long: the API socket path under it would not fit a Unix "
+                f"socket address ({SOCKET_PATH_MAX} bytes); use a shorter directory"
+            )
         self._cid = 2
 
     async def boot(self, shape: VMShape, vm_id: str) -> FirecrackerMachine:
@@ -352,11 +360,8 @@ class _Boot:
         self.shape = shape
         self.vm_id = vm_id
         self.snapshot = snapshot
-        name = vmm.config.prefix + check_id(vm_id)
+        name = jail_name(vmm.config.prefix, vm_id, vmm.max_name)
         self.jail = vmm._jail(name, shape=shape)  # validates the id before anything is made
-        socket_path = str(self.jail.host(API_SOCKET))
-        if len(socket_path) > SOCKET_PATH_MAX:
-            raise ConfigError(f"API socket path {socket_path} is too long for a Unix socket; shorten the chroot base")
         self.machine = FirecrackerMachine(vm_id, name, self.jail, CleanupStack(), vmm.config.stop_timeout)
         self.state: dict[str, object] = {"vm_id": vm_id}
 
