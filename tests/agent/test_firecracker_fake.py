@@ -234,3 +234,11 @@ def test_payloads_over_the_api_limit_are_refused(fc: FakeFirecracker) -> None:
     raw = json.dumps({"blob": "x" * 51200}).encode()
     assert "larger than the limit of 51200" in fault(fc.handle("PUT", "/mmds", raw))
     assert fc.mmds is None
+
+
+def test_mmds_data_store_limit(spec: Spec) -> None:
+    fc = FakeFirecracker(spec, max_payload=1_000_000, mmds_limit=100)
+    assert "data store limit is 100 bytes" in fault(call(fc, "PUT", "/mmds", {"blob": "x" * 200}))
+    assert call(fc, "PUT", "/mmds", {"a": 1})[0] == 204
+    assert "data store limit" in fault(call(fc, "PATCH", "/mmds", {"blob": "x" * 200}))
+    assert fc.mmds == {"a": 1}

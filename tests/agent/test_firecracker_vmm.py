@@ -105,7 +105,14 @@ async def test_jailer_command_is_recorded_when_running_unjailed(rig: Rig) -> Non
         assert jailer[:3] == [str(rig.vmm.config.jailer_bin), "--id", "smith-vm2"]
         assert jailer[jailer.index("--cgroup-version") + 1] == "2"
         assert f"cpu.max={2 * 100_000} 100000" in jailer
-        assert jailer[jailer.index("--") + 1 :] == ["--api-sock", "/run/firecracker.socket"]
+        assert jailer[jailer.index("--") + 1 :] == [
+            "--api-sock",
+            "/run/firecracker.socket",
+            "--http-api-max-payload-size",
+            "2097152",
+            "--mmds-size-limit",
+            "2097152",
+        ]
     finally:
         await machine.stop()
 
@@ -369,17 +376,31 @@ async def test_several_vms_at_once(rig: Rig) -> None:
     assert_nothing_left(rig)
 
 
-async def test_a_config_too_big_for_mmds_is_refused_and_the_vm_stays_usable(rig: Rig) -> None:
-    machine = await rig.vmm.boot(SHAPE, "vm12")
+async def test_a_script_over_firecrackers_default_limit_fits_the_raised_one(rig: Rig) -> None:
+    machine = await rig.vmm.boot(SHAPE, "vm14")
     try:
-        huge = guest_config("true").model_copy(update={"env": {"BIG": "x" * 60_000}})
-        with pytest.raises(PayloadTooLarge, match="at most 51200"):
-            await machine.assign(huge)
-        await machine.assign(guest_config("echo still-fine"))  # the refusal did not use up the VM
+        # 100 kB: over Firecracker's default 51200, under the guest's 128 KiB argument limit (bash -c script)
+        script = "# " + "x" * 100_000 + "\necho big-script-ran"
+        await machine.assign(guest_config(script))
         lines = [e.line for e in [x async for x in machine.events()] if e.stream == "stdout"]
-        assert lines == ["still-fine"]
+        assert lines == ["big-script-ran"]
     finally:
         await machine.stop()
+    assert "--http-api-max-payload-size" in machine.command
+
+
+async def test_a_config_too_big_for_mmds_is_refused_and_the_vm_stays_usable() -> None:
+    for rig in make_rig(api_payload_limit=51200):
+        machine = await rig.vmm.boot(SHAPE, "vm12")
+        try:
+            huge = guest_config("true").model_copy(update={"env": {"BIG": "x" * 60_000}})
+            with pytest.raises(PayloadTooLarge, match="at most 51200"):
+                await machine.assign(huge)
+            await machine.assign(guest_config("echo still-fine"))  # the refusal did not use up the VM
+            lines = [e.line for e in [x async for x in machine.events()] if e.stream == "stdout"]
+            assert lines == ["still-fine"]
+        finally:
+            await machine.stop()
 
 
 async def test_a_cancelled_boot_leaves_nothing(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -407,7 +428,7 @@ async def test_jailed_boot_uses_paths_inside_the_chroot_and_runs_a_job() -> None
         try:
             assert machine.command == machine.jailer_command  # launched through the (fake) jailer
             jailer = json.loads((rig.records / "smith-jvm.jailer.json").read_text())
-            assert jailer["rest"] == ["--api-sock", "/run/firecracker.socket"]
+            assert jailer["rest"][:2] == ["--api-sock", "/run/firecracker.socket"]
             assert sequence(rig, "smith-jvm") == BOOT_SEQUENCE
             assert body(rig, "smith-jvm", "PUT", "/boot-source")["kernel_image_path"] == "/vmlinux"
             drives = [c["body"]["path_on_host"] for c in rig.calls("smith-jvm") if c["path"].startswith("/drives/")]

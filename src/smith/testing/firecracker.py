@@ -188,6 +188,8 @@ class FakeFirecracker:
     record: Path | None = None
     on_change: Any = None  # callable(event: str) for the guest emulator
     chroot: Path | None = None  # set when "jailed": paths in bodies are relative to this root
+    max_payload: int = MAX_PAYLOAD  # --http-api-max-payload-size
+    mmds_limit: int = MAX_PAYLOAD  # --mmds-size-limit
 
     @property
     def started(self) -> bool:
@@ -196,9 +198,10 @@ class FakeFirecracker:
     def handle(self, method: str, path: str, raw: bytes) -> tuple[int, Any]:
         body: Any = None
         try:
-            if len(raw) > MAX_PAYLOAD:
+            if len(raw) > self.max_payload:
                 raise Refused(
-                    f"Request payload with size {len(raw)} is larger than the limit of {MAX_PAYLOAD} allowed by server."
+                    f"Request payload with size {len(raw)} is larger than the limit of {self.max_payload} "
+                    "allowed by server."
                 )
             if raw.strip():
                 try:
@@ -328,13 +331,17 @@ class FakeFirecracker:
         self.config["metrics"] = body
 
     def _put_mmds(self, body: Any) -> None:
-        self.mmds = body if body is not None else {}
-        self._changed("mmds")
+        self._set_mmds(body if body is not None else {})
 
     def _patch_mmds(self, body: Any) -> None:
         if self.mmds is None:
             raise Refused("The MMDS data store is not initialized.")
-        self.mmds = _merge_patch(self.mmds, body or {})
+        self._set_mmds(_merge_patch(self.mmds, body or {}))
+
+    def _set_mmds(self, data: Any) -> None:
+        if len(json.dumps(data)) > self.mmds_limit:
+            raise Refused(f"The MMDS patch request doesn't fit: the data store limit is {self.mmds_limit} bytes.")
+        self.mmds = data
         self._changed("mmds")
 
     def _get_mmds(self, _: Any) -> Any:
@@ -577,6 +584,8 @@ async def run_binary(args: argparse.Namespace) -> int:
         fail[(method.upper(), path)] = message or "injected failure"
     api = FakeFirecracker(Spec(Path(args.spec) if args.spec else None), instance_id=args.id, fail=fail)
     api.chroot = Path(args.chroot) if args.chroot else None
+    api.max_payload = args.http_api_max_payload_size
+    api.mmds_limit = args.mmds_size_limit or args.http_api_max_payload_size
     if args.record:
         api.record = Path(args.record)
     elif args.record_dir:
@@ -609,6 +618,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--record-dir", help="Record into <dir>/<id>.jsonl")
     ap.add_argument("--fail", action="append", default=[], help="'METHOD /path[=message]': refuse this call")
     ap.add_argument("--no-guest", action="store_true", help="Do not emulate the guest")
+    ap.add_argument("--http-api-max-payload-size", type=int, default=MAX_PAYLOAD)
+    ap.add_argument("--mmds-size-limit", type=int, default=0, help="Default: the API payload limit")
     ap.add_argument("--chroot", help="Act as if chrooted here (set by the fake jailer): body paths are under it")
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["jailer"]:

@@ -62,7 +62,6 @@ LOG, METRICS, VSOCK = "firecracker.log", "metrics.json", "v.sock"
 VMSTATE, MEMFILE = "snapshot.vmstate", "snapshot.mem"
 STATE_FILE = "smith.json"  # beside root/: what cleanup_leftovers needs after a crash
 SOCKET_PATH_MAX = 107
-MMDS_MAX_BYTES = 51200  # Firecracker's default --http-api-max-payload-size (and MMDS data store limit)
 
 
 @dataclass(frozen=True)
@@ -85,6 +84,9 @@ class FirecrackerConfig:
     log_level: LogLevel = "Warning"
     socket_timeout: float = 5.0
     stop_timeout: float = 10.0
+    # --http-api-max-payload-size and --mmds-size-limit: the job's config (its script too) must fit in both.
+    # Firecracker's default is 51200 bytes; the control plane accepts scripts of up to 1 MB.
+    api_payload_limit: int = 2 * 1024 * 1024
     extra_mib: int = 0  # memory.max headroom above the guest's RAM for Firecracker itself; 0 = 64 MiB + 3%
 
     def validate(self) -> None:
@@ -148,6 +150,7 @@ class FirecrackerMachine:
         self.jailer_command: list[str] = []
         self.boot_args = ""
         self.started = False  # InstanceStart (or a resumed snapshot load) happened
+        self.payload_limit = 51200  # Firecracker's default; set from FirecrackerConfig.api_payload_limit
         self._assigned = False
         self._stopped = False
 
@@ -165,9 +168,9 @@ class FirecrackerMachine:
             raise VMError(f"VM {self.id} already has a job")
         data = {"smith": {"config": config.model_dump(mode="json")}}
         size = len(orjson.dumps(data))
-        if size > MMDS_MAX_BYTES:
+        if size > self.payload_limit:
             raise PayloadTooLarge(
-                f"job config for VM {self.id} is {size} bytes; Firecracker's API takes at most {MMDS_MAX_BYTES}"
+                f"job config for VM {self.id} is {size} bytes; Firecracker's API takes at most {self.payload_limit}"
             )
         self._assigned = True
         await self.api.put_mmds(data)
@@ -338,9 +341,13 @@ class FirecrackerVMM:
                 parent_cgroup=c.parent_cgroup,
                 cgroups=cgroups,
                 resource_limits={"no-file": 2048},
-                firecracker_args=("--api-sock", API_SOCKET),
+                firecracker_args=("--api-sock", API_SOCKET, *self._limits()),
             )
         )
+
+    def _limits(self) -> tuple[str, ...]:
+        n = str(self.config.api_payload_limit)
+        return ("--http-api-max-payload-size", n, "--mmds-size-limit", n)
 
     def _api_path(self, jail: Jail, name: str) -> str:
         """The path Firecracker is given: inside the chroot when jailed, the host path otherwise."""
@@ -363,6 +370,7 @@ class _Boot:
         name = jail_name(vmm.config.prefix, vm_id, vmm.max_name)
         self.jail = vmm._jail(name, shape=shape)  # validates the id before anything is made
         self.machine = FirecrackerMachine(vm_id, name, self.jail, CleanupStack(), vmm.config.stop_timeout)
+        self.machine.payload_limit = vmm.config.api_payload_limit
         self.state: dict[str, object] = {"vm_id": vm_id}
 
     @property
@@ -421,7 +429,8 @@ class _Boot:
         if c.use_jailer:
             argv = machine.jailer_command
         else:
-            argv = [str(c.firecracker_bin), "--api-sock", str(self.jail.host(API_SOCKET)), "--id", machine.name]
+            sock = str(self.jail.host(API_SOCKET))
+            argv = [str(c.firecracker_bin), "--api-sock", sock, "--id", machine.name, *self.vmm._limits()]
         machine.command = argv
         stderr = (self.jail.dir / "stderr.log").open("ab")
         try:
