@@ -8,6 +8,7 @@ import os
 import re
 import signal
 from collections.abc import Iterator
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -152,7 +153,7 @@ async def test_a_binary_that_dies_at_once_is_reported_with_its_stderr(rig: Rig) 
     bad = rig.base / "firecracker-broken"
     bad.write_text("#!/bin/sh\necho 'Error: could not open /dev/kvm' >&2\nexit 1\n")
     bad.chmod(0o755)
-    config = FirecrackerConfig(**{**rig.vmm.config.__dict__, "firecracker_bin": bad})
+    config = replace(rig.vmm.config, firecracker_bin=bad)
     vmm = FirecrackerVMM(config, rig.network)
     with pytest.raises(VMError, match=r"exited with code 1.*could not open /dev/kvm"):
         await vmm.boot(SHAPE, "vm5")
@@ -286,7 +287,7 @@ async def test_cleanup_leftovers_removes_a_crashed_agents_vm(rig: Rig) -> None:
     slot = await rig.network.acquire("crashed")
     proc = spawn("sh", "-c", "sleep 300; :", name)
     try:
-        (vm_dir / STATE_FILE).write_text(json.dumps({"vm_id": "crashed", "pid": proc.pid, "slot": slot.__dict__}))
+        (vm_dir / STATE_FILE).write_text(json.dumps({"vm_id": "crashed", "pid": proc.pid, "slot": asdict(slot)}))
         other = rig.base / "jails" / "firecracker" / "not-ours"
         other.mkdir()
         removed = await rig.vmm.cleanup_leftovers()
@@ -357,7 +358,7 @@ def test_config_is_checked(tmp_path: Path) -> None:
 
 def test_a_chroot_base_too_long_for_the_socket_is_a_config_error(tmp_path: Path) -> None:
     for rig in make_rig():
-        config = FirecrackerConfig(**{**rig.vmm.config.__dict__, "chroot_base": tmp_path / ("d" * 100)})
+        config = replace(rig.vmm.config, chroot_base=tmp_path / ("d" * 100))
         with pytest.raises(ConfigError, match="would not fit a Unix socket"):
             FirecrackerVMM(config, rig.network)
 
@@ -463,7 +464,7 @@ async def test_jailed_snapshot_restores_into_another_vms_chroot() -> None:
 
 async def test_a_jailer_that_fails_leaves_nothing() -> None:
     for rig in make_rig(jailed=True):
-        bad = FirecrackerConfig(**{**rig.vmm.config.__dict__, "jailer_bin": Path("/bin/false")})
+        bad = replace(rig.vmm.config, jailer_bin=Path("/bin/false"))
         with pytest.raises(VMError, match="exited with code 1"):
             await FirecrackerVMM(bad, rig.network).boot(SHAPE, "jbad")
         assert_nothing_left(rig)

@@ -137,11 +137,13 @@ class CleanupStack:
 class FirecrackerMachine:
     """A booted Firecracker microVM."""
 
-    def __init__(self, vm_id: str, name: str, jail: Jail, cleanup: CleanupStack, stop_timeout: float) -> None:
+    def __init__(
+        self, vm_id: str, name: str, jail: Jail, *, stop_timeout: float = 10.0, payload_limit: int = 51200
+    ) -> None:
         self.id = vm_id
         self.name = name
         self.jail = jail
-        self.cleanup = cleanup
+        self.cleanup = CleanupStack()
         self.stop_timeout = stop_timeout
         self.process: asyncio.subprocess.Process | None = None
         self.client: FirecrackerClient | None = None
@@ -150,7 +152,7 @@ class FirecrackerMachine:
         self.jailer_command: list[str] = []
         self.boot_args = ""
         self.started = False  # InstanceStart (or a resumed snapshot load) happened
-        self.payload_limit = 51200  # Firecracker's default; set from FirecrackerConfig.api_payload_limit
+        self.payload_limit = payload_limit  # the API's and MMDS's size limit (FirecrackerConfig.api_payload_limit)
         self._assigned = False
         self._stopped = False
 
@@ -369,8 +371,10 @@ class _Boot:
         self.snapshot = snapshot
         name = jail_name(vmm.config.prefix, vm_id, vmm.max_name)
         self.jail = vmm._jail(name, shape=shape)  # validates the id before anything is made
-        self.machine = FirecrackerMachine(vm_id, name, self.jail, CleanupStack(), vmm.config.stop_timeout)
-        self.machine.payload_limit = vmm.config.api_payload_limit
+        c = vmm.config
+        self.machine = FirecrackerMachine(
+            vm_id, name, self.jail, stop_timeout=c.stop_timeout, payload_limit=c.api_payload_limit
+        )
         self.state: dict[str, object] = {"vm_id": vm_id}
 
     @property
