@@ -21,8 +21,9 @@ def test_no_firecracker_binary_is_said_plainly(tmp_path: Path) -> None:
     fc = found["backends"]["firecracker"]
     assert fc["available"] is False and "firecracker-that-does-not-exist" in fc["reason"]
     with pytest.raises(ConfigError, match="not available here"):
-        select_backend(settings(tmp_path, agent_backend="firecracker",
-                                agent_firecracker_bin="firecracker-that-does-not-exist"))
+        select_backend(
+            settings(tmp_path, agent_backend="firecracker", agent_firecracker_bin="firecracker-that-does-not-exist")
+        )
 
 
 def test_kvm_off_means_no_firecracker_and_qemu_in_software(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

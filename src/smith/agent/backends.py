@@ -7,7 +7,7 @@ import shutil
 from typing import Any
 
 from smith.errors import ConfigError
-from smith.ports import VMM
+from smith.ports import VMM, Network
 
 ORDER = ("firecracker", "qemu", "sandbox")
 
@@ -62,7 +62,7 @@ def probe(settings: Any | None = None) -> dict[str, Any]:
     return {"backends": out, "auto": auto}
 
 
-def select_backend(settings: Any) -> tuple[VMM, str]:
+def select_backend(settings: Any, network: Network | None = None) -> tuple[VMM, str]:
     """The VMM to use and the reason, per SMITH_AGENT_BACKEND (auto picks the best available)."""
     found = probe(settings)
     name = settings.agent_backend if settings.agent_backend != "auto" else found["auto"]
@@ -70,10 +70,11 @@ def select_backend(settings: Any) -> tuple[VMM, str]:
     if not info["available"]:
         raise ConfigError(f"backend {name} is not available here: {info['reason']}")
     why = info["reason"] if settings.agent_backend != "auto" else f"auto: {info['reason']}"
-    return build(name, settings), why
+    return build(name, settings, network), why
 
 
-def build(name: str, settings: Any) -> VMM:
+def build(name: str, settings: Any, network: Network | None = None) -> VMM:
+    """The backend ``name``; VMs get their taps from ``network`` (the host bridge, SMITH_AGENT_NETWORK=true)."""
     work = settings.work_dir / name
     work.mkdir(parents=True, exist_ok=True)
     if name == "sandbox":
@@ -85,7 +86,18 @@ def build(name: str, settings: Any) -> VMM:
 
         return QemuVMM(base_dir=work, kernel=settings.agent_kernel, rootfs=settings.agent_rootfs)  # type: ignore[no-any-return]
     if name == "firecracker":
-        from smith.adapters.firecracker.vmm import FirecrackerVMM
+        from pathlib import Path
 
-        return FirecrackerVMM(base_dir=work, kernel=settings.agent_kernel, rootfs=settings.agent_rootfs)  # type: ignore[no-any-return]
+        from smith.adapters.firecracker.network import TapNetwork
+        from smith.adapters.firecracker.vmm import FirecrackerConfig, FirecrackerVMM
+
+        config = FirecrackerConfig(
+            kernel=settings.agent_kernel,
+            rootfs=settings.agent_rootfs,
+            chroot_base=work,
+            firecracker_bin=Path(shutil.which(settings.agent_firecracker_bin) or settings.agent_firecracker_bin),
+            jailer_bin=Path(shutil.which(settings.agent_jailer_bin) or settings.agent_jailer_bin),
+            use_jailer=os.geteuid() == 0,  # the jailer needs root (chroot, cgroups, setuid)
+        )
+        return FirecrackerVMM(config, network or TapNetwork())
     raise ConfigError(f"unknown backend {name}")

@@ -20,7 +20,7 @@ def register(root: typer.Typer) -> None:
     root.add_typer(app, name="agent")
 
 
-def build_agent(settings: Any) -> Any:
+def build_agent(settings: Any, network: Any = None) -> Any:
     """Compose an Agent from settings: control client, chosen backend, job output."""
     from smith.agent.backends import select_backend
     from smith.agent.client import ControlClient
@@ -29,7 +29,7 @@ def build_agent(settings: Any) -> Any:
 
     if settings.agent_token is None:
         fail("SMITH_AGENT_TOKEN is not set: mint one with `smith auth agent-token --agent-id ...`")
-    vmm, why = select_backend(settings)
+    vmm, why = select_backend(settings, network)
     console.print(f"backend: [bold]{vmm.backend}[/bold] ({why})")
     config = AgentConfig(
         agent_id=settings.agent_id,
@@ -84,7 +84,7 @@ async def serve_with_network(settings: Any) -> None:
     async with host_network(settings) as network:
         if network is not None:
             console.print(f"network: bridge {network.config.bridge}, pool {network.plan.pool}")
-        await serve_agent(build_agent(settings))
+        await serve_agent(build_agent(settings, network))
 
 
 @app.command()

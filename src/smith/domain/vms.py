@@ -43,6 +43,7 @@ class Slot:
     guest_ip: str
     gateway_ip: str
     prefix: int
+    netns: str = ""  # a network namespace path the VMM joins (jailer --netns); "" = the host's
 
     @property
     def netmask(self) -> str:
