@@ -56,6 +56,12 @@ async def test_runs_a_script_and_reports_output_and_exit_code(vmm: SandboxVMM) -
     assert not root.exists()  # stop() removed everything
 
 
+async def test_a_script_larger_than_argv_allows(vmm: SandboxVMM) -> None:
+    big = "\n".join(f"x{i}=1  # {'.' * 100}" for i in range(3000)) + "\necho done"  # ~330 KB
+    events, _ = await run_job(vmm, config(big))
+    assert lines(events) == ["done"] and events[-1].exit_code == 0
+
+
 async def test_failing_command_under_bash_e(vmm: SandboxVMM) -> None:
     events, _ = await run_job(vmm, config("false\necho not reached"))
     assert events[-1].exit_code == 1 and "not reached" not in lines(events)

@@ -23,6 +23,7 @@ from typing import IO, Any
 
 MAX_LINE = 64 * 1024
 MMDS_IP = "169.254.169.254"
+SCRIPT = ".smith-job.sh"  # the job's script, written into the work dir (no argv size limit)
 
 
 class Output:
@@ -103,7 +104,7 @@ def command(config: dict[str, Any]) -> tuple[list[str], list[str]]:
         )
         return ["/bin/sh", "-c", script], secrets
     shell = "/bin/bash" if os.path.exists("/bin/bash") else "/bin/sh"
-    return [shell, "-e", "-c", str(job.get("run") or "")], secrets
+    return [shell, "-e", SCRIPT], secrets
 
 
 def environment(config: dict[str, Any], workdir: str) -> dict[str, str]:
@@ -152,6 +153,11 @@ def pump(pipe: IO[bytes], name: str, q: queue.Queue[tuple[str, str] | None]) -> 
 
 def run(config: dict[str, Any], out: Output, workdir: str) -> int:
     argv, _ = command(config)
+    if SCRIPT in argv:
+        path = os.path.join(workdir, SCRIPT)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(str((config.get("job") or {}).get("run") or ""))
+        os.chmod(path, 0o700)
     out.emit("started", stream="system", line=f"job {(config.get('job') or {}).get('id', '')} starting")
     try:
         proc = subprocess.Popen(
