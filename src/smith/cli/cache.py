@@ -159,21 +159,11 @@ def purge(
 
 def dev_service(env: dict[str, str]) -> Coroutine[Any, Any, None] | None:
     """`smith dev`: the cache on the filesystem under the data dir, metadata in dev's Valkey."""
-    import uvicorn
-
     from smith.cache.app import create_app
     from smith.cache.settings import CacheSettings
+    from smith.cli.common import serve_app
 
     settings = CacheSettings()
     if not settings.cache_shared_secret:
         return None
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(settings),
-            host=settings.cache_host,
-            port=settings.cache_port,
-            log_level="warning",
-            access_log=False,
-        )
-    )
-    return server.serve()
+    return serve_app(create_app(settings), settings.cache_host, settings.cache_port)

@@ -52,16 +52,13 @@ def dev_secrets(data_dir: Path) -> dict[str, str]:
 
 
 async def _serve_control(port: int) -> None:
-    import uvicorn
-
+    from smith.cli.common import serve_app
     from smith.cli.control import build_credentials
     from smith.control.app import create_app
     from smith.control.settings import ControlSettings
 
     settings = ControlSettings()
-    app = create_app(settings, credentials=build_credentials(settings))
-    server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=port, log_level="warning", access_log=False))
-    await server.serve()
+    await serve_app(create_app(settings, credentials=build_credentials(settings)), settings.host, port)
 
 
 async def _run_all(tasks: list[Coroutine[Any, Any, None]]) -> None:
@@ -72,9 +69,9 @@ async def _run_all(tasks: list[Coroutine[Any, Any, None]]) -> None:
     running: list[asyncio.Task[Any]] = [asyncio.create_task(t) for t in tasks]
     waiter: asyncio.Task[Any] = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait([*running, waiter], return_when=asyncio.FIRST_COMPLETED)
-    for t in running:
+    # Stop in reverse order of start: the agent drains before the control plane it talks to goes away.
+    for t in reversed(running):
         t.cancel()
-    for t in running:
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await t
     for t in done:
@@ -123,9 +120,9 @@ def dev(
             coro = hook(dict(os.environ)) if hook else None
             if coro is not None:
                 tasks.append(coro)
-    console.print(
-        f"  operator token: `smith auth operator-token` with SMITH_JWT_SECRET from {data / 'dev-secrets.json'}"
-    )
+    if not only_control:
+        console.print(f"  cache:   {os.environ['SMITH_CACHE_URL']}")
+    console.print(f"  secrets: {data / 'dev-secrets.json'} (`smith jobs ...` on this machine finds them itself)")
     try:
         asyncio.run(_run_all(tasks))
     finally:

@@ -87,7 +87,6 @@ def read_mmds(address: str) -> dict[str, Any]:
 
 def command(config: dict[str, Any]) -> tuple[list[str], list[str]]:
     """The command to run and the secrets to mask."""
-    job = config.get("job") or {}
     runner = config.get("runner")
     secrets = []
     if config.get("cache"):
