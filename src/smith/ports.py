@@ -1,13 +1,14 @@
 """Small Protocols the services depend on; adapters implement them, ``smith.testing`` fakes them.
 
 Each service's own ports are added here as the service lands (VMM and Network for the agent, BlobStore for
-the cache, LogSink for the logs pipeline).
+the cache, ClickHouse and LogSink for the logs pipeline; the log store itself is
+``smith.logs.store.LogStore``, one class over either ClickHouse adapter).
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Protocol
+from typing import Any, Protocol
 
 from smith.domain.jobs import Job
 from smith.domain.vms import Backend, Slot, VMShape
@@ -122,3 +123,41 @@ class BlobStore(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+# -- log pipeline -----------------------------------------------------------------------------------------
+
+
+class ClickHouse(Protocol):
+    """One ClickHouse: a server over HTTP, or chdb in-process. SQL in, JSONEachRow rows out."""
+
+    dialect: str  # "modern" or "legacy" (known after connect)
+    version: str
+
+    async def connect(self) -> None:
+        """Reach the server (or open the embedded one) and learn its version; ``Unavailable`` if it cannot."""
+        ...
+
+    async def execute(self, sql: str) -> None:
+        """Run one statement that returns nothing (DDL, ALTER)."""
+        ...
+
+    async def select(self, sql: str) -> list[dict[str, Any]]:
+        """Run one SELECT (without a FORMAT clause) and return its rows."""
+        ...
+
+    async def insert(self, table: str, rows: bytes) -> None:
+        """``INSERT INTO table FORMAT JSONEachRow`` with ``rows`` (one JSON object a line); durable on return."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+class LogSink(Protocol):
+    """Where a host agent sends each job's lines (the log shipper, or a fake)."""
+
+    async def send(self, job_id: str, event: GuestEvent) -> None: ...
+
+    async def close(self) -> None:
+        """Flush what is buffered (bounded in time) and stop."""
+        ...

@@ -1,0 +1,351 @@
+"""The agent's log shipper: every line of a job goes to disk first, then to the log pipeline, in order.
+
+``await shipper.send(job_id, event)`` numbers the line (1, 2, 3... per job) and appends it to
+``<spool>/<job_id>/lines.ndjson``. A background flusher sends each job's unsent lines in order, one batch per
+job at a time, and moves the job's acknowledged offset (``acked``) forward only when the pipeline answered that
+they are stored. While the pipeline is unreachable, answers 5xx or 429, lines wait on disk and are sent again
+later (with back-off, honouring Retry-After); the pipeline drops lines it already has by ``(job_id, seq)``, so
+a resend after a lost answer stores nothing twice. A job's directory is removed once it is closed and every
+line is acknowledged. A shipper started on a spool left by an earlier agent process replays what is there.
+
+It also satisfies the agent's ``JobOutput`` (``emit`` / ``close_job`` / ``aclose``), and ``follow_file``
+forwards a file line by line (Firecracker's log and metrics FIFOs or files).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import re
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, BinaryIO
+
+import httpx
+import orjson
+
+from smith.logging import get_logger
+from smith.wire.guest import GuestEvent
+
+log = get_logger("smith.agent.logship")
+_SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}$")
+
+
+@dataclass
+class _Job:
+    job_id: str
+    dir: Path
+    file: IO[bytes]
+    next_seq: int
+    written: int  # bytes appended
+    acked: int  # bytes acknowledged by the pipeline
+    closed: bool = False
+    last_sent: bool = False
+    extra: dict[str, str] = field(default_factory=dict)
+    busy: bool = False
+
+
+class LogShipper:
+    """Ships job output to ``url`` (``POST /v1/logs``), spooling under ``spool_dir``."""
+
+    def __init__(
+        self,
+        url: str,
+        token: str | Callable[[], str],
+        spool_dir: Path,
+        *,
+        host: str = "",
+        batch_lines: int = 5000,
+        batch_bytes: int = 4 * 1024 * 1024,
+        flush_interval: float = 0.2,
+        max_backoff: float = 30.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self._token = token
+        self.spool = Path(spool_dir)
+        self.host = host
+        self.batch_lines = batch_lines
+        self.batch_bytes = batch_bytes
+        self.flush_interval = flush_interval
+        self.max_backoff = max_backoff
+        self.jobs: dict[str, _Job] = {}
+        self._client = httpx.AsyncClient(timeout=timeout, transport=transport)
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._not_before = 0.0  # monotonic time before which nothing is sent (pipeline down / busy)
+        self._failures = 0
+        self._closing = False
+        self._followers: set[asyncio.Task[None]] = set()
+        self.sent_lines = 0
+
+    # -- lifecycle ------------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Pick up what an earlier process left in the spool, and start flushing."""
+        self.spool.mkdir(parents=True, exist_ok=True)
+        for d in sorted(self.spool.iterdir()):
+            if d.is_dir() and (d / "lines.ndjson").exists() and d.name not in self.jobs:
+                self.jobs[d.name] = self._open(d.name)
+        if self.jobs:
+            log.info("replaying spooled logs", jobs=len(self.jobs))
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="log-shipper")
+
+    async def close(self, drain_seconds: float = 30.0) -> bool:
+        """Send what is spooled, for at most ``drain_seconds``; True if everything was acknowledged.
+
+        What is not acknowledged stays on disk and is sent by the next shipper started on this spool.
+        """
+        for t in list(self._followers):
+            t.cancel()
+        self._closing = True
+        self._wake.set()
+        deadline = time.monotonic() + drain_seconds
+        while self._unsent() and time.monotonic() < deadline and self._task and not self._task.done():
+            self._wake.set()
+            await asyncio.sleep(0.05)
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        done = not self._unsent()
+        for job in list(self.jobs.values()):
+            job.file.close()
+            if job.closed and job.acked >= job.written:
+                shutil.rmtree(job.dir, ignore_errors=True)
+        self.jobs.clear()
+        await self._client.aclose()
+        return done
+
+    async def aclose(self) -> None:
+        await self.close()
+
+    async def __aenter__(self) -> LogShipper:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- producing ------------------------------------------------------------------------------------------
+
+    async def send(self, job_id: str, event: GuestEvent, *, step: str = "", vm: str = "", repo: str = "") -> int:
+        """Spool one event of a job as a line (durable in the OS when this returns); its seq."""
+        if event.type == "started":
+            stream, text, last = "system", "job started", False
+        elif event.type == "exit":
+            stream, text, last = "system", f"exit code {event.exit_code}", True
+        else:
+            stream, text, last = event.stream, event.line, False
+        return self.append(job_id, text, stream=stream, ts=event.ts, step=step, vm=vm, repo=repo, last=last)
+
+    def append(
+        self,
+        job_id: str,
+        line: str,
+        *,
+        stream: str = "stdout",
+        ts: float | None = None,
+        step: str = "",
+        vm: str = "",
+        repo: str = "",
+        last: bool = False,
+    ) -> int:
+        job = self._job(job_id)
+        if job.closed:
+            raise ValueError(f"job {job_id} is closed for logs")
+        seq = job.next_seq
+        rec: dict[str, Any] = {"job_id": job_id, "seq": seq, "ts": time.time() if ts is None else ts}
+        rec["stream"] = stream
+        rec["line"] = line
+        for key, value in (("host", self.host), ("step", step), ("vm", vm), ("repo", repo)):
+            if value:
+                rec[key] = value
+        if last:
+            rec["last"] = True
+            job.last_sent = True
+        data = orjson.dumps(rec) + b"\n"
+        job.file.write(data)
+        job.written += len(data)
+        job.next_seq += 1
+        if job.written - job.acked >= self.batch_bytes:
+            self._wake.set()
+        return seq
+
+    async def emit(self, job_id: str, event: GuestEvent) -> None:
+        """``JobOutput``: the agent's per-event hook."""
+        await self.send(job_id, event)
+
+    async def close_job(self, job_id: str) -> None:
+        """No more lines for this job: mark it last (if its exit was not seen), delete it once all is sent."""
+        job = self.jobs.get(job_id)
+        if job is None or job.closed:
+            return
+        if not job.last_sent:
+            self.append(job_id, "smith: output closed", stream="system", last=True)
+        job.file.flush()
+        (job.dir / "closed").touch()
+        job.closed = True
+        self._wake.set()
+
+    def follow_file(self, job_id: str, path: Path, *, step: str, stream: str = "system") -> asyncio.Task[None]:
+        """Forward each line written to ``path`` (a file or FIFO, e.g. Firecracker's log) until cancelled."""
+
+        async def follow() -> None:
+            loop = asyncio.get_running_loop()
+            f: BinaryIO = await loop.run_in_executor(None, lambda: open(path, "rb"))  # noqa: SIM115
+            with f:
+                buf = b""
+                while True:
+                    chunk = await loop.run_in_executor(None, f.read, 65536)
+                    if not chunk:
+                        await asyncio.sleep(0.2)
+                        continue
+                    buf += chunk
+                    *lines, buf = buf.split(b"\n")
+                    for raw in lines:
+                        if raw and job_id in self.jobs and not self.jobs[job_id].closed:
+                            self.append(job_id, raw.decode("utf-8", "replace"), stream=stream, step=step)
+
+        task = asyncio.create_task(follow(), name=f"follow-{step}-{job_id}")
+        self._followers.add(task)
+        task.add_done_callback(self._followers.discard)
+        return task
+
+    # -- the spool ------------------------------------------------------------------------------------------
+
+    def _job(self, job_id: str) -> _Job:
+        job = self.jobs.get(job_id)
+        if job is None:
+            if not _SAFE.match(job_id):
+                raise ValueError(f"job id {job_id!r} cannot name a spool directory")
+            job = self.jobs[job_id] = self._open(job_id)
+            self._wake.set()
+        return job
+
+    def _open(self, job_id: str) -> _Job:
+        d = self.spool / job_id
+        d.mkdir(parents=True, exist_ok=True)
+        path = d / "lines.ndjson"
+        acked = 0
+        with contextlib.suppress(OSError, ValueError):
+            acked = int((d / "acked").read_text().strip() or 0)
+        next_seq = 1
+        size = path.stat().st_size if path.exists() else 0
+        if size:
+            with path.open("rb") as rf:
+                rf.seek(max(0, size - 1024 * 1024))
+                tail = rf.read()
+            complete, _, partial = tail.rpartition(b"\n")
+            if partial:  # a torn write from a crash: drop it
+                with path.open("r+b") as wf:
+                    wf.truncate(size - len(partial))
+                size -= len(partial)
+            last_line = complete.rsplit(b"\n", 1)[-1]
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                next_seq = int(orjson.loads(last_line)["seq"]) + 1
+        out = path.open("ab", buffering=1024 * 1024)
+        job = _Job(job_id, d, out, next_seq=next_seq, written=size, acked=min(acked, size))
+        job.closed = (d / "closed").exists()
+        job.last_sent = job.closed
+        return job
+
+    def _unsent(self) -> bool:
+        return any(j.acked < j.written for j in self.jobs.values())
+
+    def _read_batch(self, job: _Job, end: int) -> bytes:
+        """The next whole lines after the acknowledged offset, up to ``end`` (runs in a worker thread)."""
+        with (job.dir / "lines.ndjson").open("rb") as f:
+            f.seek(job.acked)
+            data = f.read(min(self.batch_bytes, end - job.acked))
+        if len(data) < end - job.acked or not data.endswith(b"\n"):
+            data = data[: data.rfind(b"\n") + 1]
+        if data.count(b"\n") > self.batch_lines:
+            cut = -1
+            for _ in range(self.batch_lines):
+                cut = data.index(b"\n", cut + 1)
+            data = data[: cut + 1]
+        return data
+
+    def _save_ack(self, job: _Job) -> None:
+        tmp = job.dir / "acked.tmp"
+        tmp.write_text(str(job.acked))
+        os.replace(tmp, job.dir / "acked")
+
+    # -- sending --------------------------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.flush_interval)
+            self._wake.clear()
+            wait = self._not_before - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+                continue
+            ready = [j for j in self.jobs.values() if j.acked < j.written and not j.busy]
+            if ready:
+                await asyncio.gather(*(self._ship(j) for j in ready))
+            for job in [j for j in self.jobs.values() if j.closed and j.acked >= j.written]:
+                job.file.close()
+                shutil.rmtree(job.dir, ignore_errors=True)
+                self.jobs.pop(job.job_id, None)
+
+    async def _ship(self, job: _Job) -> None:
+        """Send this job's next batches until it is caught up or a send fails."""
+        job.busy = True
+        try:
+            while job.acked < job.written and time.monotonic() >= self._not_before:
+                job.file.flush()  # here, not in the worker thread: appends happen on this thread
+                data = await asyncio.to_thread(self._read_batch, job, job.written)
+                if not data:
+                    return
+                if not await self._post(job, data):
+                    return
+                job.acked += len(data)
+                self.sent_lines += data.count(b"\n")
+                await asyncio.to_thread(self._save_ack, job)
+        finally:
+            job.busy = False
+
+    async def _post(self, job: _Job, data: bytes) -> bool:
+        token = self._token() if callable(self._token) else self._token
+        try:
+            resp = await self._client.post(
+                f"{self.url}/v1/logs",
+                content=data,
+                headers={"Authorization": f"Bearer {token}", "Content-Type": "application/x-ndjson"},
+            )
+        except httpx.HTTPError as exc:
+            self._back_off(None, f"unreachable: {exc!r}")
+            return False
+        if resp.status_code == 200:
+            self._failures = 0
+            return True
+        if resp.status_code == 400:
+            # Lines we wrote ourselves were refused: keep them aside rather than block the job forever.
+            with (job.dir / "rejected.ndjson").open("ab") as f:
+                f.write(data)
+            log.error("log pipeline refused lines; kept in rejected.ndjson", job_id=job.job_id, body=resp.text[:500])
+            return True
+        if resp.status_code == 413 and self.batch_bytes > 64 * 1024:
+            self.batch_bytes //= 2
+            return False
+        retry_after = resp.headers.get("retry-after", "")
+        self._back_off(float(retry_after) if retry_after.isdigit() else None, f"HTTP {resp.status_code}")
+        return False
+
+    def _back_off(self, retry_after: float | None, why: str) -> None:
+        self._failures += 1
+        delay = retry_after or min(self.max_backoff, 0.1 * 2 ** min(self._failures, 10)) * random.uniform(0.5, 1.0)
+        self._not_before = max(self._not_before, time.monotonic() + delay)
+        if self._failures in (1, 5) or self._failures % 20 == 0:
+            log.warning("log pipeline not taking lines; spooling", reason=why, retry_in=round(delay, 2))

@@ -1,0 +1,292 @@
+"""The log pipeline's HTTP app: ``create_app(settings)`` is its composition root (see ``smith.wire.logs``)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gzip
+import zlib
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import orjson
+from fastapi import Depends, FastAPI, Query, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from smith import tokens
+from smith.errors import AuthError, InvalidInput, NotFound, PayloadTooLarge, SmithError
+from smith.logging import get_logger
+from smith.logs import ingest
+from smith.logs.batcher import Batcher
+from smith.logs.settings import LogsSettings
+from smith.logs.store import LogStore
+from smith.ports import ClickHouse
+from smith.wire.logs import JOB_ID_RE, IngestResponse, LogPage, parse_time
+
+log = get_logger("smith.logs.http")
+SWEEP_INTERVAL_SECONDS = 3600.0
+KEEPALIVE_SECONDS = 15.0
+
+
+def clickhouse_from_settings(settings: LogsSettings) -> ClickHouse:
+    """The ClickHouse the settings name: a server over HTTP, else chdb in the data directory."""
+    if settings.clickhouse_url:
+        from smith.adapters.clickhouse_http import HttpClickHouse
+
+        password = settings.clickhouse_password.get_secret_value() if settings.clickhouse_password else ""
+        return HttpClickHouse(
+            settings.clickhouse_url,
+            user=settings.clickhouse_user,
+            password=password,
+            dialect=settings.clickhouse_dialect,
+        )
+    from smith.adapters.chdb import ChdbClickHouse
+
+    assert settings.chdb_dir is not None
+    return ChdbClickHouse(settings.chdb_dir)
+
+
+def _json(data: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
+
+
+async def _body(request: Request, limit: int) -> bytes:
+    """The request body, at most ``limit`` bytes after any gzip/deflate decoding (413 beyond)."""
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise PayloadTooLarge(f"body of {length} bytes is over the {limit} byte limit")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"body is over the {limit} byte limit")
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    encoding = request.headers.get("content-encoding", "identity").lower()
+    if encoding in ("gzip", "deflate"):
+        wbits = 16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS
+        d = zlib.decompressobj(wbits)
+        try:
+            body = d.decompress(body, limit + 1)
+        except (zlib.error, gzip.BadGzipFile) as exc:
+            raise InvalidInput(f"body is not valid {encoding}: {exc}") from exc
+        if len(body) > limit or d.unconsumed_tail:
+            raise PayloadTooLarge(f"decoded body is over the {limit} byte limit")
+    elif encoding != "identity":
+        raise InvalidInput(f"unsupported Content-Encoding {encoding!r} (identity, gzip, deflate)")
+    return body
+
+
+def _check_job_id(job_id: str) -> str:
+    if not JOB_ID_RE.match(job_id):
+        raise InvalidInput("job id: letters, digits and ._:- only, 1-128 characters")
+    return job_id
+
+
+def _agent_id(request: Request) -> str:
+    secret = request.app.state.agent_secret
+    claims = tokens.verify(secret, tokens.bearer(request.headers.get("authorization")), scope="agent")
+    return str(claims.get("agent_id") or claims["sub"])
+
+
+def _operator(request: Request) -> str:
+    secret = request.app.state.operator_secret
+    claims = tokens.verify(secret, tokens.bearer(request.headers.get("authorization")), scope="operator")
+    return str(claims["sub"])
+
+
+Agent = Annotated[str, Depends(_agent_id)]
+Operator = Annotated[str, Depends(_operator)]
+
+
+def create_app(settings: LogsSettings, *, clickhouse: ClickHouse | None = None) -> FastAPI:
+    """Build the app; the store opens and migrates on start-up (lifespan)."""
+    store = LogStore(
+        clickhouse or clickhouse_from_settings(settings),
+        database=settings.clickhouse_database,
+        retention_days=settings.log_retention_days,
+    )
+    batcher = Batcher(
+        store,
+        batch_rows=settings.logs_batch_rows,
+        delay=settings.logs_batch_delay_seconds,
+        max_pending=settings.logs_max_pending_rows,
+    )
+
+    async def sweeper() -> None:
+        while True:
+            try:
+                dropped = await store.sweep_retention()
+                if dropped:
+                    log.info("old partitions dropped", partitions=dropped)
+            except SmithError as exc:
+                log.warning("retention sweep failed", error=exc.message)
+            await asyncio.sleep(SWEEP_INTERVAL_SECONDS)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await store.start()
+        batcher.start()
+        sweep = asyncio.create_task(sweeper()) if store.legacy else None
+        log.info(
+            "log pipeline ready", dialect=store.ch.dialect, clickhouse=store.ch.version, db=settings.clickhouse_database
+        )
+        try:
+            yield
+        finally:
+            if sweep:
+                sweep.cancel()
+            await batcher.stop()
+            await store.close()
+
+    app = FastAPI(title="Smith log pipeline", version="0.1.0", lifespan=lifespan)
+    app.state.store = store
+    app.state.batcher = batcher
+    app.state.agent_secret = settings.agent_token_secret.get_secret_value() if settings.agent_token_secret else None
+    app.state.operator_secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None
+
+    @app.exception_handler(SmithError)
+    async def _smith_error(_: Request, exc: SmithError) -> Response:
+        headers = {"Retry-After": str(max(1, round(exc.retry_after)))} if exc.retry_after else None
+        if isinstance(exc, AuthError) and exc.status_code == 401:
+            headers = {**(headers or {}), "WWW-Authenticate": "Bearer"}
+        return JSONResponse(exc.to_dict(), status_code=exc.status_code, headers=headers)
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"])
+    async def readyz() -> Response:
+        try:
+            async with asyncio.timeout(2):
+                await store.ch.select("SELECT 1 AS ok")
+        except (SmithError, TimeoutError) as exc:
+            return _json({"status": "unavailable", "error": str(exc)}, 503)
+        return _json({"status": "ok", "pending": batcher.pending})
+
+    # -- ingestion ------------------------------------------------------------------------------------------
+
+    @app.post("/v1/logs", tags=["ingest"], response_model=IngestResponse)
+    async def ingest_lines(request: Request, agent: Agent) -> Response:
+        """NDJSON of LogLine. Answered once the lines are stored; 400 lists bad lines and writes none."""
+        body = await _body(request, settings.logs_max_body_bytes)
+        batch = ingest.parse(
+            body,
+            host_default=agent,
+            max_line_bytes=settings.logs_max_line_bytes,
+            max_lines=settings.logs_max_batch_lines,
+        )
+        accepted, duplicates = await batcher.submit(batch.rows)
+        return _json({"accepted": accepted, "duplicates": duplicates, "truncated": batch.truncated})
+
+    # -- reads ----------------------------------------------------------------------------------------------
+
+    @app.get("/v1/jobs/{job_id}/logs", tags=["read"], response_model=LogPage)
+    async def job_logs(
+        request: Request,
+        job_id: str,
+        _: Operator,
+        after: int = Query(0, ge=0, description="Lines with seq above this"),
+        limit: int = Query(1000, ge=1, le=10_000),
+        tail: int | None = Query(None, ge=1, le=10_000, description="The last N lines instead of a page"),
+        follow: bool = Query(False, description="Server-sent events until the job's last line"),
+    ) -> Response:
+        _check_job_id(job_id)
+        state = await store.job_state(job_id)
+        if state is None:
+            raise NotFound(f"no log lines for job {job_id!r}")
+        if follow:
+            last_event = request.headers.get("last-event-id", "")
+            start = int(last_event) if last_event.isdigit() else after
+            return StreamingResponse(
+                _follow(job_id, start, tail if not last_event.isdigit() else None),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
+        if tail is not None:
+            lines = await store.tail(job_id, limit=tail)
+        else:
+            lines = await store.page(job_id, after=after, limit=limit)
+        next_after = lines[-1].seq if lines else after
+        complete = state[1] and next_after >= state[0]
+        return _json(
+            {
+                "job_id": job_id,
+                "lines": [r.model_dump() for r in lines],
+                "next_after": next_after,
+                "complete": complete,
+            }
+        )
+
+    async def _follow(job_id: str, after: int, tail: int | None) -> AsyncIterator[bytes]:
+        if tail is not None:
+            first = await store.tail(job_id, limit=tail)
+            after = first[0].seq - 1 if first else after
+        idle = 0.0
+        while True:
+            lines = await store.page(job_id, after=after, limit=5000)
+            for r in lines:
+                yield b"event: line\nid: %d\ndata: %s\n\n" % (r.seq, orjson.dumps(r.model_dump()))
+                after = r.seq
+                if r.last:
+                    yield b'event: end\ndata: {"complete": true}\n\n'
+                    return
+            if lines:
+                idle = 0.0
+                continue
+            started = asyncio.get_running_loop().time()
+            await batcher.wait_flush(settings.logs_follow_poll_seconds)
+            idle += asyncio.get_running_loop().time() - started
+            if idle >= KEEPALIVE_SECONDS:
+                idle = 0.0
+                yield b": keepalive\n\n"
+
+    @app.get("/v1/jobs/{job_id}/logs/summary", tags=["read"])
+    async def job_summary(job_id: str, _: Operator) -> Response:
+        _check_job_id(job_id)
+        summary = await store.summary(job_id)
+        if summary is None:
+            raise NotFound(f"no log lines for job {job_id!r}")
+        return _json(summary.model_dump())
+
+    @app.get("/v1/logs/search", tags=["read"])
+    async def search(
+        _: Operator,
+        q: str = Query("", max_length=1000, description="Text to find (any case); empty: every line"),
+        since: str | None = Query(None, description="1h, 30m, 2d... ago, or epoch seconds"),
+        until: str | None = Query(None, description="Same forms as since"),
+        repo: str | None = Query(None, max_length=256),
+        host: str | None = Query(None, max_length=253),
+        job_id: str | None = Query(None, max_length=128),
+        limit: int = Query(100, ge=1, le=10_000),
+    ) -> Response:
+        try:
+            t0 = parse_time(since) if since else None
+            t1 = parse_time(until) if until else None
+        except ValueError as exc:
+            raise InvalidInput(str(exc)) from exc
+        if job_id:
+            _check_job_id(job_id)
+        hits, limited = await store.search(q, since=t0, until=t1, repo=repo, host=host, job_id=job_id, limit=limit)
+        return _json({"hits": [h.model_dump() for h in hits], "limited": limited})
+
+    @app.get("/v1/logs/stats", tags=["read"])
+    async def stats(_: Operator) -> Response:
+        s = batcher.stats
+        return _json(
+            {
+                "pending": batcher.pending,
+                "max_pending": batcher.max_pending,
+                "written": s.written,
+                "duplicates": s.duplicates,
+                "batches": s.batches,
+                "rejected": s.rejected,
+                "failed_batches": s.failed_batches,
+                "last_batch_seconds": s.last_batch_seconds,
+                "dialect": store.ch.dialect,
+                "clickhouse": store.ch.version,
+            }
+        )
+
+    return app

@@ -1,0 +1,73 @@
+"""Log pipeline settings (``SMITH_*``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+
+from smith.settings import CommonSettings
+
+
+class LogsSettings(CommonSettings):
+    logs_host: str = Field("127.0.0.1", description="Address `smith logs serve` listens on")
+    logs_port: int = Field(8070, description="Port `smith logs serve` listens on")
+    jwt_secret: SecretStr | None = Field(None, description="Verifies operator tokens (reads)")
+    agent_token_secret: SecretStr | None = Field(None, description="Verifies agent tokens (ingestion)")
+    # Storage
+    clickhouse_url: str | None = Field(None, description="ClickHouse HTTP interface; unset: chdb in-process")
+    clickhouse_user: str = "default"
+    clickhouse_password: SecretStr | None = None
+    clickhouse_database: str = Field("smith", description="Database holding the log tables")
+    clickhouse_dialect: str = Field("auto", description="auto (by server version), modern, or legacy (< 20.3)")
+    chdb_dir: Path | None = Field(None, description="chdb data directory; default <data_dir>/logs/chdb")
+    log_retention_days: int = Field(30, ge=1, le=3650, description="Lines older than this are dropped")
+    # Ingestion
+    logs_batch_rows: int = Field(50_000, gt=0, description="Flush to ClickHouse once this many lines wait")
+    logs_batch_delay_seconds: float = Field(0.2, gt=0, le=10, description="...or once the oldest waited this long")
+    logs_max_pending_rows: int = Field(
+        1_000_000, gt=0, description="Lines waiting to be written before POSTs get 429 (back-pressure)"
+    )
+    logs_max_line_bytes: int = Field(64 * 1024, ge=256, description="Longer lines are cut, with a marker")
+    logs_max_body_bytes: int = Field(32 * 1024 * 1024, gt=0, description="Largest POST /v1/logs body")
+    logs_max_batch_lines: int = Field(100_000, gt=0, description="Most lines in one POST")
+    logs_follow_poll_seconds: float = Field(1.0, gt=0, description="How often a follower re-reads when idle")
+
+    @field_validator("clickhouse_dialect")
+    @classmethod
+    def _dialect(cls, value: str) -> str:
+        if value not in ("auto", "modern", "legacy"):
+            raise ValueError("must be auto, modern or legacy")
+        return value
+
+    @field_validator("clickhouse_database")
+    @classmethod
+    def _database(cls, value: str) -> str:
+        import re
+
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", value):
+            raise ValueError("must be a plain identifier (letters, digits, underscore)")
+        return value
+
+    @model_validator(mode="after")
+    def _defaults(self) -> LogsSettings:
+        if self.chdb_dir is None:
+            self.chdb_dir = self.data_dir / "logs" / "chdb"
+        return self
+
+    def problems(self) -> list[str]:
+        """What would stop the pipeline from doing its job; empty when all is well."""
+        found = []
+        if self.agent_token_secret is None:
+            found.append("SMITH_AGENT_TOKEN_SECRET is not set: every POST /v1/logs will be refused (401)")
+        if self.jwt_secret is None:
+            found.append("SMITH_JWT_SECRET is not set: nobody can read logs (401)")
+        if self.clickhouse_url and not self.clickhouse_url.startswith(("http://", "https://")):
+            found.append(f"SMITH_CLICKHOUSE_URL {self.clickhouse_url!r} is not an http(s) URL")
+        url = self.clickhouse_url or ""
+        local = any(h in url for h in ("127.0.0.1", "localhost", "[::1]"))
+        if url.startswith("http://") and self.clickhouse_password and not local:
+            found.append("SMITH_CLICKHOUSE_PASSWORD goes over plain http to a remote host: use https")
+        if self.logs_batch_rows > self.logs_max_pending_rows:
+            found.append("SMITH_LOGS_BATCH_ROWS is above SMITH_LOGS_MAX_PENDING_ROWS: batches flush by delay only")
+        return found

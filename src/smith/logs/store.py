@@ -1,0 +1,275 @@
+"""The log store: one table in ClickHouse (server over HTTP, or chdb), its migrations, and every query.
+
+Schema (``migrations/0001_logs.sql``): ``log_lines`` is a ReplacingMergeTree ordered by ``(job_id, seq)`` and
+partitioned by day. A job's page or tail is one primary-key range read; retention drops whole day partitions
+(a TTL on modern servers, a sweep on legacy ones); text search uses an n-gram bloom-filter skip index on
+``lower(line)`` where the server has skip indexes.
+
+Migrations are SQL files applied in name order at start-up and recorded in ``schema_migrations``; ``${...}``
+placeholders in them are filled per dialect (see ``_substitutions``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import string
+import time
+from collections.abc import Iterable, Mapping
+from importlib import resources
+from typing import Any
+
+from smith.adapters.clickhouse import LEGACY, identifier, like_contains, literal
+from smith.logging import get_logger
+from smith.ports import ClickHouse
+from smith.wire.logs import JobSummary, LogRecord
+
+log = get_logger("smith.logs.store")
+
+TABLE = "log_lines"
+COLUMNS = "job_id, seq, ts_us, stream, line, host, vm, step, repo, truncated, last"
+_TTL_RE = re.compile(r"TTL\s+day\s*\+\s*toIntervalDay\((\d+)\)")
+
+
+def record(row: Mapping[str, Any]) -> LogRecord:
+    """A stored row as the API shows it (64-bit integers may arrive quoted from old servers)."""
+    return LogRecord(
+        job_id=row["job_id"],
+        seq=int(row["seq"]),
+        ts=int(row["ts_us"]) / 1e6,
+        stream=row["stream"],
+        line=row["line"],
+        host=row["host"],
+        vm=row["vm"],
+        step=row["step"],
+        repo=row["repo"],
+        truncated=bool(int(row["truncated"])),
+        last=bool(int(row["last"])),
+    )
+
+
+def migrations() -> list[tuple[int, str, str]]:
+    """``(version, name, sql template)`` of every migration file, in order."""
+    files = resources.files("smith.logs.migrations")
+    found = []
+    for entry in files.iterdir():
+        m = re.fullmatch(r"(\d{4})_(\w+)\.sql", entry.name)
+        if m:
+            found.append((int(m.group(1)), entry.name, entry.read_text(encoding="utf-8")))
+    return sorted(found)
+
+
+def statements(sql: str) -> list[str]:
+    """One migration file's statements: split on ``;`` at a line's end, comments dropped."""
+    body = "\n".join(line for line in sql.splitlines() if not line.lstrip().startswith("--"))
+    return [s.strip() for s in re.split(r";\s*$", body, flags=re.MULTILINE) if s.strip()]
+
+
+class LogStore:
+    """Reads and writes job logs in ``database`` on ``ch``. ``start()`` connects and migrates."""
+
+    def __init__(self, ch: ClickHouse, *, database: str = "smith", retention_days: int = 30) -> None:
+        self.ch = ch
+        self.db = identifier(database)
+        self.table = f"{self.db}.{TABLE}"
+        self.retention_days = retention_days
+
+    @property
+    def legacy(self) -> bool:
+        return self.ch.dialect == LEGACY
+
+    async def start(self) -> None:
+        await self.ch.connect()
+        applied = await self.migrate()
+        if applied:
+            log.info("migrations applied", applied=applied, dialect=self.ch.dialect, version=self.ch.version)
+        if not self.legacy:
+            await self._ensure_ttl()
+
+    async def close(self) -> None:
+        await self.ch.aclose()
+
+    # -- schema -----------------------------------------------------------------------------------------
+
+    def _substitutions(self) -> dict[str, str]:
+        if self.legacy:
+            return {"db": self.db, "lc_string": "String", "line_index": "", "ttl": ""}
+        return {
+            "db": self.db,
+            "lc_string": "LowCardinality(String)",
+            "line_index": ",\n    INDEX line_ngrams lower(line) TYPE ngrambf_v1(4, 65536, 2, 0) GRANULARITY 4",
+            "ttl": f"TTL day + toIntervalDay({int(self.retention_days)})",
+        }
+
+    async def migrate(self) -> list[str]:
+        """Apply the migrations not yet recorded; the names of those applied now."""
+        await self.ch.execute(f"CREATE DATABASE IF NOT EXISTS {self.db}")
+        await self.ch.execute(
+            f"CREATE TABLE IF NOT EXISTS {self.db}.schema_migrations "
+            "(version UInt32, name String, applied_at DateTime) ENGINE = MergeTree ORDER BY version"
+        )
+        done = {int(r["version"]) for r in await self.ch.select(f"SELECT version FROM {self.db}.schema_migrations")}
+        applied = []
+        subs = self._substitutions()
+        for version, name, template in migrations():
+            if version in done:
+                continue
+            for stmt in statements(template):
+                await self.ch.execute(string.Template(stmt).substitute(subs))
+            row = {"version": version, "name": name, "applied_at": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())}
+            await self.ch.insert(f"{self.db}.schema_migrations", _ndjson([row]))
+            applied.append(name)
+        return applied
+
+    async def _ensure_ttl(self) -> None:
+        rows = await self.ch.select(
+            f"SELECT engine_full FROM system.tables WHERE database = {literal(self.db)} AND name = {literal(TABLE)}"
+        )
+        m = _TTL_RE.search(rows[0]["engine_full"]) if rows else None
+        if m and int(m.group(1)) == self.retention_days:
+            return
+        await self.ch.execute(f"ALTER TABLE {self.table} MODIFY TTL day + toIntervalDay({int(self.retention_days)})")
+        log.info("retention changed", days=self.retention_days)
+
+    async def sweep_retention(self, now: float | None = None) -> list[str]:
+        """Drop day partitions older than the retention (what a TTL does on modern servers); their ids."""
+        cutoff = dt.datetime.fromtimestamp(time.time() if now is None else now, dt.UTC).date() - dt.timedelta(
+            days=self.retention_days
+        )
+        rows = await self.ch.select(
+            f"SELECT partition, max(max_date) AS newest FROM system.parts WHERE database = {literal(self.db)} "
+            f"AND table = {literal(TABLE)} AND active GROUP BY partition"
+        )
+        dropped = []
+        for row in rows:
+            if dt.date.fromisoformat(str(row["newest"])) < cutoff and str(row["partition"]).isdigit():
+                await self.ch.execute(f"ALTER TABLE {self.table} DROP PARTITION {int(row['partition'])}")
+                dropped.append(str(row["partition"]))
+        return dropped
+
+    # -- writes -----------------------------------------------------------------------------------------
+
+    async def insert(self, rows: bytes) -> None:
+        """Rows as JSONEachRow (see ``smith.logs.ingest``); durable when this returns."""
+        await self.ch.insert(self.table, rows)
+
+    async def max_seqs(self, job_ids: Iterable[str]) -> dict[str, int]:
+        """The highest stored seq of each of these jobs that has any line."""
+        ids = sorted(set(job_ids))
+        if not ids:
+            return {}
+        rows = await self.ch.select(
+            f"SELECT job_id, max(seq) AS m FROM {self.table} "
+            f"WHERE job_id IN ({', '.join(literal(j) for j in ids)}) GROUP BY job_id"
+        )
+        return {r["job_id"]: int(r["m"]) for r in rows}
+
+    async def existing(self, ranges: Mapping[str, tuple[int, int]]) -> dict[str, set[int]]:
+        """Which seqs in ``{job_id: (lo, hi)}`` are already stored."""
+        if not ranges:
+            return {}
+        cond = " OR ".join(
+            f"(job_id = {literal(j)} AND seq BETWEEN {int(lo)} AND {int(hi)})" for j, (lo, hi) in ranges.items()
+        )
+        found: dict[str, set[int]] = {}
+        for r in await self.ch.select(f"SELECT job_id, seq FROM {self.table} WHERE {cond}"):
+            found.setdefault(r["job_id"], set()).add(int(r["seq"]))
+        return found
+
+    # -- reads ------------------------------------------------------------------------------------------
+
+    async def job_state(self, job_id: str) -> tuple[int, bool] | None:
+        """``(max seq, complete)`` of a job, or None if it has no line."""
+        rows = await self.ch.select(
+            f"SELECT count() AS n, max(seq) AS m, max(last) AS done FROM {self.table} WHERE job_id = {literal(job_id)}"
+        )
+        if not rows or int(rows[0]["n"]) == 0:
+            return None
+        return int(rows[0]["m"]), bool(int(rows[0]["done"]))
+
+    async def page(self, job_id: str, *, after: int = 0, limit: int = 1000) -> list[LogRecord]:
+        """Up to ``limit`` lines with seq above ``after``, in order."""
+        rows = await self.ch.select(
+            f"SELECT {COLUMNS} FROM {self.table} WHERE job_id = {literal(job_id)} AND seq > {int(after)} "
+            f"ORDER BY seq LIMIT 1 BY seq LIMIT {int(limit)}"
+        )
+        return [record(r) for r in rows]
+
+    async def tail(self, job_id: str, *, limit: int = 1000) -> list[LogRecord]:
+        """The last ``limit`` lines, in order."""
+        rows = await self.ch.select(
+            f"SELECT {COLUMNS} FROM {self.table} WHERE job_id = {literal(job_id)} "
+            f"ORDER BY seq DESC LIMIT 1 BY seq LIMIT {int(limit)}"
+        )
+        return [record(r) for r in reversed(rows)]
+
+    async def search(
+        self,
+        text: str = "",
+        *,
+        since: float | None = None,
+        until: float | None = None,
+        repo: str | None = None,
+        host: str | None = None,
+        job_id: str | None = None,
+        limit: int = 100,
+    ) -> tuple[list[LogRecord], bool]:
+        """Lines containing ``text`` (any case), newest first, and whether more than ``limit`` matched."""
+        where = []
+        if text:
+            if text.isascii():
+                # lower() is ASCII-only in ClickHouse; the skip index is on lower(line).
+                where.append(f"lower(line) LIKE {like_contains(text.lower())}")
+            else:
+                where.append(f"positionCaseInsensitiveUTF8(line, {literal(text)}) > 0")
+        if since is not None:
+            where.append(f"ts_us >= {int(since * 1e6)}")
+            where.append(f"day >= {literal(_day(since))}")
+        if until is not None:
+            where.append(f"ts_us < {int(until * 1e6)}")
+            where.append(f"day <= {literal(_day(until))}")
+        if repo:
+            where.append(f"repo = {literal(repo)}")
+        if host:
+            where.append(f"host = {literal(host)}")
+        if job_id:
+            where.append(f"job_id = {literal(job_id)}")
+        clause = " AND ".join(where) or "1"
+        rows = await self.ch.select(
+            f"SELECT {COLUMNS} FROM {self.table} WHERE {clause} ORDER BY ts_us DESC, job_id, seq LIMIT {int(limit) + 1}"
+        )
+        return [record(r) for r in rows[:limit]], len(rows) > limit
+
+    async def summary(self, job_id: str) -> JobSummary | None:
+        rows = await self.ch.select(
+            "SELECT count() AS n, sum(length(line)) AS bytes, min(ts_us) AS first, max(ts_us) AS last_us, "
+            "countIf(stream = 'stderr' OR positionCaseInsensitive(line, 'error') > 0) AS errors, "
+            "countIf(stream = 'stderr') AS stderr, sum(truncated) AS trunc, max(last) AS done, max(seq) AS m "
+            f"FROM (SELECT seq, ts_us, stream, line, truncated, last FROM {self.table} "
+            f"WHERE job_id = {literal(job_id)} ORDER BY seq LIMIT 1 BY seq)"
+        )
+        if not rows or int(rows[0]["n"]) == 0:
+            return None
+        r = rows[0]
+        return JobSummary(
+            job_id=job_id,
+            lines=int(r["n"]),
+            bytes=int(r["bytes"]),
+            first_ts=int(r["first"]) / 1e6,
+            last_ts=int(r["last_us"]) / 1e6,
+            error_lines=int(r["errors"]),
+            stderr_lines=int(r["stderr"]),
+            truncated_lines=int(r["trunc"]),
+            complete=bool(int(r["done"])),
+            last_seq=int(r["m"]),
+        )
+
+
+def _day(ts: float) -> str:
+    return dt.datetime.fromtimestamp(max(ts, 0), dt.UTC).date().isoformat()
+
+
+def _ndjson(rows: Iterable[Mapping[str, Any]]) -> bytes:
+    import orjson
+
+    return b"\n".join(orjson.dumps(dict(r)) for r in rows)

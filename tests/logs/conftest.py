@@ -1,0 +1,156 @@
+"""Fixtures for the log pipeline: chdb in-process, a real ClickHouse server over HTTP when one is installed.
+
+chdb opens one data directory per process, so the whole test session shares one directory and each test gets
+its own database in it. The HTTP server is whatever ``clickhouse-server`` (Debian's 18.16) or ``clickhouse``
+(upstream single binary, ``clickhouse server``) is on PATH / in /usr/sbin; tests needing it skip otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from smith import tokens
+from smith.adapters.chdb import ChdbClickHouse, _acquire, _release
+from smith.adapters.clickhouse_http import HttpClickHouse
+from smith.logs.settings import LogsSettings
+from smith.logs.store import LogStore
+from smith.ports import ClickHouse
+from smith.testing.servers import free_port
+
+AGENT_SECRET = "agent-secret-for-tests-0123456789abcdef"
+JWT_SECRET = "jwt-secret-for-tests-0123456789abcdef"
+CH_PASSWORD = "ch-test-password"
+
+
+def agent_token(agent_id: str = "host-1") -> str:
+    return tokens.mint(AGENT_SECRET, scope="agent", subject=agent_id, ttl_seconds=3600, agent_id=agent_id)
+
+
+def operator_token() -> str:
+    return tokens.mint(JWT_SECRET, scope="operator", subject="alice", ttl_seconds=3600)
+
+
+@pytest.fixture(scope="session")
+def chdb_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    path = tmp_path_factory.mktemp("chdb")
+    _acquire(path)  # held for the session, so the embedded server is not restarted per test
+    yield path
+    _release()
+
+
+@pytest.fixture
+def database() -> str:
+    return f"t_{uuid.uuid4().hex[:12]}"
+
+
+def _server_binary() -> list[str] | None:
+    for name in ("clickhouse-server",):
+        found = shutil.which(name) or (f"/usr/sbin/{name}" if os.path.exists(f"/usr/sbin/{name}") else None)
+        if found:
+            return [found]
+    found = shutil.which("clickhouse")
+    if found:
+        return [found, "server"]
+    return None
+
+
+_CONFIG = """<?xml version="1.0"?>
+<yandex>
+  <logger><level>warning</level><console>1</console></logger>
+  <http_port>{port}</http_port>
+  <listen_host>127.0.0.1</listen_host>
+  <path>{dir}/data/</path>
+  <tmp_path>{dir}/tmp/</tmp_path>
+  <user_files_path>{dir}/user_files/</user_files_path>
+  <format_schema_path>{dir}/format_schemas/</format_schema_path>
+  <users_config>{dir}/users.xml</users_config>
+  <default_profile>default</default_profile>
+  <default_database>default</default_database>
+  <mark_cache_size>5368709</mark_cache_size>
+</yandex>
+"""
+_USERS = """<?xml version="1.0"?>
+<yandex>
+  <profiles><default></default></profiles>
+  <users><default><password>{password}</password><networks><ip>127.0.0.1</ip><ip>::1</ip></networks>
+    <profile>default</profile><quota>default</quota></default></users>
+  <quotas><default></default></quotas>
+</yandex>
+"""
+
+
+@pytest.fixture(scope="session")
+def clickhouse_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of a real ClickHouse server over HTTP: SMITH_TEST_CLICKHOUSE_URL, or one started here."""
+    external = os.environ.get("SMITH_TEST_CLICKHOUSE_URL")
+    if external:
+        yield external
+        return
+    binary = _server_binary()
+    if binary is None:
+        pytest.skip("no ClickHouse server binary (apt-get install clickhouse-server); HTTP path not tested")
+    d = tmp_path_factory.mktemp("clickhouse")
+    port = free_port()
+    (d / "config.xml").write_text(_CONFIG.format(port=port, dir=d))
+    (d / "users.xml").write_text(_USERS.format(password=CH_PASSWORD))
+    out = (d / "server.log").open("wb")
+    proc = subprocess.Popen([*binary, f"--config-file={d / 'config.xml'}"], stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(url + "/ping", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"ClickHouse server did not start: {(d / 'server.log').read_text()[-2000:]}")
+        time.sleep(0.1)
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    out.close()
+
+
+@pytest.fixture(params=["chdb", "http"])
+async def clickhouse(request: pytest.FixtureRequest) -> AsyncIterator[ClickHouse]:
+    """Each ClickHouse adapter in turn: chdb, then a real server over HTTP (skipped if none)."""
+    ch: ClickHouse
+    if request.param == "chdb":
+        ch = ChdbClickHouse(request.getfixturevalue("chdb_dir"))
+    else:
+        ch = HttpClickHouse(request.getfixturevalue("clickhouse_server"), password=CH_PASSWORD)
+    yield ch
+    await ch.aclose()
+
+
+@pytest.fixture
+async def store(clickhouse: ClickHouse, database: str) -> AsyncIterator[LogStore]:
+    s = LogStore(clickhouse, database=database, retention_days=30)
+    await s.start()
+    yield s
+    await clickhouse.execute(f"DROP DATABASE IF EXISTS {database}")
+
+
+@pytest.fixture
+def settings(database: str) -> LogsSettings:
+    return LogsSettings(
+        agent_token_secret=AGENT_SECRET,
+        jwt_secret=JWT_SECRET,
+        clickhouse_database=database,
+        logs_batch_delay_seconds=0.02,
+        logs_follow_poll_seconds=0.1,
+    )

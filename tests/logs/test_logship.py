@@ -1,0 +1,138 @@
+"""The agent's log shipper (smith.agent.logship) end to end against the real pipeline (uvicorn + chdb)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from smith.agent.logship import LogShipper
+from smith.logs.app import create_app
+from smith.logs.settings import LogsSettings
+from smith.testing.servers import ThreadedServer, free_port
+from smith.wire.guest import GuestEvent
+from tests.logs.conftest import agent_token, operator_token
+
+
+def all_lines(url: str, job_id: str) -> list[dict[str, object]]:
+    out: list[dict[str, object]] = []
+    after = 0
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {operator_token()}"}) as c:
+        while True:
+            r = c.get(f"/v1/jobs/{job_id}/logs", params={"after": after, "limit": 10_000})
+            if r.status_code == 404:
+                return out
+            page = r.json()
+            out += page["lines"]
+            if not page["lines"]:
+                return out
+            after = page["next_after"]
+
+
+@pytest.fixture
+def pipeline(settings: LogsSettings, chdb_dir: Path) -> Iterator[str]:
+    from smith.adapters.chdb import ChdbClickHouse
+
+    with ThreadedServer(create_app(settings, clickhouse=ChdbClickHouse(chdb_dir))) as srv:
+        yield srv.url
+
+
+def line(text: str, stream: str = "stdout") -> GuestEvent:
+    return GuestEvent(type="line", ts=time.time(), stream=stream, line=text)  # type: ignore[arg-type]
+
+
+async def test_ships_jobs_in_order_and_cleans_up(pipeline: str, tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    async with LogShipper(pipeline, agent_token(), spool, host="h1", batch_lines=100) as shipper:
+        await shipper.send("job-a", GuestEvent(type="started", ts=time.time()))
+        for i in range(1, 501):
+            await shipper.send("job-a", line(f"a {i}"))
+            await shipper.send("job-b", line(f"b {i}", "stderr"), step="build")
+        await shipper.send("job-a", GuestEvent(type="exit", ts=time.time(), exit_code=0))
+        await shipper.close_job("job-a")
+        await shipper.close_job("job-b")
+    a = all_lines(pipeline, "job-a")
+    assert [x["seq"] for x in a] == list(range(1, 503))
+    assert a[0]["line"] == "job started" and a[0]["stream"] == "system"
+    assert [x["line"] for x in a[1:-1]] == [f"a {i}" for i in range(1, 501)]
+    assert a[-1]["line"] == "exit code 0" and a[-1]["last"] and a[0]["host"] == "h1"
+    b = all_lines(pipeline, "job-b")
+    assert [x["line"] for x in b[:-1]] == [f"b {i}" for i in range(1, 501)] and b[0]["step"] == "build"
+    assert b[-1]["line"] == "smith: output closed" and b[-1]["last"]  # closed without an exit event
+    assert not any(spool.iterdir())  # fully acknowledged jobs leave nothing behind
+
+
+async def test_spools_while_unreachable_then_replays_exactly_once(
+    settings: LogsSettings, chdb_dir: Path, tmp_path: Path
+) -> None:
+    from smith.adapters.chdb import ChdbClickHouse
+
+    spool = tmp_path / "spool"
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    shipper = LogShipper(url, agent_token(), spool, batch_lines=50, max_backoff=0.2)
+    await shipper.start()
+    for i in range(1, 301):
+        await shipper.send("job-r", line(f"r {i}"))
+    assert await shipper.close(drain_seconds=0.5) is False  # nobody listening: all of it stays on disk
+    assert (spool / "job-r" / "lines.ndjson").stat().st_size > 0
+    # A torn last write (the agent died mid-line) is dropped on restart.
+    with (spool / "job-r" / "lines.ndjson").open("ab") as f:
+        f.write(b'{"job_id":"job-r","seq":301,"ts":1')
+    with ThreadedServer(create_app(settings, clickhouse=ChdbClickHouse(chdb_dir)), port=port):
+        again = LogShipper(url, agent_token(), spool, batch_lines=50)
+        await again.start()
+        assert again.jobs["job-r"].next_seq == 301
+        for i in range(301, 351):
+            await again.send("job-r", line(f"r {i}"))
+        await again.close_job("job-r")
+        assert await again.close(drain_seconds=20) is True
+        got = await asyncio.to_thread(all_lines, url, "job-r")
+    assert [x["seq"] for x in got] == list(range(1, 352))
+    assert [x["line"] for x in got[:-1]] == [f"r {i}" for i in range(1, 351)]
+
+
+async def test_resend_after_a_lost_answer_stores_nothing_twice(pipeline: str, tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    async with LogShipper(pipeline, agent_token(), spool) as shipper:
+        for i in range(1, 101):
+            await shipper.send("job-d", line(f"d {i}"))
+    # Pretend the acknowledgement was lost: the next shipper sends the whole spool again.
+    (spool / "job-d" / "acked").write_text("0")
+    async with LogShipper(pipeline, agent_token(), spool) as again:
+        assert again.jobs["job-d"].acked == 0
+        await again.send("job-d", line("d 101"))
+        await again.close_job("job-d")
+    got = all_lines(pipeline, "job-d")
+    assert [x["seq"] for x in got] == list(range(1, 103))
+
+
+async def test_forwards_a_file_such_as_firecrackers_log(pipeline: str, tmp_path: Path) -> None:
+    log_file = tmp_path / "firecracker.log"
+    log_file.write_text("")
+    async with LogShipper(pipeline, agent_token(), tmp_path / "spool") as shipper:
+        await shipper.send("job-f", line("guest says hi"))
+        task = shipper.follow_file("job-f", log_file, step="firecracker")
+        with log_file.open("a") as f:
+            f.write("2026-01-01T00:00:00 [anonymous-instance:main] Running Firecracker v1.16.1\n")
+            f.write('{"utc_timestamp_ms": 1, "vcpu": {"exit_io_in": 3}}\n')
+        for _ in range(100):
+            if shipper.jobs["job-f"].next_seq >= 4:
+                break
+            await asyncio.sleep(0.05)
+        task.cancel()
+        await shipper.close_job("job-f")
+    got = all_lines(pipeline, "job-f")
+    fc = [x for x in got if x["step"] == "firecracker"]
+    assert fc[0]["line"].endswith("Running Firecracker v1.16.1") and len(fc) == 2
+    assert all(x["stream"] == "system" for x in fc)
+
+
+def test_refuses_job_ids_that_cannot_name_a_directory(tmp_path: Path) -> None:
+    shipper = LogShipper("http://127.0.0.1:1", "t", tmp_path)
+    with pytest.raises(ValueError, match="spool"):
+        shipper.append("../etc", "x")
