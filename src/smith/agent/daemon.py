@@ -82,6 +82,7 @@ class Agent:
     # -- lifecycle ----------------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        await self.output.start()  # the log shipper replays what an earlier process left spooled
         removed = await self.vmm.cleanup_leftovers()
         if removed:
             log.warning("removed leftovers of an earlier agent", removed=removed)
@@ -123,14 +124,16 @@ class Agent:
             await self._draining.wait()
             await self._drain()
         finally:
-            for t in tasks:
-                t.cancel()
-            for t in tasks:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await t
-            await self.pool.close()
-            await self.output.aclose()
-            self._stopped.set()
+            try:
+                for t in tasks:
+                    t.cancel()
+                for t in tasks:
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await t
+                await self.pool.close()
+                await self.output.aclose()
+            finally:
+                self._stopped.set()
 
     async def shutdown(self) -> None:
         """Stop leasing; let running jobs finish within drain_seconds; then stop them. Waits until done."""

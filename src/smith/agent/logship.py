@@ -112,9 +112,13 @@ class LogShipper:
             self._wake.set()
             await asyncio.sleep(0.05)
         if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # Cancel until it is done: on Python 3.11 a cancel that lands while wait_for's inner wait completes
+            # is swallowed, and a single cancel() would leave us awaiting a loop that never ends.
+            while not self._task.done():
+                self._task.cancel()
+                await asyncio.wait({self._task}, timeout=0.1)
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                self._task.result()
             self._task = None
         done = not self._unsent()
         for job in list(self.jobs.values()):

@@ -45,8 +45,16 @@ def build_agent(settings: Any, network: Any = None) -> Any:
         runner_dir=settings.agent_runner_dir,
         logs_url=settings.logs_url,
     )
-    control = ControlClient(settings.control_url, settings.agent_token.get_secret_value())
-    output = LocalFiles(settings.work_dir / "logs")
+    token = settings.agent_token.get_secret_value()
+    control = ControlClient(settings.control_url, token)
+    output: Any = LocalFiles(settings.work_dir / "logs")
+    if settings.logs_url:  # ship every line to the log pipeline too (spooled on disk while it is unreachable)
+        from smith.agent.logship import LogShipper
+        from smith.agent.logsink import Fanout
+
+        shipper = LogShipper(settings.logs_url, token, settings.work_dir / "log-spool", host=config.hostname)
+        output = Fanout(output, shipper)
+        console.print(f"logs: {settings.logs_url}")
     return Agent(config, control, vmm, output)
 
 
