@@ -6,7 +6,8 @@ dropped; ``--die-with-parent`` and its own session; an address-space limit (RLIM
 limit; when the agent runs as root, the sandbox runs as ``nobody`` (uid 65534) outside its namespace too.
 The root is built from read-only binds of /usr, /etc, /opt (and the /bin, /lib... links): the agent's data
 directory, /root, /home and /var are not there at all. As root, the sandboxes' directories must be reachable by
-nobody, so they live under /var/tmp/smith-sandboxes/ when the agent's own directory is not (e.g. under /root). This is namespace isolation on a shared kernel: **weaker than a VM**. Use it where no VM can run.
+nobody, so they live under /var/tmp/smith-sandboxes/ when the agent's own directory is not (e.g. under
+/root). This is namespace isolation on a shared kernel: **weaker than a VM**. Use it where no VM can run.
 
 A sandbox is started before its job exists: the guest agent inside waits on stdin for its config, so a warm
 pool of sandboxes works like one of VMs. Guest events come back on the sandbox's stdout.
@@ -22,7 +23,6 @@ import resource
 import shutil
 import signal
 import sys
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
