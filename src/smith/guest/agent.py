@@ -10,9 +10,10 @@ Secrets from the config (runner credential, cache token) are masked as ``***`` i
 
 On a port the host may wrap the config in an envelope, ``{"config": {...}, "now": <host epoch seconds>,
 "seed": "<hex>"}``: a guest restored from a snapshot has a stale clock and the same random state as every
-other copy, so the agent sets its clock (or, unprivileged, offsets its timestamps) and mixes the seed into the
-kernel's entropy pool before it starts the job. With ``--announce`` it writes ``{"smith": "ready"}`` once it
-waits for its config, so the host knows the guest is booted.
+other copy, so the agent sets its clock (or offsets its timestamps) and mixes the seed into the
+kernel's entropy pool before it starts the job. It sets the clock only with ``--set-clock`` (a VM's init
+passes it): a sandbox shares the host's clock and must never move it. With ``--announce`` it writes
+``{"smith": "ready"}`` once it waits for its config, so the host knows the guest is booted.
 """
 
 from __future__ import annotations
@@ -99,17 +100,20 @@ def read_port(path: str) -> dict[str, Any]:
     return dict(json.loads(buf.split(b"\n", 1)[0]))
 
 
-def unwrap(message: dict[str, Any]) -> dict[str, Any]:
+def unwrap(message: dict[str, Any], set_clock: bool = False) -> dict[str, Any]:
     """The config inside a host envelope (setting the clock and seeding entropy first), or the message itself."""
     global CLOCK_OFFSET
     if "config" not in message or "job" in message:
         return message
     host_now = message.get("now")
     if isinstance(host_now, int | float):
-        try:
-            time.clock_settime(time.CLOCK_REALTIME, float(host_now))
-        except (OSError, AttributeError):
-            CLOCK_OFFSET = float(host_now) - time.time()
+        CLOCK_OFFSET = float(host_now) - time.time()
+        if set_clock:  # only inside a VM (init passes --set-clock): never move a shared host's clock
+            try:
+                time.clock_settime(time.CLOCK_REALTIME, float(host_now))
+                CLOCK_OFFSET = 0.0
+            except (OSError, AttributeError):
+                pass
     seed = message.get("seed")
     if isinstance(seed, str) and seed:
         with contextlib.suppress(ValueError):
@@ -264,6 +268,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description="Smith guest agent")
     ap.add_argument("--config-file", help="Read the config from this file (waits until it exists)")
     ap.add_argument("--config-port", help="Read the config as one JSON line from this (virtio-serial) port")
+    ap.add_argument("--set-clock", action="store_true", help="Set the system clock from the host's (VM only)")
     ap.add_argument("--announce", action="store_true", help='Write {"smith": "ready"} while waiting for the config')
     ap.add_argument("--mmds", nargs="?", const=MMDS_IP, help="Read the config from Firecracker's MMDS")
     ap.add_argument("--out", default="-", help="Where events go: a path (e.g. a virtio serial port) or - for stdout")
@@ -273,7 +278,7 @@ def main() -> int:
     if args.announce:
         stream.write(json.dumps({"smith": "ready", "ts": time.time()}) + "\n")
         stream.flush()
-    config = unwrap(read_config(args))
+    config = unwrap(read_config(args), set_clock=args.set_clock)
     _, secrets = command(config)
     out = Output(stream, secrets)
     code = run(config, out, args.workdir)

@@ -101,8 +101,10 @@ def find_inputs(kernel: Path | None = None, python: Path | None = None) -> Image
     if kernel is None:
         found = sorted(Path("/boot").glob("vmlinuz-*"), key=lambda p: _version_key(p.name[len("vmlinuz-") :]))
         kernel = found[-1] if found else None
-    if kernel is None or not kernel.is_file():
+    if kernel is None:
         missing.append("a kernel in /boot/vmlinuz-* (apt-get install linux-image-amd64)")
+    elif not kernel.is_file():
+        missing.append(f"the kernel {kernel} (no such file)")
     elif not os.access(kernel, os.R_OK):
         missing.append(f"{kernel} is not readable by this user")
     modules_dir = Path("/lib/modules") / (kernel.name.removeprefix("vmlinuz-") if kernel else "")

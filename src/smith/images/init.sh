@@ -39,7 +39,7 @@ hostname smith-guest
 agent="/usr/bin/python3 -I -S /smith/agent.py --workdir /work"
 if [ -e /dev/virtio-ports/smith.config ]; then
     # QEMU: config arrives on one virtio-serial port, events leave on another.
-    $agent --config-port /dev/virtio-ports/smith.config --out /dev/virtio-ports/smith.events --announce
+    $agent --config-port /dev/virtio-ports/smith.config --out /dev/virtio-ports/smith.events --announce --set-clock
 else
     # Firecracker: config from MMDS over eth0, events on the serial console.
     if ip link set eth0 up 2>/dev/null; then
@@ -51,7 +51,7 @@ else
         done
         ip route add 169.254.169.254 dev eth0 2>/dev/null
     fi
-    $agent --mmds --out /dev/ttyS0 --announce
+    $agent --mmds --out /dev/ttyS0 --announce --set-clock
 fi
 sync
 poweroff -f
