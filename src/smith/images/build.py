@@ -367,6 +367,7 @@ def rootfs_entries(inputs: ImageInputs, modules: list[Path], py_files: list[Path
         files[top] = (LINK, f"usr/{top}")
     files["init"] = (EXEC, INIT.read_bytes())
     files["usr/bin/busybox"] = (EXEC, inputs.busybox.read_bytes())
+    files["usr/bin/sh"] = (LINK, "busybox")  # init installs the other applets; a sandbox needs sh at least
     files["smith/agent.py"] = (FILE, GUEST_AGENT.read_bytes())
     files["etc/passwd"] = (FILE, b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n")
     files["etc/group"] = (FILE, b"root:x:0:\nnogroup:x:65534:\n")
@@ -403,6 +404,32 @@ def _in_usr(path: Path) -> str:
     rel = str(path).lstrip("/")
     top = rel.split("/", 1)[0]
     return f"usr/{rel}" if top in ("bin", "sbin", "lib", "lib64") else rel
+
+
+def unpack_cpio(archive: Path, dest: Path) -> None:
+    """Unpack an image's initramfs into a directory (a root for the sandbox backend)."""
+    data = archive.read_bytes()
+    pos = 0
+    while data[pos : pos + 6] == b"070701":
+        fields = [int(data[pos + 6 + 8 * i : pos + 14 + 8 * i], 16) for i in range(13)]
+        mode, size, namesize = fields[1], fields[6], fields[11]
+        name = data[pos + 110 : pos + 110 + namesize - 1].decode()
+        pos += 110 + namesize
+        pos += (-pos) % 4
+        body = data[pos : pos + size]
+        pos += size + (-size) % 4
+        if name == "TRAILER!!!":
+            return
+        target = dest / name
+        if mode & 0o170000 == 0o040000:
+            target.mkdir(parents=True, exist_ok=True)
+            target.chmod(mode & 0o7777)
+        elif mode & 0o170000 == 0o120000:
+            target.symlink_to(body.decode())
+        else:
+            target.write_bytes(body)
+            target.chmod(mode & 0o7777)
+    raise ConfigError(f"{archive} is not a newc cpio archive")
 
 
 def write_cpio(f: object, entries: Iterable[Entry]) -> None:
