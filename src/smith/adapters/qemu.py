@@ -424,6 +424,10 @@ class QemuVMM:
                 await self._wait_incoming(qmp, proc, vm_dir, wait_s)
             else:
                 await self._wait_ready(reader, proc, vm_dir, wait_s)
+        except OSError as exc:  # qemu went away under us (a socket reset, a refused connection)
+            tail = _tail(vm_dir)
+            await cleanup.unwind()
+            raise VMError(f"VM {vm_id}: qemu failed while booting ({exc}): {tail}") from exc
         except BaseException:
             await cleanup.unwind()
             raise
