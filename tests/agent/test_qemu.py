@@ -171,6 +171,11 @@ async def test_cleanup_leftovers_kills_an_orphaned_qemu(image: GuestImage, base_
     argv = vmm.command(vm_dir, SHAPE, "tcg", None, None)
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True)  # noqa: ASYNC220
     (vm_dir / "pid").write_text(str(proc.pid))
+    for _ in range(500):  # running, as a crashed agent's VMs are: its sockets are up
+        if (vm_dir / "qmp.sock").exists() or proc.poll() is not None:
+            break
+        await asyncio.sleep(0.01)
+    assert proc.poll() is None, (vm_dir / "qemu.err").read_text() if (vm_dir / "qemu.err").exists() else ""
     (base_dir / "snapshots").mkdir()
     (base_dir / "snapshots" / "x.partial").write_bytes(b"half")
     try:

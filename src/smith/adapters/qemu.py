@@ -289,6 +289,9 @@ class QemuVMM:
 
     def command(self, vm_dir: Path, shape: VMShape, accel: str, slot: Any | None, incoming: str | None) -> list[str]:
         c = self.config
+        append = c.append
+        if slot is not None:  # the guest's init configures eth0 from these
+            append += f" smith.ip={slot.guest_ip}/{_prefix(slot.netmask)} smith.gw={slot.gateway_ip}"
         argv = [
             shutil.which(c.qemu_bin) or c.qemu_bin,
             "-M",
@@ -308,7 +311,8 @@ class QemuVMM:
             "-kernel",
             str(c.kernel),
             "-append",
-            c.append,
+            c.append
+            + (f" smith.ip={slot.guest_ip}/{_prefix(slot.netmask)} smith.gw={slot.gateway_ip}" if slot else ""),
             "-serial",
             f"file:{vm_dir / 'console.log'}",
             "-device",
@@ -370,7 +374,7 @@ class QemuVMM:
         self, shape: VMShape, vm_id: str, wait_s: float, *, snapshot: Snapshot | bool | None = None
     ) -> QemuMachine:
         """Boot steps with a cleanup stack; ``snapshot=False`` forces a cold boot (to make a template)."""
-        if snapshot is None:
+        if snapshot is None and self.network is None:  # a template's guest has no NIC: networked VMs boot cold
             snapshot = self.snapshots.get((shape.vcpus, shape.memory_mib))
         snap = snapshot if isinstance(snapshot, Snapshot) else None
         accel = await self.accel()
@@ -523,6 +527,8 @@ class QemuVMM:
 
     async def prepare_snapshot(self, shape: VMShape) -> Snapshot:
         """Boot a template guest of this shape until it waits for a config, and save it for warm starts."""
+        if self.network is not None:
+            raise VMError("QEMU snapshots are for VMs without network (a NIC's addresses would be baked in)")
         accel = await self.accel()
         key = hashlib.sha256(f"{self._image_key()}:{shape.vcpus}:{shape.memory_mib}:{accel}".encode()).hexdigest()
         snap_dir = self.base_dir / "snapshots"
@@ -573,6 +579,10 @@ class QemuVMM:
             partial.unlink(missing_ok=True)
             removed.append(partial.name)
         return removed
+
+
+def _prefix(netmask: str) -> int:
+    return sum(bin(int(part)).count("1") for part in netmask.split("."))
 
 
 def _exists(path: Path) -> bool:

@@ -34,6 +34,15 @@ for port in /sys/class/virtio-ports/*; do
     ln -sf "/dev/${port##*/}" "/dev/virtio-ports/$(cat "$port/name")"
 done
 ip link set lo up 2>/dev/null
+if ip link set eth0 up 2>/dev/null; then  # a NIC: addresses from the command line (smith.ip=A/N smith.gw=G)
+    for word in $cmdline; do
+        case "$word" in
+            smith.ip=*) ip addr add "${word#smith.ip=}" dev eth0 ;;
+            smith.gw=*) ip route add default via "${word#smith.gw=}" ;;
+            smith.dns=*) echo "nameserver ${word#smith.dns=}" > /etc/resolv.conf ;;
+        esac
+    done
+fi
 hostname smith-guest
 
 agent="/usr/bin/python3 -I -S /smith/agent.py --workdir /work"
@@ -42,15 +51,7 @@ if [ -e /dev/virtio-ports/smith.config ]; then
     $agent --config-port /dev/virtio-ports/smith.config --out /dev/virtio-ports/smith.events --announce --set-clock
 else
     # Firecracker: config from MMDS over eth0, events on the serial console.
-    if ip link set eth0 up 2>/dev/null; then
-        for word in $cmdline; do
-            case "$word" in
-                smith.ip=*) ip addr add "${word#smith.ip=}" dev eth0 ;;
-                smith.gw=*) ip route add default via "${word#smith.gw=}" ;;
-            esac
-        done
-        ip route add 169.254.169.254 dev eth0 2>/dev/null
-    fi
+    ip route add 169.254.169.254 dev eth0 2>/dev/null
     $agent --mmds --out /dev/ttyS0 --announce --set-clock
 fi
 sync
