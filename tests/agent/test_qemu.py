@@ -63,8 +63,9 @@ def lines(events: list[GuestEvent], stream: str = "stdout") -> list[str]:
     return [e.line for e in events if e.type == "line" and e.stream == stream]
 
 
-def qemu_pids() -> set[int]:
-    out = subprocess.run(["pgrep", "-f", "qemu-system-x86_64"], capture_output=True, text=True).stdout
+def qemu_pids(base_dir: Path) -> set[int]:
+    """Processes whose command line names this test's directory (its qemu processes, nobody else's)."""
+    out = subprocess.run(["pgrep", "-f", f"qemu-system.*{base_dir}"], capture_output=True, text=True).stdout
     return {int(p) for p in out.split()}
 
 
@@ -140,7 +141,6 @@ async def test_a_failed_boot_unwinds_every_step(image: GuestImage, base_dir: Pat
 
 
 async def test_a_guest_that_never_gets_ready_is_torn_down(image: GuestImage, base_dir: Path) -> None:
-    before = qemu_pids()
     vmm = QemuVMM(
         base_dir,
         QemuConfig(
@@ -155,7 +155,7 @@ async def test_a_guest_that_never_gets_ready_is_torn_down(image: GuestImage, bas
     with pytest.raises(VMError):
         await vmm.boot(SHAPE, "noinit")
     assert not (base_dir / "qemu-noinit").exists()
-    assert qemu_pids() <= before
+    assert qemu_pids(base_dir) == set()
 
 
 def test_missing_kernel_is_a_clear_error(base_dir: Path) -> None:
