@@ -119,6 +119,7 @@ class SandboxVMM:
         bwrap: str = "bwrap",
         max_procs: int = 4096,
         runner_dir: Path | None = None,
+        root_dir: Path | None = None,
     ) -> None:
         if network not in ("none", "host"):
             raise VMError("sandbox network must be 'none' or 'host'")
@@ -127,6 +128,9 @@ class SandboxVMM:
         self.bwrap = shutil.which(bwrap) or bwrap
         self.max_procs = max_procs
         self.runner_dir = runner_dir  # a host's GitHub runner install, shown read-only at /runner
+        self.root_dir = root_dir  # an image directory to use as / (read-only) instead of the host's system dirs
+        if root_dir is not None and not (Path(root_dir) / "bin" / "sh").exists():
+            raise VMError(f"sandbox root {root_dir} has no /bin/sh: not a root filesystem")
         log.warning("sandbox backend: jobs share the host kernel; isolation is weaker than a VM")
 
     def command(self, root: Path, vm_id: str) -> list[str]:
@@ -143,20 +147,30 @@ class SandboxVMM:
         ]
         if self.network == "none":
             argv.append("--unshare-net")
-        for top in ("usr", "etc", "opt"):
-            if Path(f"/{top}").is_dir():
-                argv += ["--ro-bind", f"/{top}", f"/{top}"]
-        for top in ("bin", "lib", "lib64", "sbin"):
-            path = Path(f"/{top}")
-            if path.is_symlink():
-                argv += ["--symlink", os.readlink(path), f"/{top}"]
-            elif path.is_dir():
-                argv += ["--ro-bind", f"/{top}", f"/{top}"]
+        if self.root_dir is not None:  # each top-level entry of the image, read-only, over bwrap's own tmpfs root
+            skip = {"dev", "proc", "tmp", "run", "work", "smith-guest"}
+            for entry in sorted(Path(self.root_dir).iterdir()):
+                if entry.name in skip:
+                    continue
+                if entry.is_symlink():
+                    argv += ["--symlink", os.readlink(entry), f"/{entry.name}"]
+                else:
+                    argv += ["--ro-bind", str(entry), f"/{entry.name}"]
+        else:
+            for top in ("usr", "etc", "opt"):
+                if Path(f"/{top}").is_dir():
+                    argv += ["--ro-bind", f"/{top}", f"/{top}"]
+            for top in ("bin", "lib", "lib64", "sbin"):
+                path = Path(f"/{top}")
+                if path.is_symlink():
+                    argv += ["--symlink", os.readlink(path), f"/{top}"]
+                elif path.is_dir():
+                    argv += ["--ro-bind", f"/{top}", f"/{top}"]
         if self.runner_dir is not None:
             argv += ["--ro-bind", str(self.runner_dir), RUNNER_MOUNT]
-        python = guest_python()
+        python = guest_python() if self.root_dir is None else "/usr/bin/python3"
         prefix = Path(python).resolve().parent.parent
-        if not str(prefix).startswith("/usr"):
+        if self.root_dir is None and not str(prefix).startswith("/usr"):
             argv += ["--ro-bind", str(prefix), str(prefix)]
         argv += [
             "--dev",

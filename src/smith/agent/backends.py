@@ -80,11 +80,11 @@ def build(name: str, settings: Any, network: Network | None = None) -> VMM:
     if name == "sandbox":
         from smith.adapters.sandbox import SandboxVMM
 
-        return SandboxVMM(base_dir=work)  # type: ignore[no-any-return]
+        return SandboxVMM(base_dir=work)
     if name == "qemu":
         from smith.adapters.qemu import QemuVMM
 
-        return QemuVMM(base_dir=work, kernel=settings.agent_kernel, rootfs=settings.agent_rootfs)  # type: ignore[no-any-return]
+        return QemuVMM.from_settings(settings, work)
     if name == "firecracker":
         from pathlib import Path
 
