@@ -102,7 +102,7 @@ async def test_cold_boot_runs_a_job_and_snapshots_restore_it(image: GuestImage, 
     # the restored guests took the host's clock and differ in randomness, though restored from one state
     assert abs(int(outputs[0][1]) - int(events[0].ts)) < 600
     assert outputs[0][2] != outputs[1][2]
-    assert not list(base_dir.glob("qemu-*"))  # noqa: ASYNC240  (every VM dir is gone; the template stays)
+    assert not list(base_dir.glob("qemu-*"))
 
 
 @dataclass
@@ -169,7 +169,7 @@ async def test_cleanup_leftovers_kills_an_orphaned_qemu(image: GuestImage, base_
     vm_dir = base_dir / "qemu-orphan"
     vm_dir.mkdir()
     argv = vmm.command(vm_dir, SHAPE, "tcg", None, None)
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True)  # noqa: ASYNC220
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True)
     (vm_dir / "pid").write_text(str(proc.pid))
     for _ in range(500):  # running, as a crashed agent's VMs are: its sockets are up
         if (vm_dir / "qmp.sock").exists() or proc.poll() is not None:
