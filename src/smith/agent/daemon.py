@@ -70,6 +70,7 @@ class Agent:
         self._draining = asyncio.Event()
         self._stopped = asyncio.Event()
         self.registered = asyncio.Event()
+        self._snapshots: list[asyncio.Task[None]] = []
         self._lease_task: asyncio.Task[Any] | None = None
         self.stats: list[dict[str, float]] = []  # per finished job: lease -> first line, total
 
@@ -100,6 +101,10 @@ class Agent:
         self.heartbeat_interval = reg.heartbeat_interval_seconds
         shapes = {rc.name: VMShape(rc.name, rc.vcpus, rc.memory_mib, rc.disk_mib) for rc in reg.runner_classes}
         self.pool = WarmPool(self.vmm, self.ledger, shapes, self.config.warm_pool)
+        prepare = getattr(self.vmm, "prepare_snapshot", None)
+        if prepare is not None:  # boot once per warm shape, snapshot, and restore every later VM from it
+            for cls in self.pool.desired:
+                self._snapshots.append(asyncio.create_task(self._prepare(prepare, shapes[cls])))
         self.registered.set()
         log.info(
             "agent registered",
@@ -110,6 +115,13 @@ class Agent:
             max_vms=self.config.max_vms,
             warm_pool=dict(self.config.warm_pool),
         )
+
+    async def _prepare(self, prepare: Any, shape: VMShape) -> None:
+        try:
+            await prepare(shape)
+            log.info("snapshot ready: warm VMs of this class restore from it", runner_class=shape.runner_class)
+        except (SmithError, OSError) as exc:
+            log.warning("snapshot failed; warm VMs boot cold", runner_class=shape.runner_class, error=str(exc))
 
     async def run(self) -> None:
         """Serve until shutdown() is called."""
@@ -125,9 +137,9 @@ class Agent:
             await self._drain()
         finally:
             try:
-                for t in tasks:
+                for t in [*tasks, *self._snapshots]:
                     t.cancel()
-                for t in tasks:
+                for t in [*tasks, *self._snapshots]:
                     with contextlib.suppress(asyncio.CancelledError, Exception):
                         await t
                 await self.pool.close()
