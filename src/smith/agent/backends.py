@@ -84,7 +84,7 @@ def build(name: str, settings: Any, network: Network | None = None) -> VMM:
     if name == "qemu":
         from smith.adapters.qemu import QemuVMM
 
-        return QemuVMM.from_settings(settings, work)
+        return QemuVMM.from_settings(settings, work, network)
     if name == "firecracker":
         from pathlib import Path
 
