@@ -59,8 +59,18 @@ def make_vmm(backend: str, work: Path) -> Any:
 
     class S:  # the few settings build() reads
         work_dir = work
+        data_dir = Path(os.environ.get("SMITH_DATA_DIR", work))
         agent_kernel = os.environ.get("SMITH_AGENT_KERNEL")
         agent_rootfs = os.environ.get("SMITH_AGENT_ROOTFS")
+        agent_qemu_bin = "qemu-system-x86_64"
+        agent_firecracker_bin = "firecracker"
+        agent_jailer_bin = "jailer"
+
+    if backend == "qemu" and S.agent_kernel is None:  # the image `smith image build` makes
+        from smith.images.build import build_image
+
+        S.data_dir = work
+        build_image(work)
 
     return build(backend, S())
 
@@ -116,7 +126,7 @@ async def density(backend: str, limit: int, work: Path) -> dict[str, float]:
                 )
             )
             machines.append(m)
-    except Exception as exc:  # noqa: BLE001 - the point is to find where it stops
+    except Exception as exc:
         print(f"stopped at {len(machines)} VMs: {exc}", file=sys.stderr)
     elapsed = time.monotonic() - t0
     grown = rss_mib() - base

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 from smith.domain.jobs import Job
-from smith.domain.vms import Backend, VMShape
+from smith.domain.vms import Backend, Slot, VMShape
 from smith.wire.agent import RunnerCredential
 from smith.wire.guest import GuestConfig, GuestEvent
 
@@ -57,6 +57,72 @@ class VMM(Protocol):
     async def cleanup_leftovers(self) -> list[str]:
         """Remove what a crashed agent left behind (processes, taps, chroots); names what was removed."""
         ...
+
+
+class Network(Protocol):
+    """Per-VM host networking: a tap on the host bridge with addresses from a pool (see adapters/network.py)."""
+
+    async def acquire(self, vm_id: str) -> Slot:
+        """A tap and addresses for one VM; never the same slot to two VMs at once."""
+        ...
+
+    async def release(self, slot: Slot) -> None:
+        """Delete the slot's tap and free its addresses for reuse. Idempotent."""
+        ...
+
+    async def cleanup_leftovers(self) -> list[str]:
+        """Remove taps (and stale rules) a crashed agent left behind; names what was removed."""
+        ...
+
+
+# -- cache ------------------------------------------------------------------------------------------------
+
+
+class BlobStore(Protocol):
+    """Where cache entries' bytes live (a directory, an S3 bucket).
+
+    An upload is written as named parts (a legacy chunk, an Azure-style block) in any order and concurrently,
+    then ``complete`` joins the chosen parts, in the given order, into the blob ``key``; nothing is visible
+    under ``key`` before that. Every method streams: no whole entry is ever held in memory. Failures surface as
+    ``smith.errors`` (``Unavailable`` when the store is down, ``NotFound`` for a missing blob or part).
+    """
+
+    name: str
+
+    async def write_part(self, upload_id: str, part: str, chunks: AsyncIterator[bytes], size: int) -> int:
+        """Store one part of ``size`` bytes from ``chunks``; returns the bytes written (``InvalidInput`` if the
+        stream is shorter or longer than ``size``)."""
+        ...
+
+    async def complete(self, upload_id: str, parts: list[str], key: str) -> int:
+        """Join ``parts`` in order into blob ``key``; drops the upload's parts; returns the blob's size."""
+        ...
+
+    async def abort(self, upload_id: str) -> None:
+        """Drop every part of an unfinished upload. Idempotent."""
+        ...
+
+    async def size(self, key: str) -> int | None:
+        """The blob's size, or None when it does not exist."""
+        ...
+
+    def read(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        """The bytes ``start..end`` (inclusive; ``end=None``: to the end) of blob ``key``."""
+        ...
+
+    async def delete(self, key: str) -> None:
+        """Remove a blob. Idempotent."""
+        ...
+
+    async def stale_uploads(self, older_than: float) -> list[str]:
+        """Ids of uploads whose parts were last written more than ``older_than`` seconds ago."""
+        ...
+
+    async def check(self) -> None:
+        """Raise ``Unavailable`` if the store cannot be reached."""
+        ...
+
+    async def aclose(self) -> None: ...
 
 
 # -- log pipeline -----------------------------------------------------------------------------------------

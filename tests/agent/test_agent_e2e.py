@@ -1,8 +1,9 @@
 """End to end on this machine: signed webhook -> control plane -> host agent -> sandbox -> output and outcome.
 
-The control plane is the real app under uvicorn against the real Valkey; the agent is the real daemon with the
-bubblewrap backend. GitHub's API is the only thing stood in for (a runner-credentials object that hands out a
-JIT config), and GitHub's runner is a stub `run.sh` that prints what it was given.
+The control plane is the real app under uvicorn against the real Valkey, minting JIT configs with the real GitHub
+App client; the agent is the real daemon with the bubblewrap backend. GitHub's API is the fake in
+smith.testing.github (GitHub cannot be reached from here), and GitHub's runner is a stub `run.sh` that prints
+what it was given.
 """
 
 from __future__ import annotations
@@ -21,31 +22,22 @@ from typing import Any
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
+from smith.adapters.github import GitHubApp
 from smith.adapters.sandbox import SandboxVMM, _reachable_dir
 from smith.agent.client import ControlClient
 from smith.agent.daemon import Agent, AgentConfig
 from smith.agent.logsink import LocalFiles
-from smith.domain.jobs import Job
-from smith.wire.agent import RunnerCredential
-from tests.control.conftest import Control, agent_token, operator_token, queued_payload
+from smith.control.app import create_app
+from smith.testing.github import FakeGitHub
+from smith.testing.servers import ThreadedServer
+from tests.control.conftest import Control, agent_token, make_settings, operator_token, queued_payload
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bwrap is not installed (apt install bubblewrap)")
-JIT = "eyJqaXQiOiJjb25maWcifQ-secret-jit"
-
-
-class StaticJit:
-    """Stands in for GitHub's generate-jitconfig (GitHub cannot be reached from here)."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, str]] = []
-
-    async def for_job(self, job: Job, runner_name: str) -> RunnerCredential:
-        self.calls.append((job.id, runner_name))
-        return RunnerCredential(kind="jit", value=JIT, runner_name=runner_name)
-
-    async def aclose(self) -> None:
-        return None
+APP_ID = "4242"
+INSTALLATION = 3456996  # what the shared workflow_job payloads carry
 
 
 def make_runner(base: Path) -> Path:
@@ -76,19 +68,20 @@ async def wait_state(
 
 
 @pytest.fixture
-async def running_agent(
-    control_factory: Callable[..., Control], tmp_path: Path
-) -> AsyncIterator[tuple[Control, Agent, StaticJit, LocalFiles]]:
-    creds = StaticJit()
-    from smith.control.app import create_app
-    from smith.testing.servers import ThreadedServer
-    from tests.control.conftest import make_settings
-
-    # A control plane whose runner credentials come from the stand-in above.
-    base = control_factory()  # for its Redis URL and settings
-    srv = ThreadedServer(create_app(make_settings(base.settings.redis_url or ""), credentials=creds))
+async def running_agent(redis_url: str, tmp_path: Path) -> AsyncIterator[tuple[Control, Agent, FakeGitHub, LocalFiles]]:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    fake = FakeGitHub(APP_ID, key.public_key())
+    fake.add_installation(INSTALLATION, "Codertocat", ["Codertocat/Hello-World"], account_type="User")
+    gh = ThreadedServer(fake.app)
+    gh.start()
+    credentials = GitHubApp(APP_ID, pem, api_url=gh.url, web_url="https://github.com", max_attempts=2)
+    settings = make_settings(redis_url)
+    srv = ThreadedServer(create_app(settings, credentials=credentials))
     srv.start()
-    control = Control(srv.url, base.settings, srv)
+    control = Control(srv.url, settings, srv)
     vmm = SandboxVMM(tmp_path / "sbx")
     vmm.runner_dir = make_runner(vmm.base_dir)
     output = LocalFiles(tmp_path / "logs")
@@ -109,28 +102,29 @@ async def running_agent(
     )
     task = asyncio.create_task(agent.run())
     await asyncio.wait_for(agent.registered.wait(), 30)
-    yield control, agent, creds, output
+    yield control, agent, fake, output
     await agent.shutdown()
     await task
     srv.stop()
+    gh.stop()
 
 
-async def test_webhook_to_sandbox_and_back(running_agent: tuple[Control, Agent, StaticJit, LocalFiles]) -> None:
-    control, agent, creds, output = running_agent
+async def test_webhook_to_sandbox_and_back(running_agent: tuple[Control, Agent, FakeGitHub, LocalFiles]) -> None:
+    control, agent, fake, output = running_agent
     r = await asyncio.to_thread(control.deliver, queued_payload(8001, ["self-hosted", "smith-2vcpu"]))
     assert r.status_code == 202 and r.json()["outcome"] == "queued"
     job = await wait_state(control, "8001", {"succeeded", "failed"})
     assert job["state"] == "succeeded", job
     assert job["exit_code"] == 0 and job["agent_id"] == "e2e-host"
-    assert creds.calls == [("8001", "smith-8001-1")]
+    [runner] = fake.runners_in("repo:codertocat/hello-world")
+    assert runner["name"] == "smith-8001-1"  # one ephemeral runner registered for this job's attempt
     events = [json.loads(line) for line in output.path("8001").read_text().splitlines()]
     lines = [e["line"] for e in events if e["type"] == "line"]
     assert lines == ["runner: --jitconfig ***", "job: 8001"]  # the JIT config itself never leaves the VM
     assert events[0]["type"] == "started" and events[-1] == {**events[-1], "type": "exit", "exit_code": 0}
-    assert JIT not in output.path("8001").read_text()
 
 
-async def test_script_job_failure_is_reported(running_agent: tuple[Control, Agent, StaticJit, LocalFiles]) -> None:
+async def test_script_job_failure_is_reported(running_agent: tuple[Control, Agent, FakeGitHub, LocalFiles]) -> None:
     control, *_ = running_agent
     with control.client(operator_token()) as c:
         job = c.post("/v1/jobs", json={"run": "echo about to fail; exit 42", "labels": ["smith-2vcpu"]}).json()
@@ -139,7 +133,7 @@ async def test_script_job_failure_is_reported(running_agent: tuple[Control, Agen
 
 
 async def test_operator_cancel_stops_a_running_job(
-    running_agent: tuple[Control, Agent, StaticJit, LocalFiles],
+    running_agent: tuple[Control, Agent, FakeGitHub, LocalFiles],
 ) -> None:
     control, agent, _, output = running_agent
     with control.client(operator_token()) as c:
@@ -153,7 +147,7 @@ async def test_operator_cancel_stops_a_running_job(
     assert "smith: job stopped (cancel)" in output.path(job["id"]).read_text()
 
 
-async def test_warm_pool_serves_jobs_and_refills(running_agent: tuple[Control, Agent, StaticJit, LocalFiles]) -> None:
+async def test_warm_pool_serves_jobs_and_refills(running_agent: tuple[Control, Agent, FakeGitHub, LocalFiles]) -> None:
     control, agent, *_ = running_agent
     assert agent.pool is not None
     deadline = time.monotonic() + 20
@@ -174,7 +168,7 @@ async def test_warm_pool_serves_jobs_and_refills(running_agent: tuple[Control, A
     assert agent.ledger.used_vms == 1  # only the warm VM holds capacity now
 
 
-async def test_capacity_is_never_exceeded(running_agent: tuple[Control, Agent, StaticJit, LocalFiles]) -> None:
+async def test_capacity_is_never_exceeded(running_agent: tuple[Control, Agent, FakeGitHub, LocalFiles]) -> None:
     control, agent, *_ = running_agent
     peak = {"vcpus": 0, "vms": 0}
 

@@ -17,6 +17,8 @@ import pytest
 
 from smith.adapters.sandbox import SandboxVMM
 from smith.domain.vms import VMShape
+from smith.errors import ConfigError, VMError
+from smith.images.build import build_image, find_inputs, unpack_cpio
 from smith.wire.agent import JobSpec, RunnerCredential, ServiceAccess
 from smith.wire.guest import GuestConfig, GuestEvent
 
@@ -54,6 +56,12 @@ async def test_runs_a_script_and_reports_output_and_exit_code(vmm: SandboxVMM) -
     assert lines(events) == ["hello"] and lines(events, "stderr") == ["oops"]
     assert [e.seq for e in events] == sorted(e.seq for e in events)
     assert not root.exists()  # stop() removed everything
+
+
+async def test_a_script_larger_than_argv_allows(vmm: SandboxVMM) -> None:
+    big = "\n".join(f"x{i}=1  # {'.' * 100}" for i in range(3000)) + "\necho done"  # ~330 KB
+    events, _ = await run_job(vmm, config(big))
+    assert lines(events) == ["done"] and events[-1].exit_code == 0
 
 
 async def test_failing_command_under_bash_e(vmm: SandboxVMM) -> None:
@@ -180,6 +188,8 @@ sys.path.insert(0, SRC)
 from pathlib import Path
 from smith.adapters.sandbox import SandboxVMM
 from smith.domain.vms import VMShape
+from smith.errors import ConfigError, VMError
+from smith.images.build import build_image, find_inputs, unpack_cpio
 from smith.wire.agent import JobSpec
 from smith.wire.guest import GuestConfig
 async def main():
@@ -221,3 +231,24 @@ def _gone(pid: int) -> bool:
     except (OSError, IndexError):
         return True
     return "zombie" in state.lower()
+
+
+async def test_an_image_directory_can_be_the_root(tmp_path: Path) -> None:
+    """The guest image's root (busybox + python3 + the agent), unpacked, replaces the host's system dirs."""
+    try:
+        inputs = find_inputs()
+    except ConfigError as exc:
+        pytest.skip(f"no guest image inputs here: {exc.message}")
+    image = build_image(tmp_path / "data", inputs)
+    probe = SandboxVMM(tmp_path / "sbx")
+    root = probe.base_dir / "root"
+    unpack_cpio(image.initrd, root)
+    root.chmod(0o755)
+    vmm = SandboxVMM(tmp_path / "sbx", root_dir=root)
+    events, _ = await run_job(
+        vmm, config('read -r line < /etc/hosts; echo "$line"; test -e /usr/bin/apt || echo no-apt')
+    )
+    assert lines(events) == ["127.0.0.1 localhost smith-guest", "no-apt"], events
+    assert events[-1].exit_code == 0
+    with pytest.raises(VMError, match="not a root filesystem"):
+        SandboxVMM(tmp_path / "sbx", root_dir=tmp_path / "empty")

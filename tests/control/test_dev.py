@@ -92,3 +92,73 @@ def _answers(sock: Path) -> bool:
         return False
     finally:
         s.close()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(__import__("shutil").which("bwrap") is None, reason="bwrap is not installed")
+def test_quick_start_smith_dev_runs_a_job_end_to_end(tmp_path: Path) -> None:
+    """The README's quick start: `smith dev`, then `smith jobs submit`; the job runs on this machine."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SMITH_")}
+    env.update(
+        {
+            "SMITH_DATA_DIR": str(tmp_path),
+            "SMITH_CACHE_PORT": str(free_port()),
+            "SMITH_PORT": str(port),
+            "SMITH_LOGS_PORT": str(free_port()),
+        }
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "smith", "dev", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with __import__("contextlib").suppress(httpx.HTTPError):
+                if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
+                    break
+            time.sleep(0.1)
+        out = subprocess.run(
+            [sys.executable, "-m", "smith", "jobs", "submit", "echo hello from smith", "--json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        job_id = json.loads(out)["id"]
+        deadline = time.monotonic() + 60
+        state = ""
+        while time.monotonic() < deadline and state not in ("succeeded", "failed"):
+            shown = subprocess.run(
+                [sys.executable, "-m", "smith", "jobs", "show", job_id, "--json"],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+            state = json.loads(shown)["state"]
+            time.sleep(0.2)
+        assert state == "succeeded"
+        log = (tmp_path / "agent" / "logs" / f"{job_id}.ndjson").read_text()
+        assert "hello from smith" in log
+        # ...and the same line is in the log pipeline (ClickHouse in-process), readable with `smith logs`.
+        deadline = time.monotonic() + 30
+        lines: list[str] = []
+        while time.monotonic() < deadline and "hello from smith" not in lines:
+            got = subprocess.run(
+                [sys.executable, "-m", "smith", "logs", "--job-id", job_id, "--json"],
+                env=env,
+                capture_output=True,
+                text=True,
+            )
+            if got.returncode == 0:
+                lines = [row["line"] for row in json.loads(got.stdout)["lines"]]
+            time.sleep(0.3)
+        assert "hello from smith" in lines
+    finally:
+        out = stop_dev(proc)
+    assert proc.returncode == 0, out
+    assert "Traceback" not in out

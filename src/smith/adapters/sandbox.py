@@ -1,12 +1,14 @@
 """The sandbox backend: each job in a bubblewrap (``bwrap``) sandbox. About 10 ms to start.
 
-Isolation: fresh user, mount, pid, net, ipc, uts and cgroup namespaces; the host's root mounted read-only; a
+This is namespace isolation on a shared kernel: **weaker than a VM**. Use it where no VM can run.
+
+Isolation: fresh user, mount, pid, net, ipc, uts and cgroup namespaces; the host's system dirs read-only; a
 private writable work dir and /tmp; no network but loopback (unless ``network="host"``); all capabilities
 dropped; ``--die-with-parent`` and its own session; an address-space limit (RLIMIT_AS) and a process count
 limit; when the agent runs as root, the sandbox runs as ``nobody`` (uid 65534) outside its namespace too.
 The root is built from read-only binds of /usr, /etc, /opt (and the /bin, /lib... links): the agent's data
 directory, /root, /home and /var are not there at all. As root, the sandboxes' directories must be reachable by
-nobody, so they live under /var/tmp/smith-sandboxes/ when the agent's own directory is not (e.g. under /root). This is namespace isolation on a shared kernel: **weaker than a VM**. Use it where no VM can run.
+nobody, so they live under /var/tmp/smith-sandboxes/ when the agent's own directory is not (e.g. under /root).
 
 A sandbox is started before its job exists: the guest agent inside waits on stdin for its config, so a warm
 pool of sandboxes works like one of VMs. Guest events come back on the sandbox's stdout.
@@ -22,7 +24,6 @@ import resource
 import shutil
 import signal
 import sys
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -118,6 +119,7 @@ class SandboxVMM:
         bwrap: str = "bwrap",
         max_procs: int = 4096,
         runner_dir: Path | None = None,
+        root_dir: Path | None = None,
     ) -> None:
         if network not in ("none", "host"):
             raise VMError("sandbox network must be 'none' or 'host'")
@@ -126,6 +128,9 @@ class SandboxVMM:
         self.bwrap = shutil.which(bwrap) or bwrap
         self.max_procs = max_procs
         self.runner_dir = runner_dir  # a host's GitHub runner install, shown read-only at /runner
+        self.root_dir = root_dir  # an image directory to use as / (read-only) instead of the host's system dirs
+        if root_dir is not None and not (Path(root_dir) / "bin" / "sh").exists():
+            raise VMError(f"sandbox root {root_dir} has no /bin/sh: not a root filesystem")
         log.warning("sandbox backend: jobs share the host kernel; isolation is weaker than a VM")
 
     def command(self, root: Path, vm_id: str) -> list[str]:
@@ -142,20 +147,30 @@ class SandboxVMM:
         ]
         if self.network == "none":
             argv.append("--unshare-net")
-        for top in ("usr", "etc", "opt"):
-            if Path(f"/{top}").is_dir():
-                argv += ["--ro-bind", f"/{top}", f"/{top}"]
-        for top in ("bin", "lib", "lib64", "sbin"):
-            path = Path(f"/{top}")
-            if path.is_symlink():
-                argv += ["--symlink", os.readlink(path), f"/{top}"]
-            elif path.is_dir():
-                argv += ["--ro-bind", f"/{top}", f"/{top}"]
+        if self.root_dir is not None:  # each top-level entry of the image, read-only, over bwrap's own tmpfs root
+            skip = {"dev", "proc", "tmp", "run", "work", "smith-guest"}
+            for entry in sorted(Path(self.root_dir).iterdir()):
+                if entry.name in skip:
+                    continue
+                if entry.is_symlink():
+                    argv += ["--symlink", os.readlink(entry), f"/{entry.name}"]
+                else:
+                    argv += ["--ro-bind", str(entry), f"/{entry.name}"]
+        else:
+            for top in ("usr", "etc", "opt"):
+                if Path(f"/{top}").is_dir():
+                    argv += ["--ro-bind", f"/{top}", f"/{top}"]
+            for top in ("bin", "lib", "lib64", "sbin"):
+                path = Path(f"/{top}")
+                if path.is_symlink():
+                    argv += ["--symlink", os.readlink(path), f"/{top}"]
+                elif path.is_dir():
+                    argv += ["--ro-bind", f"/{top}", f"/{top}"]
         if self.runner_dir is not None:
             argv += ["--ro-bind", str(self.runner_dir), RUNNER_MOUNT]
-        python = guest_python()
+        python = guest_python() if self.root_dir is None else "/usr/bin/python3"
         prefix = Path(python).resolve().parent.parent
-        if not str(prefix).startswith("/usr"):
+        if self.root_dir is None and not str(prefix).startswith("/usr"):
             argv += ["--ro-bind", str(prefix), str(prefix)]
         argv += [
             "--dev",

@@ -7,7 +7,7 @@ import shutil
 from typing import Any
 
 from smith.errors import ConfigError
-from smith.ports import VMM
+from smith.ports import VMM, Network
 
 ORDER = ("firecracker", "qemu", "sandbox")
 
@@ -17,8 +17,11 @@ def _kvm_usable() -> tuple[bool, str]:
         return False, "/dev/kvm does not exist"
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return False, "/dev/kvm is not readable and writable by this user"
-    if os.environ.get("SMITH_AGENT_KVM_BROKEN") == "1":
-        return False, "SMITH_AGENT_KVM_BROKEN=1 (KVM present but cannot boot normal guests, e.g. nested PVM)"
+    forced = os.environ.get("SMITH_AGENT_KVM", "auto")
+    if forced == "off":
+        return False, "SMITH_AGENT_KVM=off"
+    if forced != "on" and os.path.exists("/sys/module/kvm_pvm"):
+        return False, "/dev/kvm is PVM (kvm_pvm loaded): it boots only PVM guest kernels, not normal ones"
     return True, "/dev/kvm is usable"
 
 
@@ -59,7 +62,7 @@ def probe(settings: Any | None = None) -> dict[str, Any]:
     return {"backends": out, "auto": auto}
 
 
-def select_backend(settings: Any) -> tuple[VMM, str]:
+def select_backend(settings: Any, network: Network | None = None) -> tuple[VMM, str]:
     """The VMM to use and the reason, per SMITH_AGENT_BACKEND (auto picks the best available)."""
     found = probe(settings)
     name = settings.agent_backend if settings.agent_backend != "auto" else found["auto"]
@@ -67,22 +70,34 @@ def select_backend(settings: Any) -> tuple[VMM, str]:
     if not info["available"]:
         raise ConfigError(f"backend {name} is not available here: {info['reason']}")
     why = info["reason"] if settings.agent_backend != "auto" else f"auto: {info['reason']}"
-    return build(name, settings), why
+    return build(name, settings, network), why
 
 
-def build(name: str, settings: Any) -> VMM:
+def build(name: str, settings: Any, network: Network | None = None) -> VMM:
+    """The backend ``name``; VMs get their taps from ``network`` (the host bridge, SMITH_AGENT_NETWORK=true)."""
     work = settings.work_dir / name
     work.mkdir(parents=True, exist_ok=True)
     if name == "sandbox":
         from smith.adapters.sandbox import SandboxVMM
 
-        return SandboxVMM(base_dir=work)  # type: ignore[no-any-return]
+        return SandboxVMM(base_dir=work)
     if name == "qemu":
         from smith.adapters.qemu import QemuVMM
 
-        return QemuVMM(base_dir=work, kernel=settings.agent_kernel, rootfs=settings.agent_rootfs)  # type: ignore[no-any-return]
+        return QemuVMM.from_settings(settings, work, network)
     if name == "firecracker":
-        from smith.adapters.firecracker.vmm import FirecrackerVMM
+        from pathlib import Path
 
-        return FirecrackerVMM(base_dir=work, kernel=settings.agent_kernel, rootfs=settings.agent_rootfs)  # type: ignore[no-any-return]
+        from smith.adapters.firecracker.network import TapNetwork
+        from smith.adapters.firecracker.vmm import FirecrackerConfig, FirecrackerVMM
+
+        config = FirecrackerConfig(
+            kernel=settings.agent_kernel,
+            rootfs=settings.agent_rootfs,
+            chroot_base=work,
+            firecracker_bin=Path(shutil.which(settings.agent_firecracker_bin) or settings.agent_firecracker_bin),
+            jailer_bin=Path(shutil.which(settings.agent_jailer_bin) or settings.agent_jailer_bin),
+            use_jailer=os.geteuid() == 0,  # the jailer needs root (chroot, cgroups, setuid)
+        )
+        return FirecrackerVMM(config, network or TapNetwork())
     raise ConfigError(f"unknown backend {name}")

@@ -70,6 +70,7 @@ class Agent:
         self._draining = asyncio.Event()
         self._stopped = asyncio.Event()
         self.registered = asyncio.Event()
+        self._snapshots: list[asyncio.Task[None]] = []
         self._lease_task: asyncio.Task[Any] | None = None
         self.stats: list[dict[str, float]] = []  # per finished job: lease -> first line, total
 
@@ -82,6 +83,7 @@ class Agent:
     # -- lifecycle ----------------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        await self.output.start()  # the log shipper replays what an earlier process left spooled
         removed = await self.vmm.cleanup_leftovers()
         if removed:
             log.warning("removed leftovers of an earlier agent", removed=removed)
@@ -99,6 +101,10 @@ class Agent:
         self.heartbeat_interval = reg.heartbeat_interval_seconds
         shapes = {rc.name: VMShape(rc.name, rc.vcpus, rc.memory_mib, rc.disk_mib) for rc in reg.runner_classes}
         self.pool = WarmPool(self.vmm, self.ledger, shapes, self.config.warm_pool)
+        prepare = getattr(self.vmm, "prepare_snapshot", None)
+        if prepare is not None:  # boot once per warm shape, snapshot, and restore every later VM from it
+            for cls in self.pool.desired:
+                self._snapshots.append(asyncio.create_task(self._prepare(prepare, shapes[cls])))
         self.registered.set()
         log.info(
             "agent registered",
@@ -109,6 +115,13 @@ class Agent:
             max_vms=self.config.max_vms,
             warm_pool=dict(self.config.warm_pool),
         )
+
+    async def _prepare(self, prepare: Any, shape: VMShape) -> None:
+        try:
+            await prepare(shape)
+            log.info("snapshot ready: warm VMs of this class restore from it", runner_class=shape.runner_class)
+        except (SmithError, OSError) as exc:
+            log.warning("snapshot failed; warm VMs boot cold", runner_class=shape.runner_class, error=str(exc))
 
     async def run(self) -> None:
         """Serve until shutdown() is called."""
@@ -123,14 +136,16 @@ class Agent:
             await self._draining.wait()
             await self._drain()
         finally:
-            for t in tasks:
-                t.cancel()
-            for t in tasks:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await t
-            await self.pool.close()
-            await self.output.aclose()
-            self._stopped.set()
+            try:
+                for t in [*tasks, *self._snapshots]:
+                    t.cancel()
+                for t in [*tasks, *self._snapshots]:
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await t
+                await self.pool.close()
+                await self.output.aclose()
+            finally:
+                self._stopped.set()
 
     async def shutdown(self) -> None:
         """Stop leasing; let running jobs finish within drain_seconds; then stop them. Waits until done."""

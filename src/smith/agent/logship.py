@@ -114,12 +114,16 @@ class LogShipper:
             self._wake.set()
             await asyncio.sleep(0.05)
         if self._task:
+            # Ask the loop to stop (it checks a flag each round); cancel only if it does not within the bound,
+            # and cancel until done: on Python 3.11 a cancel landing as wait_for's inner wait completes is swallowed.
             self._stopped = True
             self._wake.set()
             await asyncio.wait({self._task}, timeout=max(1.0, deadline - time.monotonic()))
-            if not self._task.done():
+            while not self._task.done():
                 self._task.cancel()
-                await asyncio.wait({self._task}, timeout=5)
+                await asyncio.wait({self._task}, timeout=0.1)
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                self._task.result()
             self._task = None
         done = not self._unsent()
         for job in list(self.jobs.values()):

@@ -9,6 +9,8 @@ from smith.wire.guest import GuestEvent
 
 
 class JobOutput(Protocol):
+    async def start(self) -> None: ...
+
     async def emit(self, job_id: str, event: GuestEvent) -> None: ...
 
     async def close_job(self, job_id: str) -> None: ...
@@ -23,6 +25,9 @@ class LocalFiles:
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
         self._files: dict[str, object] = {}
+
+    async def start(self) -> None:
+        return None
 
     def path(self, job_id: str) -> Path:
         return self.dir / f"{job_id.replace('/', '_')}.ndjson"
@@ -48,6 +53,10 @@ class Fanout:
 
     def __init__(self, *outputs: JobOutput) -> None:
         self.outputs = outputs
+
+    async def start(self) -> None:
+        for out in self.outputs:
+            await out.start()
 
     async def emit(self, job_id: str, event: GuestEvent) -> None:
         for out in self.outputs:

@@ -6,9 +6,10 @@ import json
 import os
 import socket
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import NoDecode
 
 from smith.settings import CommonSettings
 
@@ -33,7 +34,9 @@ class AgentSettings(CommonSettings):
     agent_overcommit_vcpus: float = Field(
         1.0, ge=1.0, description="vCPU overcommit factor (1.0: a vCPU is never promised twice)"
     )
-    agent_labels: list[str] = Field(default_factory=list, description="Runner classes served; empty: all that fit")
+    agent_labels: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Runner classes served; empty: all that fit"
+    )
     agent_warm_pool: dict[str, int] = Field(
         default_factory=dict, description='Warm VMs per runner class, JSON: {"smith-2vcpu": 2}'
     )
@@ -54,11 +57,31 @@ class AgentSettings(CommonSettings):
     agent_jailer_bin: str = "jailer"
     agent_qemu_bin: str = "qemu-system-x86_64"
     agent_network: bool = Field(False, description="Give VMs a tap on the smith bridge with NAT egress")
+    agent_network_pool: str = Field("172.30.0.0/24", description="IPv4 pool: .1 is the bridge, VMs get the rest")
+    agent_network_bridge: str = Field("smithbr0", description="Host bridge the taps join")
+    agent_network_tap_prefix: str = Field("smt", description="Tap names are <prefix><slot>, e.g. smt12")
+    agent_network_uplink: str | None = Field(None, description="Masquerade out of this interface only (e.g. eth0)")
+    agent_network_host_ports: Annotated[list[int], NoDecode] = Field(
+        default_factory=list, description="TCP ports VMs may reach on the gateway address: control, cache, logs"
+    )
+    agent_network_host_udp_ports: Annotated[list[int], NoDecode] = Field(
+        default_factory=list, description="UDP ports, e.g. 53"
+    )
+    agent_network_deny: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["169.254.0.0/16"], description="Ranges VMs may never reach (cloud metadata, LAN)"
+    )
+    agent_network_netns: str | None = Field(None, description="Build the network inside this named netns")
+    agent_network_tap_user: str | None = Field(None, description="User (name or uid) allowed to open the taps")
 
-    @field_validator("agent_labels", mode="before")
+    @field_validator(
+        "agent_labels", "agent_network_host_ports", "agent_network_host_udp_ports", "agent_network_deny", mode="before"
+    )
     @classmethod
     def _labels(cls, value: Any) -> Any:
-        if isinstance(value, str) and not value.strip().startswith("["):
+        """A JSON list or a comma-separated string (``a,b``) from the environment."""
+        if isinstance(value, str):
+            if value.strip().startswith("["):
+                return json.loads(value)
             return [v.strip() for v in value.split(",") if v.strip()]
         return value
 
@@ -84,4 +107,8 @@ class AgentSettings(CommonSettings):
             found.append("SMITH_AGENT_TOKEN is not set: the control plane will refuse this agent")
         if self.agent_backend == "firecracker" and not (self.agent_kernel and self.agent_rootfs):
             found.append("firecracker backend needs SMITH_AGENT_KERNEL and SMITH_AGENT_ROOTFS")
+        if self.agent_network:
+            from smith.agent.network import network_problems
+
+            found += network_problems(self)
         return found

@@ -20,7 +20,7 @@ def register(root: typer.Typer) -> None:
     root.add_typer(app, name="agent")
 
 
-def build_agent(settings: Any) -> Any:
+def build_agent(settings: Any, network: Any = None) -> Any:
     """Compose an Agent from settings: control client, chosen backend, job output."""
     from smith.agent.backends import select_backend
     from smith.agent.client import ControlClient
@@ -29,7 +29,7 @@ def build_agent(settings: Any) -> Any:
 
     if settings.agent_token is None:
         fail("SMITH_AGENT_TOKEN is not set: mint one with `smith auth agent-token --agent-id ...`")
-    vmm, why = select_backend(settings)
+    vmm, why = select_backend(settings, network)
     console.print(f"backend: [bold]{vmm.backend}[/bold] ({why})")
     config = AgentConfig(
         agent_id=settings.agent_id,
@@ -45,8 +45,16 @@ def build_agent(settings: Any) -> Any:
         runner_dir=settings.agent_runner_dir,
         logs_url=settings.logs_url,
     )
-    control = ControlClient(settings.control_url, settings.agent_token.get_secret_value())
-    output = LocalFiles(settings.work_dir / "logs")
+    token = settings.agent_token.get_secret_value()
+    control = ControlClient(settings.control_url, token)
+    output: Any = LocalFiles(settings.work_dir / "logs")
+    if settings.logs_url:  # ship every line to the log pipeline too (spooled on disk while it is unreachable)
+        from smith.agent.logship import LogShipper
+        from smith.agent.logsink import Fanout
+
+        shipper = LogShipper(settings.logs_url, token, settings.work_dir / "log-spool", host=config.hostname)
+        output = Fanout(output, shipper)
+        console.print(f"logs: {settings.logs_url}")
     return Agent(config, control, vmm, output)
 
 
@@ -65,14 +73,26 @@ def run() -> None:
 
     Settings: SMITH_AGENT_TOKEN, SMITH_AGENT_BACKEND (auto|firecracker|qemu|sandbox), SMITH_AGENT_VCPUS,
     SMITH_AGENT_MEMORY_MIB, SMITH_AGENT_MAX_VMS, SMITH_AGENT_WARM_POOL ('{"smith-2vcpu": 2}'),
-    SMITH_AGENT_DRAIN_SECONDS. `smith config check agent` validates them.
+    SMITH_AGENT_DRAIN_SECONDS, SMITH_AGENT_NETWORK (bridge, taps, NAT: see SMITH_AGENT_NETWORK_*).
+    `smith config check agent` validates them.
     """
     from smith.agent.settings import AgentSettings
     from smith.logging import configure
 
     settings = AgentSettings()
     configure(settings.log_level, json=settings.log_json)
-    asyncio.run(serve_agent(build_agent(settings)))
+    asyncio.run(serve_with_network(settings))
+
+
+async def serve_with_network(settings: Any) -> None:
+    """With SMITH_AGENT_NETWORK=true: clean up a crashed agent's taps and rules, set the bridge up, serve,
+    and tear the network down on every exit path."""
+    from smith.agent.network import host_network
+
+    async with host_network(settings) as network:
+        if network is not None:
+            console.print(f"network: bridge {network.config.bridge}, pool {network.plan.pool}")
+        await serve_agent(build_agent(settings, network))
 
 
 @app.command()

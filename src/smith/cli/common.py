@@ -94,3 +94,30 @@ def local_operator_token() -> str | None:
     from smith import tokens
 
     return tokens.mint(secret, scope="operator", subject=os.environ.get("USER", "operator"), ttl_seconds=600)
+
+
+async def serve_app(app: Any, host: str, port: int) -> None:
+    """Serve an ASGI app until cancelled; on cancel, shut down gracefully (finish requests, run lifespan exit).
+
+    Signals are left to the caller (``smith dev`` handles SIGINT/SIGTERM once for all its services).
+    """
+    import asyncio
+    import contextlib
+
+    import uvicorn
+
+    class _Server(uvicorn.Server):
+        def capture_signals(self) -> Any:
+            return contextlib.nullcontext()
+
+    server = _Server(
+        uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, timeout_graceful_shutdown=5)
+    )
+    task = asyncio.ensure_future(server.serve())
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        server.should_exit = True
+        with contextlib.suppress(Exception):
+            await task
+        raise

@@ -11,7 +11,6 @@ Services of later issues plug in through ``DEV_SERVICES``: each entry names a mo
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib
 import json
 import os
@@ -24,6 +23,7 @@ from typing import Any
 import typer
 
 from smith.cli.common import console
+from smith.logging import get_logger
 
 SECRET_VARS = (
     "SMITH_GITHUB_WEBHOOK_SECRET",
@@ -33,6 +33,8 @@ SECRET_VARS = (
 )
 # Modules in smith.cli with a dev_service(env) hook, started after the control plane, in this order.
 DEV_SERVICES = ("cache", "logs", "agent")
+STOP_SECONDS = 15.0  # each service gets this long to stop gracefully
+log = get_logger("smith.dev")
 
 
 def dev_secrets(data_dir: Path) -> dict[str, str]:
@@ -52,19 +54,16 @@ def dev_secrets(data_dir: Path) -> dict[str, str]:
 
 
 async def _serve_control(port: int) -> None:
-    import uvicorn
-
+    from smith.cli.common import serve_app
     from smith.cli.control import build_credentials
     from smith.control.app import create_app
     from smith.control.settings import ControlSettings
 
     settings = ControlSettings()
-    app = create_app(settings, credentials=build_credentials(settings))
-    server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=port, log_level="warning", access_log=False))
-    await server.serve()
+    await serve_app(create_app(settings, credentials=build_credentials(settings)), settings.host, port)
 
 
-async def _run_all(tasks: list[Coroutine[Any, Any, None]]) -> None:
+async def _run_all(tasks: list[Coroutine[Any, Any, None]], names: list[str]) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -72,11 +71,16 @@ async def _run_all(tasks: list[Coroutine[Any, Any, None]]) -> None:
     running: list[asyncio.Task[Any]] = [asyncio.create_task(t) for t in tasks]
     waiter: asyncio.Task[Any] = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait([*running, waiter], return_when=asyncio.FIRST_COMPLETED)
-    for t in running:
+    # Stop in reverse order of start: the agent drains before the control plane it talks to goes away.
+    for name, t in reversed(list(zip(names, running, strict=True))):
         t.cancel()
-    for t in running:
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await t
+        try:
+            await asyncio.wait_for(t, STOP_SECONDS)
+        except TimeoutError:
+            log.warning("service did not stop in time", service=name, seconds=STOP_SECONDS)
+        except (asyncio.CancelledError, Exception):  # noqa: S110 - stopping: its own errors are logged by it
+            pass
+        log.info("service stopped", service=name)
     for t in done:
         if t is not waiter and not t.cancelled() and t.exception():
             raise t.exception()  # type: ignore[misc]
@@ -106,11 +110,14 @@ def dev(
         embedded.start()
         os.environ["SMITH_REDIS_URL"] = embedded.url
     control_url = f"http://127.0.0.1:{port}"
+    # Where the control plane tells jobs to find the other services (each starts below if it is installed).
+    os.environ.setdefault("SMITH_CACHE_URL", f"http://127.0.0.1:{os.environ.get('SMITH_CACHE_PORT', '8090')}")
     os.environ.setdefault("SMITH_CONTROL_URL", control_url)
     console.print(f"[bold]smith dev[/bold]  data: {data}")
     console.print(f"  redis:   {os.environ['SMITH_REDIS_URL']}" + ("  (embedded valkey)" if embedded else ""))
     console.print(f"  control: {control_url}  (webhooks: {control_url}/webhooks/github)")
     tasks: list[Coroutine[Any, Any, None]] = [_serve_control(port)]
+    names = ["control"]
     if not only_control:
         for name in DEV_SERVICES:
             try:
@@ -121,11 +128,12 @@ def dev(
             coro = hook(dict(os.environ)) if hook else None
             if coro is not None:
                 tasks.append(coro)
-    console.print(
-        f"  operator token: `smith auth operator-token` with SMITH_JWT_SECRET from {data / 'dev-secrets.json'}"
-    )
+                names.append(name)
+    if not only_control:
+        console.print(f"  cache:   {os.environ['SMITH_CACHE_URL']}")
+    console.print(f"  secrets: {data / 'dev-secrets.json'} (`smith jobs ...` on this machine finds them itself)")
     try:
-        asyncio.run(_run_all(tasks))
+        asyncio.run(_run_all(tasks, names))
     finally:
         if embedded:
             embedded.stop()

@@ -240,16 +240,12 @@ def dev_service(env: dict[str, str]) -> Coroutine[Any, Any, None] | None:
     console.print(f"  logs:    {os.environ['SMITH_LOGS_URL']}  (chdb unless SMITH_CLICKHOUSE_URL)")
 
     async def serve_logs() -> None:
-        import uvicorn
-
+        from smith.cli.common import serve_app
         from smith.logs.app import create_app
         from smith.logs.settings import LogsSettings
 
         settings = LogsSettings()
-        server = uvicorn.Server(
-            uvicorn.Config(create_app(settings), host=settings.logs_host, port=port, log_level="warning")
-        )
-        await server.serve()
+        await serve_app(create_app(settings), settings.logs_host, port)
 
     return serve_logs()
 

@@ -177,14 +177,17 @@ def create_app(
     @app.post("/v1/agents/lease", tags=["agents"], responses={204: {"description": "no job within the wait"}})
     async def lease(body: wire.LeaseRequest, agent: Agent, request: Request) -> Response:
         task = asyncio.ensure_future(plane.lease(agent, body))
-        # Stop waiting when the agent hangs up, so its lease is not handed to a closed connection.
-        while not task.done():
-            done, _ = await asyncio.wait({task}, timeout=1.0)
-            if not done and await request.is_disconnected():
+        try:
+            # Stop waiting when the agent hangs up, so its lease is not handed to a closed connection.
+            while not task.done():
+                done, _ = await asyncio.wait({task}, timeout=1.0)
+                if not done and await request.is_disconnected():
+                    return Response(status_code=499)
+        finally:
+            if not task.done():  # hung up, or this handler was cancelled (server shutting down)
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, SmithError):
                     await task
-                return Response(status_code=499)
         got = task.result()
         if got is None:
             return Response(status_code=204)

@@ -2,15 +2,24 @@
 """Smith's guest agent: runs inside a VM or sandbox, runs one job, streams its output as JSON lines.
 
 Stdlib only, one file: it is copied alone into guest images. It reads its config (a GuestConfig as JSON) from
-stdin, a file, or Firecracker's MMDS (waiting for it: warm VMs boot before their job exists), then either starts
+stdin, a file, a virtio-serial port (QEMU) or Firecracker's MMDS (waiting for it: warm VMs boot before their job
+exists), then either starts
 GitHub's runner with the JIT config or runs the job's script, and writes one JSON object per line to its output:
 ``started`` first, a ``line`` per line of stdout/stderr (timestamp taken here, ``seq`` increasing), ``exit`` last.
 Secrets from the config (runner credential, cache token) are masked as ``***`` in every line.
+
+On a port the host may wrap the config in an envelope, ``{"config": {...}, "now": <host epoch seconds>,
+"seed": "<hex>"}``: a guest restored from a snapshot has a stale clock and the same random state as every
+other copy, so the agent sets its clock (or offsets its timestamps) and mixes the seed into the
+kernel's entropy pool before it starts the job. It sets the clock only with ``--set-clock`` (a VM's init
+passes it): a sandbox shares the host's clock and must never move it. With ``--announce`` it writes
+``{"smith": "ready"}`` once it waits for its config, so the host knows the guest is booted.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import queue
@@ -23,6 +32,7 @@ from typing import IO, Any
 
 MAX_LINE = 64 * 1024
 MMDS_IP = "169.254.169.254"
+SCRIPT = ".smith-job.sh"  # the job's script, written into the work dir (no argv size limit)
 
 
 class Output:
@@ -41,14 +51,23 @@ class Output:
     def emit(self, type_: str, **fields: Any) -> None:
         with self.lock:
             self.seq += 1
-            event = {"type": type_, "ts": time.time(), "seq": self.seq, **fields}
+            event = {"type": type_, "ts": now(), "seq": self.seq, **fields}
             if "line" in event:
                 event["line"] = self.mask(event["line"])
             self.stream.write(json.dumps(event, ensure_ascii=False) + "\n")
             self.stream.flush()
 
 
+CLOCK_OFFSET = 0.0  # added to every timestamp when the guest cannot set its own clock
+
+
+def now() -> float:
+    return time.time() + CLOCK_OFFSET
+
+
 def read_config(args: argparse.Namespace) -> dict[str, Any]:
+    if args.config_port:
+        return read_port(args.config_port)
     if args.config_file:
         while True:  # the host writes the file atomically (rename), so it is whole once it exists
             try:
@@ -59,6 +78,69 @@ def read_config(args: argparse.Namespace) -> dict[str, Any]:
     if args.mmds:
         return read_mmds(args.mmds)
     return dict(json.loads(sys.stdin.read()))
+
+
+def read_port(path: str) -> dict[str, Any]:
+    """One JSON line from a virtio-serial port. A read returns EOF while the host side is not connected: retry."""
+    buf = b""
+    while b"\n" not in buf:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            time.sleep(0.05)
+            continue
+        try:
+            while b"\n" not in buf:
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    time.sleep(0.02)
+                    break
+                buf += chunk
+        finally:
+            os.close(fd)
+    return dict(json.loads(buf.split(b"\n", 1)[0]))
+
+
+def unwrap(message: dict[str, Any], set_clock: bool = False) -> dict[str, Any]:
+    """The config inside a host envelope (setting the clock and seeding entropy first), or the message itself."""
+    global CLOCK_OFFSET
+    if "config" not in message or "job" in message:
+        return message
+    host_now = message.get("now")
+    if isinstance(host_now, int | float):
+        CLOCK_OFFSET = float(host_now) - time.time()
+        if set_clock:  # only inside a VM (init passes --set-clock): never move a shared host's clock
+            try:
+                time.clock_settime(time.CLOCK_REALTIME, float(host_now))
+                CLOCK_OFFSET = 0.0
+            except (OSError, AttributeError):
+                pass
+    seed = message.get("seed")
+    if isinstance(seed, str) and seed:
+        with contextlib.suppress(ValueError):
+            reseed(bytes.fromhex(seed))
+    return dict(message["config"])
+
+
+RNDADDENTROPY = 0x40085203
+RNDRESEEDCRNG = 0x5207
+
+
+def reseed(seed: bytes) -> None:
+    """Feed the host's seed to the kernel and reseed its CRNG now (as root), so that every copy of one
+    snapshot draws different random numbers; unprivileged, the seed is only mixed in (no credit, no reseed)."""
+    try:
+        import fcntl
+        import struct
+
+        with open("/dev/urandom", "wb") as f:
+            try:
+                fcntl.ioctl(f.fileno(), RNDADDENTROPY, struct.pack("ii", len(seed) * 8, len(seed)) + seed)
+                fcntl.ioctl(f.fileno(), RNDRESEEDCRNG)
+            except OSError:
+                f.write(seed)
+    except (OSError, ImportError):
+        pass
 
 
 def read_mmds(address: str) -> dict[str, Any]:
@@ -86,7 +168,6 @@ def read_mmds(address: str) -> dict[str, Any]:
 
 def command(config: dict[str, Any]) -> tuple[list[str], list[str]]:
     """The command to run and the secrets to mask."""
-    job = config.get("job") or {}
     runner = config.get("runner")
     secrets = []
     if config.get("cache"):
@@ -103,7 +184,7 @@ def command(config: dict[str, Any]) -> tuple[list[str], list[str]]:
         )
         return ["/bin/sh", "-c", script], secrets
     shell = "/bin/bash" if os.path.exists("/bin/bash") else "/bin/sh"
-    return [shell, "-e", "-c", str(job.get("run") or "")], secrets
+    return [shell, "-e", SCRIPT], secrets
 
 
 def environment(config: dict[str, Any], workdir: str) -> dict[str, str]:
@@ -152,6 +233,11 @@ def pump(pipe: IO[bytes], name: str, q: queue.Queue[tuple[str, str] | None]) -> 
 
 def run(config: dict[str, Any], out: Output, workdir: str) -> int:
     argv, _ = command(config)
+    if SCRIPT in argv:
+        path = os.path.join(workdir, SCRIPT)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(str((config.get("job") or {}).get("run") or ""))
+        os.chmod(path, 0o700)
     out.emit("started", stream="system", line=f"job {(config.get('job') or {}).get('id', '')} starting")
     try:
         proc = subprocess.Popen(
@@ -186,12 +272,18 @@ def run(config: dict[str, Any], out: Output, workdir: str) -> int:
 def main() -> int:
     ap = argparse.ArgumentParser(description="Smith guest agent")
     ap.add_argument("--config-file", help="Read the config from this file (waits until it exists)")
+    ap.add_argument("--config-port", help="Read the config as one JSON line from this (virtio-serial) port")
+    ap.add_argument("--set-clock", action="store_true", help="Set the system clock from the host's (VM only)")
+    ap.add_argument("--announce", action="store_true", help='Write {"smith": "ready"} while waiting for the config')
     ap.add_argument("--mmds", nargs="?", const=MMDS_IP, help="Read the config from Firecracker's MMDS")
     ap.add_argument("--out", default="-", help="Where events go: a path (e.g. a virtio serial port) or - for stdout")
     ap.add_argument("--workdir", default=os.getcwd())
     args = ap.parse_args()
     stream: IO[str] = sys.stdout if args.out == "-" else open(args.out, "w", encoding="utf-8")  # noqa: SIM115
-    config = read_config(args)
+    if args.announce:
+        stream.write(json.dumps({"smith": "ready", "ts": time.time()}) + "\n")
+        stream.flush()
+    config = unwrap(read_config(args), set_clock=args.set_clock)
     _, secrets = command(config)
     out = Output(stream, secrets)
     code = run(config, out, args.workdir)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import threading
 import time
@@ -33,13 +34,19 @@ class ThreadedServer:
         )
         self.server = uvicorn.Server(self.config)
         self.thread = threading.Thread(target=self._run, daemon=True)
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def _run(self) -> None:
-        asyncio.run(self.server.serve())
+        async def main() -> None:
+            self.loop = asyncio.get_running_loop()
+            await self.server.serve()
+
+        with contextlib.suppress(asyncio.CancelledError):  # stop() may have to cancel it (see there)
+            asyncio.run(main())
 
     def start(self, timeout: float = 15.0) -> None:
         self.thread.start()
@@ -50,8 +57,24 @@ class ThreadedServer:
             time.sleep(0.01)
 
     def stop(self) -> None:
+        """Stop for sure: a server left running (its background tasks too) would leak into later tests."""
         self.server.should_exit = True
-        self.thread.join(10)
+        self.thread.join(5)
+        if self.thread.is_alive():
+            self.server.force_exit = True
+            self.thread.join(3)
+        if self.thread.is_alive() and self.loop is not None:
+            # Seen on Python 3.11.7: uvicorn's shutdown can wait forever on asyncio's Server.wait_closed().
+            # Cancel everything on the server's loop, so no background task outlives its test.
+            loop = self.loop
+            loop.call_soon_threadsafe(lambda: [t.cancel() for t in asyncio.all_tasks(loop)])
+            self.thread.join(5)
+        if self.thread.is_alive():
+            stuck = [
+                f"{t.get_coro()!r} at {[f'{fr.f_code.co_filename}:{fr.f_lineno}' for fr in t.get_stack()]}"
+                for t in asyncio.all_tasks(self.loop)
+            ]
+            raise RuntimeError(f"server on port {self.port} did not stop; tasks: {stuck}")
 
     def __enter__(self) -> ThreadedServer:
         self.start()

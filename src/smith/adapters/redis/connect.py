@@ -8,6 +8,8 @@ from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 import redis.exceptions as rexc
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 
 from smith.errors import SmithError, Unavailable
 
@@ -24,6 +26,10 @@ def client(url: str, *, max_connections: int = 512, socket_timeout: float = 5.0)
         socket_connect_timeout=2.0,
         socket_timeout=socket_timeout,
         health_check_interval=15,
+        # A pooled connection that died with a server restart fails on first use: reconnect and resend. Only
+        # connection errors are retried (the command did not reach the server), never timeouts.
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=3),
+        retry_on_error=[rexc.ConnectionError],
     )
 
 

@@ -1,0 +1,559 @@
+"""The Firecracker backend: boots a microVM per job through the jailer, hands it its job over MMDS.
+
+Boot is an ordered list of named steps; each step that makes something pushes its undo onto the machine's
+cleanup stack, and a failure at any step unwinds everything done so far, newest first::
+
+    chroot -> network -> process -> socket -> logging -> machine_config -> boot_source -> drives
+           -> network_interface -> mmds -> vsock -> start
+
+A booted machine waits for its job: ``assign()`` PUTs the GuestConfig into MMDS at ``/smith/config`` (never
+on the kernel command line, which any process in the guest can read in /proc/cmdline and which Firecracker
+logs). The guest's agent prints its events as JSON lines on the serial console, which is Firecracker's
+stdout. ``stop()`` asks the guest to reboot (Ctrl+Alt+Del; ``reboot=k`` makes that exit Firecracker), kills it
+after a bound, and unwinds the stack.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import orjson
+from pydantic import ValidationError
+
+from smith.adapters.firecracker.client import FirecrackerClient, wait_for_socket
+from smith.adapters.firecracker.jailer import API_SOCKET, Jail, JailSpec, jail_name
+from smith.adapters.firecracker.models import (
+    BootSource,
+    Drive,
+    Logger,
+    LogLevel,
+    MachineConfiguration,
+    MemoryBackend,
+    Metrics,
+    MmdsConfig,
+    NetworkInterface,
+    NetworkOverride,
+    SnapshotCreateParams,
+    SnapshotLoadParams,
+    Vsock,
+)
+from smith.domain.vms import Backend, Slot, VMShape
+from smith.errors import ConfigError, PayloadTooLarge, SmithError, VMError
+from smith.logging import get_logger
+from smith.ports import Network
+from smith.wire.guest import GuestConfig, GuestEvent
+
+log = get_logger("smith.firecracker")
+
+DEFAULT_BOOT_ARGS = "console=ttyS0 reboot=k panic=1 pci=off quiet i8042.noaux"
+IFACE = "eth0"
+MMDS_ADDRESS = "169.254.169.254"
+KERNEL, ROOTFS, SCRATCH = "vmlinux", "rootfs.ext4", "scratch.img"
+LOG, METRICS, VSOCK = "firecracker.log", "metrics.json", "v.sock"
+VMSTATE, MEMFILE = "snapshot.vmstate", "snapshot.mem"
+STATE_FILE = "smith.json"  # beside root/: what cleanup_leftovers needs after a crash
+SOCKET_PATH_MAX = 107
+
+
+@dataclass(frozen=True)
+class FirecrackerConfig:
+    """Where things are and how VMs are jailed. Built by the agent from its settings."""
+
+    kernel: Path  # uncompressed ELF vmlinux (Firecracker 1.16 on x86_64 boots nothing else)
+    rootfs: Path  # ext4 image, shared read-only by every VM
+    chroot_base: Path  # jails live in <chroot_base>/<firecracker binary name>/<prefix><vm id>/root
+    firecracker_bin: Path = Path("/usr/local/bin/firecracker")
+    jailer_bin: Path = Path("/usr/local/bin/jailer")
+    use_jailer: bool = True  # False: run Firecracker directly (development, tests; no chroot, no cgroup)
+    uid: int = 65534
+    gid: int = 65534
+    parent_cgroup: str = ""  # cgroup v2 parent under /sys/fs/cgroup; default: the binary's name
+    cpu_period_us: int = 100_000
+    boot_args: str = DEFAULT_BOOT_ARGS
+    vsock: bool = False
+    prefix: str = "smith-"
+    log_level: LogLevel = "Warning"
+    socket_timeout: float = 5.0
+    stop_timeout: float = 10.0
+    # --http-api-max-payload-size and --mmds-size-limit: the job's config (its script too) must fit in both.
+    # Firecracker's default is 51200 bytes; the control plane accepts scripts of up to 1 MB.
+    api_payload_limit: int = 2 * 1024 * 1024
+    extra_mib: int = 0  # memory.max headroom above the guest's RAM for Firecracker itself; 0 = 64 MiB + 3%
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first thing that cannot work."""
+        for what, path in (("kernel", self.kernel), ("rootfs", self.rootfs)):
+            if not path.is_file():
+                raise ConfigError(f"Firecracker {what} {path} does not exist")
+        with self.kernel.open("rb") as f:
+            if f.read(4) != b"\x7fELF":
+                raise ConfigError(
+                    f"kernel {self.kernel} is not an uncompressed ELF vmlinux; Firecracker 1.16 on x86_64 boots "
+                    "only that (extract it from a bzImage with the kernel's scripts/extract-vmlinux)"
+                )
+        if self.use_jailer and "firecracker" not in self.firecracker_bin.name:
+            raise ConfigError("the jailer needs 'firecracker' in the Firecracker binary's file name")
+        if not self.prefix or not all(c.isalnum() or c == "-" for c in self.prefix):
+            raise ConfigError("the VM name prefix must be letters, digits and hyphens")
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    vmstate: Path
+    mem: Path
+
+
+class CleanupStack:
+    """Undo actions, run newest first; every one runs even if an earlier one fails."""
+
+    def __init__(self) -> None:
+        self._undo: list[tuple[str, Callable[[], Awaitable[None]]]] = []
+
+    def push(self, name: str, undo: Callable[[], Awaitable[None]]) -> None:
+        self._undo.append((name, undo))
+
+    @property
+    def names(self) -> list[str]:
+        return [name for name, _ in self._undo]
+
+    async def unwind(self) -> None:
+        while self._undo:
+            name, undo = self._undo.pop()
+            try:
+                await undo()
+            except Exception as exc:  # keep unwinding: one stuck resource must not leak the others
+                log.error("firecracker.cleanup_failed", step=name, error=str(exc))
+
+
+class FirecrackerMachine:
+    """A booted Firecracker microVM."""
+
+    def __init__(
+        self, vm_id: str, name: str, jail: Jail, *, stop_timeout: float = 10.0, payload_limit: int = 51200
+    ) -> None:
+        self.id = vm_id
+        self.name = name
+        self.jail = jail
+        self.cleanup = CleanupStack()
+        self.stop_timeout = stop_timeout
+        self.process: asyncio.subprocess.Process | None = None
+        self.client: FirecrackerClient | None = None
+        self.slot: Slot | None = None
+        self.command: list[str] = []
+        self.jailer_command: list[str] = []
+        self.boot_args = ""
+        self.started = False  # InstanceStart (or a resumed snapshot load) happened
+        self.payload_limit = payload_limit  # the API's and MMDS's size limit (FirecrackerConfig.api_payload_limit)
+        self._assigned = False
+        self._stopped = False
+
+    @property
+    def api(self) -> FirecrackerClient:
+        if self.client is None:
+            raise VMError(f"VM {self.id} has no API connection")
+        return self.client
+
+    async def assign(self, config: GuestConfig) -> None:
+        """Put the job's config into MMDS, where the guest agent polls for it."""
+        if self._stopped:
+            raise VMError(f"VM {self.id} is stopped")
+        if self._assigned:
+            raise VMError(f"VM {self.id} already has a job")
+        data = {"smith": {"config": config.model_dump(mode="json")}}
+        size = len(orjson.dumps(data))
+        if size > self.payload_limit:
+            raise PayloadTooLarge(
+                f"job config for VM {self.id} is {size} bytes; Firecracker's API takes at most {self.payload_limit}"
+            )
+        self._assigned = True
+        await self.api.put_mmds(data)
+
+    async def events(self) -> AsyncIterator[GuestEvent]:
+        """Serial console lines: GuestEvent JSON from the guest agent, anything else (kernel) as system lines."""
+        if self.process is None or self.process.stdout is None:
+            return
+        stdout = self.process.stdout
+        while True:
+            try:
+                raw = await stdout.readline()
+            except ValueError:  # an over-long line; the guest agent cuts its own, so this is console noise
+                continue
+            if not raw:
+                return
+            text = raw.decode("utf-8", "replace").strip("\r\n")
+            event = _guest_event(text)
+            if event is not None:
+                yield event
+                if event.type == "exit":
+                    return
+            elif text.strip():
+                yield GuestEvent(type="line", ts=time.time(), stream="system", line=text)
+
+    async def stop(self) -> None:
+        """Ctrl+Alt+Del, wait up to ``stop_timeout``, then kill; remove everything made for it. Idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        proc = self.process
+        if self.started and proc is not None and proc.returncode is None and self.client is not None:
+            try:
+                await self.client.send_ctrl_alt_del()
+                await asyncio.wait_for(proc.wait(), self.stop_timeout)
+            except (SmithError, TimeoutError):
+                pass  # not started, or not listening: the kill below settles it
+        await self.cleanup.unwind()
+
+
+def _guest_event(text: str) -> GuestEvent | None:
+    if not text.startswith("{"):
+        return None
+    try:
+        return GuestEvent.model_validate(orjson.loads(text))
+    except (orjson.JSONDecodeError, ValidationError):
+        return None
+
+
+class FirecrackerVMM:
+    backend = Backend.FIRECRACKER
+    isolation = "KVM microVM (Firecracker), jailed"
+
+    STEPS = (
+        "chroot",
+        "network",
+        "process",
+        "socket",
+        "logging",
+        "machine_config",
+        "boot_source",
+        "drives",
+        "network_interface",
+        "mmds",
+        "vsock",
+        "start",
+    )
+    RESTORE_STEPS = ("chroot", "network", "process", "socket", "logging", "load_snapshot")
+
+    def __init__(self, config: FirecrackerConfig, network: Network) -> None:
+        config.validate()
+        self.config = config
+        self.network = network
+        self.jails_dir = config.chroot_base / config.firecracker_bin.name
+        # We reach the API socket by its host path, which must fit a Unix socket address: VM names are cut to fit.
+        overhead = len(str(self.jails_dir / "root" / API_SOCKET.lstrip("/"))) + 1
+        self.max_name = min(64, SOCKET_PATH_MAX - overhead)
+        if self.max_name < len(config.prefix) + 12:
+            raise ConfigError(
+                f"chroot base {config.chroot_base} is too long: the API socket path under it would not fit a Unix "
+                f"socket address ({SOCKET_PATH_MAX} bytes); use a shorter directory"
+            )
+        self._cid = 2
+
+    async def boot(self, shape: VMShape, vm_id: str) -> FirecrackerMachine:
+        return await self._run(_Boot(self, shape, vm_id), self.STEPS)
+
+    async def boot_from_snapshot(self, shape: VMShape, vm_id: str, snapshot: Snapshot) -> FirecrackerMachine:
+        """A VM restored from ``snapshot`` and resumed (warm pools: ~ms instead of a kernel boot)."""
+        return await self._run(_Boot(self, shape, vm_id, snapshot=snapshot), self.RESTORE_STEPS)
+
+    async def _run(self, boot: _Boot, steps: tuple[str, ...]) -> FirecrackerMachine:
+        step = ""
+        try:
+            for step in steps:
+                await getattr(boot, step)()
+        except BaseException as exc:
+            log.warning("firecracker.boot_failed", vm_id=boot.vm_id, step=step, error=str(exc))
+            await asyncio.shield(boot.machine.stop())
+            if isinstance(exc, SmithError):
+                raise
+            if isinstance(exc, OSError):
+                raise VMError(f"booting VM {boot.vm_id} failed at {step}: {exc}") from exc
+            raise
+        log.info("firecracker.booted", vm_id=boot.vm_id, steps=len(steps))
+        return boot.machine
+
+    async def snapshot(self, machine: FirecrackerMachine, directory: Path) -> Snapshot:
+        """Pause, write a full snapshot into ``directory``, resume. The guest must not have its scratch mounted."""
+        await asyncio.to_thread(directory.mkdir, parents=True, exist_ok=True)
+        jail = machine.jail
+        state, mem = self._api_path(jail, VMSTATE), self._api_path(jail, MEMFILE)
+        await machine.api.pause()
+        try:
+            await machine.api.create_snapshot(
+                SnapshotCreateParams(snapshot_path=state, mem_file_path=mem, snapshot_type="Full")
+            )
+        finally:
+            await machine.api.resume()
+        result = Snapshot(directory / VMSTATE, directory / MEMFILE)
+        for name, target in ((VMSTATE, result.vmstate), (MEMFILE, result.mem)):  # the memory file is guest-RAM big
+            await asyncio.to_thread(shutil.move, jail.host(name), target)
+        return result
+
+    async def cleanup_leftovers(self) -> list[str]:
+        """Kill the VMs of a crashed agent (by their recorded PID), free their slots, remove their jails."""
+        removed: list[str] = []
+        if not self.jails_dir.is_dir():
+            return removed
+        for vm_dir in sorted(self.jails_dir.glob(f"{self.config.prefix}*")):
+            if not vm_dir.is_dir():
+                continue
+            state: dict[str, object] = {}
+            with contextlib.suppress(OSError, ValueError):
+                state = json.loads((vm_dir / STATE_FILE).read_text())
+            pid = state.get("pid")
+            if isinstance(pid, int) and _runs_vm(pid, vm_dir.name):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pid, signal.SIGKILL)
+            slot = state.get("slot")
+            if isinstance(slot, dict):
+                with contextlib.suppress(SmithError, TypeError, OSError):
+                    await self.network.release(Slot(**slot))
+            self._jail(vm_dir.name).remove()
+            removed.append(vm_dir.name)
+        return removed
+
+    # -- helpers used by the steps ------------------------------------------------------------------------
+
+    def _jail(self, name: str, netns: str = "", shape: VMShape | None = None) -> Jail:
+        c = self.config
+        cgroups: dict[str, str] = {}
+        if shape is not None:
+            extra = c.extra_mib or 64 + shape.memory_mib * 3 // 100
+            cgroups = {
+                "cpu.max": f"{shape.vcpus * c.cpu_period_us} {c.cpu_period_us}",
+                "memory.max": str((shape.memory_mib + extra) * 1024 * 1024),
+            }
+        return Jail(
+            JailSpec(
+                id=name,
+                exec_file=c.firecracker_bin,
+                jailer_bin=str(c.jailer_bin),
+                chroot_base=c.chroot_base,
+                uid=c.uid,
+                gid=c.gid,
+                netns=netns,
+                parent_cgroup=c.parent_cgroup,
+                cgroups=cgroups,
+                resource_limits={"no-file": 2048},
+                firecracker_args=("--api-sock", API_SOCKET, *self._limits()),
+            )
+        )
+
+    def _limits(self) -> tuple[str, ...]:
+        n = str(self.config.api_payload_limit)
+        return ("--http-api-max-payload-size", n, "--mmds-size-limit", n)
+
+    def _api_path(self, jail: Jail, name: str) -> str:
+        """The path Firecracker is given: inside the chroot when jailed, the host path otherwise."""
+        return jail.inside(name) if self.config.use_jailer else str(jail.host(name))
+
+    def _next_cid(self) -> int:
+        self._cid += 1
+        return self._cid
+
+
+class _Boot:
+    """The state of one boot; each public coroutine is one step of FirecrackerVMM.STEPS."""
+
+    def __init__(self, vmm: FirecrackerVMM, shape: VMShape, vm_id: str, snapshot: Snapshot | None = None) -> None:
+        self.vmm = vmm
+        self.config = vmm.config
+        self.shape = shape
+        self.vm_id = vm_id
+        self.snapshot = snapshot
+        name = jail_name(vmm.config.prefix, vm_id, vmm.max_name)
+        self.jail = vmm._jail(name, shape=shape)  # validates the id before anything is made
+        c = vmm.config
+        self.machine = FirecrackerMachine(
+            vm_id, name, self.jail, stop_timeout=c.stop_timeout, payload_limit=c.api_payload_limit
+        )
+        self.state: dict[str, object] = {"vm_id": vm_id}
+
+    @property
+    def cleanup(self) -> CleanupStack:
+        return self.machine.cleanup
+
+    def path(self, name: str) -> str:
+        return self.vmm._api_path(self.jail, name)
+
+    def save_state(self) -> None:
+        (self.jail.dir / STATE_FILE).write_text(json.dumps(self.state))
+
+    async def chroot(self) -> None:
+        jail = self.jail
+        await asyncio.to_thread(jail.create)
+
+        async def remove() -> None:
+            await asyncio.to_thread(jail.remove)
+
+        self.cleanup.push("chroot", remove)
+        await asyncio.to_thread(self._fill_chroot)
+
+    def _fill_chroot(self) -> None:
+        """Images linked in (copied across filesystems: may take a while, hence a thread), per-VM files made."""
+        jail = self.jail
+        self.save_state()
+        if self.snapshot is None:
+            jail.link(self.config.kernel, KERNEL)
+        else:
+            jail.link(self.snapshot.vmstate, VMSTATE)
+            jail.link(self.snapshot.mem, MEMFILE)
+        jail.link(self.config.rootfs, ROOTFS)
+        jail.new_file(SCRATCH, size=self.shape.disk_mib * 1024 * 1024)
+        jail.new_file(LOG)
+        jail.new_file(METRICS)
+
+    async def network(self) -> None:
+        slot = await self.vmm.network.acquire(self.vm_id)
+        self.machine.slot = slot
+        network = self.vmm.network
+
+        async def release() -> None:
+            await network.release(slot)
+
+        self.cleanup.push("network", release)
+        self.state["slot"] = asdict(slot)
+        self.save_state()
+
+    async def process(self) -> None:
+        c = self.config
+        machine = self.machine
+        slot = machine.slot
+        self.jail = self.vmm._jail(machine.name, netns=slot.netns if slot else "", shape=self.shape)
+        machine.jail = self.jail
+        machine.jailer_command = self.jail.command()
+        if c.use_jailer:
+            argv = machine.jailer_command
+        else:
+            sock = str(self.jail.host(API_SOCKET))
+            argv = [str(c.firecracker_bin), "--api-sock", sock, "--id", machine.name, *self.vmm._limits()]
+        machine.command = argv
+        stderr = (self.jail.dir / "stderr.log").open("ab")
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=stderr,
+                start_new_session=True,
+                limit=1 << 20,
+            )
+        except OSError as exc:
+            raise VMError(f"cannot start {argv[0]}: {exc}") from exc
+        finally:
+            stderr.close()
+        machine.process = proc
+
+        async def kill() -> None:
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
+
+        self.cleanup.push("process", kill)
+        self.state["pid"] = proc.pid
+        self.save_state()
+
+    async def socket(self) -> None:
+        machine = self.machine
+        sock = self.jail.host(API_SOCKET)
+        try:
+            await wait_for_socket(sock, within=self.config.socket_timeout, process=machine.process)
+        except SmithError as exc:
+            exc.message += _stderr_tail(self.jail.dir / "stderr.log")
+            exc.args = (exc.message,)
+            raise
+        client = FirecrackerClient(sock)
+        machine.client = client
+
+        async def close() -> None:
+            await client.aclose()
+            sock.unlink(missing_ok=True)
+
+        self.cleanup.push("socket", close)
+
+    async def logging(self) -> None:
+        api = self.machine.api
+        await api.put_logger(Logger(log_path=self.path(LOG), level=self.config.log_level, show_level=True))
+        await api.put_metrics(Metrics(metrics_path=self.path(METRICS)))
+
+    async def machine_config(self) -> None:
+        await self.machine.api.put_machine_config(
+            MachineConfiguration(vcpu_count=self.shape.vcpus, mem_size_mib=self.shape.memory_mib, smt=False)
+        )
+
+    async def boot_source(self) -> None:
+        args = self.config.boot_args
+        slot = self.machine.slot
+        if slot is not None:  # the kernel configures eth0 itself: ip=<client>::<gateway>:<netmask>::<dev>:off
+            args += f" ip={slot.guest_ip}::{slot.gateway_ip}:{slot.netmask}::{IFACE}:off"
+        self.machine.boot_args = args
+        await self.machine.api.put_boot_source(BootSource(kernel_image_path=self.path(KERNEL), boot_args=args))
+
+    async def drives(self) -> None:
+        api = self.machine.api
+        await api.put_drive(
+            Drive(drive_id="rootfs", path_on_host=self.path(ROOTFS), is_root_device=True, is_read_only=True)
+        )
+        await api.put_drive(
+            Drive(drive_id="scratch", path_on_host=self.path(SCRATCH), is_root_device=False, is_read_only=False)
+        )
+
+    async def network_interface(self) -> None:
+        slot = self.machine.slot
+        if slot is None:
+            raise VMError("no network slot: MMDS, the only way a job reaches the guest, needs a network interface")
+        await self.machine.api.put_network_interface(
+            NetworkInterface(iface_id=IFACE, host_dev_name=slot.tap, guest_mac=slot.mac)
+        )
+
+    async def mmds(self) -> None:
+        await self.machine.api.put_mmds_config(
+            MmdsConfig(version="V2", network_interfaces=[IFACE], ipv4_address=MMDS_ADDRESS)
+        )
+
+    async def vsock(self) -> None:
+        if self.config.vsock:
+            await self.machine.api.put_vsock(Vsock(guest_cid=self.vmm._next_cid(), uds_path=self.path(VSOCK)))
+
+    async def start(self) -> None:
+        await self.machine.api.start()
+        self.machine.started = True
+
+    async def load_snapshot(self) -> None:
+        assert self.snapshot is not None
+        slot = self.machine.slot
+        overrides = [NetworkOverride(iface_id=IFACE, host_dev_name=slot.tap)] if slot else None
+        await self.machine.api.load_snapshot(
+            SnapshotLoadParams(
+                snapshot_path=self.path(VMSTATE),
+                mem_backend=MemoryBackend(backend_type="File", backend_path=self.path(MEMFILE)),
+                network_overrides=overrides,
+                resume_vm=True,
+            )
+        )
+        self.machine.started = True
+
+
+def _stderr_tail(path: Path) -> str:
+    with contextlib.suppress(OSError):
+        tail = path.read_bytes()[-500:].decode("utf-8", "replace").strip()
+        if tail:
+            return f" (stderr: {tail})"
+    return ""
+
+
+def _runs_vm(pid: int, name: str) -> bool:
+    """True when ``pid`` is still a process started for VM ``name`` (guards against PID reuse)."""
+    try:
+        return name.encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False

@@ -1,0 +1,624 @@
+"""The QEMU backend: each job in a ``qemu-system-x86_64 -M microvm`` guest with virtio-mmio devices.
+
+A VM is booted as an ordered list of named steps, each pushing its undo onto a cleanup stack that unwinds in
+reverse when a later step fails: work dir -> network slot -> qemu process -> event channel -> QMP -> guest ready.
+
+Channels (no vsock: ``/dev/vhost-vsock`` is often missing, and it is here):
+
+- ``smith.config``: a virtio-serial port; the host writes one JSON line, an envelope around the GuestConfig
+  with the host's clock and an entropy seed (see the guest agent). Never the kernel command line.
+- ``smith.events``: a second virtio-serial port; the guest agent writes GuestEvent JSON lines to it.
+- the serial console goes to ``console.log`` in the VM's directory (kernel messages, for diagnosis).
+- QMP on a Unix socket: quit, and migrate for snapshots.
+
+Acceleration: ``-accel kvm`` only when KVM can boot this guest, which is checked once (a real boot of the
+image under KVM with a short deadline) and remembered in ``<base_dir>/accel.json``; otherwise ``-accel tcg``,
+software emulation. A nested KVM (PVM) may open /dev/kvm fine and still fail to boot a normal kernel.
+
+Snapshots: ``prepare_snapshot(shape)`` boots a template guest until its agent waits for a config, saves it
+with QMP ``migrate`` to a file and stops it. ``boot()`` then starts each VM of that shape from the file with
+``-incoming``: the restored guest is already waiting, and gets its own config (and a fresh clock and seed) on
+its own sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import secrets
+import shlex
+import shutil
+import signal
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import orjson
+from pydantic import ValidationError
+
+from smith.domain.vms import Backend, VMShape
+from smith.errors import VMError
+from smith.logging import get_logger
+from smith.wire.guest import GuestConfig, GuestEvent
+
+log = get_logger("smith.qemu")
+
+PREFIX = "qemu-"
+READY = b'"smith": "ready"'
+LINE_LIMIT = 1 << 20
+DEFAULT_APPEND = "console=ttyS0 panic=-1 quiet"  # no i8042.* here: probing a missing i8042 hangs boot
+
+
+class NetSlotLike(Protocol):
+    """What the QEMU backend needs of a network slot (ports.Network's NetSlot has these fields)."""
+
+    tap: str
+    mac: str
+    guest_ip: str
+    gateway_ip: str
+    netmask: str
+
+
+class NetworkLike(Protocol):
+    async def acquire(self, vm_id: str) -> Any: ...
+
+    async def release(self, slot: Any) -> None: ...
+
+
+@dataclass(frozen=True)
+class QemuConfig:
+    kernel: Path
+    initrd: Path | None = None
+    rootfs: Path | None = None  # a virtio-blk disk, read-only (needs a kernel/initrd that mounts it)
+    qemu_bin: str = "qemu-system-x86_64"
+    accel: str = "auto"  # auto, kvm or tcg
+    append: str = DEFAULT_APPEND
+    boot_timeout: float = 120.0
+    life_timeout: float = 15.0  # a cold guest whose console is still empty by then is stuck: boot it again
+    boot_attempts: int = 3
+    kvm_probe_timeout: float = 20.0
+    stop_timeout: float = 5.0
+
+
+class CleanupStack:
+    """Undo steps, run in reverse; each runs even if an earlier one fails."""
+
+    def __init__(self) -> None:
+        self._undo: list[tuple[str, Callable[[], Awaitable[None]]]] = []
+
+    def push(self, name: str, undo: Callable[[], Awaitable[None]]) -> None:
+        self._undo.append((name, undo))
+
+    async def unwind(self) -> None:
+        while self._undo:
+            name, undo = self._undo.pop()
+            try:
+                await undo()
+            except Exception as exc:  # keep unwinding: one failed undo must not leak the rest
+                log.warning("cleanup step failed", step=name, error=str(exc))
+
+
+class QMP:
+    """A minimal QMP client: one command at a time, events kept aside."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.events: list[dict[str, Any]] = []
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    async def connect(cls, path: Path) -> QMP:
+        reader, writer = await asyncio.open_unix_connection(str(path), limit=LINE_LIMIT)
+        qmp = cls(reader, writer)
+        greeting = await qmp._read()
+        if "QMP" not in greeting:
+            raise VMError(f"not a QMP greeting: {greeting}")
+        await qmp.execute("qmp_capabilities")
+        return qmp
+
+    async def _read(self) -> dict[str, Any]:
+        line = await self.reader.readline()
+        if not line:
+            raise VMError("QMP connection closed")
+        return dict(json.loads(line))
+
+    async def execute(self, command: str, **arguments: Any) -> Any:
+        async with self._lock:
+            msg: dict[str, Any] = {"execute": command}
+            if arguments:
+                msg["arguments"] = arguments
+            self.writer.write(json.dumps(msg).encode() + b"\n")
+            await self.writer.drain()
+            while True:
+                reply = await self._read()
+                if "event" in reply:
+                    self.events.append(reply)
+                    continue
+                if "error" in reply:
+                    raise VMError(f"QMP {command}: {reply['error'].get('desc', reply['error'])}")
+                return reply.get("return")
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(Exception):
+            await self.writer.wait_closed()
+
+
+@dataclass
+class Snapshot:
+    path: Path
+    shape: VMShape
+    key: str
+
+
+@dataclass
+class QemuMachine:
+    id: str
+    dir: Path
+    proc: asyncio.subprocess.Process
+    qmp: QMP
+    events_reader: asyncio.StreamReader
+    events_writer: asyncio.StreamWriter
+    config_writer: asyncio.StreamWriter
+    cleanup: CleanupStack
+    restored: bool = False
+    boot_seconds: float = 0.0
+    _assigned: bool = False
+    _stopped: bool = False
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def assign(self, config: GuestConfig) -> None:
+        if self._assigned:
+            raise VMError(f"VM {self.id} already has a job")
+        self._assigned = True
+        envelope = {"config": config.model_dump(mode="json"), "now": time.time(), "seed": secrets.token_hex(32)}
+        try:
+            self.config_writer.write(orjson.dumps(envelope) + b"\n")
+            await self.config_writer.drain()
+        except OSError as exc:
+            raise VMError(f"VM {self.id} died before it got its job") from exc
+
+    async def events(self) -> AsyncIterator[GuestEvent]:
+        while True:
+            try:
+                raw = await self.events_reader.readline()
+            except ValueError:  # a line past the limit: the guest agent cuts its own lines, so this is noise
+                continue
+            except OSError:
+                return
+            if not raw:
+                return
+            if READY in raw:
+                continue
+            try:
+                event = GuestEvent.model_validate(orjson.loads(raw))
+            except (orjson.JSONDecodeError, ValidationError):
+                event = GuestEvent(type="line", ts=time.time(), stream="system", line=raw.decode("utf-8", "replace"))
+            yield event
+            if event.type == "exit":
+                return
+
+    async def stop(self) -> None:
+        async with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+            await self.cleanup.unwind()
+
+
+async def _close(writer: asyncio.StreamWriter) -> None:
+    writer.close()
+    with contextlib.suppress(Exception):
+        await writer.wait_closed()
+
+
+class QemuVMM:
+    backend = Backend.QEMU
+
+    def __init__(self, base_dir: Path, config: QemuConfig, network: NetworkLike | None = None) -> None:
+        self.base_dir = Path(base_dir)
+        self.base_dir.mkdir(parents=True, exist_ok=True)
+        self.config = config
+        self.network = network
+        self.snapshots: dict[tuple[int, int], Snapshot] = {}
+        self._accel: str | None = None if config.accel == "auto" else config.accel
+        for path in (config.kernel, config.initrd, config.rootfs):
+            if path is not None and not Path(path).is_file():
+                raise VMError(f"QEMU backend: {path} does not exist (build one with `smith image build`)")
+        if shutil.which(config.qemu_bin) is None:
+            raise VMError(f"QEMU backend: no {config.qemu_bin} on PATH (apt-get install qemu-system-x86)")
+
+    @classmethod
+    def from_settings(cls, settings: Any, base_dir: Path, network: NetworkLike | None = None) -> QemuVMM:
+        """From the agent's settings: its kernel/rootfs, else the image `smith image build` left in data_dir."""
+        kernel, initrd, rootfs = settings.agent_kernel, None, settings.agent_rootfs
+        if rootfs is not None and _is_cpio(Path(rootfs)):
+            initrd, rootfs = rootfs, None
+        if kernel is None:
+            from smith.images.build import cached_image
+
+            image = cached_image(settings.data_dir)
+            if image is None:
+                raise VMError("QEMU backend: set SMITH_AGENT_KERNEL, or build a guest image with `smith image build`")
+            kernel, initrd = image.vmlinux, image.initrd
+        config = QemuConfig(kernel=kernel, initrd=initrd, rootfs=rootfs, qemu_bin=settings.agent_qemu_bin)
+        return cls(base_dir, config, network)
+
+    # -- acceleration ------------------------------------------------------------------------------------------
+
+    async def accel(self) -> str:
+        """kvm if KVM boots this guest (checked once, remembered per kernel), else tcg."""
+        if self._accel is not None:
+            return self._accel
+        verdict_file = self.base_dir / "accel.json"
+        key = self._image_key()
+        with contextlib.suppress(OSError, ValueError):
+            saved = json.loads(verdict_file.read_text())
+            if saved.get("key") == key and saved.get("accel") in ("kvm", "tcg"):
+                self._accel = str(saved["accel"])
+                return self._accel
+        accel, why = "tcg", "/dev/kvm is missing or not usable by this user"
+        if os.access("/dev/kvm", os.R_OK | os.W_OK):
+            try:
+                self._accel = "kvm"
+                machine = await self._boot(VMShape("kvm-probe", 1, 256), "kvm-probe", self.config.kvm_probe_timeout)
+                await machine.stop()
+                accel, why = "kvm", "a probe guest booted under KVM"
+            except VMError as exc:
+                why = f"KVM is present but a guest did not boot under it ({exc.message[:200]})"
+        self._accel = accel
+        verdict_file.write_text(json.dumps({"key": key, "accel": accel, "why": why}))
+        log.info("qemu acceleration chosen", accel=accel, why=why)
+        return accel
+
+    def _image_key(self) -> str:
+        h = hashlib.sha256()
+        for path in (self.config.kernel, self.config.initrd, self.config.rootfs):
+            if path is not None:
+                st = Path(path).stat()
+                h.update(f"{path}:{st.st_size}:{st.st_mtime_ns}\0".encode())
+        return h.hexdigest()[:16]
+
+    # -- the command line ----------------------------------------------------------------------------------------
+
+    def command(self, vm_dir: Path, shape: VMShape, accel: str, slot: Any | None, incoming: str | None) -> list[str]:
+        c = self.config
+        append = c.append
+        if slot is not None:  # the guest's init configures eth0 from these
+            append += f" smith.ip={slot.guest_ip}/{_prefix(slot.netmask)} smith.gw={slot.gateway_ip}"
+        argv = [
+            shutil.which(c.qemu_bin) or c.qemu_bin,
+            "-M",
+            "microvm,x-option-roms=off",
+            "-accel",
+            accel,
+            "-m",
+            str(shape.memory_mib),
+            "-smp",
+            str(shape.vcpus),
+            "-nodefaults",
+            "-no-user-config",
+            "-nographic",
+            "-no-reboot",
+            "-name",
+            f"smith-{vm_dir.name}",
+            "-kernel",
+            str(c.kernel),
+            "-append",
+            c.append
+            + (f" smith.ip={slot.guest_ip}/{_prefix(slot.netmask)} smith.gw={slot.gateway_ip}" if slot else ""),
+            "-serial",
+            f"file:{vm_dir / 'console.log'}",
+            "-device",
+            "virtio-serial-device",
+            "-chardev",
+            f"socket,id=cfg,path={vm_dir / 'config.sock'},server=on,wait=off",
+            "-device",
+            "virtserialport,chardev=cfg,name=smith.config",
+            "-chardev",
+            f"socket,id=ev,path={vm_dir / 'events.sock'},server=on,wait=off",
+            "-device",
+            "virtserialport,chardev=ev,name=smith.events",
+            "-device",
+            "virtio-rng-device",
+            "-qmp",
+            f"unix:{vm_dir / 'qmp.sock'},server=on,wait=off",
+        ]
+        if accel == "kvm":
+            argv += ["-cpu", "host"]
+        if c.initrd is not None:
+            argv += ["-initrd", str(c.initrd)]
+        if c.rootfs is not None:
+            argv += [
+                "-drive",
+                f"id=root,file={c.rootfs},format=raw,if=none,readonly=on",
+                "-device",
+                "virtio-blk-device,drive=root",
+            ]
+        if slot is not None:
+            argv += [
+                "-netdev",
+                f"tap,id=net0,ifname={slot.tap},script=no,downscript=no",
+                "-device",
+                f"virtio-net-device,netdev=net0,mac={slot.mac}",
+            ]
+        if incoming is not None:
+            argv += ["-incoming", incoming]
+        return argv
+
+    # -- boot ------------------------------------------------------------------------------------------------
+
+    async def boot(self, shape: VMShape, vm_id: str) -> QemuMachine:
+        return await self._boot(shape, vm_id, self.config.boot_timeout)
+
+    async def _boot(
+        self, shape: VMShape, vm_id: str, wait_s: float, *, snapshot: Snapshot | bool | None = None
+    ) -> QemuMachine:
+        """Under software emulation an early kernel now and then stalls before it prints anything (seen here
+        under heavy host load): such a boot is thrown away and tried again, a bounded number of times."""
+        for attempt in range(1, self.config.boot_attempts + 1):
+            try:
+                return await self._boot_once(shape, vm_id, wait_s, snapshot=snapshot)
+            except _NoSignOfLife as exc:
+                log.warning("qemu guest showed no sign of life; booting again", vm_id=vm_id, attempt=attempt)
+                last = exc
+        raise VMError(f"VM {vm_id}: {last}", retryable=True)
+
+    async def _boot_once(
+        self, shape: VMShape, vm_id: str, wait_s: float, *, snapshot: Snapshot | bool | None = None
+    ) -> QemuMachine:
+        """Boot steps with a cleanup stack; ``snapshot=False`` forces a cold boot (to make a template)."""
+        if snapshot is None and self.network is None:  # a template's guest has no NIC: networked VMs boot cold
+            snapshot = self.snapshots.get((shape.vcpus, shape.memory_mib))
+        snap = snapshot if isinstance(snapshot, Snapshot) else None
+        accel = await self.accel()
+        started = time.monotonic()
+        cleanup = CleanupStack()
+        vm_dir = self.base_dir / f"{PREFIX}{vm_id}"
+        try:
+            # 1. work dir (its sockets' paths must fit a sockaddr_un)
+            if len(str(vm_dir / "events.sock")) > 100:
+                raise VMError(f"QEMU backend: {self.base_dir} is too deep for Unix socket paths; use a shorter one")
+            try:
+                vm_dir.mkdir(parents=True)
+            except FileExistsError as exc:
+                raise VMError(f"VM {vm_id} exists already") from exc
+            cleanup.push("work dir", lambda: asyncio.to_thread(shutil.rmtree, vm_dir, True))
+            # 2. network slot
+            slot = None
+            if self.network is not None:
+                slot = await self.network.acquire(vm_id)
+                net = self.network
+                cleanup.push("network slot", lambda: net.release(slot))
+            # 3. qemu
+            incoming = f"exec:cat {shlex.quote(str(snap.path))}" if snap else None
+            argv = self.command(vm_dir, shape, accel, slot, incoming)
+            (vm_dir / "cmdline").write_text(shlex.join(argv))
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    *argv,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=asyncio.subprocess.DEVNULL,
+                    stderr=(vm_dir / "qemu.err").open("wb"),
+                    start_new_session=True,
+                )
+            except OSError as exc:
+                raise VMError(f"cannot start {self.config.qemu_bin}: {exc}") from exc
+            (vm_dir / "pid").write_text(str(proc.pid))
+            cleanup.push("qemu process", lambda: self._kill(proc, vm_dir))
+            # 4. event channel: connected before the guest can write, so nothing it says is lost
+            reader, writer = await self._connect(vm_dir / "events.sock", proc, vm_dir)
+            cleanup.push("event channel", lambda: _close(writer))
+            # The config port is connected from the start too: the guest then blocks in read() until its job
+            # comes, instead of polling a port whose host side is closed (and missing what arrives meanwhile).
+            _, config_writer = await self._connect(vm_dir / "config.sock", proc, vm_dir)
+            cleanup.push("config channel", lambda: _close(config_writer))
+            # 5. QMP
+            await self._wait_socket(vm_dir / "qmp.sock", proc, vm_dir)
+            qmp = await QMP.connect(vm_dir / "qmp.sock")
+            cleanup.push("qmp", qmp.close)
+            # 6. ready: a cold guest announces itself; a restored one was waiting already when it was saved
+            if snap is not None:
+                await self._wait_incoming(qmp, proc, vm_dir, wait_s)
+            else:
+                await self._wait_ready(reader, proc, vm_dir, wait_s)
+        except OSError as exc:  # qemu went away under us (a socket reset, a refused connection)
+            tail = _tail(vm_dir)
+            await cleanup.unwind()
+            raise VMError(f"VM {vm_id}: qemu failed while booting ({exc}): {tail}") from exc
+        except BaseException:
+            await cleanup.unwind()
+            raise
+        machine = QemuMachine(
+            vm_id, vm_dir, proc, qmp, reader, writer, config_writer, cleanup, restored=snap is not None
+        )
+        machine.boot_seconds = time.monotonic() - started
+        log.info("qemu vm ready", vm_id=vm_id, accel=accel, restored=snap is not None, seconds=machine.boot_seconds)
+        return machine
+
+    async def _wait_socket(self, path: Path, proc: asyncio.subprocess.Process, vm_dir: Path) -> None:
+        for _ in range(1000):
+            if _exists(path):
+                return
+            if proc.returncode is not None:
+                raise VMError(f"qemu exited early ({proc.returncode}): {_tail(vm_dir)}")
+            await asyncio.sleep(0.01)
+        raise VMError(f"qemu did not create {path.name}: {_tail(vm_dir)}")
+
+    async def _connect(
+        self, path: Path, proc: asyncio.subprocess.Process, vm_dir: Path
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        await self._wait_socket(path, proc, vm_dir)
+        for _ in range(200):
+            try:
+                return await asyncio.open_unix_connection(str(path), limit=LINE_LIMIT)
+            except (ConnectionRefusedError, FileNotFoundError):
+                await asyncio.sleep(0.01)
+        raise VMError(f"cannot connect to {path}")
+
+    async def _wait_ready(
+        self, reader: asyncio.StreamReader, proc: asyncio.subprocess.Process, vm_dir: Path, wait_s: float
+    ) -> None:
+        async def ready() -> None:
+            while True:
+                line = await reader.readline()
+                if not line:
+                    raise VMError(f"guest went away before it was ready: {_tail(vm_dir)}")
+                if READY in line:
+                    return
+
+        async def alive() -> None:
+            await asyncio.sleep(min(self.config.life_timeout, wait_s))
+            with contextlib.suppress(OSError):
+                if (vm_dir / "console.log").stat().st_size > 0:
+                    await asyncio.sleep(wait_s)  # alive: ready() finishes or times out first
+            raise _NoSignOfLife(f"no console output within {self.config.life_timeout:.0f}s")
+
+        waiter = asyncio.ensure_future(asyncio.wait_for(ready(), wait_s))
+        watchdog = asyncio.ensure_future(alive())
+        try:
+            done, _ = await asyncio.wait({waiter, watchdog}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (waiter, watchdog):
+                task.cancel()
+            await asyncio.gather(waiter, watchdog, return_exceptions=True)
+        first = waiter if waiter in done else watchdog
+        exc = first.exception()
+        if exc is None:
+            return
+        if isinstance(exc, TimeoutError):
+            raise VMError(f"guest not ready within {wait_s:.0f}s: {_tail(vm_dir)}", retryable=True) from exc
+        if isinstance(exc, ValueError):
+            raise VMError(f"garbage on the event channel: {exc}") from exc
+        raise exc
+
+    async def _wait_incoming(self, qmp: QMP, proc: asyncio.subprocess.Process, vm_dir: Path, wait_s: float) -> None:
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            if proc.returncode is not None:
+                raise VMError(f"qemu exited while restoring ({proc.returncode}): {_tail(vm_dir)}")
+            status = await qmp.execute("query-status")
+            if status.get("status") == "running":
+                return
+            if status.get("status") in ("paused", "postmigrate") and not status.get("running"):
+                migrate = await qmp.execute("query-migrate")
+                if migrate.get("status") == "completed" or status.get("status") == "paused":
+                    await qmp.execute("cont")
+                    continue
+            if status.get("status") in ("internal-error", "shutdown", "guest-panicked"):
+                raise VMError(f"restore failed: {status}: {_tail(vm_dir)}")
+            await asyncio.sleep(0.01)
+        raise VMError(f"restore did not finish within {wait_s:.0f}s: {_tail(vm_dir)}", retryable=True)
+
+    async def _kill(self, proc: asyncio.subprocess.Process, vm_dir: Path) -> None:
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(proc.wait(), self.config.stop_timeout)
+
+    # -- snapshots -------------------------------------------------------------------------------------------
+
+    async def prepare_snapshot(self, shape: VMShape) -> Snapshot:
+        """Boot a template guest of this shape until it waits for a config, and save it for warm starts."""
+        if self.network is not None:
+            raise VMError("QEMU snapshots are for VMs without network (a NIC's addresses would be baked in)")
+        accel = await self.accel()
+        key = hashlib.sha256(f"{self._image_key()}:{shape.vcpus}:{shape.memory_mib}:{accel}".encode()).hexdigest()
+        snap_dir = self.base_dir / "snapshots"
+        snap_dir.mkdir(exist_ok=True)
+        path = snap_dir / f"{key[:16]}.state"
+        if not path.exists():
+            tmp = path.with_suffix(".partial")
+            machine = await self._boot(shape, f"template-{key[:12]}", self.config.boot_timeout, snapshot=False)
+            try:
+                await machine.qmp.execute("migrate", uri=f"exec:cat > {shlex.quote(str(tmp))}")
+                deadline = time.monotonic() + self.config.boot_timeout
+                while True:
+                    info = await machine.qmp.execute("query-migrate")
+                    if info.get("status") == "completed":
+                        break
+                    if info.get("status") in ("failed", "cancelled") or time.monotonic() > deadline:
+                        raise VMError(f"saving the template failed: {info}")
+                    await asyncio.sleep(0.02)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+            finally:
+                await machine.stop()
+            tmp.rename(path)
+        snapshot = Snapshot(path=path, shape=shape, key=key)
+        self.snapshots[(shape.vcpus, shape.memory_mib)] = snapshot
+        return snapshot
+
+    # -- crash recovery ------------------------------------------------------------------------------------------
+
+    async def cleanup_leftovers(self) -> list[str]:
+        """Kill the QEMU processes a crashed agent left (by their recorded pid) and remove their directories."""
+        removed = []
+        for vm_dir in sorted(self.base_dir.glob(f"{PREFIX}*")):
+            pid_file = vm_dir / "pid"
+            with contextlib.suppress(OSError, ValueError):
+                pid = int(pid_file.read_text())
+                cmdline = _cmdline(pid)
+                if b"qemu" in cmdline and str(vm_dir).encode() in cmdline:
+                    os.killpg(pid, signal.SIGKILL)
+                    for _ in range(100):
+                        if not _alive(pid):
+                            break
+                        await asyncio.sleep(0.02)
+            shutil.rmtree(vm_dir, ignore_errors=True)
+            removed.append(vm_dir.name)
+        for partial in (self.base_dir / "snapshots").glob("*.partial"):
+            partial.unlink(missing_ok=True)
+            removed.append(partial.name)
+        return removed
+
+
+def _prefix(netmask: str) -> int:
+    return sum(bin(int(part)).count("1") for part in netmask.split("."))
+
+
+def _exists(path: Path) -> bool:
+    return path.exists()
+
+
+def _cmdline(pid: int) -> bytes:
+    return Path(f"/proc/{pid}/cmdline").read_bytes()
+
+
+class _NoSignOfLife(VMError):
+    pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/status").read_text().split("State:")[1].split("\n")[0]
+    except (OSError, IndexError):
+        return False
+    return "zombie" not in state.lower()
+
+
+def _tail(vm_dir: Path, limit: int = 800) -> str:
+    """The last words of a VM: qemu's stderr and the console, for error messages."""
+    parts = []
+    for name in ("qemu.err", "console.log"):
+        with contextlib.suppress(OSError):
+            text = (vm_dir / name).read_text(errors="replace").strip()
+            if text:
+                parts.append(f"{name}: ...{text[-limit:]}")
+    return " | ".join(parts) or "no output"
+
+
+def _is_cpio(path: Path) -> bool:
+    try:
+        with path.open("rb") as f:
+            return f.read(6) in (b"070701", b"070702")
+    except OSError:
+        return False

@@ -1,0 +1,60 @@
+"""The host agent's side of VM networking: settings -> HostNetwork, and the start-up/shut-down lifecycle.
+
+``host_network(settings)`` is what the agent enters at start-up when ``SMITH_AGENT_NETWORK=true``: it removes
+what a crashed agent left (taps, tables, bridge), sets the bridge and rules up, yields the ``Network`` the VM
+backends acquire slots from, and tears everything down on every exit path.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from smith.adapters.network import HostNetwork, NetworkConfig, uid_of
+from smith.agent.settings import AgentSettings
+from smith.errors import SmithError
+from smith.logging import get_logger
+
+log = get_logger("smith.agent.network")
+
+
+def network_config(settings: AgentSettings) -> NetworkConfig:
+    return NetworkConfig(
+        pool=settings.agent_network_pool,
+        bridge=settings.agent_network_bridge,
+        tap_prefix=settings.agent_network_tap_prefix,
+        uplink=settings.agent_network_uplink,
+        host_tcp_ports=tuple(settings.agent_network_host_ports),
+        host_udp_ports=tuple(settings.agent_network_host_udp_ports),
+        deny_egress=tuple(settings.agent_network_deny),
+        netns=settings.agent_network_netns,
+        tap_owner=uid_of(settings.agent_network_tap_user),
+    )
+
+
+def network_problems(settings: AgentSettings) -> list[str]:
+    """Settings problems for `smith config check agent` (no command runs)."""
+    try:
+        found = network_config(settings).problems()
+    except SmithError as exc:
+        return [exc.message]
+    if os.geteuid() != 0:
+        found.append("SMITH_AGENT_NETWORK needs root (CAP_NET_ADMIN) to create the bridge, taps and nftables rules")
+    if not settings.agent_network_host_ports:
+        found.append("SMITH_AGENT_NETWORK_HOST_PORTS is empty: VMs cannot reach the cache or logs on this host")
+    return found
+
+
+@asynccontextmanager
+async def host_network(settings: AgentSettings) -> AsyncIterator[HostNetwork | None]:
+    """Clean leftovers, set the host network up, yield it, tear it down. Yields None when networking is off."""
+    if not settings.agent_network:
+        yield None
+        return
+    net = HostNetwork(network_config(settings))
+    async with net:
+        try:
+            yield net
+        finally:
+            log.info("network_stopping", live_slots=len(net.live()))

@@ -1,0 +1,58 @@
+"""Every Redis key the cache server uses (prefix ``smith:cache:``). docs/parts/cache.md lists the same table.
+
+==================================  ======  ===================================================================
+key                                 type    what
+==================================  ======  ===================================================================
+smith:cache:seq                     string  last entry id handed out (INCR)
+smith:cache:e:{id}                  hash    one entry: org, repo, scope, key, version, state, size, times
+smith:cache:p:{id}                  hash    parts received for an unfinished upload: part name -> bytes
+smith:cache:k:{org}:{slot}          hash    cache key -> entry id, for one (repo, scope, version) ``slot``;
+                                            HSETNX here is the reservation: one writer per key wins
+smith:cache:x:{org}:{slot}          zset    finalized keys of the slot (score 0): prefix search by ZRANGEBYLEX
+smith:cache:lru:{org}               zset    finalized entry ids by last access time: LRU and age eviction
+smith:cache:uploads                 zset    unfinished entry ids by start time: cleanup of abandoned uploads
+smith:cache:u:{org}                 hash    usage: bytes, entries, hits, misses, last_access
+smith:cache:orgs                    set     orgs that have (had) entries
+smith:cache:gc                      set     blob keys whose deletion failed; retried by the janitor
+==================================  ======  ===================================================================
+
+``slot`` is a hash of (repo, scope, version), so refs and repository names need no escaping.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+PREFIX = "smith:cache:"
+SEQ = f"{PREFIX}seq"
+UPLOADS = f"{PREFIX}uploads"
+ORGS = f"{PREFIX}orgs"
+GC = f"{PREFIX}gc"
+
+
+def slot(repo: str, scope: str, version: str) -> str:
+    return hashlib.sha256(f"{repo}\0{scope}\0{version}".encode()).hexdigest()[:32]
+
+
+def entry(entry_id: int) -> str:
+    return f"{PREFIX}e:{entry_id}"
+
+
+def parts(entry_id: int) -> str:
+    return f"{PREFIX}p:{entry_id}"
+
+
+def index(org: str, repo: str, scope: str, version: str) -> str:
+    return f"{PREFIX}k:{org}:{slot(repo, scope, version)}"
+
+
+def finals(org: str, repo: str, scope: str, version: str) -> str:
+    return f"{PREFIX}x:{org}:{slot(repo, scope, version)}"
+
+
+def lru(org: str) -> str:
+    return f"{PREFIX}lru:{org}"
+
+
+def usage(org: str) -> str:
+    return f"{PREFIX}u:{org}"

@@ -1,0 +1,169 @@
+"""``smith cache``: serve the actions/cache-compatible cache, mint tokens, show usage, purge entries."""
+
+from __future__ import annotations
+
+import getpass
+import os
+from collections.abc import Coroutine
+from datetime import UTC, datetime
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from smith.cli.common import check, console, fail, print_json, run_or_fail
+
+app = typer.Typer(
+    help="The artifact cache next to the runners: speaks the protocol of the unmodified actions/cache step.",
+    no_args_is_help=True,
+)
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(app, name="cache")
+
+
+def _secret() -> str:
+    from smith.cache.settings import CacheSettings
+
+    settings = CacheSettings()
+    secret = settings.secret()
+    if not secret:
+        fail("SMITH_CACHE_SHARED_SECRET is not set")
+    return secret
+
+
+@app.command()
+def serve(
+    host: str = typer.Option(None, help="Address to listen on [env SMITH_CACHE_HOST, default 127.0.0.1]"),
+    port: int = typer.Option(None, help="Port to listen on [env SMITH_CACHE_PORT, default 8090]"),
+) -> None:
+    """Serve the cache: v2 Twirp (actions/cache 4+), legacy REST (3.x), signed blob URLs, /usage.
+
+    Storage is SMITH_CACHE_STORAGE=filesystem (SMITH_CACHE_STORAGE_PATH) or s3 (SMITH_CACHE_S3_*); metadata goes
+    to SMITH_REDIS_URL, or to an embedded Valkey under SMITH_DATA_DIR when unset.
+    """
+    import uvicorn
+
+    from smith.cache.app import create_app
+    from smith.cache.settings import CacheSettings
+    from smith.logging import configure
+
+    settings = CacheSettings()
+    configure(settings.log_level, json=settings.log_json)
+    for problem in settings.problems():
+        typer.echo(f"warning: {problem}", err=True)
+    if settings.cache_storage not in ("filesystem", "s3"):
+        fail(f"SMITH_CACHE_STORAGE={settings.cache_storage!r}: must be 'filesystem' or 's3'")
+    uvicorn.run(
+        create_app(settings),
+        host=host or settings.cache_host,
+        port=port or settings.cache_port,
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=10,
+    )
+
+
+@app.command()
+def token(
+    org_id: str = typer.Option(..., "--org-id", help="Org the token may read and write"),
+    repo: str = typer.Option("", help="Repository (entries are scoped to it)"),
+    ref: str = typer.Option("", help="Git ref the job runs on (writes go there; reads also see --default-ref)"),
+    default_ref: str = typer.Option("", help="The repository's default branch ref, readable from every ref"),
+    ttl: int = typer.Option(6 * 3600, help="Lifetime in seconds"),
+    admin: bool = typer.Option(False, "--admin", help="An admin token for /usage of every org and purge"),
+) -> None:
+    """Mint a cache token (HS256, SMITH_CACHE_SHARED_SECRET). Jobs get it as ACTIONS_RUNTIME_TOKEN."""
+    from smith import tokens
+    from smith.domain.cache import check_name, check_ref
+    from smith.errors import InvalidInput
+
+    secret = _secret()
+    if ttl <= 0:
+        fail("--ttl must be positive")
+    try:
+        check_name(org_id, what="org")
+        if repo:
+            check_name(repo, what="repo")
+        check_ref(ref)
+        check_ref(default_ref)
+    except InvalidInput as exc:
+        fail(exc.message)
+    if admin:
+        typer.echo(tokens.mint(secret, scope="cache-admin", subject=org_id, ttl_seconds=ttl))
+        return
+    claims: dict[str, str] = {"org": org_id, "repo": repo}
+    if ref:
+        claims["ref"] = ref
+    if default_ref:
+        claims["default_ref"] = default_ref
+    typer.echo(tokens.mint(secret, scope="cache", subject=org_id, ttl_seconds=ttl, **claims))
+
+
+def _client(url: str | None) -> object:
+    import httpx
+
+    from smith import tokens
+
+    base = url or os.environ.get("SMITH_CACHE_URL")
+    if not base:
+        from smith.cache.settings import CacheSettings
+
+        s = CacheSettings()
+        base = f"http://{s.cache_host}:{s.cache_port}"
+    admin = tokens.mint(_secret(), scope="cache-admin", subject=getpass.getuser(), ttl_seconds=300)
+    return httpx.Client(base_url=base, headers={"Authorization": f"Bearer {admin}"}, timeout=60)
+
+
+@app.command()
+def usage(
+    org: str = typer.Option("", help="Only this org"),
+    url: str = typer.Option(None, help="Cache server [env SMITH_CACHE_URL, default from SMITH_CACHE_HOST/PORT]"),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON"),
+) -> None:
+    """Per-org bytes, entries, hits, misses and last access, from a running cache server."""
+    client = _client(url)
+    data = check(run_or_fail(client.get, "/usage", params={"org": org} if org else None))  # type: ignore[attr-defined]
+    if as_json:
+        print_json(data)
+        return
+    table = Table("org", "bytes", "entries", "hits", "misses", "last access")
+    for name, u in sorted(data["orgs"].items()):
+        last = datetime.fromtimestamp(u["last_access"], UTC).isoformat(timespec="seconds") if u["last_access"] else "-"
+        table.add_row(name, f"{u['bytes']:,}", str(u["entries"]), str(u["hits"]), str(u["misses"]), last)
+    console.print(table)
+
+
+@app.command()
+def purge(
+    org: str = typer.Option(..., help="Org whose entries go"),
+    repo: str = typer.Option(None, help="Only this repository"),
+    prefix: str = typer.Option(None, help="Only keys starting with this"),
+    url: str = typer.Option(None, help="Cache server [env SMITH_CACHE_URL]"),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON"),
+) -> None:
+    """Delete entries (and their bytes) of an org, optionally one repository and/or a key prefix."""
+    client = _client(url)
+    body: dict[str, str] = {"org": org}
+    if repo:
+        body["repo"] = repo
+    if prefix:
+        body["prefix"] = prefix
+    data = check(run_or_fail(client.post, "/admin/purge", json=body))  # type: ignore[attr-defined]
+    if as_json:
+        print_json(data)
+    else:
+        console.print(f"deleted {data['deleted']} entries")
+
+
+def dev_service(env: dict[str, str]) -> Coroutine[Any, Any, None] | None:
+    """`smith dev`: the cache on the filesystem under the data dir, metadata in dev's Valkey."""
+    from smith.cache.app import create_app
+    from smith.cache.settings import CacheSettings
+    from smith.cli.common import serve_app
+
+    settings = CacheSettings()
+    if not settings.cache_shared_secret:
+        return None
+    return serve_app(create_app(settings), settings.cache_host, settings.cache_port)

@@ -1,0 +1,58 @@
+#!/bin/busybox sh
+# Smith guest init (PID 1 of a test/dev guest image). Mounts the basics, loads the virtio modules, finds the
+# channel the VMM gave this guest, and runs the guest agent; powers off when the agent is done.
+/bin/busybox mkdir -p /bin /sbin /usr/bin /usr/sbin
+/bin/busybox --install -s
+export PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+echo "<3>smith: init started" > /dev/kmsg  # a sign of life on the console, even with `quiet`
+mkdir -p /dev/pts /dev/shm /tmp /run /work /dev/virtio-ports
+mount -t devpts devpts /dev/pts
+mount -t tmpfs -o mode=1777 tmpfs /tmp
+mount -t tmpfs -o mode=1777 tmpfs /dev/shm
+
+# Module parameters on the kernel command line (virtio_mmio.device=...) reach only built-in drivers; hand them
+# to the loadable ones here, in dependency order (modules.order was written by the image builder).
+cmdline=$(cat /proc/cmdline)
+while read -r mod; do
+    name=${mod##*/}
+    name=${name%.ko}
+    params=""
+    for word in $cmdline; do
+        case "$word" in
+            "$name".*=*) params="$params ${word#"$name".}" ;;
+        esac
+    done
+    # shellcheck disable=SC2086
+    insmod "/lib/modules/$mod" $params 2>/dev/null
+done < /lib/modules/modules.order
+
+for port in /sys/class/virtio-ports/*; do
+    [ -e "$port/name" ] || continue
+    ln -sf "/dev/${port##*/}" "/dev/virtio-ports/$(cat "$port/name")"
+done
+ip link set lo up 2>/dev/null
+if ip link set eth0 up 2>/dev/null; then  # a NIC: addresses from the command line (smith.ip=A/N smith.gw=G)
+    for word in $cmdline; do
+        case "$word" in
+            smith.ip=*) ip addr add "${word#smith.ip=}" dev eth0 ;;
+            smith.gw=*) ip route add default via "${word#smith.gw=}" ;;
+            smith.dns=*) echo "nameserver ${word#smith.dns=}" > /etc/resolv.conf ;;
+        esac
+    done
+fi
+hostname smith-guest
+
+agent="/usr/bin/python3 -I -S /smith/agent.py --workdir /work"
+if [ -e /dev/virtio-ports/smith.config ]; then
+    # QEMU: config arrives on one virtio-serial port, events leave on another.
+    $agent --config-port /dev/virtio-ports/smith.config --out /dev/virtio-ports/smith.events --announce --set-clock
+else
+    # Firecracker: config from MMDS over eth0, events on the serial console.
+    ip route add 169.254.169.254 dev eth0 2>/dev/null
+    $agent --mmds --out /dev/ttyS0 --announce --set-clock
+fi
+sync
+poweroff -f

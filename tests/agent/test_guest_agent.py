@@ -1,0 +1,154 @@
+"""The guest agent on its own: config channels, the event stream, exit codes, masking, long and binary output."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from smith.wire.guest import GuestEvent
+
+AGENT = Path(__file__).resolve().parents[2] / "src" / "smith" / "guest" / "agent.py"
+
+
+def cfg(run: str, **extra: Any) -> dict[str, Any]:
+    return {"job": {"id": "j1", "runner_class": "x", "vcpus": 1, "memory_mib": 512, "run": run}, **extra}
+
+
+def agent(args: list[str], stdin: str | None, tmp_path: Path) -> list[dict[str, Any]]:
+    res = subprocess.run(
+        [sys.executable, "-I", "-S", str(AGENT), "--workdir", str(tmp_path), *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 0, res.stderr
+    return [json.loads(line) for line in res.stdout.splitlines()]
+
+
+def run(tmp_path: Path, config: dict[str, Any]) -> list[dict[str, Any]]:
+    return agent([], json.dumps(config), tmp_path)
+
+
+def out(events: list[dict[str, Any]], stream: str = "stdout") -> list[str]:
+    return [e["line"] for e in events if e["type"] == "line" and e["stream"] == stream]
+
+
+def test_events_are_started_lines_exit_in_order(tmp_path: Path) -> None:
+    events = run(tmp_path, cfg("echo one; echo two >&2; echo three; exit 5"))
+    parsed = [GuestEvent.model_validate(e) for e in events]  # every event matches the wire model
+    assert parsed[0].type == "started" and parsed[-1].type == "exit" and parsed[-1].exit_code == 5
+    assert [e.type for e in parsed].count("started") == 1 and [e.type for e in parsed].count("exit") == 1
+    assert [e.seq for e in parsed] == list(range(1, len(parsed) + 1))
+    assert all(b.ts >= a.ts for a, b in itertools.pairwise(parsed))
+    assert out(events) == ["one", "three"] and out(events, "stderr") == ["two"]
+
+
+def test_script_runs_with_errexit_in_the_work_dir(tmp_path: Path) -> None:
+    events = run(tmp_path, cfg("pwd\nfalse\necho unreachable"))
+    assert out(events) == [str(tmp_path)] and events[-1]["exit_code"] == 1
+
+
+def test_cache_env_and_extra_env_and_secrets_masked(tmp_path: Path) -> None:
+    config = cfg(
+        'echo "$ACTIONS_CACHE_URL|$ACTIONS_RESULTS_URL|$ACTIONS_RUNTIME_TOKEN|$FOO"\n'
+        'echo "again $ACTIONS_RUNTIME_TOKEN"',
+        cache={"url": "http://10.0.0.1:9000", "token": "s3cr3t-cache-token"},
+        env={"FOO": "bar"},
+    )
+    events = run(tmp_path, config)
+    assert out(events) == ["http://10.0.0.1:9000/|http://10.0.0.1:9000/|***|bar", "again ***"]
+    assert "s3cr3t-cache-token" not in json.dumps(events)
+
+
+def test_jit_runner_gets_its_config_which_is_never_echoed(tmp_path: Path) -> None:
+    runner = tmp_path / "runner"
+    runner.mkdir()
+    (runner / "run.sh").write_text('#!/bin/sh\necho "args: $1 $2"\nexit 3\n')
+    (runner / "run.sh").chmod(0o755)
+    config = cfg("", runner={"kind": "jit", "value": "JITCONFIG-abcdef0123"}, runner_dir=str(runner))
+    events = run(tmp_path, config)
+    assert out(events) == ["args: --jitconfig ***"] and events[-1]["exit_code"] == 3
+    assert "JITCONFIG-abcdef0123" not in json.dumps(events)
+
+
+def test_registration_runner_configures_then_runs(tmp_path: Path) -> None:
+    runner = tmp_path / "runner"
+    runner.mkdir()
+    (runner / "config.sh").write_text('#!/bin/sh\necho "config $*"\n')
+    (runner / "run.sh").write_text("#!/bin/sh\necho run\n")
+    for name in ("config.sh", "run.sh"):
+        (runner / name).chmod(0o755)
+    config = cfg(
+        "",
+        runner={"kind": "registration", "value": "REGTOKEN-xyz", "url": "https://github.com/o/r", "runner_name": "n1"},
+        runner_dir=str(runner),
+    )
+    events = run(tmp_path, config)
+    lines = out(events)
+    assert lines[0].startswith("config --unattended --ephemeral --url https://github.com/o/r --token *** --name n1")
+    assert lines[1] == "run" and events[-1]["exit_code"] == 0
+
+
+def test_long_lines_are_cut_and_binary_is_replaced(tmp_path: Path) -> None:
+    events = run(tmp_path, cfg("head -c 300000 /dev/zero | tr '\\0' x; echo; printf 'a\\377b\\n'; echo after"))
+    lines = out(events)
+    assert lines[0].endswith("[smith: line cut at 64 KiB]") and len(lines[0]) < 70_000
+    assert lines[1] == "a\ufffdb" and lines[2] == "after"
+
+
+def test_a_missing_command_is_reported_not_crashed(tmp_path: Path) -> None:
+    events = run(tmp_path, cfg("", runner={"kind": "jit", "value": "x" * 8}, runner_dir=str(tmp_path / "none")))
+    assert events[-1]["type"] == "exit" and events[-1]["exit_code"] == 127
+    assert any("cannot start the job" in e.get("line", "") for e in events)
+
+
+def test_config_file_is_waited_for_and_announced(tmp_path: Path) -> None:
+    path = tmp_path / "config.json"
+
+    def later() -> None:
+        time.sleep(0.3)
+        tmp = tmp_path / "config.tmp"
+        tmp.write_text(json.dumps(cfg("echo late")))
+        tmp.rename(path)
+
+    threading.Thread(target=later).start()
+    events = agent(["--config-file", str(path), "--announce"], None, tmp_path)
+    assert events[0] == {"smith": "ready", "ts": events[0]["ts"]}
+    assert out(events[1:]) == ["late"]
+
+
+def test_config_port_envelope_offsets_the_clock(tmp_path: Path) -> None:
+    """A port (a FIFO here) carries an envelope; the host's clock wins over a guest's stale one."""
+    fifo = tmp_path / "port"
+    os.mkfifo(fifo)
+    host_now = time.time() + 3600  # as if the guest's clock were an hour behind
+    envelope = {"config": cfg("echo via port"), "now": host_now, "seed": "00ff" * 16}
+
+    def host() -> None:
+        with open(fifo, "w") as f:
+            f.write(json.dumps(envelope) + "\n")
+
+    threading.Thread(target=host).start()
+    events = agent(["--config-port", str(fifo)], None, tmp_path)
+    assert out(events) == ["via port"]
+    assert events[0]["ts"] >= host_now - 5  # offset, and (without --set-clock) this machine's clock untouched
+    assert time.time() < host_now - 3000
+
+
+def test_bad_config_line_fails_loudly(tmp_path: Path) -> None:
+    res = subprocess.run(
+        [sys.executable, "-I", "-S", str(AGENT), "--workdir", str(tmp_path)],
+        input="{not json",
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert res.returncode != 0 and "JSONDecodeError" in res.stderr

@@ -1,0 +1,84 @@
+"""The guest image builder: cpio format, vmlinux extraction, module order, the cache key."""
+
+from __future__ import annotations
+
+import io
+import lzma
+from pathlib import Path
+
+import pytest
+
+from smith.errors import ConfigError
+from smith.images import build as images
+
+
+def parse_cpio(data: bytes) -> dict[str, tuple[int, bytes]]:
+    """A small newc reader, independent of the writer, to check what the kernel would unpack."""
+    out: dict[str, tuple[int, bytes]] = {}
+    pos = 0
+    while True:
+        assert data[pos : pos + 6] == b"070701"
+        fields = [int(data[pos + 6 + 8 * i : pos + 14 + 8 * i], 16) for i in range(13)]
+        mode, size, namesize = fields[1], fields[6], fields[11]
+        name_start = pos + 110
+        name = data[name_start : name_start + namesize - 1].decode()
+        pos = name_start + namesize
+        pos += (-pos) % 4
+        body = data[pos : pos + size]
+        pos += size
+        pos += (-pos) % 4
+        if name == "TRAILER!!!":
+            return out
+        out[name] = (mode, body)
+
+
+def test_cpio_round_trip() -> None:
+    buf = io.BytesIO()
+    entries = [("etc", images.DIR, None), ("etc/x", images.FILE, b"hello"), ("bin", images.LINK, "usr/bin")]
+    images.write_cpio(buf, entries)
+    got = parse_cpio(buf.getvalue())
+    assert got["etc/x"] == (images.FILE, b"hello")
+    assert got["bin"] == (images.LINK, b"usr/bin") and got["etc"][0] == images.DIR
+    assert len(buf.getvalue()) % 4 == 0
+
+
+def test_vmlinux_is_found_inside_a_bzimage() -> None:
+    elf = b"\x7fELF" + b"kernel" * 1000
+    bz = b"MZ" + b"\0" * 500 + b"\xfd7zXZ\x00 not a real stream" + lzma.compress(elf) + b"trailer"
+    assert images.extract_vmlinux(bz) == elf
+    with pytest.raises(ConfigError, match="cannot find an ELF kernel"):
+        images.extract_vmlinux(b"MZ" + b"\0" * 100)
+
+
+def test_modules_come_after_their_dependencies(tmp_path: Path) -> None:
+    (tmp_path / "modules.dep").write_text(
+        "kernel/a/virtio_mmio.ko: kernel/a/virtio.ko kernel/a/virtio_ring.ko\n"
+        "kernel/a/virtio.ko: kernel/a/virtio_ring.ko\n"
+        "kernel/a/virtio_ring.ko:\n"
+        "kernel/b/virtio-rng.ko: kernel/a/virtio.ko kernel/a/virtio_ring.ko\n"
+    )
+    files = images.module_files(tmp_path, ["virtio_mmio", "virtio-rng", "not_there"])
+    names = [p.name for p in files]
+    assert names == ["virtio_ring.ko", "virtio.ko", "virtio_mmio.ko", "virtio-rng.ko"]
+
+
+def test_missing_inputs_name_the_packages(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"no such file"):
+        images.find_inputs(kernel=tmp_path / "vmlinuz-none")
+
+
+def test_real_image_is_built_once_and_cached(tmp_path: Path) -> None:
+    try:
+        inputs = images.find_inputs()
+    except ConfigError as exc:
+        pytest.skip(f"no image inputs here: {exc.message}")
+    first = images.build_image(tmp_path, inputs)
+    second = images.build_image(tmp_path, inputs)
+    assert first.built and not second.built and first.key == second.key
+    assert first.vmlinux.read_bytes()[:4] == b"\x7fELF"
+    files = parse_cpio(first.initrd.read_bytes())
+    assert files["init"][0] == images.EXEC and b"/smith/agent.py" in files["init"][1]
+    assert "smith/agent.py" in files and "usr/bin/python3" in files and "usr/bin/busybox" in files
+    order = files["usr/lib/modules/modules.order"][1].decode().split()
+    assert order.index("kernel/drivers/virtio/virtio.ko") < order.index("kernel/drivers/virtio/virtio_mmio.ko")
+    assert images.cached_image(tmp_path) == second

@@ -1,0 +1,189 @@
+"""The QEMU microvm backend with a real guest under software emulation (one cold boot and one template here).
+
+Needs qemu-system-x86_64 and the image inputs (linux-image-amd64, busybox-static, python3); skips otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from smith.adapters.qemu import QemuConfig, QemuVMM
+from smith.domain.vms import VMShape
+from smith.errors import ConfigError, VMError
+from smith.images.build import GuestImage, build_image, find_inputs
+from smith.wire.agent import JobSpec, ServiceAccess
+from smith.wire.guest import GuestConfig, GuestEvent
+
+pytestmark = [
+    pytest.mark.qemu,
+    pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="no qemu-system-x86_64 (qemu-system-x86)"),
+]
+SHAPE = VMShape("qemu-test", 1, 512)
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory: pytest.TempPathFactory) -> GuestImage:
+    try:
+        inputs = find_inputs()
+    except ConfigError as exc:
+        pytest.skip(f"cannot build a guest image here: {exc.message}")
+    return build_image(tmp_path_factory.mktemp("images"), inputs)
+
+
+@pytest.fixture
+def base_dir() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="sq", dir="/tmp"))  # short: Unix socket paths must fit
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def vmm_for(image: GuestImage, base: Path, **kw: object) -> QemuVMM:
+    return QemuVMM(base, QemuConfig(kernel=image.vmlinux, initrd=image.initrd, accel="tcg", **kw))  # type: ignore[arg-type]
+
+
+def job(run: str, **extra: object) -> GuestConfig:
+    return GuestConfig(job=JobSpec(id="q1", runner_class="qemu-test", vcpus=1, memory_mib=512, run=run), **extra)  # type: ignore[arg-type]
+
+
+async def collect(machine: object) -> list[GuestEvent]:
+    return [e async for e in machine.events()]  # type: ignore[attr-defined]
+
+
+def lines(events: list[GuestEvent], stream: str = "stdout") -> list[str]:
+    return [e.line for e in events if e.type == "line" and e.stream == stream]
+
+
+def qemu_pids(base_dir: Path) -> set[int]:
+    """Processes whose command line names this test's directory (its qemu processes, nobody else's)."""
+    out = subprocess.run(["pgrep", "-f", f"qemu-system.*{base_dir}"], capture_output=True, text=True).stdout
+    return {int(p) for p in out.split()}
+
+
+@pytest.mark.slow
+async def test_cold_boot_runs_a_job_and_snapshots_restore_it(image: GuestImage, base_dir: Path) -> None:
+    vmm = vmm_for(image, base_dir)
+    machine = await vmm.boot(SHAPE, "cold")
+    await machine.assign(
+        job(
+            'echo "hello from $(uname -r)"; echo warn >&2; echo "token=$ACTIONS_RUNTIME_TOKEN"; exit 3',
+            cache=ServiceAccess(url="http://10.0.0.2:1234", token="qemu-secret-token"),
+        )
+    )
+    events = await asyncio.wait_for(collect(machine), 60)
+    await machine.stop()
+    assert events[0].type == "started" and events[-1].type == "exit" and events[-1].exit_code == 3
+    assert lines(events) == [f"hello from {image.kernel_version}", "token=***"]
+    assert lines(events, "stderr") == ["warn"]
+    assert not machine.dir.exists()
+
+    # Warm starts: a template saved while its guest waits, then two VMs restored from it with their own jobs.
+    snapshot = await vmm.prepare_snapshot(SHAPE)
+    assert snapshot.path.stat().st_size > 0
+    outputs = []
+    for name in ("r1", "r2"):
+        restored = await vmm.boot(SHAPE, name)
+        assert restored.restored
+        await restored.assign(job(f"echo {name}; date +%s; head -c 16 /dev/urandom | od -An -tx1"))
+        got = await asyncio.wait_for(collect(restored), 60)
+        await restored.stop()
+        assert got[-1].exit_code == 0, got
+        outputs.append(lines(got))
+    assert outputs[0][0] == "r1" and outputs[1][0] == "r2"
+    # the restored guests took the host's clock and differ in randomness, though restored from one state
+    assert abs(int(outputs[0][1]) - int(events[0].ts)) < 600
+    assert outputs[0][2] != outputs[1][2]
+    assert not list(base_dir.glob("qemu-*"))
+
+
+@dataclass
+class RecordingNetwork:
+    """Hands out one made-up slot and records that it got it back (a tap nobody can open: qemu then fails)."""
+
+    released: list[str] = field(default_factory=list)
+
+    async def acquire(self, vm_id: str) -> object:
+        @dataclass
+        class Slot:
+            tap: str = "smithnotap0"
+            mac: str = "02:00:00:00:00:01"
+            guest_ip: str = "10.200.0.2"
+            gateway_ip: str = "10.200.0.1"
+            netmask: str = "255.255.255.252"
+
+        return Slot()
+
+    async def release(self, slot: object) -> None:
+        self.released.append(slot.tap)  # type: ignore[attr-defined]
+
+
+async def test_a_failed_boot_unwinds_every_step(image: GuestImage, base_dir: Path) -> None:
+    fake_qemu = base_dir / "qemu-fails"
+    fake_qemu.write_text("#!/bin/sh\necho 'could not open tap' >&2\nexit 1\n")
+    fake_qemu.chmod(0o755)
+    net = RecordingNetwork()
+    vmm = QemuVMM(
+        base_dir, QemuConfig(kernel=image.vmlinux, initrd=image.initrd, accel="tcg", qemu_bin=str(fake_qemu)), net
+    )
+    with pytest.raises(VMError, match="could not open tap"):
+        await vmm.boot(SHAPE, "doomed")
+    assert net.released == ["smithnotap0"]
+    assert not (base_dir / "qemu-doomed").exists()
+
+
+async def test_a_guest_that_never_gets_ready_is_torn_down(image: GuestImage, base_dir: Path) -> None:
+    vmm = QemuVMM(
+        base_dir,
+        QemuConfig(
+            kernel=image.vmlinux,
+            initrd=image.initrd,
+            accel="tcg",
+            append="console=ttyS0 panic=-1 rdinit=/bin/does-not-exist",  # panics: no init
+            boot_timeout=60,
+            boot_attempts=1,
+        ),
+    )
+    with pytest.raises(VMError):
+        await vmm.boot(SHAPE, "noinit")
+    assert not (base_dir / "qemu-noinit").exists()
+    assert qemu_pids(base_dir) == set()
+
+
+def test_missing_kernel_is_a_clear_error(base_dir: Path) -> None:
+    with pytest.raises(VMError, match="smith image build"):
+        QemuVMM(base_dir, QemuConfig(kernel=base_dir / "no-vmlinux"))
+
+
+async def test_cleanup_leftovers_kills_an_orphaned_qemu(image: GuestImage, base_dir: Path) -> None:
+    """A crashed agent leaves qemu running in its own session; the next agent finds it by its pid file."""
+    vmm = vmm_for(image, base_dir)
+    vm_dir = base_dir / "qemu-orphan"
+    vm_dir.mkdir()
+    argv = vmm.command(vm_dir, SHAPE, "tcg", None, None)
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True)
+    (vm_dir / "pid").write_text(str(proc.pid))
+    for _ in range(500):  # running, as a crashed agent's VMs are: its sockets are up
+        if (vm_dir / "qmp.sock").exists() or proc.poll() is not None:
+            break
+        await asyncio.sleep(0.01)
+    assert proc.poll() is None, (vm_dir / "qemu.err").read_text() if (vm_dir / "qemu.err").exists() else ""
+    (base_dir / "snapshots").mkdir()
+    (base_dir / "snapshots" / "x.partial").write_bytes(b"half")
+    try:
+        removed = await vmm.cleanup_leftovers()
+        assert removed == ["qemu-orphan", "x.partial"]
+        assert await asyncio.to_thread(proc.wait, 10) == -signal.SIGKILL
+        assert not vm_dir.exists()
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
