@@ -87,17 +87,7 @@ class Agent:
         removed = await self.vmm.cleanup_leftovers()
         if removed:
             log.warning("removed leftovers of an earlier agent", removed=removed)
-        reg = await self.control.register(
-            wire.RegisterRequest(
-                hostname=self.config.hostname,
-                vcpus=self.config.vcpus,
-                memory_mib=self.config.memory_mib,
-                max_vms=self.config.max_vms,
-                labels=list(self.config.labels),
-                backend=str(self.vmm.backend),
-                version=__version__,
-            )
-        )
+        reg = await self.control.register(self._registration())
         self.heartbeat_interval = reg.heartbeat_interval_seconds
         shapes = {rc.name: VMShape(rc.name, rc.vcpus, rc.memory_mib, rc.disk_mib) for rc in reg.runner_classes}
         self.pool = WarmPool(self.vmm, self.ledger, shapes, self.config.warm_pool)
@@ -226,18 +216,20 @@ class Agent:
 
     async def _reregister(self) -> None:
         with contextlib.suppress(SmithError):
-            await self.control.register(
-                wire.RegisterRequest(
-                    hostname=self.config.hostname,
-                    vcpus=self.config.vcpus,
-                    memory_mib=self.config.memory_mib,
-                    max_vms=self.config.max_vms,
-                    labels=list(self.config.labels),
-                    backend=str(self.vmm.backend),
-                    version=__version__,
-                    running=list(self.jobs),
-                )
-            )
+            await self.control.register(self._registration())
+
+    def _registration(self) -> wire.RegisterRequest:
+        """What this host offers; ``running`` keeps the leases of jobs still running (a re-register)."""
+        return wire.RegisterRequest(
+            hostname=self.config.hostname,
+            vcpus=self.config.vcpus,
+            memory_mib=self.config.memory_mib,
+            max_vms=self.config.max_vms,
+            labels=list(self.config.labels),
+            backend=str(self.vmm.backend),
+            version=__version__,
+            running=list(self.jobs),
+        )
 
     # -- one job ------------------------------------------------------------------------------------------
 
