@@ -18,34 +18,13 @@ from smith.adapters.redis.jobs import RedisJobs
 from smith.control.service import ControlPlane, job_view
 from smith.control.settings import ControlSettings
 from smith.control.spool import Spool
-from smith.errors import AuthError, InvalidInput, PayloadTooLarge, SmithError
+from smith.errors import AuthError, InvalidInput, SmithError
+from smith.http import error_response, json_response, read_body
 from smith.logging import get_logger
 from smith.ports import RunnerCredentials
 from smith.wire import agent as wire
 
 log = get_logger("smith.control.http")
-
-
-def _json(data: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The raw body, refusing (413) anything over ``limit`` bytes without reading it all."""
-    length = request.headers.get("content-length")
-    if length is not None:
-        try:
-            if int(length) > limit:
-                raise PayloadTooLarge(f"body of {length} bytes is over the {limit} byte limit")
-        except ValueError as exc:
-            raise InvalidInput("bad Content-Length") from exc
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"body is over the {limit} byte limit")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 class SubmitRequest(BaseModel):
@@ -119,10 +98,7 @@ def create_app(
 
     @app.exception_handler(SmithError)
     async def _smith_error(_: Request, exc: SmithError) -> Response:
-        headers = {"Retry-After": str(max(1, round(exc.retry_after)))} if exc.retry_after else None
-        if isinstance(exc, AuthError) and exc.status_code == 401:
-            headers = {**(headers or {}), "WWW-Authenticate": "Bearer"}
-        return JSONResponse(exc.to_dict(), status_code=exc.status_code, headers=headers)
+        return error_response(exc)
 
     @app.exception_handler(ValidationError)
     async def _validation(_: Request, exc: ValidationError) -> Response:
@@ -140,8 +116,8 @@ def create_app(
             async with asyncio.timeout(2):
                 await connect.call(jobs.r.ping)
         except (SmithError, TimeoutError) as exc:
-            return _json({"status": "unavailable", "redis": str(exc)}, 503)
-        return _json({"status": "ok", "redis": "ok"})
+            return json_response({"status": "unavailable", "redis": str(exc)}, 503)
+        return json_response({"status": "ok", "redis": "ok"})
 
     # -- GitHub -------------------------------------------------------------------------------------------
 
@@ -162,7 +138,7 @@ def create_app(
             raise InvalidInput(f"body is not valid JSON: {exc}") from exc
         if not isinstance(payload, dict):
             raise InvalidInput("body must be a JSON object")
-        return _json(await plane.receive(event, delivery, payload), 202)
+        return json_response(await plane.receive(event, delivery, payload), 202)
 
     # -- agents -------------------------------------------------------------------------------------------
 

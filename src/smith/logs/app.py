@@ -7,14 +7,15 @@ import contextlib
 import gzip
 import zlib
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated
 
 import orjson
 from fastapi import Depends, FastAPI, Query, Request, Response
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 
 from smith import tokens
-from smith.errors import AuthError, InvalidInput, NotFound, PayloadTooLarge, SmithError
+from smith.errors import InvalidInput, NotFound, PayloadTooLarge, SmithError
+from smith.http import error_response, json_response, read_body
 from smith.logging import get_logger
 from smith.logs import ingest
 from smith.logs.batcher import Batcher
@@ -46,22 +47,9 @@ def clickhouse_from_settings(settings: LogsSettings) -> ClickHouse:
     return ChdbClickHouse(settings.chdb_dir)
 
 
-def _json(data: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
-
-
 async def _body(request: Request, limit: int) -> bytes:
     """The request body, at most ``limit`` bytes after any gzip/deflate decoding (413 beyond)."""
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > limit:
-        raise PayloadTooLarge(f"body of {length} bytes is over the {limit} byte limit")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"body is over the {limit} byte limit")
-        chunks.append(chunk)
-    body = b"".join(chunks)
+    body = await read_body(request, limit)
     encoding = request.headers.get("content-encoding", "identity").lower()
     if encoding in ("gzip", "deflate"):
         wbits = 16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS
@@ -148,10 +136,7 @@ def create_app(settings: LogsSettings, *, clickhouse: ClickHouse | None = None) 
 
     @app.exception_handler(SmithError)
     async def _smith_error(_: Request, exc: SmithError) -> Response:
-        headers = {"Retry-After": str(max(1, round(exc.retry_after)))} if exc.retry_after else None
-        if isinstance(exc, AuthError) and exc.status_code == 401:
-            headers = {**(headers or {}), "WWW-Authenticate": "Bearer"}
-        return JSONResponse(exc.to_dict(), status_code=exc.status_code, headers=headers)
+        return error_response(exc)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:
@@ -163,8 +148,8 @@ def create_app(settings: LogsSettings, *, clickhouse: ClickHouse | None = None) 
             async with asyncio.timeout(2):
                 await store.ch.select("SELECT 1 AS ok")
         except (SmithError, TimeoutError) as exc:
-            return _json({"status": "unavailable", "error": str(exc)}, 503)
-        return _json({"status": "ok", "pending": batcher.pending})
+            return json_response({"status": "unavailable", "error": str(exc)}, 503)
+        return json_response({"status": "ok", "pending": batcher.pending})
 
     # -- ingestion ------------------------------------------------------------------------------------------
 
@@ -179,7 +164,7 @@ def create_app(settings: LogsSettings, *, clickhouse: ClickHouse | None = None) 
             max_lines=settings.logs_max_batch_lines,
         )
         accepted, duplicates = await batcher.submit(batch.rows)
-        return _json({"accepted": accepted, "duplicates": duplicates, "truncated": batch.truncated})
+        return json_response({"accepted": accepted, "duplicates": duplicates, "truncated": batch.truncated})
 
     # -- reads ----------------------------------------------------------------------------------------------
 
@@ -211,7 +196,7 @@ def create_app(settings: LogsSettings, *, clickhouse: ClickHouse | None = None) 
             lines = await store.page(job_id, after=after, limit=limit)
         next_after = lines[-1].seq if lines else after
         complete = state[1] and next_after >= state[0]
-        return _json(
+        return json_response(
             {
                 "job_id": job_id,
                 "lines": [r.model_dump() for r in lines],
@@ -249,7 +234,7 @@ def create_app(settings: LogsSettings, *, clickhouse: ClickHouse | None = None) 
         summary = await store.summary(job_id)
         if summary is None:
             raise NotFound(f"no log lines for job {job_id!r}")
-        return _json(summary.model_dump())
+        return json_response(summary.model_dump())
 
     @app.get("/v1/logs/search", tags=["read"])
     async def search(
@@ -270,12 +255,12 @@ def create_app(settings: LogsSettings, *, clickhouse: ClickHouse | None = None) 
         if job_id:
             _check_job_id(job_id)
         hits, limited = await store.search(q, since=t0, until=t1, repo=repo, host=host, job_id=job_id, limit=limit)
-        return _json({"hits": [h.model_dump() for h in hits], "limited": limited})
+        return json_response({"hits": [h.model_dump() for h in hits], "limited": limited})
 
     @app.get("/v1/logs/stats", tags=["read"])
     async def stats(_: Operator) -> Response:
         s = batcher.stats
-        return _json(
+        return json_response(
             {
                 "pending": batcher.pending,
                 "max_pending": batcher.max_pending,

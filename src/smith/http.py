@@ -1,0 +1,40 @@
+"""HTTP pieces shared by Smith's FastAPI services: bounded body reading, JSON answers, the error mapping."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from fastapi import Request, Response
+from fastapi.responses import JSONResponse
+
+from smith.errors import AuthError, InvalidInput, PayloadTooLarge, SmithError
+
+
+def json_response(data: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The raw body, refusing (413) anything over ``limit`` bytes without reading it all."""
+    length = request.headers.get("content-length")
+    if length is not None:
+        if not length.isdigit():
+            raise InvalidInput("bad Content-Length")
+        if int(length) > limit:
+            raise PayloadTooLarge(f"body of {length} bytes is over the {limit} byte limit")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"body is over the {limit} byte limit")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def error_response(exc: SmithError) -> Response:
+    """A SmithError as JSON with its status; Retry-After when it says when to retry; WWW-Authenticate on 401."""
+    headers = {"Retry-After": str(max(1, round(exc.retry_after)))} if exc.retry_after else None
+    if isinstance(exc, AuthError) and exc.status_code == 401:
+        headers = {**(headers or {}), "WWW-Authenticate": "Bearer"}
+    return JSONResponse(exc.to_dict(), status_code=exc.status_code, headers=headers)
