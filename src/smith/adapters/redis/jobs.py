@@ -336,18 +336,10 @@ class RedisJobs:
                     if not fields:
                         continue
                     job_id = fields.get("job", "")
-                    async with errors():
-                        out = await self._requeue(
-                            keys=[keys.job(job_id), stream],
-                            args=[
-                                entry_id,
-                                repr(time.time()),
-                                max_attempts,
-                                f"lease expired (no heartbeat for {lease_ttl:g}s)",
-                                self.retention,
-                            ],
-                        )
-                    counts[str(out[0])] = counts.get(str(out[0]), 0) + 1
+                    out = await self._requeue_entry(
+                        job_id, stream, entry_id, max_attempts, f"lease expired (no heartbeat for {lease_ttl:g}s)"
+                    )
+                    counts[out] = counts.get(out, 0) + 1
                 if start in ("0-0", b"0-0"):
                     break
         return counts
@@ -357,10 +349,13 @@ class RedisJobs:
         cls = await self._class_of(job_id)
         if cls is None:
             return "stale"
+        return await self._requeue_entry(job_id, keys.queue(cls), entry, max_attempts, reason)
+
+    async def _requeue_entry(self, job_id: str, stream: str, entry: str, max_attempts: int, reason: str) -> str:
+        """One REQUEUE script call: 'requeued', 'failed' (past max_attempts) or 'stale'."""
         async with errors():
             out = await self._requeue(
-                keys=[keys.job(job_id), keys.queue(cls)],
-                args=[entry, repr(time.time()), max_attempts, reason, self.retention],
+                keys=[keys.job(job_id), stream], args=[entry, repr(time.time()), max_attempts, reason, self.retention]
             )
         return str(out[0])
 
@@ -384,18 +379,10 @@ class RedisJobs:
                 job_id = got[0][1].get("job", "") if got else ""
                 if keep and job_id in keep:
                     continue
-                async with errors():
-                    out = await self._requeue(
-                        keys=[keys.job(job_id), stream],
-                        args=[
-                            entry_id,
-                            repr(time.time()),
-                            max_attempts,
-                            f"agent {agent_id} restarted while holding the lease",
-                            self.retention,
-                        ],
-                    )
-                counts[str(out[0])] = counts.get(str(out[0]), 0) + 1
+                out = await self._requeue_entry(
+                    job_id, stream, entry_id, max_attempts, f"agent {agent_id} restarted while holding the lease"
+                )
+                counts[out] = counts.get(out, 0) + 1
         return counts
 
     # -- operators ----------------------------------------------------------------------------------------
