@@ -64,3 +64,17 @@ def _isolated_data_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: py
         if var.startswith("SMITH_") and var not in ("SMITH_SHARED_DIR", "SMITH_TEST_REDIS_URL"):
             monkeypatch.delenv(var)
     monkeypatch.setenv("SMITH_DATA_DIR", str(tmp_path_factory.mktemp("data")))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_sandbox_dirs_left() -> Iterator[None]:
+    """Sandboxes of root-run tests live under /var/tmp/smith-sandboxes (see adapters/sandbox.py); remove the
+    ones this test session made, so repeated runs do not pile them up."""
+    import shutil
+
+    base = Path("/var/tmp/smith-sandboxes")
+    before = set(base.iterdir()) if base.is_dir() else set()
+    yield
+    if base.is_dir():
+        for path in set(base.iterdir()) - before:
+            shutil.rmtree(path, ignore_errors=True)
