@@ -21,6 +21,10 @@ class RunnerCredentials(Protocol):
 
     async def for_job(self, job: Job, runner_name: str) -> RunnerCredential: ...
 
+    async def release(self, job: Job, runner_name: str) -> bool:
+        """Remove the runner registered for a job that did not finish normally; False if there was none."""
+        ...
+
     async def aclose(self) -> None: ...
 
 

@@ -69,3 +69,30 @@ def test_when_github_refuses_the_job_is_requeued_not_lost(github_and_control: tu
     assert "Not Found" in job["reason"]
     r = agent.post("/v1/agents/lease", json=LEASE)  # GitHub answers again: the job goes out
     assert r.status_code == 200 and r.json()["runner"]["kind"] == "jit"
+
+
+def test_a_cancelled_jobs_runner_is_removed_from_github(github_and_control: tuple[FakeGitHub, Control]) -> None:
+    """An ephemeral runner whose job was cancelled never runs, so it would sit offline on GitHub: Smith removes it."""
+    import time
+
+    fake, control = github_and_control
+    control.deliver(queued_payload(7003))
+    agent = control.agent("a1")
+    lease = agent.post("/v1/agents/lease", json=LEASE).json()
+    assert [r["name"] for r in fake.runners_in("repo:codertocat/hello-world")] == [lease["runner"]["runner_name"]]
+    r = agent.post("/v1/agents/jobs/7003/status", json={"state": "cancelled", "reason": "stopped"})
+    assert r.status_code == 200
+    deadline = time.monotonic() + 10
+    while fake.runners_in("repo:codertocat/hello-world") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert fake.runners_in("repo:codertocat/hello-world") == []
+
+
+def test_a_succeeded_jobs_runner_is_left_alone(github_and_control: tuple[FakeGitHub, Control]) -> None:
+    fake, control = github_and_control
+    control.deliver(queued_payload(7004))
+    agent = control.agent("a1")
+    agent.post("/v1/agents/lease", json=LEASE)
+    assert agent.post("/v1/agents/jobs/7004/status", json={"state": "succeeded", "exit_code": 0}).status_code == 200
+    __import__("time").sleep(0.5)  # a release would run in the background: give it the chance to show
+    assert not [c for c in fake.requests if c.method == "DELETE"]

@@ -49,6 +49,7 @@ class ControlPlane:
         self.classes = settings.classes()
         self._by_name = {rc.name: rc for rc in self.classes}
         self._reaper: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
 
     # -- lifecycle ----------------------------------------------------------------------------------------
 
@@ -60,6 +61,9 @@ class ControlPlane:
         self._reaper = asyncio.create_task(self._reap_forever(), name="smith-reaper")
 
     async def stop(self) -> None:
+        for task in list(self._background):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(task, 5)
         if self._reaper:
             self._reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -265,7 +269,21 @@ class ControlPlane:
     async def report(self, agent_id: str, job_id: str, req: wire.StatusReport) -> wire.JobView:
         job = await self.jobs.report(agent_id, job_id, JobState(req.state), reason=req.reason, exit_code=req.exit_code)
         log.info("job state", job_id=job_id, agent_id=agent_id, state=req.state, exit_code=req.exit_code)
+        if req.state in ("cancelled", "failed") and job.source == "github" and self.credentials is not None:
+            # An ephemeral runner that never finished a job stays registered (offline) on GitHub: remove it.
+            task = asyncio.create_task(self._release_runner(job))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
         return job_view(job)
+
+    async def _release_runner(self, job: Job) -> None:
+        assert self.credentials is not None
+        name = webhooks.runner_name(job)
+        try:
+            removed = await self.credentials.release(job, name)
+            log.info("runner released on GitHub", job_id=job.id, runner=name, removed=removed)
+        except SmithError as exc:
+            log.warning("could not remove the job's runner on GitHub", job_id=job.id, runner=name, error=exc.message)
 
     # -- operators ----------------------------------------------------------------------------------------
 
