@@ -68,24 +68,9 @@ class FilesystemBlobStore:
         written = 0
         try:
             try:
-                batch: list[bytes] = []
-                batched = 0
-                async for chunk in chunks:
-                    written += len(chunk)
-                    if written > size:
-                        raise InvalidInput(f"part is longer than its declared {size} bytes")
-                    # Batch the server's small body chunks so each thread hop writes a few MiB.
-                    batch.append(chunk)
-                    batched += len(chunk)
-                    if batched >= WRITE_BATCH:
-                        await asyncio.to_thread(write_all, fd, batch)
-                        batch, batched = [], 0
-                if batch:
-                    await asyncio.to_thread(write_all, fd, batch)
+                written = await write_chunks(fd, chunks, size)
             finally:
                 os.close(fd)
-            if written != size:
-                raise InvalidInput(f"part ended after {written} of its declared {size} bytes")
             os.replace(tmp, final)
         except OSError as exc:
             raise _os_error(exc, "upload part") from exc
@@ -179,6 +164,30 @@ class FilesystemBlobStore:
 
     async def aclose(self) -> None:
         return None
+
+
+async def write_chunks(fd: int, chunks: AsyncIterator[bytes], size: int) -> int:
+    """Write a part of exactly ``size`` bytes from ``chunks`` to ``fd``; ``InvalidInput`` if it is longer or shorter.
+
+    The server's small body chunks are batched so each thread hop writes a few MiB.
+    """
+    written = 0
+    batch: list[bytes] = []
+    batched = 0
+    async for chunk in chunks:
+        written += len(chunk)
+        if written > size:
+            raise InvalidInput(f"part is longer than its declared {size} bytes")
+        batch.append(chunk)
+        batched += len(chunk)
+        if batched >= WRITE_BATCH:
+            await asyncio.to_thread(write_all, fd, batch)
+            batch, batched = [], 0
+    if batch:
+        await asyncio.to_thread(write_all, fd, batch)
+    if written != size:
+        raise InvalidInput(f"part ended after {written} of its declared {size} bytes")
+    return written
 
 
 def write_all(fd: int, chunks: list[bytes]) -> None:

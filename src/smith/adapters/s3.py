@@ -26,14 +26,13 @@ import boto3
 import botocore.config
 import botocore.exceptions as bexc
 
-from smith.adapters.filesystem import write_all
+from smith.adapters.filesystem import write_chunks
 from smith.adapters.resilience import CircuitBreaker, Resilient, RetryPolicy
 from smith.errors import ConfigError, InvalidInput, NotFound, SmithError, Unavailable
 
 MIN_PART = 5 * 1024 * 1024
 STREAM_PART = 8 * 1024 * 1024
 READ_CHUNK = 1024 * 1024
-WRITE_BATCH = 4 * 1024 * 1024
 
 
 def translate(exc: BaseException) -> SmithError:
@@ -100,23 +99,9 @@ class S3BlobStore:
         written = 0
         try:
             try:
-                batch: list[bytes] = []
-                batched = 0
-                async for chunk in chunks:
-                    written += len(chunk)
-                    if written > size:
-                        raise InvalidInput(f"part is longer than its declared {size} bytes")
-                    batch.append(chunk)
-                    batched += len(chunk)
-                    if batched >= WRITE_BATCH:
-                        await asyncio.to_thread(write_all, fd, batch)
-                        batch, batched = [], 0
-                if batch:
-                    await asyncio.to_thread(write_all, fd, batch)
+                written = await write_chunks(fd, chunks, size)
             finally:
                 os.close(fd)
-            if written != size:
-                raise InvalidInput(f"part ended after {written} of its declared {size} bytes")
             await self.io.call(self._put_file, self._part(upload_id, part), spool)
         finally:
             with contextlib.suppress(FileNotFoundError):
