@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
-from fastapi import Request, Response
+from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
 from smith.errors import AuthError, InvalidInput, PayloadTooLarge, SmithError
@@ -38,3 +40,21 @@ def error_response(exc: SmithError) -> Response:
     if isinstance(exc, AuthError) and exc.status_code == 401:
         headers = {**(headers or {}), "WWW-Authenticate": "Bearer"}
     return JSONResponse(exc.to_dict(), status_code=exc.status_code, headers=headers)
+
+
+def add_health_routes(app: FastAPI, probe: Callable[[], Awaitable[dict[str, Any]]], dependency: str) -> None:
+    """``GET /healthz`` (the process answers) and ``GET /readyz`` (``probe`` answers within 2 s; 503 otherwise,
+    naming the ``dependency`` that failed)."""
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"])
+    async def readyz() -> Response:
+        try:
+            async with asyncio.timeout(2):
+                extra = await probe()
+        except (SmithError, TimeoutError) as exc:
+            return json_response({"status": "unavailable", dependency: str(exc)}, 503)
+        return json_response({"status": "ok", **extra})

@@ -19,7 +19,7 @@ from smith.control.service import ControlPlane, job_view
 from smith.control.settings import ControlSettings
 from smith.control.spool import Spool
 from smith.errors import AuthError, InvalidInput, SmithError
-from smith.http import error_response, json_response, read_body
+from smith.http import add_health_routes, error_response, json_response, read_body
 from smith.logging import get_logger
 from smith.ports import RunnerCredentials
 from smith.wire import agent as wire
@@ -106,18 +106,11 @@ def create_app(
 
     # -- health -------------------------------------------------------------------------------------------
 
-    @app.get("/healthz", tags=["health"])
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    async def redis_ready() -> dict[str, Any]:
+        await connect.call(jobs.r.ping)
+        return {"redis": "ok"}
 
-    @app.get("/readyz", tags=["health"])
-    async def readyz() -> Response:
-        try:
-            async with asyncio.timeout(2):
-                await connect.call(jobs.r.ping)
-        except (SmithError, TimeoutError) as exc:
-            return json_response({"status": "unavailable", "redis": str(exc)}, 503)
-        return json_response({"status": "ok", "redis": "ok"})
+    add_health_routes(app, redis_ready, "redis")
 
     # -- GitHub -------------------------------------------------------------------------------------------
 

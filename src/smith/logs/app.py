@@ -7,7 +7,7 @@ import contextlib
 import gzip
 import zlib
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Any
 
 import orjson
 from fastapi import Depends, FastAPI, Query, Request, Response
@@ -15,7 +15,7 @@ from fastapi.responses import StreamingResponse
 
 from smith import tokens
 from smith.errors import InvalidInput, NotFound, PayloadTooLarge, SmithError
-from smith.http import error_response, json_response, read_body
+from smith.http import add_health_routes, error_response, json_response, read_body
 from smith.logging import get_logger
 from smith.logs import ingest
 from smith.logs.batcher import Batcher
@@ -138,18 +138,11 @@ def create_app(settings: LogsSettings, *, clickhouse: ClickHouse | None = None) 
     async def _smith_error(_: Request, exc: SmithError) -> Response:
         return error_response(exc)
 
-    @app.get("/healthz", tags=["health"])
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    async def clickhouse_ready() -> dict[str, Any]:
+        await store.ch.select("SELECT 1 AS ok")
+        return {"pending": batcher.pending}
 
-    @app.get("/readyz", tags=["health"])
-    async def readyz() -> Response:
-        try:
-            async with asyncio.timeout(2):
-                await store.ch.select("SELECT 1 AS ok")
-        except (SmithError, TimeoutError) as exc:
-            return json_response({"status": "unavailable", "error": str(exc)}, 503)
-        return json_response({"status": "ok", "pending": batcher.pending})
+    add_health_routes(app, clickhouse_ready, "error")
 
     # -- ingestion ------------------------------------------------------------------------------------------
 
