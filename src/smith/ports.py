@@ -7,7 +7,7 @@ the cache, ClickHouse and LogSink for the logs pipeline; the log store itself is
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any, Protocol
 
 from smith.domain.jobs import Job
@@ -150,8 +150,11 @@ class ClickHouse(Protocol):
         """Run one SELECT (without a FORMAT clause) and return its rows."""
         ...
 
-    async def insert(self, table: str, rows: bytes) -> None:
-        """``INSERT INTO table FORMAT JSONEachRow`` with ``rows`` (one JSON object a line); durable on return."""
+    async def insert(self, table: str, rows: bytes, settings: Mapping[str, str | int] | None = None) -> None:
+        """``INSERT INTO table FORMAT JSONEachRow`` with ``rows``; durable on return.
+
+        ``table`` may carry a column list (``db.t (a, b)``); ``rows`` is one JSON object a line, or (servers from
+        21.x on, chdb) one JSON array of them. ``settings`` are query settings for this insert only."""
         ...
 
     async def aclose(self) -> None: ...

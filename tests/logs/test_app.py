@@ -5,7 +5,7 @@ from __future__ import annotations
 import gzip
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +41,11 @@ class GatedClickHouse(ChdbClickHouse):
         self.gate = threading.Event()
         self.gate.set()
 
-    async def insert(self, table: str, rows: bytes) -> None:
+    async def insert(self, table: str, rows: bytes, settings: Mapping[str, str | int] | None = None) -> None:
         import asyncio
 
         await asyncio.to_thread(self.gate.wait, 30)
-        await super().insert(table, rows)
+        await super().insert(table, rows, settings)
 
 
 @pytest.fixture
@@ -84,7 +84,15 @@ def test_ingest_then_read_page_tail_summary_search(client: httpx.Client) -> None
     page = client.get("/v1/jobs/j1/logs", params={"after": 200, "limit": 100}, headers=OPERATOR).json()
     assert [x["seq"] for x in page["lines"]] == list(range(201, 252)) and page["complete"]
     tail = client.get("/v1/jobs/j1/logs", params={"tail": 5}, headers=OPERATOR).json()
-    assert [x["seq"] for x in tail["lines"]] == [247, 248, 249, 250, 251]
+    assert [x["seq"] for x in tail["lines"]] == [247, 248, 249, 250, 251] and tail["complete"]
+    assert tail["lines"][-1]["last"] is True and tail["lines"][0]["last"] is False
+    assert isinstance(tail["lines"][0]["ts"], float) and tail["lines"][0]["truncated"] is False
+    past = client.get("/v1/jobs/j1/logs", params={"after": 251}, headers=OPERATOR).json()
+    assert past == {"job_id": "j1", "lines": [], "next_after": 251, "complete": True}
+    client.post("/v1/logs", content=ndjson("j1b", range(1, 4)), headers=AGENT)
+    running = client.get("/v1/jobs/j1b/logs", params={"after": 3}, headers=OPERATOR).json()
+    assert running["lines"] == [] and running["next_after"] == 3 and not running["complete"]
+    assert not client.get("/v1/jobs/j1b/logs", params={"tail": 2}, headers=OPERATOR).json()["complete"]
     summary = client.get("/v1/jobs/j1/logs/summary", headers=OPERATOR).json()
     assert summary["lines"] == 251 and summary["complete"] and summary["first_ts"] == T0 + 1
     hits = client.get("/v1/logs/search", params={"q": "LINE 25", "since": "2h"}, headers=OPERATOR).json()

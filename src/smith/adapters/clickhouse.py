@@ -1,15 +1,17 @@
 """What both ClickHouse adapters share: dialects, literals, and error mapping.
 
-Two dialects: ``modern`` (ClickHouse 20.3 and later, chdb) has table TTLs, data-skipping indexes and
-LowCardinality; ``legacy`` is for old servers such as Debian's 18.16, which have none of those. Queries are
+Two dialects: ``modern`` (ClickHouse 22.8 LTS and later, chdb) has table TTLs, data-skipping indexes,
+LowCardinality and EPHEMERAL columns; ``legacy`` is for older servers such as Debian's 18.16, which lack some or
+all of those (plain columns, every column sent on insert, retention by a partition sweep). Queries are
 built with ``literal()`` rather than server-side parameters, because 18.16 has no query parameters.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 
-from smith.errors import SmithError, Unavailable, UpstreamError
+from smith.errors import InvalidInput, SmithError, Unavailable, UpstreamError
 
 MODERN = "modern"
 LEGACY = "legacy"
@@ -25,14 +27,29 @@ _RETRYABLE_CODES = {
     252,  # TOO_MANY_PARTS
     999,  # KEEPER_EXCEPTION
 }
+# Server error codes that mean "this data is wrong": the insert that carried it is refused for good.
+_DATA_CODES = {
+    6,  # CANNOT_PARSE_TEXT
+    25,  # CANNOT_PARSE_ESCAPE_SEQUENCE
+    26,  # CANNOT_PARSE_QUOTED_STRING
+    27,  # CANNOT_PARSE_INPUT_ASSERTION_FAILED
+    38,  # CANNOT_PARSE_DATE
+    41,  # CANNOT_PARSE_DATETIME
+    53,  # TYPE_MISMATCH
+    69,  # ARGUMENT_OUT_OF_BOUND
+    70,  # CANNOT_CONVERT_TYPE
+    72,  # CANNOT_PARSE_NUMBER
+    117,  # INCORRECT_DATA
+    321,  # VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE
+}
 _CODE = re.compile(r"Code:\s*(\d+)")
 _ESCAPES = str.maketrans({"\\": "\\\\", "'": "\\'", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\0": "\\0"})
 
 
 def dialect_for_version(version: str) -> str:
-    """``legacy`` below 20.3 (no TTL, skip indexes or LowCardinality by default), else ``modern``."""
+    """``legacy`` below 22.8 (no EPHEMERAL columns; below 20.3 also no TTL, skip indexes or LowCardinality)."""
     parts = [int(p) for p in re.findall(r"\d+", version)[:2]] + [0, 0]
-    return LEGACY if (parts[0], parts[1]) < (20, 3) else MODERN
+    return LEGACY if (parts[0], parts[1]) < (22, 8) else MODERN
 
 
 def literal(value: str | int | float | bool) -> str:
@@ -46,6 +63,15 @@ def literal(value: str | int | float | bool) -> str:
             raise ValueError("not a finite number")
         return repr(float(value))
     return "'" + value.translate(_ESCAPES) + "'"
+
+
+def settings_clause(settings: Mapping[str, str | int] | None) -> str:
+    """`` SETTINGS a = 1, b = 'x'`` for a query, or an empty string."""
+    if not settings:
+        return ""
+    for key in settings:
+        identifier(key)
+    return " SETTINGS " + ", ".join(f"{key} = {literal(value)}" for key, value in settings.items())
 
 
 def like_contains(text: str) -> str:
@@ -62,9 +88,13 @@ def identifier(name: str) -> str:
 
 
 def query_error(message: str, *, status: int | None = None) -> SmithError:
-    """Our error for a failed query: ``Unavailable`` when retrying can help, else ``UpstreamError``."""
+    """Our error for a failed query: ``Unavailable`` when retrying can help, ``InvalidInput`` when the data it
+    carried is what the server refused, else ``UpstreamError``."""
     short = message.strip().splitlines()[0][:500] if message.strip() else f"HTTP {status}"
     m = _CODE.search(message)
-    if (m and int(m.group(1)) in _RETRYABLE_CODES) or status in (502, 503, 504):
+    code = int(m.group(1)) if m else None
+    if code in _RETRYABLE_CODES or status in (502, 503, 504):
         return Unavailable(f"ClickHouse is busy: {short}", retry_after=1.0)
+    if code in _DATA_CODES:
+        return InvalidInput(f"ClickHouse refused the data: {short}")
     return UpstreamError(f"ClickHouse: {short}", retryable=False)

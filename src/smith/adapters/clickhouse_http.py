@@ -7,6 +7,7 @@ Works with current servers and with old ones such as Debian's 18.16 (the ``legac
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import httpx
@@ -68,9 +69,11 @@ class HttpClickHouse:
         data = await self._post((sql + "\nFORMAT JSONEachRow").encode())
         return [orjson.loads(line) for line in data.splitlines() if line]
 
-    async def insert(self, table: str, rows: bytes) -> None:
+    async def insert(self, table: str, rows: bytes, settings: Mapping[str, str | int] | None = None) -> None:
         if rows:
-            await self._post(rows, params={"query": f"INSERT INTO {table} FORMAT JSONEachRow"})
+            params = {key: str(value) for key, value in (settings or {}).items()}  # settings as URL parameters
+            params["query"] = f"INSERT INTO {table} FORMAT JSONEachRow"
+            await self._post(rows, params=params)
 
     async def aclose(self) -> None:
         await self._client.aclose()

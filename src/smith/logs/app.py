@@ -9,7 +9,7 @@ import zlib
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-import orjson
+import msgspec
 from fastapi import Depends, FastAPI, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
@@ -44,7 +44,7 @@ def clickhouse_from_settings(settings: LogsSettings) -> ClickHouse:
     from smith.adapters.chdb import ChdbClickHouse
 
     assert settings.chdb_dir is not None
-    return ChdbClickHouse(settings.chdb_dir)
+    return ChdbClickHouse(settings.chdb_dir, workers=settings.logs_insert_lanes + 1)  # + 1: reads never wait
 
 
 async def _body(request: Request, limit: int) -> bytes:
@@ -65,19 +65,27 @@ async def _body(request: Request, limit: int) -> bytes:
     return body
 
 
+_ENCODE = msgspec.json.Encoder()
+
+
+def _json(body: object) -> Response:
+    """A JSON response of dicts and ``Record`` structs (msgspec: no per-record Python objects to build)."""
+    return Response(_ENCODE.encode(body), media_type="application/json")
+
+
 def _check_job_id(job_id: str) -> str:
     if not JOB_ID_RE.match(job_id):
         raise InvalidInput("job id: letters, digits and ._:- only, 1-128 characters")
     return job_id
 
 
-def _agent_id(request: Request) -> str:
+async def _agent_id(request: Request) -> str:
     secret = request.app.state.agent_secret
     claims = tokens.verify(secret, tokens.bearer(request.headers.get("authorization")), scope="agent")
     return str(claims.get("agent_id") or claims["sub"])
 
 
-def _operator(request: Request) -> str:
+async def _operator(request: Request) -> str:
     secret = request.app.state.operator_secret
     claims = tokens.verify(secret, tokens.bearer(request.headers.get("authorization")), scope="operator")
     return str(claims["sub"])
@@ -100,6 +108,7 @@ def create_app(settings: LogsSettings, *, clickhouse: ClickHouse | None = None) 
         min_rows=settings.logs_batch_min_rows,
         delay=settings.logs_batch_delay_seconds,
         max_pending=settings.logs_max_pending_rows,
+        lanes=settings.logs_insert_lanes,
     )
 
     async def sweeper() -> None:
@@ -156,7 +165,7 @@ def create_app(settings: LogsSettings, *, clickhouse: ClickHouse | None = None) 
             max_line_bytes=settings.logs_max_line_bytes,
             max_lines=settings.logs_max_batch_lines,
         )
-        accepted, duplicates = await batcher.submit(batch.rows)
+        accepted, duplicates = await batcher.submit(batch.lines, batch.spans)
         return json_response({"accepted": accepted, "duplicates": duplicates, "truncated": batch.truncated})
 
     # -- reads ----------------------------------------------------------------------------------------------
@@ -172,10 +181,9 @@ def create_app(settings: LogsSettings, *, clickhouse: ClickHouse | None = None) 
         follow: bool = Query(False, description="Server-sent events until the job's last line"),
     ) -> Response:
         _check_job_id(job_id)
-        state = await store.job_state(job_id)
-        if state is None:
-            raise NotFound(f"no log lines for job {job_id!r}")
         if follow:
+            if await store.job_state(job_id) is None:
+                raise NotFound(f"no log lines for job {job_id!r}")
             last_event = request.headers.get("last-event-id", "")
             start = int(last_event) if last_event.isdigit() else after
             return StreamingResponse(
@@ -187,16 +195,14 @@ def create_app(settings: LogsSettings, *, clickhouse: ClickHouse | None = None) 
             lines = await store.tail(job_id, limit=tail)
         else:
             lines = await store.page(job_id, after=after, limit=limit)
-        next_after = lines[-1].seq if lines else after
-        complete = state[1] and next_after >= state[0]
-        return json_response(
-            {
-                "job_id": job_id,
-                "lines": [r.model_dump() for r in lines],
-                "next_after": next_after,
-                "complete": complete,
-            }
-        )
+        if lines:  # one query: the job's last line has its highest seq, so the page reaches it iff it ends with it
+            next_after, complete = lines[-1].seq, lines[-1].last
+        else:
+            state = await store.job_state(job_id)
+            if state is None:
+                raise NotFound(f"no log lines for job {job_id!r}")
+            next_after, complete = after, state[1] and after >= state[0]
+        return _json({"job_id": job_id, "lines": lines, "next_after": next_after, "complete": complete})
 
     async def _follow(job_id: str, after: int, tail: int | None) -> AsyncIterator[bytes]:
         if tail is not None:
@@ -206,7 +212,7 @@ def create_app(settings: LogsSettings, *, clickhouse: ClickHouse | None = None) 
         while True:
             lines = await store.page(job_id, after=after, limit=5000)
             for r in lines:
-                yield b"event: line\nid: %d\ndata: %s\n\n" % (r.seq, orjson.dumps(r.model_dump()))
+                yield b"event: line\nid: %d\ndata: %s\n\n" % (r.seq, _ENCODE.encode(r))
                 after = r.seq
                 if r.last:
                     yield b'event: end\ndata: {"complete": true}\n\n'
@@ -248,7 +254,7 @@ def create_app(settings: LogsSettings, *, clickhouse: ClickHouse | None = None) 
         if job_id:
             _check_job_id(job_id)
         hits, limited = await store.search(q, since=t0, until=t1, repo=repo, host=host, job_id=job_id, limit=limit)
-        return json_response({"hits": [h.model_dump() for h in hits], "limited": limited})
+        return _json({"hits": hits, "limited": limited})
 
     @app.get("/v1/logs/stats", tags=["read"])
     async def stats(_: Operator) -> Response:

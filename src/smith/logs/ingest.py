@@ -1,27 +1,65 @@
-"""Turning a ``POST /v1/logs`` body (NDJSON of ``smith.wire.logs.LogLine``) into rows for ClickHouse.
+"""Turning a ``POST /v1/logs`` body (NDJSON of ``smith.wire.logs.LogLine``) into lines for ClickHouse.
 
 All or nothing: if any line is malformed the whole batch is refused with every bad line's number, so a batch
-is never half-written. Lines over the size limit are cut at a UTF-8 boundary and end with a marker. Validation
-is hand-written (not pydantic per line) because it runs for every one of hundreds of thousands of lines a
-second; ``tests/logs/test_ingest.py`` checks it agrees with the pydantic model.
+is never half-written. Lines over the size limit are cut at a UTF-8 boundary and end with a marker.
+
+This runs for every one of hundreds of thousands of lines a second, so the whole body is decoded and validated
+in one call by msgspec (C) into ``Line`` structs, and what is left (host default, truncation, per-job seq
+ranges) is done with C-level iteration. ``tests/logs/test_ingest.py`` checks the rules agree with the pydantic
+model in ``smith.wire.logs``, which documents the wire format.
+
+Encodings for ``INSERT ... FORMAT JSONEachRow``: ``encode_lines`` writes the lines in their wire shape (modern
+servers compute ``ts_us`` and ``day`` from ``ts`` themselves; see ``migrations/0002``); ``encode_rows`` writes
+every stored column (legacy servers, which have neither EPHEMERAL columns nor such defaults).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass, field
-from typing import Any
+import operator
+from dataclasses import dataclass
+from typing import Annotated, Literal
 
+import msgspec
 import orjson
 
 from smith.errors import InvalidInput
-from smith.wire.logs import JOB_ID_RE, STREAMS, TRUNCATION_MARKER, BadLine
+from smith.wire.logs import JOB_ID_RE, TRUNCATION_MARKER, BadLine
 
 MAX_BAD_LINES_LISTED = 100
 _MAX_TS = 32503680000.0  # year 3000
-_LIMITS = {"host": 253, "vm": 128, "step": 256, "repo": 256}
 _DAY_CACHE: dict[int, str] = {}
 _DAY_US = 86_400_000_000
+
+_job_id = operator.attrgetter("job_id")
+_seq = operator.attrgetter("seq")
+_host = operator.attrgetter("host")
+_text = operator.attrgetter("line")
+_truncated = operator.attrgetter("truncated")
+
+
+class Line(msgspec.Struct, omit_defaults=True):
+    """One line as validated and as sent to a modern server (fields at their default are left out)."""
+
+    job_id: str
+    seq: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+    ts: Annotated[float, msgspec.Meta(ge=0, lt=_MAX_TS)]
+    stream: Literal["stdout", "stderr", "system"] = "stdout"
+    line: str = ""
+    host: Annotated[str, msgspec.Meta(max_length=253)] = ""
+    vm: Annotated[str, msgspec.Meta(max_length=128)] = ""
+    step: Annotated[str, msgspec.Meta(max_length=256)] = ""
+    repo: Annotated[str, msgspec.Meta(max_length=256)] = ""
+    last: bool = False
+    truncated: bool = False  # set here, never taken from the agent
+
+
+_DECODE_MANY = msgspec.json.Decoder(list[Line])
+_DECODE_ONE = msgspec.json.Decoder(Line)
+_ENCODE = msgspec.json.Encoder()
+# Column list of a modern insert: ts fills the EPHEMERAL column ts_us and day are computed from.
+LINE_COLUMNS = "job_id, seq, ts, stream, line, host, vm, step, repo, last, truncated"
+ROW_COLUMNS = "job_id, seq, ts_us, day, stream, line, host, vm, step, repo, last, truncated"
 
 
 class BadBatchError(InvalidInput):
@@ -41,10 +79,14 @@ class BadBatchError(InvalidInput):
         return body
 
 
+Spans = dict[str, tuple[int, int]]
+
+
 @dataclass
 class Batch:
-    rows: list[dict[str, Any]] = field(default_factory=list)
+    lines: list[Line]
     truncated: int = 0
+    spans: Spans | None = None  # each job's (lowest, highest) seq, if each job's seqs strictly increase
 
 
 def day_of(ts_us: int) -> str:
@@ -54,6 +96,11 @@ def day_of(ts_us: int) -> str:
     if s is None:
         s = _DAY_CACHE[n] = (dt.date(1970, 1, 1) + dt.timedelta(days=n)).isoformat()
     return s
+
+
+def ts_us(ts: float) -> int:
+    """Microseconds of ``ts`` seconds, as the modern schema's DEFAULT computes it: ``toInt64(round(ts * 1e6))``."""
+    return round(ts * 1_000_000)
 
 
 def truncate(line: str, max_bytes: int) -> str | None:
@@ -69,151 +116,145 @@ def truncate(line: str, max_bytes: int) -> str | None:
     return kept + TRUNCATION_MARKER.format(dropped=dropped)
 
 
-def _explain(obj: Any) -> str:
-    """What is wrong with a line the fast check refused."""
-    if type(obj) is not dict:
-        return "not a JSON object"
-    job_id = obj.get("job_id")
-    if type(job_id) is not str or not JOB_ID_RE.match(job_id):
-        return "job_id: required; letters, digits and ._:- only, 1-128 characters"
-    seq = obj.get("seq")
-    if type(seq) is not int or not 0 <= seq < 2**63:
-        return "seq: required; an integer from 0 to 2^63-1"
-    ts: Any = obj.get("ts")
-    if type(ts) not in (int, float) or not 0 <= ts < _MAX_TS:
-        return "ts: required; seconds since the epoch"
-    stream = obj.get("stream", "stdout")
-    if type(stream) is not str or stream not in STREAMS:
-        return "stream: must be stdout, stderr or system"
-    if type(obj.get("line", "")) is not str:
-        return "line: must be a string"
-    if type(obj.get("last", False)) is not bool:
-        return "last: must be true or false"
-    for key, limit in _LIMITS.items():
-        value = obj.get(key, "")
-        if type(value) is not str or len(value) > limit:
-            return f"{key}: must be a string of at most {limit} characters"
-    return "invalid line"
+def spans(lines: list[Line]) -> Spans | None:
+    """Each job's (lowest, highest) seq in ``lines``, or None unless each job's seqs strictly increase."""
+    if not lines:
+        return {}
+    jobs = list(map(_job_id, lines))
+    seqs = list(map(_seq, lines))
+    first = jobs[0]
+    if jobs.count(first) == len(jobs):  # one job: the usual batch
+        if len(seqs) > 1 and not all(map(operator.lt, seqs, seqs[1:])):
+            return None
+        return {first: (seqs[0], seqs[-1])}
+    out: dict[str, tuple[int, int]] = {}
+    last: dict[str, int] = {}
+    for j, s in zip(jobs, seqs, strict=True):
+        prev = last.get(j)
+        if prev is None:
+            out[j] = (s, s)
+        elif s <= prev:
+            return None
+        last[j] = s
+    return {j: (lo, last[j]) for j, (lo, _) in out.items()}
 
 
-_GOOD_IDS: set[str] = set()
+def _reason(exc: msgspec.ValidationError) -> str:
+    """``field: what is wrong`` from msgspec's ``... - at `$.field` `` message."""
+    message = str(exc)
+    text, sep, where = message.rpartition(" - at `$")
+    if not sep:
+        return message
+    field = where.rstrip("`").lstrip(".")
+    return f"{field}: {text}" if field else text
 
 
-def _check(obj: Any, host_default: str, max_line_bytes: int, batch: Batch) -> str | None:
-    """Append ``obj`` to the batch as a row; or say what is wrong with it. Runs for every line: kept flat."""
-    if type(obj) is not dict:
-        return "not a JSON object"
-    get = obj.get
-    job_id = get("job_id")
-    seq = get("seq")
-    ts: Any = get("ts")
-    stream = get("stream", "stdout")
-    line = get("line", "")
-    last = get("last", False)
-    host = get("host", "")
-    vm = get("vm", "")
-    step = get("step", "")
-    repo = get("repo", "")
-    tt = type(ts)
-    if not (
-        type(job_id) is str
-        and type(seq) is int
-        and (tt is float or tt is int)
-        and type(line) is str
-        and type(last) is bool
-        and type(stream) is str
-        and type(host) is str
-        and type(vm) is str
-        and type(step) is str
-        and type(repo) is str
-        and 0 <= seq < 9223372036854775808
-        and 0 <= ts < _MAX_TS
-        and stream in STREAMS
-        and len(host) <= 253
-        and len(vm) <= 128
-        and len(step) <= 256
-        and len(repo) <= 256
-        and (job_id in _GOOD_IDS or JOB_ID_RE.match(job_id))
-    ):
-        return _explain(obj)
-    if len(_GOOD_IDS) < 100_000:
-        _GOOD_IDS.add(job_id)
-    truncated = 0
-    if len(line) * 4 > max_line_bytes:
-        cut = truncate(line, max_line_bytes)
-        if cut is not None:
-            line = cut
-            truncated = 1
-            batch.truncated += 1
-    ts_us = int(ts * 1_000_000)
-    n = ts_us // _DAY_US
-    day = _DAY_CACHE.get(n) or day_of(ts_us)
-    batch.rows.append(
-        {
-            "job_id": job_id,
-            "seq": seq,
-            "ts_us": ts_us,
-            "day": day,
-            "stream": stream,
-            "host": host or host_default,
-            "vm": vm,
-            "step": step,
-            "repo": repo,
-            "line": line,
-            "truncated": truncated,
-            "last": 1 if last else 0,
-        }
-    )
-    return None
+def _ids_ok(lines: list[Line]) -> bool:
+    """Every job id in ``lines`` is well-formed (checked once per distinct id)."""
+    ids: set[str] = set(map(_job_id, lines))
+    return all(JOB_ID_RE.match(job_id) for job_id in ids)
+
+
+_BAD_ID = "job_id: required; letters, digits and ._:- only, 1-128 characters"
+
+
+def _decode_each(body: bytes) -> tuple[list[tuple[int, Line]], list[BadLine], int]:
+    """Line by line (blank lines skipped): the good ones with their numbers, and the bad ones."""
+    good: list[tuple[int, Line]] = []
+    bad: list[BadLine] = []
+    total_bad = 0
+    for n, raw in enumerate(body.split(b"\n"), 1):
+        if not raw.strip():
+            continue
+        error = None
+        try:
+            line = _DECODE_ONE.decode(raw)
+        except msgspec.ValidationError as exc:
+            error = _reason(exc)
+        except msgspec.DecodeError as exc:
+            error = f"not JSON: {exc}"
+        else:
+            if JOB_ID_RE.match(line.job_id):
+                good.append((n, line))
+                continue
+            error = _BAD_ID
+        total_bad += 1
+        if len(bad) < MAX_BAD_LINES_LISTED:
+            bad.append(BadLine(line=n, error=error))
+    return good, bad, total_bad
 
 
 def parse(body: bytes, *, host_default: str = "", max_line_bytes: int = 65536, max_lines: int = 100_000) -> Batch:
-    """Validate a whole NDJSON body into rows, or raise ``BadBatchError`` naming each bad line."""
-    text = body.replace(b"\r\n", b"\n").strip(b"\n")
-    objs: list[Any] | None = None
+    """Validate a whole NDJSON body into lines, or raise ``BadBatchError`` naming each bad line."""
+    text = body.replace(b"\r\n", b"\n").strip()
+    lines: list[Line] | None = None
     if text:
         try:  # fast path: one C call for the whole batch
-            parsed = orjson.loads(b"[" + text.replace(b"\n", b",") + b"]")
-            objs = parsed if isinstance(parsed, list) else None
-        except orjson.JSONDecodeError:
-            objs = None
-    batch = Batch()
-    bad: list[BadLine] = []
-    total_bad = 0
-    if objs is not None and text.count(b"\n") + 1 == len(objs):
-        numbered: list[tuple[int, Any]] = list(enumerate(objs, 1))
-    else:  # slow path: find the bad lines by number (blank lines are skipped)
-        numbered = []
-        for n, raw in enumerate(body.split(b"\n"), 1):
-            if not raw.strip():
-                continue
-            try:
-                numbered.append((n, orjson.loads(raw)))
-            except orjson.JSONDecodeError as exc:
-                total_bad += 1
-                if len(bad) < MAX_BAD_LINES_LISTED:
-                    bad.append(BadLine(line=n, error=f"not JSON: {exc}"))
-    if len(numbered) + total_bad > max_lines:
-        raise InvalidInput(f"{len(numbered) + total_bad} lines in one batch; at most {max_lines}")
-    for n, obj in numbered:
-        err = _check(obj, host_default, max_line_bytes, batch)
-        if err is not None:
-            total_bad += 1
-            if len(bad) < MAX_BAD_LINES_LISTED:
-                bad.append(BadLine(line=n, error=err))
-    if total_bad:
-        bad.sort(key=lambda b: b.line)
-        raise BadBatchError(bad, total_bad)
+            lines = _DECODE_MANY.decode(b"[" + text.replace(b"\n", b",") + b"]")
+        except msgspec.DecodeError:  # (ValidationError is a DecodeError)
+            lines = None
+        if lines is not None and (text.count(b"\n") + 1 != len(lines) or not _ids_ok(lines)):
+            lines = None  # a blank line, two values on one line, or a bad job id: find them by number
+    else:
+        lines = []
+    if lines is None:
+        good, bad, total_bad = _decode_each(body)
+        if len(good) + total_bad > max_lines:
+            raise InvalidInput(f"{len(good) + total_bad} lines in one batch; at most {max_lines}")
+        if total_bad:
+            raise BadBatchError(bad, total_bad)
+        lines = [line for _, line in good]
+    if len(lines) > max_lines:
+        raise InvalidInput(f"{len(lines)} lines in one batch; at most {max_lines}")
+    batch = Batch(lines)
+    if not lines:
+        batch.spans = {}
+        return batch
+    if any(map(_truncated, lines)):  # only the pipeline says a line was cut
+        for line in lines:
+            line.truncated = False
+    if not all(map(_host, lines)):
+        for line in lines:
+            if not line.host:
+                line.host = host_default
+    if max(map(len, map(_text, lines))) * 4 > max_line_bytes:
+        for line in lines:
+            cut = truncate(line.line, max_line_bytes)
+            if cut is not None:
+                line.line = cut
+                line.truncated = True
+                batch.truncated += 1
+    batch.spans = spans(lines)
     return batch
 
 
-def encode(rows: list[dict[str, Any]], *, array: bool = False) -> bytes:
-    """Rows for ``INSERT ... FORMAT JSONEachRow``: one object a line, or (``array``) one JSON array of them.
+def encode_lines(lines: list[Line]) -> bytes:
+    """Lines in their wire shape as one JSON array (JSONEachRow takes one; a single C call)."""
+    return _ENCODE.encode(lines)
 
-    The array form is one C call instead of one a row (about 8x faster); servers from 21.x on take it, old ones
-    (the legacy dialect) need the line form.
-    """
-    if array:
-        return orjson.dumps(rows)
+
+def encode_rows(lines: list[Line]) -> bytes:
+    """Every stored column, one JSON object a line (what old servers take)."""
     dumps = orjson.dumps
-    return b"\n".join([dumps(r) for r in rows])
+    out = []
+    for x in lines:
+        us = ts_us(x.ts)
+        out.append(
+            dumps(
+                {
+                    "job_id": x.job_id,
+                    "seq": x.seq,
+                    "ts_us": us,
+                    "day": day_of(us),
+                    "stream": x.stream,
+                    "line": x.line,
+                    "host": x.host,
+                    "vm": x.vm,
+                    "step": x.step,
+                    "repo": x.repo,
+                    "last": 1 if x.last else 0,
+                    "truncated": 1 if x.truncated else 0,
+                }
+            )
+        )
+    return b"\n".join(out)

@@ -26,6 +26,9 @@ class LogsSettings(CommonSettings):
     logs_batch_rows: int = Field(100_000, gt=0, description="Most lines in one INSERT")
     logs_batch_min_rows: int = Field(5_000, gt=0, description="Write as soon as this many lines wait...")
     logs_batch_delay_seconds: float = Field(0.2, gt=0, le=10, description="...or once the oldest waited this long")
+    logs_insert_lanes: int = Field(
+        2, ge=1, le=16, description="Inserts in flight at once (each job's lines still go in order)"
+    )
     logs_max_pending_rows: int = Field(
         1_000_000, gt=0, description="Lines waiting to be written before POSTs get 429 (back-pressure)"
     )

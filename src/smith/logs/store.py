@@ -6,7 +6,12 @@ partitions (a TTL on modern servers, a sweep on legacy ones); text search uses a
 ``lower(line)`` where the server has skip indexes.
 
 Migrations are SQL files applied in name order at start-up and recorded in ``schema_migrations``; ``${...}``
-placeholders in them are filled per dialect (see ``_substitutions``).
+placeholders in them are filled per dialect (see ``_substitutions``). A file whose first line is
+``-- smith: modern only`` is not applied (nor recorded) on a legacy server, so it applies once that server is
+upgraded.
+
+Writes: ``encode`` turns validated lines into the server's JSONEachRow (the wire shape on modern servers, which
+compute ``ts_us`` and ``day`` themselves; every column on legacy ones) and ``insert`` stores them.
 """
 
 from __future__ import annotations
@@ -19,21 +24,52 @@ from collections.abc import Iterable, Mapping
 from importlib import resources
 from typing import Any
 
+import msgspec
+
 from smith.adapters.clickhouse import LEGACY, identifier, like_contains, literal
 from smith.logging import get_logger
+from smith.logs.ingest import LINE_COLUMNS, ROW_COLUMNS, Line, encode_lines, encode_rows
 from smith.ports import ClickHouse
-from smith.wire.logs import JobSummary, LogRecord
+from smith.wire.logs import JobSummary
 
 log = get_logger("smith.logs.store")
 
 TABLE = "log_lines"
 COLUMNS = "job_id, seq, ts_us, stream, line, host, vm, step, repo, truncated, last"
+MODERN_ONLY = "-- smith: modern only"
+# Table settings applied (where the server knows them) at every start, like the TTL:
+TUNING: dict[str, int] = {
+    "ttl_only_drop_parts": 1,  # partitions are days and so is the TTL: drop whole parts, never rewrite them
+    "merge_selector_base": 10,  # merge ~10 like-sized parts at once: each line is rewritten fewer times
+    "min_age_to_force_merge_seconds": 3600,  # a partition idle for an hour is merged (and indexed) whole
+    "min_age_to_force_merge_on_partition_only": 1,
+}
+# Fresh parts skip the n-gram index (most of an insert's cost); merges build it. Searches read a part without it
+# in full, and unmerged parts are small and recent, so a search costs about the same and ingestion about half.
+INSERT_SETTINGS = {"exclude_materialize_skip_indexes_on_insert": "line_ngrams"}
 _TTL_RE = re.compile(r"TTL\s+day\s*\+\s*toIntervalDay\((\d+)\)")
 
 
-def record(row: Mapping[str, Any]) -> LogRecord:
+class Record(msgspec.Struct):
+    """A stored line as the read APIs return it: the fields of ``smith.wire.logs.LogRecord`` (which documents
+    them), as a struct that costs a tenth of a pydantic model to make and to encode (a tail is 1,000 of them)."""
+
+    job_id: str
+    seq: int
+    ts: float
+    stream: str
+    line: str
+    host: str = ""
+    vm: str = ""
+    step: str = ""
+    repo: str = ""
+    truncated: bool = False
+    last: bool = False
+
+
+def record(row: Mapping[str, Any]) -> Record:
     """A stored row as the API shows it (64-bit integers may arrive quoted from old servers)."""
-    return LogRecord(
+    return Record(
         job_id=row["job_id"],
         seq=int(row["seq"]),
         ts=int(row["ts_us"]) / 1e6,
@@ -73,6 +109,7 @@ class LogStore:
         self.db = identifier(database)
         self.table = f"{self.db}.{TABLE}"
         self.retention_days = retention_days
+        self.insert_settings: dict[str, str] = {}
 
     @property
     def legacy(self) -> bool:
@@ -85,6 +122,7 @@ class LogStore:
             log.info("migrations applied", applied=applied, dialect=self.ch.dialect, version=self.ch.version)
         if not self.legacy:
             await self._ensure_ttl()
+            await self._tune()
 
     async def close(self) -> None:
         await self.ch.aclose()
@@ -112,7 +150,7 @@ class LogStore:
         applied = []
         subs = self._substitutions()
         for version, name, template in migrations():
-            if version in done:
+            if version in done or (self.legacy and template.startswith(MODERN_ONLY)):
                 continue
             for stmt in statements(template):
                 await self.ch.execute(string.Template(stmt).substitute(subs))
@@ -130,6 +168,24 @@ class LogStore:
             return
         await self.ch.execute(f"ALTER TABLE {self.table} MODIFY TTL day + toIntervalDay({int(self.retention_days)})")
         log.info("retention changed", days=self.retention_days)
+
+    async def _tune(self) -> None:
+        """Apply ``TUNING`` and pick ``INSERT_SETTINGS``, each only if this server has the setting."""
+        names = ", ".join(literal(k) for k in TUNING)
+        rows = await self.ch.select(f"SELECT name, value FROM system.merge_tree_settings WHERE name IN ({names})")
+        known = {r["name"] for r in rows}
+        current = await self.ch.select(
+            f"SELECT engine_full FROM system.tables WHERE database = {literal(self.db)} AND name = {literal(TABLE)}"
+        )
+        engine = current[0]["engine_full"] if current else ""
+        wanted = {k: v for k, v in TUNING.items() if k in known and f"{k} = {v}" not in engine}
+        if wanted:
+            changes = ", ".join(f"{k} = {v}" for k, v in wanted.items())
+            await self.ch.execute(f"ALTER TABLE {self.table} MODIFY SETTING {changes}")
+        names = ", ".join(literal(k) for k in INSERT_SETTINGS)
+        rows = await self.ch.select(f"SELECT name FROM system.settings WHERE name IN ({names})")
+        known = {r["name"] for r in rows}
+        self.insert_settings = {k: v for k, v in INSERT_SETTINGS.items() if k in known}
 
     async def sweep_retention(self, now: float | None = None) -> list[str]:
         """Drop day partitions older than the retention (what a TTL does on modern servers); their ids."""
@@ -149,9 +205,14 @@ class LogStore:
 
     # -- writes -----------------------------------------------------------------------------------------
 
-    async def insert(self, rows: bytes) -> None:
-        """Rows as JSONEachRow (see ``smith.logs.ingest``); durable when this returns."""
-        await self.ch.insert(self.table, rows)
+    def encode(self, lines: list[Line]) -> bytes:
+        """``lines`` as this server's JSONEachRow, for ``insert``."""
+        return encode_rows(lines) if self.legacy else encode_lines(lines)
+
+    async def insert(self, payload: bytes) -> None:
+        """Lines ``encode`` made; durable when this returns."""
+        columns = ROW_COLUMNS if self.legacy else LINE_COLUMNS
+        await self.ch.insert(f"{self.table} ({columns})", payload, self.insert_settings)
 
     async def max_seqs(self, job_ids: Iterable[str]) -> dict[str, int]:
         """The highest stored seq of each of these jobs that has any line."""
@@ -187,7 +248,7 @@ class LogStore:
             return None
         return int(rows[0]["m"]), bool(int(rows[0]["done"]))
 
-    async def page(self, job_id: str, *, after: int = 0, limit: int = 1000) -> list[LogRecord]:
+    async def page(self, job_id: str, *, after: int = 0, limit: int = 1000) -> list[Record]:
         """Up to ``limit`` lines with seq above ``after``, in order."""
         rows = await self.ch.select(
             f"SELECT {COLUMNS} FROM {self.table} WHERE job_id = {literal(job_id)} AND seq > {int(after)} "
@@ -195,7 +256,7 @@ class LogStore:
         )
         return _unique(rows)
 
-    async def tail(self, job_id: str, *, limit: int = 1000) -> list[LogRecord]:
+    async def tail(self, job_id: str, *, limit: int = 1000) -> list[Record]:
         """The last ``limit`` lines, in order."""
         rows = await self.ch.select(
             f"SELECT {COLUMNS} FROM {self.table} WHERE job_id = {literal(job_id)} ORDER BY seq DESC LIMIT {int(limit)}"
@@ -212,7 +273,7 @@ class LogStore:
         host: str | None = None,
         job_id: str | None = None,
         limit: int = 100,
-    ) -> tuple[list[LogRecord], bool]:
+    ) -> tuple[list[Record], bool]:
         """Lines containing ``text`` (any case), newest first, and whether more than ``limit`` matched."""
         where = []
         if text:
@@ -264,12 +325,12 @@ class LogStore:
         )
 
 
-def _unique(rows: list[dict[str, Any]]) -> list[LogRecord]:
+def _unique(rows: list[dict[str, Any]]) -> list[Record]:
     """Records of rows ordered by seq, each seq once: a duplicate not yet merged away is skipped.
 
     (Done here rather than with ``LIMIT 1 BY seq``, which stops ClickHouse reading in key order: 4x slower tails.)
     """
-    out: list[LogRecord] = []
+    out: list[Record] = []
     last = None
     for r in rows:
         seq = int(r["seq"])
