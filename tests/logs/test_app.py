@@ -217,10 +217,14 @@ def test_follow_streams_until_the_last_line(client: httpx.Client, server: tuple[
     assert [x["seq"] for x in got] == [1, 2, 3, 4, 5, 6] and got[-1]["last"]
 
 
-def test_against_a_clickhouse_server_over_http(database: str, clickhouse_server: str) -> None:
-    """The whole API with the HTTP adapter (here Debian's 18.16, so the legacy dialect and NDJSON inserts)."""
+@pytest.mark.parametrize("server", ["clickhouse_server", "chdb_over_http"])
+def test_against_a_clickhouse_server_over_http(database: str, server: str, request: pytest.FixtureRequest) -> None:
+    """The whole API with the HTTP adapter: against a real server (here Debian's 18.16, so the legacy dialect and
+    NDJSON inserts), and against a current engine behind ClickHouse's HTTP interface (the modern dialect)."""
     from smith.adapters.clickhouse_http import HttpClickHouse
     from tests.logs.conftest import CH_PASSWORD
+
+    clickhouse_server = request.getfixturevalue(server)
 
     settings = LogsSettings(
         agent_token_secret=AGENT_SECRET,
@@ -238,4 +242,5 @@ def test_against_a_clickhouse_server_over_http(database: str, clickhouse_server:
         hits = c.get("/v1/logs/search", params={"q": "line 11", "job_id": "h1"}, headers=OPERATOR).json()["hits"]
         assert sorted(h["seq"] for h in hits) == [11, *range(110, 120)]
         assert c.get("/v1/jobs/h1/logs/summary", headers=OPERATOR).json()["lines"] == 120
-        assert c.get("/v1/logs/stats", headers=OPERATOR).json()["dialect"] in ("legacy", "modern")
+        dialect = c.get("/v1/logs/stats", headers=OPERATOR).json()["dialect"]
+        assert dialect == "modern" if server == "chdb_over_http" else dialect in ("legacy", "modern")
