@@ -78,3 +78,15 @@ def _no_sandbox_dirs_left() -> Iterator[None]:
     if base.is_dir():
         for path in set(base.iterdir()) - before:
             shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def chdb_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The chdb data directory every test shares: chdb opens one directory per process, so the whole session
+    uses this one (each test its own database in it), held open so the embedded server starts once."""
+    from smith.adapters.chdb import _acquire, _release
+
+    path = tmp_path_factory.mktemp("chdb")
+    _acquire(path)
+    yield path
+    _release()

@@ -8,6 +8,7 @@ the cache, ClickHouse and LogSink for the logs pipeline; the log store itself is
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
 from typing import Any, Protocol
 
 from smith.domain.jobs import Job
@@ -46,6 +47,11 @@ class Machine(Protocol):
 
     async def stop(self) -> None:
         """Destroy the VM and everything made for it (process, tap, chroot, sockets). Idempotent."""
+        ...
+
+    def host_logs(self) -> dict[str, Path]:
+        """Files on the host where the VMM itself logs about this VM, by the step name its lines get in the job's
+        logs (Firecracker: ``firecracker`` and ``firecracker-metrics``); empty when there are none."""
         ...
 
 

@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 
 from smith.agent.client import ControlClient
 from smith.agent.daemon import Agent, AgentConfig
 from smith.agent.logsink import LocalFiles
+from smith.testing.firecracker import VERSION
 from tests.agent.firecracker_support import make_rig
 from tests.control.conftest import Control, agent_token, operator_token
 
@@ -65,3 +67,72 @@ async def test_jobs_run_in_firecracker_vms_end_to_end(control: Control, tmp_path
             await agent.shutdown()
             await runner
         assert rig.leftovers() == [] and rig.network.in_use == {}
+
+
+async def test_firecrackers_own_log_and_metrics_reach_the_log_pipeline(
+    control: Control, tmp_path: Path, chdb_dir: Path
+) -> None:
+    """The agent ships a Firecracker job's guest output and Firecracker's own log and metrics to `smith logs`."""
+    import uuid
+
+    from smith.adapters.chdb import ChdbClickHouse
+    from smith.agent.logship import LogShipper
+    from smith.agent.logsink import Fanout
+    from smith.logs.app import create_app
+    from smith.logs.settings import LogsSettings
+    from smith.testing.servers import ThreadedServer
+    from tests.logs.conftest import AGENT_SECRET, JWT_SECRET
+    from tests.logs.conftest import agent_token as logs_agent_token
+    from tests.logs.conftest import operator_token as logs_operator_token
+
+    database = f"t_{uuid.uuid4().hex[:12]}"
+    settings = LogsSettings(
+        agent_token_secret=AGENT_SECRET,
+        jwt_secret=JWT_SECRET,
+        clickhouse_database=database,
+        logs_batch_delay_seconds=0.02,
+    )
+    for rig in make_rig(jailed=True):  # paths in the chroot: the agent reads the VMM's files from the host
+        with ThreadedServer(create_app(settings, clickhouse=ChdbClickHouse(chdb_dir))) as logs:
+            shipper = LogShipper(logs.url, logs_agent_token("fc-host"), tmp_path / "spool", host="fc-host")
+            output = Fanout(LocalFiles(tmp_path / "logs"), shipper)
+            config = AgentConfig(
+                agent_id="fc-host",
+                hostname="fc-host",
+                vcpus=2,
+                memory_mib=4096,
+                max_vms=1,
+                lease_wait_seconds=1.0,
+                drain_seconds=5,
+            )
+            agent = Agent(config, ControlClient(control.url, agent_token("fc-host")), rig.vmm, output)
+            runner = asyncio.create_task(agent.run())
+            try:
+                async with httpx.AsyncClient(
+                    base_url=control.url, headers={"Authorization": f"Bearer {operator_token()}"}, timeout=30
+                ) as op:
+                    job = (await op.post("/v1/jobs", json={"run": "echo from-the-guest"})).json()
+                    assert (await wait_terminal(op, job["id"]))["state"] == "succeeded"
+            finally:
+                await agent.shutdown()
+                await runner
+            async with httpx.AsyncClient(
+                base_url=logs.url, headers={"Authorization": f"Bearer {logs_operator_token()}"}, timeout=30
+            ) as reader:
+                for _ in range(100):  # the shipper's last batch may still be on its way
+                    page = (await reader.get(f"/v1/jobs/{job['id']}/logs", params={"limit": 1000})).json()
+                    if page.get("complete"):
+                        break
+                    await asyncio.sleep(0.05)
+        lines = page["lines"]
+        by_step: dict[str, list[str]] = {}
+        for x in lines:
+            by_step.setdefault(x["step"], []).append(x["line"])
+        assert any(t == "from-the-guest" for t in by_step[""])
+        assert any(t.endswith(f"Running Firecracker v{VERSION}") for t in by_step["firecracker"])
+        assert any(t.endswith("Sending CTRL+ALT+DEL to the guest") for t in by_step["firecracker"])  # from its stop
+        metrics = [orjson.loads(t) for t in by_step["firecracker-metrics"]]
+        assert metrics and all("utc_timestamp_ms" in m for m in metrics)
+        assert lines[-1]["line"] == "exit code 0" and lines[-1]["last"] and page["complete"]
+        assert all(x["host"] == "fc-host" for x in lines)
+        assert rig.leftovers() == []

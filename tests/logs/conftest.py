@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from smith import tokens
-from smith.adapters.chdb import ChdbClickHouse, _acquire, _release
+from smith.adapters.chdb import ChdbClickHouse
 from smith.adapters.clickhouse_http import HttpClickHouse
 from smith.logs.settings import LogsSettings
 from smith.logs.store import LogStore
@@ -38,14 +38,6 @@ def agent_token(agent_id: str = "host-1") -> str:
 
 def operator_token() -> str:
     return tokens.mint(JWT_SECRET, scope="operator", subject="alice", ttl_seconds=3600)
-
-
-@pytest.fixture(scope="session")
-def chdb_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    path = tmp_path_factory.mktemp("chdb")
-    _acquire(path)  # held for the session, so the embedded server is not restarted per test
-    yield path
-    _release()
 
 
 @pytest.fixture

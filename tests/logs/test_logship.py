@@ -112,24 +112,29 @@ async def test_resend_after_a_lost_answer_stores_nothing_twice(pipeline: str, tm
 
 
 async def test_forwards_a_file_such_as_firecrackers_log(pipeline: str, tmp_path: Path) -> None:
+    """What the VMM logs is forwarded as the job's lines, to the end, and the exit stays the job's last line."""
     log_file = tmp_path / "firecracker.log"
-    log_file.write_text("")
+    log_file.write_text("2026-01-01T00:00:00 [anonymous-instance:main] Running Firecracker v1.16.1\n")
     async with LogShipper(pipeline, agent_token(), tmp_path / "spool") as shipper:
+        await shipper.follow_files("job-f", {"firecracker": log_file})
         await shipper.send("job-f", line("guest says hi"))
-        task = shipper.follow_file("job-f", log_file, step="firecracker")
         with log_file.open("a") as f:
-            f.write("2026-01-01T00:00:00 [anonymous-instance:main] Running Firecracker v1.16.1\n")
             f.write('{"utc_timestamp_ms": 1, "vcpu": {"exit_io_in": 3}}\n')
         for _ in range(100):
             if shipper.jobs["job-f"].next_seq >= 4:
                 break
             await asyncio.sleep(0.05)
-        task.cancel()
-        await shipper.close_job("job-f")
+        await shipper.send("job-f", GuestEvent(type="exit", ts=time.time(), exit_code=0))
+        with log_file.open("a") as f:  # the VM is stopped after the guest exited: the VMM logs its shutdown
+            f.write("2026-01-01T00:00:09 [anonymous-instance:main] Vmm is stopping.\n")
+            f.write("no newline at the end")
+        await shipper.close_job("job-f")  # reads the file to its end first
     got = all_lines(pipeline, "job-f")
-    fc = [x for x in got if x["step"] == "firecracker"]
-    assert fc[0]["line"].endswith("Running Firecracker v1.16.1") and len(fc) == 2
-    assert all(x["stream"] == "system" for x in fc)
+    fc = [x["line"] for x in got if x["step"] == "firecracker"]
+    assert fc[0].endswith("Running Firecracker v1.16.1") and fc[-2].endswith("Vmm is stopping.")
+    assert fc[-1] == "no newline at the end" and len(fc) == 4
+    assert [x["seq"] for x in got] == list(range(1, 7))
+    assert got[-1]["line"] == "exit code 0" and got[-1]["last"] and not any(x["last"] for x in got[:-1])
 
 
 def test_refuses_job_ids_that_cannot_name_a_directory(tmp_path: Path) -> None:

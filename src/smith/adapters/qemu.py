@@ -204,6 +204,9 @@ class QemuMachine:
             if event.type == "exit":
                 return
 
+    def host_logs(self) -> dict[str, Path]:
+        return {}
+
     async def stop(self) -> None:
         async with self._lock:
             if self._stopped:

@@ -95,6 +95,9 @@ class SandboxMachine:
                     line=raw.decode("utf-8", "replace").rstrip("\n"),
                 )
 
+    def host_logs(self) -> dict[str, Path]:
+        return {}
+
     async def stop(self) -> None:
         if self._stopped:
             return

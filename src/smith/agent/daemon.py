@@ -245,6 +245,7 @@ class Agent:
             if job.machine is None:
                 job.machine = await self.vmm.boot(job.shape, f"job-{spec.id}-{spec.attempt}")
             await job.machine.assign(self.guest_config(job.lease))
+            await self.output.follow_files(spec.id, job.machine.host_logs())
             # Tell the control plane while the guest starts, not before it may.
             running_report = asyncio.create_task(self._report(spec.id, "running"))
             exit_code = await self._follow(job)

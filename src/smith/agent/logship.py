@@ -8,8 +8,10 @@ later (with back-off, honouring Retry-After); the pipeline drops lines it alread
 a resend after a lost answer stores nothing twice. A job's directory is removed once it is closed and every
 line is acknowledged. A shipper started on a spool left by an earlier agent process replays what is there.
 
-It also satisfies the agent's ``JobOutput`` (``emit`` / ``close_job`` / ``aclose``), and ``follow_file``
-forwards a file line by line (Firecracker's log and metrics FIFOs or files).
+It also satisfies the agent's ``JobOutput`` (``emit`` / ``follow_files`` / ``close_job`` / ``aclose``):
+``follow_files`` forwards the VMM's own files about a job's VM line by line (Firecracker's log and metrics) until
+``close_job`` has read them to the end; the job's exit line is held until then, so it stays the job's last line
+even though Firecracker logs its own shutdown after the guest has exited.
 """
 
 from __future__ import annotations
@@ -85,6 +87,8 @@ class LogShipper:
         self._closing = False
         self._stopped = False
         self._followers: set[asyncio.Task[None]] = set()
+        self._job_followers: dict[str, list[tuple[asyncio.Task[None], asyncio.Event]]] = {}
+        self._held_exit: dict[str, dict[str, Any]] = {}  # a followed job's exit line, written after the VMM's
         self.sent_lines = 0
 
     # -- lifecycle ------------------------------------------------------------------------------------------
@@ -152,6 +156,9 @@ class LogShipper:
             stream, text, last = "system", "job started", False
         elif event.type == "exit":
             stream, text, last = "system", f"exit code {event.exit_code}", True
+            if self._job_followers.get(job_id):  # the VMM may still log: keep the exit the job's last line
+                self._held_exit[job_id] = {"line": text, "ts": event.ts, "step": step, "vm": vm, "repo": repo}
+                return 0
         else:
             stream, text, last = event.stream, event.line, False
         return self.append(job_id, text, stream=stream, ts=event.ts, step=step, vm=vm, repo=repo, last=last)
@@ -194,10 +201,15 @@ class LogShipper:
         await self.send(job_id, event)
 
     async def close_job(self, job_id: str) -> None:
-        """No more lines for this job: mark it last (if its exit was not seen), delete it once all is sent."""
+        """No more lines for this job: read its followed files to the end, mark it last (if its exit was not
+        seen), delete it once all is sent."""
+        await self._finish_followers(job_id)
+        held = self._held_exit.pop(job_id, None)
         job = self.jobs.get(job_id)
         if job is None or job.closed:
             return
+        if held is not None:
+            self.append(job_id, held.pop("line"), stream="system", last=True, **held)
         if not job.last_sent:
             self.append(job_id, "smith: output closed", stream="system", last=True)
         job.file.flush()
@@ -206,7 +218,9 @@ class LogShipper:
         self._wake.set()
 
     def follow_file(self, job_id: str, path: Path, *, step: str, stream: str = "system") -> asyncio.Task[None]:
-        """Forward each line written to ``path`` (a file or FIFO, e.g. Firecracker's log) until cancelled."""
+        """Forward each line written to ``path`` (a file or FIFO, e.g. Firecracker's log) as a line of the job,
+        until the job is closed (``close_job`` first reads what is left) or the task is cancelled."""
+        done = asyncio.Event()
 
         async def follow() -> None:
             loop = asyncio.get_running_loop()
@@ -216,18 +230,46 @@ class LogShipper:
                 while True:
                     chunk = await loop.run_in_executor(None, f.read, 65536)
                     if not chunk:
-                        await asyncio.sleep(0.2)
+                        if done.is_set():  # everything written before close_job is in
+                            if buf:
+                                self._append_followed(job_id, buf, stream, step)
+                            return
+                        await wait_event(done, 0.2)
                         continue
                     buf += chunk
                     *lines, buf = buf.split(b"\n")
                     for raw in lines:
-                        if raw and job_id in self.jobs and not self.jobs[job_id].closed:
-                            self.append(job_id, raw.decode("utf-8", "replace"), stream=stream, step=step)
+                        self._append_followed(job_id, raw, stream, step)
 
         task = asyncio.create_task(follow(), name=f"follow-{step}-{job_id}")
         self._followers.add(task)
         task.add_done_callback(self._followers.discard)
+        self._job_followers.setdefault(job_id, []).append((task, done))
         return task
+
+    async def follow_files(self, job_id: str, files: dict[str, Path]) -> None:
+        """``JobOutput``: forward the VMM's own files about the job's VM (step name -> path)."""
+        for step, path in files.items():
+            self.follow_file(job_id, path, step=step)
+
+    def _append_followed(self, job_id: str, raw: bytes, stream: str, step: str) -> None:
+        job = self.jobs.get(job_id)
+        if raw.strip() and (job is None or not job.closed):  # (followers are finished before a job closes)
+            self.append(job_id, raw.decode("utf-8", "replace"), stream=stream, step=step)
+
+    async def _finish_followers(self, job_id: str, seconds: float = 5.0) -> None:
+        """Let the job's followers read their files to the end, then stop (cancel past ``seconds``)."""
+        followers = self._job_followers.pop(job_id, [])
+        for _, done in followers:
+            done.set()
+        tasks = {task for task, _ in followers}
+        if tasks:
+            _, late = await asyncio.wait(tasks, timeout=seconds)
+            for task in late:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
 
     # -- the spool ------------------------------------------------------------------------------------------
 

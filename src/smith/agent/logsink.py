@@ -13,6 +13,10 @@ class JobOutput(Protocol):
 
     async def emit(self, job_id: str, event: GuestEvent) -> None: ...
 
+    async def follow_files(self, job_id: str, files: dict[str, Path]) -> None:
+        """Also forward these host files about the job's VM (step name -> path) until ``close_job``."""
+        ...
+
     async def close_job(self, job_id: str) -> None: ...
 
     async def aclose(self) -> None: ...
@@ -38,6 +42,9 @@ class LocalFiles:
             f = self._files[job_id] = self.path(job_id).open("a", encoding="utf-8")
         f.write(event.model_dump_json() + "\n")  # type: ignore[attr-defined]
 
+    async def follow_files(self, job_id: str, files: dict[str, Path]) -> None:
+        return None  # the VMM's files stay in the VM's directory until it is destroyed
+
     async def close_job(self, job_id: str) -> None:
         f = self._files.pop(job_id, None)
         if f is not None:
@@ -61,6 +68,10 @@ class Fanout:
     async def emit(self, job_id: str, event: GuestEvent) -> None:
         for out in self.outputs:
             await out.emit(job_id, event)
+
+    async def follow_files(self, job_id: str, files: dict[str, Path]) -> None:
+        for out in self.outputs:
+            await out.follow_files(job_id, files)
 
     async def close_job(self, job_id: str) -> None:
         for out in self.outputs:

@@ -30,6 +30,7 @@ import signal
 import socket
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -190,6 +191,7 @@ class FakeFirecracker:
     chroot: Path | None = None  # set when "jailed": paths in bodies are relative to this root
     max_payload: int = MAX_PAYLOAD  # --http-api-max-payload-size
     mmds_limit: int = MAX_PAYLOAD  # --mmds-size-limit
+    _flushes: int = 0
 
     @property
     def started(self) -> bool:
@@ -323,6 +325,7 @@ class FakeFirecracker:
         if body.get("log_path"):
             self._must_exist(body["log_path"], "Failed to open the log file")
         self.config["logger"] = body
+        self._log(f"Running Firecracker v{VERSION}")
 
     def _put_metrics(self, body: Any) -> None:
         if "metrics" in self.config:
@@ -361,11 +364,15 @@ class FakeFirecracker:
             ):
                 raise Refused("Cannot start microvm without a root device or an initrd.")
             self.state = "Running"
+            self._log("Successfully started microvm that was configured from the API")
+            self._flush_metrics()
             self._changed("start")
         elif action in ("SendCtrlAltDel", "FlushMetrics"):
             if not self.started:
                 raise Refused(NOT_BEFORE_START)
+            self._flush_metrics()
             if action == "SendCtrlAltDel":
+                self._log("Sending CTRL+ALT+DEL to the guest")
                 self._changed("ctrl-alt-del")
 
     def _patch_vm(self, body: Any) -> None:
@@ -416,6 +423,23 @@ class FakeFirecracker:
     def _must_exist(self, path: str, what: str) -> None:
         if not self._host(path).exists():
             raise Refused(f"{what} {path}: No such file or directory (os error 2)")
+
+    def _log(self, message: str) -> None:
+        """Append a line to the log file, shaped as Firecracker's (``<time> [<instance>:<thread>:<level>] msg``)."""
+        path = self.config.get("logger", {}).get("log_path")
+        if path:
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{time.time_ns() % 10**9:09d}"
+            with contextlib.suppress(OSError), self._host(path).open("a") as f:
+                f.write(f"{stamp} [{self.instance_id}:main:INFO] {message}\n")
+
+    def _flush_metrics(self) -> None:
+        """One JSON line of counters, as Firecracker writes at each flush (every 60 s and on FlushMetrics)."""
+        path = self.config.get("metrics", {}).get("metrics_path")
+        if path:
+            self._flushes += 1
+            line = {"utc_timestamp_ms": int(time.time() * 1000), "api_server": {"flushes": self._flushes}}
+            with contextlib.suppress(OSError), self._host(path).open("a") as f:
+                f.write(json.dumps(line) + "\n")
 
     def _changed(self, event: str) -> None:
         if self.on_change is not None:

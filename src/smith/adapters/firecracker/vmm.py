@@ -162,6 +162,10 @@ class FirecrackerMachine:
             raise VMError(f"VM {self.id} has no API connection")
         return self.client
 
+    def host_logs(self) -> dict[str, Path]:
+        """Firecracker's own log and its metrics (JSON lines, one per flush), in the chroot."""
+        return {"firecracker": self.jail.host(LOG), "firecracker-metrics": self.jail.host(METRICS)}
+
     async def assign(self, config: GuestConfig) -> None:
         """Put the job's config into MMDS, where the guest agent polls for it."""
         if self._stopped:
