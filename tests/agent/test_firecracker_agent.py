@@ -30,6 +30,12 @@ async def wait_terminal(op: httpx.AsyncClient, job_id: str) -> dict[str, Any]:
     raise AssertionError(f"job {job_id} did not finish: {view}")
 
 
+def fc_agent(control: Control, vmm: Any, output: Any, **config: Any) -> Agent:
+    """The host agent "fc-host" on this VMM, talking to the test control plane."""
+    cfg = AgentConfig(agent_id="fc-host", hostname="fc-host", lease_wait_seconds=1.0, drain_seconds=5, **config)
+    return Agent(cfg, ControlClient(control.url, agent_token("fc-host")), vmm, output)
+
+
 def read(path: Path) -> str:
     return path.read_text()
 
@@ -37,17 +43,7 @@ def read(path: Path) -> str:
 async def test_jobs_run_in_firecracker_vms_end_to_end(control: Control, tmp_path: Path) -> None:
     for rig in make_rig():
         output = LocalFiles(tmp_path / "logs")
-        config = AgentConfig(
-            agent_id="fc-host",
-            hostname="fc-host",
-            vcpus=4,
-            memory_mib=8192,
-            max_vms=3,
-            lease_wait_seconds=1.0,
-            warm_pool={"self-hosted": 1},
-            drain_seconds=5,
-        )
-        agent = Agent(config, ControlClient(control.url, agent_token("fc-host")), rig.vmm, output)
+        agent = fc_agent(control, rig.vmm, output, vcpus=4, memory_mib=8192, max_vms=3, warm_pool={"self-hosted": 1})
         runner = asyncio.create_task(agent.run())
         headers = {"Authorization": f"Bearer {operator_token()}"}
         try:
@@ -96,16 +92,7 @@ async def test_firecrackers_own_log_and_metrics_reach_the_log_pipeline(
         with ThreadedServer(create_app(settings, clickhouse=ChdbClickHouse(chdb_dir))) as logs:
             shipper = LogShipper(logs.url, logs_agent_token("fc-host"), tmp_path / "spool", host="fc-host")
             output = Fanout(LocalFiles(tmp_path / "logs"), shipper)
-            config = AgentConfig(
-                agent_id="fc-host",
-                hostname="fc-host",
-                vcpus=2,
-                memory_mib=4096,
-                max_vms=1,
-                lease_wait_seconds=1.0,
-                drain_seconds=5,
-            )
-            agent = Agent(config, ControlClient(control.url, agent_token("fc-host")), rig.vmm, output)
+            agent = fc_agent(control, rig.vmm, output, vcpus=2, memory_mib=4096, max_vms=1)
             runner = asyncio.create_task(agent.run())
             try:
                 async with httpx.AsyncClient(
