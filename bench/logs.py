@@ -218,7 +218,8 @@ def main() -> None:
                 f"end to end (acknowledged = stored; {retries} 429/503 retries)"
             )
             print(
-                f"cpu: server {server_cpu:.1f} s ({server_cpu / total * 1e6:.1f} us/line, chdb included), "
+                f"cpu: server {server_cpu:.1f} s ({server_cpu / total * 1e6:.1f} us/line, "
+                f"{'the ClickHouse server not included' if args.clickhouse_url else 'chdb included'}), "
                 f"load generator {client_cpu:.1f} s, on {os.cpu_count()} cores for {elapsed:.1f} s"
             )
             reads(url, args)
