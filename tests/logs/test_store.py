@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import string
 import time
+from pathlib import Path
 
 import pytest
 
@@ -271,3 +272,25 @@ def test_read_records_have_the_fields_of_the_documented_model() -> None:
     from smith.wire.logs import LogRecord
 
     assert list(Record.__struct_fields__) == list(LogRecord.model_fields)
+
+
+async def test_a_server_that_refuses_the_tuning_still_serves(chdb_dir: Path, database: str) -> None:
+    """Managed ClickHouse services may not let a user change table settings: that costs merges, not the pipeline."""
+    from smith.adapters.chdb import ChdbClickHouse
+    from smith.errors import UpstreamError
+
+    class Strict(ChdbClickHouse):
+        async def execute(self, sql: str) -> None:
+            if "MODIFY SETTING" in sql:
+                raise UpstreamError("ClickHouse: Code: 497. DB::Exception: Not enough privileges (ACCESS_DENIED)")
+            await super().execute(sql)
+
+    ch = Strict(chdb_dir)
+    store = LogStore(ch, database=database)
+    try:
+        await store.start()
+        await put(store, rows("job-s", range(1, 4)))
+        assert [r.seq for r in await store.page("job-s")] == [1, 2, 3]
+    finally:
+        await ch.execute(f"DROP DATABASE IF EXISTS {database}")
+        await ch.aclose()

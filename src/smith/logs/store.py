@@ -27,6 +27,7 @@ from typing import Any
 import msgspec
 
 from smith.adapters.clickhouse import LEGACY, identifier, like_contains, literal
+from smith.errors import SmithError
 from smith.logging import get_logger
 from smith.logs.ingest import LINE_COLUMNS, ROW_COLUMNS, Line, encode_lines, encode_rows
 from smith.ports import ClickHouse
@@ -181,7 +182,10 @@ class LogStore:
         wanted = {k: v for k, v in TUNING.items() if k in known and f"{k} = {v}" not in engine}
         if wanted:
             changes = ", ".join(f"{k} = {v}" for k, v in wanted.items())
-            await self.ch.execute(f"ALTER TABLE {self.table} MODIFY SETTING {changes}")
+            try:
+                await self.ch.execute(f"ALTER TABLE {self.table} MODIFY SETTING {changes}")
+            except SmithError as exc:  # e.g. a managed service that does not let users change them: still works
+                log.warning("table settings not applied; ingestion works, with more merging", error=exc.message)
         names = ", ".join(literal(k) for k in INSERT_SETTINGS)
         rows = await self.ch.select(f"SELECT name FROM system.settings WHERE name IN ({names})")
         known = {r["name"] for r in rows}
