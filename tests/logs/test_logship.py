@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import orjson
 import pytest
 
 from smith.agent.logship import LogShipper
@@ -141,3 +142,60 @@ def test_refuses_job_ids_that_cannot_name_a_directory(tmp_path: Path) -> None:
     shipper = LogShipper("http://127.0.0.1:1", "t", tmp_path)
     with pytest.raises(ValueError, match="spool"):
         shipper.append("../etc", "x")
+
+
+async def test_a_full_spool_counts_lines_and_says_so_instead_of_filling_the_disk(
+    settings: LogsSettings, chdb_dir: Path, tmp_path: Path
+) -> None:
+    """The pipeline is down and the spool reaches its limit: later lines are counted, not spooled; once the job
+    ends and the pipeline is back, the job's log says how many are missing, the exit line is still last, and the
+    freed space takes the next job's lines."""
+    from smith.adapters.chdb import ChdbClickHouse
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    spool = tmp_path / "spool"
+    shipper = LogShipper(url, agent_token(), spool, max_spool_bytes=4000, min_free_bytes=0, max_backoff=0.2)
+    async with shipper:
+        for i in range(1, 101):
+            await shipper.send("job-full", line(f"line {i:03d} " + "x" * 40))
+        kept = shipper.jobs["job-full"].next_seq - 1
+        assert 0 < kept < 100 and shipper.dropped_lines == 100 - kept
+        assert shipper.spool_bytes <= 4000 and (spool / "job-full" / "lines.ndjson").stat().st_size <= 4000
+        await shipper.send("job-full", GuestEvent(type="exit", ts=time.time(), exit_code=0))  # always kept
+        await shipper.close_job("job-full")
+        with ThreadedServer(create_app(settings, clickhouse=ChdbClickHouse(chdb_dir)), port=port):
+            for _ in range(200):
+                if "job-full" not in shipper.jobs:
+                    break
+                await asyncio.sleep(0.05)
+            assert shipper.spool_bytes == 0
+            await shipper.send("job-next", line("room again"))
+            await shipper.close_job("job-next")
+            for _ in range(200):
+                if not shipper.jobs:
+                    break
+                await asyncio.sleep(0.05)
+            got = all_lines(url, "job-full")
+            nxt = all_lines(url, "job-next")
+    assert [x["seq"] for x in got] == list(range(1, kept + 3))
+    assert got[kept - 1]["line"].startswith(f"line {kept:03d}")
+    marker = got[kept]["line"]
+    assert marker.startswith(f"smith: {100 - kept} line(s) of this job were not shipped") and "4000" in marker
+    assert got[-1]["line"] == "exit code 0" and got[-1]["last"]
+    assert [x["line"] for x in nxt][:1] == ["room again"]
+
+
+async def test_a_disk_short_of_free_space_stops_the_spool(tmp_path: Path) -> None:
+    """Below the free-space floor nothing but a job's last line (with the marker before it) is spooled."""
+    shipper = LogShipper("http://127.0.0.1:1", agent_token(), tmp_path, min_free_bytes=1 << 62)
+    tmp_path.mkdir(exist_ok=True)
+    assert shipper.append("job-d", "dropped") == 0 and shipper.append("job-d", "dropped too") == 0
+    assert shipper.append("job-d", "exit code 1", stream="system", last=True) == 2
+    shipper.jobs["job-d"].file.flush()
+    spooled = [orjson.loads(x) for x in (tmp_path / "job-d" / "lines.ndjson").read_bytes().splitlines()]
+    assert [x["seq"] for x in spooled] == [1, 2] and spooled[1]["last"]
+    assert spooled[0]["line"].startswith("smith: 2 line(s)") and "free on its disk" in spooled[0]["line"]
+    assert shipper.dropped_lines == 2
+    shipper.jobs["job-d"].file.close()
+    await shipper._client.aclose()

@@ -51,6 +51,7 @@ class _Job:
     last_sent: bool = False
     extra: dict[str, str] = field(default_factory=dict)
     busy: bool = False
+    dropped: int = 0  # lines not spooled since the last one that was (the spool was full)
 
 
 class LogShipper:
@@ -69,6 +70,8 @@ class LogShipper:
         max_backoff: float = 30.0,
         transport: httpx.AsyncBaseTransport | None = None,
         timeout: float = 30.0,
+        max_spool_bytes: int = 0,
+        min_free_bytes: int = 1 << 30,
     ) -> None:
         self.url = url.rstrip("/")
         self._token = token
@@ -90,6 +93,15 @@ class LogShipper:
         self._job_followers: dict[str, list[tuple[asyncio.Task[None], asyncio.Event]]] = {}
         self._held_exit: dict[str, dict[str, Any]] = {}  # a followed job's exit line, written after the VMM's
         self.sent_lines = 0
+        # The spool's bounds: at most max_spool_bytes in it (0: no limit), and never below min_free_bytes free on
+        # its filesystem. Past either, lines are counted instead of spooled, and a marker line says how many.
+        self.max_spool_bytes = max_spool_bytes
+        self.min_free_bytes = min_free_bytes
+        self.spool_bytes = 0  # bytes in the spool's job files
+        self.dropped_lines = 0
+        self._free = 0
+        self._free_checked_at = -1.0
+        self._written_since_check = 0
 
     # -- lifecycle ------------------------------------------------------------------------------------------
 
@@ -99,6 +111,7 @@ class LogShipper:
         for d in sorted(self.spool.iterdir()):
             if d.is_dir() and (d / "lines.ndjson").exists() and d.name not in self.jobs:
                 self.jobs[d.name] = self._open(d.name)
+                self.spool_bytes += self.jobs[d.name].written
         if self.jobs:
             log.info("replaying spooled logs", jobs=len(self.jobs))
         if self._task is None:
@@ -187,14 +200,54 @@ class LogShipper:
                 rec[key] = value
         if last:
             rec["last"] = True
-            job.last_sent = True
         data = orjson.dumps(rec) + b"\n"
+        full = self._full(len(data))
+        if full and not last:  # (a job's last line is always kept: it is small and ends the job)
+            job.dropped += 1
+            self.dropped_lines += 1
+            if job.dropped == 1:
+                log.warning("log spool full; lines are not spooled", job_id=job_id, reason=full)
+            return 0
+        if job.dropped:
+            note = (
+                f"smith: {job.dropped} line(s) of this job were not shipped: the agent's log spool was full "
+                f"({full or 'since freed'}); the agent's local job log has them"
+            )
+            job.dropped = 0
+            self._write(job, {"job_id": job_id, "seq": seq, "ts": rec["ts"], "stream": "system", "line": note})
+            seq = rec["seq"] = job.next_seq
+            data = orjson.dumps(rec) + b"\n"
+        if last:
+            job.last_sent = True
+        self._write(job, data)
+        return seq
+
+    def _write(self, job: _Job, data: bytes | dict[str, Any]) -> None:
+        if isinstance(data, dict):
+            if self.host:
+                data["host"] = self.host
+            data = orjson.dumps(data) + b"\n"
         job.file.write(data)
         job.written += len(data)
         job.next_seq += 1
+        self.spool_bytes += len(data)
+        self._written_since_check += len(data)
         if job.written - job.acked >= self.batch_bytes:
             self._wake.set()
-        return seq
+
+    def _full(self, size: int) -> str:
+        """Why ``size`` more bytes must not go into the spool, or an empty string."""
+        if self.max_spool_bytes and self.spool_bytes + size > self.max_spool_bytes:
+            return f"{self.spool_bytes} of {self.max_spool_bytes} bytes"
+        if not self.min_free_bytes:
+            return ""
+        now = time.monotonic()
+        if now - self._free_checked_at >= 1.0 or self._written_since_check >= 1 << 20:
+            st = os.statvfs(self.spool)
+            self._free, self._free_checked_at, self._written_since_check = st.f_bavail * st.f_frsize, now, 0
+        if self._free - self._written_since_check - size < self.min_free_bytes:
+            return f"less than {self.min_free_bytes} bytes free on its disk"
+        return ""
 
     async def emit(self, job_id: str, event: GuestEvent) -> None:
         """``JobOutput``: the agent's per-event hook."""
@@ -350,6 +403,7 @@ class LogShipper:
                 job.file.close()
                 shutil.rmtree(job.dir, ignore_errors=True)
                 self.jobs.pop(job.job_id, None)
+                self.spool_bytes -= job.written
 
     async def _ship(self, job: _Job) -> None:
         """Send this job's next batches until it is caught up or a send fails."""

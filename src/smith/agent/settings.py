@@ -50,6 +50,12 @@ class AgentSettings(CommonSettings):
         validation_alias=AliasChoices("SMITH_AGENT_LOGS_URL", "SMITH_LOGS_URL"),
         description="Log pipeline URL; overrides what the control plane hands out",
     )
+    agent_log_spool_max_bytes: int = Field(
+        0, ge=0, description="Most bytes of job logs spooled for the pipeline (0: no limit besides free space)"
+    )
+    agent_log_spool_min_free_bytes: int = Field(
+        1 << 30, ge=0, description="Stop spooling job logs when the disk has less free than this (a marker says so)"
+    )
     # Backend specifics
     agent_kernel: Path | None = Field(None, description="Guest kernel (Firecracker: uncompressed vmlinux)")
     agent_rootfs: Path | None = Field(None, description="Guest root filesystem image")

@@ -52,7 +52,14 @@ def build_agent(settings: Any, network: Any = None) -> Any:
         from smith.agent.logship import LogShipper
         from smith.agent.logsink import Fanout
 
-        shipper = LogShipper(settings.logs_url, token, settings.work_dir / "log-spool", host=config.hostname)
+        shipper = LogShipper(
+            settings.logs_url,
+            token,
+            settings.work_dir / "log-spool",
+            host=config.hostname,
+            max_spool_bytes=settings.agent_log_spool_max_bytes,
+            min_free_bytes=settings.agent_log_spool_min_free_bytes,
+        )
         output = Fanout(output, shipper)
         console.print(f"logs: {settings.logs_url}")
     return Agent(config, control, vmm, output)
