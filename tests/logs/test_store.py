@@ -247,6 +247,7 @@ async def test_fresh_parts_are_searched_without_the_index_and_merges_build_it(st
         )
     )[0]["engine_full"]
     assert "merge_selector_base = 10" in engine and "ttl_only_drop_parts = 1" in engine
+    assert "fsync_after_insert = 1" in engine  # an acknowledged line is on disk
     await put(store, rows("job-i", range(1, 2001), text="compile unit {seq}"))
     await put(store, rows("job-i", range(2001, 2003), text="Kernel PANIC at {seq}"))
 

@@ -44,6 +44,8 @@ TUNING: dict[str, int] = {
     "merge_selector_base": 10,  # merge ~10 like-sized parts at once: each line is rewritten fewer times
     "min_age_to_force_merge_seconds": 3600,  # a partition idle for an hour is merged (and indexed) whole
     "min_age_to_force_merge_on_partition_only": 1,
+    "fsync_after_insert": 1,  # an acknowledged line is on disk, not only in the page cache
+    "fsync_part_directory": 1,
 }
 # Fresh parts skip the n-gram index (most of an insert's cost); merges build it. Searches read a part without it
 # in full, and unmerged parts are small and recent, so a search costs about the same and ingestion about half.
