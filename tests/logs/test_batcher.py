@@ -104,3 +104,43 @@ async def test_retried_and_overlapping_requests_are_stored_once(
     both = await asyncio.gather(batcher.submit(lines("d", range(41, 61))), batcher.submit(lines("d", range(55, 71))))
     assert sum(new for new, _ in both) == 20 and sum(dup for _, dup in both) == 16
     assert await stored(store, "d") == list(range(1, 71))
+
+
+async def test_two_lanes_write_two_jobs_at_once_but_never_one_job_twice(chdb_dir: Path, database: str) -> None:
+    class Slow(ChdbClickHouse):
+        def __init__(self, path: Path) -> None:
+            super().__init__(path)
+            self.in_flight: list[set[str]] = []
+            self.most = 0
+            self.overlap = False
+
+        async def insert(self, table: str, rows: bytes, settings: Mapping[str, str | int] | None = None) -> None:
+            jobs = {j for j in ("a", "b") if f'"job_id":"{j}"'.encode() in rows}
+            self.overlap |= any(jobs & other for other in self.in_flight)
+            self.in_flight.append(jobs)
+            self.most = max(self.most, len(self.in_flight))
+            try:
+                await asyncio.sleep(0.2)
+                await super().insert(table, rows, settings)
+            finally:
+                self.in_flight.remove(jobs)
+
+    ch = Slow(chdb_dir)
+    store = LogStore(ch, database=database)
+    await store.start()
+    batcher = Batcher(store, batch_rows=100, min_rows=1, delay=0.0, lanes=2)
+    batcher.start()
+    try:
+        # a1 goes out at once; a2 must wait for it (same job) while b1 takes the other lane.
+        first = asyncio.create_task(batcher.submit(lines("a", range(1, 51))))
+        await asyncio.sleep(0.05)
+        results = await asyncio.gather(
+            first, batcher.submit(lines("a", range(51, 101))), batcher.submit(lines("b", range(1, 51)))
+        )
+        assert results == [(50, 0)] * 3
+        assert ch.most == 2 and not ch.overlap
+        assert await stored(store, "a") == list(range(1, 101)) and await stored(store, "b") == list(range(1, 51))
+    finally:
+        await batcher.stop()
+        await ch.execute(f"DROP DATABASE IF EXISTS {database}")
+        await ch.aclose()
