@@ -199,3 +199,47 @@ async def test_a_disk_short_of_free_space_stops_the_spool(tmp_path: Path) -> Non
     assert shipper.dropped_lines == 2
     shipper.jobs["job-d"].file.close()
     await shipper._client.aclose()
+
+
+async def test_clickhouse_down_mid_stream_then_back_loses_and_doubles_nothing(
+    settings: LogsSettings, chdb_dir: Path, tmp_path: Path
+) -> None:
+    """The pipeline stays up but its ClickHouse server (over HTTP) goes away mid-stream: POSTs get 503, the agent
+    keeps its lines, and once ClickHouse is back every line is stored once, in order."""
+    from smith.adapters.clickhouse_http import HttpClickHouse
+    from smith.testing.clickhouse import chdb_http_app
+    from tests.logs.conftest import CH_PASSWORD
+
+    ch_port = free_port()
+    clickhouse = ThreadedServer(chdb_http_app(chdb_dir, password=CH_PASSWORD), port=ch_port)
+    clickhouse.__enter__()
+    app = create_app(settings, clickhouse=HttpClickHouse(f"http://127.0.0.1:{ch_port}", password=CH_PASSWORD))
+    with ThreadedServer(app) as logs:
+        async with LogShipper(logs.url, agent_token(), tmp_path / "spool", batch_lines=200, max_backoff=0.3) as ship:
+            for i in range(1, 1001):
+                await ship.send("job-ch", line(f"line {i}"))
+            for _ in range(200):  # some of it is stored...
+                if ship.jobs["job-ch"].acked > 0:
+                    break
+                await asyncio.sleep(0.02)
+            clickhouse.__exit__(None, None, None)  # ...then ClickHouse goes away
+            for i in range(1001, 2001):
+                await ship.send("job-ch", line(f"line {i}"))
+            await asyncio.sleep(1.0)
+            assert ship.jobs["job-ch"].acked < ship.jobs["job-ch"].written  # held on the agent's disk
+            async with httpx.AsyncClient() as probe:
+                r = await probe.post(
+                    f"{logs.url}/v1/logs",
+                    content=b'{"job_id":"probe","seq":1,"ts":1.0}',
+                    headers={"Authorization": f"Bearer {agent_token()}"},
+                )
+            assert r.status_code == 503 and r.json()["retryable"] is True
+            with ThreadedServer(chdb_http_app(chdb_dir, password=CH_PASSWORD), port=ch_port):
+                await ship.close_job("job-ch")
+                for _ in range(300):
+                    if "job-ch" not in ship.jobs:
+                        break
+                    await asyncio.sleep(0.05)
+                got = all_lines(logs.url, "job-ch")
+    assert [x["seq"] for x in got] == list(range(1, 2002))
+    assert [x["line"] for x in got[:2000]] == [f"line {i}" for i in range(1, 2001)] and got[-1]["last"]
