@@ -33,7 +33,7 @@ import shlex
 import shutil
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -41,6 +41,7 @@ from typing import Any, Protocol
 import orjson
 from pydantic import ValidationError
 
+from smith.asyncutil import CleanupStack
 from smith.domain.vms import Backend, VMShape
 from smith.errors import VMError
 from smith.logging import get_logger
@@ -83,24 +84,6 @@ class QemuConfig:
     boot_attempts: int = 3
     kvm_probe_timeout: float = 20.0
     stop_timeout: float = 5.0
-
-
-class CleanupStack:
-    """Undo steps, run in reverse; each runs even if an earlier one fails."""
-
-    def __init__(self) -> None:
-        self._undo: list[tuple[str, Callable[[], Awaitable[None]]]] = []
-
-    def push(self, name: str, undo: Callable[[], Awaitable[None]]) -> None:
-        self._undo.append((name, undo))
-
-    async def unwind(self) -> None:
-        while self._undo:
-            name, undo = self._undo.pop()
-            try:
-                await undo()
-            except Exception as exc:  # keep unwinding: one failed undo must not leak the rest
-                log.warning("cleanup step failed", step=name, error=str(exc))
 
 
 class QMP:
@@ -382,7 +365,7 @@ class QemuVMM:
         snap = snapshot if isinstance(snapshot, Snapshot) else None
         accel = await self.accel()
         started = time.monotonic()
-        cleanup = CleanupStack()
+        cleanup = CleanupStack("qemu")
         vm_dir = self.base_dir / f"{PREFIX}{vm_id}"
         try:
             # 1. work dir (its sockets' paths must fit a sockaddr_un)

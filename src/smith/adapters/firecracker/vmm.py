@@ -22,7 +22,7 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -46,6 +46,7 @@ from smith.adapters.firecracker.models import (
     SnapshotLoadParams,
     Vsock,
 )
+from smith.asyncutil import CleanupStack
 from smith.domain.vms import Backend, Slot, VMShape
 from smith.errors import ConfigError, PayloadTooLarge, SmithError, VMError
 from smith.logging import get_logger
@@ -112,28 +113,6 @@ class Snapshot:
     mem: Path
 
 
-class CleanupStack:
-    """Undo actions, run newest first; every one runs even if an earlier one fails."""
-
-    def __init__(self) -> None:
-        self._undo: list[tuple[str, Callable[[], Awaitable[None]]]] = []
-
-    def push(self, name: str, undo: Callable[[], Awaitable[None]]) -> None:
-        self._undo.append((name, undo))
-
-    @property
-    def names(self) -> list[str]:
-        return [name for name, _ in self._undo]
-
-    async def unwind(self) -> None:
-        while self._undo:
-            name, undo = self._undo.pop()
-            try:
-                await undo()
-            except Exception as exc:  # keep unwinding: one stuck resource must not leak the others
-                log.error("firecracker.cleanup_failed", step=name, error=str(exc))
-
-
 class FirecrackerMachine:
     """A booted Firecracker microVM."""
 
@@ -143,7 +122,7 @@ class FirecrackerMachine:
         self.id = vm_id
         self.name = name
         self.jail = jail
-        self.cleanup = CleanupStack()
+        self.cleanup = CleanupStack("firecracker")
         self.stop_timeout = stop_timeout
         self.process: asyncio.subprocess.Process | None = None
         self.client: FirecrackerClient | None = None
