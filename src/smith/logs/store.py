@@ -51,6 +51,7 @@ TUNING: dict[str, int] = {
 # in full, and unmerged parts are small and recent, so a search costs about the same and ingestion about half.
 INSERT_SETTINGS = {"exclude_materialize_skip_indexes_on_insert": "line_ngrams"}
 _TTL_RE = re.compile(r"TTL\s+day\s*\+\s*toIntervalDay\((\d+)\)")
+_SETTING_RE = re.compile(r"(\w+)\s*=\s*([^,\s]+)")
 
 
 class Record(msgspec.Struct):
@@ -124,8 +125,12 @@ class LogStore:
         if applied:
             log.info("migrations applied", applied=applied, dialect=self.ch.dialect, version=self.ch.version)
         if not self.legacy:
-            await self._ensure_ttl()
-            await self._tune()
+            rows = await self.ch.select(
+                f"SELECT engine_full FROM system.tables WHERE database = {literal(self.db)} AND name = {literal(TABLE)}"
+            )
+            engine = rows[0]["engine_full"] if rows else ""
+            await self._ensure_ttl(engine)
+            await self._tune(engine)
 
     async def close(self) -> None:
         await self.ch.aclose()
@@ -162,26 +167,22 @@ class LogStore:
             applied.append(name)
         return applied
 
-    async def _ensure_ttl(self) -> None:
-        rows = await self.ch.select(
-            f"SELECT engine_full FROM system.tables WHERE database = {literal(self.db)} AND name = {literal(TABLE)}"
-        )
-        m = _TTL_RE.search(rows[0]["engine_full"]) if rows else None
+    async def _ensure_ttl(self, engine: str) -> None:
+        """Make the table's TTL the configured retention (``engine`` is its ``engine_full``)."""
+        m = _TTL_RE.search(engine)
         if m and int(m.group(1)) == self.retention_days:
             return
         await self.ch.execute(f"ALTER TABLE {self.table} MODIFY TTL day + toIntervalDay({int(self.retention_days)})")
         log.info("retention changed", days=self.retention_days)
 
-    async def _tune(self) -> None:
-        """Apply ``TUNING`` and pick ``INSERT_SETTINGS``, each only if this server has the setting."""
+    async def _tune(self, engine: str) -> None:
+        """Apply ``TUNING`` and pick ``INSERT_SETTINGS``, each only if this server has the setting (``engine`` is
+        the table's ``engine_full``, whose SETTINGS say what is already set)."""
         names = ", ".join(literal(k) for k in TUNING)
-        rows = await self.ch.select(f"SELECT name, value FROM system.merge_tree_settings WHERE name IN ({names})")
+        rows = await self.ch.select(f"SELECT name FROM system.merge_tree_settings WHERE name IN ({names})")
         known = {r["name"] for r in rows}
-        current = await self.ch.select(
-            f"SELECT engine_full FROM system.tables WHERE database = {literal(self.db)} AND name = {literal(TABLE)}"
-        )
-        engine = current[0]["engine_full"] if current else ""
-        wanted = {k: v for k, v in TUNING.items() if k in known and f"{k} = {v}" not in engine}
+        current = dict(_SETTING_RE.findall(engine.partition(" SETTINGS ")[2]))
+        wanted = {k: v for k, v in TUNING.items() if k in known and current.get(k) != str(v)}
         if wanted:
             changes = ", ".join(f"{k} = {v}" for k, v in wanted.items())
             try:
