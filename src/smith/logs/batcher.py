@@ -21,6 +21,7 @@ import itertools
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
+from typing import Literal
 
 from smith.asyncutil import wait_event
 from smith.errors import RateLimited, SmithError, Unavailable
@@ -125,10 +126,13 @@ class Batcher:
 
     # -- submitting -------------------------------------------------------------------------------------
 
-    async def submit(self, rows: list[Line], seq_spans: Spans | None = None) -> tuple[int, int]:
+    async def submit(
+        self, rows: list[Line], seq_spans: Spans | Literal["compute"] | None = "compute"
+    ) -> tuple[int, int]:
         """Wait until ``rows`` are stored; ``(new rows written, duplicates skipped)``.
 
-        ``seq_spans`` is what ``smith.logs.ingest.spans(rows)`` says (computed here when not given)."""
+        ``seq_spans`` is what ``smith.logs.ingest.spans(rows)`` says, when the caller has it already (the parser
+        does: ``Batch.spans``); computed here otherwise."""
         if self._closing:
             raise Unavailable("log pipeline is shutting down", retry_after=1.0)
         if not rows:
@@ -140,7 +144,7 @@ class Batcher:
                 retry_after=max(1.0, self.stats.last_batch_seconds * 2),
             )
         future: asyncio.Future[tuple[int, int]] = asyncio.get_running_loop().create_future()
-        if seq_spans is None:
+        if seq_spans == "compute":
             seq_spans = spans(rows)
         jobs = frozenset(seq_spans) if seq_spans is not None else frozenset(r.job_id for r in rows)
         self._queue.append(_Request(rows, future, time.monotonic(), seq_spans, jobs))
