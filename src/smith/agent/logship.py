@@ -191,16 +191,8 @@ class LogShipper:
         job = self._job(job_id)
         if job.closed:
             raise ValueError(f"job {job_id} is closed for logs")
-        seq = job.next_seq
-        rec: dict[str, Any] = {"job_id": job_id, "seq": seq, "ts": time.time() if ts is None else ts}
-        rec["stream"] = stream
-        rec["line"] = line
-        for key, value in (("host", self.host), ("step", step), ("vm", vm), ("repo", repo)):
-            if value:
-                rec[key] = value
-        if last:
-            rec["last"] = True
-        data = orjson.dumps(rec) + b"\n"
+        ts = time.time() if ts is None else ts
+        data = self._encode(job_id, job.next_seq, ts, line, stream=stream, step=step, vm=vm, repo=repo, last=last)
         full = self._full(len(data))
         if full and not last:  # (a job's last line is always kept: it is small and ends the job)
             job.dropped += 1
@@ -214,19 +206,37 @@ class LogShipper:
                 f"({full or 'since freed'}); the agent's local job log has them"
             )
             job.dropped = 0
-            self._write(job, {"job_id": job_id, "seq": seq, "ts": rec["ts"], "stream": "system", "line": note})
-            seq = rec["seq"] = job.next_seq
-            data = orjson.dumps(rec) + b"\n"
+            self._write(job, self._encode(job_id, job.next_seq, ts, note, stream="system"))
+            data = self._encode(job_id, job.next_seq, ts, line, stream=stream, step=step, vm=vm, repo=repo, last=last)
         if last:
             job.last_sent = True
         self._write(job, data)
-        return seq
+        return job.next_seq - 1
 
-    def _write(self, job: _Job, data: bytes | dict[str, Any]) -> None:
-        if isinstance(data, dict):
-            if self.host:
-                data["host"] = self.host
-            data = orjson.dumps(data) + b"\n"
+    def _encode(
+        self,
+        job_id: str,
+        seq: int,
+        ts: float,
+        line: str,
+        *,
+        stream: str,
+        step: str = "",
+        vm: str = "",
+        repo: str = "",
+        last: bool = False,
+    ) -> bytes:
+        """One NDJSON line of ``smith.wire.logs.LogLine`` (empty optional fields left out)."""
+        rec: dict[str, Any] = {"job_id": job_id, "seq": seq, "ts": ts, "stream": stream, "line": line}
+        for key, value in (("host", self.host), ("step", step), ("vm", vm), ("repo", repo)):
+            if value:
+                rec[key] = value
+        if last:
+            rec["last"] = True
+        return orjson.dumps(rec) + b"\n"
+
+    def _write(self, job: _Job, data: bytes) -> None:
+        """Spool one encoded line as the job's next seq."""
         job.file.write(data)
         job.written += len(data)
         job.next_seq += 1
