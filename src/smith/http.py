@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import msgspec
 import orjson
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
@@ -13,8 +14,19 @@ from fastapi.responses import JSONResponse
 from smith.errors import AuthError, InvalidInput, PayloadTooLarge, SmithError
 
 
+def _default(obj: Any) -> Any:
+    if isinstance(obj, msgspec.Struct):  # e.g. the log pipeline's records: cheaper to make than pydantic models
+        return msgspec.structs.asdict(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON serializable")
+
+
+def dumps(data: Any) -> bytes:
+    """JSON of dicts, lists, scalars and msgspec structs."""
+    return orjson.dumps(data, default=_default)
+
+
 def json_response(data: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
+    return Response(dumps(data), status_code=status, media_type="application/json")
 
 
 async def read_body(request: Request, limit: int) -> bytes:

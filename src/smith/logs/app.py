@@ -9,13 +9,12 @@ import zlib
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-import msgspec
 from fastapi import Depends, FastAPI, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from smith import tokens
 from smith.errors import InvalidInput, NotFound, PayloadTooLarge, SmithError
-from smith.http import add_health_routes, error_response, json_response, read_body
+from smith.http import add_health_routes, dumps, error_response, json_response, read_body
 from smith.logging import get_logger
 from smith.logs import ingest
 from smith.logs.batcher import Batcher
@@ -63,14 +62,6 @@ async def _body(request: Request, limit: int) -> bytes:
     elif encoding != "identity":
         raise InvalidInput(f"unsupported Content-Encoding {encoding!r} (identity, gzip, deflate)")
     return body
-
-
-_ENCODE = msgspec.json.Encoder()
-
-
-def _json(body: object) -> Response:
-    """A JSON response of dicts and ``Record`` structs (msgspec: no per-record Python objects to build)."""
-    return Response(_ENCODE.encode(body), media_type="application/json")
 
 
 def _check_job_id(job_id: str) -> str:
@@ -202,7 +193,7 @@ def create_app(settings: LogsSettings, *, clickhouse: ClickHouse | None = None) 
             if state is None:
                 raise NotFound(f"no log lines for job {job_id!r}")
             next_after, complete = after, state[1] and after >= state[0]
-        return _json({"job_id": job_id, "lines": lines, "next_after": next_after, "complete": complete})
+        return json_response({"job_id": job_id, "lines": lines, "next_after": next_after, "complete": complete})
 
     async def _follow(job_id: str, after: int, tail: int | None) -> AsyncIterator[bytes]:
         if tail is not None:
@@ -212,7 +203,7 @@ def create_app(settings: LogsSettings, *, clickhouse: ClickHouse | None = None) 
         while True:
             lines = await store.page(job_id, after=after, limit=5000)
             for r in lines:
-                yield b"event: line\nid: %d\ndata: %s\n\n" % (r.seq, _ENCODE.encode(r))
+                yield b"event: line\nid: %d\ndata: %s\n\n" % (r.seq, dumps(r))
                 after = r.seq
                 if r.last:
                     yield b'event: end\ndata: {"complete": true}\n\n'
@@ -254,7 +245,7 @@ def create_app(settings: LogsSettings, *, clickhouse: ClickHouse | None = None) 
         if job_id:
             _check_job_id(job_id)
         hits, limited = await store.search(q, since=t0, until=t1, repo=repo, host=host, job_id=job_id, limit=limit)
-        return _json({"hits": hits, "limited": limited})
+        return json_response({"hits": hits, "limited": limited})
 
     @app.get("/v1/logs/stats", tags=["read"])
     async def stats(_: Operator) -> Response:
