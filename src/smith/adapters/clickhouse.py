@@ -87,12 +87,17 @@ def identifier(name: str) -> str:
     return name
 
 
+def error_code(message: str) -> int | None:
+    """The ``Code: N`` a ClickHouse exception text carries, if any."""
+    m = _CODE.search(message)
+    return int(m.group(1)) if m else None
+
+
 def query_error(message: str, *, status: int | None = None) -> SmithError:
     """Our error for a failed query: ``Unavailable`` when retrying can help, ``InvalidInput`` when the data it
     carried is what the server refused, else ``UpstreamError``."""
     short = message.strip().splitlines()[0][:500] if message.strip() else f"HTTP {status}"
-    m = _CODE.search(message)
-    code = int(m.group(1)) if m else None
+    code = error_code(message)
     if code in _RETRYABLE_CODES or status in (502, 503, 504):
         return Unavailable(f"ClickHouse is busy: {short}", retry_after=1.0)
     if code in _DATA_CODES:

@@ -27,8 +27,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from smith.adapters.clickhouse import error_code, literal
+
 _RESERVED = {"query", "database", "user", "password", "default_format", "query_id", "session_id"}
-_CODE = re.compile(r"Code:\s*(\d+)")
 # As the server maps them: unknown table/database 404, syntax and data errors 400, authentication 401.
 _STATUS = {60: 404, 81: 404, 62: 400, 516: 401} | dict.fromkeys((6, 25, 26, 27, 38, 41, 53, 70, 72, 117), 400)
 
@@ -45,7 +46,7 @@ def chdb_http_app(path: Path, *, user: str = "default", password: str = "") -> S
             if database:
                 conn.query(f"USE {database}")
             for key, value in settings.items():
-                conn.query(f"SET {key} = {value if value.lstrip('-').isdigit() else _quote(value)}")
+                conn.query(f"SET {key} = {value if value.lstrip('-').isdigit() else literal(value)}")
             data: bytes = conn.query(sql, "TabSeparated").bytes()
             return data
         finally:
@@ -71,12 +72,7 @@ def chdb_http_app(path: Path, *, user: str = "default", password: str = "") -> S
     return Starlette(routes=[Route("/", handle, methods=["GET", "POST"])])
 
 
-def _quote(value: str) -> str:
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
 def _error(message: str) -> Response:
-    m = _CODE.search(message)
-    code = int(m.group(1)) if m else 1000
+    code = error_code(message) or 1000
     headers: dict[str, Any] = {"X-ClickHouse-Exception-Code": str(code)}
     return Response(message + "\n", status_code=_STATUS.get(code, 500), headers=headers, media_type="text/plain")
