@@ -22,10 +22,7 @@ from typing import Any
 
 import httpx
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
-from smith.adapters.github import GitHubApp
 from smith.adapters.sandbox import SandboxVMM, _reachable_dir
 from smith.agent.client import ControlClient
 from smith.agent.daemon import Agent, AgentConfig
@@ -33,11 +30,9 @@ from smith.agent.logsink import LocalFiles
 from smith.control.app import create_app
 from smith.testing.github import FakeGitHub
 from smith.testing.servers import ThreadedServer
-from tests.control.conftest import Control, agent_token, make_settings, operator_token, queued_payload
+from tests.control.conftest import Control, agent_token, github_app, make_settings, operator_token, queued_payload
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bwrap is not installed (apt install bubblewrap)")
-APP_ID = "4242"
-INSTALLATION = 3456996  # what the shared workflow_job payloads carry
 
 
 def make_runner(base: Path) -> Path:
@@ -69,44 +64,35 @@ async def wait_state(
 
 @pytest.fixture
 async def running_agent(redis_url: str, tmp_path: Path) -> AsyncIterator[tuple[Control, Agent, FakeGitHub, LocalFiles]]:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode()
-    fake = FakeGitHub(APP_ID, key.public_key())
-    fake.add_installation(INSTALLATION, "Codertocat", ["Codertocat/Hello-World"], account_type="User")
-    gh = ThreadedServer(fake.app)
-    gh.start()
-    credentials = GitHubApp(APP_ID, pem, api_url=gh.url, web_url="https://github.com", max_attempts=2)
-    settings = make_settings(redis_url)
-    srv = ThreadedServer(create_app(settings, credentials=credentials))
-    srv.start()
-    control = Control(srv.url, settings, srv)
-    vmm = SandboxVMM(tmp_path / "sbx")
-    vmm.runner_dir = make_runner(vmm.base_dir)
-    output = LocalFiles(tmp_path / "logs")
-    agent = Agent(
-        AgentConfig(
-            agent_id="e2e-host",
-            hostname="e2e-host",
-            vcpus=4,
-            memory_mib=8192,
-            max_vms=4,
-            warm_pool={"smith-2vcpu": 1},
-            drain_seconds=5,
-            lease_wait_seconds=5,
-        ),
-        ControlClient(control.url, agent_token("e2e-host")),
-        vmm,
-        output,
-    )
-    task = asyncio.create_task(agent.run())
-    await asyncio.wait_for(agent.registered.wait(), 30)
-    yield control, agent, fake, output
-    await agent.shutdown()
-    await task
-    srv.stop()
-    gh.stop()
+    with github_app() as (fake, credentials):
+        settings = make_settings(redis_url)
+        srv = ThreadedServer(create_app(settings, credentials=credentials))
+        srv.start()
+        control = Control(srv.url, settings, srv)
+        vmm = SandboxVMM(tmp_path / "sbx")
+        vmm.runner_dir = make_runner(vmm.base_dir)
+        output = LocalFiles(tmp_path / "logs")
+        agent = Agent(
+            AgentConfig(
+                agent_id="e2e-host",
+                hostname="e2e-host",
+                vcpus=4,
+                memory_mib=8192,
+                max_vms=4,
+                warm_pool={"smith-2vcpu": 1},
+                drain_seconds=5,
+                lease_wait_seconds=5,
+            ),
+            ControlClient(control.url, agent_token("e2e-host")),
+            vmm,
+            output,
+        )
+        task = asyncio.create_task(agent.run())
+        await asyncio.wait_for(agent.registered.wait(), 30)
+        yield control, agent, fake, output
+        await agent.shutdown()
+        await task
+        srv.stop()
 
 
 async def test_webhook_to_sandbox_and_back(running_agent: tuple[Control, Agent, FakeGitHub, LocalFiles]) -> None:

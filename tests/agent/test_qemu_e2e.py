@@ -17,10 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
-from smith.adapters.github import GitHubApp
 from smith.adapters.qemu import QemuConfig, QemuVMM
 from smith.agent.client import ControlClient
 from smith.agent.daemon import Agent, AgentConfig
@@ -28,10 +25,9 @@ from smith.agent.logsink import LocalFiles
 from smith.control.app import create_app
 from smith.errors import ConfigError
 from smith.images.build import DIR, EXEC, build_image, find_inputs, write_cpio
-from smith.testing.github import FakeGitHub
 from smith.testing.servers import ThreadedServer
-from tests.agent.test_agent_e2e import APP_ID, INSTALLATION, wait_state
-from tests.control.conftest import Control, agent_token, make_settings, queued_payload
+from tests.agent.test_agent_e2e import wait_state
+from tests.control.conftest import Control, agent_token, github_app, make_settings, queued_payload
 
 pytestmark = [
     pytest.mark.qemu,
@@ -65,14 +61,7 @@ def image_with_runner(out: Path) -> tuple[Path, Path]:
 
 async def test_webhook_to_qemu_microvm_and_back(redis_url: str, tmp_path: Path, short_dir: Path) -> None:
     kernel, initrd = image_with_runner(tmp_path)
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode()
-    fake = FakeGitHub(APP_ID, key.public_key())
-    fake.add_installation(INSTALLATION, "Codertocat", ["Codertocat/Hello-World"], account_type="User")
-    with ThreadedServer(fake.app) as gh:
-        credentials = GitHubApp(APP_ID, pem, api_url=gh.url, web_url="https://github.com", max_attempts=2)
+    with github_app() as (fake, credentials):
         settings = make_settings(redis_url, lease_ttl_seconds=120)
         with ThreadedServer(create_app(settings, credentials=credentials)) as srv:
             control = Control(srv.url, settings, srv)

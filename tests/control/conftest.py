@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import uuid
 from collections.abc import Callable, Iterator
@@ -11,10 +12,14 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from smith import tokens
+from smith.adapters.github import GitHubApp
 from smith.control.app import create_app
 from smith.control.settings import ControlSettings
+from smith.testing.github import FakeGitHub
 from smith.testing.servers import ThreadedServer
 from tests.conftest import webhook_payload
 
@@ -121,3 +126,21 @@ def control_factory(redis_url: str) -> Iterator[Callable[..., Control]]:
 @pytest.fixture
 def control(control_factory: Callable[..., Control]) -> Control:
     return control_factory()
+
+
+APP_ID = "4242"
+INSTALLATION = 3456996  # what the shared workflow_job payloads carry
+
+
+@contextlib.contextmanager
+def github_app() -> Iterator[tuple[FakeGitHub, GitHubApp]]:
+    """The fake GitHub API with a GitHub App installed where the shared workflow_job payloads come from
+    (Codertocat/Hello-World), served on loopback, and a real ``GitHubApp`` client holding the App's key."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    fake = FakeGitHub(APP_ID, key.public_key())
+    fake.add_installation(INSTALLATION, "Codertocat", ["Codertocat/Hello-World"], account_type="User")
+    with ThreadedServer(fake.app) as gh:
+        yield fake, GitHubApp(APP_ID, pem, api_url=gh.url, web_url="https://github.com", max_attempts=2)

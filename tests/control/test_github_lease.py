@@ -9,31 +9,19 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
-from smith.adapters.github import GitHubApp
 from smith.control.app import create_app
 from smith.testing.github import FakeGitHub
 from smith.testing.servers import ThreadedServer
-from tests.control.conftest import Control, make_settings, operator_token, queued_payload
+from tests.control.conftest import INSTALLATION, Control, github_app, make_settings, operator_token, queued_payload
 
-APP_ID = "4242"
-INSTALLATION = 3456996  # what the shared workflow_job payloads carry
 LEASE = {"free_vcpus": 8, "free_memory_mib": 32768, "wait_seconds": 5}
 
 
 @pytest.fixture
 def github_and_control(redis_url: str) -> Iterator[tuple[FakeGitHub, Control]]:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode()
-    fake = FakeGitHub(APP_ID, key.public_key())
-    fake.add_installation(INSTALLATION, "Codertocat", ["Codertocat/Hello-World"], account_type="User")
-    with ThreadedServer(fake.app) as gh:
+    with github_app() as (fake, credentials):
         settings = make_settings(redis_url)
-        credentials = GitHubApp(APP_ID, pem, api_url=gh.url, web_url="https://github.com", max_attempts=2)
         with ThreadedServer(create_app(settings, credentials=credentials)) as srv:
             yield fake, Control(srv.url, settings, srv)
 
