@@ -89,7 +89,6 @@ class LogShipper:
         self._failures = 0
         self._closing = False
         self._stopped = False
-        self._followers: set[asyncio.Task[None]] = set()
         self._job_followers: dict[str, list[tuple[asyncio.Task[None], asyncio.Event]]] = {}
         self._held_exit: dict[str, dict[str, Any]] = {}  # a followed job's exit line, written after the VMM's
         self.sent_lines = 0
@@ -122,8 +121,9 @@ class LogShipper:
 
         What is not acknowledged stays on disk and is sent by the next shipper started on this spool.
         """
-        for t in list(self._followers):
-            t.cancel()
+        for followers in self._job_followers.values():
+            for task, _ in followers:
+                task.cancel()
         self._closing = True
         self._wake.set()
         deadline = time.monotonic() + drain_seconds
@@ -305,8 +305,6 @@ class LogShipper:
                         self._append_followed(job_id, raw, stream, step)
 
         task = asyncio.create_task(follow(), name=f"follow-{step}-{job_id}")
-        self._followers.add(task)
-        task.add_done_callback(self._followers.discard)
         self._job_followers.setdefault(job_id, []).append((task, done))
         return task
 
