@@ -20,7 +20,7 @@ import asyncio
 import itertools
 import time
 from collections import OrderedDict, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 from smith.asyncutil import wait_event
@@ -64,7 +64,6 @@ class Stats:
     rejected: int = 0
     failed_batches: int = 0
     last_batch_seconds: float = 0.0
-    extra: dict[str, int] = field(default_factory=dict)
 
 
 class Batcher:

@@ -24,7 +24,6 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 Stream = Literal["stdout", "stderr", "system"]
-STREAMS: frozenset[str] = frozenset(("stdout", "stderr", "system"))
 JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}$"
 JOB_ID_RE = re.compile(JOB_ID_PATTERN)
 TRUNCATION_MARKER = " …[smith: truncated {dropped} bytes]"
