@@ -295,3 +295,20 @@ async def test_a_server_that_refuses_the_tuning_still_serves(chdb_dir: Path, dat
     finally:
         await ch.execute(f"DROP DATABASE IF EXISTS {database}")
         await ch.aclose()
+
+
+def test_chdb_is_reached_only_through_the_typed_connect() -> None:
+    """The chdb and chdb-core wheels both install ``chdb/__init__.py`` (typed or not, ``ChdbError`` a
+    ``RuntimeError`` or not, by install order): no module imports chdb itself, so neither mypy nor the
+    runtime depends on which file won."""
+    import ast
+
+    src = Path(__file__).parents[2] / "src" / "smith"
+    importers = []
+    for path in src.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            names += [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            if any(n == "chdb" or n.startswith("chdb.") for n in names):
+                importers.append(str(path.relative_to(src)))
+    assert importers == []

@@ -5,21 +5,57 @@ first is open is refused (``ConfigError``). The adapter keeps that server open w
 it through ``workers`` threads, each with its own connection, so an insert and a read (or two inserts) run side
 by side; chdb releases the GIL while a query runs. Inserts stream the JSONEachRow bytes into the engine
 (``send_insert``) rather than pasting them into the SQL text.
+
+chdb comes as two wheels, ``chdb`` (a wrapper) and ``chdb-core`` (the engine), and both install
+``chdb/__init__.py`` with different contents: which one is on disk depends on install order. The wrapper's
+``connect`` is untyped and its ``ChdbError`` is a plain ``Exception``; the engine's ``connect`` is typed and its
+``ChdbError`` (``chdb._exceptions``) a ``RuntimeError``. So nothing here relies on that file: :func:`connect` reaches
+chdb through ``importlib`` (mypy never reads chdb's own typing) and returns the :class:`Connection` protocol, which
+names only what both layouts share (``connect``, and the engine's ``Connection.query``/``send_insert``/``close``,
+which are the same file either way and raise the engine's ``RuntimeError``-based ``ChdbError``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib
 import threading
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, cast
 
 import orjson
 
 from smith.adapters.clickhouse import MODERN, dialect_for_version, query_error, settings_clause
 from smith.errors import ConfigError, SmithError
+
+
+class Result(Protocol):
+    def bytes(self) -> bytes: ...
+
+
+class Inserter(Protocol):
+    def __enter__(self) -> Inserter: ...
+    def __exit__(self, *exc: object) -> None: ...
+    def append(self, data: bytes) -> object: ...
+    def finish(self) -> object: ...
+
+
+class Connection(Protocol):
+    """The part of chdb's ``Connection`` used here (the engine's ``chdb/state/sqlitelike.py``)."""
+
+    def query(self, sql: str, fmt: str = "CSV") -> Result: ...
+    def send_insert(self, sql: str, fmt: str) -> Inserter: ...
+    def close(self) -> None: ...
+
+
+def connect(path: Path) -> Connection:
+    """A connection to chdb's embedded server on ``path``, whichever ``chdb/__init__.py`` is installed.
+    Raises ``RuntimeError`` (the engine's ``ChdbError``) when the engine refuses."""
+    module = importlib.import_module("chdb")
+    return cast(Connection, module.connect(str(path)))
+
 
 _lock = threading.Lock()
 _open: dict[str, Any] = {}  # {"path": str, "conn": Connection, "users": int}
@@ -27,8 +63,6 @@ _open: dict[str, Any] = {}  # {"path": str, "conn": Connection, "users": int}
 
 def _acquire(path: Path) -> None:
     """Start (or join) the process's embedded server on ``path``."""
-    import chdb
-
     with _lock:
         if _open:
             if _open["path"] != str(path):
@@ -39,7 +73,7 @@ def _acquire(path: Path) -> None:
             return
         path.mkdir(parents=True, exist_ok=True)
         try:
-            conn = chdb.connect(str(path))  # type: ignore[no-untyped-call]
+            conn = connect(path)
         except RuntimeError as exc:
             raise ConfigError(f"cannot open chdb in {path}: {exc}") from exc
         _open.update(path=str(path), conn=conn, users=1)
@@ -65,7 +99,7 @@ class ChdbClickHouse:
         self.version = ""
         self._acquired = False
         self._local = threading.local()
-        self._conns: list[Any] = []
+        self._conns: list[Connection] = []
         self._conns_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="chdb")
 
@@ -77,15 +111,13 @@ class ChdbClickHouse:
         self.version = str(rows[0]["v"])
         self.dialect = dialect_for_version(self.version)
 
-    def _conn(self) -> Any:
+    def _conn(self) -> Connection:
         """This worker thread's own connection."""
         conn = getattr(self._local, "conn", None)
         if conn is None:
             if not self._acquired:
                 raise ConfigError("chdb store is not open (call connect first)")
-            import chdb
-
-            conn = self._local.conn = chdb.connect(str(self.path))  # type: ignore[no-untyped-call]
+            conn = self._local.conn = connect(self.path)
             with self._conns_lock:
                 self._conns.append(conn)
         return conn

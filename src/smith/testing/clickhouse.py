@@ -27,6 +27,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from smith.adapters.chdb import connect
 from smith.adapters.clickhouse import error_code, literal
 
 _RESERVED = {"query", "database", "user", "password", "default_format", "query_id", "session_id"}
@@ -39,9 +40,7 @@ def chdb_http_app(path: Path, *, user: str = "default", password: str = "") -> S
     (the one this process already has open, if any)."""
 
     def run(sql: str, settings: dict[str, str], database: str) -> bytes:
-        import chdb
-
-        conn = chdb.connect(str(path))  # type: ignore[no-untyped-call]
+        conn = connect(path)
         try:
             if database:
                 conn.query(f"USE {database}")
