@@ -25,10 +25,10 @@ from smith.adapters.firecracker.client import FirecrackerClient  # noqa: E402
 from smith.adapters.firecracker.models import MachineConfiguration  # noqa: E402
 from smith.adapters.firecracker.vmm import FirecrackerConfig, FirecrackerVMM  # noqa: E402
 from smith.domain.vms import VMShape  # noqa: E402
-from smith.testing.firecracker import FakeServer, write_stand_in  # noqa: E402
+from smith.testing.firecracker import FakeServer, default_spec_path, write_stand_in  # noqa: E402
 from smith.testing.network import MemoryNetwork  # noqa: E402
 
-SPEC = ROOT.parent / "shared" / "specs" / "firecracker-api-v1.16.1.yaml"
+SPEC = default_spec_path()
 
 
 def pct(values: list[float], q: float) -> float:

@@ -34,7 +34,7 @@ from smith.adapters.redis.embedded import EmbeddedRedis, free_port  # noqa: E402
 
 SECRET = "bench-webhook-secret"
 AGENT_SECRET = "bench-agent-secret-0123456789abcdef0123"
-FIXTURE = ROOT.parent / "shared" / "fixtures" / "github-webhooks" / "workflow_job" / "queued.payload.json"
+FIXTURE = ROOT / "tests" / "fixtures" / "github-webhooks" / "workflow_job" / "queued.payload.json"
 
 
 def pct(values: list[float], p: float) -> float:

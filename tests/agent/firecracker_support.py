@@ -13,18 +13,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
 from smith.adapters.firecracker.vmm import FirecrackerConfig, FirecrackerVMM
 from smith.domain.vms import VMShape
-from smith.testing.firecracker import write_stand_in
+from smith.testing.firecracker import default_spec_path, write_stand_in
 from smith.testing.network import MemoryNetwork
 from smith.wire.agent import JobSpec, RunnerCredential
 from smith.wire.guest import GuestConfig
-from tests.conftest import SHARED
 
-SPEC_PATH = SHARED / "specs" / "firecracker-api-v1.16.1.yaml"
+SPEC_PATH = default_spec_path()
 SHAPE = VMShape("smith-2vcpu", 2, 512, disk_mib=64)
 SECRET = "ghs_jitconfig_SECRET_value_1234"
 
@@ -53,8 +51,6 @@ def size_of(path: str | Path) -> int:
 
 
 def load_spec() -> dict[str, Any]:
-    if not SPEC_PATH.exists():
-        pytest.fail(f"missing {SPEC_PATH}: is ../shared beside the checkout?")
     spec: dict[str, Any] = yaml.safe_load(SPEC_PATH.read_text())
     return spec
 

@@ -40,6 +40,7 @@ import yaml
 
 VERSION = "1.16.1"
 SPEC_NAME = f"firecracker-api-v{VERSION}.yaml"
+SPECS = Path(__file__).resolve().parent / "specs"  # shipped with smith.testing; origin and licence in its README
 GUEST_AGENT = Path(__file__).resolve().parent.parent / "guest" / "agent.py"
 
 MAX_PAYLOAD = 51200  # --http-api-max-payload-size default
@@ -78,12 +79,8 @@ BOOT_SPECIFIC = PRE_BOOT - {("PUT", "/logger"), ("PUT", "/metrics"), ("PUT", "/s
 
 
 def default_spec_path() -> Path:
-    """``$SMITH_FIRECRACKER_SPEC``, else ``<shared>/specs/...`` (``$SMITH_SHARED_DIR`` or ../shared by the repo)."""
-    if os.environ.get("SMITH_FIRECRACKER_SPEC"):
-        return Path(os.environ["SMITH_FIRECRACKER_SPEC"])
-    shared = os.environ.get("SMITH_SHARED_DIR")
-    root = Path(shared) if shared else Path(__file__).resolve().parents[3].parent / "shared"
-    return root / "specs" / SPEC_NAME
+    """Firecracker's API description of the pinned release, shipped in ``smith/testing/specs``."""
+    return SPECS / SPEC_NAME
 
 
 def _strict(definitions: dict[str, Any]) -> dict[str, Any]:
@@ -118,7 +115,7 @@ class Spec:
     def __init__(self, path: Path | None = None) -> None:
         self.path = path or default_spec_path()
         if not self.path.exists():
-            raise FileNotFoundError(f"Firecracker API spec {self.path} not found (set SMITH_FIRECRACKER_SPEC)")
+            raise FileNotFoundError(f"Firecracker API spec {self.path} not found")
         loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the C safe loader: 10x faster, still safe
         doc = yaml.load(self.path.read_text(), Loader=loader)  # noqa: S506
         self.version = str(doc["info"]["version"])
@@ -637,7 +634,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="A fake Firecracker for tests: spec-checked API, emulated guest")
     ap.add_argument("--api-sock", default="/run/firecracker.socket")
     ap.add_argument("--id", default="anonymous-instance")
-    ap.add_argument("--spec", help=f"Firecracker's swagger file (default: ../shared/specs/{SPEC_NAME})")
+    ap.add_argument("--spec", help=f"Firecracker's swagger file (default: smith/testing/specs/{SPEC_NAME})")
     ap.add_argument("--record", help="Append every call as a JSON line to this file")
     ap.add_argument("--record-dir", help="Record into <dir>/<id>.jsonl")
     ap.add_argument("--fail", action="append", default=[], help="'METHOD /path[=message]': refuse this call")
