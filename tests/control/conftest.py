@@ -144,3 +144,4 @@ def github_app() -> Iterator[tuple[FakeGitHub, GitHubApp]]:
     fake.add_installation(INSTALLATION, "Codertocat", ["Codertocat/Hello-World"], account_type="User")
     with ThreadedServer(fake.app) as gh:
         yield fake, GitHubApp(APP_ID, pem, api_url=gh.url, web_url="https://github.com", max_attempts=2)
+    assert fake.violations == []  # the fake answered nothing GitHub's description does not declare

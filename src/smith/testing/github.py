@@ -8,10 +8,18 @@ Serve it with ``smith.testing.servers.ThreadedServer(fake.app)`` or talk to it i
 * Installation tokens (``ghs_...``) are issued with an expiry (``token_ttl``, by the fake's ``clock``) and checked
   on every later call: unknown, expired or revoked -> 401 ``Bad credentials``; a token of another installation
   -> 403 ``Resource not accessible by integration``; an unknown repository, organisation or installation -> 404.
-* Bodies and status codes follow GitHub's REST description: 201 for tokens, JIT configs and registration
-  tokens, 204 for deletes, 422 for an invalid JIT body, 409 ``Already exists`` for a runner name already
-  registered in that scope (what github.com answers; the REST description lists 409 for this endpoint),
-  404 for an unknown runner group or runner. Errors are ``{message, documentation_url, status}``.
+* Every route is an operation of GitHub's REST description (``smith/testing/specs/github-rest-subset.json``,
+  through ``smith.testing.openapi``), and every request is checked against it before anything else: an
+  unknown path or method, or a path parameter of the wrong type, is 404 ``Not Found``; an unknown or
+  ill-typed query parameter, or a body that breaks the operation's ``requestBody`` schema (a missing required
+  field, a wrong type, a field the schema does not list: stricter than GitHub, which ignores unknown fields,
+  so a renamed field is caught), is 422 ``Invalid request.``. Every response is checked too: its status must
+  be one the operation declares (or an error status, which GitHub may answer anywhere) and its body must match
+  the declared schema (errors: ``basic-error``). A response that does not is replaced by a 500 and kept in
+  ``fake.violations``, so a test sees it.
+* Status codes follow the description: 201 for tokens, JIT configs and registration tokens, 204 for deletes,
+  409 ``Already exists`` for a runner name already registered in that scope, 404 for an unknown runner
+  group or runner. Errors are ``{message, documentation_url, status}``.
 * Every request is recorded (``fake.requests``), minus its Authorization header, for assertions.
 * Failures can be injected for the next N matching requests: ``server_errors``, ``rate_limit`` (403 with
   ``x-ratelimit-remaining: 0`` and ``x-ratelimit-reset``), ``retry_after`` (429 with ``retry-after``),
@@ -21,6 +29,7 @@ Serve it with ``smith.testing.servers.ThreadedServer(fake.app)`` or talk to it i
 from __future__ import annotations
 
 import base64
+import hashlib
 import itertools
 import json
 import secrets
@@ -37,6 +46,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
+
+from smith.testing.openapi import OpenAPI, Operation, github_rest
 
 DOCS = "https://docs.github.com/rest"
 Handler = Callable[[Request], Awaitable[Response]]
@@ -92,13 +103,16 @@ class FakeGitHub:
     requests: list[Recorded] = field(default_factory=list)
     tokens: dict[str, _IssuedToken] = field(default_factory=dict)
     base_path: str = ""  # "/api/v3" to look like GitHub Enterprise Server
+    spec: OpenAPI = field(default_factory=github_rest)
+    violations: list[str] = field(default_factory=list)  # responses the fake sent against the description
 
     def __post_init__(self) -> None:
         self.app_id = str(self.app_id)
         self._lock = threading.Lock()
         self._failures: list[_Failure] = []
         self._ids = itertools.count(1000)
-        routes: list[BaseRoute] = list(self._routes())
+        self.handlers = self._handlers()
+        routes: list[BaseRoute] = [Route("/{path:path}", self._endpoint, methods=_METHODS)]
         self.app = Starlette(routes=[Mount(self.base_path, routes=routes)] if self.base_path else routes)
 
     # -- set-up ------------------------------------------------------------------------------------------
@@ -168,51 +182,75 @@ class FakeGitHub:
 
     # -- the app -----------------------------------------------------------------------------------------
 
-    def _routes(self) -> list[Route]:
+    def _handlers(self) -> dict[tuple[str, str], Handler]:
+        """What the fake serves, by GitHub's own operation (method, path template)."""
+        handlers: dict[tuple[str, str], Handler] = {
+            ("POST", "/app/installations/{installation_id}/access_tokens"): self._access_token,
+        }
         runners = "/actions/runners"
-        scoped = [
-            (f"{runners}/generate-jitconfig", ["POST"], self._jitconfig),
-            (f"{runners}/registration-token", ["POST"], self._registration_token),
-            (runners, ["GET"], self._list_runners),
-            (runners + "/{runner_id:int}", ["DELETE"], self._delete_runner),
-            ("/installation", ["GET"], self._installation_of),
-        ]
-        routes = [
-            Route(
-                "/app/installations/{installation_id:int}/access_tokens",
-                self._wrap(self._access_token),
-                methods=["POST"],
-            ),
-        ]
         for prefix in ("/repos/{owner}/{repo}", "/orgs/{org}"):
-            routes += [Route(prefix + suffix, self._wrap(h), methods=m) for suffix, m, h in scoped]
-        return routes
+            handlers[("POST", f"{prefix}{runners}/generate-jitconfig")] = self._jitconfig
+            handlers[("POST", f"{prefix}{runners}/registration-token")] = self._registration_token
+            handlers[("GET", f"{prefix}{runners}")] = self._list_runners
+            handlers[("DELETE", f"{prefix}{runners}/{{runner_id}}")] = self._delete_runner
+            handlers[("GET", f"{prefix}/installation")] = self._installation_of
+        return handlers
 
-    def _wrap(self, handler: Handler) -> Handler:
-        async def endpoint(request: Request) -> Response:
-            raw = await request.body()
-            try:
-                body = json.loads(raw) if raw else None
-            except ValueError:
-                body = raw.decode(errors="replace")
-            rec = Recorded(
-                request.method,
-                request.url.path,
-                dict(request.query_params),
-                body,
-                "none",
-                {k.lower(): v for k, v in request.headers.items() if k.lower() != "authorization"},
-            )
-            request.state.rec = rec
-            with self._lock:
-                self.requests.append(rec)
-            response = self._injected(request.url.path) or self._check_headers(request)
-            if response is None:
-                response = await handler(request)
-            rec.status = response.status_code
+    async def _endpoint(self, request: Request) -> Response:
+        raw = await request.body()
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            body = raw.decode(errors="replace")
+        rec = Recorded(
+            request.method,
+            request.url.path,
+            dict(request.query_params),
+            body,
+            "none",
+            {k.lower(): v for k, v in request.headers.items() if k.lower() != "authorization"},
+        )
+        request.state.rec = rec
+        with self._lock:
+            self.requests.append(rec)
+        path = "/" + request.path_params["path"]
+        op, params = self.spec.match(request.method, path)
+        handler = self.handlers.get((op.method, op.template)) if op else None
+        if op is None or handler is None:
+            response = _error(404, "Not Found")
+        else:
+            refused = self._injected(rec.path) or self._check_headers(request)
+            refused = refused or self._check_request(op, params, rec.query, raw)
+            if refused is None:
+                request.scope["path_params"] = params
+            response = self._check_response(op, refused or await handler(request))
+        rec.status = response.status_code
+        return response
+
+    def _check_request(
+        self, op: Operation, params: dict[str, str], query: dict[str, str], raw: bytes
+    ) -> Response | None:
+        """GitHub's answer to a request its description refuses, or None."""
+        if self.spec.path_problems(op, params):
+            return _error(404, "Not Found")  # (at GitHub, a path parameter of the wrong type matches no route)
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            return _error(400, "Problems parsing JSON")
+        problems = self.spec.request_problems(op, query, body)
+        if problems:
+            return _error(422, "Invalid request.\n\n" + "\n".join(problems))
+        return None
+
+    def _check_response(self, op: Operation, response: Response) -> Response:
+        body = json.loads(bytes(response.body)) if response.body else None
+        problems = self.spec.response_problems(op, response.status_code, body)
+        if not problems:
             return response
-
-        return endpoint
+        message = f"the fake answered {op.method} {op.template} against GitHub's description: " + "; ".join(problems)
+        with self._lock:
+            self.violations.append(message)
+        return _error(500, message)
 
     def _injected(self, path: str) -> Response | None:
         with self._lock:
@@ -348,27 +386,36 @@ class FakeGitHub:
             found = [i for i in self.installations.values() if repo in i.repos]
         if not found:
             return _error(404, "Not Found")
-        inst = found[0]
-        return JSONResponse(
-            {
-                "id": inst.id,
-                "account": {"login": inst.account, "id": abs(hash(inst.account)) % 10**8, "type": inst.account_type},
-                "app_id": int(self.app_id) if self.app_id.isdigit() else self.app_id,
-                "target_type": inst.account_type,
-                "repository_selection": "selected",
-                "permissions": {"administration": "write", "organization_self_hosted_runners": "write"},
-                "events": ["workflow_job"],
-            }
-        )
+        return JSONResponse(self._installation_body(found[0]))
+
+    def _installation_body(self, inst: Installation) -> dict[str, Any]:
+        """An installation as GitHub describes it (every field its schema requires)."""
+        api, created = "https://api.github.com", _iso(0)
+        return {
+            "id": inst.id,
+            "account": _account(inst.account, inst.account_type),
+            "app_id": int(self.app_id) if self.app_id.isdigit() else 0,
+            "app_slug": "smith",
+            "target_id": _id_of(inst.account),
+            "target_type": inst.account_type,
+            "single_file_name": None,
+            "repository_selection": "selected",
+            "access_tokens_url": f"{api}/app/installations/{inst.id}/access_tokens",
+            "repositories_url": f"{api}/installation/repositories",
+            "html_url": f"https://github.com/settings/installations/{inst.id}",
+            "permissions": {"administration": "write", "organization_self_hosted_runners": "write"},
+            "events": ["workflow_job"],
+            "created_at": created,
+            "updated_at": created,
+            "suspended_by": None,
+            "suspended_at": None,
+        }
 
     async def _jitconfig(self, request: Request) -> Response:
         scope, denied = self._authorized_scope(request)
         if denied:
             return denied
         body = request.state.rec.body
-        problem = _jit_body_problem(body)
-        if problem:
-            return _error(422, problem)
         if body["runner_group_id"] not in self.runner_groups:
             return _error(404, "Not Found")
         with self._lock:
@@ -425,27 +472,36 @@ class FakeGitHub:
         return Response(status_code=204)
 
 
-def _jit_body_problem(body: Any) -> str:
-    if not isinstance(body, dict):
-        return "Invalid request: the body must be a JSON object"
-    for key in ("name", "runner_group_id", "labels"):
-        if key not in body:
-            return f"Invalid input: object is missing required key: {key}"
-    if not isinstance(body["name"], str) or not body["name"]:
-        return "Invalid input: name must be a non-empty string"
-    if not isinstance(body["runner_group_id"], int) or isinstance(body["runner_group_id"], bool):
-        return "Invalid input: runner_group_id must be an integer"
-    labels = body["labels"]
-    if not isinstance(labels, list) or not all(isinstance(x, str) and x for x in labels):
-        return "Invalid input: labels must be an array of strings"
-    if not 1 <= len(labels) <= 100:
-        return "Invalid input: labels must have between 1 and 100 items"
-    if "work_folder" in body and not isinstance(body["work_folder"], str):
-        return "Invalid input: work_folder must be a string"
-    unknown = set(body) - {"name", "runner_group_id", "labels", "work_folder"}
-    if unknown:
-        return f"Invalid input: unknown keys {sorted(unknown)}"
-    return ""
+_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+
+
+def _id_of(login: str) -> int:
+    return int.from_bytes(hashlib.sha256(login.lower().encode()).digest()[:4]) % 10**8
+
+
+def _account(login: str, kind: str) -> dict[str, Any]:
+    """A ``simple-user`` (what GitHub gives for users and organisations alike in an installation)."""
+    api, url = "https://api.github.com", f"https://api.github.com/users/{login}"
+    return {
+        "login": login,
+        "id": _id_of(login),
+        "node_id": base64.b64encode(f"04:{kind}{_id_of(login)}".encode()).decode(),
+        "avatar_url": f"https://avatars.githubusercontent.com/u/{_id_of(login)}?v=4",
+        "gravatar_id": "",
+        "url": url,
+        "html_url": f"https://github.com/{login}",
+        "followers_url": f"{url}/followers",
+        "following_url": f"{url}/following{{/other_user}}",
+        "gists_url": f"{url}/gists{{/gist_id}}",
+        "starred_url": f"{url}/starred{{/owner}}{{/repo}}",
+        "subscriptions_url": f"{url}/subscriptions",
+        "organizations_url": f"{url}/orgs",
+        "repos_url": f"{url}/repos",
+        "events_url": f"{url}/events{{/privacy}}",
+        "received_events_url": f"{api}/users/{login}/received_events",
+        "type": kind,
+        "site_admin": False,
+    }
 
 
 def _iso(epoch: float) -> str:
