@@ -50,9 +50,13 @@ def finals(org: str, repo: str, scope: str, version: str) -> str:
     return f"{PREFIX}x:{org}:{slot(repo, scope, version)}"
 
 
+LRU = f"{PREFIX}lru:"  # + org (the metadata scripts build these two from the entry's org)
+USAGE = f"{PREFIX}u:"  # + org
+
+
 def lru(org: str) -> str:
-    return f"{PREFIX}lru:{org}"
+    return f"{LRU}{org}"
 
 
 def usage(org: str) -> str:
-    return f"{PREFIX}u:{org}"
+    return f"{USAGE}{org}"

@@ -34,22 +34,22 @@ redis.call('HSET', KEYS[1], 'state', 'uploaded', 'size', ARGV[1])
 return 'ok'
 """
 
-_FINALIZE = """
+_FINALIZE = f"""
 local f = redis.call('HMGET', KEYS[1], 'state', 'org', 'key', 'fk')
 local st = f[1]
 if st ~= 'reserved' and st ~= 'uploaded' then return st or 'missing' end
 redis.call('HSET', KEYS[1], 'state', 'final', 'size', ARGV[2], 'access', ARGV[3])
 redis.call('ZADD', f[4], 0, f[3])
-redis.call('ZADD', 'smith:cache:lru:' .. f[2], ARGV[3], ARGV[1])
+redis.call('ZADD', '{K.LRU}' .. f[2], ARGV[3], ARGV[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('HINCRBY', 'smith:cache:u:' .. f[2], 'bytes', ARGV[2])
-redis.call('HINCRBY', 'smith:cache:u:' .. f[2], 'entries', 1)
+redis.call('HINCRBY', '{K.USAGE}' .. f[2], 'bytes', ARGV[2])
+redis.call('HINCRBY', '{K.USAGE}' .. f[2], 'entries', 1)
 redis.call('SADD', KEYS[4], f[2])
 redis.call('DEL', KEYS[3])
 return 'ok'
 """
 
-_DELETE = """
+_DELETE = f"""
 local f = redis.call('HMGET', KEYS[1], 'org', 'key', 'state', 'size', 'ik', 'fk')
 if not f[1] then return false end
 if redis.call('HGET', f[5], f[2]) == ARGV[1] then
@@ -57,13 +57,13 @@ if redis.call('HGET', f[5], f[2]) == ARGV[1] then
   redis.call('ZREM', f[6], f[2])
 end
 if f[3] == 'final' then
-  redis.call('HINCRBY', 'smith:cache:u:' .. f[1], 'bytes', -tonumber(f[4]))
-  redis.call('HINCRBY', 'smith:cache:u:' .. f[1], 'entries', -1)
-  redis.call('ZREM', 'smith:cache:lru:' .. f[1], ARGV[1])
+  redis.call('HINCRBY', '{K.USAGE}' .. f[1], 'bytes', -tonumber(f[4]))
+  redis.call('HINCRBY', '{K.USAGE}' .. f[1], 'entries', -1)
+  redis.call('ZREM', '{K.LRU}' .. f[1], ARGV[1])
 end
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('DEL', KEYS[1], KEYS[2])
-return {f[1], f[3]}
+return {{f[1], f[3]}}
 """
 
 # The largest code point: its UTF-8 encoding sorts after every key that starts with a given prefix.

@@ -1,4 +1,4 @@
-"""Every Redis key Smith uses, in one place. docs/ARCHITECTURE.md lists the same table.
+"""Every Redis key of the control plane, in one place. docs/ARCHITECTURE.md lists the same table.
 
 =============================  ======  ==========================================================
 key                            type    what
@@ -12,8 +12,8 @@ smith:hosts                    zset    agent ids by last heartbeat time
 smith:events                   stream  webhook events received, capped (audit trail)
 =============================  ======  ==========================================================
 
-The cache and log services keep their own prefixes (``smith:cache:``, ``smith:logs:``) in their modules'
-own key helpers, listed in the same ARCHITECTURE.md table.
+The cache server's keys (prefix ``smith:cache:``) are in ``smith/cache/keys.py``; the log pipeline uses no
+Redis. No other module spells a key (``tests/unit/test_redis_keys.py``).
 """
 
 from __future__ import annotations

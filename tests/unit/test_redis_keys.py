@@ -1,0 +1,41 @@
+"""Every Redis key is spelled in a keys module (the control plane's or the cache server's), as the docs say."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[2] / "src" / "smith"
+KEYS_MODULES = {"adapters/redis/keys.py", "cache/keys.py"}
+KEY = re.compile(r"smith:[a-z]")  # "smith:job:", "smith:cache:", ... (not "smith: job stopped")
+
+
+def test_no_module_but_the_keys_modules_spells_a_redis_key() -> None:
+    found = []
+    for path in sorted(SRC.rglob("*.py")):
+        name = str(path.relative_to(SRC))
+        if name in KEYS_MODULES:
+            continue
+        tree = ast.parse(path.read_text())
+        docstrings = {
+            id(node.body[0].value)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+            and node.body
+            and isinstance(node.body[0], ast.Expr)
+            and isinstance(node.body[0].value, ast.Constant)
+        }
+        for node in ast.walk(tree):
+            is_text = isinstance(node, ast.Constant) and isinstance(node.value, str)
+            if is_text and id(node) not in docstrings and KEY.search(node.value):
+                found.append(f"{name}:{node.lineno}: {node.value.strip()[:60]!r}")
+    assert found == []
+
+
+def test_the_cache_scripts_build_their_keys_from_the_keys_module() -> None:
+    from smith.cache import keys, metadata
+
+    assert f"'{keys.LRU}' .. f[2]" in metadata._FINALIZE
+    assert f"'{keys.USAGE}' .. f[1]" in metadata._DELETE
+    assert keys.usage("o") == "smith:cache:u:o" and keys.lru("o") == "smith:cache:lru:o"
