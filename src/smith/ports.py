@@ -1,8 +1,9 @@
 """Small Protocols the services depend on; adapters implement them, ``smith.testing`` fakes them.
 
 Each service's own ports are added here as the service lands (VMM and Network for the agent, BlobStore for
-the cache, ClickHouse and LogSink for the logs pipeline; the log store itself is
-``smith.logs.store.LogStore``, one class over either ClickHouse adapter).
+the cache, ClickHouse for the logs pipeline; the log store itself is ``smith.logs.store.LogStore``, one class
+over either ClickHouse adapter). Where the agent sends a job's output is the agent's own ``JobOutput``
+(``smith.agent.logsink``: local files, the log shipper, or both).
 """
 
 from __future__ import annotations
@@ -164,13 +165,3 @@ class ClickHouse(Protocol):
         ...
 
     async def aclose(self) -> None: ...
-
-
-class LogSink(Protocol):
-    """Where a host agent sends each job's lines (the log shipper, or a fake)."""
-
-    async def send(self, job_id: str, event: GuestEvent) -> None: ...
-
-    async def close(self) -> None:
-        """Flush what is buffered (bounded in time) and stop."""
-        ...
