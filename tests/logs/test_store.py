@@ -172,6 +172,17 @@ def test_literals_and_dialects() -> None:
     assert dialect_for_version("22.8.5.29") == MODERN
 
 
+def test_the_dialect_settings_text_names_the_version_the_code_switches_at() -> None:
+    import re
+
+    from smith.logs.settings import LogsSettings
+
+    text = LogsSettings.model_fields["clickhouse_dialect"].description or ""
+    major, minor = (int(n) for n in re.findall(r"legacy \(< (\d+)\.(\d+)\)", text)[0])
+    assert dialect_for_version(f"{major}.{minor}.1") == MODERN
+    assert dialect_for_version(f"{major}.{minor - 1}.99" if minor else f"{major - 1}.99.1") == LEGACY
+
+
 async def test_reads_hide_duplicates_not_yet_merged(store: LogStore) -> None:
     """Two writers may both store a line before ReplacingMergeTree merges: reads show it once."""
     await put(store, rows("job-d", range(1, 11)))

@@ -19,7 +19,7 @@ class LogsSettings(CommonSettings):
     clickhouse_user: str = "default"
     clickhouse_password: SecretStr | None = None
     clickhouse_database: str = Field("smith", description="Database holding the log tables")
-    clickhouse_dialect: str = Field("auto", description="auto (by server version), modern, or legacy (< 20.3)")
+    clickhouse_dialect: str = Field("auto", description="auto (by server version), modern, or legacy (< 22.8)")
     chdb_dir: Path | None = Field(None, description="chdb data directory; default <data_dir>/logs/chdb")
     log_retention_days: int = Field(30, ge=1, le=3650, description="Lines older than this are dropped")
     # Ingestion
