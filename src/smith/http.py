@@ -10,6 +10,7 @@ import msgspec
 import orjson
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from smith.errors import AuthError, InvalidInput, PayloadTooLarge, SmithError
 
@@ -52,6 +53,36 @@ def error_response(exc: SmithError) -> Response:
     if isinstance(exc, AuthError) and exc.status_code == 401:
         headers = {**(headers or {}), "WWW-Authenticate": "Bearer"}
     return JSONResponse(exc.to_dict(), status_code=exc.status_code, headers=headers)
+
+
+def add_error_handlers(app: FastAPI, respond: Callable[[Request, SmithError], Response] | None = None) -> None:
+    """Every error ``app`` answers goes through ``respond`` (default :func:`error_response`, the documented
+    ``{"error", "message", "retryable", "retry_after"?}``): a SmithError as itself, Starlette's own routing
+    errors (unknown route 404 ``not_found``, wrong method 405 ``method_not_allowed``, with their headers) and
+    anything unexpected (500 ``internal``; its text stays in the server's log, where Starlette re-raises it)."""
+
+    def answer(request: Request, exc: SmithError) -> Response:
+        return respond(request, exc) if respond else error_response(exc)
+
+    @app.exception_handler(SmithError)
+    async def _smith(request: Request, exc: SmithError) -> Response:
+        return answer(request, exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        err = SmithError(str(exc.detail))
+        err.status_code = exc.status_code
+        err.code = _HTTP_CODES.get(exc.status_code, "http_error")
+        response = answer(request, err)
+        response.headers.update(exc.headers or {})
+        return response
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> Response:
+        return answer(request, SmithError("internal error"))
+
+
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
 
 
 def add_health_routes(app: FastAPI, probe: Callable[[], Awaitable[dict[str, Any]]], dependency: str) -> None:

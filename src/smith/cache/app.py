@@ -26,6 +26,7 @@ from smith.cache.settings import CacheSettings
 from smith.cache.twirp import read_json
 from smith.domain.cache import Tenant, check_name
 from smith.errors import ConfigError, InvalidInput, SmithError
+from smith.http import add_error_handlers
 from smith.logging import get_logger
 from smith.ports import BlobStore
 
@@ -117,11 +118,12 @@ def create_app(
     app = FastAPI(title="smith cache", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.settings = settings
 
-    @app.exception_handler(SmithError)
-    async def smith_error(request: Request, exc: SmithError) -> Response:
+    def answer(request: Request, exc: SmithError) -> Response:
         if exc.status_code >= 500:
             log.warning("cache request failed", path=request.url.path, error=exc.message, code=exc.code)
         return error_response(request, exc)
+
+    add_error_handlers(app, answer)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> Response:

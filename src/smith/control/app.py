@@ -19,7 +19,7 @@ from smith.control.service import ControlPlane, job_view
 from smith.control.settings import ControlSettings
 from smith.control.spool import Spool
 from smith.errors import AuthError, InvalidInput, SmithError
-from smith.http import add_health_routes, error_response, json_response, read_body
+from smith.http import add_error_handlers, add_health_routes, json_response, read_body
 from smith.logging import get_logger
 from smith.ports import RunnerCredentials
 from smith.wire import agent as wire
@@ -96,9 +96,7 @@ def create_app(
     app.state.plane = plane
     app.state.settings = settings
 
-    @app.exception_handler(SmithError)
-    async def _smith_error(_: Request, exc: SmithError) -> Response:
-        return error_response(exc)
+    add_error_handlers(app)
 
     @app.exception_handler(ValidationError)
     async def _validation(_: Request, exc: ValidationError) -> Response:

@@ -14,7 +14,7 @@ from fastapi.responses import StreamingResponse
 
 from smith import tokens
 from smith.errors import InvalidInput, NotFound, PayloadTooLarge, SmithError
-from smith.http import add_health_routes, dumps, error_response, json_response, read_body
+from smith.http import add_error_handlers, add_health_routes, dumps, json_response, read_body
 from smith.logging import get_logger
 from smith.logs import ingest
 from smith.logs.batcher import Batcher
@@ -134,9 +134,7 @@ def create_app(settings: LogsSettings, *, clickhouse: ClickHouse | None = None) 
     app.state.agent_secret = settings.agent_token_secret.get_secret_value() if settings.agent_token_secret else None
     app.state.operator_secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None
 
-    @app.exception_handler(SmithError)
-    async def _smith_error(_: Request, exc: SmithError) -> Response:
-        return error_response(exc)
+    add_error_handlers(app)
 
     async def clickhouse_ready() -> dict[str, Any]:
         await store.ch.select("SELECT 1 AS ok")
