@@ -46,6 +46,12 @@ async def client(key: rsa.RSAPrivateKey, fake: FakeGitHub) -> AsyncIterator[GitH
 
 
 @pytest.fixture
+async def auth(client: GitHubApp) -> dict[str, str]:
+    """Headers carrying a real installation token of installation 11."""
+    return {"Authorization": f"Bearer {await client.installation_token(11)}"}
+
+
+@pytest.fixture
 async def http(fake: FakeGitHub) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=fake.app)
     async with httpx.AsyncClient(transport=transport, base_url="https://api.github.com") as h:
@@ -78,10 +84,8 @@ async def test_every_route_checks_its_request_before_answering(fake: FakeGitHub,
 
 
 async def test_a_renamed_or_missing_field_is_refused(
-    client: GitHubApp, fake: FakeGitHub, http: httpx.AsyncClient
+    fake: FakeGitHub, http: httpx.AsyncClient, auth: dict[str, str]
 ) -> None:
-    token = await client.installation_token(11)
-    auth = {"Authorization": f"Bearer {token}"}
     good = {"name": "r1", "runner_group_id": 1, "labels": ["self-hosted"], "work_folder": "_work"}
     renamed = {"runner_name": "r1"} | {k: v for k, v in good.items() if k != "name"}
     message = refusal(await http.post(JIT, json=renamed, headers=auth), 422)
@@ -130,10 +134,8 @@ async def test_the_clients_real_requests_pass(client: GitHubApp, fake: FakeGitHu
 
 
 async def test_a_response_against_the_description_is_a_500_and_a_violation(
-    client: GitHubApp, fake: FakeGitHub, http: httpx.AsyncClient
+    fake: FakeGitHub, http: httpx.AsyncClient, auth: dict[str, str]
 ) -> None:
-    token = await client.installation_token(11)
-    auth = {"Authorization": f"Bearer {token}"}
     served = fake.handlers[("GET", "/repos/{owner}/{repo}/actions/runners")]
 
     async def runner_without_os(request: Request) -> Response:

@@ -52,7 +52,7 @@ class OpenAPI:
         self.version = str(doc["info"]["version"])
         self._doc = doc
         schemas = _nullable(doc.get("components", {}).get("schemas", {}))
-        self._schemas = {False: schemas, True: _strict(schemas)}
+        self._schemas = {False: schemas, True: strict(schemas)}
         self._validators: dict[tuple[int, bool], jsonschema.Draft4Validator] = {}
         self.operations: dict[tuple[str, str], Operation] = {}
         self._patterns: list[tuple[re.Pattern[str], str]] = []
@@ -115,7 +115,7 @@ class OpenAPI:
             if op.body_required:
                 problems.append("a request body is required")
         else:
-            problems += self._errors(op.body, body, strict=True)
+            problems += self._errors(op.body, body, closed=True)
         return problems
 
     def _param_problems(self, op: Operation, where: str, given: dict[str, str]) -> list[str]:
@@ -128,7 +128,7 @@ class OpenAPI:
                     problems.append(f"{where} parameter {p.name!r} is required")
                 continue
             value = _coerce(given[p.name], p.schema)
-            problems += self._errors(p.schema, value, strict=False, label=f"{where} parameter {p.name!r}")
+            problems += self._errors(p.schema, value, closed=False, label=f"{where} parameter {p.name!r}")
         return problems
 
     def response_problems(self, op: Operation, status: int, body: Any) -> list[str]:
@@ -145,13 +145,13 @@ class OpenAPI:
             return [] if body is None else [f"{op.method} {op.template} answers {status} without a body"]
         if body is None:
             return [f"{op.method} {op.template} answers {status} with a JSON body"]
-        return self._errors(schema, body, strict=False)
+        return self._errors(schema, body, closed=False)
 
-    def _errors(self, schema: dict[str, Any], value: Any, *, strict: bool, label: str = "body") -> list[str]:
-        key = (id(schema), strict)  # (the schemas are the operations' own, alive as long as this object)
+    def _errors(self, schema: dict[str, Any], value: Any, *, closed: bool, label: str = "body") -> list[str]:
+        key = (id(schema), closed)  # (the schemas are the operations' own, alive as long as this object)
         validator = self._validators.get(key)
         if validator is None:
-            root = {**(_strict(schema) if strict else schema), "components": {"schemas": self._schemas[strict]}}
+            root = {**(strict(schema) if closed else schema), "components": {"schemas": self._schemas[closed]}}
             validator = self._validators[key] = jsonschema.Draft4Validator(root)
         return [
             f"{'/'.join([label, *(str(p) for p in e.absolute_path)])}: {e.message}"
@@ -187,13 +187,14 @@ def _nullable(node: Any) -> Any:
     return out
 
 
-def _strict(node: Any) -> Any:
-    """Objects that list their properties take no others (refuse renamed and unknown fields)."""
+def strict(node: Any) -> Any:
+    """A copy where objects that list their properties take no others (Firecracker's serde
+    ``deny_unknown_fields``; for GitHub, a renamed or unknown field is refused instead of ignored)."""
     out = copy.deepcopy(node)
 
     def walk(n: Any) -> None:
         if isinstance(n, dict):
-            if "properties" in n and "additionalProperties" not in n and n.get("type", "object") == "object":
+            if n.get("type") == "object" and "properties" in n and "additionalProperties" not in n:
                 n["additionalProperties"] = False
             for v in n.values():
                 walk(v)
