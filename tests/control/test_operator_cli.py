@@ -171,3 +171,12 @@ def test_every_command_explains_itself(args: list[str]) -> None:
         check=True,
     ).stdout
     assert "Usage" in out and len(out.splitlines()) > 5
+
+
+def test_unknown_job_id_is_one_line_and_non_zero(control: Control) -> None:
+    from tests.cli.conftest import assert_one_line_error, run_smith
+
+    env = {"SMITH_CONTROL_URL": control.url, "SMITH_OPERATOR_TOKEN": operator_token()}
+    result = run_smith("jobs", "show", "no-such-job", env=env)
+    assert_one_line_error(result, "404", "no-such-job")
+    assert result.code == 1

@@ -14,11 +14,13 @@ from rich.console import Console
 from smith.errors import SmithError
 
 console = Console()
-err_console = Console(stderr=True)
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
-    err_console.print(f"[red]error:[/red] {message}")
+    """Print ``smith: error: message`` (one line on stderr) and exit with ``code``."""
+    from smith.cli.errors import say
+
+    say(message)
     raise typer.Exit(code)
 
 

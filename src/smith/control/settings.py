@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +100,9 @@ class ControlSettings(CommonSettings):
             found.append("SMITH_JWT_SECRET is not set: the operator API refuses every request")
         if self.github_app_id and not (self.github_app_private_key or self.github_app_private_key_path):
             found.append("SMITH_GITHUB_APP_ID is set but no private key (SMITH_GITHUB_APP_PRIVATE_KEY[_PATH])")
+        key_path = self.github_app_private_key_path
+        if key_path and not self.github_app_private_key and not os.access(Path(key_path).expanduser(), os.R_OK):
+            found.append(f"SMITH_GITHUB_APP_PRIVATE_KEY_PATH={key_path}: cannot read the file")
         if not self.runner_classes:
             found.append("SMITH_RUNNER_CLASSES is empty: no job can ever match")
         return found

@@ -1,0 +1,51 @@
+"""Every command fails the same way: one `smith: error: ...` line on stderr, a non-zero exit, no traceback."""
+
+from __future__ import annotations
+
+from smith.adapters.redis.embedded import free_port
+from tests.cli.conftest import assert_one_line_error, run_smith
+
+SECRETS = {
+    "SMITH_GITHUB_WEBHOOK_SECRET": "w" * 32,
+    "SMITH_JWT_SECRET": "j" * 32,
+    "SMITH_AGENT_TOKEN_SECRET": "a" * 32,
+}
+
+
+def test_control_plane_down() -> None:
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    result = run_smith("jobs", "recent", env={"SMITH_CONTROL_URL": url, "SMITH_OPERATOR_TOKEN": "x"})
+    assert_one_line_error(result, "cannot reach", url)
+    assert result.code == 1
+
+
+def test_bad_int_setting() -> None:
+    result = run_smith("agent", "run", env={"SMITH_AGENT_VCPUS": "abc"})
+    assert_one_line_error(result, "SMITH_AGENT_VCPUS", "'abc'", "integer")
+
+
+def test_bad_enum_setting() -> None:
+    result = run_smith("agent", "run", env={"SMITH_AGENT_BACKEND": "bogus"})
+    assert_one_line_error(result, "SMITH_AGENT_BACKEND", "'bogus'", "sandbox")
+
+
+def test_unreadable_github_app_key() -> None:
+    env = {
+        **SECRETS,
+        "SMITH_REDIS_URL": f"redis://127.0.0.1:{free_port()}",
+        "SMITH_GITHUB_APP_ID": "1",
+        "SMITH_GITHUB_APP_PRIVATE_KEY_PATH": "/nonexistent/key.pem",
+    }
+    result = run_smith("control", "serve", env=env)
+    assert_one_line_error(result, "/nonexistent/key.pem")
+
+
+def test_usage_errors_exit_2_in_one_line() -> None:
+    result = run_smith("jobs", "recent", "--no-such-option")
+    assert_one_line_error(result, "--no-such-option", "smith jobs recent --help")
+    assert result.code == 2
+
+
+def test_debug_shows_the_traceback() -> None:
+    result = run_smith("agent", "run", env={"SMITH_AGENT_VCPUS": "abc", "SMITH_DEBUG": "1"})
+    assert result.code != 0 and "Traceback" in result.err
