@@ -106,8 +106,9 @@ async def serve_with_network(settings: Any) -> None:
 def backends(json_out: bool = typer.Option(False, "--json", help="Print JSON")) -> None:
     """Which VM backends this machine can run, and which one `auto` picks, with the reasons."""
     from smith.agent.backends import probe
+    from smith.agent.settings import AgentSettings
 
-    found = probe()
+    found = probe(AgentSettings())
     if json_out:
         print_json(found)
         return

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import getpass
-import os
 from collections.abc import Coroutine
 from datetime import UTC, datetime
 from typing import Any
@@ -11,7 +10,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from smith.cli.common import check, console, fail, print_json, run_or_fail
+from smith.cli.common import check, client_settings, console, fail, print_json, run_or_fail
 
 app = typer.Typer(
     help="The artifact cache next to the runners: speaks the protocol of the unmodified actions/cache step.",
@@ -53,8 +52,6 @@ def serve(
     configure(settings.log_level, json=settings.log_json)
     for problem in settings.problems():
         typer.echo(f"warning: {problem}", err=True)
-    if settings.cache_storage not in ("filesystem", "s3"):
-        fail(f"SMITH_CACHE_STORAGE={settings.cache_storage!r}: must be 'filesystem' or 's3'")
     uvicorn.run(
         create_app(settings),
         host=host or settings.cache_host,
@@ -106,7 +103,7 @@ def _client(url: str | None) -> object:
 
     from smith import tokens
 
-    base = url or os.environ.get("SMITH_CACHE_URL")
+    base = url or client_settings().cache_url
     if not base:
         from smith.cache.settings import CacheSettings
 

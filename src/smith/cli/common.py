@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import sys
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import httpx
 import typer
 from rich.console import Console
 
 from smith.errors import SmithError
+
+if TYPE_CHECKING:
+    from smith.cli.settings import ClientSettings
 
 console = Console()
 
@@ -29,15 +33,14 @@ def print_json(data: Any) -> None:
 
 
 def api_client(
-    url: str | None, token: str | None, *, env_url: str, env_token: str, timeout: float = 30.0
+    base: str | None, token: str | None, *, url_setting: str, token_setting: str, timeout: float = 30.0
 ) -> httpx.Client:
-    base = url or os.environ.get(env_url)
-    tok = token or os.environ.get(env_token)
+    """A client for a Smith HTTP API; ``*_setting`` name what to set when the URL or token is missing."""
     if not base:
-        fail(f"no server address: pass --url or set {env_url}")
-    if not tok:
-        fail(f"no token: pass --token or set {env_token}")
-    return httpx.Client(base_url=base, headers={"Authorization": f"Bearer {tok}"}, timeout=timeout)
+        fail(f"no server address: pass --url or set {url_setting}")
+    if not token:
+        fail(f"no token: pass --token or set {token_setting}")
+    return httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=timeout)
 
 
 def check(resp: httpx.Response) -> Any:
@@ -63,13 +66,20 @@ def run_or_fail(fn: Any, *args: Any, **kwargs: Any) -> Any:
         fail(f"cannot reach server: {exc}")
 
 
+def client_settings() -> ClientSettings:
+    from smith.cli.settings import ClientSettings
+
+    return ClientSettings()
+
+
 def _dev_secret(name: str) -> str | None:
-    """A secret from the environment, else from the `smith dev` secrets file of this machine's data dir."""
+    """A secret from the environment, else from the `smith dev` secrets file of this machine's data dir.
+
+    ``name`` is one of dev's SECRET_VARS, each a declared setting of the service that checks it.
+    """
     if os.environ.get(name):
         return os.environ[name]
-    from smith.settings import CommonSettings
-
-    path = CommonSettings().data_dir / "dev-secrets.json"
+    path = client_settings().data_dir / "dev-secrets.json"
     try:
         value = json.loads(path.read_text()).get(name)
     except (OSError, ValueError):
@@ -79,23 +89,25 @@ def _dev_secret(name: str) -> str | None:
 
 def local_control_url() -> str | None:
     """SMITH_CONTROL_URL, else the `smith dev` default when its secrets file exists on this machine."""
-    if os.environ.get("SMITH_CONTROL_URL"):
-        return os.environ["SMITH_CONTROL_URL"]
+    settings = client_settings()
+    if settings.control_url:
+        return settings.control_url
     if _dev_secret("SMITH_JWT_SECRET"):
-        return f"http://127.0.0.1:{os.environ.get('SMITH_PORT', '8080')}"
+        return f"http://127.0.0.1:{settings.port}"
     return None
 
 
 def local_operator_token() -> str | None:
     """SMITH_OPERATOR_TOKEN, else a 10-minute operator token signed with the local SMITH_JWT_SECRET."""
-    if os.environ.get("SMITH_OPERATOR_TOKEN"):
-        return os.environ["SMITH_OPERATOR_TOKEN"]
+    settings = client_settings()
+    if settings.operator_token:
+        return settings.operator_token.get_secret_value()
     secret = _dev_secret("SMITH_JWT_SECRET")
     if not secret:
         return None
     from smith import tokens
 
-    return tokens.mint(secret, scope="operator", subject=os.environ.get("USER", "operator"), ttl_seconds=600)
+    return tokens.mint(secret, scope="operator", subject=getpass.getuser(), ttl_seconds=600)
 
 
 async def serve_app(app: Any, host: str, port: int) -> None:

@@ -39,6 +39,7 @@ def serve(
     configure(settings.log_level, json=settings.log_json)
     if not settings.redis_url:
         fail("SMITH_REDIS_URL is not set; use `smith dev` for an embedded Valkey")
+    credentials = build_credentials(settings)  # a key that cannot be read stops here, before any warning
     for problem in settings.problems():
         typer.echo(f"warning: {problem}", err=True)
     h, p = host or settings.host, port or settings.port
@@ -55,5 +56,5 @@ def serve(
         return
     from smith.control.app import create_app
 
-    app_ = create_app(settings, credentials=build_credentials(settings))
+    app_ = create_app(settings, credentials=credentials)
     uvicorn.run(app_, host=h, port=p, log_level="warning", access_log=False)

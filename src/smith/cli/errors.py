@@ -33,6 +33,7 @@ def one_line(text: str) -> str:
 
 
 def debug_requested() -> bool:
+    """SMITH_DEBUG (declared in ClientSettings), read raw: the handler must work when other settings are invalid."""
     return os.environ.get("SMITH_DEBUG", "").lower() in ("1", "true", "yes", "on")
 
 
@@ -43,7 +44,7 @@ def setting_name(loc: tuple[Any, ...]) -> str:
 
 
 def setting_errors(exc: ValidationError) -> list[dict[str, str]]:
-    """One ``{"setting", "error"}`` per invalid value, the value quoted when it is short and not a secret."""
+    """Per invalid value: the setting, the error, and a line naming both (the value too, unless a secret)."""
     out = []
     for e in exc.errors():
         name = setting_name(tuple(e["loc"]))
@@ -52,7 +53,7 @@ def setting_errors(exc: ValidationError) -> list[dict[str, str]]:
         if any(word in name for word in ("SECRET", "TOKEN", "PASSWORD", "PRIVATE_KEY")):
             shown = ""
         message = e["msg"].removeprefix("Value error, ")
-        out.append({"setting": name, "error": f"{name}{shown}: {message}"})
+        out.append({"setting": name, "error": message, "line": f"{name}{shown}: {message}"})
     return out
 
 
@@ -69,7 +70,7 @@ def explain(exc: BaseException) -> tuple[str, int]:
     if isinstance(exc, ValidationError):
         if exc.title.endswith("Settings"):
             errors = setting_errors(exc)
-            return "invalid setting " + "; ".join(e["error"] for e in errors), 1
+            return "invalid setting " + "; ".join(e["line"] for e in errors), 1
         return f"invalid {exc.title}: {exc.errors()[0]['msg']}", 1
     if isinstance(exc, httpx.TransportError):
         where = _url(exc)

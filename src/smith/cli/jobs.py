@@ -22,8 +22,8 @@ def _client(url: str | None, token: str | None) -> Any:
     return api_client(
         url or local_control_url(),
         token or local_operator_token(),
-        env_url="SMITH_CONTROL_URL",
-        env_token="SMITH_OPERATOR_TOKEN",
+        url_setting="SMITH_CONTROL_URL",
+        token_setting="SMITH_OPERATOR_TOKEN",
     )
 
 

@@ -11,9 +11,15 @@ from typing import Any
 
 import typer
 
-from smith.cli.common import api_client, check, console, fail, local_operator_token, print_json
-
-DEFAULT_PORT = 8070
+from smith.cli.common import (
+    api_client,
+    check,
+    client_settings,
+    console,
+    fail,
+    local_operator_token,
+    print_json,
+)
 
 app = typer.Typer(
     help=(
@@ -29,17 +35,16 @@ JSON = typer.Option(False, "--json", help="Print JSON (NDJSON with --follow) ins
 
 
 def _url(url: str | None) -> str:
-    return (
-        url or os.environ.get("SMITH_LOGS_URL") or f"http://127.0.0.1:{os.environ.get('SMITH_LOGS_PORT', DEFAULT_PORT)}"
-    )
+    settings = client_settings()
+    return url or settings.logs_url or f"http://127.0.0.1:{settings.logs_port}"
 
 
 def _client(url: str | None, token: str | None, timeout: float = 30.0) -> Any:
     return api_client(
         _url(url),
         token or local_operator_token(),
-        env_url="SMITH_LOGS_URL",
-        env_token="SMITH_OPERATOR_TOKEN",
+        url_setting="SMITH_LOGS_URL",
+        token_setting="SMITH_OPERATOR_TOKEN",
         timeout=timeout,
     )
 
@@ -235,17 +240,17 @@ def serve(
 
 def dev_service(env: dict[str, str]) -> Coroutine[Any, Any, None] | None:
     """`smith dev`: serve the log pipeline (chdb under the data dir) and tell the others where it is."""
-    port = int(env.get("SMITH_LOGS_PORT", DEFAULT_PORT))
-    os.environ.setdefault("SMITH_LOGS_URL", f"http://127.0.0.1:{port}")
+    from smith.logs.settings import LogsSettings
+
+    settings = LogsSettings()
+    os.environ.setdefault("SMITH_LOGS_URL", f"http://127.0.0.1:{settings.logs_port}")
     console.print(f"  logs:    {os.environ['SMITH_LOGS_URL']}  (chdb unless SMITH_CLICKHOUSE_URL)")
 
     async def serve_logs() -> None:
         from smith.cli.common import serve_app
         from smith.logs.app import create_app
-        from smith.logs.settings import LogsSettings
 
-        settings = LogsSettings()
-        await serve_app(create_app(settings), settings.logs_host, port)
+        await serve_app(create_app(settings), settings.logs_host, settings.logs_port)
 
     return serve_logs()
 

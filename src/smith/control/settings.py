@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 
@@ -51,7 +51,9 @@ class ControlSettings(CommonSettings):
     github_app_private_key: SecretStr | None = Field(None, description="PEM text of the App's private key")
     github_app_private_key_path: str | None = None
     github_installation_id: int | None = Field(None, description="Default installation; else from the webhook")
-    github_runner_mode: str = Field("jit", description="jit (ephemeral JIT config) or registration (token)")
+    github_runner_mode: Literal["jit", "registration"] = Field(
+        "jit", description="jit (ephemeral JIT config) or registration (token)"
+    )
     github_runner_group_id: int = Field(1, ge=1, description="Runner group JIT runners join (1 = Default)")
     github_org_runners: bool = Field(
         False, description="Register runners at the organisation instead of the job's repository"
@@ -66,13 +68,6 @@ class ControlSettings(CommonSettings):
     def _parse_classes(cls, value: Any) -> Any:
         if isinstance(value, str):
             return json.loads(value)
-        return value
-
-    @field_validator("github_runner_mode")
-    @classmethod
-    def _mode(cls, value: str) -> str:
-        if value not in ("jit", "registration"):
-            raise ValueError("must be 'jit' or 'registration'")
         return value
 
     @model_validator(mode="after")
