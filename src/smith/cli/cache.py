@@ -10,7 +10,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from smith.cli.common import check, client_settings, console, fail, print_json, run_or_fail
+from smith.cli.common import check, client_settings, console, fail, print_json, run_or_fail, whole
 
 app = typer.Typer(
     help="The artifact cache next to the runners: speaks the protocol of the unmodified actions/cache step.",
@@ -125,7 +125,7 @@ def usage(
     if as_json:
         print_json(data)
         return
-    table = Table("org", "bytes", "entries", "hits", "misses", "last access")
+    table = whole(Table("org", "bytes", "entries", "hits", "misses", "last access"), 0, data["orgs"])
     for name, u in sorted(data["orgs"].items()):
         last = datetime.fromtimestamp(u["last_access"], UTC).isoformat(timespec="seconds") if u["last_access"] else "-"
         table.add_row(name, f"{u['bytes']:,}", str(u["entries"]), str(u["hits"]), str(u["misses"]), last)

@@ -6,18 +6,29 @@ import getpass
 import json
 import os
 import sys
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import httpx
 import typer
 from rich.console import Console
+from rich.table import Table
 
 from smith.errors import SmithError
 
 if TYPE_CHECKING:
     from smith.cli.settings import ClientSettings
 
-console = Console()
+# A pipe or a file has no width to fit: never cut, fold or ellipsise there (`smith jobs recent | grep ID` works).
+console = Console(width=None if sys.stdout.isatty() else 100_000)
+
+
+def whole(table: Table, column: int, values: Iterable[str]) -> Table:
+    """Keep ``column`` of ``table`` (ids) whole on a narrow terminal too: the other columns give way."""
+    col = table.columns[column]
+    col.no_wrap = True
+    col.min_width = max((len(v) for v in values), default=col.min_width or 0)
+    return table
 
 
 def fail(message: str, code: int = 1) -> NoReturn:

@@ -9,7 +9,15 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from smith.cli.common import api_client, check, console, local_control_url, local_operator_token, print_json
+from smith.cli.common import (
+    api_client,
+    check,
+    console,
+    local_control_url,
+    local_operator_token,
+    print_json,
+    whole,
+)
 
 app = typer.Typer(help="Jobs: recent, show, status (queue health), cancel, submit.", no_args_is_help=True)
 
@@ -63,7 +71,9 @@ def recent(
     if json_out:
         print_json(jobs)
         return
-    table = Table("id", "state", "class", "repo", "name", "agent", "created", "reason")
+    table = whole(
+        Table("id", "state", "class", "repo", "name", "agent", "created", "reason"), 0, [j["id"] for j in jobs]
+    )
     for j in jobs:
         table.add_row(
             j["id"],
