@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from smith.adapters.redis.embedded import free_port
 from tests.cli.conftest import assert_one_line_error, run_smith
 
@@ -12,9 +14,19 @@ SECRETS = {
 }
 
 
-def test_control_plane_down() -> None:
+@pytest.mark.parametrize(
+    ("args", "setting"),
+    [
+        (["jobs", "recent"], "SMITH_CONTROL_URL"),
+        (["jobs", "status"], "SMITH_CONTROL_URL"),
+        (["logs", "search", "x"], "SMITH_LOGS_URL"),
+        (["cache", "usage"], "SMITH_CACHE_URL"),
+    ],
+)
+def test_server_down(args: list[str], setting: str) -> None:
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
-    result = run_smith("jobs", "recent", env={"SMITH_CONTROL_URL": url, "SMITH_OPERATOR_TOKEN": "x"})
+    env = {setting: url, "SMITH_OPERATOR_TOKEN": "x", "SMITH_CACHE_SHARED_SECRET": "c" * 32}
+    result = run_smith(*args, env=env)
     assert_one_line_error(result, "cannot reach", url)
     assert result.code == 1
 

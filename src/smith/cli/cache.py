@@ -7,10 +7,11 @@ from collections.abc import Coroutine
 from datetime import UTC, datetime
 from typing import Any
 
+import httpx
 import typer
 from rich.table import Table
 
-from smith.cli.common import check, client_settings, console, fail, print_json, run_or_fail, whole
+from smith.cli.common import check, client_settings, console, fail, print_json, whole
 
 app = typer.Typer(
     help="The artifact cache next to the runners: speaks the protocol of the unmodified actions/cache step.",
@@ -98,9 +99,7 @@ def token(
     typer.echo(tokens.mint(secret, scope="cache", subject=org_id, ttl_seconds=ttl, **claims))
 
 
-def _client(url: str | None) -> object:
-    import httpx
-
+def _client(url: str | None) -> httpx.Client:
     from smith import tokens
 
     base = url or client_settings().cache_url
@@ -121,7 +120,7 @@ def usage(
 ) -> None:
     """Per-org bytes, entries, hits, misses and last access, from a running cache server."""
     client = _client(url)
-    data = check(run_or_fail(client.get, "/usage", params={"org": org} if org else None))  # type: ignore[attr-defined]
+    data = check(client.get("/usage", params={"org": org} if org else None))
     if as_json:
         print_json(data)
         return
@@ -147,7 +146,7 @@ def purge(
         body["repo"] = repo
     if prefix:
         body["prefix"] = prefix
-    data = check(run_or_fail(client.post, "/admin/purge", json=body))  # type: ignore[attr-defined]
+    data = check(client.post("/admin/purge", json=body))
     if as_json:
         print_json(data)
     else:

@@ -14,8 +14,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from smith.errors import SmithError
-
 if TYPE_CHECKING:
     from smith.cli.settings import ClientSettings
 
@@ -66,15 +64,6 @@ def check(resp: httpx.Response) -> Any:
     if resp.status_code == 204 or not resp.content:
         return None
     return resp.json()
-
-
-def run_or_fail(fn: Any, *args: Any, **kwargs: Any) -> Any:
-    try:
-        return fn(*args, **kwargs)
-    except SmithError as exc:
-        fail(exc.message)
-    except httpx.HTTPError as exc:
-        fail(f"cannot reach server: {exc}")
 
 
 def client_settings() -> ClientSettings:
