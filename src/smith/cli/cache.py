@@ -71,6 +71,7 @@ def token(
     default_ref: str = typer.Option("", help="The repository's default branch ref, readable from every ref"),
     ttl: int = typer.Option(6 * 3600, help="Lifetime in seconds"),
     admin: bool = typer.Option(False, "--admin", help="An admin token for /usage of every org and purge"),
+    as_json: bool = typer.Option(False, "--json", help="Print the token, its scope and lifetime as JSON"),
 ) -> None:
     """Mint a cache token (HS256, SMITH_CACHE_SHARED_SECRET). Jobs get it as ACTIONS_RUNTIME_TOKEN."""
     from smith import tokens
@@ -88,15 +89,17 @@ def token(
         check_ref(default_ref)
     except InvalidInput as exc:
         fail(exc.message)
-    if admin:
-        typer.echo(tokens.mint(secret, scope="cache-admin", subject=org_id, ttl_seconds=ttl))
-        return
-    claims: dict[str, str] = {"org": org_id, "repo": repo}
-    if ref:
+    claims: dict[str, str] = {} if admin else {"org": org_id, "repo": repo}
+    if ref and not admin:
         claims["ref"] = ref
-    if default_ref:
+    if default_ref and not admin:
         claims["default_ref"] = default_ref
-    typer.echo(tokens.mint(secret, scope="cache", subject=org_id, ttl_seconds=ttl, **claims))
+    scope = "cache-admin" if admin else "cache"
+    tok = tokens.mint(secret, scope=scope, subject=org_id, ttl_seconds=ttl, **claims)
+    if as_json:
+        print_json({"token": tok, "scope": scope, "org": org_id, "expires_in": ttl})
+    else:
+        typer.echo(tok)
 
 
 def _client(url: str | None) -> httpx.Client:

@@ -24,6 +24,7 @@ app = typer.Typer(help="Jobs: recent, show, status (queue health), cancel, submi
 URL = typer.Option(None, "--url", help="Control plane URL [env SMITH_CONTROL_URL]")
 TOKEN = typer.Option(None, "--token", help="Operator token [env SMITH_OPERATOR_TOKEN]")
 JSON = typer.Option(False, "--json", help="Print JSON instead of a table")
+JOB_ID = typer.Argument(..., help="The job's id, as `smith jobs recent` shows it")
 
 
 def _client(url: str | None, token: str | None) -> Any:
@@ -54,7 +55,7 @@ def recent(
     repo: str = typer.Option(None, help="owner/name"),
     runner_class: str = typer.Option(None, "--class", help="Runner class, e.g. smith-2vcpu"),
     since: str = typer.Option(None, help="Only jobs created in the last 30m, 2h, 7d..."),
-    limit: int = typer.Option(20, min=1, max=1000),
+    limit: int = typer.Option(20, min=1, max=1000, help="At most this many jobs"),
     url: str = URL,
     token: str = TOKEN,
     json_out: bool = JSON,
@@ -89,7 +90,7 @@ def recent(
 
 
 @app.command()
-def show(job_id: str, url: str = URL, token: str = TOKEN, json_out: bool = JSON) -> None:
+def show(job_id: str = JOB_ID, url: str = URL, token: str = TOKEN, json_out: bool = JSON) -> None:
     """One job in full."""
     with _client(url, token) as c:
         job = check(c.get(f"/v1/jobs/{job_id}"))
@@ -118,7 +119,7 @@ def status(url: str = URL, token: str = TOKEN, json_out: bool = JSON) -> None:
 
 @app.command()
 def cancel(
-    job_id: str,
+    job_id: str = JOB_ID,
     reason: str = typer.Option("cancelled by operator", help="Recorded on the job"),
     url: str = URL,
     token: str = TOKEN,

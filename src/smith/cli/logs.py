@@ -156,7 +156,7 @@ def search(
     repo: str = typer.Option(None, help="Only this repository (owner/name)"),
     host: str = typer.Option(None, help="Only lines from this host agent"),
     job_id: str = typer.Option(None, "--job-id", "-j", help="Only this job"),
-    limit: int = typer.Option(100, min=1, max=10_000),
+    limit: int = typer.Option(100, min=1, max=10_000, help="At most this many lines"),
     url: str = URL,
     token: str = TOKEN,
     json_out: bool = JSON,
