@@ -61,3 +61,10 @@ def test_usage_errors_exit_2_in_one_line() -> None:
 def test_debug_shows_the_traceback() -> None:
     result = run_smith("agent", "run", env={"SMITH_AGENT_VCPUS": "abc", "SMITH_DEBUG": "1"})
     assert result.code != 0 and "Traceback" in result.err
+
+
+def test_a_json_setting_that_is_not_json() -> None:
+    result = run_smith("agent", "run", env={"SMITH_AGENT_WARM_POOL": "notjson"})
+    assert_one_line_error(result, "SMITH_AGENT_WARM_POOL", "JSON")
+    checked = run_smith("config", "check", "control", env={"SMITH_RUNNER_CLASSES": "notjson"})
+    assert checked.code == 1 and "invalid SMITH_RUNNER_CLASSES: not valid JSON" in checked.out

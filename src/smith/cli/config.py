@@ -7,6 +7,7 @@ from typing import Any
 
 import typer
 from pydantic import SecretStr, ValidationError
+from pydantic_settings import SettingsError
 
 from smith.cli.common import console, fail, print_json
 from smith.cli.errors import setting_errors
@@ -55,7 +56,7 @@ def check(
     cls = settings_class(service)
     try:
         settings = cls()
-    except ValidationError as exc:
+    except (ValidationError, SettingsError) as exc:
         errors = setting_errors(exc)
         if json_out:
             print_json(

@@ -7,12 +7,14 @@ command. ``SMITH_DEBUG=1`` (or ``smith --debug ...``) lets the traceback through
 from __future__ import annotations
 
 import os
+import re
 import sys
 from typing import Any
 
 import httpx
 import typer
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from smith.errors import SmithError
 
@@ -43,8 +45,13 @@ def setting_name(loc: tuple[Any, ...]) -> str:
     return first.upper() if first.upper().startswith("SMITH_") else "SMITH_" + first.upper()
 
 
-def setting_errors(exc: ValidationError) -> list[dict[str, str]]:
+def setting_errors(exc: ValidationError | SettingsError) -> list[dict[str, str]]:
     """Per invalid value: the setting, the error, and a line naming both (the value too, unless a secret)."""
+    if isinstance(exc, SettingsError):  # a JSON-typed setting that is not JSON: pydantic-settings fails before pydantic
+        field = re.search(r'field "([^"]+)"', str(exc))
+        name = setting_name((field.group(1),)) if field else "a setting"
+        message = f"not valid JSON ({exc.__cause__})" if exc.__cause__ else str(exc)
+        return [{"setting": name, "error": message, "line": f"{name}: {message}"}]
     out = []
     for e in exc.errors():
         name = setting_name(tuple(e["loc"]))
@@ -67,6 +74,8 @@ def explain(exc: BaseException) -> tuple[str, int]:
         return "interrupted", INTERRUPTED
     if isinstance(exc, SmithError):
         return exc.message, 1
+    if isinstance(exc, SettingsError):
+        return "invalid setting " + setting_errors(exc)[0]["line"], 1
     if isinstance(exc, ValidationError):
         if exc.title.endswith("Settings"):
             errors = setting_errors(exc)
