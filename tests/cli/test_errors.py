@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 
 from smith.adapters.redis.embedded import free_port
@@ -68,3 +70,26 @@ def test_a_json_setting_that_is_not_json() -> None:
     assert_one_line_error(result, "SMITH_AGENT_WARM_POOL", "JSON")
     checked = run_smith("config", "check", "control", env={"SMITH_RUNNER_CLASSES": "notjson"})
     assert checked.code == 1 and "invalid SMITH_RUNNER_CLASSES: not valid JSON" in checked.out
+
+
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [
+        (["control", "serve", "--port", "{port}"], {**SECRETS, "SMITH_REDIS_URL": "redis://127.0.0.1:1"}),
+        (["cache", "serve", "--port", "{port}"], {"SMITH_CACHE_SHARED_SECRET": "c" * 32}),
+        (["logs", "serve", "--port", "{port}"], SECRETS),
+        (["dev", "--only-control", "--port", "{port}"], {}),
+        (["dev", "--port", "{free}"], {"SMITH_CACHE_PORT": "{port}"}),
+    ],
+)
+def test_a_port_in_use(args: list[str], env: dict[str, str]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port, free = str(taken.getsockname()[1]), str(free_port())
+
+        def fill(text: str) -> str:
+            return text.format(port=port, free=free)
+
+        result = run_smith(*map(fill, args), env={k: fill(v) for k, v in env.items()})
+    assert_one_line_error(result, f"cannot listen on 127.0.0.1:{port}", "in use")

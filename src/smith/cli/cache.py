@@ -11,7 +11,7 @@ import httpx
 import typer
 from rich.table import Table
 
-from smith.cli.common import check, client_settings, console, fail, print_json, whole
+from smith.cli.common import can_listen, check, client_settings, console, fail, print_json, whole
 
 app = typer.Typer(
     help="The artifact cache next to the runners: speaks the protocol of the unmodified actions/cache step.",
@@ -50,13 +50,15 @@ def serve(
     from smith.logging import configure
 
     settings = CacheSettings()
+    h, p = host or settings.cache_host, port or settings.cache_port
+    can_listen(h, p)
     configure(settings.log_level, json=settings.log_json)
     for problem in settings.problems():
         typer.echo(f"warning: {problem}", err=True)
     uvicorn.run(
         create_app(settings),
-        host=host or settings.cache_host,
-        port=port or settings.cache_port,
+        host=h,
+        port=p,
         log_level="warning",
         access_log=False,
         timeout_graceful_shutdown=10,
@@ -165,4 +167,5 @@ def dev_service(env: dict[str, str]) -> Coroutine[Any, Any, None] | None:
     settings = CacheSettings()
     if not settings.cache_shared_secret:
         return None
+    can_listen(settings.cache_host, settings.cache_port)
     return serve_app(create_app(settings), settings.cache_host, settings.cache_port)

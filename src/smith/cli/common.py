@@ -110,6 +110,22 @@ def local_operator_token() -> str | None:
     return tokens.mint(secret, scope="operator", subject=getpass.getuser(), ttl_seconds=600)
 
 
+def can_listen(host: str, port: int) -> None:
+    """Raise ConfigError, naming the address, when ``host:port`` cannot be listened on (in use, not this machine's):
+    said before a server starts, not as uvicorn's exit in the middle of start-up."""
+    import socket
+
+    from smith.errors import ConfigError
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+
 async def serve_app(app: Any, host: str, port: int) -> None:
     """Serve an ASGI app until cancelled; on cancel, shut down gracefully (finish requests, run lifespan exit).
 
@@ -119,6 +135,8 @@ async def serve_app(app: Any, host: str, port: int) -> None:
     import contextlib
 
     import uvicorn
+
+    can_listen(host, port)
 
     class _Server(uvicorn.Server):
         def capture_signals(self) -> Any:

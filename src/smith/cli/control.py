@@ -31,7 +31,7 @@ def serve(
     """Serve the control plane against SMITH_REDIS_URL (run `smith dev` for an embedded Redis)."""
     import uvicorn
 
-    from smith.cli.common import fail
+    from smith.cli.common import can_listen, fail
     from smith.control.settings import ControlSettings
     from smith.logging import configure
 
@@ -43,6 +43,7 @@ def serve(
     for problem in settings.problems():
         typer.echo(f"warning: {problem}", err=True)
     h, p = host or settings.host, port or settings.port
+    can_listen(h, p)
     if workers > 1:
         uvicorn.run(
             "smith.control.asgi:app",

@@ -13,6 +13,7 @@ import typer
 
 from smith.cli.common import (
     api_client,
+    can_listen,
     check,
     client_settings,
     console,
@@ -207,15 +208,13 @@ def serve(
     """Serve the log pipeline: ClickHouse at SMITH_CLICKHOUSE_URL, else chdb in the data directory."""
     import uvicorn
 
-    from smith.errors import SmithError
     from smith.logging import configure
     from smith.logs.app import create_app
     from smith.logs.settings import LogsSettings
 
-    try:
-        settings = LogsSettings()
-    except ValueError as exc:
-        fail(f"bad settings: {exc}")
+    settings = LogsSettings()
+    h, p = host or settings.logs_host, port or settings.logs_port
+    can_listen(h, p)
     configure(settings.log_level, json=settings.log_json)
     for problem in settings.problems():
         typer.echo(f"warning: {problem}", err=True)
@@ -224,14 +223,10 @@ def serve(
     # Ingestion makes ~12 short-lived objects per line; the default thresholds run a collection every few
     # hundred lines, which costs about a third of the parsing time. Nothing here makes long-lived cycles.
     gc.set_threshold(200_000, 20, 100)
-    try:
-        app_ = create_app(settings)
-    except SmithError as exc:
-        fail(exc.message)
     uvicorn.run(
-        app_,
-        host=host or settings.logs_host,
-        port=port or settings.logs_port,
+        create_app(settings),
+        host=h,
+        port=p,
         log_level="warning",
         access_log=False,
         timeout_graceful_shutdown=10,
@@ -243,6 +238,7 @@ def dev_service(env: dict[str, str]) -> Coroutine[Any, Any, None] | None:
     from smith.logs.settings import LogsSettings
 
     settings = LogsSettings()
+    can_listen(settings.logs_host, settings.logs_port)
     os.environ.setdefault("SMITH_LOGS_URL", f"http://127.0.0.1:{settings.logs_port}")
     console.print(f"  logs:    {os.environ['SMITH_LOGS_URL']}  (chdb unless SMITH_CLICKHOUSE_URL)")
 
