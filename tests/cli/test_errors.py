@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -93,3 +94,9 @@ def test_a_port_in_use(args: list[str], env: dict[str, str]) -> None:
 
         result = run_smith(*map(fill, args), env={k: fill(v) for k, v in env.items()})
     assert_one_line_error(result, f"cannot listen on 127.0.0.1:{port}", "in use")
+
+
+def test_dev_with_a_damaged_secrets_file(tmp_path: Path) -> None:
+    (tmp_path / "dev-secrets.json").write_text("{not json")
+    result = run_smith("dev", "--only-control", "--port", str(free_port()), env={"SMITH_DATA_DIR": str(tmp_path)})
+    assert_one_line_error(result, str(tmp_path / "dev-secrets.json"), "not JSON", "remove it")

@@ -23,6 +23,7 @@ from typing import Any
 import typer
 
 from smith.cli.common import can_listen, console
+from smith.errors import ConfigError
 from smith.logging import get_logger
 
 SECRET_VARS = (
@@ -40,7 +41,10 @@ log = get_logger("smith.dev")
 def dev_secrets(data_dir: Path) -> dict[str, str]:
     """Secrets from the environment, else from (or newly into) the dev secrets file."""
     path = data_dir / "dev-secrets.json"
-    stored: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+    try:
+        stored: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+    except ValueError as exc:
+        raise ConfigError(f"{path} is not JSON ({exc}): fix it, or remove it to make new secrets") from None
     changed = False
     for var in SECRET_VARS:
         if var not in stored:
