@@ -93,3 +93,17 @@ def test_config_check_warns_of_an_unreadable_app_key() -> None:
     env = {"SMITH_GITHUB_APP_ID": "1", "SMITH_GITHUB_APP_PRIVATE_KEY_PATH": "/nonexistent/key.pem"}
     result = run_smith("config", "check", "control", env=env)
     assert result.code == 0 and "SMITH_GITHUB_APP_PRIVATE_KEY_PATH=/nonexistent/key.pem: cannot read" in result.out
+
+
+@pytest.mark.parametrize(
+    ("service", "setting", "value"),
+    [
+        ("control", "SMITH_PORT", "99999"),
+        ("cache", "SMITH_CACHE_PORT", "0"),
+        ("logs", "SMITH_LOGS_PORT", "-1"),
+        ("agent", "SMITH_AGENT_NETWORK_HOST_PORTS", "8080,70000"),
+    ],
+)
+def test_ports_are_port_numbers(service: str, setting: str, value: str) -> None:
+    result = run_smith("config", "check", service, env={setting: value})
+    assert result.code == 1 and f"invalid {setting}=" in result.out

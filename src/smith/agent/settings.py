@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import NoDecode
 
-from smith.settings import CommonSettings
+from smith.settings import CommonSettings, Port
 
 
 def _total_memory_mib() -> int:
@@ -69,10 +69,10 @@ class AgentSettings(CommonSettings):
     agent_network_bridge: str = Field("smithbr0", description="Host bridge the taps join")
     agent_network_tap_prefix: str = Field("smt", description="Tap names are <prefix><slot>, e.g. smt12")
     agent_network_uplink: str | None = Field(None, description="Masquerade out of this interface only (e.g. eth0)")
-    agent_network_host_ports: Annotated[list[int], NoDecode] = Field(
+    agent_network_host_ports: Annotated[list[Port], NoDecode] = Field(
         default_factory=list, description="TCP ports VMs may reach on the gateway address: control, cache, logs"
     )
-    agent_network_host_udp_ports: Annotated[list[int], NoDecode] = Field(
+    agent_network_host_udp_ports: Annotated[list[Port], NoDecode] = Field(
         default_factory=list, description="UDP ports, e.g. 53"
     )
     agent_network_deny: Annotated[list[str], NoDecode] = Field(

@@ -7,14 +7,14 @@ from typing import Literal
 
 from pydantic import Field, SecretStr
 
-from smith.settings import CommonSettings
+from smith.settings import CommonSettings, Port
 
 GiB = 1024**3
 
 
 class CacheSettings(CommonSettings):
     cache_host: str = Field("127.0.0.1", description="Address `smith cache serve` listens on")
-    cache_port: int = Field(8090, description="Port `smith cache serve` listens on")
+    cache_port: Port = Field(8090, description="Port `smith cache serve` listens on")
     cache_public_url: str | None = Field(
         None,
         description="Base URL runners use to reach this server; signed upload/download URLs point here "

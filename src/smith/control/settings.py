@@ -10,7 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 
 from smith.domain.jobs import RunnerClass, default_runner_classes
-from smith.settings import CommonSettings
+from smith.settings import CommonSettings, Port
 
 
 class RunnerClassSpec(BaseModel):
@@ -22,7 +22,7 @@ class RunnerClassSpec(BaseModel):
 
 class ControlSettings(CommonSettings):
     host: str = "127.0.0.1"
-    port: int = 8080
+    port: Port = Field(8080, description="Port `smith control serve` listens on")
     github_webhook_secret: SecretStr | None = Field(None, description="Secret set on the GitHub webhook")
     jwt_secret: SecretStr | None = Field(None, description="Signs operator tokens (HS256)")
     agent_token_secret: SecretStr | None = Field(None, description="Signs agent tokens (HS256)")

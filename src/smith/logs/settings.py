@@ -7,12 +7,12 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from smith.settings import CommonSettings
+from smith.settings import CommonSettings, Port
 
 
 class LogsSettings(CommonSettings):
     logs_host: str = Field("127.0.0.1", description="Address `smith logs serve` listens on")
-    logs_port: int = Field(8070, description="Port `smith logs serve` listens on")
+    logs_port: Port = Field(8070, description="Port `smith logs serve` listens on")
     jwt_secret: SecretStr | None = Field(None, description="Verifies operator tokens (reads)")
     agent_token_secret: SecretStr | None = Field(None, description="Verifies agent tokens (ingestion)")
     # Storage
