@@ -66,23 +66,31 @@ def test_every_setting_is_read_somewhere() -> None:
 
 
 @pytest.mark.parametrize(
-    ("service", "setting", "allowed"),
+    ("service", "setting", "value", "said"),
     [
-        ("cache", "SMITH_CACHE_STORAGE", ["'filesystem'", "'s3'"]),
-        ("agent", "SMITH_AGENT_BACKEND", ["'auto'", "'firecracker'", "'qemu'", "'sandbox'"]),
-        ("agent", "SMITH_AGENT_KVM", ["'auto'", "'on'", "'off'"]),
-        ("control", "SMITH_GITHUB_RUNNER_MODE", ["'jit'", "'registration'"]),
-        ("logs", "SMITH_CLICKHOUSE_DIALECT", ["'auto'", "'modern'", "'legacy'"]),
-        ("control", "SMITH_LOG_LEVEL", ["'DEBUG'", "'INFO'", "'WARNING'", "'ERROR'"]),
+        # a fixed set of values: the error names them all
+        ("cache", "SMITH_CACHE_STORAGE", "bogus", ["'filesystem'", "'s3'"]),
+        ("agent", "SMITH_AGENT_BACKEND", "bogus", ["'auto'", "'firecracker'", "'qemu'", "'sandbox'"]),
+        ("agent", "SMITH_AGENT_KVM", "bogus", ["'auto'", "'on'", "'off'"]),
+        ("control", "SMITH_GITHUB_RUNNER_MODE", "bogus", ["'jit'", "'registration'"]),
+        ("logs", "SMITH_CLICKHOUSE_DIALECT", "bogus", ["'auto'", "'modern'", "'legacy'"]),
+        ("control", "SMITH_LOG_LEVEL", "bogus", ["'DEBUG'", "'INFO'", "'WARNING'", "'ERROR'"]),
+        # port numbers
+        ("control", "SMITH_PORT", "99999", ["65535"]),
+        ("cache", "SMITH_CACHE_PORT", "0", ["1"]),
+        ("logs", "SMITH_LOGS_PORT", "-1", ["1"]),
+        ("agent", "SMITH_AGENT_NETWORK_HOST_PORTS", "8080,70000", ["65535"]),
     ],
 )
-def test_config_check_refuses_a_value_outside_a_fixed_set(service: str, setting: str, allowed: list[str]) -> None:
-    result = run_smith("config", "check", service, env={setting: "bogus"})
+def test_config_check_names_the_setting_and_what_it_takes(
+    service: str, setting: str, value: str, said: list[str]
+) -> None:
+    result = run_smith("config", "check", service, env={setting: value})
     assert result.code == 1, result.out
     line = next(line for line in result.out.splitlines() if setting in line)
-    assert line.startswith("invalid ") and "'bogus'" in line.lower()
-    for value in allowed:
-        assert value in line
+    assert line.startswith(f"invalid {setting}=")
+    for word in said:
+        assert word in line
 
 
 def test_log_level_is_case_insensitive() -> None:
@@ -93,17 +101,3 @@ def test_config_check_warns_of_an_unreadable_app_key() -> None:
     env = {"SMITH_GITHUB_APP_ID": "1", "SMITH_GITHUB_APP_PRIVATE_KEY_PATH": "/nonexistent/key.pem"}
     result = run_smith("config", "check", "control", env=env)
     assert result.code == 0 and "SMITH_GITHUB_APP_PRIVATE_KEY_PATH=/nonexistent/key.pem: cannot read" in result.out
-
-
-@pytest.mark.parametrize(
-    ("service", "setting", "value"),
-    [
-        ("control", "SMITH_PORT", "99999"),
-        ("cache", "SMITH_CACHE_PORT", "0"),
-        ("logs", "SMITH_LOGS_PORT", "-1"),
-        ("agent", "SMITH_AGENT_NETWORK_HOST_PORTS", "8080,70000"),
-    ],
-)
-def test_ports_are_port_numbers(service: str, setting: str, value: str) -> None:
-    result = run_smith("config", "check", service, env={setting: value})
-    assert result.code == 1 and f"invalid {setting}=" in result.out
