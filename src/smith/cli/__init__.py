@@ -11,7 +11,12 @@ from smith.cli import auth, config, control, dev, jobs
 
 app = typer.Typer(
     name="smith",
-    help="Smith runs GitHub Actions jobs in fresh microVMs on your own machines.",
+    help=(
+        "Smith runs GitHub Actions jobs in fresh microVMs on your own machines.\n\n"
+        "Start with `smith dev` (every service on this machine, no set-up), then `smith jobs submit 'echo hi'`. "
+        "Settings are SMITH_* environment variables: `smith config check SERVICE` validates them. "
+        "A failed command prints one line, `smith: error: ...`, and exits non-zero (--debug: the traceback)."
+    ),
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
