@@ -100,3 +100,13 @@ def test_dev_with_a_damaged_secrets_file(tmp_path: Path) -> None:
     (tmp_path / "dev-secrets.json").write_text("{not json")
     result = run_smith("dev", "--only-control", "--port", str(free_port()), env={"SMITH_DATA_DIR": str(tmp_path)})
     assert_one_line_error(result, str(tmp_path / "dev-secrets.json"), "not JSON", "remove it")
+
+
+def test_a_timeout_is_named_even_when_httpx_says_nothing() -> None:
+    import httpx
+
+    from smith.cli.errors import explain
+
+    request = httpx.Request("GET", "http://127.0.0.1:1/v1/jobs")
+    message, code = explain(httpx.ReadTimeout("", request=request))
+    assert message == "cannot reach http://127.0.0.1:1/v1/jobs: ReadTimeout" and code == 1

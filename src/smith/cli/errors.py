@@ -82,8 +82,7 @@ def explain(exc: BaseException) -> tuple[str, int]:
             return "invalid setting " + "; ".join(e["line"] for e in errors), 1
         return f"invalid {exc.title}: {exc.errors()[0]['msg']}", 1
     if isinstance(exc, httpx.TransportError):
-        where = _url(exc)
-        return f"cannot reach {where}: {exc or type(exc).__name__}", 1
+        return f"cannot reach {_url(exc)}: {str(exc) or type(exc).__name__}", 1
     if isinstance(exc, httpx.HTTPError):
         return f"{type(exc).__name__}: {exc}", 1
     if isinstance(exc, OSError):
