@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+"""A TCP or UDP port number."""
 
 
 def default_data_dir() -> Path:
@@ -21,9 +25,14 @@ def default_data_dir() -> Path:
 class CommonSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SMITH_", env_file=".env", extra="ignore")
 
-    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
     log_json: bool = Field(True, description="JSON log lines (false: human-readable console lines)")
     data_dir: Path = Field(default_factory=default_data_dir, description="Where embedded services keep data")
     redis_url: str | None = Field(
         None, description="redis:// or rediss:// URL; unset means a private embedded Valkey under data_dir"
     )
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value

@@ -171,3 +171,26 @@ def test_every_command_explains_itself(args: list[str]) -> None:
         check=True,
     ).stdout
     assert "Usage" in out and len(out.splitlines()) > 5
+
+
+def test_unknown_job_id_is_one_line_and_non_zero(control: Control) -> None:
+    from tests.cli.conftest import assert_one_line_error, run_smith
+
+    env = {"SMITH_CONTROL_URL": control.url, "SMITH_OPERATOR_TOKEN": operator_token()}
+    result = run_smith("jobs", "show", "no-such-job", env=env)
+    assert_one_line_error(result, "404", "no-such-job")
+    assert result.code == 1
+
+
+def test_job_ids_are_whole_in_a_table_printed_to_a_pipe(control: Control) -> None:
+    from tests.cli.conftest import run_smith
+
+    job_id = 9_123_456_789_012_345_678  # GitHub's ids are 64-bit
+    payload = queued_payload(job_id)
+    payload["repository"]["full_name"] = "an-organisation-with-a-long-name/and-a-repository-with-a-long-name-too"
+    assert control.deliver(payload).status_code == 202
+    env = {"SMITH_CONTROL_URL": control.url, "SMITH_OPERATOR_TOKEN": operator_token()}
+    result = run_smith("jobs", "recent", env=env)  # stdout is a pipe here, as in `smith jobs recent | cat`
+    assert result.code == 0, result.err
+    assert str(job_id) in result.out
+    assert payload["repository"]["full_name"] in result.out

@@ -543,7 +543,7 @@ class GitHubAppSettings(Protocol):
     github_app_private_key: SecretStr | None
     github_app_private_key_path: str | None
     github_installation_id: int | None
-    github_runner_mode: str
+    github_runner_mode: Literal["jit", "registration"]
     github_runner_group_id: int
     github_org_runners: bool
 

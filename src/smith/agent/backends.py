@@ -12,12 +12,11 @@ from smith.ports import VMM, Network
 ORDER = ("firecracker", "qemu", "sandbox")
 
 
-def _kvm_usable() -> tuple[bool, str]:
+def _kvm_usable(forced: str = "auto") -> tuple[bool, str]:
     if not os.path.exists("/dev/kvm"):
         return False, "/dev/kvm does not exist"
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return False, "/dev/kvm is not readable and writable by this user"
-    forced = os.environ.get("SMITH_AGENT_KVM", "auto")
     if forced == "off":
         return False, "SMITH_AGENT_KVM=off"
     if forced != "on" and os.path.exists("/sys/module/kvm_pvm"):
@@ -29,7 +28,7 @@ def probe(settings: Any | None = None) -> dict[str, Any]:
     """What each backend needs, whether this machine has it, and what `auto` would choose."""
     fc_bin = getattr(settings, "agent_firecracker_bin", "firecracker")
     qemu_bin = getattr(settings, "agent_qemu_bin", "qemu-system-x86_64")
-    kvm, kvm_why = _kvm_usable()
+    kvm, kvm_why = _kvm_usable(getattr(settings, "agent_kvm", "auto"))
     out: dict[str, dict[str, Any]] = {}
     fc = shutil.which(fc_bin)
     has_image = bool(settings and settings.agent_kernel and settings.agent_rootfs)

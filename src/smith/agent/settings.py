@@ -6,12 +6,12 @@ import json
 import os
 import socket
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import NoDecode
 
-from smith.settings import CommonSettings
+from smith.settings import CommonSettings, Port
 
 
 def _total_memory_mib() -> int:
@@ -25,15 +25,14 @@ class AgentSettings(CommonSettings):
     control_url: str = Field("http://127.0.0.1:8080", description="The control plane's URL")
     agent_token: SecretStr | None = Field(None, description="Bearer token: `smith auth agent-token`")
     agent_id: str = Field(default_factory=socket.gethostname, description="Must match the token's agent_id")
-    agent_backend: str = Field("auto", description="auto, firecracker, qemu or sandbox")
+    agent_backend: Literal["auto", "firecracker", "qemu", "sandbox"] = Field(
+        "auto", description="auto picks the best this machine has: `smith agent backends`"
+    )
     agent_vcpus: int = Field(default_factory=lambda: os.cpu_count() or 1, gt=0, description="vCPUs to hand out")
     agent_memory_mib: int = Field(
         default_factory=lambda: max(512, _total_memory_mib() - 1024), gt=0, description="Memory to hand out"
     )
     agent_max_vms: int = Field(16, gt=0, description="At most this many VMs at once (warm ones included)")
-    agent_overcommit_vcpus: float = Field(
-        1.0, ge=1.0, description="vCPU overcommit factor (1.0: a vCPU is never promised twice)"
-    )
     agent_labels: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Runner classes served; empty: all that fit"
     )
@@ -59,6 +58,9 @@ class AgentSettings(CommonSettings):
     # Backend specifics
     agent_kernel: Path | None = Field(None, description="Guest kernel (Firecracker: uncompressed vmlinux)")
     agent_rootfs: Path | None = Field(None, description="Guest root filesystem image")
+    agent_kvm: Literal["auto", "on", "off"] = Field(
+        "auto", description="off: never use /dev/kvm; on: use it even where it looks like PVM"
+    )
     agent_firecracker_bin: str = "firecracker"
     agent_jailer_bin: str = "jailer"
     agent_qemu_bin: str = "qemu-system-x86_64"
@@ -67,10 +69,10 @@ class AgentSettings(CommonSettings):
     agent_network_bridge: str = Field("smithbr0", description="Host bridge the taps join")
     agent_network_tap_prefix: str = Field("smt", description="Tap names are <prefix><slot>, e.g. smt12")
     agent_network_uplink: str | None = Field(None, description="Masquerade out of this interface only (e.g. eth0)")
-    agent_network_host_ports: Annotated[list[int], NoDecode] = Field(
+    agent_network_host_ports: Annotated[list[Port], NoDecode] = Field(
         default_factory=list, description="TCP ports VMs may reach on the gateway address: control, cache, logs"
     )
-    agent_network_host_udp_ports: Annotated[list[int], NoDecode] = Field(
+    agent_network_host_udp_ports: Annotated[list[Port], NoDecode] = Field(
         default_factory=list, description="UDP ports, e.g. 53"
     )
     agent_network_deny: Annotated[list[str], NoDecode] = Field(
@@ -95,13 +97,6 @@ class AgentSettings(CommonSettings):
     @classmethod
     def _pool(cls, value: Any) -> Any:
         return json.loads(value) if isinstance(value, str) else value
-
-    @field_validator("agent_backend")
-    @classmethod
-    def _backend(cls, value: str) -> str:
-        if value not in ("auto", "firecracker", "qemu", "sandbox"):
-            raise ValueError("must be auto, firecracker, qemu or sandbox")
-        return value
 
     @property
     def work_dir(self) -> Path:

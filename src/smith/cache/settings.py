@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 
-from smith.settings import CommonSettings
+from smith.settings import CommonSettings, Port
 
 GiB = 1024**3
 
 
 class CacheSettings(CommonSettings):
     cache_host: str = Field("127.0.0.1", description="Address `smith cache serve` listens on")
-    cache_port: int = Field(8090, description="Port `smith cache serve` listens on")
+    cache_port: Port = Field(8090, description="Port `smith cache serve` listens on")
     cache_public_url: str | None = Field(
         None,
         description="Base URL runners use to reach this server; signed upload/download URLs point here "
@@ -22,7 +23,7 @@ class CacheSettings(CommonSettings):
     cache_shared_secret: SecretStr | None = Field(
         None, description="HMAC secret of cache tokens and signed URLs (shared with the control plane)"
     )
-    cache_storage: str = Field("filesystem", description="filesystem or s3")
+    cache_storage: Literal["filesystem", "s3"] = Field("filesystem", description="filesystem or s3")
     cache_storage_path: Path | None = Field(None, description="Blob directory (default <data_dir>/cache/blobs)")
     cache_s3_endpoint: str | None = Field(None, description="S3-compatible endpoint URL (unset: AWS)")
     cache_s3_bucket: str | None = None
@@ -60,8 +61,6 @@ class CacheSettings(CommonSettings):
             out.append("SMITH_CACHE_SHARED_SECRET is not set: every request will be refused (401)")
         elif len(self.cache_shared_secret.get_secret_value()) < 32:
             out.append("SMITH_CACHE_SHARED_SECRET is shorter than 32 characters")
-        if self.cache_storage not in ("filesystem", "s3"):
-            out.append(f"SMITH_CACHE_STORAGE={self.cache_storage!r}: must be 'filesystem' or 's3'")
         if self.cache_storage == "s3" and not self.cache_s3_bucket:
             out.append("SMITH_CACHE_STORAGE=s3 needs SMITH_CACHE_S3_BUCKET")
         if not self.redis_url:

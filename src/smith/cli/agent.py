@@ -20,8 +20,8 @@ def register(root: typer.Typer) -> None:
     root.add_typer(app, name="agent")
 
 
-def build_agent(settings: Any, network: Any = None) -> Any:
-    """Compose an Agent from settings: control client, chosen backend, job output."""
+def build_agent(settings: Any, network: Any = None, backend: tuple[Any, str] | None = None) -> Any:
+    """Compose an Agent from settings: control client, chosen backend (or ``backend``, already chosen), job output."""
     from smith.agent.backends import select_backend
     from smith.agent.client import ControlClient
     from smith.agent.daemon import Agent, AgentConfig
@@ -29,7 +29,7 @@ def build_agent(settings: Any, network: Any = None) -> Any:
 
     if settings.agent_token is None:
         fail("SMITH_AGENT_TOKEN is not set: mint one with `smith auth agent-token --agent-id ...`")
-    vmm, why = select_backend(settings, network)
+    vmm, why = backend or select_backend(settings, network)
     console.print(f"backend: [bold]{vmm.backend}[/bold] ({why})")
     config = AgentConfig(
         agent_id=settings.agent_id,
@@ -106,8 +106,9 @@ async def serve_with_network(settings: Any) -> None:
 def backends(json_out: bool = typer.Option(False, "--json", help="Print JSON")) -> None:
     """Which VM backends this machine can run, and which one `auto` picks, with the reasons."""
     from smith.agent.backends import probe
+    from smith.agent.settings import AgentSettings
 
-    found = probe()
+    found = probe(AgentSettings())
     if json_out:
         print_json(found)
         return
@@ -130,10 +131,13 @@ def dev_service(env: dict[str, str]) -> Coroutine[Any, Any, None] | None:
         secret, scope="agent", subject=agent_id, ttl_seconds=30 * 86400, agent_id=agent_id
     )
     settings = AgentSettings(agent_token=token, agent_id=agent_id, control_url=env["SMITH_CONTROL_URL"])
+    backend = dev_backend(settings)
+    if backend is None:
+        return None
 
     async def serve() -> None:
         await asyncio.sleep(0.5)  # let the control plane bind first
-        agent = build_agent(settings)
+        agent = build_agent(settings, backend=backend)
         try:
             await agent.run()
         finally:
@@ -141,3 +145,27 @@ def dev_service(env: dict[str, str]) -> Coroutine[Any, Any, None] | None:
                 await agent.shutdown()
 
     return serve()
+
+
+NO_BACKEND_HINT = (
+    "install bubblewrap for the sandbox (sudo apt-get install bubblewrap), or Firecracker or QEMU with /dev/kvm; "
+    "`smith agent backends` shows what this machine has"
+)
+
+
+def dev_backend(settings: Any) -> tuple[Any, str] | None:
+    """The backend `smith dev`'s agent runs jobs on, or None after saying once why there is none here (the other
+    services run on: the control plane queues jobs until an agent that can run them comes)."""
+    from smith.agent.backends import select_backend
+    from smith.errors import SmithError
+
+    try:
+        return select_backend(settings)
+    except (SmithError, OSError) as exc:
+        why = exc.message if isinstance(exc, SmithError) else str(exc)
+        console.print(
+            f"  agent:   [bold red]not started: jobs cannot run on this machine[/bold red]: {why}. "
+            f"To run them, {NO_BACKEND_HINT}",
+            soft_wrap=True,
+        )
+        return None

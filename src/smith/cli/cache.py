@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import getpass
-import os
 from collections.abc import Coroutine
 from datetime import UTC, datetime
 from typing import Any
 
+import httpx
 import typer
 from rich.table import Table
 
-from smith.cli.common import check, console, fail, print_json, run_or_fail
+from smith.cli.common import can_listen, check, client_settings, console, fail, print_json, whole
 
 app = typer.Typer(
     help="The artifact cache next to the runners: speaks the protocol of the unmodified actions/cache step.",
@@ -50,15 +50,15 @@ def serve(
     from smith.logging import configure
 
     settings = CacheSettings()
+    h, p = host or settings.cache_host, port or settings.cache_port
+    can_listen(h, p)
     configure(settings.log_level, json=settings.log_json)
     for problem in settings.problems():
         typer.echo(f"warning: {problem}", err=True)
-    if settings.cache_storage not in ("filesystem", "s3"):
-        fail(f"SMITH_CACHE_STORAGE={settings.cache_storage!r}: must be 'filesystem' or 's3'")
     uvicorn.run(
         create_app(settings),
-        host=host or settings.cache_host,
-        port=port or settings.cache_port,
+        host=h,
+        port=p,
         log_level="warning",
         access_log=False,
         timeout_graceful_shutdown=10,
@@ -73,6 +73,7 @@ def token(
     default_ref: str = typer.Option("", help="The repository's default branch ref, readable from every ref"),
     ttl: int = typer.Option(6 * 3600, help="Lifetime in seconds"),
     admin: bool = typer.Option(False, "--admin", help="An admin token for /usage of every org and purge"),
+    as_json: bool = typer.Option(False, "--json", help="Print the token, its scope and lifetime as JSON"),
 ) -> None:
     """Mint a cache token (HS256, SMITH_CACHE_SHARED_SECRET). Jobs get it as ACTIONS_RUNTIME_TOKEN."""
     from smith import tokens
@@ -90,23 +91,23 @@ def token(
         check_ref(default_ref)
     except InvalidInput as exc:
         fail(exc.message)
-    if admin:
-        typer.echo(tokens.mint(secret, scope="cache-admin", subject=org_id, ttl_seconds=ttl))
-        return
-    claims: dict[str, str] = {"org": org_id, "repo": repo}
-    if ref:
+    claims: dict[str, str] = {} if admin else {"org": org_id, "repo": repo}
+    if ref and not admin:
         claims["ref"] = ref
-    if default_ref:
+    if default_ref and not admin:
         claims["default_ref"] = default_ref
-    typer.echo(tokens.mint(secret, scope="cache", subject=org_id, ttl_seconds=ttl, **claims))
+    scope = "cache-admin" if admin else "cache"
+    tok = tokens.mint(secret, scope=scope, subject=org_id, ttl_seconds=ttl, **claims)
+    if as_json:
+        print_json({"token": tok, "scope": scope, "org": org_id, "expires_in": ttl})
+    else:
+        typer.echo(tok)
 
 
-def _client(url: str | None) -> object:
-    import httpx
-
+def _client(url: str | None) -> httpx.Client:
     from smith import tokens
 
-    base = url or os.environ.get("SMITH_CACHE_URL")
+    base = url or client_settings().cache_url
     if not base:
         from smith.cache.settings import CacheSettings
 
@@ -124,11 +125,11 @@ def usage(
 ) -> None:
     """Per-org bytes, entries, hits, misses and last access, from a running cache server."""
     client = _client(url)
-    data = check(run_or_fail(client.get, "/usage", params={"org": org} if org else None))  # type: ignore[attr-defined]
+    data = check(client.get("/usage", params={"org": org} if org else None))
     if as_json:
         print_json(data)
         return
-    table = Table("org", "bytes", "entries", "hits", "misses", "last access")
+    table = whole(Table("org", "bytes", "entries", "hits", "misses", "last access"), 0, data["orgs"])
     for name, u in sorted(data["orgs"].items()):
         last = datetime.fromtimestamp(u["last_access"], UTC).isoformat(timespec="seconds") if u["last_access"] else "-"
         table.add_row(name, f"{u['bytes']:,}", str(u["entries"]), str(u["hits"]), str(u["misses"]), last)
@@ -150,7 +151,7 @@ def purge(
         body["repo"] = repo
     if prefix:
         body["prefix"] = prefix
-    data = check(run_or_fail(client.post, "/admin/purge", json=body))  # type: ignore[attr-defined]
+    data = check(client.post("/admin/purge", json=body))
     if as_json:
         print_json(data)
     else:
@@ -166,4 +167,5 @@ def dev_service(env: dict[str, str]) -> Coroutine[Any, Any, None] | None:
     settings = CacheSettings()
     if not settings.cache_shared_secret:
         return None
+    can_listen(settings.cache_host, settings.cache_port)
     return serve_app(create_app(settings), settings.cache_host, settings.cache_port)

@@ -2,23 +2,38 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import sys
-from typing import Any, NoReturn
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import httpx
 import typer
 from rich.console import Console
+from rich.table import Table
 
-from smith.errors import SmithError
+if TYPE_CHECKING:
+    from smith.cli.settings import ClientSettings
 
-console = Console()
-err_console = Console(stderr=True)
+# A pipe or a file has no width to fit: never cut, fold or ellipsise there (`smith jobs recent | grep ID` works).
+console = Console(width=None if sys.stdout.isatty() else 100_000)
+
+
+def whole(table: Table, column: int, values: Iterable[str]) -> Table:
+    """Keep ``column`` of ``table`` (ids) whole on a narrow terminal too: the other columns give way."""
+    col = table.columns[column]
+    col.no_wrap = True
+    col.min_width = max((len(v) for v in values), default=col.min_width or 0)
+    return table
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
-    err_console.print(f"[red]error:[/red] {message}")
+    """Print ``smith: error: message`` (one line on stderr) and exit with ``code``."""
+    from smith.cli.errors import say
+
+    say(message)
     raise typer.Exit(code)
 
 
@@ -27,15 +42,14 @@ def print_json(data: Any) -> None:
 
 
 def api_client(
-    url: str | None, token: str | None, *, env_url: str, env_token: str, timeout: float = 30.0
+    base: str | None, token: str | None, *, url_setting: str, token_setting: str, timeout: float = 30.0
 ) -> httpx.Client:
-    base = url or os.environ.get(env_url)
-    tok = token or os.environ.get(env_token)
+    """A client for a Smith HTTP API; ``*_setting`` name what to set when the URL or token is missing."""
     if not base:
-        fail(f"no server address: pass --url or set {env_url}")
-    if not tok:
-        fail(f"no token: pass --token or set {env_token}")
-    return httpx.Client(base_url=base, headers={"Authorization": f"Bearer {tok}"}, timeout=timeout)
+        fail(f"no server address: pass --url or set {url_setting}")
+    if not token:
+        fail(f"no token: pass --token or set {token_setting}")
+    return httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=timeout)
 
 
 def check(resp: httpx.Response) -> Any:
@@ -52,22 +66,20 @@ def check(resp: httpx.Response) -> Any:
     return resp.json()
 
 
-def run_or_fail(fn: Any, *args: Any, **kwargs: Any) -> Any:
-    try:
-        return fn(*args, **kwargs)
-    except SmithError as exc:
-        fail(exc.message)
-    except httpx.HTTPError as exc:
-        fail(f"cannot reach server: {exc}")
+def client_settings() -> ClientSettings:
+    from smith.cli.settings import ClientSettings
+
+    return ClientSettings()
 
 
 def _dev_secret(name: str) -> str | None:
-    """A secret from the environment, else from the `smith dev` secrets file of this machine's data dir."""
+    """A secret from the environment, else from the `smith dev` secrets file of this machine's data dir.
+
+    ``name`` is one of dev's SECRET_VARS, each a declared setting of the service that checks it.
+    """
     if os.environ.get(name):
         return os.environ[name]
-    from smith.settings import CommonSettings
-
-    path = CommonSettings().data_dir / "dev-secrets.json"
+    path = client_settings().data_dir / "dev-secrets.json"
     try:
         value = json.loads(path.read_text()).get(name)
     except (OSError, ValueError):
@@ -77,23 +89,41 @@ def _dev_secret(name: str) -> str | None:
 
 def local_control_url() -> str | None:
     """SMITH_CONTROL_URL, else the `smith dev` default when its secrets file exists on this machine."""
-    if os.environ.get("SMITH_CONTROL_URL"):
-        return os.environ["SMITH_CONTROL_URL"]
+    settings = client_settings()
+    if settings.control_url:
+        return settings.control_url
     if _dev_secret("SMITH_JWT_SECRET"):
-        return f"http://127.0.0.1:{os.environ.get('SMITH_PORT', '8080')}"
+        return f"http://127.0.0.1:{settings.port}"
     return None
 
 
 def local_operator_token() -> str | None:
     """SMITH_OPERATOR_TOKEN, else a 10-minute operator token signed with the local SMITH_JWT_SECRET."""
-    if os.environ.get("SMITH_OPERATOR_TOKEN"):
-        return os.environ["SMITH_OPERATOR_TOKEN"]
+    settings = client_settings()
+    if settings.operator_token:
+        return settings.operator_token.get_secret_value()
     secret = _dev_secret("SMITH_JWT_SECRET")
     if not secret:
         return None
     from smith import tokens
 
-    return tokens.mint(secret, scope="operator", subject=os.environ.get("USER", "operator"), ttl_seconds=600)
+    return tokens.mint(secret, scope="operator", subject=getpass.getuser(), ttl_seconds=600)
+
+
+def can_listen(host: str, port: int) -> None:
+    """Raise ConfigError, naming the address, when ``host:port`` cannot be listened on (in use, not this machine's):
+    said before a server starts, not as uvicorn's exit in the middle of start-up."""
+    import socket
+
+    from smith.errors import ConfigError
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
 async def serve_app(app: Any, host: str, port: int) -> None:
@@ -105,6 +135,8 @@ async def serve_app(app: Any, host: str, port: int) -> None:
     import contextlib
 
     import uvicorn
+
+    can_listen(host, port)
 
     class _Server(uvicorn.Server):
         def capture_signals(self) -> Any:

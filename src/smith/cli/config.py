@@ -7,8 +7,10 @@ from typing import Any
 
 import typer
 from pydantic import SecretStr, ValidationError
+from pydantic_settings import SettingsError
 
 from smith.cli.common import console, fail, print_json
+from smith.cli.errors import setting_errors
 
 app = typer.Typer(help="Inspect and validate settings (SMITH_* environment variables).", no_args_is_help=True)
 
@@ -54,15 +56,19 @@ def check(
     cls = settings_class(service)
     try:
         settings = cls()
-    except ValidationError as exc:
-        errors = [
-            {"setting": "SMITH_" + "_".join(str(p) for p in e["loc"]).upper(), "error": e["msg"]} for e in exc.errors()
-        ]
+    except (ValidationError, SettingsError) as exc:
+        errors = setting_errors(exc)
         if json_out:
-            print_json({"service": service, "valid": False, "errors": errors})
+            print_json(
+                {
+                    "service": service,
+                    "valid": False,
+                    "errors": [{k: e[k] for k in ("setting", "error")} for e in errors],
+                }
+            )
         else:
             for e in errors:
-                console.print(f"[red]invalid[/red] {e['setting']}: {e['error']}")
+                typer.echo(f"invalid {e['line']}")
         raise typer.Exit(1) from None
     problems: list[str] = settings.problems() if hasattr(settings, "problems") else []
     values = {k: _shown(getattr(settings, k)) for k in type(settings).model_fields}
@@ -71,6 +77,6 @@ def check(
     else:
         console.print(f"[green]valid[/green] settings for {service}")
         for p in problems:
-            console.print(f"[yellow]warning[/yellow] {p}")
+            typer.echo(f"warning {p}")
     if strict and problems:
         raise typer.Exit(2)

@@ -31,7 +31,7 @@ def serve(
     """Serve the control plane against SMITH_REDIS_URL (run `smith dev` for an embedded Redis)."""
     import uvicorn
 
-    from smith.cli.common import fail
+    from smith.cli.common import can_listen, fail
     from smith.control.settings import ControlSettings
     from smith.logging import configure
 
@@ -39,9 +39,11 @@ def serve(
     configure(settings.log_level, json=settings.log_json)
     if not settings.redis_url:
         fail("SMITH_REDIS_URL is not set; use `smith dev` for an embedded Valkey")
+    credentials = build_credentials(settings)  # a key that cannot be read stops here, before any warning
     for problem in settings.problems():
         typer.echo(f"warning: {problem}", err=True)
     h, p = host or settings.host, port or settings.port
+    can_listen(h, p)
     if workers > 1:
         uvicorn.run(
             "smith.control.asgi:app",
@@ -55,5 +57,5 @@ def serve(
         return
     from smith.control.app import create_app
 
-    app_ = create_app(settings, credentials=build_credentials(settings))
+    app_ = create_app(settings, credentials=credentials)
     uvicorn.run(app_, host=h, port=p, log_level="warning", access_log=False)

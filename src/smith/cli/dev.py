@@ -22,7 +22,8 @@ from typing import Any
 
 import typer
 
-from smith.cli.common import console
+from smith.cli.common import can_listen, console
+from smith.errors import ConfigError
 from smith.logging import get_logger
 
 SECRET_VARS = (
@@ -40,7 +41,10 @@ log = get_logger("smith.dev")
 def dev_secrets(data_dir: Path) -> dict[str, str]:
     """Secrets from the environment, else from (or newly into) the dev secrets file."""
     path = data_dir / "dev-secrets.json"
-    stored: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+    try:
+        stored: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+    except ValueError as exc:
+        raise ConfigError(f"{path} is not JSON ({exc}): fix it, or remove it to make new secrets") from None
     changed = False
     for var in SECRET_VARS:
         if var not in stored:
@@ -93,10 +97,11 @@ def dev(
 ) -> None:
     """Run Smith on this machine with embedded defaults: Valkey, the control plane, and the other services."""
     from smith.adapters.redis.embedded import EmbeddedRedis
+    from smith.control.settings import ControlSettings
     from smith.logging import configure
-    from smith.settings import CommonSettings
 
-    common = CommonSettings()
+    common = ControlSettings()
+    can_listen(common.host, port)  # before anything starts: a second `smith dev` stops here, in one line
     configure(common.log_level, json=common.log_json)
     data = Path(data_dir or common.data_dir).expanduser()
     data.mkdir(parents=True, exist_ok=True)
@@ -109,17 +114,26 @@ def dev(
         embedded = EmbeddedRedis(data / "valkey")
         embedded.start()
         os.environ["SMITH_REDIS_URL"] = embedded.url
+    try:
+        _serve_everything(port, data, only_control, embedded_redis=embedded is not None)
+    finally:
+        if embedded:
+            embedded.stop()
+        console.print("smith dev stopped")
+
+
+def _serve_everything(port: int, data: Path, only_control: bool, *, embedded_redis: bool) -> None:
     control_url = f"http://127.0.0.1:{port}"
     # Where the control plane tells jobs to find the other services (each starts below if it is installed).
     os.environ.setdefault("SMITH_CACHE_URL", f"http://127.0.0.1:{os.environ.get('SMITH_CACHE_PORT', '8090')}")
     os.environ.setdefault("SMITH_CONTROL_URL", control_url)
     console.print(f"[bold]smith dev[/bold]  data: {data}")
-    console.print(f"  redis:   {os.environ['SMITH_REDIS_URL']}" + ("  (embedded valkey)" if embedded else ""))
+    console.print(f"  redis:   {os.environ['SMITH_REDIS_URL']}" + ("  (embedded valkey)" if embedded_redis else ""))
     console.print(f"  control: {control_url}  (webhooks: {control_url}/webhooks/github)")
-    tasks: list[Coroutine[Any, Any, None]] = [_serve_control(port)]
-    names = ["control"]
-    if not only_control:
-        for name in DEV_SERVICES:
+    tasks: list[Coroutine[Any, Any, None]] = []
+    names = []
+    try:
+        for name in () if only_control else DEV_SERVICES:
             try:
                 mod = importlib.import_module(f"smith.cli.{name}")
             except ModuleNotFoundError:
@@ -129,12 +143,11 @@ def dev(
             if coro is not None:
                 tasks.append(coro)
                 names.append(name)
+    except BaseException:
+        for coro in tasks:  # a later service could not be set up: the earlier ones never run
+            coro.close()
+        raise
     if not only_control:
         console.print(f"  cache:   {os.environ['SMITH_CACHE_URL']}")
     console.print(f"  secrets: {data / 'dev-secrets.json'} (`smith jobs ...` on this machine finds them itself)")
-    try:
-        asyncio.run(_run_all(tasks, names))
-    finally:
-        if embedded:
-            embedded.stop()
-        console.print("smith dev stopped")
+    asyncio.run(_run_all([_serve_control(port), *tasks], ["control", *names]))

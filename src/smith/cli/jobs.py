@@ -9,21 +9,30 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from smith.cli.common import api_client, check, console, local_control_url, local_operator_token, print_json
+from smith.cli.common import (
+    api_client,
+    check,
+    console,
+    local_control_url,
+    local_operator_token,
+    print_json,
+    whole,
+)
 
 app = typer.Typer(help="Jobs: recent, show, status (queue health), cancel, submit.", no_args_is_help=True)
 
 URL = typer.Option(None, "--url", help="Control plane URL [env SMITH_CONTROL_URL]")
 TOKEN = typer.Option(None, "--token", help="Operator token [env SMITH_OPERATOR_TOKEN]")
 JSON = typer.Option(False, "--json", help="Print JSON instead of a table")
+JOB_ID = typer.Argument(..., help="The job's id, as `smith jobs recent` shows it")
 
 
 def _client(url: str | None, token: str | None) -> Any:
     return api_client(
         url or local_control_url(),
         token or local_operator_token(),
-        env_url="SMITH_CONTROL_URL",
-        env_token="SMITH_OPERATOR_TOKEN",
+        url_setting="SMITH_CONTROL_URL",
+        token_setting="SMITH_OPERATOR_TOKEN",
     )
 
 
@@ -46,7 +55,7 @@ def recent(
     repo: str = typer.Option(None, help="owner/name"),
     runner_class: str = typer.Option(None, "--class", help="Runner class, e.g. smith-2vcpu"),
     since: str = typer.Option(None, help="Only jobs created in the last 30m, 2h, 7d..."),
-    limit: int = typer.Option(20, min=1, max=1000),
+    limit: int = typer.Option(20, min=1, max=1000, help="At most this many jobs"),
     url: str = URL,
     token: str = TOKEN,
     json_out: bool = JSON,
@@ -63,7 +72,9 @@ def recent(
     if json_out:
         print_json(jobs)
         return
-    table = Table("id", "state", "class", "repo", "name", "agent", "created", "reason")
+    table = whole(
+        Table("id", "state", "class", "repo", "name", "agent", "created", "reason"), 0, [j["id"] for j in jobs]
+    )
     for j in jobs:
         table.add_row(
             j["id"],
@@ -79,7 +90,7 @@ def recent(
 
 
 @app.command()
-def show(job_id: str, url: str = URL, token: str = TOKEN, json_out: bool = JSON) -> None:
+def show(job_id: str = JOB_ID, url: str = URL, token: str = TOKEN, json_out: bool = JSON) -> None:
     """One job in full."""
     with _client(url, token) as c:
         job = check(c.get(f"/v1/jobs/{job_id}"))
@@ -108,7 +119,7 @@ def status(url: str = URL, token: str = TOKEN, json_out: bool = JSON) -> None:
 
 @app.command()
 def cancel(
-    job_id: str,
+    job_id: str = JOB_ID,
     reason: str = typer.Option("cancelled by operator", help="Recorded on the job"),
     url: str = URL,
     token: str = TOKEN,

@@ -11,9 +11,16 @@ from typing import Any
 
 import typer
 
-from smith.cli.common import api_client, check, console, fail, local_operator_token, print_json
-
-DEFAULT_PORT = 8070
+from smith.cli.common import (
+    api_client,
+    can_listen,
+    check,
+    client_settings,
+    console,
+    fail,
+    local_operator_token,
+    print_json,
+)
 
 app = typer.Typer(
     help=(
@@ -29,17 +36,16 @@ JSON = typer.Option(False, "--json", help="Print JSON (NDJSON with --follow) ins
 
 
 def _url(url: str | None) -> str:
-    return (
-        url or os.environ.get("SMITH_LOGS_URL") or f"http://127.0.0.1:{os.environ.get('SMITH_LOGS_PORT', DEFAULT_PORT)}"
-    )
+    settings = client_settings()
+    return url or settings.logs_url or f"http://127.0.0.1:{settings.logs_port}"
 
 
 def _client(url: str | None, token: str | None, timeout: float = 30.0) -> Any:
     return api_client(
         _url(url),
         token or local_operator_token(),
-        env_url="SMITH_LOGS_URL",
-        env_token="SMITH_OPERATOR_TOKEN",
+        url_setting="SMITH_LOGS_URL",
+        token_setting="SMITH_OPERATOR_TOKEN",
         timeout=timeout,
     )
 
@@ -151,7 +157,7 @@ def search(
     repo: str = typer.Option(None, help="Only this repository (owner/name)"),
     host: str = typer.Option(None, help="Only lines from this host agent"),
     job_id: str = typer.Option(None, "--job-id", "-j", help="Only this job"),
-    limit: int = typer.Option(100, min=1, max=10_000),
+    limit: int = typer.Option(100, min=1, max=10_000, help="At most this many lines"),
     url: str = URL,
     token: str = TOKEN,
     json_out: bool = JSON,
@@ -202,15 +208,13 @@ def serve(
     """Serve the log pipeline: ClickHouse at SMITH_CLICKHOUSE_URL, else chdb in the data directory."""
     import uvicorn
 
-    from smith.errors import SmithError
     from smith.logging import configure
     from smith.logs.app import create_app
     from smith.logs.settings import LogsSettings
 
-    try:
-        settings = LogsSettings()
-    except ValueError as exc:
-        fail(f"bad settings: {exc}")
+    settings = LogsSettings()
+    h, p = host or settings.logs_host, port or settings.logs_port
+    can_listen(h, p)
     configure(settings.log_level, json=settings.log_json)
     for problem in settings.problems():
         typer.echo(f"warning: {problem}", err=True)
@@ -219,14 +223,10 @@ def serve(
     # Ingestion makes ~12 short-lived objects per line; the default thresholds run a collection every few
     # hundred lines, which costs about a third of the parsing time. Nothing here makes long-lived cycles.
     gc.set_threshold(200_000, 20, 100)
-    try:
-        app_ = create_app(settings)
-    except SmithError as exc:
-        fail(exc.message)
     uvicorn.run(
-        app_,
-        host=host or settings.logs_host,
-        port=port or settings.logs_port,
+        create_app(settings),
+        host=h,
+        port=p,
         log_level="warning",
         access_log=False,
         timeout_graceful_shutdown=10,
@@ -235,17 +235,18 @@ def serve(
 
 def dev_service(env: dict[str, str]) -> Coroutine[Any, Any, None] | None:
     """`smith dev`: serve the log pipeline (chdb under the data dir) and tell the others where it is."""
-    port = int(env.get("SMITH_LOGS_PORT", DEFAULT_PORT))
-    os.environ.setdefault("SMITH_LOGS_URL", f"http://127.0.0.1:{port}")
+    from smith.logs.settings import LogsSettings
+
+    settings = LogsSettings()
+    can_listen(settings.logs_host, settings.logs_port)
+    os.environ.setdefault("SMITH_LOGS_URL", f"http://127.0.0.1:{settings.logs_port}")
     console.print(f"  logs:    {os.environ['SMITH_LOGS_URL']}  (chdb unless SMITH_CLICKHOUSE_URL)")
 
     async def serve_logs() -> None:
         from smith.cli.common import serve_app
         from smith.logs.app import create_app
-        from smith.logs.settings import LogsSettings
 
-        settings = LogsSettings()
-        await serve_app(create_app(settings), settings.logs_host, port)
+        await serve_app(create_app(settings), settings.logs_host, settings.logs_port)
 
     return serve_logs()
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 
 from smith.domain.jobs import RunnerClass, default_runner_classes
-from smith.settings import CommonSettings
+from smith.settings import CommonSettings, Port
 
 
 class RunnerClassSpec(BaseModel):
@@ -21,7 +22,7 @@ class RunnerClassSpec(BaseModel):
 
 class ControlSettings(CommonSettings):
     host: str = "127.0.0.1"
-    port: int = 8080
+    port: Port = Field(8080, description="Port `smith control serve` listens on")
     github_webhook_secret: SecretStr | None = Field(None, description="Secret set on the GitHub webhook")
     jwt_secret: SecretStr | None = Field(None, description="Signs operator tokens (HS256)")
     agent_token_secret: SecretStr | None = Field(None, description="Signs agent tokens (HS256)")
@@ -50,7 +51,9 @@ class ControlSettings(CommonSettings):
     github_app_private_key: SecretStr | None = Field(None, description="PEM text of the App's private key")
     github_app_private_key_path: str | None = None
     github_installation_id: int | None = Field(None, description="Default installation; else from the webhook")
-    github_runner_mode: str = Field("jit", description="jit (ephemeral JIT config) or registration (token)")
+    github_runner_mode: Literal["jit", "registration"] = Field(
+        "jit", description="jit (ephemeral JIT config) or registration (token)"
+    )
     github_runner_group_id: int = Field(1, ge=1, description="Runner group JIT runners join (1 = Default)")
     github_org_runners: bool = Field(
         False, description="Register runners at the organisation instead of the job's repository"
@@ -65,13 +68,6 @@ class ControlSettings(CommonSettings):
     def _parse_classes(cls, value: Any) -> Any:
         if isinstance(value, str):
             return json.loads(value)
-        return value
-
-    @field_validator("github_runner_mode")
-    @classmethod
-    def _mode(cls, value: str) -> str:
-        if value not in ("jit", "registration"):
-            raise ValueError("must be 'jit' or 'registration'")
         return value
 
     @model_validator(mode="after")
@@ -99,6 +95,9 @@ class ControlSettings(CommonSettings):
             found.append("SMITH_JWT_SECRET is not set: the operator API refuses every request")
         if self.github_app_id and not (self.github_app_private_key or self.github_app_private_key_path):
             found.append("SMITH_GITHUB_APP_ID is set but no private key (SMITH_GITHUB_APP_PRIVATE_KEY[_PATH])")
+        key_path = self.github_app_private_key_path
+        if key_path and not self.github_app_private_key and not os.access(Path(key_path).expanduser(), os.R_OK):
+            found.append(f"SMITH_GITHUB_APP_PRIVATE_KEY_PATH={key_path}: cannot read the file")
         if not self.runner_classes:
             found.append("SMITH_RUNNER_CLASSES is empty: no job can ever match")
         return found

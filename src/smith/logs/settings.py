@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from smith.settings import CommonSettings
+from smith.settings import CommonSettings, Port
 
 
 class LogsSettings(CommonSettings):
     logs_host: str = Field("127.0.0.1", description="Address `smith logs serve` listens on")
-    logs_port: int = Field(8070, description="Port `smith logs serve` listens on")
+    logs_port: Port = Field(8070, description="Port `smith logs serve` listens on")
     jwt_secret: SecretStr | None = Field(None, description="Verifies operator tokens (reads)")
     agent_token_secret: SecretStr | None = Field(None, description="Verifies agent tokens (ingestion)")
     # Storage
@@ -19,7 +20,9 @@ class LogsSettings(CommonSettings):
     clickhouse_user: str = "default"
     clickhouse_password: SecretStr | None = None
     clickhouse_database: str = Field("smith", description="Database holding the log tables")
-    clickhouse_dialect: str = Field("auto", description="auto (by server version), modern, or legacy (< 22.8)")
+    clickhouse_dialect: Literal["auto", "modern", "legacy"] = Field(
+        "auto", description="auto (by server version), modern, or legacy (< 22.8)"
+    )
     chdb_dir: Path | None = Field(None, description="chdb data directory; default <data_dir>/logs/chdb")
     log_retention_days: int = Field(30, ge=1, le=3650, description="Lines older than this are dropped")
     # Ingestion
@@ -36,13 +39,6 @@ class LogsSettings(CommonSettings):
     logs_max_body_bytes: int = Field(32 * 1024 * 1024, gt=0, description="Largest POST /v1/logs body")
     logs_max_batch_lines: int = Field(100_000, gt=0, description="Most lines in one POST")
     logs_follow_poll_seconds: float = Field(1.0, gt=0, description="How often a follower re-reads when idle")
-
-    @field_validator("clickhouse_dialect")
-    @classmethod
-    def _dialect(cls, value: str) -> str:
-        if value not in ("auto", "modern", "legacy"):
-            raise ValueError("must be auto, modern or legacy")
-        return value
 
     @field_validator("clickhouse_database")
     @classmethod
