@@ -95,8 +95,8 @@ class ControlPlane:
         except Unavailable:
             if self.spool is None:
                 raise
-            self.spool.put(event, delivery, payload)
-            log.warning("redis down: webhook delivery spooled to disk", delivery=delivery, spooled=len(self.spool))
+            await self.spool.put(event, delivery, payload)
+            log.warning("redis down: webhook delivery spooled to disk", delivery=delivery, spooled=self.spool.count)
             return {"outcome": "spooled"}
 
     async def webhook(self, event: str, delivery: str, payload: dict[str, Any]) -> dict[str, Any]:
