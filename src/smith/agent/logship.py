@@ -34,7 +34,7 @@ from typing import IO, Any, BinaryIO
 import httpx
 import orjson
 
-from smith.asyncutil import wait_event
+from smith.asyncutil import supervise, wait_event
 from smith.logging import get_logger
 from smith.wire.guest import GuestEvent
 
@@ -134,7 +134,7 @@ class LogShipper:
         if self.jobs:
             log.info("replaying spooled logs", jobs=len(self.jobs))
         if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="log-shipper")
+            self._task = asyncio.create_task(supervise("log-shipper", self._run), name="log-shipper")
 
     async def close(self, drain_seconds: float = 30.0) -> bool:
         """Send what is spooled, for at most ``drain_seconds``; True if everything was acknowledged.

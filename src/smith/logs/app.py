@@ -13,6 +13,7 @@ from fastapi import Depends, FastAPI, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from smith import tokens
+from smith.asyncutil import supervise
 from smith.errors import InvalidInput, NotFound, PayloadTooLarge, SmithError
 from smith.http import add_health_routes, dumps, error_response, json_response, read_body
 from smith.logging import get_logger
@@ -116,7 +117,7 @@ def create_app(settings: LogsSettings, *, clickhouse: ClickHouse | None = None) 
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await store.start()
         batcher.start()
-        sweep = asyncio.create_task(sweeper()) if store.legacy else None
+        sweep = asyncio.create_task(supervise("retention-sweeper", sweeper)) if store.legacy else None
         log.info(
             "log pipeline ready", dialect=store.ch.dialect, clickhouse=store.ch.version, db=settings.clickhouse_database
         )
