@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import msgspec
 import orjson
 from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 
 from smith.errors import AuthError, InvalidInput, PayloadTooLarge, SmithError
 
@@ -52,6 +54,35 @@ def error_response(exc: SmithError) -> Response:
     if isinstance(exc, AuthError) and exc.status_code == 401:
         headers = {**(headers or {}), "WWW-Authenticate": "Bearer"}
     return JSONResponse(exc.to_dict(), status_code=exc.status_code, headers=headers)
+
+
+def validation_message(errors: Sequence[Any], shown: int = 3) -> str:
+    """Pydantic's errors as one line: ``body.wait_seconds: Input should be a finite number; ...`` (the input
+    itself is never echoed: it may be huge)."""
+    parts = []
+    for err in list(errors)[:shown]:
+        where = ".".join(str(p) for p in err.get("loc", ())) or "request"
+        parts.append(f"{where}: {err.get('msg', 'invalid')}")
+    more = len(errors) - shown
+    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Every error answers ``{"error", "message", "retryable"}`` (docs/ARCHITECTURE.md): Smith's own errors with
+    their status, and a request that fails validation (FastAPI's parameters and bodies, or a model validated in a
+    handler) with 400 ``invalid_input`` instead of FastAPI's 422 ``detail``."""
+
+    @app.exception_handler(SmithError)
+    async def _smith_error(_: Request, exc: SmithError) -> Response:
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _request_invalid(_: Request, exc: RequestValidationError) -> Response:
+        return error_response(InvalidInput(validation_message(exc.errors())))
+
+    @app.exception_handler(ValidationError)
+    async def _model_invalid(_: Request, exc: ValidationError) -> Response:
+        return error_response(InvalidInput(validation_message(exc.errors())))
 
 
 def add_health_routes(app: FastAPI, probe: Callable[[], Awaitable[dict[str, Any]]], dependency: str) -> None:

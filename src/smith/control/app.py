@@ -9,8 +9,7 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import Depends, FastAPI, Query, Request, Response
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 
 from smith import tokens
 from smith.adapters.redis import connect
@@ -19,7 +18,7 @@ from smith.control.service import ControlPlane, job_view
 from smith.control.settings import ControlSettings
 from smith.control.spool import Spool
 from smith.errors import AuthError, InvalidInput, SmithError
-from smith.http import add_health_routes, error_response, json_response, read_body
+from smith.http import add_health_routes, install_error_handlers, json_response, read_body
 from smith.logging import get_logger
 from smith.ports import RunnerCredentials
 from smith.wire import agent as wire
@@ -29,8 +28,8 @@ log = get_logger("smith.control.http")
 
 class SubmitRequest(BaseModel):
     run: str = Field(min_length=1, max_length=1_000_000, description="Shell script the job runs")
-    labels: list[str] = Field(default_factory=lambda: ["self-hosted"])
-    repo: str = ""
+    labels: list[Annotated[str, Field(max_length=256)]] = Field(default_factory=lambda: ["self-hosted"], max_length=256)
+    repo: str = Field("", max_length=256)
 
 
 class CancelRequest(BaseModel):
@@ -96,13 +95,7 @@ def create_app(
     app.state.plane = plane
     app.state.settings = settings
 
-    @app.exception_handler(SmithError)
-    async def _smith_error(_: Request, exc: SmithError) -> Response:
-        return error_response(exc)
-
-    @app.exception_handler(ValidationError)
-    async def _validation(_: Request, exc: ValidationError) -> Response:
-        return JSONResponse({"error": "invalid_input", "message": str(exc), "retryable": False}, status_code=400)
+    install_error_handlers(app)
 
     # -- health -------------------------------------------------------------------------------------------
 
