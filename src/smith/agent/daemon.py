@@ -268,6 +268,9 @@ class Agent:
             log.warning("job failed in the VM layer", job_id=spec.id, error=exc.message)
         except OSError as exc:
             reason = f"VM failed: {exc}"
+        except Exception as exc:  # a bug or a job we cannot handle: report it failed rather than leave it running
+            reason = f"agent error: {type(exc).__name__}: {exc}"
+            log.exception("job failed in the agent", job_id=spec.id)
         finally:
             if job.machine is not None:
                 with contextlib.suppress(Exception):
