@@ -3,11 +3,66 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import random
+import time
 from collections.abc import Awaitable, Callable
 
 from smith.logging import get_logger
 
 log = get_logger("smith.cleanup")
+supervisor_log = get_logger("smith.supervise")
+
+# Errors after which this process cannot be trusted to go on: it exits so that its own supervisor (systemd,
+# Kubernetes, `smith dev`) starts a whole new one, rather than run half alive.
+FATAL_ERRORS: tuple[type[BaseException], ...] = (MemoryError, SystemError)
+EXIT_FATAL = 70  # EX_SOFTWARE
+
+
+async def supervise(
+    name: str,
+    loop: Callable[[], Awaitable[None]],
+    *,
+    first_delay: float = 1.0,
+    max_delay: float = 60.0,
+    exit: Callable[[int], object] = os._exit,
+) -> None:
+    """Run the long-running ``loop()`` until it returns or is cancelled, starting it again whenever it fails.
+
+    An unexpected error is logged with its type and traceback, and the loop starts again after a capped
+    exponential back-off with jitter (``first_delay`` doubling up to ``max_delay``, each wait 50-100% of that;
+    back to ``first_delay`` once a run lasted ``max_delay``). An error in ``FATAL_ERRORS`` ends the process with
+    status 70 instead (through ``exit``), so its supervisor restarts it: never a process with a dead loop.
+    """
+    delay = first_delay
+    while True:
+        started = time.monotonic()
+        try:
+            await loop()
+            return
+        except FATAL_ERRORS as exc:
+            supervisor_log.critical(
+                "background loop hit a fatal error; exiting so the process is restarted",
+                loop=name,
+                error_type=type(exc).__name__,
+                error=str(exc),
+            )
+            exit(EXIT_FATAL)
+            raise
+        except Exception as exc:
+            if time.monotonic() - started >= max_delay:
+                delay = first_delay
+            wait = delay * random.uniform(0.5, 1.0)
+            supervisor_log.error(
+                "background loop failed; starting it again",
+                loop=name,
+                error_type=type(exc).__name__,
+                error=str(exc),
+                retry_in=round(wait, 3),
+                exc_info=exc,
+            )
+            await asyncio.sleep(wait)
+            delay = min(delay * 2, max_delay)
 
 
 async def wait_event(event: asyncio.Event, seconds: float) -> bool:

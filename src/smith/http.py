@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import msgspec
 import orjson
 from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from smith.errors import AuthError, InvalidInput, PayloadTooLarge, SmithError
@@ -55,11 +57,24 @@ def error_response(exc: SmithError) -> Response:
     return JSONResponse(exc.to_dict(), status_code=exc.status_code, headers=headers)
 
 
+def validation_message(errors: Sequence[Any], shown: int = 3) -> str:
+    """Pydantic's errors as one line: ``body.wait_seconds: Input should be a finite number; ...`` (the input
+    itself is never echoed: it may be huge)."""
+    parts = []
+    for err in list(errors)[:shown]:
+        where = ".".join(str(p) for p in err.get("loc", ())) or "request"
+        parts.append(f"{where}: {err.get('msg', 'invalid')}")
+    more = len(errors) - shown
+    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
+
+
 def add_error_handlers(app: FastAPI, respond: Callable[[Request, SmithError], Response] | None = None) -> None:
     """Every error ``app`` answers goes through ``respond`` (default :func:`error_response`, the documented
     ``{"error", "message", "retryable", "retry_after"?}``): a SmithError as itself, Starlette's own routing
     errors (unknown route 404 ``not_found``, wrong method 405 ``method_not_allowed``, with their headers) and
-    anything unexpected (500 ``internal``; its text stays in the server's log, where Starlette re-raises it)."""
+    a request that fails validation (FastAPI's parameters and bodies, or a model validated in a handler: 400
+    ``invalid_input``, never FastAPI's 422 ``detail``) and anything unexpected (500 ``internal``; its text stays
+    in the server's log, where Starlette re-raises it)."""
 
     def answer(request: Request, exc: SmithError) -> Response:
         return respond(request, exc) if respond else error_response(exc)
@@ -67,6 +82,14 @@ def add_error_handlers(app: FastAPI, respond: Callable[[Request, SmithError], Re
     @app.exception_handler(SmithError)
     async def _smith(request: Request, exc: SmithError) -> Response:
         return answer(request, exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _request_invalid(request: Request, exc: RequestValidationError) -> Response:
+        return answer(request, InvalidInput(validation_message(exc.errors())))
+
+    @app.exception_handler(ValidationError)
+    async def _model_invalid(request: Request, exc: ValidationError) -> Response:
+        return answer(request, InvalidInput(validation_message(exc.errors())))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:

@@ -19,6 +19,7 @@ from smith.agent.capacity import Ledger
 from smith.agent.client import ControlClient
 from smith.agent.logsink import JobOutput
 from smith.agent.pool import WarmPool
+from smith.asyncutil import supervise
 from smith.domain.vms import VMShape
 from smith.errors import Conflict, SmithError
 from smith.logging import get_logger
@@ -118,9 +119,9 @@ class Agent:
         await self.start()
         assert self.pool is not None
         tasks = [
-            asyncio.create_task(self._lease_loop(), name="lease"),
-            asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
-            asyncio.create_task(self.pool.run(), name="pool"),
+            asyncio.create_task(supervise("lease", self._lease_loop), name="lease"),
+            asyncio.create_task(supervise("heartbeat", self._heartbeat_loop), name="heartbeat"),
+            asyncio.create_task(supervise("warm-pool", self.pool.run), name="pool"),
         ]
         try:
             await self._draining.wait()
@@ -267,6 +268,9 @@ class Agent:
             log.warning("job failed in the VM layer", job_id=spec.id, error=exc.message)
         except OSError as exc:
             reason = f"VM failed: {exc}"
+        except Exception as exc:  # a bug or a job we cannot handle: report it failed rather than leave it running
+            reason = f"agent error: {type(exc).__name__}: {exc}"
+            log.exception("job failed in the agent", job_id=spec.id)
         finally:
             if job.machine is not None:
                 with contextlib.suppress(Exception):

@@ -1,12 +1,14 @@
 """The agent's log shipper: every line of a job goes to disk first, then to the log pipeline, in order.
 
-``await shipper.send(job_id, event)`` numbers the line (1, 2, 3... per job) and appends it to
-``<spool>/<job_id>/lines.ndjson``. A background flusher sends each job's unsent lines in order, one batch per
-job at a time, and moves the job's acknowledged offset (``acked``) forward only when the pipeline answered that
-they are stored. While the pipeline is unreachable, answers 5xx or 429, lines wait on disk and are sent again
-later (with back-off, honouring Retry-After); the pipeline drops lines it already has by ``(job_id, seq)``, so
-a resend after a lost answer stores nothing twice. A job's directory is removed once it is closed and every
-line is acknowledged. A shipper started on a spool left by an earlier agent process replays what is there.
+``await shipper.send(job_id, event)`` numbers the line (1, 2, 3... per job), appends it to
+``<spool>/<job_id>/lines.ndjson`` and returns once the line is on disk (fdatasync'd, in a worker thread so the event
+loop goes on). Sends that arrive while a sync is running share the next one (group commit), so many jobs writing at
+once cost one sync per round, not one per line. A background flusher sends each job's unsent lines in order, one
+batch per job at a time, and moves the job's acknowledged offset (``acked``) forward only when the pipeline answered
+that they are stored. While the pipeline is unreachable, answers 5xx or 429, lines wait on disk and are sent again
+later (with back-off, honouring Retry-After); the pipeline drops lines it already has by ``(job_id, seq)``, so a
+resend after a lost answer stores nothing twice. A job's directory is removed once it is closed and every line is
+acknowledged. A shipper started on a spool left by an earlier agent process replays what is there.
 
 It also satisfies the agent's ``JobOutput`` (``emit`` / ``follow_files`` / ``close_job`` / ``aclose``):
 ``follow_files`` forwards the VMM's own files about a job's VM line by line (Firecracker's log and metrics) until
@@ -24,6 +26,7 @@ import re
 import shutil
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, BinaryIO
@@ -31,7 +34,7 @@ from typing import IO, Any, BinaryIO
 import httpx
 import orjson
 
-from smith.asyncutil import wait_event
+from smith.asyncutil import supervise, wait_event
 from smith.logging import get_logger
 from smith.wire.guest import GuestEvent
 
@@ -39,7 +42,7 @@ log = get_logger("smith.agent.logship")
 _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}$")
 
 
-@dataclass
+@dataclass(eq=False)
 class _Job:
     job_id: str
     dir: Path
@@ -51,7 +54,16 @@ class _Job:
     last_sent: bool = False
     extra: dict[str, str] = field(default_factory=dict)
     busy: bool = False
+    new: bool = False  # its directory entries are not synced yet
     dropped: int = 0  # lines not spooled since the last one that was (the spool was full)
+
+
+def _sync_and_close(fd: int, sync: Callable[[int], None]) -> None:
+    """Sync one descriptor, then close it (runs in a worker thread)."""
+    try:
+        sync(fd)
+    finally:
+        os.close(fd)
 
 
 class LogShipper:
@@ -72,6 +84,7 @@ class LogShipper:
         timeout: float = 30.0,
         max_spool_bytes: int = 0,
         min_free_bytes: int = 1 << 30,
+        fsync: Callable[[int], None] = os.fdatasync,
     ) -> None:
         self.url = url.rstrip("/")
         self._token = token
@@ -101,6 +114,13 @@ class LogShipper:
         self._free = 0
         self._free_checked_at = -1.0
         self._written_since_check = 0
+        # Group commit: _appended counts lines written, _synced how many of them are on disk; one sync at a time.
+        self._fsync = fsync
+        self._appended = 0
+        self._synced = 0
+        self._dirty: set[_Job] = set()
+        self._syncing: asyncio.Future[None] | None = None
+        self._pool: ThreadPoolExecutor | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------------------
 
@@ -114,7 +134,7 @@ class LogShipper:
         if self.jobs:
             log.info("replaying spooled logs", jobs=len(self.jobs))
         if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="log-shipper")
+            self._task = asyncio.create_task(supervise("log-shipper", self._run), name="log-shipper")
 
     async def close(self, drain_seconds: float = 30.0) -> bool:
         """Send what is spooled, for at most ``drain_seconds``; True if everything was acknowledged.
@@ -126,6 +146,7 @@ class LogShipper:
                 task.cancel()
         self._closing = True
         self._wake.set()
+        await self.sync()  # what followers appended is on disk too
         deadline = time.monotonic() + drain_seconds
         while self._unsent() and time.monotonic() < deadline and self._task and not self._task.done():
             self._wake.set()
@@ -149,6 +170,9 @@ class LogShipper:
                 shutil.rmtree(job.dir, ignore_errors=True)
         self.jobs.clear()
         await self._client.aclose()
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+            self._pool = None
         return done
 
     async def aclose(self) -> None:
@@ -164,7 +188,7 @@ class LogShipper:
     # -- producing ------------------------------------------------------------------------------------------
 
     async def send(self, job_id: str, event: GuestEvent, *, step: str = "", vm: str = "", repo: str = "") -> int:
-        """Spool one event of a job as a line (durable in the OS when this returns); its seq."""
+        """Spool one event of a job as a line, on disk when this returns; its seq (0: held or not spooled)."""
         if event.type == "started":
             stream, text, last = "system", "job started", False
         elif event.type == "exit":
@@ -174,7 +198,46 @@ class LogShipper:
                 return 0
         else:
             stream, text, last = event.stream, event.line, False
-        return self.append(job_id, text, stream=stream, ts=event.ts, step=step, vm=vm, repo=repo, last=last)
+        seq = self.append(job_id, text, stream=stream, ts=event.ts, step=step, vm=vm, repo=repo, last=last)
+        await self.sync()
+        return seq
+
+    async def sync(self) -> None:
+        """Return once every line appended so far is on disk (one sync covers every job's lines)."""
+        target = self._appended
+        while self._synced < target:
+            if self._syncing is None:
+                self._syncing = asyncio.ensure_future(self._sync_round())
+            await asyncio.shield(self._syncing)
+
+    async def _sync_round(self) -> None:
+        try:
+            upto = self._appended
+            jobs, self._dirty = self._dirty, set()
+            fds: list[tuple[int, Callable[[int], None]]] = []
+            for job in jobs:
+                job.file.flush()
+                fds.append((os.dup(job.file.fileno()), self._fsync))  # its own: the job's file may close meanwhile
+                if job.new:
+                    fds += [(os.open(d, os.O_RDONLY), os.fsync) for d in (job.dir, self.spool)]
+            # One thread per file: the filesystem commits syncs that wait at the same time together (on ext4 32
+            # files take about what one does), where one after the other each would wait for its own commit.
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="log-spool-sync")
+            loop = asyncio.get_running_loop()
+            results = await asyncio.gather(
+                *(loop.run_in_executor(self._pool, _sync_and_close, fd, sync) for fd, sync in fds),
+                return_exceptions=True,
+            )
+            for result in results:
+                if isinstance(result, BaseException):
+                    self._dirty |= jobs  # the next round tries them again
+                    raise result
+            for job in jobs:
+                job.new = False
+            self._synced = max(self._synced, upto)
+        finally:
+            self._syncing = None
 
     def append(
         self,
@@ -240,6 +303,8 @@ class LogShipper:
         job.file.write(data)
         job.written += len(data)
         job.next_seq += 1
+        self._appended += 1
+        self._dirty.add(job)
         self.spool_bytes += len(data)
         self._written_since_check += len(data)
         if job.written - job.acked >= self.batch_bytes:
@@ -275,7 +340,7 @@ class LogShipper:
             self.append(job_id, held.pop("line"), stream="system", last=True, **held)
         if not job.last_sent:
             self.append(job_id, "smith: output closed", stream="system", last=True)
-        job.file.flush()
+        await self.sync()
         (job.dir / "closed").touch()
         job.closed = True
         self._wake.set()
@@ -365,7 +430,7 @@ class LogShipper:
             with contextlib.suppress(ValueError, KeyError, TypeError):
                 next_seq = int(orjson.loads(last_line)["seq"]) + 1
         out = path.open("ab", buffering=1024 * 1024)
-        job = _Job(job_id, d, out, next_seq=next_seq, written=size, acked=min(acked, size))
+        job = _Job(job_id, d, out, next_seq=next_seq, written=size, acked=min(acked, size), new=not size)
         job.closed = (d / "closed").exists()
         job.last_sent = job.closed
         return job

@@ -18,6 +18,7 @@ from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 
 from smith.adapters.redis import connect
+from smith.asyncutil import supervise
 from smith.cache import blob, legacy, signing, twirp
 from smith.cache.auth import admin, tenant_or_admin
 from smith.cache.metadata import Metadata
@@ -100,7 +101,7 @@ def create_app(
         blobs = store or build_store(settings)
         service = CacheService(settings, Metadata(client), blobs)
         app.state.service = service
-        task = asyncio.create_task(service.run_janitor()) if janitor else None
+        task = asyncio.create_task(supervise("cache-janitor", service.run_janitor)) if janitor else None
         try:
             yield
         finally:

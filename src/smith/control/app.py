@@ -9,8 +9,7 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import Depends, FastAPI, Query, Request, Response
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 
 from smith import tokens
 from smith.adapters.redis import connect
@@ -29,8 +28,8 @@ log = get_logger("smith.control.http")
 
 class SubmitRequest(BaseModel):
     run: str = Field(min_length=1, max_length=1_000_000, description="Shell script the job runs")
-    labels: list[str] = Field(default_factory=lambda: ["self-hosted"])
-    repo: str = ""
+    labels: list[Annotated[str, Field(max_length=256)]] = Field(default_factory=lambda: ["self-hosted"], max_length=256)
+    repo: str = Field("", max_length=256)
 
 
 class CancelRequest(BaseModel):
@@ -97,10 +96,6 @@ def create_app(
     app.state.settings = settings
 
     add_error_handlers(app)
-
-    @app.exception_handler(ValidationError)
-    async def _validation(_: Request, exc: ValidationError) -> Response:
-        return JSONResponse({"error": "invalid_input", "message": str(exc), "retryable": False}, status_code=400)
 
     # -- health -------------------------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ import orjson
 
 from smith import tokens
 from smith.adapters.redis.jobs import Lease, RedisJobs, runner_classes_for
+from smith.asyncutil import supervise
 from smith.control import webhooks
 from smith.control.settings import ControlSettings
 from smith.control.spool import Spool
@@ -58,7 +59,7 @@ class ControlPlane:
             await self.jobs.ensure_groups(self._by_name)
         except Unavailable as exc:  # Redis may come up later; every call retries and /readyz says so
             log.warning("redis not ready at start", error=exc.message)
-        self._reaper = asyncio.create_task(self._reap_forever(), name="smith-reaper")
+        self._reaper = asyncio.create_task(supervise("reaper", self._reap_forever), name="smith-reaper")
 
     async def stop(self) -> None:
         for task in list(self._background):
@@ -95,8 +96,8 @@ class ControlPlane:
         except Unavailable:
             if self.spool is None:
                 raise
-            self.spool.put(event, delivery, payload)
-            log.warning("redis down: webhook delivery spooled to disk", delivery=delivery, spooled=len(self.spool))
+            await self.spool.put(event, delivery, payload)
+            log.warning("redis down: webhook delivery spooled to disk", delivery=delivery, spooled=self.spool.count)
             return {"outcome": "spooled"}
 
     async def webhook(self, event: str, delivery: str, payload: dict[str, Any]) -> dict[str, Any]:

@@ -27,11 +27,29 @@ class Decision:
     summary: Mapping[str, Any] | None = None
 
 
+MAX_ID = 2**63 - 1  # GitHub's ids are 64-bit
+MAX_LABELS = 256
+
+
 def _require(obj: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
     value = obj.get(key)
     if not isinstance(value, kind) or isinstance(value, bool):
         raise InvalidInput(f"{where}.{key} is missing or not a {getattr(kind, '__name__', kind)}")
+    if isinstance(value, int) and not 0 < value <= MAX_ID:
+        raise InvalidInput(f"{where}.{key} must be a positive 64-bit integer")
     return value
+
+
+def _optional(obj: Mapping[str, Any], key: str, kind: type, where: str) -> Any:
+    """``obj[key]`` if present and not null (checked as ``_require`` does), else None."""
+    return None if obj.get(key) is None else _require(obj, key, kind, where)
+
+
+def _optional_int(obj: Mapping[str, Any], key: str, where: str) -> int:
+    value = obj.get(key)
+    if value is None or value == 0:
+        return 0
+    return int(_require(obj, key, int, where))
 
 
 def workflow_job(payload: Mapping[str, Any], classes: Iterable[RunnerClass]) -> Decision:
@@ -41,18 +59,23 @@ def workflow_job(payload: Mapping[str, Any], classes: Iterable[RunnerClass]) -> 
     repo = _require(payload, "repository", dict, "payload")
     job_id = str(_require(wj, "id", int, "workflow_job"))
     labels = wj.get("labels") or []
-    if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+    if not isinstance(labels, list) or not all(isinstance(x, str) and len(x) <= 256 for x in labels):
         raise InvalidInput("workflow_job.labels must be a list of strings")
+    if len(labels) > MAX_LABELS:
+        raise InvalidInput(f"workflow_job.labels: more than {MAX_LABELS}")
     full_name = _require(repo, "full_name", str, "repository")
-    owner = (repo.get("owner") or {}).get("login") or full_name.split("/")[0]
-    org = (payload.get("organization") or {}).get("login") or ""
-    installation = (payload.get("installation") or {}).get("id") or 0
+    owner = _optional(_optional(repo, "owner", dict, "repository") or {}, "login", str, "repository.owner")
+    owner = owner or full_name.split("/")[0]
+    org = _optional(_optional(payload, "organization", dict, "payload") or {}, "login", str, "organization") or ""
+    installation = _optional_int(_optional(payload, "installation", dict, "payload") or {}, "id", "installation")
+    run_id = _optional_int(wj, "run_id", "workflow_job")
+    run_attempt = _optional_int(wj, "run_attempt", "workflow_job")
     rc = match_runner_class(labels, classes)
     summary = {
         "job_id": job_id,
         "repo": full_name,
         "labels": labels,
-        "run_id": wj.get("run_id"),
+        "run_id": run_id or None,
         "name": wj.get("name"),
     }
     if action not in WORKFLOW_JOB_ACTIONS:
@@ -75,11 +98,11 @@ def workflow_job(payload: Mapping[str, Any], classes: Iterable[RunnerClass]) -> 
             org=org or owner,
             name=str(wj.get("name") or ""),
             workflow=str(wj.get("workflow_name") or ""),
-            run_id=int(wj.get("run_id") or 0),
-            run_attempt=int(wj.get("run_attempt") or 0),
+            run_id=run_id,
+            run_attempt=run_attempt,
             head_sha=str(wj.get("head_sha") or ""),
             head_branch=str(wj.get("head_branch") or ""),
-            installation_id=int(installation),
+            installation_id=installation,
         )
         return Decision(action, job_id, rc, job, summary=summary)
     dequeue = ""

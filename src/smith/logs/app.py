@@ -13,6 +13,7 @@ from fastapi import Depends, FastAPI, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from smith import tokens
+from smith.asyncutil import supervise
 from smith.errors import InvalidInput, NotFound, PayloadTooLarge, SmithError
 from smith.http import add_error_handlers, add_health_routes, dumps, json_response, read_body
 from smith.logging import get_logger
@@ -52,16 +53,31 @@ async def _body(request: Request, limit: int) -> bytes:
     encoding = request.headers.get("content-encoding", "identity").lower()
     if encoding in ("gzip", "deflate"):
         wbits = 16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS
-        d = zlib.decompressobj(wbits)
-        try:
-            body = d.decompress(body, limit + 1)
-        except (zlib.error, gzip.BadGzipFile) as exc:
-            raise InvalidInput(f"body is not valid {encoding}: {exc}") from exc
-        if len(body) > limit or d.unconsumed_tail:
-            raise PayloadTooLarge(f"decoded body is over the {limit} byte limit")
+        decoded, rest = b"", body
+        while rest:  # gzip: every member, one after the other (a body may be several gzip files back to back)
+            d = zlib.decompressobj(wbits)
+            try:
+                decoded += d.decompress(rest, limit + 1 - len(decoded))
+            except (zlib.error, gzip.BadGzipFile) as exc:
+                raise InvalidInput(f"body is not valid {encoding}: {exc}") from exc
+            if len(decoded) > limit or d.unconsumed_tail:
+                raise PayloadTooLarge(f"decoded body is over the {limit} byte limit")
+            if not d.eof:
+                raise InvalidInput(f"body is not valid {encoding}: it ends inside a stream")
+            rest = d.unused_data
+            if rest and encoding == "deflate":
+                raise InvalidInput("body is not valid deflate: data after the end of the stream")
+        body = decoded
     elif encoding != "identity":
         raise InvalidInput(f"unsupported Content-Encoding {encoding!r} (identity, gzip, deflate)")
     return body
+
+
+def _time(name: str, value: str | None) -> float | None:
+    try:
+        return parse_time(value) if value else None
+    except ValueError as exc:
+        raise InvalidInput(f"{name}: {exc}") from exc
 
 
 def _check_job_id(job_id: str) -> str:
@@ -116,7 +132,7 @@ def create_app(settings: LogsSettings, *, clickhouse: ClickHouse | None = None) 
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await store.start()
         batcher.start()
-        sweep = asyncio.create_task(sweeper()) if store.legacy else None
+        sweep = asyncio.create_task(supervise("retention-sweeper", sweeper)) if store.legacy else None
         log.info(
             "log pipeline ready", dialect=store.ch.dialect, clickhouse=store.ch.version, db=settings.clickhouse_database
         )
@@ -164,7 +180,7 @@ def create_app(settings: LogsSettings, *, clickhouse: ClickHouse | None = None) 
         request: Request,
         job_id: str,
         _: Operator,
-        after: int = Query(0, ge=0, description="Lines with seq above this"),
+        after: int = Query(0, ge=0, lt=2**63, description="Lines with seq above this"),
         limit: int = Query(1000, ge=1, le=10_000),
         tail: int | None = Query(None, ge=1, le=10_000, description="The last N lines instead of a page"),
         follow: bool = Query(False, description="Server-sent events until the job's last line"),
@@ -235,11 +251,7 @@ def create_app(settings: LogsSettings, *, clickhouse: ClickHouse | None = None) 
         job_id: str | None = Query(None, max_length=128),
         limit: int = Query(100, ge=1, le=10_000),
     ) -> Response:
-        try:
-            t0 = parse_time(since) if since else None
-            t1 = parse_time(until) if until else None
-        except ValueError as exc:
-            raise InvalidInput(str(exc)) from exc
+        t0, t1 = _time("since", since), _time("until", until)
         if job_id:
             _check_job_id(job_id)
         hits, limited = await store.search(q, since=t0, until=t1, repo=repo, host=host, job_id=job_id, limit=limit)

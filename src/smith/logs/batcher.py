@@ -23,7 +23,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Literal
 
-from smith.asyncutil import wait_event
+from smith.asyncutil import supervise, wait_event
 from smith.errors import RateLimited, SmithError, Unavailable
 from smith.logging import get_logger
 from smith.logs.ingest import Line, Spans, spans
@@ -99,7 +99,10 @@ class Batcher:
 
     def start(self) -> None:
         if not self._tasks:
-            self._tasks = [asyncio.create_task(self._lane(), name=f"logs-lane-{n}") for n in range(self.lanes)]
+            self._tasks = [
+                asyncio.create_task(supervise(f"logs-lane-{n}", self._lane), name=f"logs-lane-{n}")
+                for n in range(self.lanes)
+            ]
 
     async def stop(self, drain_seconds: float = 30.0) -> None:
         """Refuse new rows, write what waits (for at most ``drain_seconds``), then stop."""

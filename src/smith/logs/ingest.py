@@ -173,6 +173,8 @@ def _decode_each(body: bytes) -> tuple[list[tuple[int, Line]], list[BadLine], in
             error = _reason(exc)
         except msgspec.DecodeError as exc:
             error = f"not JSON: {exc}"
+        except UnicodeDecodeError:
+            error = "not UTF-8"
         else:
             if JOB_ID_RE.match(line.job_id):
                 good.append((n, line))
@@ -191,7 +193,7 @@ def parse(body: bytes, *, host_default: str = "", max_line_bytes: int = 65536, m
     if text:
         try:  # fast path: one C call for the whole batch
             lines = _DECODE_MANY.decode(b"[" + text.replace(b"\n", b",") + b"]")
-        except msgspec.DecodeError:  # (ValidationError is a DecodeError)
+        except (msgspec.DecodeError, UnicodeDecodeError):  # (ValidationError is a DecodeError)
             lines = None
         if lines is not None and (text.count(b"\n") + 1 != len(lines) or not _ids_ok(lines)):
             lines = None  # a blank line, two values on one line, or a bad job id: find them by number

@@ -12,9 +12,19 @@ POST /v1/agents/jobs/{job_id}/status   StatusReport            -> JobView (409 i
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field
+
+# Bounds on what an agent may say: lists no longer than one host can hold, numbers within 64 bits (Redis and
+# ClickHouse take no more) and within what one machine has.
+MAX_VMS = 1024  # VMs on one host, so also the jobs it runs
+MAX_LABELS = 256
+MAX_VCPUS = 1 << 20
+MAX_MEMORY_MIB = 1 << 40
+Count = Annotated[int, Field(ge=0, le=2**63 - 1)]
+JobId = Annotated[str, Field(min_length=1, max_length=128)]
+Label = Annotated[str, Field(max_length=256)]
 
 
 class RunnerClassView(BaseModel):
@@ -27,14 +37,18 @@ class RunnerClassView(BaseModel):
 
 class RegisterRequest(BaseModel):
     hostname: str = Field(min_length=1, max_length=253)
-    vcpus: int = Field(gt=0)
-    memory_mib: int = Field(gt=0)
-    max_vms: int = Field(gt=0)
-    labels: list[str] = Field(default_factory=list, description="Runner classes this host serves; empty = all")
-    backend: str = ""
-    version: str = ""
-    running: list[str] = Field(
-        default_factory=list, description="Jobs this agent still runs (re-registering); the rest are released"
+    vcpus: int = Field(gt=0, le=MAX_VCPUS)
+    memory_mib: int = Field(gt=0, le=MAX_MEMORY_MIB)
+    max_vms: int = Field(gt=0, le=MAX_VMS)
+    labels: list[Label] = Field(
+        default_factory=list, max_length=MAX_LABELS, description="Runner classes this host serves; empty = all"
+    )
+    backend: str = Field("", max_length=100)
+    version: str = Field("", max_length=100)
+    running: list[JobId] = Field(
+        default_factory=list,
+        max_length=MAX_VMS,
+        description="Jobs this agent still runs (re-registering); the rest are released",
     )
 
 
@@ -46,10 +60,10 @@ class RegisterResponse(BaseModel):
 
 
 class HeartbeatRequest(BaseModel):
-    running: list[str] = Field(default_factory=list, description="Ids of the jobs this agent runs now")
-    free_vcpus: int = 0
-    free_memory_mib: int = 0
-    free_vms: int = 0
+    running: list[JobId] = Field(default_factory=list, max_length=MAX_VMS, description="Ids of the jobs it runs now")
+    free_vcpus: Count = 0
+    free_memory_mib: Count = 0
+    free_vms: Count = 0
 
 
 class HeartbeatResponse(BaseModel):
@@ -59,9 +73,9 @@ class HeartbeatResponse(BaseModel):
 
 
 class LeaseRequest(BaseModel):
-    free_vcpus: int = Field(ge=0)
-    free_memory_mib: int = Field(ge=0)
-    wait_seconds: float = Field(20.0, ge=0, le=60, description="Long-poll: how long to wait for a job")
+    free_vcpus: int = Field(ge=0, le=MAX_VCPUS)
+    free_memory_mib: int = Field(ge=0, le=MAX_MEMORY_MIB)
+    wait_seconds: float = Field(20.0, ge=0, le=60, allow_inf_nan=False, description="Long-poll: how long to wait")
 
 
 class JobSpec(BaseModel):
@@ -106,7 +120,7 @@ class LeaseResponse(BaseModel):
 
 class StatusReport(BaseModel):
     state: Literal["running", "succeeded", "failed", "cancelled"]
-    exit_code: int | None = None
+    exit_code: int | None = Field(None, ge=-(2**31), le=2**31 - 1)
     reason: str = Field("", max_length=2000)
 
 

@@ -109,16 +109,22 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 
 
+MAX_TIME = 253402300799.0  # 9999-12-31T23:59:59Z, the last second ClickHouse's DateTime64 takes
+
+
 def parse_time(value: str, *, now: float | None = None) -> float:
     """Epoch seconds from ``1h`` / ``30m`` / ``2d`` (that long ago), or from epoch seconds as given."""
     now = time.time() if now is None else now
     m = _DURATION.match(value)
     if m:
-        return now - float(m.group(1)) * _UNITS[m.group(2)]
+        ts = now - float(m.group(1)) * _UNITS[m.group(2)]
+        if ts < 0:
+            raise ValueError(f"{value!r} reaches back before 1970")
+        return ts
     try:
         ts = float(value)
     except ValueError:
         raise ValueError(f"{value!r} is neither a duration (90s, 15m, 1h, 2d, 1w) nor epoch seconds") from None
-    if ts < 0:
-        raise ValueError("a time cannot be negative")
+    if not 0 <= ts <= MAX_TIME:  # (NaN fails this too)
+        raise ValueError(f"{value!r} is not a time between 1970 and 9999")
     return ts

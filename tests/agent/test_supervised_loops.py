@@ -1,0 +1,123 @@
+"""The agent's background loops survive an unexpected error: a heartbeat answer of the wrong shape does not end
+the heartbeats (which would let the leases expire and the jobs run twice elsewhere); a job the agent cannot
+handle is reported failed."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+
+from smith.agent.client import ControlClient
+from smith.agent.daemon import Agent, AgentConfig
+from smith.agent.logship import LogShipper
+from smith.agent.logsink import LocalFiles
+from smith.domain.vms import Backend, VMShape
+from smith.ports import Machine
+from smith.testing.servers import free_port
+from smith.wire.guest import GuestConfig, GuestEvent
+
+
+class NoVMs:
+    backend = Backend.SANDBOX
+
+    async def boot(self, shape: VMShape, vm_id: str) -> Machine:
+        raise AssertionError("no VM is booted in this test")
+
+    async def cleanup_leftovers(self) -> list[str]:
+        return []
+
+
+async def test_a_heartbeat_answer_of_the_wrong_shape_does_not_stop_the_heartbeats(tmp_path: Path) -> None:
+    heartbeats: list[int] = []
+    second = asyncio.Event()
+
+    async def control_plane(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/agents/register":
+            body = {"agent_id": "h", "heartbeat_interval_seconds": 0.01, "lease_ttl_seconds": 30, "runner_classes": []}
+            return httpx.Response(200, json=body)
+        if request.url.path == "/v1/agents/heartbeat":
+            heartbeats.append(1)
+            if len(heartbeats) == 1:
+                return httpx.Response(200, json={"jobs": ["not", "a", "mapping"]})
+            second.set()
+            return httpx.Response(200, json={"jobs": {}})
+        await asyncio.sleep(0.05)  # lease: nothing to do
+        return httpx.Response(204)
+
+    control = ControlClient("http://control", "t", transport=httpx.MockTransport(control_plane))
+    config = AgentConfig(agent_id="h", hostname="h", vcpus=2, memory_mib=1024, max_vms=1, drain_seconds=1)
+    agent = Agent(config, control, NoVMs(), LocalFiles(tmp_path / "logs"))
+    task = asyncio.create_task(agent.run())
+    try:
+        await asyncio.wait_for(second.wait(), 30)
+    finally:
+        await agent.shutdown()
+        await task
+    assert len(heartbeats) >= 2
+
+
+class OneLineVM:
+    def __init__(self, vm_id: str) -> None:
+        self.id = vm_id
+
+    async def assign(self, config: GuestConfig) -> None:
+        return None
+
+    async def events(self) -> AsyncIterator[GuestEvent]:
+        yield GuestEvent(type="line", ts=time.time(), stream="stdout", line="hello")
+        yield GuestEvent(type="exit", ts=time.time(), exit_code=0)
+
+    async def stop(self) -> None:
+        return None
+
+    def host_logs(self) -> dict[str, Path]:
+        return {}
+
+
+class OneLineVMs(NoVMs):
+    async def boot(self, shape: VMShape, vm_id: str) -> Machine:
+        return OneLineVM(vm_id)
+
+
+async def test_a_job_the_agent_cannot_handle_is_reported_failed_not_left_running(tmp_path: Path) -> None:
+    """A job id the log spool cannot name a directory after (``-5``) once crashed the job's task: the job stayed
+    'running' until its lease expired, then ran again elsewhere."""
+    reports: dict[str, dict[str, object]] = {}
+    reported = asyncio.Event()
+    leased: list[int] = []
+
+    async def control_plane(request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        if path == "/v1/agents/register":
+            body = {"agent_id": "h", "heartbeat_interval_seconds": 5, "lease_ttl_seconds": 30, "runner_classes": []}
+            return httpx.Response(200, json=body)
+        if path == "/v1/agents/lease" and not leased:
+            leased.append(1)
+            job = {"id": "-5", "runner_class": "smith-2vcpu", "vcpus": 1, "memory_mib": 512, "run": "true"}
+            return httpx.Response(200, json={"job": job, "lease_ttl_seconds": 30})
+        if path.startswith("/v1/agents/jobs/"):
+            body = json.loads(request.content)
+            reports[body["state"]] = body
+            if body["state"] != "running":
+                reported.set()
+            return httpx.Response(200, json={})
+        await asyncio.sleep(0.05)
+        return httpx.Response(204) if path == "/v1/agents/lease" else httpx.Response(200, json={"jobs": {}})
+
+    control = ControlClient("http://control", "t", transport=httpx.MockTransport(control_plane))
+    shipper = LogShipper(f"http://127.0.0.1:{free_port()}", "t", tmp_path / "spool")
+    config = AgentConfig(agent_id="h", hostname="h", vcpus=2, memory_mib=1024, max_vms=1, drain_seconds=1)
+    agent = Agent(config, control, OneLineVMs(), shipper)
+    task = asyncio.create_task(agent.run())
+    try:
+        await asyncio.wait_for(reported.wait(), 30)
+    finally:
+        await agent.shutdown()
+        await task
+    assert reports["failed"]["reason"].startswith("agent error: ValueError")  # type: ignore[union-attr]
+    assert not agent.jobs and agent.ledger.used_vms == 0
