@@ -93,7 +93,7 @@ def token(
     if admin:
         typer.echo(tokens.mint(secret, scope="cache-admin", subject=org_id, ttl_seconds=ttl))
         return
-    claims: dict[str, str] = {"org": org_id, "repo": repo}
+    claims: dict[str, Any] = {"org": org_id, "repo": repo}
     if ref:
         claims["ref"] = ref
     if default_ref:
