@@ -37,6 +37,12 @@ AGENT_SECRET = "bench-agent-secret-0123456789abcdef0123"
 FIXTURE = ROOT / "tests" / "fixtures" / "github-webhooks" / "workflow_job" / "queued.payload.json"
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU a process has used: a figure other load on a shared machine barely moves."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def pct(values: list[float], p: float) -> float:
     s = sorted(values)
     return s[min(len(s) - 1, int(len(s) * p / 100))]
@@ -169,7 +175,11 @@ def main() -> None:
             time.sleep(0.05)
         requests = build_requests(args.deliveries, port, 1)
         asyncio.run(blast(port, build_requests(500, port, 500_000_000), args.connections))  # warm-up
+        assert redis.proc is not None
+        pids = {"server": server.pid, "valkey": redis.proc.pid}
+        cpu0 = {k: cpu_seconds(p) for k, p in pids.items()}
         elapsed, lat, errors = asyncio.run(blast(port, requests, args.connections))
+        cpu = {k: (cpu_seconds(p) - cpu0[k]) / args.deliveries * 1e6 for k, p in pids.items()}
         q2l = asyncio.run(queued_to_leased(url, port, args.lease_samples))
         result = {
             "deliveries": args.deliveries,
@@ -180,6 +190,8 @@ def main() -> None:
             "deliveries_per_s": round(args.deliveries / elapsed, 1),
             "latency_ms_p50": round(pct(lat, 50) * 1000, 2),
             "latency_ms_p99": round(pct(lat, 99) * 1000, 2),
+            "server_cpu_us_per_delivery": round(cpu["server"]),
+            "valkey_cpu_us_per_delivery": round(cpu["valkey"]),
             "webhook_sent_to_leased_ms_p50": round(statistics.median(x[0] for x in q2l) * 1000, 2),
             "webhook_sent_to_leased_ms_p99": round(pct([x[0] for x in q2l], 99) * 1000, 2),
             "webhook_sent_to_202_ms_p50": round(statistics.median(x[1] for x in q2l) * 1000, 2),

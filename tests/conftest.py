@@ -12,9 +12,23 @@ import pytest
 import redis.asyncio as aioredis
 
 from smith.adapters.redis.embedded import EmbeddedRedis
+from smith.loadscale import slowness
 
 ROOT = Path(__file__).resolve().parent.parent
 WEBHOOKS = ROOT / "tests" / "fixtures" / "github-webhooks"  # origin and licence: its README
+QEMU_TEST_SECONDS = 300  # a QEMU test's limit on an idle machine; stretched by the load when the run starts
+
+
+def patient(seconds: float) -> float:
+    """A wait for CPU-bound work (a guest under software emulation), stretched by the machine's load now."""
+    return seconds * slowness()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that boot emulated guests get a time limit that grows with the load, not the fixed default."""
+    for item in items:
+        if item.get_closest_marker("qemu") and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(patient(QEMU_TEST_SECONDS)))
 
 
 def webhook_payload(event: str, name: str) -> dict[str, Any]:

@@ -1,13 +1,15 @@
 """Signed tokens and webhook signatures.
 
 Tokens are HS256 JWTs with a ``scope`` claim (``agent``, ``operator``, ``cache``, ``logs``), an expiry and a
-subject. ``verify`` checks signature, expiry and scope and raises ``AuthError``; it never logs the token.
+subject. ``verify`` checks signature, expiry and scope and raises ``AuthError``; it never logs the token. Both
+take ``now`` (epoch seconds, default the wall clock), so tests mint tokens in the past instead of waiting.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import time
 import uuid
 from typing import Any
@@ -20,22 +22,22 @@ ALGORITHM = "HS256"
 LEEWAY_SECONDS = 5
 
 
-def mint(secret: str, *, scope: str, subject: str, ttl_seconds: float, **claims: Any) -> str:
+def mint(secret: str, *, scope: str, subject: str, ttl_seconds: float, now: float | None = None, **claims: Any) -> str:
     if ttl_seconds <= 0:
         raise ValueError("ttl_seconds must be positive")
-    now = int(time.time())
+    issued = int(time.time() if now is None else now)
     payload = {
         "sub": subject,
         "scope": scope,
-        "iat": now,
-        "exp": now + int(ttl_seconds),
+        "iat": issued,
+        "exp": issued + int(ttl_seconds),
         "jti": uuid.uuid4().hex,
         **claims,
     }
     return jwt.encode(payload, secret, algorithm=ALGORITHM)
 
 
-def verify(secret: str | None, token: str, *, scope: str) -> dict[str, Any]:
+def verify(secret: str | None, token: str, *, scope: str, now: float | None = None) -> dict[str, Any]:
     """The token's claims, if its signature, expiry and scope are right; else ``AuthError``/``Forbidden``."""
     if not secret:
         raise AuthError("token authentication is not configured on this server")
@@ -44,16 +46,26 @@ def verify(secret: str | None, token: str, *, scope: str) -> dict[str, Any]:
             token,
             secret,
             algorithms=[ALGORITHM],
-            leeway=LEEWAY_SECONDS,
-            options={"require": ["exp", "sub", "scope"]},
+            # Times are checked below against ``now``; PyJWT would read the wall clock itself.
+            options={"require": ["exp", "sub", "scope"], "verify_exp": False, "verify_iat": False, "verify_nbf": False},
         )
-    except jwt.ExpiredSignatureError as exc:
-        raise AuthError("token expired") from exc
     except jwt.PyJWTError as exc:
         raise AuthError("invalid token") from exc
+    at = time.time() if now is None else now
+    exp, nbf = claims["exp"], claims.get("nbf", 0)
+    if not _number(exp) or not _number(nbf):
+        raise AuthError("invalid token")
+    if at > exp + LEEWAY_SECONDS:
+        raise AuthError("token expired")
+    if at < nbf - LEEWAY_SECONDS:
+        raise AuthError("token not yet valid")
     if claims.get("scope") != scope:
         raise Forbidden(f"token scope {claims.get('scope')!r} cannot be used here (needs {scope!r})")
     return claims
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def bearer(header: str | None) -> str:

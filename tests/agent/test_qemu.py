@@ -23,6 +23,7 @@ from smith.errors import ConfigError, VMError
 from smith.images.build import GuestImage, build_image, find_inputs
 from smith.wire.agent import JobSpec, ServiceAccess
 from smith.wire.guest import GuestConfig, GuestEvent
+from tests.conftest import patient
 
 pytestmark = [
     pytest.mark.qemu,
@@ -79,7 +80,7 @@ async def test_cold_boot_runs_a_job_and_snapshots_restore_it(image: GuestImage, 
             cache=ServiceAccess(url="http://10.0.0.2:1234", token="qemu-secret-token"),
         )
     )
-    events = await asyncio.wait_for(collect(machine), 60)
+    events = await asyncio.wait_for(collect(machine), patient(60))
     await machine.stop()
     assert events[0].type == "started" and events[-1].type == "exit" and events[-1].exit_code == 3
     assert lines(events) == [f"hello from {image.kernel_version}", "token=***"]
@@ -94,7 +95,7 @@ async def test_cold_boot_runs_a_job_and_snapshots_restore_it(image: GuestImage, 
         restored = await vmm.boot(SHAPE, name)
         assert restored.restored
         await restored.assign(job(f"echo {name}; date +%s; head -c 16 /dev/urandom | od -An -tx1"))
-        got = await asyncio.wait_for(collect(restored), 60)
+        got = await asyncio.wait_for(collect(restored), patient(60))
         await restored.stop()
         assert got[-1].exit_code == 0, got
         outputs.append(lines(got))

@@ -27,6 +27,7 @@ from smith.errors import ConfigError
 from smith.images.build import DIR, EXEC, build_image, find_inputs, write_cpio
 from smith.testing.servers import ThreadedServer
 from tests.agent.test_agent_e2e import wait_state
+from tests.conftest import patient
 from tests.control.conftest import Control, agent_token, github_app, make_settings, queued_payload
 
 pytestmark = [
@@ -83,10 +84,10 @@ async def test_webhook_to_qemu_microvm_and_back(redis_url: str, tmp_path: Path, 
             )
             task = asyncio.create_task(agent.run())
             try:
-                await asyncio.wait_for(agent.registered.wait(), 30)
+                await asyncio.wait_for(agent.registered.wait(), patient(30))
                 r = await asyncio.to_thread(control.deliver, queued_payload(9001, ["self-hosted", "smith-2vcpu"]))
                 assert r.status_code == 202 and r.json()["outcome"] == "queued"
-                job = await wait_state(control, "9001", {"succeeded", "failed"}, timeout=240)
+                job = await wait_state(control, "9001", {"succeeded", "failed"}, timeout=patient(240))
             finally:
                 await agent.shutdown()
                 await task

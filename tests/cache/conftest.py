@@ -13,11 +13,12 @@ import pytest
 
 from smith import tokens
 from smith.adapters.filesystem import FilesystemBlobStore
-from smith.adapters.resilience import CircuitBreaker, RetryPolicy
+from smith.adapters.resilience import CircuitBreaker
 from smith.adapters.s3 import S3BlobStore
 from smith.cache.app import create_app
 from smith.cache.settings import CacheSettings
 from smith.ports import BlobStore
+from smith.retry import RetryPolicy
 from smith.testing.servers import ThreadedServer, free_port
 
 SECRET = "cache-test-secret-0123456789abcdef0123"

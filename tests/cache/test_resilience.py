@@ -12,11 +12,12 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
-from smith.adapters.resilience import CircuitBreaker, Resilient, RetryPolicy
+from smith.adapters.resilience import CircuitBreaker, Resilient
 from smith.adapters.s3 import S3BlobStore, translate
 from smith.cache.app import create_app
 from smith.cache.settings import CacheSettings
 from smith.errors import InvalidInput, NotFound, Unavailable
+from smith.retry import RetryPolicy
 from smith.testing.servers import ThreadedServer, free_port
 from tests.cache.conftest import client, make_s3
 from tests.cache.test_protocol import TWIRP, VERSION, create, save_v2
@@ -58,7 +59,7 @@ def test_breaker_opens_after_failures_probes_then_closes() -> None:
 
 
 def test_backoff_is_jittered_and_capped() -> None:
-    p = RetryPolicy(max_retries=5, base=0.1, max=1.0)
+    p = RetryPolicy(retries=5, base=0.1, max=1.0)
     for attempt in range(8):
         assert 0.0 <= p.delay(attempt) <= min(1.0, 0.1 * 2**attempt)
 

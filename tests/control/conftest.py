@@ -43,8 +43,8 @@ def make_settings(redis_url: str, **overrides: Any) -> ControlSettings:
     return ControlSettings(**base)
 
 
-def agent_token(agent_id: str, ttl: float = 3600) -> str:
-    return tokens.mint(AGENT_SECRET, scope="agent", subject=agent_id, ttl_seconds=ttl, agent_id=agent_id)
+def agent_token(agent_id: str, ttl: float = 3600, now: float | None = None) -> str:
+    return tokens.mint(AGENT_SECRET, scope="agent", subject=agent_id, ttl_seconds=ttl, now=now, agent_id=agent_id)
 
 
 def operator_token(ttl: float = 3600) -> str:

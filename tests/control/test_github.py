@@ -7,6 +7,7 @@ import base64
 import json
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import replace
+from email.utils import formatdate
 from pathlib import Path
 from typing import Any
 
@@ -379,6 +380,13 @@ async def test_429_retry_after_is_waited_out(client: GitHubApp, fake: FakeGitHub
     await client.for_job(job(), "smith-j1-1")
     assert clock.slept == [7.0]
     assert [c.status for c in fake.calls("POST", "generate-jitconfig")] == [429, 201]
+
+
+async def test_429_retry_after_as_an_http_date_is_waited_out(client: GitHubApp, fake: FakeGitHub, clock: Clock) -> None:
+    later = formatdate(clock.now + 12, usegmt=True)
+    fake.fail(429, headers={"retry-after": later}, message="secondary rate limit", path="generate-jitconfig")
+    await client.for_job(job(), "smith-j1-1")
+    assert clock.slept == [12.0]
 
 
 async def test_403_primary_rate_limit_waits_until_the_reset(client: GitHubApp, fake: FakeGitHub, clock: Clock) -> None:

@@ -68,6 +68,23 @@ def test_token_roundtrip_scope_and_expiry() -> None:
         tokens.mint(SECRET, scope="agent", subject="h", ttl_seconds=0)
 
 
+def test_token_expiry_is_judged_at_the_given_time() -> None:
+    t0 = 1_700_000_000.0  # November 2023
+    tok = tokens.mint(SECRET, scope="agent", subject="h1", ttl_seconds=60, now=t0)
+    assert tokens.verify(SECRET, tok, scope="agent", now=t0 + 60 + tokens.LEEWAY_SECONDS)["sub"] == "h1"
+    with pytest.raises(AuthError, match="expired"):
+        tokens.verify(SECRET, tok, scope="agent", now=t0 + 61 + tokens.LEEWAY_SECONDS)
+    with pytest.raises(AuthError, match="expired"):
+        tokens.verify(SECRET, tok, scope="agent")  # by the wall clock it expired long ago
+    early = jwt.encode({"sub": "h", "scope": "agent", "exp": t0 + 60, "nbf": t0 + 30}, SECRET, algorithm="HS256")
+    with pytest.raises(AuthError, match="not yet valid"):
+        tokens.verify(SECRET, early, scope="agent", now=t0)
+    for exp in ("soon", float("inf"), True):
+        odd = jwt.encode({"sub": "h", "scope": "agent", "exp": exp}, SECRET, algorithm="HS256")
+        with pytest.raises(AuthError, match="invalid"):
+            tokens.verify(SECRET, odd, scope="agent", now=t0)
+
+
 def test_bearer_header() -> None:
     assert tokens.bearer("Bearer abc") == "abc"
     for bad in (None, "", "Basic abc", "Bearer ", "abc"):

@@ -63,6 +63,7 @@ from smith import __version__ as _smith_version
 from smith.domain.jobs import Job
 from smith.errors import ConfigError, InvalidInput, RateLimited, Unavailable, UpstreamError
 from smith.logging import get_logger
+from smith.retry import RetryPolicy, retry_after
 from smith.wire.agent import RunnerCredential
 
 log = get_logger("smith.github")
@@ -220,8 +221,7 @@ class GitHubApp:
         self._sleep = sleep
         self._rng = rng or random.Random()
         self.max_attempts = max_attempts
-        self.backoff_base = backoff_base
-        self.backoff_max = backoff_max
+        self.backoff = RetryPolicy(max_attempts - 1, base=backoff_base, max=backoff_max, jitter=0.5)
         self.max_rate_limit_wait = max_rate_limit_wait
         self.token_refresh_margin = token_refresh_margin
         self.installation_cache_seconds = installation_cache_seconds
@@ -470,8 +470,7 @@ class GitHubApp:
             raise _error(resp, method, path, retryable=False)
 
     async def _backoff(self, failures: int, method: str, path: str, why: object) -> None:
-        cap = min(self.backoff_max, self.backoff_base * 2 ** (failures - 1))
-        delay = cap / 2 + self._rng.uniform(0, cap / 2)
+        delay = self.backoff.delay(failures, self._rng)
         log.warning("github call failed; retrying", method=method, path=path, why=str(why), retry_in=round(delay, 2))
         await self._sleep(delay)
 
@@ -480,9 +479,9 @@ class GitHubApp:
         if resp.status_code not in (403, 429):
             return None
         h = resp.headers
-        retry_after = _number(h.get("retry-after"))
-        if retry_after is not None:
-            return max(0.0, retry_after)
+        wait = retry_after(h.get("retry-after"), self._clock())
+        if wait is not None:
+            return wait
         if h.get("x-ratelimit-remaining") == "0":
             reset = _number(h.get("x-ratelimit-reset"))
             if reset is not None:

@@ -33,7 +33,7 @@ import shlex
 import shutil
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -41,6 +41,7 @@ from typing import Any, Protocol
 import orjson
 from pydantic import ValidationError
 
+from smith import loadscale
 from smith.asyncutil import CleanupStack
 from smith.domain.vms import Backend, VMShape
 from smith.errors import VMError
@@ -52,6 +53,7 @@ log = get_logger("smith.qemu")
 PREFIX = "qemu-"
 READY = b'"smith": "ready"'
 LINE_LIMIT = 1 << 20
+_WATCH_STEP = 0.25  # how often a boot's watchdog looks at the console and the load
 DEFAULT_APPEND = "console=ttyS0 panic=-1 quiet"  # no i8042.* here: probing a missing i8042 hangs boot
 
 
@@ -79,6 +81,7 @@ class QemuConfig:
     qemu_bin: str = "qemu-system-x86_64"
     accel: str = "auto"  # auto, kvm or tcg
     append: str = DEFAULT_APPEND
+    # Waits below are in seconds of an idle machine (smith.loadscale.Budget): they stretch with the load.
     boot_timeout: float = 120.0
     life_timeout: float = 15.0  # a cold guest whose console is still empty by then is stuck: boot it again
     boot_attempts: int = 3
@@ -207,8 +210,16 @@ async def _close(writer: asyncio.StreamWriter) -> None:
 class QemuVMM:
     backend = Backend.QEMU
 
-    def __init__(self, base_dir: Path, config: QemuConfig, network: NetworkLike | None = None) -> None:
+    def __init__(
+        self,
+        base_dir: Path,
+        config: QemuConfig,
+        network: NetworkLike | None = None,
+        *,
+        slowness: Callable[[], float] = loadscale.slowness,
+    ) -> None:
         self.base_dir = Path(base_dir)
+        self.slowness = slowness
         self.base_dir.mkdir(parents=True, exist_ok=True)
         self.config = config
         self.network = network
@@ -459,15 +470,28 @@ class QemuVMM:
                 if READY in line:
                     return
 
-        async def alive() -> None:
-            await asyncio.sleep(min(self.config.life_timeout, wait_s))
-            with contextlib.suppress(OSError):
-                if (vm_dir / "console.log").stat().st_size > 0:
-                    await asyncio.sleep(wait_s)  # alive: ready() finishes or times out first
-            raise _NoSignOfLife(f"no console output within {self.config.life_timeout:.0f}s")
+        async def watch() -> None:
+            """Both limits are budgets: a loaded machine gets proportionally longer to show the same progress."""
+            whole = loadscale.Budget(wait_s, self.slowness)
+            life = loadscale.Budget(min(self.config.life_timeout, wait_s), self.slowness)
+            alive, started, last = False, time.monotonic(), time.monotonic()
+            while not whole.exhausted:
+                await asyncio.sleep(_WATCH_STEP)
+                now = time.monotonic()
+                whole.spend(now - last)
+                life.spend(now - last)
+                last = now
+                if not alive:
+                    with contextlib.suppress(OSError):
+                        alive = (vm_dir / "console.log").stat().st_size > 0
+                    if not alive and life.exhausted:
+                        raise _NoSignOfLife(
+                            f"no console output within {now - started:.0f}s ({life.seconds:.0f}s stretched by load)"
+                        )
+            raise TimeoutError
 
-        waiter = asyncio.ensure_future(asyncio.wait_for(ready(), wait_s))
-        watchdog = asyncio.ensure_future(alive())
+        waiter = asyncio.ensure_future(ready())
+        watchdog = asyncio.ensure_future(watch())
         try:
             done, _ = await asyncio.wait({waiter, watchdog}, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -479,14 +503,19 @@ class QemuVMM:
         if exc is None:
             return
         if isinstance(exc, TimeoutError):
-            raise VMError(f"guest not ready within {wait_s:.0f}s: {_tail(vm_dir)}", retryable=True) from exc
+            raise VMError(
+                f"guest not ready within {wait_s:.0f}s (stretched by load): {_tail(vm_dir)}", retryable=True
+            ) from exc
         if isinstance(exc, ValueError):
             raise VMError(f"garbage on the event channel: {exc}") from exc
         raise exc
 
     async def _wait_incoming(self, qmp: QMP, proc: asyncio.subprocess.Process, vm_dir: Path, wait_s: float) -> None:
-        deadline = time.monotonic() + wait_s
-        while time.monotonic() < deadline:
+        budget, last = loadscale.Budget(wait_s, self.slowness), time.monotonic()
+        while not budget.exhausted:
+            now = time.monotonic()
+            budget.spend(now - last)
+            last = now
             if proc.returncode is not None:
                 raise VMError(f"qemu exited while restoring ({proc.returncode}): {_tail(vm_dir)}")
             status = await qmp.execute("query-status")
@@ -500,7 +529,9 @@ class QemuVMM:
             if status.get("status") in ("internal-error", "shutdown", "guest-panicked"):
                 raise VMError(f"restore failed: {status}: {_tail(vm_dir)}")
             await asyncio.sleep(0.01)
-        raise VMError(f"restore did not finish within {wait_s:.0f}s: {_tail(vm_dir)}", retryable=True)
+        raise VMError(
+            f"restore did not finish within {wait_s:.0f}s (stretched by load): {_tail(vm_dir)}", retryable=True
+        )
 
     async def _kill(self, proc: asyncio.subprocess.Process, vm_dir: Path) -> None:
         if proc.returncode is None:

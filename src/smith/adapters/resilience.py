@@ -1,7 +1,7 @@
 """Retries with exponential backoff and full jitter, and a circuit breaker, for calls to a remote store.
 
 ``Resilient.call(fn)`` runs a blocking function in a worker thread. A retryable failure (``Unavailable``) is
-tried again after ``min(max, base * 2**attempt) * random()`` seconds, up to ``max_retries`` more times. After
+tried again after the policy's backoff (``smith.retry``, full jitter), up to ``retries`` more times. After
 ``failures`` consecutive failed calls the circuit opens: calls fail at once with ``Unavailable`` (no thread, no
 network) for ``reset`` seconds; then one probe call is let through, and its success closes the circuit.
 """
@@ -9,25 +9,14 @@ network) for ``reset`` seconds; then one probe call is let through, and its succ
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TypeVar
 
 from smith.errors import SmithError, Unavailable
+from smith.retry import RetryPolicy
 
 T = TypeVar("T")
-
-
-@dataclass
-class RetryPolicy:
-    max_retries: int = 4
-    base: float = 0.1
-    max: float = 2.0
-
-    def delay(self, attempt: int) -> float:
-        return float(min(self.max, self.base * 2**attempt) * random.random())
 
 
 class CircuitBreaker:
@@ -87,7 +76,7 @@ class Resilient:
                 if not err.retryable:
                     self.breaker.success()  # the store answered; the request was wrong
                     raise err from exc
-                if attempt >= self.policy.max_retries:
+                if self.policy.retries is not None and attempt >= self.policy.retries:
                     self.breaker.failure()
                     raise err from exc
                 attempt += 1

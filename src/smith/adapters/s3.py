@@ -27,8 +27,9 @@ import botocore.config
 import botocore.exceptions as bexc
 
 from smith.adapters.filesystem import write_chunks
-from smith.adapters.resilience import CircuitBreaker, Resilient, RetryPolicy
+from smith.adapters.resilience import CircuitBreaker, Resilient
 from smith.errors import ConfigError, InvalidInput, NotFound, SmithError, Unavailable
+from smith.retry import RetryPolicy
 
 MIN_PART = 5 * 1024 * 1024
 STREAM_PART = 8 * 1024 * 1024
@@ -85,7 +86,7 @@ class S3BlobStore:
                 s3={"addressing_style": "path"} if endpoint_url else None,
             ),
         )
-        self.io = Resilient(policy or RetryPolicy(), breaker or CircuitBreaker(), translate)
+        self.io = Resilient(policy or RetryPolicy(4, base=0.1, max=2.0), breaker or CircuitBreaker(), translate)
 
     def _blob(self, key: str) -> str:
         return f"{self.prefix}blobs/{key}"

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import random
+import time
 from typing import Any
 
 import httpx
 
 from smith.errors import AuthError, Conflict, NotFound, SmithError, Unavailable, UpstreamError
 from smith.logging import get_logger
+from smith.retry import RetryPolicy, retry_after
 from smith.wire import agent as wire
 
 log = get_logger("smith.agent.client")
@@ -21,12 +22,7 @@ def _error(resp: httpx.Response) -> SmithError:
         message = str(body.get("message") or body)
     except ValueError:
         message = resp.text[:500]
-    retry_after = None
-    if resp.headers.get("retry-after"):
-        try:
-            retry_after = float(resp.headers["retry-after"])
-        except ValueError:
-            retry_after = None
+    wait = retry_after(resp.headers.get("retry-after"), time.time())
     if resp.status_code in (401, 403):
         return AuthError(f"control plane refused the agent token: {message}")
     if resp.status_code == 404:
@@ -34,7 +30,7 @@ def _error(resp: httpx.Response) -> SmithError:
     if resp.status_code == 409:
         return Conflict(message)
     if resp.status_code >= 500 or resp.status_code == 429:
-        return Unavailable(f"control plane {resp.status_code}: {message}", retry_after=retry_after)
+        return Unavailable(f"control plane {resp.status_code}: {message}", retry_after=wait)
     return UpstreamError(f"control plane {resp.status_code}: {message}")
 
 
@@ -51,7 +47,7 @@ class ControlClient:
         await self.http.aclose()
 
     async def _post(self, path: str, body: Any, *, attempts: int = 5) -> httpx.Response:
-        delay = 0.2
+        backoff = RetryPolicy(attempts - 1, base=0.4, max=10.0, jitter=0.5)
         for attempt in range(1, attempts + 1):
             try:
                 resp = await self.http.post(path, json=body)
@@ -63,7 +59,7 @@ class ControlClient:
                 err = _error(resp)
             if not err.retryable or attempt == attempts:
                 raise err
-            wait = err.retry_after or delay * (1 + random.random())
+            wait = backoff.wait(attempt, err.retry_after)
             log.info(
                 "control plane call failed; retrying",
                 path=path,
@@ -72,7 +68,6 @@ class ControlClient:
                 error=err.message,
             )
             await asyncio.sleep(wait)
-            delay = min(delay * 2, 10.0)
         raise AssertionError("unreachable")
 
     async def register(self, req: wire.RegisterRequest) -> wire.RegisterResponse:

@@ -24,6 +24,7 @@ from smith.domain.vms import VMShape
 from smith.errors import Conflict, SmithError
 from smith.logging import get_logger
 from smith.ports import VMM, Machine
+from smith.retry import RetryPolicy
 from smith.wire import agent as wire
 from smith.wire.guest import GuestConfig, GuestEvent
 
@@ -171,7 +172,7 @@ class Agent:
         )
 
     async def _lease_loop(self) -> None:
-        backoff = 0.5
+        backoff, failures = RetryPolicy(base=0.5, max=15.0, jitter=0.5), 0
         while not self._draining.is_set():
             cpu, mem, vms = self._offer()
             if vms <= 0 or cpu <= 0:
@@ -188,13 +189,14 @@ class Agent:
             except SmithError as exc:
                 if isinstance(exc, Conflict):  # the control plane forgot us (Redis lost?): register again
                     await self._reregister()
-                log.warning("lease failed", error=exc.message, retry_in=backoff)
-                await asyncio.sleep(exc.retry_after or backoff)
-                backoff = min(backoff * 2, 15.0)
+                failures += 1
+                wait = backoff.wait(failures, exc.retry_after)
+                log.warning("lease failed", error=exc.message, retry_in=round(wait, 2))
+                await asyncio.sleep(wait)
                 continue
             finally:
                 self._lease_task = None
-            backoff = 0.5
+            failures = 0
             if lease is not None:
                 await self._accept(lease)
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import random
 import re
 import shutil
 import time
@@ -34,6 +33,7 @@ from typing import IO, Any, BinaryIO
 import httpx
 import orjson
 
+from smith import retry
 from smith.asyncutil import supervise, wait_event
 from smith.logging import get_logger
 from smith.wire.guest import GuestEvent
@@ -518,13 +518,12 @@ class LogShipper:
         if resp.status_code == 413 and self.batch_bytes > 64 * 1024:
             self.batch_bytes //= 2
             return False
-        retry_after = resp.headers.get("retry-after", "")
-        self._back_off(float(retry_after) if retry_after.isdigit() else None, f"HTTP {resp.status_code}")
+        self._back_off(retry.retry_after(resp.headers.get("retry-after"), time.time()), f"HTTP {resp.status_code}")
         return False
 
     def _back_off(self, retry_after: float | None, why: str) -> None:
         self._failures += 1
-        delay = retry_after or min(self.max_backoff, 0.1 * 2 ** min(self._failures, 10)) * random.uniform(0.5, 1.0)
+        delay = retry.RetryPolicy(base=0.2, max=self.max_backoff, jitter=0.5).wait(self._failures, retry_after)
         self._not_before = max(self._not_before, time.monotonic() + delay)
         if self._failures in (1, 5) or self._failures % 20 == 0:
             log.warning("log pipeline not taking lines; spooling", reason=why, retry_in=round(delay, 2))

@@ -46,8 +46,9 @@ def build_store(settings: CacheSettings) -> BlobStore:
     if settings.cache_storage == "s3":
         if not settings.cache_s3_bucket:
             raise ConfigError("SMITH_CACHE_STORAGE=s3 needs SMITH_CACHE_S3_BUCKET")
-        from smith.adapters.resilience import CircuitBreaker, RetryPolicy
+        from smith.adapters.resilience import CircuitBreaker
         from smith.adapters.s3 import S3BlobStore
+        from smith.retry import RetryPolicy
 
         return S3BlobStore(
             settings.cache_s3_bucket,

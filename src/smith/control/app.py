@@ -64,11 +64,13 @@ def create_app(
     if jobs is None:
         if not settings.redis_url:
             raise SmithError("SMITH_REDIS_URL is not set (smith dev starts an embedded Valkey and sets it)")
-        r = connect.client(settings.redis_url)
+        r = connect.client(settings.redis_url, socket_timeout=settings.redis_timeout_seconds)
         jobs = RedisJobs(
             r,
             blocking=connect.client(
-                settings.redis_url, max_connections=4096, socket_timeout=settings.lease_wait_max_seconds + 10
+                settings.redis_url,
+                max_connections=4096,
+                socket_timeout=settings.lease_wait_max_seconds + settings.redis_timeout_seconds,
             ),
             retention_seconds=settings.job_retention_seconds,
             retention_max=settings.job_retention_max,

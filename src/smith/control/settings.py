@@ -42,6 +42,9 @@ class ControlSettings(CommonSettings):
     job_retention_max: int = Field(100_000, gt=0, description="At most this many job records are listed")
     delivery_retention_seconds: int = Field(3 * 24 * 3600, gt=0, description="Window for redelivery dedupe")
     lease_wait_max_seconds: float = Field(30.0, gt=0, description="Longest long-poll an agent may ask for")
+    redis_timeout_seconds: float = Field(
+        5.0, gt=0, description="Longest wait for a Redis reply (a long-poll's blocking read waits its own time on top)"
+    )
     spool_dir: Path | None = Field(
         None, description="Where deliveries wait while Redis is down (default <data_dir>/control/spool; '' = off)"
     )

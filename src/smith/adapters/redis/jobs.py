@@ -18,6 +18,7 @@ import redis.exceptions as rexc
 
 from smith.adapters.redis import keys, scripts
 from smith.adapters.redis.connect import errors
+from smith.adapters.redis.group import ScriptGroup
 from smith.domain.jobs import Job, JobState, RunnerClass
 from smith.errors import Conflict, NotFound
 
@@ -122,6 +123,7 @@ class RedisJobs:
         self._report = redis.register_script(scripts.REPORT)
         self._cancel = redis.register_script(scripts.CANCEL)
         self._groups_ready: set[str] = set()
+        self._group = ScriptGroup(redis)  # webhook deliveries share writes (and fsyncs) under load
 
     # -- set-up -------------------------------------------------------------------------------------------
 
@@ -151,10 +153,11 @@ class RedisJobs:
             self.events_maxlen,
             "1" if job else "0",
             job.id if job else "",
+            repr(now - self.retention),
+            self.retention_max,
+            # One argument, not ~30: the client's per-argument packing was the largest cost of a delivery.
+            orjson.dumps([x for kv in job_fields(job).items() for x in kv]) if job else b"[]",
         ]
-        if job:
-            for k, v in job_fields(job).items():
-                argv += [k, v]
         ks = [
             keys.delivery(delivery_id),
             keys.job(job.id if job else "_none"),
@@ -163,9 +166,7 @@ class RedisJobs:
             keys.EVENTS,
         ]
         async with errors():
-            res = await self._record_queued(keys=ks, args=argv)
-            if job and res[0] == "queued":
-                await self._trim()
+            res = await self._group(self._record_queued, ks, argv)
         return Recorded(str(res[0]), str(res[1]))
 
     async def record_update(
@@ -202,7 +203,7 @@ class RedisJobs:
             dequeue_reason,
         ]
         async with errors():
-            res = await self._record_update(keys=ks, args=argv)
+            res = await self._group(self._record_update, ks, argv)
         return Recorded(str(res[0]), str(res[1]))
 
     async def submit(self, job: Job) -> Job:
@@ -218,13 +219,6 @@ class RedisJobs:
         async with errors():
             value = await self.r.hget(keys.job(job_id), "runner_class")
         return str(value) if value else None
-
-    async def _trim(self) -> None:
-        cutoff = time.time() - self.retention
-        pipe = self.r.pipeline(transaction=False)
-        pipe.zremrangebyscore(keys.JOBS, "-inf", cutoff)
-        pipe.zremrangebyrank(keys.JOBS, 0, -(self.retention_max + 1))
-        await pipe.execute()
 
     # -- agents -------------------------------------------------------------------------------------------
 

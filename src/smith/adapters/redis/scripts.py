@@ -6,7 +6,9 @@ stale entry (a job re-queued, cancelled or finished meanwhile) is recognised and
 
 # Record a webhook delivery once; for a job to queue, create its record and add it to its class stream.
 # KEYS: delivery, job, stream, jobs-zset, events-stream
-# ARGV: delivery_ttl, now, outcome_json, event_json, events_maxlen, enqueue(0|1), job_id, field, value, ...
+# ARGV: delivery_ttl, now, outcome_json, event_json, events_maxlen, enqueue(0|1), job_id, jobs_cutoff,
+#       jobs_max, fields_json ([field, value, ...])
+# A queued job also trims the listing: records older than jobs_cutoff, and past the newest jobs_max.
 RECORD_QUEUED = """
 if not redis.call('SET', KEYS[1], ARGV[3], 'NX', 'EX', ARGV[1]) then
   return {'duplicate', redis.call('GET', KEYS[1]) or ''}
@@ -16,10 +18,12 @@ if ARGV[6] ~= '1' then return {'recorded', ''} end
 if redis.call('EXISTS', KEYS[2]) == 1 then
   return {'known', redis.call('HGET', KEYS[2], 'state') or ''}
 end
-for i = 8, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
 local entry = redis.call('XADD', KEYS[3], '*', 'job', ARGV[7])
-redis.call('HSET', KEYS[2], 'entry', entry, 'state', 'queued', 'created_at', ARGV[2], 'updated_at', ARGV[2])
+redis.call('HSET', KEYS[2], 'entry', entry, 'state', 'queued', 'created_at', ARGV[2], 'updated_at', ARGV[2],
+  unpack(cjson.decode(ARGV[10])))
 redis.call('ZADD', KEYS[4], ARGV[2], ARGV[7])
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', ARGV[8])
+redis.call('ZREMRANGEBYRANK', KEYS[4], 0, -(tonumber(ARGV[9]) + 1))
 return {'queued', entry}
 """
 

@@ -1,0 +1,63 @@
+"""Time limits under software emulation stretch with the machine's load instead of failing when it is busy."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+
+import pytest
+
+from smith.adapters.qemu import READY, QemuConfig, QemuVMM, _NoSignOfLife
+from smith.loadscale import Budget, slowness
+
+
+def test_slowness_is_runnable_tasks_per_cpu_and_never_below_one() -> None:
+    assert slowness(lambda: (0.2, 0.0, 0.0), lambda: 2) == 1.0
+    assert slowness(lambda: (7.0, 0.0, 0.0), lambda: 2) == 4.0
+    assert slowness(lambda: (3.0, 0.0, 0.0), lambda: 0) == 4.0  # no CPU count: one
+
+    def no_loadavg() -> tuple[float, float, float]:
+        raise OSError("no load average here")
+
+    assert slowness(no_loadavg, lambda: 2) == 1.0
+
+
+def test_a_budget_lasts_longer_on_a_loaded_machine() -> None:
+    quiet, busy = Budget(15, lambda: 1.0), Budget(15, lambda: 4.0)
+    for b in (quiet, busy):
+        b.spend(30)
+    assert quiet.exhausted and not busy.exhausted
+    busy.spend(30)
+    assert busy.exhausted  # 60 s of wall time at a quarter speed is the 15 s it was given
+
+
+def vmm(tmp_path: Path, load: float, life: float) -> QemuVMM:
+    kernel = tmp_path / "vmlinux"
+    kernel.write_bytes(b"\0")
+    true = shutil.which("true")
+    assert true is not None
+    config = QemuConfig(kernel=kernel, accel="tcg", qemu_bin=true, life_timeout=life, boot_timeout=30)
+    return QemuVMM(tmp_path / "vms", config, slowness=lambda: load)
+
+
+async def guest(reader: asyncio.StreamReader, vm_dir: Path, first_output: float) -> None:
+    """A slow guest: prints to its console after ``first_output`` s, announces itself a little later."""
+    await asyncio.sleep(first_output)
+    (vm_dir / "console.log").write_text("Linux version ...\n")
+    await asyncio.sleep(0.2)
+    reader.feed_data(b'{"type": "status", ' + READY + b"}\n")
+
+
+async def test_a_slow_first_console_line_on_a_loaded_machine_is_waited_for(tmp_path: Path) -> None:
+    machine = vmm(tmp_path, load=10.0, life=0.3)  # 0.3 s when quiet: 3 s at a tenth of the speed
+    reader = asyncio.StreamReader()
+    slow = asyncio.ensure_future(guest(reader, tmp_path, first_output=1.0))
+    await machine._wait_ready(reader, None, tmp_path, 30)  # type: ignore[arg-type]
+    await slow
+
+
+async def test_a_silent_guest_on_a_quiet_machine_is_still_given_up(tmp_path: Path) -> None:
+    machine = vmm(tmp_path, load=1.0, life=0.3)
+    with pytest.raises(_NoSignOfLife, match="no console output"):
+        await machine._wait_ready(asyncio.StreamReader(), None, tmp_path, 30)  # type: ignore[arg-type]
