@@ -4,8 +4,10 @@ This is namespace isolation on a shared kernel: **weaker than a VM**. Use it whe
 
 Isolation: fresh user, mount, pid, net, ipc, uts and cgroup namespaces; the host's system dirs read-only; a
 private writable work dir and /tmp; no network but loopback (unless ``network="host"``); all capabilities
-dropped; ``--die-with-parent`` and its own session; an address-space limit (RLIMIT_AS) and a process count
-limit; when the agent runs as root, the sandbox runs as ``nobody`` (uid 65534) outside its namespace too.
+dropped; ``--die-with-parent`` and its own session; an environment built from nothing (bwrap is started with
+a minimal one and ``--clearenv``: the agent's credentials are in neither the job's nor its pid 1's environ);
+an address-space limit (RLIMIT_AS) and a process count limit; when the agent runs as root, the sandbox runs
+as ``nobody`` (uid 65534) outside its namespace too.
 The root is built from read-only binds of /usr, /etc, /opt (and the /bin, /lib... links): the agent's data
 directory, /root, /home and /var are not there at all. As root, the sandboxes' directories must be reachable by
 nobody, so they live under /var/tmp/smith-sandboxes/ when the agent's own directory is not (e.g. under /root).
@@ -30,6 +32,7 @@ from pathlib import Path
 import orjson
 from pydantic import ValidationError
 
+from smith.adapters.childenv import SAFE_PATH, minimal_env
 from smith.domain.vms import Backend, VMShape
 from smith.errors import VMError
 from smith.logging import get_logger
@@ -40,8 +43,6 @@ log = get_logger("smith.sandbox")
 GUEST_AGENT = Path(__file__).resolve().parent.parent / "guest" / "agent.py"
 PREFIX = "sbx-"
 
-
-SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 NOBODY = 65534
 RUNNER_MOUNT = "/runner"
 
@@ -194,6 +195,7 @@ class SandboxVMM:
             "/work",
             "--hostname",
             f"smith-{vm_id[:40]}",
+            "--clearenv",
             "--setenv",
             "HOME",
             "/work",
@@ -247,6 +249,7 @@ class SandboxVMM:
                 start_new_session=True,
                 preexec_fn=limits,
                 limit=1 << 20,
+                env=minimal_env(),  # bwrap is the sandbox's pid 1: its environ is readable inside
             )
             (root / "pid").write_text(str(proc.pid))
         except BaseException as exc:

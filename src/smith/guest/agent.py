@@ -6,7 +6,9 @@ stdin, a file, a virtio-serial port (QEMU) or Firecracker's MMDS (waiting for it
 exists), then either starts
 GitHub's runner with the JIT config or runs the job's script, and writes one JSON object per line to its output:
 ``started`` first, a ``line`` per line of stdout/stderr (timestamp taken here, ``seq`` increasing), ``exit`` last.
-Secrets from the config (runner credential, cache token) are masked as ``***`` in every line.
+Secrets from the config (runner credential, cache token) are masked as ``***`` in every line. The job's
+environment is built from nothing (a fixed PATH, HOME, TMPDIR, LANG, CI, its id, its cache and runner variables,
+the job's own ``env``): nothing of this process's environment reaches it.
 
 On a port the host may wrap the config in an envelope, ``{"config": {...}, "now": <host epoch seconds>,
 "seed": "<hex>"}``: a guest restored from a snapshot has a stale clock and the same random state as every
@@ -187,10 +189,14 @@ def command(config: dict[str, Any]) -> tuple[list[str], list[str]]:
     return [shell, "-e", SCRIPT], secrets
 
 
+BASE_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "TMPDIR": "/tmp"}
+
+
 def environment(config: dict[str, Any], workdir: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SMITH_GUEST_")}
+    """The job's environment, built from nothing: never this process's own (whatever started the guest agent,
+    a VMM, a sandbox or a test, may hold credentials the job must not see)."""
     job = config.get("job") or {}
-    env.update({"CI": "true", "SMITH_JOB_ID": str(job.get("id", "")), "HOME": env.get("HOME", workdir)})
+    env = dict(BASE_ENV, HOME=workdir, CI="true", SMITH_JOB_ID=str(job.get("id", "")))
     cache = config.get("cache")
     if cache:
         url = str(cache["url"]).rstrip("/") + "/"
