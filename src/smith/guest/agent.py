@@ -222,6 +222,16 @@ def environment(config: dict[str, Any], workdir: str) -> dict[str, str]:
     return env
 
 
+def oom_first() -> None:
+    """In the job's process before exec: when its memory runs out, the job's processes are killed before this
+    agent, so the job's end (and why) is still reported."""
+    try:
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write("500")
+    except OSError:
+        pass
+
+
 def pump(pipe: IO[bytes], name: str, q: queue.Queue[tuple[str, str] | None]) -> None:
     while True:
         chunk = pipe.readline(MAX_LINE)
@@ -254,6 +264,7 @@ def run(config: dict[str, Any], out: Output, workdir: str) -> int:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             start_new_session=True,
+            preexec_fn=oom_first,
         )
     except OSError as exc:
         out.emit("line", stream="system", line=f"smith: cannot start the job: {exc}")
