@@ -110,7 +110,7 @@ async def test_cannot_see_or_write_the_host(vmm: SandboxVMM, tmp_path: Path) -> 
     assert "usr-readonly" in out and "etc-readonly" in out and "work-writable" in out
     assert not Path("/usr/smith-probe").exists() and not Path("/etc/smith-probe").exists()
     if os.geteuid() == 0:
-        assert out[-1] == "65534"  # the job never runs as the agent's root
+        assert int(out[-1]) >= 100_000  # the job never runs as the agent's root, nor as a uid other jobs share
 
 
 async def test_two_sandboxes_do_not_see_each_other(vmm: SandboxVMM) -> None:

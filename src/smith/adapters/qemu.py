@@ -42,6 +42,7 @@ import orjson
 from pydantic import ValidationError
 
 from smith import loadscale
+from smith.adapters.childenv import minimal_env
 from smith.asyncutil import CleanupStack
 from smith.domain.vms import Backend, VMShape
 from smith.errors import VMError
@@ -404,6 +405,7 @@ class QemuVMM:
                     stdout=asyncio.subprocess.DEVNULL,
                     stderr=(vm_dir / "qemu.err").open("wb"),
                     start_new_session=True,
+                    env=minimal_env(),  # never the agent's credentials
                 )
             except OSError as exc:
                 raise VMError(f"cannot start {self.config.qemu_bin}: {exc}") from exc

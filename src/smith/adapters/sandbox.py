@@ -4,11 +4,18 @@ This is namespace isolation on a shared kernel: **weaker than a VM**. Use it whe
 
 Isolation: fresh user, mount, pid, net, ipc, uts and cgroup namespaces; the host's system dirs read-only; a
 private writable work dir and /tmp; no network but loopback (unless ``network="host"``); all capabilities
-dropped; ``--die-with-parent`` and its own session; an address-space limit (RLIMIT_AS) and a process count
-limit; when the agent runs as root, the sandbox runs as ``nobody`` (uid 65534) outside its namespace too.
+dropped; ``--die-with-parent`` and its own session; an environment built from nothing (bwrap is started with
+a minimal one and ``--clearenv``: the agent's credentials are in neither the job's nor its pid 1's environ).
 The root is built from read-only binds of /usr, /etc, /opt (and the /bin, /lib... links): the agent's data
 directory, /root, /home and /var are not there at all. As root, the sandboxes' directories must be reachable by
-nobody, so they live under /var/tmp/smith-sandboxes/ when the agent's own directory is not (e.g. under /root).
+the job's uid, so they live under /var/tmp/smith-sandboxes/ when the agent's own directory is not (e.g. /root).
+
+Limits. With the agent as root (the production case) they hold per job: a cgroup of its own
+(``adapters/cgroups.py``: memory = the class's, /tmp's tmpfs pages included; processes; CPU = its vCPUs), a uid
+of its own (``uid_base + slot``, so per-uid limits never cross jobs), /work a loop-mounted ext4 of the class's
+``disk_mib`` (``adapters/workdisk.py``: ENOSPC past it), /tmp a tmpfs of half its memory. Always, per process:
+RLIMIT_AS = the class's memory and RLIMIT_NPROC. Not root, or no writable cgroup: only the per-process limits
+(said once in the log at start-up).
 
 A sandbox is started before its job exists: the guest agent inside waits on stdin for its config, so a warm
 pool of sandboxes works like one of VMs. Guest events come back on the sandbox's stdout.
@@ -24,12 +31,15 @@ import resource
 import shutil
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import orjson
 from pydantic import ValidationError
 
+from smith.adapters import workdisk
+from smith.adapters.cgroups import Cgroups, JobCgroup, Limits
+from smith.adapters.childenv import SAFE_PATH, minimal_env
 from smith.domain.vms import Backend, VMShape
 from smith.errors import VMError
 from smith.logging import get_logger
@@ -40,8 +50,6 @@ log = get_logger("smith.sandbox")
 GUEST_AGENT = Path(__file__).resolve().parent.parent / "guest" / "agent.py"
 PREFIX = "sbx-"
 
-
-SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 NOBODY = 65534
 RUNNER_MOUNT = "/runner"
 
@@ -54,11 +62,19 @@ def guest_python() -> str:
 
 
 class SandboxMachine:
-    def __init__(self, vm_id: str, root: Path, proc: asyncio.subprocess.Process, runner_dir: str | None = None) -> None:
+    def __init__(
+        self,
+        vm_id: str,
+        root: Path,
+        proc: asyncio.subprocess.Process,
+        runner_dir: str | None = None,
+        release: Callable[[], None] | None = None,
+    ) -> None:
         self.id = vm_id
         self.runner_dir = runner_dir
         self.root = root
         self.proc = proc
+        self.release = release  # what stop() undoes besides the process: cgroup, work disk, uid, directory
         self._assigned = False
         self._stopped = False
 
@@ -107,7 +123,10 @@ class SandboxMachine:
                 os.killpg(self.proc.pid, signal.SIGKILL)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.proc.wait(), 10)
-        shutil.rmtree(self.root, ignore_errors=True)
+        if self.release is not None:
+            await asyncio.to_thread(self.release)
+        else:
+            shutil.rmtree(self.root, ignore_errors=True)
 
 
 class SandboxVMM:
@@ -123,10 +142,26 @@ class SandboxVMM:
         max_procs: int = 4096,
         runner_dir: Path | None = None,
         root_dir: Path | None = None,
+        cgroup_parent: str | None = None,
+        uid_base: int = 100_000,
     ) -> None:
         if network not in ("none", "host"):
             raise VMError("sandbox network must be 'none' or 'host'")
         self.base_dir = _reachable_dir(Path(base_dir))
+        self.as_root = os.geteuid() == 0
+        # Job cgroups are named after this agent's directory: another agent's (or test's) on the host are not ours.
+        self.cgroup_prefix = f"smith-{hashlib.sha256(str(self.base_dir).encode()).hexdigest()[:8]}-"
+        self.cgroups = Cgroups.detect(cgroup_parent) if self.as_root else None
+        self.uid_base = uid_base
+        self._uids: set[int] = set()  # slots in use: the job of slot n runs as uid_base + n
+        if self.cgroups is None or not self.as_root:
+            log.warning(
+                "sandbox limits are per process only (RLIMIT_AS, RLIMIT_NPROC of a shared uid), /work is unsized: "
+                "run the agent as root with a writable cgroup hierarchy for per-job memory, process, CPU and "
+                "disk limits",
+                root=self.as_root,
+                cgroups=self.cgroups is not None,
+            )
         self.network = network
         self.bwrap = shutil.which(bwrap) or bwrap
         self.max_procs = max_procs
@@ -136,7 +171,7 @@ class SandboxVMM:
             raise VMError(f"sandbox root {root_dir} has no /bin/sh: not a root filesystem")
         log.warning("sandbox backend: jobs share the host kernel; isolation is weaker than a VM")
 
-    def command(self, root: Path, vm_id: str) -> list[str]:
+    def command(self, root: Path, vm_id: str, tmp_bytes: int | None = None) -> list[str]:
         """bwrap's argv: a fresh root built from read-only host system dirs, nothing of the agent's own state."""
         argv = [
             self.bwrap,
@@ -180,6 +215,7 @@ class SandboxVMM:
             "/dev",
             "--proc",
             "/proc",
+            *(["--size", str(tmp_bytes)] if tmp_bytes else []),
             "--tmpfs",
             "/tmp",
             "--tmpfs",
@@ -194,6 +230,7 @@ class SandboxVMM:
             "/work",
             "--hostname",
             f"smith-{vm_id[:40]}",
+            "--clearenv",
             "--setenv",
             "HOME",
             "/work",
@@ -217,49 +254,73 @@ class SandboxVMM:
 
     async def boot(self, shape: VMShape, vm_id: str) -> SandboxMachine:
         root = self.base_dir / f"{PREFIX}{vm_id}"
-        undo: list[tuple[str, object]] = []
+        undo: list[Callable[[], None]] = []
+
+        def release() -> None:
+            errors = []
+            for step in reversed(undo):
+                try:
+                    step()
+                except (OSError, VMError) as exc:
+                    errors.append(exc)
+            undo.clear()
+            if errors:
+                log.warning("sandbox cleanup incomplete", vm_id=vm_id, errors=[str(e) for e in errors])
+
         try:
             (root / "work").mkdir(parents=True)
-            undo.append(("dir", root))
+            undo.append(lambda: shutil.rmtree(root, ignore_errors=True))
             root.chmod(0o711)
             (root / "guest").mkdir(mode=0o755)
             shutil.copy2(GUEST_AGENT, root / "guest" / "agent.py")
             (root / "guest" / "agent.py").chmod(0o644)
             mem = shape.memory_mib * 1024 * 1024
             procs = self.max_procs
-            as_root = os.geteuid() == 0
-            if as_root:  # the job runs as nobody, never as the agent's root
-                os.chown(root / "work", NOBODY, NOBODY)
+            uid = self._take_uid() if self.as_root else None
+            if uid is not None:  # the job runs as a uid of its own, never as the agent's root nor another job's
+                undo.append(lambda: self._uids.discard(uid - self.uid_base))
+                await asyncio.to_thread(workdisk.mount, root, root / "work", shape.disk_mib, uid)
+                undo.append(lambda: workdisk.unmount(root / "work"))
+            group: JobCgroup | None = None
+            if self.cgroups is not None:
+                group = self.cgroups.create(self.cgroup_prefix + vm_id, Limits(mem, procs, shape.vcpus))
+                undo.append(group.remove)
 
             def limits() -> None:  # runs in the child before exec
+                if group is not None:
+                    group.enter()
                 resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
                 resource.setrlimit(resource.RLIMIT_NPROC, (procs, procs))
-                if as_root:
+                if uid is not None:
                     os.setgroups([])
-                    os.setgid(NOBODY)
-                    os.setuid(NOBODY)
+                    os.setgid(uid)
+                    os.setuid(uid)
 
             proc = await asyncio.create_subprocess_exec(
-                *self.command(root, vm_id),
+                *self.command(root, vm_id, tmp_bytes=mem // 2),  # /tmp is memory: at most half the job's
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True,
                 preexec_fn=limits,
                 limit=1 << 20,
+                env=minimal_env(),  # bwrap is the sandbox's pid 1: its environ is readable inside
             )
             (root / "pid").write_text(str(proc.pid))
         except BaseException as exc:
-            for kind, what in reversed(undo):
-                if kind == "dir":
-                    shutil.rmtree(what, ignore_errors=True)  # type: ignore[arg-type]
+            await asyncio.to_thread(release)
             if isinstance(exc, OSError):
                 raise VMError(f"cannot start sandbox {vm_id}: {exc}") from exc
             raise
-        return SandboxMachine(vm_id, root, proc, RUNNER_MOUNT if self.runner_dir else None)
+        return SandboxMachine(vm_id, root, proc, RUNNER_MOUNT if self.runner_dir else None, release)
+
+    def _take_uid(self) -> int:
+        slot = next(n for n in range(len(self._uids) + 1) if n not in self._uids)
+        self._uids.add(slot)
+        return self.uid_base + slot
 
     async def cleanup_leftovers(self) -> list[str]:
-        """Kill sandboxes a crashed agent left running and remove their directories."""
+        """Kill sandboxes a crashed agent left running; remove their cgroups, work disks and directories."""
         removed = []
         for root in sorted(self.base_dir.glob(f"{PREFIX}*")):
             pid_file = root / "pid"
@@ -268,8 +329,14 @@ class SandboxVMM:
                     pid = int(pid_file.read_text())
                     if _is_bwrap(pid):
                         os.killpg(pid, signal.SIGKILL)
-            shutil.rmtree(root, ignore_errors=True)
             removed.append(root.name)
+        if self.cgroups is not None:
+            for group in self.cgroups.find(self.cgroup_prefix):
+                await asyncio.to_thread(group.remove)
+        for point in workdisk.mounts_under(self.base_dir):
+            await asyncio.to_thread(workdisk.unmount, point)
+        for root in sorted(self.base_dir.glob(f"{PREFIX}*")):
+            shutil.rmtree(root, ignore_errors=True)
         return removed
 
 

@@ -79,7 +79,11 @@ def build(name: str, settings: Any, network: Network | None = None) -> VMM:
     if name == "sandbox":
         from smith.adapters.sandbox import SandboxVMM
 
-        return SandboxVMM(base_dir=work)
+        return SandboxVMM(
+            base_dir=work,
+            cgroup_parent=getattr(settings, "agent_cgroup_parent", None),
+            uid_base=getattr(settings, "agent_sandbox_uid_base", 100_000),
+        )
     if name == "qemu":
         from smith.adapters.qemu import QemuVMM
 

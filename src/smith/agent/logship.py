@@ -34,6 +34,7 @@ import httpx
 import orjson
 
 from smith import retry
+from smith.agent.private import open_private, private_dir
 from smith.asyncutil import supervise, wait_event
 from smith.logging import get_logger
 from smith.wire.guest import GuestEvent
@@ -126,7 +127,7 @@ class LogShipper:
 
     async def start(self) -> None:
         """Pick up what an earlier process left in the spool, and start flushing."""
-        self.spool.mkdir(parents=True, exist_ok=True)
+        private_dir(self.spool)
         for d in sorted(self.spool.iterdir()):
             if d.is_dir() and (d / "lines.ndjson").exists() and d.name not in self.jobs:
                 self.jobs[d.name] = self._open(d.name)
@@ -409,8 +410,7 @@ class LogShipper:
         return job
 
     def _open(self, job_id: str) -> _Job:
-        d = self.spool / job_id
-        d.mkdir(parents=True, exist_ok=True)
+        d = private_dir(self.spool / job_id)
         path = d / "lines.ndjson"
         acked = 0
         with contextlib.suppress(OSError, ValueError):
@@ -429,7 +429,7 @@ class LogShipper:
             last_line = complete.rsplit(b"\n", 1)[-1]
             with contextlib.suppress(ValueError, KeyError, TypeError):
                 next_seq = int(orjson.loads(last_line)["seq"]) + 1
-        out = path.open("ab", buffering=1024 * 1024)
+        out = open_private(path, "ab", buffering=1024 * 1024)
         job = _Job(job_id, d, out, next_seq=next_seq, written=size, acked=min(acked, size), new=not size)
         job.closed = (d / "closed").exists()
         job.last_sent = job.closed
@@ -511,7 +511,7 @@ class LogShipper:
             return True
         if resp.status_code == 400:
             # Lines we wrote ourselves were refused: keep them aside rather than block the job forever.
-            with (job.dir / "rejected.ndjson").open("ab") as f:
+            with open_private(job.dir / "rejected.ndjson", "ab") as f:
                 f.write(data)
             log.error("log pipeline refused lines; kept in rejected.ndjson", job_id=job.job_id, body=resp.text[:500])
             return True

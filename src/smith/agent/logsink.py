@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
+from smith.agent.private import open_private, private_dir
 from smith.wire.guest import GuestEvent
 
 
@@ -23,11 +24,11 @@ class JobOutput(Protocol):
 
 
 class LocalFiles:
-    """``<dir>/<job_id>.ndjson``: every guest event of a job, one JSON object a line, in order."""
+    """``<dir>/<job_id>.ndjson``: every guest event of a job, one JSON object a line, in order (dir 0700, files
+    0600: a job's output is nobody else's to read)."""
 
     def __init__(self, directory: Path) -> None:
-        self.dir = directory
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir = private_dir(directory)
         self._files: dict[str, object] = {}
 
     async def start(self) -> None:
@@ -39,7 +40,7 @@ class LocalFiles:
     async def emit(self, job_id: str, event: GuestEvent) -> None:
         f = self._files.get(job_id)
         if f is None:
-            f = self._files[job_id] = self.path(job_id).open("a", encoding="utf-8")
+            f = self._files[job_id] = open_private(self.path(job_id), "a", encoding="utf-8")
         f.write(event.model_dump_json() + "\n")  # type: ignore[attr-defined]
 
     async def follow_files(self, job_id: str, files: dict[str, Path]) -> None:

@@ -64,6 +64,13 @@ class AgentSettings(CommonSettings):
     agent_firecracker_bin: str = "firecracker"
     agent_jailer_bin: str = "jailer"
     agent_qemu_bin: str = "qemu-system-x86_64"
+    agent_cgroup_parent: str | None = Field(
+        None,
+        description="Sandbox: cgroup (under /sys/fs/cgroup) to make per-job cgroups in; default: the agent's own",
+    )
+    agent_sandbox_uid_base: int = Field(
+        100_000, gt=0, description="Sandbox (agent as root): the job in slot n runs as uid base+n, one uid per job"
+    )
     agent_network: bool = Field(False, description="Give VMs a tap on the smith bridge with NAT egress")
     agent_network_pool: str = Field("172.30.0.0/24", description="IPv4 pool: .1 is the bridge, VMs get the rest")
     agent_network_bridge: str = Field("smithbr0", description="Host bridge the taps join")

@@ -6,7 +6,9 @@ stdin, a file, a virtio-serial port (QEMU) or Firecracker's MMDS (waiting for it
 exists), then either starts
 GitHub's runner with the JIT config or runs the job's script, and writes one JSON object per line to its output:
 ``started`` first, a ``line`` per line of stdout/stderr (timestamp taken here, ``seq`` increasing), ``exit`` last.
-Secrets from the config (runner credential, cache token) are masked as ``***`` in every line.
+Secrets from the config (runner credential, cache token) are masked as ``***`` in every line. The job's
+environment is built from nothing (a fixed PATH, HOME, TMPDIR, LANG, CI, its id, its cache and runner variables,
+the job's own ``env``): nothing of this process's environment reaches it.
 
 On a port the host may wrap the config in an envelope, ``{"config": {...}, "now": <host epoch seconds>,
 "seed": "<hex>"}``: a guest restored from a snapshot has a stale clock and the same random state as every
@@ -187,10 +189,14 @@ def command(config: dict[str, Any]) -> tuple[list[str], list[str]]:
     return [shell, "-e", SCRIPT], secrets
 
 
+BASE_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "TMPDIR": "/tmp"}
+
+
 def environment(config: dict[str, Any], workdir: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SMITH_GUEST_")}
+    """The job's environment, built from nothing: never this process's own (whatever started the guest agent,
+    a VMM, a sandbox or a test, may hold credentials the job must not see)."""
     job = config.get("job") or {}
-    env.update({"CI": "true", "SMITH_JOB_ID": str(job.get("id", "")), "HOME": env.get("HOME", workdir)})
+    env = dict(BASE_ENV, HOME=workdir, CI="true", SMITH_JOB_ID=str(job.get("id", "")))
     cache = config.get("cache")
     if cache:
         url = str(cache["url"]).rstrip("/") + "/"
@@ -214,6 +220,16 @@ def environment(config: dict[str, Any], workdir: str) -> dict[str, str]:
         )
     env.update({str(k): str(v) for k, v in (config.get("env") or {}).items()})
     return env
+
+
+def oom_first() -> None:
+    """In the job's process before exec: when its memory runs out, the job's processes are killed before this
+    agent, so the job's end (and why) is still reported."""
+    try:
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write("500")
+    except OSError:
+        pass
 
 
 def pump(pipe: IO[bytes], name: str, q: queue.Queue[tuple[str, str] | None]) -> None:
@@ -248,6 +264,7 @@ def run(config: dict[str, Any], out: Output, workdir: str) -> int:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             start_new_session=True,
+            preexec_fn=oom_first,
         )
     except OSError as exc:
         out.emit("line", stream="system", line=f"smith: cannot start the job: {exc}")

@@ -29,6 +29,7 @@ from pathlib import Path
 import orjson
 from pydantic import ValidationError
 
+from smith.adapters.childenv import minimal_env
 from smith.adapters.firecracker.client import FirecrackerClient, wait_for_socket
 from smith.adapters.firecracker.jailer import API_SOCKET, Jail, JailSpec, jail_name
 from smith.adapters.firecracker.models import (
@@ -428,6 +429,7 @@ class _Boot:
                 stderr=stderr,
                 start_new_session=True,
                 limit=1 << 20,
+                env=minimal_env(),  # never the agent's credentials (the jailer passes its env on to firecracker)
             )
         except OSError as exc:
             raise VMError(f"cannot start {argv[0]}: {exc}") from exc
