@@ -2,6 +2,7 @@
 
 Tokens are HS256 JWTs with a ``scope`` claim (``agent``, ``operator``, ``cache``, ``logs``), an expiry and a
 subject. ``verify`` checks signature, expiry and scope and raises ``AuthError``; it never logs the token.
+What each token allows, who mints and who verifies it: docs/security.md.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 import jwt
 
+from smith.domain.jobs import check_agent_id
 from smith.errors import AuthError, Forbidden
 
 ALGORITHM = "HS256"
@@ -23,6 +25,8 @@ LEEWAY_SECONDS = 5
 def mint(secret: str, *, scope: str, subject: str, ttl_seconds: float, **claims: Any) -> str:
     if ttl_seconds <= 0:
         raise ValueError("ttl_seconds must be positive")
+    if scope in ("agent", "logs"):  # what the servers will refuse is not minted either
+        check_agent_id(claims.get("agent_id", subject))
     now = int(time.time())
     payload = {
         "sub": subject,
@@ -54,6 +58,34 @@ def verify(secret: str | None, token: str, *, scope: str) -> dict[str, Any]:
     if claims.get("scope") != scope:
         raise Forbidden(f"token scope {claims.get('scope')!r} cannot be used here (needs {scope!r})")
     return claims
+
+
+def agent_id(secret: str | None, header: str | None) -> str:
+    """The agent id an ``Authorization`` header's agent token names (claim ``agent_id``, else ``sub``); a token
+    whose id is not a valid agent id is refused (``Forbidden``)."""
+    claims = verify(secret, bearer(header), scope="agent")
+    value = claims.get("agent_id") or claims.get("sub")
+    try:
+        return check_agent_id(value)
+    except ValueError as exc:
+        raise Forbidden(f"this agent token names no valid agent: {exc}") from exc
+
+
+def mint_logs(secret: str, *, job_id: str, agent_id: str, ttl_seconds: float) -> str:
+    """A token that lets the holder write the lines of one job (``POST /v1/logs``), as host ``agent_id``."""
+    return mint(secret, scope="logs", subject=job_id, ttl_seconds=ttl_seconds, job_id=job_id, agent_id=agent_id)
+
+
+def verify_logs(secret: str | None, header: str | None) -> tuple[str, str]:
+    """``(job_id, agent_id)`` of the ``logs`` token in an ``Authorization`` header."""
+    claims = verify(secret, bearer(header), scope="logs")
+    job_id, host = claims.get("job_id"), claims.get("agent_id")
+    try:
+        if not isinstance(job_id, str) or not job_id:
+            raise ValueError("no job id")
+        return job_id, check_agent_id(host)
+    except ValueError as exc:
+        raise Forbidden(f"this logs token names no job or no valid agent: {exc}") from exc
 
 
 def bearer(header: str | None) -> str:
