@@ -127,15 +127,12 @@ class Connection:
 
 async def ingest(url: str, args: argparse.Namespace, bodies: list[list[bytes]]) -> tuple[float, int]:
     retries = 0
-    headers = {
-        "Authorization": "Bearer "
-        + tokens.mint(AGENT_SECRET, scope="agent", subject="bench", ttl_seconds=7200, agent_id="bench-host"),
-        "Content-Type": "application/x-ndjson",
-    }
     host, port = url.removeprefix("http://").rsplit(":", 1)
 
     async def job(n: int) -> None:
         nonlocal retries
+        token = tokens.mint_logs(AGENT_SECRET, job_id=f"bench-{n}", agent_id="bench-host", ttl_seconds=7200)
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/x-ndjson"}
         conn = Connection(host, int(port))
         try:
             for body in bodies[n]:

@@ -3,6 +3,7 @@
 Tokens are HS256 JWTs with a ``scope`` claim (``agent``, ``operator``, ``cache``, ``logs``), an expiry and a
 subject. ``verify`` checks signature, expiry and scope and raises ``AuthError``; it never logs the token. Both
 take ``now`` (epoch seconds, default the wall clock), so tests mint tokens in the past instead of waiting.
+What each token allows, who mints and who verifies it: docs/security.md.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 import jwt
 
+from smith.domain.jobs import check_agent_id
 from smith.errors import AuthError, Forbidden
 
 ALGORITHM = "HS256"
@@ -25,6 +27,8 @@ LEEWAY_SECONDS = 5
 def mint(secret: str, *, scope: str, subject: str, ttl_seconds: float, now: float | None = None, **claims: Any) -> str:
     if ttl_seconds <= 0:
         raise ValueError("ttl_seconds must be positive")
+    if scope in ("agent", "logs"):  # what the servers will refuse is not minted either
+        check_agent_id(claims.get("agent_id", subject))
     issued = int(time.time() if now is None else now)
     payload = {
         "sub": subject,
@@ -66,6 +70,34 @@ def verify(secret: str | None, token: str, *, scope: str, now: float | None = No
 
 def _number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def agent_id(secret: str | None, header: str | None) -> str:
+    """The agent id an ``Authorization`` header's agent token names (claim ``agent_id``, else ``sub``); a token
+    whose id is not a valid agent id is refused (``Forbidden``)."""
+    claims = verify(secret, bearer(header), scope="agent")
+    value = claims.get("agent_id") or claims.get("sub")
+    try:
+        return check_agent_id(value)
+    except ValueError as exc:
+        raise Forbidden(f"this agent token names no valid agent: {exc}") from exc
+
+
+def mint_logs(secret: str, *, job_id: str, agent_id: str, ttl_seconds: float) -> str:
+    """A token that lets the holder write the lines of one job (``POST /v1/logs``), as host ``agent_id``."""
+    return mint(secret, scope="logs", subject=job_id, ttl_seconds=ttl_seconds, job_id=job_id, agent_id=agent_id)
+
+
+def verify_logs(secret: str | None, header: str | None) -> tuple[str, str]:
+    """``(job_id, agent_id)`` of the ``logs`` token in an ``Authorization`` header."""
+    claims = verify(secret, bearer(header), scope="logs")
+    job_id, host = claims.get("job_id"), claims.get("agent_id")
+    try:
+        if not isinstance(job_id, str) or not job_id:
+            raise ValueError("no job id")
+        return job_id, check_agent_id(host)
+    except ValueError as exc:
+        raise Forbidden(f"this logs token names no job or no valid agent: {exc}") from exc
 
 
 def bearer(header: str | None) -> str:

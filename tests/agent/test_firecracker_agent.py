@@ -78,7 +78,6 @@ async def test_firecrackers_own_log_and_metrics_reach_the_log_pipeline(
     from smith.logs.settings import LogsSettings
     from smith.testing.servers import ThreadedServer
     from tests.logs.conftest import AGENT_SECRET, JWT_SECRET
-    from tests.logs.conftest import agent_token as logs_agent_token
     from tests.logs.conftest import operator_token as logs_operator_token
 
     database = f"t_{uuid.uuid4().hex[:12]}"
@@ -90,7 +89,8 @@ async def test_firecrackers_own_log_and_metrics_reach_the_log_pipeline(
     )
     for rig in make_rig(jailed=True):  # paths in the chroot: the agent reads the VMM's files from the host
         with ThreadedServer(create_app(settings, clickhouse=ChdbClickHouse(chdb_dir))) as logs:
-            shipper = LogShipper(logs.url, logs_agent_token("fc-host"), tmp_path / "spool", host="fc-host")
+            # No token of its own: each job's lines (the Firecracker files too) go with its lease's log token.
+            shipper = LogShipper(logs.url, None, tmp_path / "spool", host="fc-host")
             output = Fanout(LocalFiles(tmp_path / "logs"), shipper)
             agent = fc_agent(control, rig.vmm, output, vcpus=2, memory_mib=4096, max_vms=1)
             runner = asyncio.create_task(agent.run())

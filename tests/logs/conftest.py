@@ -36,6 +36,11 @@ def agent_token(agent_id: str = "host-1") -> str:
     return tokens.mint(AGENT_SECRET, scope="agent", subject=agent_id, ttl_seconds=3600, agent_id=agent_id)
 
 
+def logs_token(job_id: str, agent_id: str = "host-1") -> str:
+    """The per-job log token the control plane hands with a lease."""
+    return tokens.mint_logs(AGENT_SECRET, job_id=job_id, agent_id=agent_id, ttl_seconds=3600)
+
+
 def operator_token() -> str:
     return tokens.mint(JWT_SECRET, scope="operator", subject="alice", ttl_seconds=3600)
 

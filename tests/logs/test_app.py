@@ -18,9 +18,16 @@ from smith.adapters.chdb import ChdbClickHouse
 from smith.logs.app import create_app
 from smith.logs.settings import LogsSettings
 from smith.testing.servers import ThreadedServer
-from tests.logs.conftest import AGENT_SECRET, agent_token, operator_token
+from tests.logs.conftest import AGENT_SECRET, agent_token, logs_token, operator_token
 
 AGENT = {"Authorization": f"Bearer {agent_token('host-9')}"}
+
+
+def writer(job: str) -> dict[str, str]:
+    """Headers with the log token the control plane hands with job's lease (agent host-9)."""
+    return {"Authorization": f"Bearer {logs_token(job, 'host-9')}"}
+
+
 OPERATOR = {"Authorization": f"Bearer {operator_token()}"}
 
 
@@ -75,9 +82,9 @@ def test_tokens_and_scopes(client: httpx.Client) -> None:
 
 
 def test_ingest_then_read_page_tail_summary_search(client: httpx.Client) -> None:
-    r = client.post("/v1/logs", content=ndjson("j1", range(1, 251), repo="acme/api"), headers=AGENT)
+    r = client.post("/v1/logs", content=ndjson("j1", range(1, 251), repo="acme/api"), headers=writer("j1"))
     assert r.status_code == 200 and r.json() == {"accepted": 250, "duplicates": 0, "truncated": 0}
-    client.post("/v1/logs", content=ndjson("j1", range(251, 252), stream="system", last=True), headers=AGENT)
+    client.post("/v1/logs", content=ndjson("j1", range(251, 252), stream="system", last=True), headers=writer("j1"))
     page = client.get("/v1/jobs/j1/logs", params={"limit": 100}, headers=OPERATOR).json()
     assert [x["seq"] for x in page["lines"]] == list(range(1, 101)) and page["next_after"] == 100
     assert not page["complete"] and page["lines"][0]["host"] == "host-9" and page["lines"][0]["repo"] == "acme/api"
@@ -89,7 +96,7 @@ def test_ingest_then_read_page_tail_summary_search(client: httpx.Client) -> None
     assert isinstance(tail["lines"][0]["ts"], float) and tail["lines"][0]["truncated"] is False
     past = client.get("/v1/jobs/j1/logs", params={"after": 251}, headers=OPERATOR).json()
     assert past == {"job_id": "j1", "lines": [], "next_after": 251, "complete": True}
-    client.post("/v1/logs", content=ndjson("j1b", range(1, 4)), headers=AGENT)
+    client.post("/v1/logs", content=ndjson("j1b", range(1, 4)), headers=writer("j1b"))
     running = client.get("/v1/jobs/j1b/logs", params={"after": 3}, headers=OPERATOR).json()
     assert running["lines"] == [] and running["next_after"] == 3 and not running["complete"]
     assert not client.get("/v1/jobs/j1b/logs", params={"tail": 2}, headers=OPERATOR).json()["complete"]
@@ -109,12 +116,12 @@ def test_unknown_job_is_404(client: httpx.Client) -> None:
 
 def test_retried_batch_is_stored_once(client: httpx.Client) -> None:
     body = ndjson("j2", range(1, 101))
-    assert client.post("/v1/logs", content=body, headers=AGENT).json()["accepted"] == 100
-    again = client.post("/v1/logs", content=body, headers=AGENT).json()
+    assert client.post("/v1/logs", content=body, headers=writer("j2")).json()["accepted"] == 100
+    again = client.post("/v1/logs", content=body, headers=writer("j2")).json()
     assert again == {"accepted": 0, "duplicates": 100, "truncated": 0}
-    overlap = client.post("/v1/logs", content=ndjson("j2", range(51, 151)), headers=AGENT).json()
+    overlap = client.post("/v1/logs", content=ndjson("j2", range(51, 151)), headers=writer("j2")).json()
     assert overlap["accepted"] == 50 and overlap["duplicates"] == 50
-    within = client.post("/v1/logs", content=ndjson("j2", range(151, 152)) * 1, headers=AGENT).json()
+    within = client.post("/v1/logs", content=ndjson("j2", range(151, 152)) * 1, headers=writer("j2")).json()
     assert within["accepted"] == 1
     seqs = [x["seq"] for x in client.get("/v1/jobs/j2/logs", params={"limit": 1000}, headers=OPERATOR).json()["lines"]]
     assert seqs == list(range(1, 152))
@@ -123,7 +130,7 @@ def test_retried_batch_is_stored_once(client: httpx.Client) -> None:
 
 def test_malformed_batch_names_lines_and_writes_nothing(client: httpx.Client) -> None:
     body = ndjson("j3", range(1, 3)) + b"\n{oops\n" + ndjson("j3", range(3, 4), stream="nope")
-    r = client.post("/v1/logs", content=body, headers=AGENT)
+    r = client.post("/v1/logs", content=body, headers=writer("j3"))
     assert r.status_code == 400
     assert [b["line"] for b in r.json()["bad_lines"]] == [3, 4]
     assert client.get("/v1/jobs/j3/logs", headers=OPERATOR).status_code == 404
@@ -131,20 +138,22 @@ def test_malformed_batch_names_lines_and_writes_nothing(client: httpx.Client) ->
 
 def test_oversized_lines_truncated_big_bodies_refused_gzip_taken(client: httpx.Client, settings: LogsSettings) -> None:
     long = "x" * (settings.logs_max_line_bytes * 2)
-    r = client.post("/v1/logs", content=ndjson("j4", range(1, 2), line=long), headers=AGENT)
+    r = client.post("/v1/logs", content=ndjson("j4", range(1, 2), line=long), headers=writer("j4"))
     assert r.json()["truncated"] == 1
     stored = client.get("/v1/jobs/j4/logs", headers=OPERATOR).json()["lines"][0]
     assert stored["truncated"] and stored["line"].endswith("bytes]")
     assert len(stored["line"].encode()) <= settings.logs_max_line_bytes
     big = b"x" * (settings.logs_max_body_bytes + 1)
-    assert client.post("/v1/logs", content=big, headers=AGENT).status_code == 413
+    assert client.post("/v1/logs", content=big, headers=writer("j4")).status_code == 413
     zipped = gzip.compress(ndjson("j5", range(1, 11)))
-    r = client.post("/v1/logs", content=zipped, headers={**AGENT, "Content-Encoding": "gzip"})
+    r = client.post("/v1/logs", content=zipped, headers={**writer("j5"), "Content-Encoding": "gzip"})
     assert r.json()["accepted"] == 10
-    r = client.post("/v1/logs", content=b"not gzip", headers={**AGENT, "Content-Encoding": "gzip"})
+    r = client.post("/v1/logs", content=b"not gzip", headers={**writer("j5"), "Content-Encoding": "gzip"})
     assert r.status_code == 400
     bomb = gzip.compress(b"\n" * (settings.logs_max_body_bytes + 10))
-    assert client.post("/v1/logs", content=bomb, headers={**AGENT, "Content-Encoding": "gzip"}).status_code == 413
+    assert (
+        client.post("/v1/logs", content=bomb, headers={**writer("j5"), "Content-Encoding": "gzip"}).status_code == 413
+    )
 
 
 def test_full_batcher_pushes_back_with_429(database: str, chdb_dir: Path) -> None:
@@ -163,7 +172,7 @@ def test_full_batcher_pushes_back_with_429(database: str, chdb_dir: Path) -> Non
 
         def post(seqs: range) -> None:
             with httpx.Client(base_url=srv.url, timeout=30) as c:
-                results.append(c.post("/v1/logs", content=ndjson("j6", seqs), headers=AGENT))
+                results.append(c.post("/v1/logs", content=ndjson("j6", seqs), headers=writer("j6")))
 
         first = threading.Thread(target=post, args=(range(1, 16),))
         first.start()
@@ -172,20 +181,20 @@ def test_full_batcher_pushes_back_with_429(database: str, chdb_dir: Path) -> Non
                 if c.get("/readyz").json().get("pending") == 15:
                     break
                 threading.Event().wait(0.02)
-            r = c.post("/v1/logs", content=ndjson("j6", range(16, 26)), headers=AGENT)
+            r = c.post("/v1/logs", content=ndjson("j6", range(16, 26)), headers=writer("j6"))
             assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
             assert r.json()["retryable"] is True
             ch.gate.set()
             first.join(30)
             assert results[0].status_code == 200 and results[0].json()["accepted"] == 15
-            r = c.post("/v1/logs", content=ndjson("j6", range(16, 26)), headers=AGENT)
+            r = c.post("/v1/logs", content=ndjson("j6", range(16, 26)), headers=writer("j6"))
             assert r.status_code == 200
             lines = c.get("/v1/jobs/j6/logs", headers=OPERATOR).json()["lines"]
             assert [x["seq"] for x in lines] == list(range(1, 26))
 
 
 def test_follow_streams_until_the_last_line(client: httpx.Client, server: tuple[str, GatedClickHouse]) -> None:
-    client.post("/v1/logs", content=ndjson("j7", range(1, 4)), headers=AGENT)
+    client.post("/v1/logs", content=ndjson("j7", range(1, 4)), headers=writer("j7"))
     got: list[dict[str, Any]] = []
     ended = threading.Event()
 
@@ -210,8 +219,8 @@ def test_follow_streams_until_the_last_line(client: httpx.Client, server: tuple[
         if len(got) >= 3:
             break
         threading.Event().wait(0.01)
-    client.post("/v1/logs", content=ndjson("j7", range(4, 6)), headers=AGENT)
-    client.post("/v1/logs", content=ndjson("j7", range(6, 7), stream="system", last=True), headers=AGENT)
+    client.post("/v1/logs", content=ndjson("j7", range(4, 6)), headers=writer("j7"))
+    client.post("/v1/logs", content=ndjson("j7", range(6, 7), stream="system", last=True), headers=writer("j7"))
     t.join(30)
     assert ended.is_set()
     assert [x["seq"] for x in got] == [1, 2, 3, 4, 5, 6] and got[-1]["last"]
@@ -234,8 +243,8 @@ def test_against_a_clickhouse_server_over_http(database: str, server: str, reque
     )
     ch = HttpClickHouse(clickhouse_server, password=CH_PASSWORD)
     with ThreadedServer(create_app(settings, clickhouse=ch)) as srv, httpx.Client(base_url=srv.url, timeout=30) as c:
-        assert c.post("/v1/logs", content=ndjson("h1", range(1, 101)), headers=AGENT).json()["accepted"] == 100
-        again = c.post("/v1/logs", content=ndjson("h1", range(51, 121)), headers=AGENT).json()
+        assert c.post("/v1/logs", content=ndjson("h1", range(1, 101)), headers=writer("h1")).json()["accepted"] == 100
+        again = c.post("/v1/logs", content=ndjson("h1", range(51, 121)), headers=writer("h1")).json()
         assert again["accepted"] == 20 and again["duplicates"] == 50
         lines = c.get("/v1/jobs/h1/logs", params={"limit": 1000}, headers=OPERATOR).json()["lines"]
         assert [x["seq"] for x in lines] == list(range(1, 121))

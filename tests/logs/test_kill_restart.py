@@ -12,7 +12,7 @@ from pathlib import Path
 
 from smith.agent.logship import LogShipper
 from smith.testing.servers import free_port, wait_ready
-from tests.logs.conftest import AGENT_SECRET, JWT_SECRET, agent_token
+from tests.logs.conftest import AGENT_SECRET, JWT_SECRET, logs_token
 from tests.logs.test_logship import all_lines, line
 
 JOBS = ("kill-a", "kill-b", "kill-c")
@@ -43,7 +43,7 @@ async def test_sigkill_mid_stream_then_restart_loses_and_doubles_nothing(tmp_pat
     url = f"http://127.0.0.1:{port}"
     data, server_log = tmp_path / "data", tmp_path / "server.log"
     proc = await asyncio.to_thread(start_server, port, data, server_log)
-    shipper = LogShipper(url, agent_token(), tmp_path / "spool", batch_lines=200, max_backoff=0.3)
+    shipper = LogShipper(url, logs_token, tmp_path / "spool", batch_lines=200, max_backoff=0.3)
     await shipper.start()
     killed = False
     try:

@@ -16,7 +16,7 @@ from smith.logs.app import create_app
 from smith.logs.settings import LogsSettings
 from smith.testing.servers import ThreadedServer, free_port
 from smith.wire.guest import GuestEvent
-from tests.logs.conftest import agent_token, operator_token
+from tests.logs.conftest import logs_token, operator_token
 
 
 def all_lines(url: str, job_id: str) -> list[dict[str, object]]:
@@ -48,7 +48,7 @@ def line(text: str, stream: str = "stdout") -> GuestEvent:
 
 async def test_ships_jobs_in_order_and_cleans_up(pipeline: str, tmp_path: Path) -> None:
     spool = tmp_path / "spool"
-    async with LogShipper(pipeline, agent_token(), spool, host="h1", batch_lines=100) as shipper:
+    async with LogShipper(pipeline, lambda job: logs_token(job, "h1"), spool, host="h1", batch_lines=100) as shipper:
         await shipper.send("job-a", GuestEvent(type="started", ts=time.time()))
         for i in range(1, 501):
             await shipper.send("job-a", line(f"a {i}"))
@@ -75,7 +75,7 @@ async def test_spools_while_unreachable_then_replays_exactly_once(
     spool = tmp_path / "spool"
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    shipper = LogShipper(url, agent_token(), spool, batch_lines=50, max_backoff=0.2)
+    shipper = LogShipper(url, logs_token, spool, batch_lines=50, max_backoff=0.2)
     await shipper.start()
     for i in range(1, 301):
         await shipper.send("job-r", line(f"r {i}"))
@@ -85,7 +85,7 @@ async def test_spools_while_unreachable_then_replays_exactly_once(
     with (spool / "job-r" / "lines.ndjson").open("ab") as f:
         f.write(b'{"job_id":"job-r","seq":301,"ts":1')
     with ThreadedServer(create_app(settings, clickhouse=ChdbClickHouse(chdb_dir)), port=port):
-        again = LogShipper(url, agent_token(), spool, batch_lines=50)
+        again = LogShipper(url, logs_token, spool, batch_lines=50)
         await again.start()
         assert again.jobs["job-r"].next_seq == 301
         for i in range(301, 351):
@@ -99,12 +99,12 @@ async def test_spools_while_unreachable_then_replays_exactly_once(
 
 async def test_resend_after_a_lost_answer_stores_nothing_twice(pipeline: str, tmp_path: Path) -> None:
     spool = tmp_path / "spool"
-    async with LogShipper(pipeline, agent_token(), spool) as shipper:
+    async with LogShipper(pipeline, logs_token, spool) as shipper:
         for i in range(1, 101):
             await shipper.send("job-d", line(f"d {i}"))
     # Pretend the acknowledgement was lost: the next shipper sends the whole spool again.
     (spool / "job-d" / "acked").write_text("0")
-    async with LogShipper(pipeline, agent_token(), spool) as again:
+    async with LogShipper(pipeline, logs_token, spool) as again:
         assert again.jobs["job-d"].acked == 0
         await again.send("job-d", line("d 101"))
         await again.close_job("job-d")
@@ -116,7 +116,7 @@ async def test_forwards_a_file_such_as_firecrackers_log(pipeline: str, tmp_path:
     """What the VMM logs is forwarded as the job's lines, to the end, and the exit stays the job's last line."""
     log_file = tmp_path / "firecracker.log"
     log_file.write_text("2026-01-01T00:00:00 [anonymous-instance:main] Running Firecracker v1.16.1\n")
-    async with LogShipper(pipeline, agent_token(), tmp_path / "spool") as shipper:
+    async with LogShipper(pipeline, logs_token, tmp_path / "spool") as shipper:
         await shipper.follow_files("job-f", {"firecracker": log_file})
         await shipper.send("job-f", line("guest says hi"))
         with log_file.open("a") as f:
@@ -155,7 +155,7 @@ async def test_a_full_spool_counts_lines_and_says_so_instead_of_filling_the_disk
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     spool = tmp_path / "spool"
-    shipper = LogShipper(url, agent_token(), spool, max_spool_bytes=4000, min_free_bytes=0, max_backoff=0.2)
+    shipper = LogShipper(url, logs_token, spool, max_spool_bytes=4000, min_free_bytes=0, max_backoff=0.2)
     async with shipper:
         for i in range(1, 101):
             await shipper.send("job-full", line(f"line {i:03d} " + "x" * 40))
@@ -188,7 +188,7 @@ async def test_a_full_spool_counts_lines_and_says_so_instead_of_filling_the_disk
 
 async def test_a_disk_short_of_free_space_stops_the_spool(tmp_path: Path) -> None:
     """Below the free-space floor nothing but a job's last line (with the marker before it) is spooled."""
-    shipper = LogShipper("http://127.0.0.1:1", agent_token(), tmp_path, min_free_bytes=1 << 62)
+    shipper = LogShipper("http://127.0.0.1:1", logs_token, tmp_path, min_free_bytes=1 << 62)
     tmp_path.mkdir(exist_ok=True)
     assert shipper.append("job-d", "dropped") == 0 and shipper.append("job-d", "dropped too") == 0
     assert shipper.append("job-d", "exit code 1", stream="system", last=True) == 2
@@ -215,7 +215,7 @@ async def test_clickhouse_down_mid_stream_then_back_loses_and_doubles_nothing(
     clickhouse.__enter__()
     app = create_app(settings, clickhouse=HttpClickHouse(f"http://127.0.0.1:{ch_port}", password=CH_PASSWORD))
     with ThreadedServer(app) as logs:
-        async with LogShipper(logs.url, agent_token(), tmp_path / "spool", batch_lines=200, max_backoff=0.3) as ship:
+        async with LogShipper(logs.url, logs_token, tmp_path / "spool", batch_lines=200, max_backoff=0.3) as ship:
             for i in range(1, 1001):
                 await ship.send("job-ch", line(f"line {i}"))
             for _ in range(200):  # some of it is stored...
@@ -231,7 +231,7 @@ async def test_clickhouse_down_mid_stream_then_back_loses_and_doubles_nothing(
                 r = await probe.post(
                     f"{logs.url}/v1/logs",
                     content=b'{"job_id":"probe","seq":1,"ts":1.0}',
-                    headers={"Authorization": f"Bearer {agent_token()}"},
+                    headers={"Authorization": f"Bearer {logs_token('probe')}"},
                 )
             assert r.status_code == 503 and r.json()["retryable"] is True
             with ThreadedServer(chdb_http_app(chdb_dir, password=CH_PASSWORD), port=ch_port):

@@ -10,6 +10,11 @@ later (with back-off, honouring Retry-After); the pipeline drops lines it alread
 resend after a lost answer stores nothing twice. A job's directory is removed once it is closed and every line is
 acknowledged. A shipper started on a spool left by an earlier agent process replays what is there.
 
+Each job's lines go with that job's own token (scope ``logs``, handed with its lease): ``start_job`` keeps it in
+the job's spool directory (``token``, mode 0600), so lines spooled before an agent restart are sent with it
+afterwards. Lines the pipeline refuses for good (400; 403, the token is not for them; an expired token) are kept
+aside in ``rejected.ndjson`` rather than blocking the job.
+
 It also satisfies the agent's ``JobOutput`` (``emit`` / ``follow_files`` / ``close_job`` / ``aclose``):
 ``follow_files`` forwards the VMM's own files about a job's VM line by line (Firecracker's log and metrics) until
 ``close_job`` has read them to the end; the job's exit line is held until then, so it stays the job's last line
@@ -31,6 +36,7 @@ from pathlib import Path
 from typing import IO, Any, BinaryIO
 
 import httpx
+import jwt
 import orjson
 
 from smith import retry
@@ -57,6 +63,7 @@ class _Job:
     busy: bool = False
     new: bool = False  # its directory entries are not synced yet
     dropped: int = 0  # lines not spooled since the last one that was (the spool was full)
+    token: str = ""  # the job's own log token (start_job), kept in <dir>/token
 
 
 def _sync_and_close(fd: int, sync: Callable[[int], None]) -> None:
@@ -73,7 +80,7 @@ class LogShipper:
     def __init__(
         self,
         url: str,
-        token: str | Callable[[], str],
+        token: str | Callable[[str], str] | None,
         spool_dir: Path,
         *,
         host: str = "",
@@ -325,6 +332,19 @@ class LogShipper:
             return f"less than {self.min_free_bytes} bytes free on its disk"
         return ""
 
+    async def start_job(self, job_id: str, logs_token: str | None) -> None:
+        """``JobOutput``: the token that writes this job's lines, kept beside its spool for a restarted agent."""
+        job = self._job(job_id)
+        if logs_token and logs_token != job.token:
+            tmp = job.dir / "token.tmp"
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(logs_token)
+            os.replace(tmp, job.dir / "token")
+            job.token = logs_token
+
     async def emit(self, job_id: str, event: GuestEvent) -> None:
         """``JobOutput``: the agent's per-event hook."""
         await self.send(job_id, event)
@@ -432,6 +452,8 @@ class LogShipper:
         out = open_private(path, "ab", buffering=1024 * 1024)
         job = _Job(job_id, d, out, next_seq=next_seq, written=size, acked=min(acked, size), new=not size)
         job.closed = (d / "closed").exists()
+        with contextlib.suppress(OSError):
+            job.token = (d / "token").read_text().strip()
         job.last_sent = job.closed
         return job
 
@@ -495,8 +517,24 @@ class LogShipper:
         finally:
             job.busy = False
 
+    def _token_of(self, job: _Job) -> str:
+        if job.token:
+            return job.token
+        return (self._token(job.job_id) if callable(self._token) else self._token) or ""
+
+    def _set_aside(self, job: _Job, data: bytes, why: str) -> bool:
+        """Keep lines the pipeline will never take in ``rejected.ndjson``, and go on with the job."""
+        with open_private(job.dir / "rejected.ndjson", "ab") as f:
+            f.write(data)
+        log.error("log pipeline refused lines; kept in rejected.ndjson", job_id=job.job_id, reason=why)
+        return True
+
     async def _post(self, job: _Job, data: bytes) -> bool:
-        token = self._token() if callable(self._token) else self._token
+        token = self._token_of(job)
+        if not token:
+            return self._set_aside(job, data, "no log token for this job")
+        if _expired(token):
+            return self._set_aside(job, data, "the job's log token has expired")
         try:
             resp = await self._client.post(
                 f"{self.url}/v1/logs",
@@ -509,12 +547,10 @@ class LogShipper:
         if resp.status_code == 200:
             self._failures = 0
             return True
-        if resp.status_code == 400:
-            # Lines we wrote ourselves were refused: keep them aside rather than block the job forever.
-            with open_private(job.dir / "rejected.ndjson", "ab") as f:
-                f.write(data)
-            log.error("log pipeline refused lines; kept in rejected.ndjson", job_id=job.job_id, body=resp.text[:500])
-            return True
+        if resp.status_code in (400, 403):
+            # Lines we wrote ourselves were refused, or the token is not for them: keep them aside rather than
+            # block the job forever.
+            return self._set_aside(job, data, f"HTTP {resp.status_code}: {resp.text[:500]}")
         if resp.status_code == 413 and self.batch_bytes > 64 * 1024:
             self.batch_bytes //= 2
             return False
@@ -527,3 +563,12 @@ class LogShipper:
         self._not_before = max(self._not_before, time.monotonic() + delay)
         if self._failures in (1, 5) or self._failures % 20 == 0:
             log.warning("log pipeline not taking lines; spooling", reason=why, retry_in=round(delay, 2))
+
+
+def _expired(token: str) -> bool:
+    """Whether a JWT's ``exp`` has passed (read, not verified: the pipeline verifies)."""
+    try:
+        exp = jwt.decode(token, options={"verify_signature": False}).get("exp")
+    except jwt.PyJWTError:
+        return False
+    return isinstance(exp, int | float) and exp < time.time()

@@ -12,6 +12,10 @@ from smith.wire.guest import GuestEvent
 class JobOutput(Protocol):
     async def start(self) -> None: ...
 
+    async def start_job(self, job_id: str, logs_token: str | None) -> None:
+        """A job begins; ``logs_token`` (from its lease) is what may write its lines to the log pipeline."""
+        ...
+
     async def emit(self, job_id: str, event: GuestEvent) -> None: ...
 
     async def follow_files(self, job_id: str, files: dict[str, Path]) -> None:
@@ -32,6 +36,9 @@ class LocalFiles:
         self._files: dict[str, object] = {}
 
     async def start(self) -> None:
+        return None
+
+    async def start_job(self, job_id: str, logs_token: str | None) -> None:
         return None
 
     def path(self, job_id: str) -> Path:
@@ -65,6 +72,10 @@ class Fanout:
     async def start(self) -> None:
         for out in self.outputs:
             await out.start()
+
+    async def start_job(self, job_id: str, logs_token: str | None) -> None:
+        for out in self.outputs:
+            await out.start_job(job_id, logs_token)
 
     async def emit(self, job_id: str, event: GuestEvent) -> None:
         for out in self.outputs:

@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import NoDecode
 
+from smith.domain.jobs import check_agent_id
 from smith.settings import CommonSettings, Port
 
 
@@ -87,6 +88,11 @@ class AgentSettings(CommonSettings):
     )
     agent_network_netns: str | None = Field(None, description="Build the network inside this named netns")
     agent_network_tap_user: str | None = Field(None, description="User (name or uid) allowed to open the taps")
+
+    @field_validator("agent_id")
+    @classmethod
+    def _agent_id(cls, value: str) -> str:
+        return check_agent_id(value)
 
     @field_validator(
         "agent_labels", "agent_network_host_ports", "agent_network_host_udp_ports", "agent_network_deny", mode="before"

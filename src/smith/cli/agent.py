@@ -54,7 +54,7 @@ def build_agent(settings: Any, network: Any = None, backend: tuple[Any, str] | N
 
         shipper = LogShipper(
             settings.logs_url,
-            token,
+            None,  # each job's lines go with the log token of its lease
             settings.work_dir / "log-spool",
             host=config.hostname,
             max_spool_bytes=settings.agent_log_spool_max_bytes,

@@ -6,6 +6,7 @@ import typer
 
 from smith import tokens
 from smith.cli.common import fail, print_json
+from smith.domain.jobs import check_agent_id
 
 app = typer.Typer(help="Mint signed tokens (agent, operator).", no_args_is_help=True)
 
@@ -43,6 +44,10 @@ def agent_token(
 ) -> None:
     """Mint a bearer token for a host agent, signed with SMITH_AGENT_TOKEN_SECRET."""
     seconds = parse_ttl(ttl)
+    try:
+        check_agent_id(agent_id)
+    except ValueError as exc:
+        fail(str(exc))
     tok = tokens.mint(
         _secret("SMITH_AGENT_TOKEN_SECRET"), scope="agent", subject=agent_id, ttl_seconds=seconds, agent_id=agent_id
     )

@@ -91,7 +91,7 @@ def token(
         check_ref(default_ref)
     except InvalidInput as exc:
         fail(exc.message)
-    claims: dict[str, str] = {} if admin else {"org": org_id, "repo": repo}
+    claims: dict[str, Any] = {} if admin else {"org": org_id, "repo": repo}
     if ref and not admin:
         claims["ref"] = ref
     if default_ref and not admin:

@@ -39,8 +39,7 @@ class CancelRequest(BaseModel):
 def _agent_id(request: Request) -> str:
     settings: ControlSettings = request.app.state.settings
     secret = settings.agent_token_secret.get_secret_value() if settings.agent_token_secret else None
-    claims = tokens.verify(secret, tokens.bearer(request.headers.get("authorization")), scope="agent")
-    return str(claims.get("agent_id") or claims["sub"])
+    return tokens.agent_id(secret, request.headers.get("authorization"))
 
 
 def _operator(request: Request) -> str:

@@ -264,7 +264,20 @@ class ControlPlane:
             runner=runner,
             cache=cache,
             logs_url=s.logs_url,
+            logs_token=self._logs_token(job.id, agent_id),
             lease_ttl_seconds=s.lease_ttl_seconds,
+        )
+
+    def _logs_token(self, job_id: str, agent_id: str) -> str | None:
+        """The job's log token: signed with the secret the log pipeline verifies agents with."""
+        secret = self.settings.agent_token_secret
+        if secret is None:
+            return None
+        return tokens.mint_logs(
+            secret.get_secret_value(),
+            job_id=job_id,
+            agent_id=agent_id,
+            ttl_seconds=self.settings.logs_token_ttl_seconds,
         )
 
     async def report(self, agent_id: str, job_id: str, req: wire.StatusReport) -> wire.JobView:

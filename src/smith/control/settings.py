@@ -65,6 +65,12 @@ class ControlSettings(CommonSettings):
     cache_url: str | None = None
     cache_shared_secret: SecretStr | None = None
     logs_url: str | None = None
+    logs_token_ttl_seconds: float = Field(
+        12 * 3600.0,
+        gt=0,
+        description="Life of the per-job log token handed with a lease: the agent's job timeout plus time to "
+        "ship what it spooled (an agent restart, a log pipeline outage)",
+    )
 
     @field_validator("runner_classes", mode="before")
     @classmethod

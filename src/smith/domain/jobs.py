@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -21,6 +22,19 @@ class JobState(StrEnum):
 
 
 TERMINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+
+# An agent id names a Redis consumer and a host: never empty (an empty consumer name widens Redis's queries to
+# the whole consumer group), no spaces, separators or control characters.
+AGENT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+_AGENT_ID = re.compile(AGENT_ID_PATTERN)
+
+
+def check_agent_id(agent_id: object) -> str:
+    """``agent_id`` if it matches ``AGENT_ID_PATTERN``; else ``ValueError``."""
+    if not isinstance(agent_id, str) or not _AGENT_ID.fullmatch(agent_id):
+        raise ValueError(f"agent id {agent_id!r}: 1-64 letters, digits and ._- (starting with a letter or digit)")
+    return agent_id
+
 
 # Which state may follow which. ASSIGNED -> QUEUED is a lease that expired and is retried.
 TRANSITIONS: Mapping[JobState, frozenset[JobState]] = {

@@ -86,10 +86,9 @@ def _check_job_id(job_id: str) -> str:
     return job_id
 
 
-async def _agent_id(request: Request) -> str:
-    secret = request.app.state.agent_secret
-    claims = tokens.verify(secret, tokens.bearer(request.headers.get("authorization")), scope="agent")
-    return str(claims.get("agent_id") or claims["sub"])
+async def _job_writer(request: Request) -> tuple[str, str]:
+    """``(job_id, host)`` of the request's ``logs`` token: one job's lines, minted with its lease."""
+    return tokens.verify_logs(request.app.state.agent_secret, request.headers.get("authorization"))
 
 
 async def _operator(request: Request) -> str:
@@ -98,7 +97,7 @@ async def _operator(request: Request) -> str:
     return str(claims["sub"])
 
 
-Agent = Annotated[str, Depends(_agent_id)]
+JobWriter = Annotated[tuple[str, str], Depends(_job_writer)]
 Operator = Annotated[str, Depends(_operator)]
 
 
@@ -161,15 +160,16 @@ def create_app(settings: LogsSettings, *, clickhouse: ClickHouse | None = None) 
     # -- ingestion ------------------------------------------------------------------------------------------
 
     @app.post("/v1/logs", tags=["ingest"], response_model=IngestResponse)
-    async def ingest_lines(request: Request, agent: Agent) -> Response:
-        """NDJSON of LogLine. Answered once the lines are stored; 400 lists bad lines and writes none."""
+    async def ingest_lines(request: Request, writer: JobWriter) -> Response:
+        """NDJSON of LogLine, all of the job the ``logs`` token names (403 otherwise; the host is the token's).
+        Answered once the lines are stored; 400 lists bad lines and writes none."""
         body = await _body(request, settings.logs_max_body_bytes)
         batch = ingest.parse(
             body,
-            host_default=agent,
             max_line_bytes=settings.logs_max_line_bytes,
             max_lines=settings.logs_max_batch_lines,
         )
+        ingest.bind(batch, *writer)
         accepted, duplicates = await batcher.submit(batch.lines, batch.spans)
         return json_response({"accepted": accepted, "duplicates": duplicates, "truncated": batch.truncated})
 

@@ -23,7 +23,7 @@ from typing import Annotated, Literal
 import msgspec
 import orjson
 
-from smith.errors import InvalidInput
+from smith.errors import Forbidden, InvalidInput
 from smith.wire.logs import JOB_ID_RE, TRUNCATION_MARKER, BadLine
 
 MAX_BAD_LINES_LISTED = 100
@@ -228,6 +228,19 @@ def parse(body: bytes, *, host_default: str = "", max_line_bytes: int = 65536, m
                 batch.truncated += 1
     batch.spans = spans(lines)
     return batch
+
+
+def bind(batch: Batch, job_id: str, host: str) -> None:
+    """Hold a batch to its token: every line must be ``job_id``'s (else ``Forbidden``, nothing written), and
+    every line's host is ``host`` whatever the body said. C-level passes; the usual batch has its spans."""
+    lines = batch.lines
+    jobs = set(batch.spans) if batch.spans is not None else set(map(_job_id, lines))
+    if jobs - {job_id}:
+        other = sorted(jobs - {job_id})[0]
+        raise Forbidden(f"this token writes the lines of job {job_id!r} only (the batch has {other!r})")
+    if list(map(_host, lines)).count(host) != len(lines):
+        for line in lines:
+            line.host = host
 
 
 def encode_lines(lines: list[Line]) -> bytes:

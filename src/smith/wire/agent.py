@@ -115,6 +115,9 @@ class LeaseResponse(BaseModel):
     runner: RunnerCredential | None = None
     cache: ServiceAccess | None = Field(None, description="actions/cache endpoint and a per-job token")
     logs_url: str | None = Field(None, description="Where the agent ships the job's log lines")
+    logs_token: str | None = Field(
+        None, description="Token (scope logs) for POST /v1/logs with this job's lines only; never enters the VM"
+    )
     lease_ttl_seconds: float
 
 

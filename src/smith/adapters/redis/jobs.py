@@ -19,8 +19,8 @@ import redis.exceptions as rexc
 from smith.adapters.redis import keys, scripts
 from smith.adapters.redis.connect import errors
 from smith.adapters.redis.group import ScriptGroup
-from smith.domain.jobs import Job, JobState, RunnerClass
-from smith.errors import Conflict, NotFound
+from smith.domain.jobs import Job, JobState, RunnerClass, check_agent_id
+from smith.errors import Conflict, InvalidInput, NotFound
 
 _INT_FIELDS = {"vcpus", "memory_mib", "run_id", "run_attempt", "installation_id", "attempts"}
 _FLOAT_FIELDS = {"created_at", "updated_at"}
@@ -76,6 +76,15 @@ def job_fields(job: Job) -> dict[str, str]:
     out["labels"] = orjson.dumps(list(job.labels)).decode()
     out["attempts"] = "0"
     return out
+
+
+def _consumer(agent_id: str) -> str:
+    """An agent id fit to be a consumer name of the group (``InvalidInput`` otherwise): an empty one would make
+    XPENDING's consumer filter cover the whole group."""
+    try:
+        return check_agent_id(agent_id)
+    except ValueError as exc:
+        raise InvalidInput(str(exc)) from exc
 
 
 def _pairs(flat: Sequence[Any]) -> dict[str, str]:
@@ -228,6 +237,7 @@ class RedisJobs:
         XREADGROUP hands each entry to exactly one consumer. An entry read together with the one taken is
         handed back to the queue unchanged (no attempt counted).
         """
+        _consumer(agent_id)
         if not classes:
             return None
         missing = [c for c in classes if c not in self._groups_ready]
@@ -272,6 +282,7 @@ class RedisJobs:
 
     async def renew(self, agent_id: str, job_ids: Iterable[str]) -> dict[str, str]:
         """Renew this agent's leases; per job 'ok', 'cancel' or 'lost'."""
+        _consumer(agent_id)
         out: dict[str, str] = {}
         now = repr(time.time())
         for job_id in job_ids:
@@ -286,6 +297,7 @@ class RedisJobs:
     async def report(
         self, agent_id: str, job_id: str, state: JobState, *, reason: str = "", exit_code: int | None = None
     ) -> Job:
+        _consumer(agent_id)
         cls = await self._class_of(job_id)
         if cls is None:
             raise NotFound(f"job {job_id} not found")
@@ -357,6 +369,7 @@ class RedisJobs:
         self, agent_id: str, classes: Iterable[str], max_attempts: int, keep: set[str] | None = None
     ) -> dict[str, int]:
         """Re-queue every lease an agent holds but does not say it still runs (``keep``): on (re)register."""
+        _consumer(agent_id)  # an empty consumer name would make XPENDING cover every agent's leases
         counts: dict[str, int] = {}
         for cls in classes:
             stream = keys.queue(cls)

@@ -1,0 +1,93 @@
+"""Issue 9 against the control plane and a real Valkey: per-job log tokens, and agent ids that cannot widen a
+Redis query to every agent."""
+
+from __future__ import annotations
+
+import time
+
+import jwt
+import pytest
+
+from smith import tokens
+from smith.adapters.redis import connect
+from smith.adapters.redis.jobs import RedisJobs
+from smith.errors import InvalidInput
+from tests.control.conftest import AGENT_SECRET, Control, operator_token, queued_payload
+
+BIG = {"free_vcpus": 64, "free_memory_mib": 262144, "wait_seconds": 2}
+
+
+def forged_agent_token(agent_id: str, sub: str = "") -> str:
+    """An agent token with any id, signed with the real secret (what `smith auth agent-token --agent-id ""` made)."""
+    now = int(time.time())
+    claims = {"sub": sub, "scope": "agent", "agent_id": agent_id, "iat": now, "exp": now + 600}
+    return jwt.encode(claims, AGENT_SECRET, algorithm="HS256")
+
+
+def test_a_lease_carries_a_log_token_for_that_job_and_agent(control: Control) -> None:
+    control.deliver(queued_payload(9101))
+    got = control.agent("agent-logs").post("/v1/agents/lease", json=BIG).json()
+    claims = tokens.verify(AGENT_SECRET, got["logs_token"], scope="logs")
+    assert claims["job_id"] == "9101" and claims["agent_id"] == "agent-logs"
+    assert claims["exp"] - claims["iat"] == int(control.settings.logs_token_ttl_seconds)
+    assert tokens.verify_logs(AGENT_SECRET, f"Bearer {got['logs_token']}") == ("9101", "agent-logs")
+
+
+@pytest.mark.parametrize("agent_id", ["", " ", "a b", "*", "-x", "x" * 65, "a\nb"])
+def test_an_agent_token_with_a_bad_id_releases_nobodys_leases(control: Control, agent_id: str) -> None:
+    n = 9200 + len(agent_id) * 3 + (ord(agent_id[-1]) % 3 if agent_id else 0)
+    control.deliver(queued_payload(n))
+    control.deliver(queued_payload(n + 100))
+    a, b = control.agent("agent-a"), control.agent("agent-b")
+    leased = {
+        a.post("/v1/agents/lease", json=BIG).json()["job"]["id"],
+        b.post("/v1/agents/lease", json=BIG).json()["job"]["id"],
+    }
+    assert leased == {str(n), str(n + 100)}
+    body = {"hostname": "evil", "vcpus": 1, "memory_mib": 1, "max_vms": 1}
+    with control.client(forged_agent_token(agent_id)) as evil:
+        r = evil.post("/v1/agents/register", json=body)
+        with control.client(operator_token()) as op:
+            states = {op.get(f"/v1/jobs/{j}").json()["state"] for j in leased}
+        assert states == {"assigned"}  # not re-queued, so never run twice
+        assert r.status_code == 403, r.text
+        assert evil.post("/v1/agents/heartbeat", json={"running": [str(n)]}).status_code == 403
+        assert evil.post("/v1/agents/lease", json=BIG).status_code == 403
+
+
+def test_the_sub_claim_is_checked_too(control: Control) -> None:
+    with control.client(forged_agent_token("", sub="")) as c:
+        assert c.post("/v1/agents/heartbeat", json={"running": []}).status_code == 403
+
+
+@pytest.mark.parametrize("agent_id", ["", "a b"])
+async def test_the_adapter_refuses_a_consumer_that_is_no_agent(redis_url: str, agent_id: str) -> None:
+    jobs = RedisJobs(connect.client(redis_url))
+    try:
+        with pytest.raises(InvalidInput):
+            await jobs.release_agent(agent_id, ["smith-2vcpu"], 3)
+        with pytest.raises(InvalidInput):
+            await jobs.lease(agent_id, ["smith-2vcpu"], 0)
+        with pytest.raises(InvalidInput):
+            await jobs.renew(agent_id, [])
+    finally:
+        await jobs.r.aclose()
+
+
+def test_tokens_with_bad_agent_ids_are_not_minted() -> None:
+    for bad in ("", "a b", "x" * 65):
+        with pytest.raises(ValueError):
+            tokens.mint(AGENT_SECRET, scope="agent", subject=bad, ttl_seconds=60, agent_id=bad)
+        with pytest.raises(ValueError):
+            tokens.mint_logs(AGENT_SECRET, job_id="j", agent_id=bad, ttl_seconds=60)
+
+
+def test_the_cli_does_not_mint_an_agent_token_with_an_empty_id() -> None:
+    from typer.testing import CliRunner
+
+    from smith.cli import app
+
+    env = {"SMITH_AGENT_TOKEN_SECRET": AGENT_SECRET}
+    for bad in ("", "a b"):
+        res = CliRunner().invoke(app, ["auth", "agent-token", "--agent-id", bad], env=env, catch_exceptions=False)
+        assert res.exit_code == 1 and "agent id" in res.output and "eyJ" not in res.output
