@@ -1,4 +1,8 @@
-"""HTTP pieces shared by Smith's FastAPI services: bounded body reading, JSON answers, the error mapping."""
+"""HTTP pieces shared by Smith's FastAPI services: bounded body reading, JSON answers, the error mapping.
+
+Authentication comes from headers, before any body is read: routes read bodies themselves with ``read_body``
+(Content-Length checked up front, the stream counted otherwise; 413 past the limit), never as FastAPI body
+parameters, which are read before the route's dependencies run."""
 
 from __future__ import annotations
 
@@ -46,12 +50,24 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def api_docs(settings: Any) -> dict[str, Any]:
+    """FastAPI's arguments for /docs, /redoc and /openapi.json: served only with ``SMITH_API_DOCS`` (they are
+    unauthenticated and describe every route)."""
+    if settings.api_docs:
+        return {}
+    return {"docs_url": None, "redoc_url": None, "openapi_url": None}
+
+
 def error_response(exc: SmithError) -> Response:
     """A SmithError as JSON with its status; Retry-After when it says when to retry; WWW-Authenticate on 401."""
-    headers = {"Retry-After": str(max(1, round(exc.retry_after)))} if exc.retry_after else None
+    headers = {"Retry-After": str(max(1, round(exc.retry_after)))} if exc.retry_after else {}
     if isinstance(exc, AuthError) and exc.status_code == 401:
-        headers = {**(headers or {}), "WWW-Authenticate": "Bearer"}
-    return JSONResponse(exc.to_dict(), status_code=exc.status_code, headers=headers)
+        headers["WWW-Authenticate"] = "Bearer"
+    if exc.status_code in (401, 403, 413):
+        # The body of a refused request may be unread (authentication comes first): close the connection rather
+        # than let the server read and discard the rest of it to keep the connection alive.
+        headers["Connection"] = "close"
+    return JSONResponse(exc.to_dict(), status_code=exc.status_code, headers=headers or None)
 
 
 def add_health_routes(app: FastAPI, probe: Callable[[], Awaitable[dict[str, Any]]], dependency: str) -> None:

@@ -4,7 +4,9 @@ Redis query to every agent."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
 
+import httpx
 import jwt
 import pytest
 
@@ -12,7 +14,8 @@ from smith import tokens
 from smith.adapters.redis import connect
 from smith.adapters.redis.jobs import RedisJobs
 from smith.errors import InvalidInput
-from tests.control.conftest import AGENT_SECRET, Control, operator_token, queued_payload
+from tests.attacks import push_body
+from tests.control.conftest import AGENT_SECRET, Control, operator_token, queued_payload, signed
 
 BIG = {"free_vcpus": 64, "free_memory_mib": 262144, "wait_seconds": 2}
 
@@ -91,3 +94,54 @@ def test_the_cli_does_not_mint_an_agent_token_with_an_empty_id() -> None:
     for bad in ("", "a b"):
         res = CliRunner().invoke(app, ["auth", "agent-token", "--agent-id", bad], env=env, catch_exceptions=False)
         assert res.exit_code == 1 and "agent id" in res.output and "eyJ" not in res.output
+
+
+BIG_BODY = 50 * 1024 * 1024
+KERNEL_SLACK = 16 * 1024 * 1024  # what socket buffers on both ends can take in without the server reading
+
+
+@pytest.mark.parametrize(
+    ("path", "size"),
+    [
+        ("/v1/agents/heartbeat", BIG_BODY),
+        ("/v1/agents/register", BIG_BODY),
+        ("/v1/jobs", BIG_BODY),
+        ("/webhooks/github", 20 * 1024 * 1024),  # under the webhook limit, with no signature header
+    ],
+)
+def test_an_unauthenticated_body_is_not_read(control: Control, path: str, size: int) -> None:
+    """A big body with no credentials: refused before the server reads it (it read all of it before)."""
+    status, sent = push_body(control.url, path, size)
+    assert sent < KERNEL_SLACK
+    assert status in (401, 413, None)  # None: the refusal came with a close that reset the connection
+    assert httpx.get(control.url + "/healthz").status_code == 200
+
+
+def test_an_authenticated_body_is_bounded(control: Control) -> None:
+    token = control.agent("agent-big").headers["authorization"]
+    status, sent = push_body(control.url, "/v1/agents/heartbeat", BIG_BODY, {"Authorization": token})
+    assert status in (413, None) and sent < KERNEL_SLACK
+
+    # Without a Content-Length (chunked), the stream is counted: 413 past the limit.
+    def chunks() -> Iterator[bytes]:
+        yield b'{"running": ["' + b"x" * (control.settings.agent_max_body_bytes + 1) + b'"]}'
+
+    with control.client() as c:
+        r = c.post("/v1/agents/heartbeat", content=chunks(), headers={"Authorization": token})
+        assert r.status_code == 413
+        ok = c.post("/v1/agents/heartbeat", json={"running": []}, headers={"Authorization": token})
+        assert ok.status_code == 200
+
+
+def test_a_webhook_over_the_limit_is_refused_unread(control: Control) -> None:
+    body_headers = signed(b"{}")
+    status, sent = push_body(control.url, "/webhooks/github", BIG_BODY, body_headers)
+    assert status in (413, None) and sent < KERNEL_SLACK
+
+
+def test_log_tokens_can_have_their_own_secret(control_factory: Callable[..., Control]) -> None:
+    control = control_factory(logs_token_secret="logs-secret-for-tests-0123456789abcdef")
+    control.deliver(queued_payload(9301))
+    got = control.agent("agent-own").post("/v1/agents/lease", json=BIG).json()
+    claims = tokens.verify("logs-secret-for-tests-0123456789abcdef", got["logs_token"], scope="logs")
+    assert claims["job_id"] == "9301"

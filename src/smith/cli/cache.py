@@ -43,8 +43,7 @@ def serve(
     Storage is SMITH_CACHE_STORAGE=filesystem (SMITH_CACHE_STORAGE_PATH) or s3 (SMITH_CACHE_S3_*); metadata goes
     to SMITH_REDIS_URL, or to an embedded Valkey under SMITH_DATA_DIR when unset.
     """
-    import uvicorn
-
+    from smith import serving
     from smith.cache.app import create_app
     from smith.cache.settings import CacheSettings
     from smith.logging import configure
@@ -55,12 +54,11 @@ def serve(
         typer.echo(f"warning: {problem}", err=True)
     if settings.cache_storage not in ("filesystem", "s3"):
         fail(f"SMITH_CACHE_STORAGE={settings.cache_storage!r}: must be 'filesystem' or 's3'")
-    uvicorn.run(
+    serving.run(
         create_app(settings),
+        settings,
         host=host or settings.cache_host,
         port=port or settings.cache_port,
-        log_level="warning",
-        access_log=False,
         timeout_graceful_shutdown=10,
     )
 
@@ -166,4 +164,4 @@ def dev_service(env: dict[str, str]) -> Coroutine[Any, Any, None] | None:
     settings = CacheSettings()
     if not settings.cache_shared_secret:
         return None
-    return serve_app(create_app(settings), settings.cache_host, settings.cache_port)
+    return serve_app(create_app(settings), settings, settings.cache_host, settings.cache_port)

@@ -200,8 +200,7 @@ def serve(
     port: int = typer.Option(None, help="Port [env SMITH_LOGS_PORT, default 8070]"),
 ) -> None:
     """Serve the log pipeline: ClickHouse at SMITH_CLICKHOUSE_URL, else chdb in the data directory."""
-    import uvicorn
-
+    from smith import serving
     from smith.errors import SmithError
     from smith.logging import configure
     from smith.logs.app import create_app
@@ -223,13 +222,8 @@ def serve(
         app_ = create_app(settings)
     except SmithError as exc:
         fail(exc.message)
-    uvicorn.run(
-        app_,
-        host=host or settings.logs_host,
-        port=port or settings.logs_port,
-        log_level="warning",
-        access_log=False,
-        timeout_graceful_shutdown=10,
+    serving.run(
+        app_, settings, host=host or settings.logs_host, port=port or settings.logs_port, timeout_graceful_shutdown=10
     )
 
 
@@ -245,7 +239,7 @@ def dev_service(env: dict[str, str]) -> Coroutine[Any, Any, None] | None:
         from smith.logs.settings import LogsSettings
 
         settings = LogsSettings()
-        await serve_app(create_app(settings), settings.logs_host, port)
+        await serve_app(create_app(settings), settings, settings.logs_host, port)
 
     return serve_logs()
 

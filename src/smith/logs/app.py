@@ -14,7 +14,7 @@ from fastapi.responses import StreamingResponse
 
 from smith import tokens
 from smith.errors import InvalidInput, NotFound, PayloadTooLarge, SmithError
-from smith.http import add_health_routes, dumps, error_response, json_response, read_body
+from smith.http import add_health_routes, api_docs, dumps, error_response, json_response, read_body
 from smith.logging import get_logger
 from smith.logs import ingest
 from smith.logs.batcher import Batcher
@@ -127,10 +127,10 @@ def create_app(settings: LogsSettings, *, clickhouse: ClickHouse | None = None) 
             await batcher.stop()
             await store.close()
 
-    app = FastAPI(title="Smith log pipeline", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(title="Smith log pipeline", version="0.1.0", lifespan=lifespan, **api_docs(settings))
     app.state.store = store
     app.state.batcher = batcher
-    app.state.agent_secret = settings.agent_token_secret.get_secret_value() if settings.agent_token_secret else None
+    app.state.agent_secret = settings.ingest_secret()
     app.state.operator_secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None
 
     @app.exception_handler(SmithError)
