@@ -7,7 +7,8 @@ parameters, which are read before the route's dependencies run."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -15,7 +16,7 @@ import orjson
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
-from smith.errors import AuthError, InvalidInput, PayloadTooLarge, SmithError
+from smith.errors import AuthError, InvalidInput, PayloadTooLarge, SmithError, Unavailable
 
 
 def _default(obj: Any) -> Any:
@@ -56,6 +57,36 @@ def api_docs(settings: Any) -> dict[str, Any]:
     if settings.api_docs:
         return {}
     return {"docs_url": None, "redoc_url": None, "openapi_url": None}
+
+
+class ByteBudget:
+    """Bodies being read at once, in bytes, bounded: a request reserves its declared length (or the route's
+    limit) before reading and waits up to ``wait_seconds`` for room, else 503 + Retry-After."""
+
+    def __init__(self, total: int, wait_seconds: float) -> None:
+        self.total, self.wait_seconds = total, wait_seconds
+        self.used = 0
+        self._cond: asyncio.Condition | None = None
+
+    @contextlib.asynccontextmanager
+    async def hold(self, request: Request, limit: int) -> AsyncIterator[None]:
+        length = request.headers.get("content-length", "")
+        n = min(int(length) if length.isdigit() else limit, limit, self.total)
+        if self._cond is None:
+            self._cond = asyncio.Condition()
+        cond = self._cond
+        async with cond:
+            try:
+                await asyncio.wait_for(cond.wait_for(lambda: self.used + n <= self.total), self.wait_seconds)
+            except TimeoutError:
+                raise Unavailable("too many request bodies are being received at once", retry_after=1.0) from None
+            self.used += n
+        try:
+            yield
+        finally:
+            async with cond:
+                self.used -= n
+                cond.notify_all()
 
 
 def error_response(exc: SmithError) -> Response:

@@ -3,6 +3,7 @@ Redis query to every agent."""
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable, Iterator
 
@@ -145,3 +146,31 @@ def test_log_tokens_can_have_their_own_secret(control_factory: Callable[..., Con
     got = control.agent("agent-own").post("/v1/agents/lease", json=BIG).json()
     claims = tokens.verify("logs-secret-for-tests-0123456789abcdef", got["logs_token"], scope="logs")
     assert claims["job_id"] == "9301"
+
+
+def test_forged_webhooks_cannot_hold_more_than_the_budget(control_factory: Callable[..., Control]) -> None:
+    """Bodies with a made-up signature must be read to be checked: how many bytes of them are read at once is
+    bounded; past it a delivery waits, then gets 503 (GitHub's deliveries can be redelivered)."""
+    limit = 1024 * 1024
+    control = control_factory(webhook_max_body_bytes=limit, webhook_max_inflight_bytes=limit, webhook_wait_seconds=0.5)
+    head = (
+        f"POST /webhooks/github HTTP/1.1\r\nHost: x\r\nContent-Length: {limit}\r\nX-GitHub-Event: workflow_job\r\n"
+        f"X-GitHub-Delivery: forged\r\nX-Hub-Signature-256: sha256={'0' * 64}\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", control.server.port)) as forged:
+        forged.sendall(head.encode() + b"x" * (limit // 2))  # half a body, then nothing: the budget is all its
+        budget = control.server.config.app.state.webhook_bodies
+        for _ in range(300):  # until the server holds the forged body's room
+            if budget.used:
+                break
+            time.sleep(0.01)
+        assert budget.used == limit
+        r = control.deliver(queued_payload(9401))
+        assert r.status_code == 503 and r.headers["retry-after"] == "1"
+    # The forger hung up: room again.
+    for _ in range(50):
+        r = control.deliver(queued_payload(9401))
+        if r.status_code != 503:
+            break
+        time.sleep(0.1)
+    assert r.status_code == 202

@@ -19,7 +19,7 @@ from smith.control.service import ControlPlane, job_view
 from smith.control.settings import ControlSettings
 from smith.control.spool import Spool
 from smith.errors import AuthError, InvalidInput, SmithError
-from smith.http import add_health_routes, api_docs, error_response, json_response, read_body
+from smith.http import ByteBudget, add_health_routes, api_docs, error_response, json_response, read_body
 from smith.logging import get_logger
 from smith.ports import RunnerCredentials
 from smith.wire import agent as wire
@@ -126,6 +126,10 @@ def create_app(
 
     # -- GitHub -------------------------------------------------------------------------------------------
 
+    webhook_bodies = app.state.webhook_bodies = ByteBudget(
+        settings.webhook_max_inflight_bytes, settings.webhook_wait_seconds
+    )
+
     @app.post("/webhooks/github", status_code=202, tags=["github"])
     async def github_webhook(request: Request) -> Response:
         # Everything the headers can refuse is refused before the body is read (413 on a Content-Length over
@@ -137,16 +141,18 @@ def create_app(
         delivery = request.headers.get("x-github-delivery")
         if not event or not delivery or len(delivery) > 100:
             raise InvalidInput("X-GitHub-Event and X-GitHub-Delivery headers are required")
-        body = await read_body(request, settings.webhook_max_body_bytes)
-        if not tokens.verify_github_signature(webhook_secret, body, signature):
-            raise AuthError("missing or bad X-Hub-Signature-256")
-        try:
-            payload = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise InvalidInput(f"body is not valid JSON: {exc}") from exc
-        if not isinstance(payload, dict):
-            raise InvalidInput("body must be a JSON object")
-        return json_response(await plane.receive(event, delivery, payload), 202)
+        async with webhook_bodies.hold(request, settings.webhook_max_body_bytes):  # (forged ones too: bounded)
+            body = await read_body(request, settings.webhook_max_body_bytes)
+            if not tokens.verify_github_signature(webhook_secret, body, signature):
+                raise AuthError("missing or bad X-Hub-Signature-256")
+            try:
+                payload = orjson.loads(body)
+            except orjson.JSONDecodeError as exc:
+                raise InvalidInput(f"body is not valid JSON: {exc}") from exc
+            del body
+            if not isinstance(payload, dict):
+                raise InvalidInput("body must be a JSON object")
+            return json_response(await plane.receive(event, delivery, payload), 202)
 
     # -- agents -------------------------------------------------------------------------------------------
 

@@ -26,6 +26,10 @@ class ControlSettings(CommonSettings):
     jwt_secret: SecretStr | None = Field(None, description="Signs operator tokens (HS256)")
     agent_token_secret: SecretStr | None = Field(None, description="Signs agent tokens (HS256)")
     webhook_max_body_bytes: int = Field(25 * 1024 * 1024, gt=0, description="GitHub caps payloads at 25 MB")
+    webhook_max_inflight_bytes: int = Field(
+        128 * 1024 * 1024, gt=0, description="Webhook bodies being received at once, in bytes (more wait, then 503)"
+    )
+    webhook_wait_seconds: float = Field(10.0, gt=0, description="How long a webhook waits for room before its 503")
     agent_max_body_bytes: int = Field(
         256 * 1024, gt=0, description="Largest body of an agent API request (read only after its token is checked)"
     )
