@@ -94,7 +94,7 @@ def error_response(exc: SmithError) -> Response:
     headers = {"Retry-After": str(max(1, round(exc.retry_after)))} if exc.retry_after else {}
     if isinstance(exc, AuthError) and exc.status_code == 401:
         headers["WWW-Authenticate"] = "Bearer"
-    if exc.status_code in (401, 403, 413):
+    if exc.status_code in (401, 403, 408, 413):
         # The body of a refused request may be unread (authentication comes first): close the connection rather
         # than let the server read and discard the rest of it to keep the connection alive.
         headers["Connection"] = "close"

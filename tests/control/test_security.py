@@ -174,3 +174,17 @@ def test_forged_webhooks_cannot_hold_more_than_the_budget(control_factory: Calla
             break
         time.sleep(0.1)
     assert r.status_code == 202
+
+
+def test_a_webhook_body_that_trickles_is_cut_off(control_factory: Callable[..., Control]) -> None:
+    control = control_factory(webhook_body_timeout_seconds=1.0)
+    head = (
+        "POST /webhooks/github HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\nX-GitHub-Event: workflow_job\r\n"
+        f"X-GitHub-Delivery: slow\r\nX-Hub-Signature-256: sha256={'0' * 64}\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", control.server.port)) as slow:
+        slow.sendall(head.encode() + b"x")  # one byte of a thousand, then nothing
+        slow.settimeout(15)
+        answer = slow.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 408")
+    assert control.server.config.app.state.webhook_bodies.used == 0

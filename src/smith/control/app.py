@@ -18,7 +18,7 @@ from smith.adapters.redis.jobs import RedisJobs
 from smith.control.service import ControlPlane, job_view
 from smith.control.settings import ControlSettings
 from smith.control.spool import Spool
-from smith.errors import AuthError, InvalidInput, SmithError
+from smith.errors import AuthError, InvalidInput, RequestTimeout, SmithError
 from smith.http import ByteBudget, add_health_routes, api_docs, error_response, json_response, read_body
 from smith.logging import get_logger
 from smith.ports import RunnerCredentials
@@ -142,7 +142,11 @@ def create_app(
         if not event or not delivery or len(delivery) > 100:
             raise InvalidInput("X-GitHub-Event and X-GitHub-Delivery headers are required")
         async with webhook_bodies.hold(request, settings.webhook_max_body_bytes):  # (forged ones too: bounded)
-            body = await read_body(request, settings.webhook_max_body_bytes)
+            try:
+                async with asyncio.timeout(settings.webhook_body_timeout_seconds):
+                    body = await read_body(request, settings.webhook_max_body_bytes)
+            except TimeoutError:
+                raise RequestTimeout("the webhook body did not arrive in time") from None
             if not tokens.verify_github_signature(webhook_secret, body, signature):
                 raise AuthError("missing or bad X-Hub-Signature-256")
             try:

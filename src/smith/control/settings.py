@@ -30,6 +30,9 @@ class ControlSettings(CommonSettings):
         128 * 1024 * 1024, gt=0, description="Webhook bodies being received at once, in bytes (more wait, then 503)"
     )
     webhook_wait_seconds: float = Field(10.0, gt=0, description="How long a webhook waits for room before its 503")
+    webhook_body_timeout_seconds: float = Field(
+        30.0, gt=0, description="A webhook body must arrive within this (408), so a slow one cannot hold its room"
+    )
     agent_max_body_bytes: int = Field(
         256 * 1024, gt=0, description="Largest body of an agent API request (read only after its token is checked)"
     )
