@@ -188,3 +188,8 @@ def test_a_webhook_body_that_trickles_is_cut_off(control_factory: Callable[..., 
         answer = slow.recv(4096)
     assert answer.startswith(b"HTTP/1.1 408")
     assert control.server.config.app.state.webhook_bodies.used == 0
+
+
+def test_an_empty_agent_id_claim_does_not_fall_back_to_the_subject(control: Control) -> None:
+    with control.client(forged_agent_token("", sub="agent-a")) as c:
+        assert c.post("/v1/agents/heartbeat", json={"running": []}).status_code == 403

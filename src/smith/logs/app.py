@@ -72,7 +72,7 @@ def _check_job_id(job_id: str) -> str:
 
 async def _job_writer(request: Request) -> tuple[str, str]:
     """``(job_id, host)`` of the request's ``logs`` token: one job's lines, minted with its lease."""
-    return tokens.verify_logs(request.app.state.agent_secret, request.headers.get("authorization"))
+    return tokens.verify_logs(request.app.state.ingest_secret, request.headers.get("authorization"))
 
 
 async def _operator(request: Request) -> str:
@@ -130,7 +130,7 @@ def create_app(settings: LogsSettings, *, clickhouse: ClickHouse | None = None) 
     app = FastAPI(title="Smith log pipeline", version="0.1.0", lifespan=lifespan, **api_docs(settings))
     app.state.store = store
     app.state.batcher = batcher
-    app.state.agent_secret = settings.ingest_secret()
+    app.state.ingest_secret = settings.ingest_secret()
     app.state.operator_secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None
 
     @app.exception_handler(SmithError)
