@@ -6,6 +6,7 @@
     ├── ConfigError                 no         500
     ├── InvalidInput                no         400
     │   ├── PayloadTooLarge         no         413
+    │   ├── RequestTimeout          no         408   (a body that does not arrive in time)
     │   └── NotFound                no         404
     ├── AuthError                   no         401
     │   └── Forbidden               no         403
@@ -56,6 +57,11 @@ class InvalidInput(SmithError):
 class PayloadTooLarge(InvalidInput):
     status_code = 413
     code = "payload_too_large"
+
+
+class RequestTimeout(InvalidInput):
+    status_code = 408
+    code = "request_timeout"
 
 
 class NotFound(InvalidInput):

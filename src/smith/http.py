@@ -1,9 +1,14 @@
-"""HTTP pieces shared by Smith's FastAPI services: bounded body reading, JSON answers, the error mapping."""
+"""HTTP pieces shared by Smith's FastAPI services: bounded body reading, JSON answers, the error mapping.
+
+Authentication comes from headers, before any body is read: routes read bodies themselves with ``read_body``
+(Content-Length checked up front, the stream counted otherwise; 413 past the limit), never as FastAPI body
+parameters, which are read before the route's dependencies run."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import msgspec
@@ -14,7 +19,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from smith.errors import AuthError, InvalidInput, PayloadTooLarge, SmithError
+from smith.errors import AuthError, InvalidInput, PayloadTooLarge, SmithError, Unavailable
 
 
 def _default(obj: Any) -> Any:
@@ -49,12 +54,54 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def api_docs(settings: Any) -> dict[str, Any]:
+    """FastAPI's arguments for /docs, /redoc and /openapi.json: served only with ``SMITH_API_DOCS`` (they are
+    unauthenticated and describe every route)."""
+    if settings.api_docs:
+        return {}
+    return {"docs_url": None, "redoc_url": None, "openapi_url": None}
+
+
+class ByteBudget:
+    """Bodies being read at once, in bytes, bounded: a request reserves its declared length (or the route's
+    limit) before reading and waits up to ``wait_seconds`` for room, else 503 + Retry-After."""
+
+    def __init__(self, total: int, wait_seconds: float) -> None:
+        self.total, self.wait_seconds = total, wait_seconds
+        self.used = 0
+        self._cond: asyncio.Condition | None = None
+
+    @contextlib.asynccontextmanager
+    async def hold(self, request: Request, limit: int) -> AsyncIterator[None]:
+        length = request.headers.get("content-length", "")
+        n = min(int(length) if length.isdigit() else limit, limit, self.total)
+        if self._cond is None:
+            self._cond = asyncio.Condition()
+        cond = self._cond
+        async with cond:
+            try:
+                await asyncio.wait_for(cond.wait_for(lambda: self.used + n <= self.total), self.wait_seconds)
+            except TimeoutError:
+                raise Unavailable("too many request bodies are being received at once", retry_after=1.0) from None
+            self.used += n
+        try:
+            yield
+        finally:
+            async with cond:
+                self.used -= n
+                cond.notify_all()
+
+
 def error_response(exc: SmithError) -> Response:
     """A SmithError as JSON with its status; Retry-After when it says when to retry; WWW-Authenticate on 401."""
-    headers = {"Retry-After": str(max(1, round(exc.retry_after)))} if exc.retry_after else None
+    headers = {"Retry-After": str(max(1, round(exc.retry_after)))} if exc.retry_after else {}
     if isinstance(exc, AuthError) and exc.status_code == 401:
-        headers = {**(headers or {}), "WWW-Authenticate": "Bearer"}
-    return JSONResponse(exc.to_dict(), status_code=exc.status_code, headers=headers)
+        headers["WWW-Authenticate"] = "Bearer"
+    if exc.status_code in (401, 403, 408, 413):
+        # The body of a refused request may be unread (authentication comes first): close the connection rather
+        # than let the server read and discard the rest of it to keep the connection alive.
+        headers["Connection"] = "close"
+    return JSONResponse(exc.to_dict(), status_code=exc.status_code, headers=headers or None)
 
 
 def validation_message(errors: Sequence[Any], shown: int = 3) -> str:

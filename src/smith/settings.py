@@ -31,6 +31,18 @@ class CommonSettings(BaseSettings):
     redis_url: str | None = Field(
         None, description="redis:// or rediss:// URL; unset means a private embedded Valkey under data_dir"
     )
+    # Every HTTP service (smith.serving)
+    http_max_connections: int = Field(
+        4096, gt=0, description="Open client connections at most (past it the longest idle one is closed)"
+    )
+    http_header_timeout_seconds: float = Field(
+        10.0, gt=0, description="A connection that has not sent its request headers within this is closed"
+    )
+    http_keepalive_seconds: float = Field(5.0, gt=0, description="An idle keep-alive connection is closed after")
+    http_backlog: int = Field(2048, gt=0, description="Listen backlog (connections the kernel queues)")
+    api_docs: bool = Field(
+        False, description="Serve /docs, /redoc and /openapi.json (unauthenticated): off in production"
+    )
 
     @field_validator("log_level", mode="before")
     @classmethod

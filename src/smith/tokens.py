@@ -76,7 +76,7 @@ def agent_id(secret: str | None, header: str | None) -> str:
     """The agent id an ``Authorization`` header's agent token names (claim ``agent_id``, else ``sub``); a token
     whose id is not a valid agent id is refused (``Forbidden``)."""
     claims = verify(secret, bearer(header), scope="agent")
-    value = claims.get("agent_id") or claims.get("sub")
+    value = claims["agent_id"] if "agent_id" in claims else claims.get("sub")
     try:
         return check_agent_id(value)
     except ValueError as exc:

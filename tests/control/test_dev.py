@@ -55,6 +55,7 @@ def test_smith_dev_runs_with_no_setup_and_restarts_without_loss(tmp_path: Path) 
         secrets = json.loads((tmp_path / "dev-secrets.json").read_text())
         assert oct((tmp_path / "dev-secrets.json").stat().st_mode & 0o777) == "0o600"
         assert (tmp_path / "valkey" / "appendonlydir").exists()  # AOF is on
+        assert httpx.get(f"http://127.0.0.1:{port}/openapi.json").status_code == 200  # API docs: on in smith dev
         body = orjson.dumps(queued_payload(7001))
         headers = signed(body, secret=secrets["SMITH_GITHUB_WEBHOOK_SECRET"])
         r = httpx.post(f"http://127.0.0.1:{port}/webhooks/github", content=body, headers=headers)

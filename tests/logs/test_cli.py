@@ -16,18 +16,22 @@ from smith.logs.app import create_app
 from smith.logs.settings import LogsSettings
 from smith.testing.servers import ThreadedServer
 from tests.logs.conftest import operator_token
-from tests.logs.test_app import AGENT, ndjson
+from tests.logs.test_app import ndjson, writer
 
 
 @pytest.fixture
 def env(settings: LogsSettings, chdb_dir: Path) -> Iterator[dict[str, str]]:
     with ThreadedServer(create_app(settings, clickhouse=ChdbClickHouse(chdb_dir))) as srv:
         with httpx.Client(base_url=srv.url) as c:
-            c.post("/v1/logs", content=ndjson("cli-1", range(1, 21), repo="acme/api"), headers=AGENT)
+            c.post("/v1/logs", content=ndjson("cli-1", range(1, 21), repo="acme/api"), headers=writer("cli-1"))
             c.post(
-                "/v1/logs", content=ndjson("cli-1", range(21, 22), stream="stderr", line="ERROR boom"), headers=AGENT
+                "/v1/logs",
+                content=ndjson("cli-1", range(21, 22), stream="stderr", line="ERROR boom"),
+                headers=writer("cli-1"),
             )
-            c.post("/v1/logs", content=ndjson("cli-1", range(22, 23), stream="system", last=True), headers=AGENT)
+            c.post(
+                "/v1/logs", content=ndjson("cli-1", range(22, 23), stream="system", last=True), headers=writer("cli-1")
+            )
         yield {"SMITH_LOGS_URL": srv.url, "SMITH_OPERATOR_TOKEN": operator_token()}
 
 

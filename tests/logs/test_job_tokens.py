@@ -20,6 +20,7 @@ from smith.logs.app import create_app
 from smith.logs.settings import LogsSettings
 from smith.testing.servers import ThreadedServer, free_port
 from smith.wire.guest import GuestEvent
+from tests.attacks import push_body
 from tests.logs.conftest import AGENT_SECRET, agent_token, logs_token, operator_token
 
 T0 = float(int(time.time()) - 60)
@@ -113,3 +114,20 @@ async def test_shipper_sends_each_job_with_its_own_token_across_a_restart(
             assert (await c.get("/v1/jobs/job-none/logs")).status_code == 404
     assert [x["line"] for x in page["lines"][:-1]] == [f"t {i}" for i in range(1, 51)] and page["complete"]
     assert {x["host"] for x in page["lines"]} == {"host-t"}
+
+
+def test_an_unauthenticated_body_is_not_read(client: httpx.Client) -> None:
+    status, sent = push_body(str(client.base_url), "/v1/logs", 50 * 1024 * 1024)
+    assert sent < 16 * 1024 * 1024 and status in (401, None)
+
+
+def test_a_separate_logs_secret_keeps_the_agent_secret_off_the_pipeline(database: str, chdb_dir: Path) -> None:
+    logs_secret = "logs-secret-for-tests-0123456789abcdef"
+    settings = LogsSettings(logs_token_secret=logs_secret, jwt_secret="j" * 40, clickhouse_database=database)
+    assert settings.problems() == []
+    with ThreadedServer(create_app(settings, clickhouse=ChdbClickHouse(chdb_dir))) as srv:
+        body = lines("j1", range(1, 2))
+        own = tokens.mint_logs(logs_secret, job_id="j1", agent_id="h", ttl_seconds=60)
+        assert httpx.post(srv.url + "/v1/logs", content=body, headers=bearer(own)).status_code == 200
+        with_agent_secret = bearer(logs_token("j1", "h"))
+        assert httpx.post(srv.url + "/v1/logs", content=body, headers=with_agent_secret).status_code == 401

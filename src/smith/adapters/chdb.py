@@ -71,7 +71,8 @@ def _acquire(path: Path) -> None:
                 )
             _open["users"] += 1
             return
-        path.mkdir(parents=True, exist_ok=True)
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path.chmod(0o700)  # chdb makes its files world-readable: only the service's user may enter
         try:
             conn = connect(path)
         except RuntimeError as exc:

@@ -43,8 +43,7 @@ def serve(
     Storage is SMITH_CACHE_STORAGE=filesystem (SMITH_CACHE_STORAGE_PATH) or s3 (SMITH_CACHE_S3_*); metadata goes
     to SMITH_REDIS_URL, or to an embedded Valkey under SMITH_DATA_DIR when unset.
     """
-    import uvicorn
-
+    from smith import serving
     from smith.cache.app import create_app
     from smith.cache.settings import CacheSettings
     from smith.logging import configure
@@ -55,12 +54,11 @@ def serve(
     configure(settings.log_level, json=settings.log_json)
     for problem in settings.problems():
         typer.echo(f"warning: {problem}", err=True)
-    uvicorn.run(
+    serving.run(
         create_app(settings),
+        settings,
         host=h,
         port=p,
-        log_level="warning",
-        access_log=False,
         timeout_graceful_shutdown=10,
     )
 
@@ -168,4 +166,4 @@ def dev_service(env: dict[str, str]) -> Coroutine[Any, Any, None] | None:
     if not settings.cache_shared_secret:
         return None
     can_listen(settings.cache_host, settings.cache_port)
-    return serve_app(create_app(settings), settings.cache_host, settings.cache_port)
+    return serve_app(create_app(settings), settings, settings.cache_host, settings.cache_port)

@@ -126,8 +126,9 @@ def can_listen(host: str, port: int) -> None:
             raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
-async def serve_app(app: Any, host: str, port: int) -> None:
-    """Serve an ASGI app until cancelled; on cancel, shut down gracefully (finish requests, run lifespan exit).
+async def serve_app(app: Any, settings: Any, host: str, port: int) -> None:
+    """Serve an ASGI app (with ``smith.serving``'s connection limits from ``settings``) until cancelled; on
+    cancel, shut down gracefully (finish requests, run lifespan exit).
 
     Signals are left to the caller (``smith dev`` handles SIGINT/SIGTERM once for all its services).
     """
@@ -137,14 +138,13 @@ async def serve_app(app: Any, host: str, port: int) -> None:
     import uvicorn
 
     can_listen(host, port)
+    from smith import serving
 
     class _Server(uvicorn.Server):
         def capture_signals(self) -> Any:
             return contextlib.nullcontext()
 
-    server = _Server(
-        uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, timeout_graceful_shutdown=5)
-    )
+    server = _Server(serving.config(app, settings, host=host, port=port, timeout_graceful_shutdown=5))
     task = asyncio.ensure_future(server.serve())
     try:
         await asyncio.shield(task)

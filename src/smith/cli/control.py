@@ -29,8 +29,7 @@ def serve(
     workers: int = typer.Option(1, help="uvicorn worker processes"),
 ) -> None:
     """Serve the control plane against SMITH_REDIS_URL (run `smith dev` for an embedded Redis)."""
-    import uvicorn
-
+    from smith import serving
     from smith.cli.common import can_listen, fail
     from smith.control.settings import ControlSettings
     from smith.logging import configure
@@ -45,17 +44,13 @@ def serve(
     h, p = host or settings.host, port or settings.port
     can_listen(h, p)
     if workers > 1:
-        uvicorn.run(
-            "smith.control.asgi:app",
-            host=h,
-            port=p,
-            workers=workers,
-            log_level="warning",
-            access_log=False,
-            factory=False,
-        )
+        from uvicorn.supervisors import Multiprocess
+
+        config = serving.config("smith.control.asgi:app", settings, host=h, port=p, workers=workers)
+        sock = config.bind_socket()
+        Multiprocess(config, sockets=[sock]).run()
         return
     from smith.control.app import create_app
 
     app_ = create_app(settings, credentials=credentials)
-    uvicorn.run(app_, host=h, port=p, log_level="warning", access_log=False)
+    serving.run(app_, settings, host=h, port=p)

@@ -38,6 +38,22 @@ STOP_SECONDS = 15.0  # each service gets this long to stop gracefully
 log = get_logger("smith.dev")
 
 
+def write_private(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` atomically, readable by this user only at every moment: a temporary file
+    created with mode 0600 (O_EXCL: never one someone else made), then renamed over ``path``."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def dev_secrets(data_dir: Path) -> dict[str, str]:
     """Secrets from the environment, else from (or newly into) the dev secrets file."""
     path = data_dir / "dev-secrets.json"
@@ -52,8 +68,7 @@ def dev_secrets(data_dir: Path) -> dict[str, str]:
             changed = True
     if changed:
         data_dir.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(stored, indent=2))
-        path.chmod(0o600)
+        write_private(path, json.dumps(stored, indent=2))
     return {var: os.environ.get(var) or stored[var] for var in SECRET_VARS}
 
 
@@ -64,7 +79,7 @@ async def _serve_control(port: int) -> None:
     from smith.control.settings import ControlSettings
 
     settings = ControlSettings()
-    await serve_app(create_app(settings, credentials=build_credentials(settings)), settings.host, port)
+    await serve_app(create_app(settings, credentials=build_credentials(settings)), settings, settings.host, port)
 
 
 async def _run_all(tasks: list[Coroutine[Any, Any, None]], names: list[str]) -> None:
@@ -109,6 +124,7 @@ def dev(
     for var, value in dev_secrets(data).items():
         os.environ.setdefault(var, value)
     os.environ.setdefault("SMITH_PORT", str(port))
+    os.environ.setdefault("SMITH_API_DOCS", "true")  # /docs and /openapi.json: on here, off unless set elsewhere
     embedded = None
     if not common.redis_url:
         embedded = EmbeddedRedis(data / "valkey")

@@ -206,8 +206,7 @@ def serve(
     port: int = typer.Option(None, help="Port [env SMITH_LOGS_PORT, default 8070]"),
 ) -> None:
     """Serve the log pipeline: ClickHouse at SMITH_CLICKHOUSE_URL, else chdb in the data directory."""
-    import uvicorn
-
+    from smith import serving
     from smith.logging import configure
     from smith.logs.app import create_app
     from smith.logs.settings import LogsSettings
@@ -223,13 +222,8 @@ def serve(
     # Ingestion makes ~12 short-lived objects per line; the default thresholds run a collection every few
     # hundred lines, which costs about a third of the parsing time. Nothing here makes long-lived cycles.
     gc.set_threshold(200_000, 20, 100)
-    uvicorn.run(
-        create_app(settings),
-        host=h,
-        port=p,
-        log_level="warning",
-        access_log=False,
-        timeout_graceful_shutdown=10,
+    serving.run(
+        create_app(settings), settings, host=h, port=p, timeout_graceful_shutdown=10
     )
 
 
@@ -246,7 +240,7 @@ def dev_service(env: dict[str, str]) -> Coroutine[Any, Any, None] | None:
         from smith.cli.common import serve_app
         from smith.logs.app import create_app
 
-        await serve_app(create_app(settings), settings.logs_host, settings.logs_port)
+        await serve_app(create_app(settings), settings, settings.logs_host, settings.logs_port)
 
     return serve_logs()
 

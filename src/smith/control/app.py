@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import orjson
 from fastapi import Depends, FastAPI, Query, Request, Response
@@ -17,8 +17,15 @@ from smith.adapters.redis.jobs import RedisJobs
 from smith.control.service import ControlPlane, job_view
 from smith.control.settings import ControlSettings
 from smith.control.spool import Spool
-from smith.errors import AuthError, InvalidInput, SmithError
-from smith.http import add_error_handlers, add_health_routes, json_response, read_body
+from smith.errors import AuthError, InvalidInput, RequestTimeout, SmithError
+from smith.http import (
+    ByteBudget,
+    add_error_handlers,
+    add_health_routes,
+    api_docs,
+    json_response,
+    read_body,
+)
 from smith.logging import get_logger
 from smith.ports import RunnerCredentials
 from smith.wire import agent as wire
@@ -51,6 +58,19 @@ def _operator(request: Request) -> str:
 
 Agent = Annotated[str, Depends(_agent_id)]
 Operator = Annotated[str, Depends(_operator)]
+M = TypeVar("M", bound=BaseModel)
+
+
+async def _json_body(request: Request, model: type[M], limit: int) -> M:
+    """The request's JSON body as ``model``, read only now (after the route's token dependency) and at most
+    ``limit`` bytes (413). Routes take bodies this way, not as parameters: FastAPI reads a parameter's body
+    before it runs any dependency, so an unauthenticated caller could make it read anything."""
+    return model.model_validate_json(await read_body(request, limit) or b"{}")
+
+
+def _body_doc(model: type[BaseModel]) -> dict[str, Any]:
+    """The OpenAPI entry of a body read by ``_json_body`` (FastAPI only documents body parameters)."""
+    return {"requestBody": {"content": {"application/json": {"schema": model.model_json_schema()}}}}
 
 
 def create_app(
@@ -92,7 +112,7 @@ def create_app(
             if jobs.blocking is not jobs.r:
                 await jobs.blocking.aclose()
 
-    app = FastAPI(title="Smith control plane", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(title="Smith control plane", version="0.1.0", lifespan=lifespan, **api_docs(settings))
     app.state.plane = plane
     app.state.settings = settings
 
@@ -108,37 +128,58 @@ def create_app(
 
     # -- GitHub -------------------------------------------------------------------------------------------
 
+    webhook_bodies = app.state.webhook_bodies = ByteBudget(
+        settings.webhook_max_inflight_bytes, settings.webhook_wait_seconds
+    )
+
     @app.post("/webhooks/github", status_code=202, tags=["github"])
     async def github_webhook(request: Request) -> Response:
-        body = await read_body(request, settings.webhook_max_body_bytes)
-        if webhook_secret is None or not tokens.verify_github_signature(
-            webhook_secret, body, request.headers.get("x-hub-signature-256")
-        ):
+        # Everything the headers can refuse is refused before the body is read (413 on a Content-Length over
+        # the limit, unread); the signature needs the body, read to at most the limit.
+        signature = request.headers.get("x-hub-signature-256")
+        if webhook_secret is None or not signature or not signature.startswith("sha256="):
             raise AuthError("missing or bad X-Hub-Signature-256")
         event = request.headers.get("x-github-event")
         delivery = request.headers.get("x-github-delivery")
         if not event or not delivery or len(delivery) > 100:
             raise InvalidInput("X-GitHub-Event and X-GitHub-Delivery headers are required")
-        try:
-            payload = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise InvalidInput(f"body is not valid JSON: {exc}") from exc
-        if not isinstance(payload, dict):
-            raise InvalidInput("body must be a JSON object")
-        return json_response(await plane.receive(event, delivery, payload), 202)
+        async with webhook_bodies.hold(request, settings.webhook_max_body_bytes):  # (forged ones too: bounded)
+            try:
+                async with asyncio.timeout(settings.webhook_body_timeout_seconds):
+                    body = await read_body(request, settings.webhook_max_body_bytes)
+            except TimeoutError:
+                raise RequestTimeout("the webhook body did not arrive in time") from None
+            if not tokens.verify_github_signature(webhook_secret, body, signature):
+                raise AuthError("missing or bad X-Hub-Signature-256")
+            try:
+                payload = orjson.loads(body)
+            except orjson.JSONDecodeError as exc:
+                raise InvalidInput(f"body is not valid JSON: {exc}") from exc
+            del body
+            if not isinstance(payload, dict):
+                raise InvalidInput("body must be a JSON object")
+            return json_response(await plane.receive(event, delivery, payload), 202)
 
     # -- agents -------------------------------------------------------------------------------------------
 
-    @app.post("/v1/agents/register", tags=["agents"])
-    async def register(body: wire.RegisterRequest, agent: Agent) -> wire.RegisterResponse:
+    @app.post("/v1/agents/register", tags=["agents"], openapi_extra=_body_doc(wire.RegisterRequest))
+    async def register(request: Request, agent: Agent) -> wire.RegisterResponse:
+        body = await _json_body(request, wire.RegisterRequest, settings.agent_max_body_bytes)
         return await plane.register(agent, body)
 
-    @app.post("/v1/agents/heartbeat", tags=["agents"])
-    async def heartbeat(body: wire.HeartbeatRequest, agent: Agent) -> wire.HeartbeatResponse:
+    @app.post("/v1/agents/heartbeat", tags=["agents"], openapi_extra=_body_doc(wire.HeartbeatRequest))
+    async def heartbeat(request: Request, agent: Agent) -> wire.HeartbeatResponse:
+        body = await _json_body(request, wire.HeartbeatRequest, settings.agent_max_body_bytes)
         return await plane.heartbeat(agent, body)
 
-    @app.post("/v1/agents/lease", tags=["agents"], responses={204: {"description": "no job within the wait"}})
-    async def lease(body: wire.LeaseRequest, agent: Agent, request: Request) -> Response:
+    @app.post(
+        "/v1/agents/lease",
+        tags=["agents"],
+        responses={204: {"description": "no job within the wait"}},
+        openapi_extra=_body_doc(wire.LeaseRequest),
+    )
+    async def lease(request: Request, agent: Agent) -> Response:
+        body = await _json_body(request, wire.LeaseRequest, settings.agent_max_body_bytes)
         task = asyncio.ensure_future(plane.lease(agent, body))
         try:
             # Stop waiting when the agent hangs up, so its lease is not handed to a closed connection.
@@ -156,8 +197,9 @@ def create_app(
             return Response(status_code=204)
         return Response(got.model_dump_json(), media_type="application/json")
 
-    @app.post("/v1/agents/jobs/{job_id}/status", tags=["agents"])
-    async def status(job_id: str, body: wire.StatusReport, agent: Agent) -> wire.JobView:
+    @app.post("/v1/agents/jobs/{job_id}/status", tags=["agents"], openapi_extra=_body_doc(wire.StatusReport))
+    async def status(request: Request, job_id: str, agent: Agent) -> wire.JobView:
+        body = await _json_body(request, wire.StatusReport, settings.agent_max_body_bytes)
         return await plane.report(agent, job_id, body)
 
     # -- operators ----------------------------------------------------------------------------------------
@@ -174,17 +216,19 @@ def create_app(
         found = await jobs.recent(limit=limit, state=state, repo=repo, runner_class=runner_class, since=since)
         return [job_view(j) for j in found]
 
-    @app.post("/v1/jobs", status_code=201, tags=["operators"])
-    async def submit(body: SubmitRequest, _: Operator) -> wire.JobView:
+    @app.post("/v1/jobs", status_code=201, tags=["operators"], openapi_extra=_body_doc(SubmitRequest))
+    async def submit(request: Request, _: Operator) -> wire.JobView:
+        body = await _json_body(request, SubmitRequest, settings.operator_max_body_bytes)
         return await plane.submit(body.run, body.labels, body.repo)
 
     @app.get("/v1/jobs/{job_id}", tags=["operators"])
     async def show(job_id: str, _: Operator) -> wire.JobView:
         return job_view(await jobs.get(job_id))
 
-    @app.post("/v1/jobs/{job_id}/cancel", tags=["operators"])
-    async def cancel(job_id: str, who: Operator, body: CancelRequest | None = None) -> dict[str, Any]:
-        reason = (body.reason if body else "cancelled by operator") + f" ({who})"
+    @app.post("/v1/jobs/{job_id}/cancel", tags=["operators"], openapi_extra=_body_doc(CancelRequest))
+    async def cancel(request: Request, job_id: str, who: Operator) -> dict[str, Any]:
+        body = await _json_body(request, CancelRequest, settings.operator_max_body_bytes)
+        reason = body.reason + f" ({who})"
         outcome = await jobs.cancel(job_id, reason)
         return {"outcome": outcome, "job": job_view(await jobs.get(job_id)).model_dump()}
 

@@ -270,7 +270,7 @@ class ControlPlane:
 
     def _logs_token(self, job_id: str, agent_id: str) -> str | None:
         """The job's log token: signed with the secret the log pipeline verifies agents with."""
-        secret = self.settings.agent_token_secret
+        secret = self.settings.logs_token_secret or self.settings.agent_token_secret
         if secret is None:
             return None
         return tokens.mint_logs(

@@ -27,6 +27,19 @@ class ControlSettings(CommonSettings):
     jwt_secret: SecretStr | None = Field(None, description="Signs operator tokens (HS256)")
     agent_token_secret: SecretStr | None = Field(None, description="Signs agent tokens (HS256)")
     webhook_max_body_bytes: int = Field(25 * 1024 * 1024, gt=0, description="GitHub caps payloads at 25 MB")
+    webhook_max_inflight_bytes: int = Field(
+        128 * 1024 * 1024, gt=0, description="Webhook bodies being received at once, in bytes (more wait, then 503)"
+    )
+    webhook_wait_seconds: float = Field(10.0, gt=0, description="How long a webhook waits for room before its 503")
+    webhook_body_timeout_seconds: float = Field(
+        30.0, gt=0, description="A webhook body must arrive within this (408), so a slow one cannot hold its room"
+    )
+    agent_max_body_bytes: int = Field(
+        256 * 1024, gt=0, description="Largest body of an agent API request (read only after its token is checked)"
+    )
+    operator_max_body_bytes: int = Field(
+        4 * 1024 * 1024, gt=0, description="Largest body of an operator API request (a submitted job's script)"
+    )
     runner_classes: dict[str, RunnerClassSpec] = Field(
         default_factory=lambda: {
             rc.name: RunnerClassSpec(vcpus=rc.vcpus, memory_mib=rc.memory_mib, disk_mib=rc.disk_mib)
@@ -65,6 +78,9 @@ class ControlSettings(CommonSettings):
     cache_url: str | None = None
     cache_shared_secret: SecretStr | None = None
     logs_url: str | None = None
+    logs_token_secret: SecretStr | None = Field(
+        None, description="Signs the per-job log tokens (default: SMITH_AGENT_TOKEN_SECRET); the log pipeline's too"
+    )
     logs_token_ttl_seconds: float = Field(
         12 * 3600.0,
         gt=0,

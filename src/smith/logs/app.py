@@ -15,7 +15,7 @@ from fastapi.responses import StreamingResponse
 from smith import tokens
 from smith.asyncutil import supervise
 from smith.errors import InvalidInput, NotFound, PayloadTooLarge, SmithError
-from smith.http import add_error_handlers, add_health_routes, dumps, json_response, read_body
+from smith.http import add_error_handlers, add_health_routes, api_docs, dumps, json_response, read_body
 from smith.logging import get_logger
 from smith.logs import ingest
 from smith.logs.batcher import Batcher
@@ -88,7 +88,7 @@ def _check_job_id(job_id: str) -> str:
 
 async def _job_writer(request: Request) -> tuple[str, str]:
     """``(job_id, host)`` of the request's ``logs`` token: one job's lines, minted with its lease."""
-    return tokens.verify_logs(request.app.state.agent_secret, request.headers.get("authorization"))
+    return tokens.verify_logs(request.app.state.ingest_secret, request.headers.get("authorization"))
 
 
 async def _operator(request: Request) -> str:
@@ -143,10 +143,10 @@ def create_app(settings: LogsSettings, *, clickhouse: ClickHouse | None = None) 
             await batcher.stop()
             await store.close()
 
-    app = FastAPI(title="Smith log pipeline", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(title="Smith log pipeline", version="0.1.0", lifespan=lifespan, **api_docs(settings))
     app.state.store = store
     app.state.batcher = batcher
-    app.state.agent_secret = settings.agent_token_secret.get_secret_value() if settings.agent_token_secret else None
+    app.state.ingest_secret = settings.ingest_secret()
     app.state.operator_secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None
 
     add_error_handlers(app)

@@ -14,7 +14,12 @@ class LogsSettings(CommonSettings):
     logs_host: str = Field("127.0.0.1", description="Address `smith logs serve` listens on")
     logs_port: Port = Field(8070, description="Port `smith logs serve` listens on")
     jwt_secret: SecretStr | None = Field(None, description="Verifies operator tokens (reads)")
-    agent_token_secret: SecretStr | None = Field(None, description="Verifies agent tokens (ingestion)")
+    agent_token_secret: SecretStr | None = Field(
+        None, description="Verifies the per-job log tokens (ingestion) unless SMITH_LOGS_TOKEN_SECRET is set"
+    )
+    logs_token_secret: SecretStr | None = Field(
+        None, description="Verifies per-job log tokens: set it (on the control plane too) to keep the agent secret off"
+    )
     # Storage
     clickhouse_url: str | None = Field(None, description="ClickHouse HTTP interface; unset: chdb in-process")
     clickhouse_user: str = "default"
@@ -55,11 +60,18 @@ class LogsSettings(CommonSettings):
             self.chdb_dir = self.data_dir / "logs" / "chdb"
         return self
 
+    def ingest_secret(self) -> str | None:
+        """The secret per-job log tokens are signed with."""
+        secret = self.logs_token_secret or self.agent_token_secret
+        return secret.get_secret_value() if secret else None
+
     def problems(self) -> list[str]:
         """What would stop the pipeline from doing its job; empty when all is well."""
         found = []
-        if self.agent_token_secret is None:
-            found.append("SMITH_AGENT_TOKEN_SECRET is not set: every POST /v1/logs will be refused (401)")
+        if self.ingest_secret() is None:
+            found.append(
+                "neither SMITH_LOGS_TOKEN_SECRET nor SMITH_AGENT_TOKEN_SECRET is set: every POST /v1/logs gets 401"
+            )
         if self.jwt_secret is None:
             found.append("SMITH_JWT_SECRET is not set: nobody can read logs (401)")
         if self.clickhouse_url and not self.clickhouse_url.startswith(("http://", "https://")):
