@@ -100,3 +100,5 @@ def test_a_bad_query_or_body_answers_in_the_error_shape(control: Control) -> Non
         assert_refused(c.post("/v1/jobs", json={"labels": ["x"]}), "run")
         assert_refused(c.post("/v1/jobs", content=b"{not json", headers={"Content-Type": "application/json"}))
         assert_refused(c.post("/v1/jobs", json={"run": "true", "labels": ["x"] * 10_000}), "labels")
+        for since in ("nan", "inf", "-inf", "1e999"):
+            assert_refused(c.get("/v1/jobs", params={"since": since}), "since")
