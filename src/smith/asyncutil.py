@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from typing import TypeVar
 
 from smith.logging import get_logger
 
+T = TypeVar("T")
 log = get_logger("smith.cleanup")
 supervisor_log = get_logger("smith.supervise")
 
@@ -79,6 +82,43 @@ async def wait_event(event: asyncio.Event, seconds: float) -> bool:
     finally:
         waiter.cancel()
     return event.is_set()
+
+
+async def ready_batches(source: AsyncIterator[T], max_items: int = 256) -> AsyncGenerator[list[T], None]:
+    """The items of ``source`` in lists: each list holds the next item and every one already read after it (a task
+    reads ahead, at most ``max_items``), so that a consumer pays once for many, e.g. one fsync for many lines. An
+    error of ``source`` is raised after the items before it."""
+    queue: asyncio.Queue[tuple[bool, T | Exception | None]] = asyncio.Queue(max_items)
+
+    async def pump() -> None:
+        try:
+            async for item in source:
+                await queue.put((True, item))
+        except Exception as exc:
+            await queue.put((False, exc))
+            return
+        await queue.put((False, None))
+
+    task = asyncio.create_task(pump())
+    try:
+        while True:
+            ok, item = await queue.get()
+            batch: list[T] = []
+            while ok:
+                batch.append(item)  # type: ignore[arg-type]
+                if queue.empty() or len(batch) >= max_items:
+                    break
+                ok, item = queue.get_nowait()
+            if batch:
+                yield batch
+            if not ok:
+                if isinstance(item, Exception):
+                    raise item
+                return
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 class CleanupStack:

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 import httpx
@@ -80,7 +79,6 @@ def test_integers_beyond_64_bits_are_refused(control: Control) -> None:
 
 def test_unbounded_lists_are_refused_quickly(control: Control) -> None:
     a = control.agent("agent-lists")
-    started = time.monotonic()
     r = a.post("/v1/agents/heartbeat", json={"running": [str(i) for i in range(50_000)]})
     assert_refused(r, "running")
     r = a.post(
@@ -90,7 +88,6 @@ def test_unbounded_lists_are_refused_quickly(control: Control) -> None:
     assert_refused(r, "labels")
     r = a.post("/v1/agents/register", json={"hostname": "h", "vcpus": 1, "memory_mib": 1, "max_vms": 10**9})
     assert_refused(r, "max_vms")
-    print(f"refused in {time.monotonic() - started:.2f}s")
 
 
 def test_a_bad_query_or_body_answers_in_the_error_shape(control: Control) -> None:
@@ -100,3 +97,5 @@ def test_a_bad_query_or_body_answers_in_the_error_shape(control: Control) -> Non
         assert_refused(c.post("/v1/jobs", json={"labels": ["x"]}), "run")
         assert_refused(c.post("/v1/jobs", content=b"{not json", headers={"Content-Type": "application/json"}))
         assert_refused(c.post("/v1/jobs", json={"run": "true", "labels": ["x"] * 10_000}), "labels")
+        for since in ("nan", "inf", "-inf", "1e999"):
+            assert_refused(c.get("/v1/jobs", params={"since": since}), "since")

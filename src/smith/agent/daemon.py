@@ -19,7 +19,7 @@ from smith.agent.capacity import Ledger
 from smith.agent.client import ControlClient
 from smith.agent.logsink import JobOutput
 from smith.agent.pool import WarmPool
-from smith.asyncutil import supervise
+from smith.asyncutil import ready_batches, supervise
 from smith.domain.vms import VMShape
 from smith.errors import Conflict, SmithError
 from smith.logging import get_logger
@@ -306,13 +306,16 @@ class Agent:
         async def consume() -> None:
             nonlocal exit_code
             assert job.machine is not None
-            async for event in job.machine.events():
-                if event.type == "line" and job.first_line_at is None:
-                    job.first_line_at = time.monotonic()
-                await self.output.emit(spec_id, event)
-                if event.type == "exit":
-                    exit_code = event.exit_code
-                    return
+            # The events already read go to the output together: one fsync of the log spool for many lines.
+            async with contextlib.aclosing(ready_batches(job.machine.events())) as batches:
+                async for batch in batches:
+                    if job.first_line_at is None and any(e.type == "line" for e in batch):
+                        job.first_line_at = time.monotonic()
+                    ends = next((i for i, e in enumerate(batch) if e.type == "exit"), None)
+                    await self.output.emit_many(spec_id, batch if ends is None else batch[: ends + 1])
+                    if ends is not None:
+                        exit_code = batch[ends].exit_code
+                        return
 
         reader = asyncio.create_task(consume())
         stopper = asyncio.create_task(job.stop.wait())

@@ -197,6 +197,17 @@ class LogShipper:
 
     async def send(self, job_id: str, event: GuestEvent, *, step: str = "", vm: str = "", repo: str = "") -> int:
         """Spool one event of a job as a line, on disk when this returns; its seq (0: held or not spooled)."""
+        seq = self._spool_event(job_id, event, step=step, vm=vm, repo=repo)
+        await self.sync()
+        return seq
+
+    async def send_many(self, job_id: str, events: list[GuestEvent]) -> None:
+        """``send`` each event, in order, with one sync for them all."""
+        for event in events:
+            self._spool_event(job_id, event)
+        await self.sync()
+
+    def _spool_event(self, job_id: str, event: GuestEvent, *, step: str = "", vm: str = "", repo: str = "") -> int:
         if event.type == "started":
             stream, text, last = "system", "job started", False
         elif event.type == "exit":
@@ -206,9 +217,7 @@ class LogShipper:
                 return 0
         else:
             stream, text, last = event.stream, event.line, False
-        seq = self.append(job_id, text, stream=stream, ts=event.ts, step=step, vm=vm, repo=repo, last=last)
-        await self.sync()
-        return seq
+        return self.append(job_id, text, stream=stream, ts=event.ts, step=step, vm=vm, repo=repo, last=last)
 
     async def sync(self) -> None:
         """Return once every line appended so far is on disk (one sync covers every job's lines)."""
@@ -348,6 +357,10 @@ class LogShipper:
     async def emit(self, job_id: str, event: GuestEvent) -> None:
         """``JobOutput``: the agent's per-event hook."""
         await self.send(job_id, event)
+
+    async def emit_many(self, job_id: str, events: list[GuestEvent]) -> None:
+        """``JobOutput``: the events the agent read together, made durable together."""
+        await self.send_many(job_id, events)
 
     async def close_job(self, job_id: str) -> None:
         """No more lines for this job: read its followed files to the end, mark it last (if its exit was not

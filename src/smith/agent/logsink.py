@@ -18,6 +18,10 @@ class JobOutput(Protocol):
 
     async def emit(self, job_id: str, event: GuestEvent) -> None: ...
 
+    async def emit_many(self, job_id: str, events: list[GuestEvent]) -> None:
+        """``emit`` each, in order (an output may make them durable together)."""
+        ...
+
     async def follow_files(self, job_id: str, files: dict[str, Path]) -> None:
         """Also forward these host files about the job's VM (step name -> path) until ``close_job``."""
         ...
@@ -50,6 +54,10 @@ class LocalFiles:
             f = self._files[job_id] = open_private(self.path(job_id), "a", encoding="utf-8")
         f.write(event.model_dump_json() + "\n")  # type: ignore[attr-defined]
 
+    async def emit_many(self, job_id: str, events: list[GuestEvent]) -> None:
+        for event in events:
+            await self.emit(job_id, event)
+
     async def follow_files(self, job_id: str, files: dict[str, Path]) -> None:
         return None  # the VMM's files stay in the VM's directory until it is destroyed
 
@@ -80,6 +88,10 @@ class Fanout:
     async def emit(self, job_id: str, event: GuestEvent) -> None:
         for out in self.outputs:
             await out.emit(job_id, event)
+
+    async def emit_many(self, job_id: str, events: list[GuestEvent]) -> None:
+        for out in self.outputs:
+            await out.emit_many(job_id, events)
 
     async def follow_files(self, job_id: str, files: dict[str, Path]) -> None:
         for out in self.outputs:

@@ -210,7 +210,7 @@ def create_app(
         state: str | None = None,
         repo: str | None = None,
         runner_class: str | None = None,
-        since: float | None = Query(None, description="Unix time: only jobs created after it"),
+        since: float | None = Query(None, ge=0, allow_inf_nan=False, description="Unix time: jobs created after it"),
         limit: int = Query(50, ge=1, le=1000),
     ) -> list[wire.JobView]:
         found = await jobs.recent(limit=limit, state=state, repo=repo, runner_class=runner_class, since=since)
