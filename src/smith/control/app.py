@@ -116,7 +116,6 @@ def create_app(
 
     # -- GitHub -------------------------------------------------------------------------------------------
 
-    @app.post("/webhooks/github", status_code=202, tags=["github"])
     async def github_webhook(request: Request) -> Response:
         body = await read_body(request, settings.webhook_max_body_bytes)
         if webhook_secret is None or not tokens.verify_github_signature(
@@ -134,6 +133,10 @@ def create_app(
         if not isinstance(payload, dict):
             raise InvalidInput("body must be a JSON object")
         return json_response(await plane.receive(event, delivery, payload), 202)
+
+    # A plain Starlette route: the hottest path skips FastAPI's per-request dependency and parameter machinery
+    # (~15% of its CPU in a profile); it takes nothing but the raw request anyway.
+    app.router.add_route("/webhooks/github", github_webhook, methods=["POST"])
 
     # -- agents -------------------------------------------------------------------------------------------
 
