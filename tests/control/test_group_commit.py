@@ -9,9 +9,11 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from smith.adapters.redis import keys
+from smith.adapters.redis import connect, keys
+from smith.adapters.redis.embedded import free_port
 from smith.adapters.redis.jobs import RedisJobs
 from smith.domain.jobs import Job, JobState
+from smith.errors import Unavailable
 
 CLASS = "smith-2vcpu"
 
@@ -91,3 +93,15 @@ async def test_a_flushed_script_cache_is_loaded_again(redis: aioredis.Redis) -> 
         jobs.record_queued("s2", job("2"), {"outcome": "queued"}, {}),
     )
     assert [r.outcome for r in results] == ["queued", "duplicate"]
+
+
+async def test_when_redis_is_gone_every_delivery_of_the_group_gets_the_error() -> None:
+    """Each caller must hear that its write failed (the control plane then spools it), not only the first."""
+    dead = connect.client(f"redis://127.0.0.1:{free_port()}/0", socket_timeout=1.0)
+    jobs = RedisJobs(dead)
+    results = await asyncio.gather(
+        *(jobs.record_queued(f"g{i}", job(str(i)), {"outcome": "queued"}, {}) for i in range(5)),
+        return_exceptions=True,
+    )
+    await dead.aclose()
+    assert all(isinstance(r, Unavailable) for r in results), results

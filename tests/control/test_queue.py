@@ -6,6 +6,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -237,8 +238,9 @@ def test_redis_restart_between_webhook_and_lease_loses_nothing(
     try:
         control: Control = control_factory(redis_url=server.url)  # type: ignore[operator]
         ids = [str(3000 + i) for i in range(50)]
-        for jid in ids:
-            assert control.deliver(queued_payload(int(jid))).status_code == 202
+        with ThreadPoolExecutor(16) as pool:  # at once, so they share writes: each 202 still means on disk
+            answers = list(pool.map(lambda jid: control.deliver(queued_payload(int(jid))), ids))
+        assert all(r.status_code == 202 and r.json()["outcome"] == "queued" for r in answers)
         server.stop() if how == "graceful" else server.kill()
         # While Redis is down, the control plane says so instead of pretending.
         a = httpx.Client(base_url=control.url, headers={"Authorization": f"Bearer {agent_token('a')}"})

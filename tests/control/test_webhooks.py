@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import uuid
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import orjson
@@ -162,3 +164,16 @@ def test_completed_before_queued_never_enqueues(control: Control) -> None:
     assert late.json()["outcome"] == "known"
     with control.client(operator_token()) as c:
         assert c.get("/v1/queue").json()["classes"]["smith-2vcpu"]["depth"] == 0
+
+
+def test_concurrent_deliveries_each_get_their_own_answer(control: Control) -> None:
+    """Through HTTP, many at once (grouped into shared writes): each redelivery is a duplicate, each job queued once."""
+    calls = [(f"c-{i % 12}", 7000 + i % 12) for i in range(36)]  # every delivery three times
+    with ThreadPoolExecutor(12) as pool:
+        answers = list(pool.map(lambda c: control.deliver(queued_payload(c[1]), delivery=c[0]), calls))
+    assert all(r.status_code == 202 for r in answers)
+    outcomes = Counter((d, r.json()["outcome"]) for (d, _), r in zip(calls, answers, strict=True))
+    for i in range(12):
+        assert outcomes[(f"c-{i}", "queued")] == 1 and outcomes[(f"c-{i}", "duplicate")] == 2
+    with control.client(operator_token()) as c:
+        assert c.get("/v1/queue").json()["classes"]["smith-2vcpu"]["depth"] == 12

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from smith.adapters.qemu import READY, QemuConfig, QemuVMM, _NoSignOfLife
+from smith.adapters.qemu import READY, QemuConfig, QemuVMM, _NoSignOfLife, host_tsc_khz
+from smith.domain.vms import VMShape
 from smith.loadscale import Budget, slowness
 
 
@@ -61,3 +62,30 @@ async def test_a_silent_guest_on_a_quiet_machine_is_still_given_up(tmp_path: Pat
     machine = vmm(tmp_path, load=1.0, life=0.3)
     with pytest.raises(_NoSignOfLife, match="no console output"):
         await machine._wait_ready(asyncio.StreamReader(), None, tmp_path, 30)  # type: ignore[arg-type]
+
+
+CPUINFO = """processor\t: 0
+model name\t: Intel(R) Xeon(R) Processor
+cpu MHz\t\t: 2599.998
+flags\t\t: fpu tsc constant_tsc nonstop_tsc tsc_known_freq
+
+processor\t: 1
+cpu MHz\t\t: 1200.000
+"""
+
+
+def test_a_tcg_guest_is_told_the_host_tsc_rate_so_a_busy_host_cannot_stall_its_boot(tmp_path: Path) -> None:
+    info = tmp_path / "cpuinfo"
+    info.write_text(CPUINFO)
+    assert host_tsc_khz(info) == 2_599_998
+    info.write_text(CPUINFO.replace(" tsc_known_freq", ""))  # a rate that may be a momentary clock speed
+    assert host_tsc_khz(info) is None
+    assert host_tsc_khz(tmp_path / "missing") is None
+    machine = vmm(tmp_path, load=1.0, life=15)
+    shape = VMShape("t", 1, 512)
+    tcg = machine.command(tmp_path, shape, "tcg", None, None)
+    kvm = machine.command(tmp_path, shape, "kvm", None, None)
+    expected = host_tsc_khz()
+    append = tcg[tcg.index("-append") + 1]
+    assert (f"tsc_early_khz={expected}" in append) if expected else ("tsc_early_khz" not in append)
+    assert "tsc_early_khz" not in kvm[kvm.index("-append") + 1]  # KVM guests have kvm-clock

@@ -290,6 +290,9 @@ class QemuVMM:
         append = c.append
         if slot is not None:  # the guest's init configures eth0 from these
             append += f" smith.ip={slot.guest_ip}/{_prefix(slot.netmask)} smith.gw={slot.gateway_ip}"
+        khz = host_tsc_khz() if accel == "tcg" else None
+        if khz:  # see host_tsc_khz: without it a loaded host's guest stalls before its first console line
+            append += f" tsc_early_khz={khz}"
         argv = [
             shutil.which(c.qemu_bin) or c.qemu_bin,
             "-M",
@@ -309,8 +312,7 @@ class QemuVMM:
             "-kernel",
             str(c.kernel),
             "-append",
-            c.append
-            + (f" smith.ip={slot.guest_ip}/{_prefix(slot.netmask)} smith.gw={slot.gateway_ip}" if slot else ""),
+            append,
             "-serial",
             f"file:{vm_dir / 'console.log'}",
             "-device",
@@ -610,6 +612,30 @@ def _exists(path: Path) -> bool:
 
 def _cmdline(pid: int) -> bytes:
     return Path(f"/proc/{pid}/cmdline").read_bytes()
+
+
+def host_tsc_khz(cpuinfo: Path = Path("/proc/cpuinfo")) -> int | None:
+    """The host's TSC rate in kHz, which a TCG guest's TSC runs at (QEMU reads the host's), or None.
+
+    Told nothing, the guest kernel times its TSC against the PIT and HPET; microvm has neither, and on a busy
+    host the fallback calibration fails ("Marking TSC unstable"), the clock stops at 0.000000 and boot hangs
+    before the first console line (seen here at load 6-8 on 2 cores). Given ``tsc_early_khz`` it skips all that.
+    Only hosts that say their TSC is constant (``constant_tsc``) and know its rate (``tsc_known_freq``) qualify:
+    there "cpu MHz" is that rate, not a momentary clock speed."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return None
+    first = text.split("\n\n", 1)[0]
+    fields = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in first.splitlines())}
+    flags = fields.get("flags", "").split()
+    mhz = fields.get("cpu MHz", "")
+    if "constant_tsc" not in flags or "tsc_known_freq" not in flags:
+        return None
+    try:
+        return round(float(mhz) * 1000) or None
+    except ValueError:
+        return None
 
 
 class _NoSignOfLife(VMError):

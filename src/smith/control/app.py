@@ -132,7 +132,6 @@ def create_app(
         settings.webhook_max_inflight_bytes, settings.webhook_wait_seconds
     )
 
-    @app.post("/webhooks/github", status_code=202, tags=["github"])
     async def github_webhook(request: Request) -> Response:
         # Everything the headers can refuse is refused before the body is read (413 on a Content-Length over
         # the limit, unread); the signature needs the body, read to at most the limit.
@@ -159,6 +158,10 @@ def create_app(
             if not isinstance(payload, dict):
                 raise InvalidInput("body must be a JSON object")
             return json_response(await plane.receive(event, delivery, payload), 202)
+
+    # A plain Starlette route: the hottest path skips FastAPI's per-request dependency and parameter machinery
+    # (~15% of its CPU in a profile); it takes nothing but the raw request anyway.
+    app.router.add_route("/webhooks/github", github_webhook, methods=["POST"])
 
     # -- agents -------------------------------------------------------------------------------------------
 
