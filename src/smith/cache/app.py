@@ -22,7 +22,7 @@ from smith.asyncutil import supervise
 from smith.cache import blob, legacy, signing, twirp
 from smith.cache.auth import admin, tenant_or_admin
 from smith.cache.metadata import Metadata
-from smith.cache.service import CacheService
+from smith.cache.service import CacheService, RangeNotSatisfiable
 from smith.cache.settings import CacheSettings
 from smith.cache.twirp import read_json
 from smith.domain.cache import Tenant, check_name
@@ -65,6 +65,13 @@ def build_store(settings: CacheSettings) -> BlobStore:
 
 
 def error_response(request: Request, exc: SmithError) -> Response:
+    resp = _error_response(request, exc)
+    if isinstance(exc, RangeNotSatisfiable):
+        resp.headers["Content-Range"] = f"bytes */{exc.size}"
+    return resp
+
+
+def _error_response(request: Request, exc: SmithError) -> Response:
     path = request.url.path
     if path.startswith(twirp.PREFIX):
         return twirp.twirp_error(exc.status_code, exc.message)

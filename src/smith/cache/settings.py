@@ -40,6 +40,9 @@ class CacheSettings(CommonSettings):
     cache_upload_ttl_seconds: float = Field(3600.0, gt=0, description="Unfinished uploads older than this are dropped")
     cache_url_ttl_seconds: float = Field(3600.0, gt=0, description="Lifetime of signed upload/download URLs")
     cache_janitor_interval_seconds: float = Field(60.0, gt=0, description="How often eviction and cleanup run")
+    cache_max_header_bytes: int = Field(
+        32 * 1024, ge=4096, description="Largest request head (request line + headers); larger ones get 431"
+    )
     cache_spool_dir: Path | None = Field(
         None, description="Where S3 parts are staged before upload (default <data_dir>/cache/spool)"
     )

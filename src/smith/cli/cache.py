@@ -46,6 +46,7 @@ def serve(
     import uvicorn
 
     from smith.cache.app import create_app
+    from smith.cache.limits import uvicorn_options
     from smith.cache.settings import CacheSettings
     from smith.logging import configure
 
@@ -62,6 +63,7 @@ def serve(
         log_level="warning",
         access_log=False,
         timeout_graceful_shutdown=10,
+        **uvicorn_options(settings.cache_max_header_bytes),
     )
 
 
