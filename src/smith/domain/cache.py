@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass
 from enum import StrEnum
 
+from smith.domain.jobs import Job
 from smith.errors import InvalidInput
 
 MAX_KEY_LENGTH = 512
@@ -101,6 +102,26 @@ def check_ref(ref: str) -> str:
     if len(ref) > 255 or _has_control(ref) or ".." in ref:
         raise InvalidInput("ref must be at most 255 characters, without '..' or control characters")
     return ref
+
+
+def branch_ref(branch: str) -> str:
+    """``main`` -> ``refs/heads/main``; a full ref stays as it is."""
+    return branch if not branch or branch.startswith("refs/") else f"refs/heads/{branch}"
+
+
+def job_cache_claims(job: Job) -> dict[str, str]:
+    """The claims of a job's cache token, in the form the cache server checks (``smith.cache.auth``).
+
+    ``org`` is the job's org (or the repository's owner); ``repo`` is the repository's name inside it, without the
+    owner (``Codertocat/Hello-World`` -> ``Hello-World``); ``ref`` is where the job's saves go (its branch);
+    ``default_ref`` and, for a pull request, ``base_ref`` are also readable.
+    """
+    owner, _, name = job.repo.rpartition("/")
+    claims = {"org": owner or job.org or "local", "repo": name}
+    for claim, branch in (("ref", job.head_branch), ("base_ref", job.base_ref), ("default_ref", job.default_branch)):
+        if branch:
+            claims[claim] = branch_ref(branch)
+    return claims
 
 
 def lookup_order(tenant: Tenant, key: str, restore_keys: list[str]) -> list[tuple[str, str, bool]]:
