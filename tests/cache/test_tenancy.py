@@ -136,8 +136,10 @@ def test_cli_token_usage_purge(serve: Any, monkeypatch: pytest.MonkeyPatch) -> N
     save_v2(client(srv, out.output.strip()), "from-cli", b"abc")
     pr = runner.invoke(
         cli,
-        ["cache", "token", "--org-id", "acme", "--repo", "acme/web", "--ref", "refs/pull/3/merge"]
-        + ["--base-ref", "refs/heads/dev", "--default-ref", "refs/heads/main"],
+        [
+            *["cache", "token", "--org-id", "acme", "--repo", "acme/web", "--ref", "refs/pull/3/merge"],
+            *["--base-ref", "refs/heads/dev", "--default-ref", "refs/heads/main"],
+        ],
     )
     assert pr.exit_code == 0, pr.output
     pr_claims = tokens.verify(SECRET, pr.output.strip(), scope="cache")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 from smith.domain.jobs import Job
 from smith.errors import InvalidInput
@@ -109,7 +110,7 @@ def branch_ref(branch: str) -> str:
     return branch if not branch or branch.startswith("refs/") else f"refs/heads/{branch}"
 
 
-def job_cache_claims(job: Job) -> dict[str, str]:
+def job_cache_claims(job: Job) -> dict[str, Any]:
     """The claims of a job's cache token, in the form the cache server checks (``smith.cache.auth``).
 
     ``org`` is the job's org (or the repository's owner); ``repo`` is the repository's name inside it, without the
@@ -117,7 +118,7 @@ def job_cache_claims(job: Job) -> dict[str, str]:
     ``default_ref`` and, for a pull request, ``base_ref`` are also readable.
     """
     owner, _, name = job.repo.rpartition("/")
-    claims = {"org": owner or job.org or "local", "repo": name}
+    claims: dict[str, Any] = {"org": owner or job.org or "local", "repo": name}
     for claim, branch in (("ref", job.head_branch), ("base_ref", job.base_ref), ("default_ref", job.default_branch)):
         if branch:
             claims[claim] = branch_ref(branch)
