@@ -95,7 +95,7 @@ class S3BlobStore:
         return f"{self.prefix}uploads/{upload_id}/{part}"
 
     async def write_part(self, upload_id: str, part: str, chunks: AsyncIterator[bytes], size: int) -> int:
-        self.io.breaker.before()  # refuse before reading a body the store cannot take
+        self.io.breaker.refuse_if_open()  # refuse before reading a body the store cannot take
         fd, spool = tempfile.mkstemp(dir=self.spool_dir, prefix="part-")
         written = 0
         try:
