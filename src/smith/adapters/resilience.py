@@ -13,8 +13,10 @@ can never stay open for good with no probe running.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable
+from concurrent.futures import Executor
 from typing import TypeVar
 
 from smith.errors import SmithError, Unavailable
@@ -74,10 +76,21 @@ class CircuitBreaker:
 class Resilient:
     """Run blocking store calls in threads, with retries and one shared circuit breaker."""
 
-    def __init__(self, policy: RetryPolicy, breaker: CircuitBreaker, translate: Callable[[BaseException], SmithError]):
+    def __init__(
+        self,
+        policy: RetryPolicy,
+        breaker: CircuitBreaker,
+        translate: Callable[[BaseException], SmithError],
+        executor: Executor | None = None,
+    ):
         self.policy = policy
         self.breaker = breaker
         self.translate = translate
+        self.executor = executor  # None: asyncio's default pool
+
+    async def run(self, fn: Callable[..., T], *args: object) -> T:
+        """``fn(*args)`` in this caller's thread pool, without retries or the breaker."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, functools.partial(fn, *args))
 
     async def call(self, fn: Callable[..., T], *args: object, **kwargs: object) -> T:
         probe = self.breaker.before()
@@ -97,7 +110,7 @@ class Resilient:
         attempt = 0
         while True:
             try:
-                result = await asyncio.to_thread(fn, *args, **kwargs)
+                result = await self.run(functools.partial(fn, *args, **kwargs))
             except Exception as exc:
                 err = exc if isinstance(exc, SmithError) else self.translate(exc)
                 if not err.retryable:

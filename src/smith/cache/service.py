@@ -95,6 +95,9 @@ class CacheService:
         """The entry a restore gets, or None. Bad input raises; an outage answers None (a miss)."""
         order = lookup_order(tenant, key, restore_keys)
         check_version(version)
+        if not self.store_healthy():
+            log.warning("cache lookup answered miss: storage circuit open", org=tenant.org)
+            return None
         try:
             for scope, k, prefix in order:
                 if prefix:
@@ -116,7 +119,7 @@ class CacheService:
             raise NotFound("no such cache entry")
         rng = parse_range(range_header, entry.size)
         start, end = rng if rng else (0, entry.size - 1)
-        body = self.store.read(entry.blob_key, start, end) if entry.size else _empty()
+        body = await _primed(self.store.read(entry.blob_key, start, end)) if entry.size else _empty()
         return Download(entry, start, end, body, partial=rng is not None)
 
     # -- save ------------------------------------------------------------------------------------------
@@ -324,7 +327,7 @@ class CacheService:
     async def janitor_once(self, now: float | None = None) -> dict[str, int]:
         """Age and quota eviction, abandoned uploads (in Redis and orphans in the store), failed deletes."""
         now = time.time() if now is None else now
-        done = {"unused": 0, "quota": 0, "uploads": 0, "orphans": 0, "gc": 0}
+        done = {"unused": 0, "quota": 0, "uploads": 0, "orphans": 0, "multipart": 0, "gc": 0}
         cutoff = now - self.settings.cache_unused_days * 86400
         for org in await self.meta.orgs():
             for entry_id in await self.meta.unused_since(org, cutoff):
@@ -335,8 +338,14 @@ class CacheService:
             done["uploads"] += int(await self.delete(entry_id))
         for upload in await self.store.stale_uploads(ttl):
             if not upload.isdigit() or not await self.meta.pending(int(upload)):
-                await self.store.abort(upload)
-                done["orphans"] += 1
+                try:
+                    await self.store.abort(upload)
+                    done["orphans"] += 1
+                except SmithError as exc:  # one upload the store will not drop does not end the pass
+                    log.warning("orphan upload cleanup failed", upload=upload, error=exc.message)
+        abort_stale = getattr(self.store, "abort_stale_multipart", None)
+        if abort_stale is not None:
+            done["multipart"] = await abort_stale(ttl)
         for key in await self.meta.take_gc():
             try:
                 await self.store.delete(key)
@@ -358,6 +367,28 @@ class CacheService:
 
     def shutdown(self) -> None:
         self._stop.set()
+
+
+async def _primed(body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """Fetch the first chunk now, so a missing object or a store outage is an error answer, not a 200 with a
+    truncated body (S3 fetches the object on the first read)."""
+    try:
+        first = await anext(body)
+    except StopAsyncIteration:
+        return _empty()
+    except BaseException:
+        await body.aclose()  # type: ignore[attr-defined]
+        raise
+
+    async def rest() -> AsyncIterator[bytes]:
+        try:
+            yield first
+            async for chunk in body:
+                yield chunk
+        finally:
+            await body.aclose()  # type: ignore[attr-defined]
+
+    return rest()
 
 
 async def _empty() -> AsyncIterator[bytes]:
