@@ -193,3 +193,38 @@ def test_download_errors_come_before_the_answer(serve: Any, moto_url: str, bucke
     store.io.breaker.failure()  # open
     assert restore_v2(c, "k") is None
     assert c.get("/_apis/artifactcache/cache", params={"keys": "k", "version": VERSION}).status_code == 204
+
+
+async def test_streamed_parts_are_cut_to_equal_sizes(moto_url: str, bucket: str, tmp_path: Path) -> None:
+    """Chunks under 5 MiB are joined through us in parts of exactly 8 MiB but the last (R2 needs equal parts)."""
+    store = make_s3(moto_url, bucket, tmp_path)
+    sizes: list[int] = []
+    store.client.meta.events.register(
+        "before-parameter-build.s3.UploadPart", lambda params, **_: sizes.append(len(params["Body"]))
+    )
+    chunk = 3 * 1024 * 1024 + 7
+    data = bytes(range(256)) * (7 * chunk // 256 + 1)
+    data = data[: 7 * chunk]
+    for i in range(7):
+        await store.write_part("3", f"{i:03d}", chunks(data[i * chunk : (i + 1) * chunk]), chunk)
+    assert await store.complete("3", [f"{i:03d}" for i in range(7)], "entries/acme/3") == len(data)
+    assert sizes[:-1] == [8 * 1024 * 1024] * (len(sizes) - 1) and 0 < sizes[-1] <= 8 * 1024 * 1024
+    assert b"".join([c async for c in store.read("entries/acme/3")]) == data
+
+
+def test_store_answers_are_told_apart() -> None:
+    from botocore.exceptions import ClientError
+
+    from smith.adapters.s3 import translate
+    from smith.errors import ConfigError
+
+    def err(code: str, status: int) -> ClientError:
+        return ClientError({"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}, "Op")
+
+    assert "does not exist" in translate(err("NoSuchBucket", 404)).message
+    assert isinstance(translate(err("NoSuchBucket", 404)), ConfigError)
+    assert "credentials are wrong" in translate(err("InvalidAccessKeyId", 403)).message
+    assert "IAM policy" in translate(err("AccessDenied", 403)).message
+    not_implemented = translate(err("NotImplemented", 501))
+    assert not not_implemented.retryable  # an answer, not an outage: the circuit does not count it
+    assert translate(err("InternalError", 500)).retryable

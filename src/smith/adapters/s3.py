@@ -277,22 +277,22 @@ class S3BlobStore:
         done: list[dict[str, Any]] = []
         buf = bytearray()
 
-        async def flush() -> None:
+        async def flush(size: int) -> None:
             number = len(done) + 1
-            body = bytes(buf)
+            body = bytes(buf[:size])
             r = await self.io.call(
                 self.client.upload_part, Bucket=self.bucket, Key=target, UploadId=mpu, PartNumber=number, Body=body
             )
             done.append({"PartNumber": number, "ETag": r["ETag"]})
-            buf.clear()
+            del buf[:size]
 
         for part in parts:
             async for chunk in self._read_key(self._part(upload_id, part), 0, None):
                 buf += chunk
-                if len(buf) >= STREAM_PART:
-                    await flush()
+                while len(buf) >= STREAM_PART:  # every part but the last exactly STREAM_PART (R2 wants equal parts)
+                    await flush(STREAM_PART)
         if buf or not done:
-            await flush()
+            await flush(len(buf))
         return done
 
     async def abort(self, upload_id: str) -> None:
