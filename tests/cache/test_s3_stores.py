@@ -228,3 +228,38 @@ def test_store_answers_are_told_apart() -> None:
     not_implemented = translate(err("NotImplemented", 501))
     assert not not_implemented.retryable  # an answer, not an outage: the circuit does not count it
     assert translate(err("InternalError", 500)).retryable
+
+
+async def test_a_fetched_body_is_closed_when_nothing_is_read(
+    settings: CacheSettings, redis_client: Any, tmp_path: Path
+) -> None:
+    """HEAD fetches the first chunk (to answer errors first) and sends no body: the store's stream is closed."""
+    closed: list[bool] = []
+
+    class Watched(FilesystemBlobStore):
+        def read(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+            inner = super().read(key, start, end)
+
+            async def watched() -> AsyncIterator[bytes]:
+                try:
+                    async for chunk in inner:
+                        yield chunk
+                finally:
+                    closed.append(True)
+
+            return watched()
+
+    from smith.domain.cache import Tenant
+
+    service = CacheService(settings, Metadata(redis_client), Watched(tmp_path / "blobs"))
+    who = Tenant(org="acme", repo="web", ref="refs/heads/main", read_refs=("refs/heads/main",))
+    entry_id = await service.reserve(who, "k", VERSION)
+    await service.write_part(entry_id, "single", chunks(b"abc"), 3)
+    await service.assemble(entry_id, ["single"])
+    await service.finalize(who, "k", VERSION, 3)
+    download = await service.open(entry_id, None)
+    await download.body.aclose()  # type: ignore[attr-defined]
+    assert closed == [True]
+    whole = await service.open(entry_id, "bytes=1-")
+    assert b"".join([c async for c in whole.body]) == b"bc"
+    assert closed == [True, True]

@@ -379,16 +379,32 @@ async def _primed(body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     except BaseException:
         await body.aclose()  # type: ignore[attr-defined]
         raise
+    return _Primed(first, body)
 
-    async def rest() -> AsyncIterator[bytes]:
+
+class _Primed:
+    """The first chunk, then the rest of ``body``; ``aclose`` closes ``body`` even if nothing was read (HEAD)."""
+
+    def __init__(self, first: bytes, body: AsyncIterator[bytes]) -> None:
+        self._first: bytes | None = first
+        self._body = body
+
+    def __aiter__(self) -> _Primed:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._first is not None:
+            chunk, self._first = self._first, None
+            return chunk
         try:
-            yield first
-            async for chunk in body:
-                yield chunk
-        finally:
-            await body.aclose()  # type: ignore[attr-defined]
+            return await anext(self._body)
+        except StopAsyncIteration:
+            await self.aclose()
+            raise
 
-    return rest()
+    async def aclose(self) -> None:
+        self._first = None
+        await self._body.aclose()  # type: ignore[attr-defined]
 
 
 async def _empty() -> AsyncIterator[bytes]:
