@@ -93,6 +93,8 @@ def test_settings_problems() -> None:
     assert "SMITH_CACHE_SHARED_SECRET" in joined
     assert "SMITH_CACHE_S3_BUCKET" in joined
     assert "SMITH_CACHE_MAX_ENTRY_BYTES" in joined
+    s3 = CacheSettings(cache_s3_ca_bundle="/nonexistent/ca.pem", cache_s3_sse_kms_key_id="k").problems()
+    assert any("CA_BUNDLE" in p for p in s3) and any("aws:kms" in p for p in s3)
     ok = CacheSettings(cache_shared_secret="s" * 40, redis_url="redis://x").problems()
     assert ok == []
 

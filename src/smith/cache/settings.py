@@ -86,6 +86,10 @@ class CacheSettings(CommonSettings):
             out.append("SMITH_REDIS_URL is not set: metadata goes to an embedded Valkey (one replica only)")
         if self.cache_max_entry_bytes > self.cache_org_quota_bytes:
             out.append("SMITH_CACHE_MAX_ENTRY_BYTES is larger than SMITH_CACHE_ORG_QUOTA_BYTES")
+        if self.cache_s3_ca_bundle and not self.cache_s3_ca_bundle.is_file():
+            out.append(f"SMITH_CACHE_S3_CA_BUNDLE={self.cache_s3_ca_bundle} is not a file")
+        if self.cache_s3_sse_kms_key_id and self.cache_s3_sse != "aws:kms":
+            out.append("SMITH_CACHE_S3_SSE_KMS_KEY_ID is set but SMITH_CACHE_S3_SSE is not aws:kms")
         if self.cache_s3_retry_base > self.cache_s3_retry_max:
             out.append("SMITH_CACHE_S3_RETRY_BASE is larger than SMITH_CACHE_S3_RETRY_MAX")
         return out
