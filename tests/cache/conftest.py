@@ -16,6 +16,7 @@ from smith.adapters.filesystem import FilesystemBlobStore
 from smith.adapters.resilience import CircuitBreaker
 from smith.adapters.s3 import S3BlobStore
 from smith.cache.app import create_app
+from smith.cache.limits import uvicorn_options
 from smith.cache.settings import CacheSettings
 from smith.ports import BlobStore
 from smith.retry import RetryPolicy
@@ -90,7 +91,7 @@ def serve(settings: CacheSettings) -> Iterator[Callable[..., ThreadedServer]]:
 
     def start(store: BlobStore | None = None, **overrides: Any) -> ThreadedServer:
         s = settings.model_copy(update=overrides)
-        srv = ThreadedServer(create_app(s, store=store, janitor=False))
+        srv = ThreadedServer(create_app(s, store=store, janitor=False), **uvicorn_options(s.cache_max_header_bytes))
         srv.start()
         started.append(srv)
         return srv

@@ -92,6 +92,23 @@ def test_ranged_download_and_range_past_end(serve: Any, store: BlobStore) -> Non
     assert part.headers["content-range"] == f"bytes 100-299/{len(data)}"
     past = httpx.get(url, headers={"Range": f"bytes={len(data)}-"})
     assert past.status_code == 416
+    assert past.headers["content-range"] == f"bytes */{len(data)}"
+    for ignored in ("items=0-9", "bytes=0-1,5-9", "bytes=9-2", "bytes=x"):
+        whole = httpx.get(url, headers={"Range": ignored})
+        assert (whole.status_code, whole.content) == (200, data), ignored
+        assert "content-range" not in whole.headers
+
+
+def test_keys_with_slashes_and_backslashes_round_trip(serve: Any, store: BlobStore) -> None:
+    """GitHub's rule is 512 characters and no commas; ``Linux-refs/heads/main`` is a common key."""
+    srv = serve(store)
+    c = client(srv)
+    for key in ("Linux-refs/heads/main", "deps-..\\win\\x"):
+        save_v2(c, key, key.encode())
+        assert restore_v2(c, key) == (key, key.encode())
+    assert restore_v2(c, "other", ["Linux-refs/"]) == ("Linux-refs/heads/main", b"Linux-refs/heads/main")
+    legacy = c.post("/_apis/artifactcache/caches", json={"key": "v1-refs/heads/x", "version": VERSION, "cacheSize": 2})
+    assert legacy.status_code == 201, legacy.text
 
 
 def test_legacy_chunks_concurrent_and_out_of_order(serve: Any, store: BlobStore) -> None:
@@ -204,7 +221,7 @@ def test_finalized_entry_is_immutable(serve: Any) -> None:
 
 @pytest.mark.parametrize(
     "key",
-    ["../etc/passwd", "a/b", "a\\b", "bad\nkey", "bad\x00key", "tab\tkey", "a,b", "x" * 513, ""],
+    ["bad\nkey", "bad\x00key", "tab\tkey", "a,b", "x" * 513, ""],
 )
 def test_bad_keys_are_400_and_nothing_written(serve: Any, key: str, settings: Any) -> None:
     srv = serve()

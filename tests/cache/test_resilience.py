@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -173,3 +174,75 @@ def test_outage_then_recovery(serve: Any, moto_url: str, bucket: str, tmp_path: 
     save_v2(c, "after", b"back")  # the probe succeeds and closes the circuit
     assert store.io.breaker.state == "closed"
     assert httpx.get(srv.url + "/healthz").json()["store"] == "ok"
+
+
+def _open(clock: Clock, failures: int = 1, reset: float = 10.0) -> CircuitBreaker:
+    b = CircuitBreaker(failures=failures, reset=reset, clock=clock)
+    for _ in range(failures):
+        b.before()
+        b.failure()
+    assert b.state == "open"
+    clock.now += reset + 0.5  # half-open: the next call is the probe
+    return b
+
+
+async def test_a_probe_keeps_its_slot_through_its_retries() -> None:
+    """The probe fails twice and then succeeds within its retries: the circuit closes (it used to stay open for
+    good: the second attempt asked the breaker again, was refused as 'another probe', and nothing was recorded)."""
+    clock = Clock()
+    io = Resilient(RetryPolicy(3, 0.001, 0.002), _open(clock), translate)
+    calls = {"n": 0}
+
+    def flaky() -> str:
+        calls["n"] += 1
+        if calls["n"] < 3:
+            raise ConnectionResetError("reset")
+        return "ok"
+
+    assert await io.call(flaky) == "ok"
+    assert io.breaker.state == "closed"
+
+
+async def test_a_probe_that_fails_with_retries_reopens_and_the_next_probe_runs() -> None:
+    clock = Clock()
+    io = Resilient(RetryPolicy(2, 0.001, 0.002), _open(clock), translate)
+
+    def down() -> None:
+        raise ConnectionResetError("reset")
+
+    with pytest.raises(Unavailable):
+        await io.call(down)
+    assert io.breaker.state == "open"
+    with pytest.raises(Unavailable, match="circuit open"):
+        await io.call(lambda: "refused before the reset")
+    clock.now += 11
+    assert await io.call(lambda: "ok") == "ok"  # a new probe goes through and closes the circuit
+    assert io.breaker.state == "closed"
+
+
+async def test_a_cancelled_probe_gives_its_slot_back() -> None:
+    clock = Clock()
+    io = Resilient(RetryPolicy(2, 0.001, 0.002), _open(clock), translate)
+    started, release = asyncio.Event(), threading.Event()
+    loop = asyncio.get_running_loop()
+
+    def hang() -> None:
+        loop.call_soon_threadsafe(started.set)
+        release.wait(30)
+
+    probe = asyncio.create_task(io.call(hang))
+    await started.wait()
+    probe.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await probe
+    release.set()
+    assert await io.call(lambda: "ok") == "ok"
+    assert io.breaker.state == "closed"
+
+
+async def test_a_part_write_probes_a_half_open_circuit(moto_url: str, bucket: str, tmp_path: Path) -> None:
+    """The part writer asks the breaker before spooling; that check must not take the probe slot itself."""
+    clock = Clock()
+    store = make_s3(moto_url, bucket, tmp_path, breaker=_open(clock))
+    assert await store.write_part("5", "p", chunks(b"abc"), 3) == 3
+    assert store.io.breaker.state == "closed"

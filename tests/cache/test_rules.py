@@ -35,6 +35,12 @@ def test_keys_allow_what_workflows_use() -> None:
         == "Linux-node-modules-8f14e45fceea167a5a36dedd4bea2543"
     )
     assert check_key("setup-python-3.12.1-pip-v1") == "setup-python-3.12.1-pip-v1"
+    # ${{ runner.os }}-${{ github.ref }}: GitHub allows any key of at most 512 characters without commas.
+    for key in ("Linux-refs/heads/main", "win\\path\\key", "../up", "x" * 512):
+        assert check_key(key) == key
+    for bad in ("a,b", "x" * 513, ""):
+        with pytest.raises(InvalidInput):
+            check_key(bad)
 
 
 def test_tokens_claims_to_tenant() -> None:
@@ -64,11 +70,21 @@ def test_ranges(header: str | None, expected: tuple[int, int] | None) -> None:
     assert parse_range(header, 100) == expected
 
 
-@pytest.mark.parametrize("header", ["bytes=100-", "bytes=5-1", "bytes=0-1,4-5", "items=0-1", "bytes=a-b", "bytes=-0"])
-def test_bad_ranges_are_416(header: str) -> None:
+@pytest.mark.parametrize("header", ["bytes=100-", "bytes=-0", "bytes=250-300"])
+def test_unsatisfiable_ranges_are_416_with_the_size(header: str) -> None:
     with pytest.raises(RangeNotSatisfiable) as caught:
         parse_range(header, 100)
     assert caught.value.status_code == 416
+    assert caught.value.size == 100
+
+
+@pytest.mark.parametrize(
+    "header",
+    ["bytes=5-1", "bytes=0-1,4-5", "items=0-1", "bytes=a-b", "bytes=-", "bytes 0-1", "bytes=1-2-3", "bytes=+1-2"],
+)
+def test_other_units_malformed_and_multi_ranges_are_ignored(header: str) -> None:
+    """RFC 9110 14.2: a server ignores a Range it does not understand or will not serve; the answer is the whole."""
+    assert parse_range(header, 100) is None
 
 
 def test_settings_problems() -> None:
@@ -77,6 +93,8 @@ def test_settings_problems() -> None:
     assert "SMITH_CACHE_SHARED_SECRET" in joined
     assert "SMITH_CACHE_S3_BUCKET" in joined
     assert "SMITH_CACHE_MAX_ENTRY_BYTES" in joined
+    s3 = CacheSettings(cache_s3_ca_bundle="/nonexistent/ca.pem", cache_s3_sse_kms_key_id="k").problems()
+    assert any("CA_BUNDLE" in p for p in s3) and any("aws:kms" in p for p in s3)
     ok = CacheSettings(cache_shared_secret="s" * 40, redis_url="redis://x").problems()
     assert ok == []
 

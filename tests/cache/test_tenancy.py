@@ -134,6 +134,23 @@ def test_cli_token_usage_purge(serve: Any, monkeypatch: pytest.MonkeyPatch) -> N
     assert (claims["org"], claims["repo"], claims["ref"]) == ("acme", "web", "refs/heads/main")
     assert claims["exp"] - claims["iat"] == 60
     save_v2(client(srv, out.output.strip()), "from-cli", b"abc")
+    pr = runner.invoke(
+        cli,
+        [
+            *["cache", "token", "--org-id", "acme", "--repo", "acme/web", "--ref", "refs/pull/3/merge"],
+            *["--base-ref", "refs/heads/dev", "--default-ref", "refs/heads/main"],
+        ],
+    )
+    assert pr.exit_code == 0, pr.output
+    pr_claims = tokens.verify(SECRET, pr.output.strip(), scope="cache")
+    assert (pr_claims["repo"], pr_claims["base_ref"], pr_claims["default_ref"]) == (
+        "web",
+        "refs/heads/dev",
+        "refs/heads/main",
+    )
+    assert restore_v2(client(srv, pr.output.strip()), "from-cli") == ("from-cli", b"abc")  # main is readable
+    elsewhere = runner.invoke(cli, ["cache", "token", "--org-id", "acme", "--repo", "evil/web"])
+    assert elsewhere.exit_code != 0 and "not in org" in elsewhere.output
     usage = runner.invoke(cli, ["cache", "usage", "--json"])
     assert usage.exit_code == 0, usage.output
     assert _json_out(usage.output)["orgs"]["acme"]["bytes"] == 3

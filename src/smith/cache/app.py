@@ -22,7 +22,7 @@ from smith.asyncutil import supervise
 from smith.cache import blob, legacy, signing, twirp
 from smith.cache.auth import admin, tenant_or_admin
 from smith.cache.metadata import Metadata
-from smith.cache.service import CacheService
+from smith.cache.service import CacheService, RangeNotSatisfiable
 from smith.cache.settings import CacheSettings
 from smith.cache.twirp import read_json
 from smith.domain.cache import Tenant, check_name
@@ -47,14 +47,25 @@ def build_store(settings: CacheSettings) -> BlobStore:
         if not settings.cache_s3_bucket:
             raise ConfigError("SMITH_CACHE_STORAGE=s3 needs SMITH_CACHE_S3_BUCKET")
         from smith.adapters.resilience import CircuitBreaker
-        from smith.adapters.s3 import S3BlobStore
+        from smith.adapters.s3 import S3BlobStore, S3Options
         from smith.retry import RetryPolicy
 
-        return S3BlobStore(
-            settings.cache_s3_bucket,
+        options = S3Options(
             endpoint_url=settings.cache_s3_endpoint,
             region=settings.cache_s3_region,
             prefix=settings.cache_s3_prefix,
+            checksum=settings.cache_s3_checksum,
+            addressing_style=settings.cache_s3_addressing_style,
+            ca_bundle=str(settings.cache_s3_ca_bundle) if settings.cache_s3_ca_bundle else None,
+            sse=settings.cache_s3_sse,
+            sse_kms_key_id=settings.cache_s3_sse_kms_key_id,
+            storage_class=settings.cache_s3_storage_class,
+            read_timeout=settings.cache_s3_read_timeout,
+            threads=settings.cache_s3_threads,
+        )
+        return S3BlobStore(
+            settings.cache_s3_bucket,
+            options=options,
             spool_dir=settings.spool_dir,
             policy=RetryPolicy(
                 settings.cache_s3_max_retries, settings.cache_s3_retry_base, settings.cache_s3_retry_max
@@ -65,6 +76,13 @@ def build_store(settings: CacheSettings) -> BlobStore:
 
 
 def error_response(request: Request, exc: SmithError) -> Response:
+    resp = _error_response(request, exc)
+    if isinstance(exc, RangeNotSatisfiable):
+        resp.headers["Content-Range"] = f"bytes */{exc.size}"
+    return resp
+
+
+def _error_response(request: Request, exc: SmithError) -> Response:
     path = request.url.path
     if path.startswith(twirp.PREFIX):
         return twirp.twirp_error(exc.status_code, exc.message)

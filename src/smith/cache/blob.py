@@ -133,7 +133,7 @@ async def get_blob(request: Request, entry_id: int) -> Response:
         "Last-Modified": formatdate(download.entry.created_at, usegmt=True),
     }
     status = 200
-    if request.headers.get("range"):
+    if download.partial:
         status = 206
         headers["Content-Range"] = f"bytes {download.start}-{download.end}/{download.entry.size}"
     if request.method == "HEAD":

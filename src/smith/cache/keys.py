@@ -3,9 +3,10 @@
 ==================================  ======  ===================================================================
 key                                 type    what
 ==================================  ======  ===================================================================
-smith:cache:seq                     string  last entry id handed out (INCR)
 smith:cache:e:{id}                  hash    one entry: org, repo, scope, key, version, state, size, times
 smith:cache:p:{id}                  hash    parts received for an unfinished upload: part name -> bytes
+smith:cache:c:{id}                  hash    parts claimed (being written or written): part name -> bytes; the
+                                            entry's ``claimed`` field is their sum
 smith:cache:k:{org}:{slot}          hash    cache key -> entry id, for one (repo, scope, version) ``slot``;
                                             HSETNX here is the reservation: one writer per key wins
 smith:cache:x:{org}:{slot}          zset    finalized keys of the slot (score 0): prefix search by ZRANGEBYLEX
@@ -24,7 +25,6 @@ from __future__ import annotations
 import hashlib
 
 PREFIX = "smith:cache:"
-SEQ = f"{PREFIX}seq"
 UPLOADS = f"{PREFIX}uploads"
 ORGS = f"{PREFIX}orgs"
 GC = f"{PREFIX}gc"
@@ -40,6 +40,10 @@ def entry(entry_id: int) -> str:
 
 def parts(entry_id: int) -> str:
     return f"{PREFIX}p:{entry_id}"
+
+
+def claims(entry_id: int) -> str:
+    return f"{PREFIX}c:{entry_id}"
 
 
 def index(org: str, repo: str, scope: str, version: str) -> str:

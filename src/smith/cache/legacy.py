@@ -4,7 +4,8 @@
   or 204 on a miss (also while the store or Redis is down)
 - ``POST caches {key, version, cacheSize}`` -> 201 ``{cacheId}``; 409 when another job holds the key or the
   store is down (the client then skips the save), 400 when the entry is too large
-- ``PATCH caches/{id}`` with ``Content-Range: bytes start-end/*``: one chunk, any order, concurrently -> 204
+- ``PATCH caches/{id}`` with ``Content-Range: bytes start-end/*``: one chunk, any order, concurrently -> 204;
+  only from the scope (org, repository, ref) that reserved the entry, never over bytes already sent (409)
 - ``POST caches/{id} {size}`` -> 204 once the chunks cover exactly ``size`` bytes
 - ``GET  caches?key=k`` -> ``{totalCount, artifactCaches}`` (the client's miss diagnostics)
 """
@@ -23,7 +24,7 @@ from smith.cache.auth import tenant
 from smith.cache.service import CacheService
 from smith.cache.twirp import base_url, read_json
 from smith.domain.cache import Tenant
-from smith.errors import Conflict, InvalidInput, SmithError, Unavailable
+from smith.errors import Conflict, InvalidInput, Unavailable
 from smith.logging import get_logger
 
 log = get_logger("smith.cache.legacy")
@@ -115,13 +116,7 @@ async def upload_chunk(request: Request, who: Caller, cache_id: int) -> Response
     start, end = int(match.group(1)), int(match.group(2))
     if end < start:
         raise InvalidInput("Content-Range end is before its start")
-    entry = await service.meta.get(cache_id)
-    if entry is None or entry.org != who.org or entry.repo != who.repo:
-        raise InvalidInput("no such cache upload") from None
-    declared = await service.meta.declared_size(cache_id)
-    if declared and end >= declared:
-        raise RangeError(f"chunk ends at byte {end}, past the reserved size of {declared} bytes")
-    await service.write_part(cache_id, f"{start:020d}", request.stream(), end - start + 1)
+    await service.write_chunk(who, cache_id, start, end, request.stream())
     return Response(status_code=204)
 
 
@@ -132,8 +127,3 @@ async def commit_cache(request: Request, who: Caller, cache_id: int) -> Response
     size = _int(data.get("size"), "size")
     await service.commit(who, cache_id, size)
     return Response(status_code=204)
-
-
-class RangeError(SmithError):
-    status_code = 416
-    code = "range_not_satisfiable"

@@ -6,6 +6,7 @@ leaves the index pointing at half an entry. Redis errors become ``smith.errors``
 
 from __future__ import annotations
 
+import secrets
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +18,7 @@ from smith.cache import keys as K
 from smith.domain.cache import CacheEntry, EntryState, Tenant
 
 _RESERVE = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return {2, 0} end
 if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then
   return {0, redis.call('HGET', KEYS[1], ARGV[1])}
 end
@@ -45,7 +47,7 @@ redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('HINCRBY', '{K.USAGE}' .. f[2], 'bytes', ARGV[2])
 redis.call('HINCRBY', '{K.USAGE}' .. f[2], 'entries', 1)
 redis.call('SADD', KEYS[4], f[2])
-redis.call('DEL', KEYS[3])
+redis.call('DEL', KEYS[3], KEYS[5])
 return 'ok'
 """
 
@@ -62,9 +64,46 @@ if f[3] == 'final' then
   redis.call('ZREM', '{K.LRU}' .. f[1], ARGV[1])
 end
 redis.call('ZREM', KEYS[3], ARGV[1])
-redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[4])
 return {{f[1], f[3]}}
 """
+
+# Claim room for one part before its bytes are written: the entry must still be reserved, the claimed total must
+# stay within the limit (concurrent writers cannot overshoot it), and with ARGV[5] == '1' (legacy chunks, named by
+# their offset) the byte range may not overlap a claimed one, so no chunk replaces an earlier one. A part name
+# claimed again (a retried block) replaces its own claim.
+_CLAIM = """
+if redis.call('HGET', KEYS[1], 'state') ~= 'reserved' then return 'state' end
+local old = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '-1')
+if ARGV[5] == '1' then
+  if old >= 0 then return 'overlap' end
+  local start = tonumber(ARGV[1])
+  local stop = start + tonumber(ARGV[2])
+  local claims = redis.call('HGETALL', KEYS[2])
+  for i = 1, #claims, 2 do
+    local s = tonumber(claims[i])
+    if s < stop and start < s + tonumber(claims[i + 1]) then return 'overlap' end
+  end
+end
+if old < 0 and redis.call('HLEN', KEYS[2]) >= tonumber(ARGV[4]) then return 'parts' end
+local total = tonumber(redis.call('HGET', KEYS[1], 'claimed') or '0') - math.max(old, 0) + tonumber(ARGV[2])
+if total > tonumber(ARGV[3]) then return 'size' end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[1], 'claimed', total)
+return 'ok'
+"""
+
+# Give a claim back after its write failed (only if it is still the same claim).
+_RELEASE = """
+if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[3], ARGV[1])
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HINCRBY', KEYS[1], 'claimed', -tonumber(ARGV[2])) end
+return 1
+"""
+
+# Entry ids are random below 2**53 (the v1 client keeps them in a JavaScript number), so they cannot be guessed.
+MAX_ENTRY_ID = 2**53 - 1
 
 # The largest code point: its UTF-8 encoding sorts after every key that starts with a given prefix.
 _TOP = "\U0010ffff"
@@ -100,6 +139,8 @@ class Metadata:
         self._mark = client.register_script(_MARK_UPLOADED)
         self._finalize = client.register_script(_FINALIZE)
         self._delete = client.register_script(_DELETE)
+        self._claim = client.register_script(_CLAIM)
+        self._release = client.register_script(_RELEASE)
 
     async def ping(self) -> None:
         await connect.call(self.r.ping)
@@ -115,17 +156,19 @@ class Metadata:
     async def reserve(self, tenant: Tenant, key: str, version: str, declared: int) -> Reservation:
         scope = tenant.write_scope
         async with connect.errors():
-            entry_id = int(await self.r.incr(K.SEQ))
-            won, existing = await self._reserve(
-                keys=[
-                    K.index(tenant.org, tenant.repo, scope, version),
-                    K.entry(entry_id),
-                    K.UPLOADS,
-                    K.finals(tenant.org, tenant.repo, scope, version),
-                ],
-                args=[key, entry_id, tenant.org, tenant.repo, scope, version, declared, time.time()],
-            )
-        return Reservation(bool(int(won)), int(existing))
+            while True:
+                entry_id = secrets.randbelow(MAX_ENTRY_ID) + 1
+                won, existing = await self._reserve(
+                    keys=[
+                        K.index(tenant.org, tenant.repo, scope, version),
+                        K.entry(entry_id),
+                        K.UPLOADS,
+                        K.finals(tenant.org, tenant.repo, scope, version),
+                    ],
+                    args=[key, entry_id, tenant.org, tenant.repo, scope, version, declared, time.time()],
+                )
+                if int(won) != 2:  # 2: the random id is taken; draw again
+                    return Reservation(bool(int(won)), int(existing))
 
     async def find(self, tenant: Tenant, scope: str, version: str, key: str) -> CacheEntry | None:
         """The entry (any state) that holds ``key`` in one scope, if any."""
@@ -149,6 +192,20 @@ class Metadata:
             entries = [e for e in map(_entry, await pipe.execute()) if e and e.state is EntryState.FINAL]
         return max(entries, key=lambda e: (e.created_at, e.id), default=None)
 
+    async def claim_part(self, entry_id: int, part: str, size: int, *, limit: int, max_parts: int, ranged: bool) -> str:
+        """Claim room for a part before writing it: ``ok``, or why not (``state``, ``size``, ``parts``, ``overlap``)."""
+        async with connect.errors():
+            return str(
+                await self._claim(
+                    keys=[K.entry(entry_id), K.claims(entry_id)],
+                    args=[part, size, limit, max_parts, "1" if ranged else "0"],
+                )
+            )
+
+    async def release_part(self, entry_id: int, part: str, size: int) -> None:
+        async with connect.errors():
+            await self._release(keys=[K.entry(entry_id), K.claims(entry_id), K.parts(entry_id)], args=[part, size])
+
     async def add_part(self, entry_id: int, part: str, size: int) -> None:
         async with connect.errors():
             await self.r.hset(K.parts(entry_id), part, size)
@@ -166,7 +223,7 @@ class Metadata:
         async with connect.errors():
             return str(
                 await self._finalize(
-                    keys=[K.entry(entry_id), K.UPLOADS, K.parts(entry_id), K.ORGS],
+                    keys=[K.entry(entry_id), K.UPLOADS, K.parts(entry_id), K.ORGS, K.claims(entry_id)],
                     args=[entry_id, size, time.time()],
                 )
             )
@@ -174,7 +231,9 @@ class Metadata:
     async def delete(self, entry_id: int) -> tuple[str, EntryState] | None:
         """Drop an entry's metadata; returns (org, state it was in) so the caller can drop its bytes."""
         async with connect.errors():
-            out = await self._delete(keys=[K.entry(entry_id), K.parts(entry_id), K.UPLOADS], args=[entry_id])
+            out = await self._delete(
+                keys=[K.entry(entry_id), K.parts(entry_id), K.UPLOADS, K.claims(entry_id)], args=[entry_id]
+            )
         if not out:
             return None
         return str(out[0]), EntryState(out[1])

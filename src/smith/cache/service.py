@@ -40,6 +40,7 @@ class Download:
     start: int
     end: int  # inclusive
     body: AsyncIterator[bytes]
+    partial: bool = False  # a Range was honoured: answer 206
 
     @property
     def length(self) -> int:
@@ -47,24 +48,27 @@ class Download:
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
-    """``(start, end)`` of a single ``bytes=`` range, None for no header; ``InvalidInput`` (416) past the end."""
+    """``(start, end)`` of a single ``bytes=`` range, or None: no header, or one to ignore (RFC 9110 14.2: another
+    unit, a malformed or an invalid range, several ranges) so the whole entry is sent. ``RangeNotSatisfiable``
+    (416) for a valid range that starts past the end or an empty suffix."""
     if not header:
         return None
     unit, _, spec = header.partition("=")
-    if unit.strip() != "bytes" or "," in spec:
-        raise RangeNotSatisfiable("only a single bytes= range is supported", size)
-    first, _, last = spec.strip().partition("-")
-    try:
-        if first == "":
-            n = int(last)
-            if n <= 0:
-                raise RangeNotSatisfiable("empty suffix range", size)
-            return max(0, size - n), size - 1
-        start = int(first)
-        end = int(last) if last else size - 1
-    except ValueError as exc:
-        raise RangeNotSatisfiable(f"bad range {header!r}", size) from exc
-    if start < 0 or start >= size or end < start:
+    if unit.strip().lower() != "bytes" or "," in spec:
+        return None
+    first, dash, last = spec.strip().partition("-")
+    if not dash or not (first.isdigit() or first == "") or not (last.isdigit() or last == "") or first == last == "":
+        return None
+    if first == "":
+        n = int(last)
+        if n == 0:
+            raise RangeNotSatisfiable("empty suffix range", size)
+        return max(0, size - n), size - 1
+    start = int(first)
+    end = int(last) if last else max(start, size - 1)
+    if end < start:
+        return None
+    if start >= size:
         raise RangeNotSatisfiable(f"range {header!r} is outside the entry's {size} bytes", size)
     return start, min(end, size - 1)
 
@@ -91,6 +95,9 @@ class CacheService:
         """The entry a restore gets, or None. Bad input raises; an outage answers None (a miss)."""
         order = lookup_order(tenant, key, restore_keys)
         check_version(version)
+        if not self.store_healthy():
+            log.warning("cache lookup answered miss: storage circuit open", org=tenant.org)
+            return None
         try:
             for scope, k, prefix in order:
                 if prefix:
@@ -112,8 +119,8 @@ class CacheService:
             raise NotFound("no such cache entry")
         rng = parse_range(range_header, entry.size)
         start, end = rng if rng else (0, entry.size - 1)
-        body = self.store.read(entry.blob_key, start, end) if entry.size else _empty()
-        return Download(entry, start, end, body)
+        body = await _primed(self.store.read(entry.blob_key, start, end)) if entry.size else _empty()
+        return Download(entry, start, end, body, partial=rng is not None)
 
     # -- save ------------------------------------------------------------------------------------------
 
@@ -151,18 +158,48 @@ class CacheService:
             raise Conflict("this cache entry is no longer accepting data")
         return entry
 
-    async def write_part(self, entry_id: int, part: str, chunks: AsyncIterator[bytes], size: int) -> int:
-        await self._writable(entry_id)
+    async def _owned(self, tenant: Tenant, entry_id: int) -> CacheEntry:
+        """An entry the caller may write: same org, repository and write scope (ref) as the job that reserved it."""
+        entry = await self.meta.get(entry_id)
+        if entry is None or (entry.org, entry.repo, entry.scope) != (tenant.org, tenant.repo, tenant.write_scope):
+            raise NotFound("no such cache upload")
+        return entry
+
+    async def write_chunk(
+        self, tenant: Tenant, entry_id: int, start: int, end: int, chunks: AsyncIterator[bytes]
+    ) -> int:
+        """Legacy: one chunk at its offset, from the scope that reserved the entry; never over an earlier chunk."""
+        await self._owned(tenant, entry_id)
+        declared = await self.meta.declared_size(entry_id)
+        if declared and end >= declared:
+            raise RangeNotSatisfiable(f"chunk ends at byte {end}, past the reserved size of {declared} bytes", declared)
+        return await self.write_part(entry_id, f"{start:020d}", chunks, end - start + 1, ranged=True)
+
+    async def write_part(
+        self, entry_id: int, part: str, chunks: AsyncIterator[bytes], size: int, *, ranged: bool = False
+    ) -> int:
+        """Write one part. Its bytes are claimed in Redis first, so concurrent parts cannot overshoot the entry
+        size limit; with ``ranged`` (legacy chunks named by offset) a part may not overlap a claimed one."""
         if size > MAX_PART_BYTES:
             raise PayloadTooLarge(f"one part may be at most {MAX_PART_BYTES} bytes")
-        parts = await self.meta.parts(entry_id)
-        if part not in parts and len(parts) >= MAX_PARTS:
+        limit = self.settings.cache_max_entry_bytes
+        got = await self.meta.claim_part(entry_id, part, size, limit=limit, max_parts=MAX_PARTS, ranged=ranged)
+        if got == "state":
+            await self._writable(entry_id)
+            raise Conflict("this cache entry is no longer accepting data")
+        if got == "size":
+            raise PayloadTooLarge(f"entry would be over the {limit} byte limit")
+        if got == "parts":
             raise InvalidInput(f"an upload may have at most {MAX_PARTS} parts")
-        received = sum(n for name, n in parts.items() if name != part)
-        if received + size > self.settings.cache_max_entry_bytes:
-            raise PayloadTooLarge(f"entry would be over the {self.settings.cache_max_entry_bytes} byte limit")
-        written = await self.store.write_part(str(entry_id), part, chunks, size)
-        await self.meta.add_part(entry_id, part, written)
+        if got == "overlap":
+            raise Conflict("this chunk overlaps bytes already sent for this entry")
+        try:
+            written = await self.store.write_part(str(entry_id), part, chunks, size)
+            await self.meta.add_part(entry_id, part, written)
+        except BaseException:
+            with contextlib.suppress(SmithError):
+                await self.meta.release_part(entry_id, part, size)
+            raise
         return written
 
     async def assemble(self, entry_id: int, order: list[str]) -> int:
@@ -201,9 +238,8 @@ class CacheService:
 
     async def commit(self, tenant: Tenant, entry_id: int, size: int) -> int:
         """Legacy: join the chunks (named by their offsets) and finalize, if they cover exactly ``size`` bytes."""
-        entry = await self._writable(entry_id)
-        if entry.org != tenant.org or entry.repo != tenant.repo:
-            raise NotFound("no such upload")
+        await self._owned(tenant, entry_id)
+        await self._writable(entry_id)
         parts = await self.meta.parts(entry_id)
         if not all(name.isdigit() for name in parts):
             raise InvalidInput("this entry was not uploaded in chunks")
@@ -291,7 +327,7 @@ class CacheService:
     async def janitor_once(self, now: float | None = None) -> dict[str, int]:
         """Age and quota eviction, abandoned uploads (in Redis and orphans in the store), failed deletes."""
         now = time.time() if now is None else now
-        done = {"unused": 0, "quota": 0, "uploads": 0, "orphans": 0, "gc": 0}
+        done = {"unused": 0, "quota": 0, "uploads": 0, "orphans": 0, "multipart": 0, "gc": 0}
         cutoff = now - self.settings.cache_unused_days * 86400
         for org in await self.meta.orgs():
             for entry_id in await self.meta.unused_since(org, cutoff):
@@ -302,8 +338,14 @@ class CacheService:
             done["uploads"] += int(await self.delete(entry_id))
         for upload in await self.store.stale_uploads(ttl):
             if not upload.isdigit() or not await self.meta.pending(int(upload)):
-                await self.store.abort(upload)
-                done["orphans"] += 1
+                try:
+                    await self.store.abort(upload)
+                    done["orphans"] += 1
+                except SmithError as exc:  # one upload the store will not drop does not end the pass
+                    log.warning("orphan upload cleanup failed", upload=upload, error=exc.message)
+        abort_stale = getattr(self.store, "abort_stale_multipart", None)
+        if abort_stale is not None:
+            done["multipart"] = await abort_stale(ttl)
         for key in await self.meta.take_gc():
             try:
                 await self.store.delete(key)
@@ -325,6 +367,44 @@ class CacheService:
 
     def shutdown(self) -> None:
         self._stop.set()
+
+
+async def _primed(body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """Fetch the first chunk now, so a missing object or a store outage is an error answer, not a 200 with a
+    truncated body (S3 fetches the object on the first read)."""
+    try:
+        first = await anext(body)
+    except StopAsyncIteration:
+        return _empty()
+    except BaseException:
+        await body.aclose()  # type: ignore[attr-defined]
+        raise
+    return _Primed(first, body)
+
+
+class _Primed:
+    """The first chunk, then the rest of ``body``; ``aclose`` closes ``body`` even if nothing was read (HEAD)."""
+
+    def __init__(self, first: bytes, body: AsyncIterator[bytes]) -> None:
+        self._first: bytes | None = first
+        self._body = body
+
+    def __aiter__(self) -> _Primed:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._first is not None:
+            chunk, self._first = self._first, None
+            return chunk
+        try:
+            return await anext(self._body)
+        except StopAsyncIteration:
+            await self.aclose()
+            raise
+
+    async def aclose(self) -> None:
+        self._first = None
+        await self._body.aclose()  # type: ignore[attr-defined]
 
 
 async def _empty() -> AsyncIterator[bytes]:

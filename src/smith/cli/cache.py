@@ -45,6 +45,7 @@ def serve(
     """
     from smith import serving
     from smith.cache.app import create_app
+    from smith.cache.limits import uvicorn_options
     from smith.cache.settings import CacheSettings
     from smith.logging import configure
 
@@ -60,14 +61,16 @@ def serve(
         host=h,
         port=p,
         timeout_graceful_shutdown=10,
+        **uvicorn_options(settings.cache_max_header_bytes),
     )
 
 
 @app.command()
 def token(
     org_id: str = typer.Option(..., "--org-id", help="Org the token may read and write"),
-    repo: str = typer.Option("", help="Repository (entries are scoped to it)"),
-    ref: str = typer.Option("", help="Git ref the job runs on (writes go there; reads also see --default-ref)"),
+    repo: str = typer.Option("", help="Repository name inside the org, or owner/name (entries are scoped to it)"),
+    ref: str = typer.Option("", help="Git ref the job runs on (writes go there; reads also see the two below)"),
+    base_ref: str = typer.Option("", help="For a pull request: the ref it merges into (readable)"),
     default_ref: str = typer.Option("", help="The repository's default branch ref, readable from every ref"),
     ttl: int = typer.Option(6 * 3600, help="Lifetime in seconds"),
     admin: bool = typer.Option(False, "--admin", help="An admin token for /usage of every org and purge"),
@@ -81,19 +84,21 @@ def token(
     secret = _secret()
     if ttl <= 0:
         fail("--ttl must be positive")
+    owner, _, repo = repo.rpartition("/")
+    if owner and owner != org_id:
+        fail(f"--repo {owner}/{repo} is not in org {org_id}")
     try:
         check_name(org_id, what="org")
         if repo:
             check_name(repo, what="repo")
-        check_ref(ref)
-        check_ref(default_ref)
+        for value in (ref, base_ref, default_ref):
+            check_ref(value)
     except InvalidInput as exc:
         fail(exc.message)
     claims: dict[str, Any] = {} if admin else {"org": org_id, "repo": repo}
-    if ref and not admin:
-        claims["ref"] = ref
-    if default_ref and not admin:
-        claims["default_ref"] = default_ref
+    for claim, value in (("ref", ref), ("base_ref", base_ref), ("default_ref", default_ref)):
+        if value and not admin:
+            claims[claim] = value
     scope = "cache-admin" if admin else "cache"
     tok = tokens.mint(secret, scope=scope, subject=org_id, ttl_seconds=ttl, **claims)
     if as_json:

@@ -16,6 +16,7 @@ from smith.asyncutil import supervise
 from smith.control import webhooks
 from smith.control.settings import ControlSettings
 from smith.control.spool import Spool
+from smith.domain.cache import job_cache_claims
 from smith.domain.jobs import Job, JobState, match_runner_class
 from smith.errors import Conflict, InvalidInput, SmithError, Unavailable
 from smith.logging import get_logger
@@ -230,17 +231,16 @@ class ControlPlane:
         cache = None
         s = self.settings
         if s.cache_url and s.cache_shared_secret:
-            org = job.org or job.repo.split("/")[0] or "local"
+            claims = job_cache_claims(job)
             cache = wire.ServiceAccess(
                 url=s.cache_url,
                 token=tokens.mint(
                     s.cache_shared_secret.get_secret_value(),
                     scope="cache",
-                    subject=org,
+                    subject=claims["org"],
                     ttl_seconds=CACHE_TOKEN_TTL,
-                    org=org,
-                    repo=job.repo,
                     job_id=job.id,
+                    **claims,
                 ),
             )
         log.info("job leased", job_id=job.id, agent_id=agent_id, attempt=job.attempts)

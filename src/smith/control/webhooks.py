@@ -102,6 +102,7 @@ def workflow_job(payload: Mapping[str, Any], classes: Iterable[RunnerClass]) -> 
             run_attempt=run_attempt,
             head_sha=str(wj.get("head_sha") or ""),
             head_branch=str(wj.get("head_branch") or ""),
+            default_branch=_optional(repo, "default_branch", str, "repository") or "",
             installation_id=installation,
         )
         return Decision(action, job_id, rc, job, summary=summary)

@@ -14,7 +14,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
+from smith.domain.jobs import Job
 from smith.errors import InvalidInput
 
 MAX_KEY_LENGTH = 512
@@ -71,17 +73,14 @@ def _has_control(text: str) -> bool:
 
 
 def check_key(key: str, *, what: str = "key") -> str:
-    """A cache key as the client sends it; ``InvalidInput`` for anything that could escape or confuse."""
+    """A cache key as the client sends it, by GitHub's rules: at most 512 characters, no commas (keys never become
+    paths or object names here, so ``/``, ``\\`` and ``..`` are fine). Control characters are refused too."""
     if not isinstance(key, str) or not key:
         raise InvalidInput(f"{what} must be a non-empty string")
     if len(key) > MAX_KEY_LENGTH:
         raise InvalidInput(f"{what} is longer than {MAX_KEY_LENGTH} characters")
     if "," in key:
         raise InvalidInput(f"{what} cannot contain commas")
-    if "/" in key or "\\" in key:
-        raise InvalidInput(f"{what} cannot contain slashes")
-    if ".." in key:
-        raise InvalidInput(f"{what} cannot contain '..'")
     if _has_control(key):
         raise InvalidInput(f"{what} cannot contain control characters")
     return key
@@ -104,6 +103,26 @@ def check_ref(ref: str) -> str:
     if len(ref) > 255 or _has_control(ref) or ".." in ref:
         raise InvalidInput("ref must be at most 255 characters, without '..' or control characters")
     return ref
+
+
+def branch_ref(branch: str) -> str:
+    """``main`` -> ``refs/heads/main``; a full ref stays as it is."""
+    return branch if not branch or branch.startswith("refs/") else f"refs/heads/{branch}"
+
+
+def job_cache_claims(job: Job) -> dict[str, Any]:
+    """The claims of a job's cache token, in the form the cache server checks (``smith.cache.auth``).
+
+    ``org`` is the job's org (or the repository's owner); ``repo`` is the repository's name inside it, without the
+    owner (``Codertocat/Hello-World`` -> ``Hello-World``); ``ref`` is where the job's saves go (its branch);
+    ``default_ref`` and, for a pull request, ``base_ref`` are also readable.
+    """
+    owner, _, name = job.repo.rpartition("/")
+    claims: dict[str, Any] = {"org": owner or job.org or "local", "repo": name}
+    for claim, branch in (("ref", job.head_branch), ("base_ref", job.base_ref), ("default_ref", job.default_branch)):
+        if branch:
+            claims[claim] = branch_ref(branch)
+    return claims
 
 
 def lookup_order(tenant: Tenant, key: str, restore_keys: list[str]) -> list[tuple[str, str, bool]]:

@@ -128,6 +128,8 @@ class Job:
     run_attempt: int = 0
     head_sha: str = ""
     head_branch: str = ""
+    default_branch: str = ""  # the repository's default branch (from the webhook)
+    base_ref: str = ""  # for a pull request: the branch it merges into
     installation_id: int = 0
     run: str = ""  # a shell script to run instead of GitHub's runner (API jobs, tests)
     attempts: int = 0

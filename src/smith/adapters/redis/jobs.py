@@ -69,6 +69,8 @@ def job_fields(job: Job) -> dict[str, str]:
         "run_attempt",
         "head_sha",
         "head_branch",
+        "default_branch",
+        "base_ref",
         "installation_id",
         "run",
     ):

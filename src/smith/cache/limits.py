@@ -1,0 +1,55 @@
+"""Limits uvicorn does not set by itself: the size of a request's head (request line + headers).
+
+uvicorn picks the httptools parser when it is installed, and that parser buffers a header of any size (a
+128 MiB header took 19 s and doubled the server's memory). ``http_protocol(limit)`` is uvicorn's httptools
+protocol with a cap: once more than ``limit`` bytes arrived and the head is still not complete, the server
+answers ``431 Request Header Fields Too Large`` and closes the connection. Memory stays within the limit plus
+one socket read.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+_TOO_LARGE = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+    b"content-type: text/plain; charset=utf-8\r\ncontent-length: 32\r\nconnection: close\r\n\r\n"
+    b"request headers are too large.\r\n"
+)
+
+
+class LimitedHttpToolsProtocol(HttpToolsProtocol):
+    max_head_bytes = 32 * 1024
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._in_head = True
+        self._head_bytes = 0
+
+    def data_received(self, data: bytes) -> None:
+        if self._in_head:
+            self._head_bytes += len(data)
+        super().data_received(data)
+        if self._in_head and self._head_bytes > self.max_head_bytes and not self.transport.is_closing():
+            self.transport.write(_TOO_LARGE)
+            self.transport.close()
+
+    def on_message_begin(self) -> None:
+        self._in_head = True
+        super().on_message_begin()
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._head_bytes = 0
+        super().on_headers_complete()
+
+
+def http_protocol(max_head_bytes: int) -> type[LimitedHttpToolsProtocol]:
+    return type("CacheHttpProtocol", (LimitedHttpToolsProtocol,), {"max_head_bytes": max_head_bytes})
+
+
+def uvicorn_options(max_head_bytes: int) -> dict[str, Any]:
+    """What `smith cache serve` (and the tests' server) pass to ``uvicorn.Config`` besides host and port."""
+    return {"http": http_protocol(max_head_bytes), "h11_max_incomplete_event_size": max_head_bytes}
