@@ -244,8 +244,8 @@ class Agent:
         state, reason, exit_code = "failed", "", None
         warm = job.machine is not None
         running_report: asyncio.Task[None] | None = None
-        await self.output.start_job(spec.id, job.lease.logs_token)
         try:
+            await self.output.start_job(spec.id, job.lease.logs_token)
             if job.machine is None:
                 job.machine = await self.vmm.boot(job.shape, f"job-{spec.id}-{spec.attempt}")
             await job.machine.assign(self.guest_config(job.lease))
