@@ -54,9 +54,13 @@ async def test_a_firecracker_vmm_and_its_guest_see_none_of_the_agents_secrets(
     values = plant(monkeypatch)
     for rig in make_rig():
         machine = await rig.vmm.boot(FC_SHAPE, "leak")
-        assert machine.process is not None
-        vmm_env = Path(f"/proc/{machine.process.pid}/environ").read_bytes().decode(errors="replace")
-        assert "PATH=" in vmm_env and found(values, vmm_env) == []
+        try:
+            assert machine.process is not None
+            vmm_env = Path(f"/proc/{machine.process.pid}/environ").read_bytes().decode(errors="replace")
+            assert "PATH=" in vmm_env and found(values, vmm_env) == []
+        except BaseException:
+            await machine.stop()
+            raise
         cfg = guest_config(ENV_ONLY).model_copy(update={"cache": ServiceAccess(url="http://c", token="tok-CACHE")})
         text = job_output(await run(machine, cfg))
         assert found(values, text) == []
@@ -86,9 +90,13 @@ async def test_a_qemu_vm_and_its_guest_see_none_of_the_agents_secrets(
     qemu = QemuConfig(kernel=image.vmlinux, initrd=image.initrd, accel="tcg", life_timeout=400, boot_timeout=1000)
     vmm = QemuVMM(short_dir, qemu)
     machine = await vmm.boot(VMShape("x", 1, 512), "leak")
-    vm_dir = next(short_dir.glob("*leak"))
-    qemu_env = Path(f"/proc/{(vm_dir / 'pid').read_text()}/environ").read_bytes().decode(errors="replace")
-    assert "PATH=" in qemu_env and found(values, qemu_env) == []
-    assert found(values, (vm_dir / "cmdline").read_text()) == []
+    try:
+        vm_dir = next(short_dir.glob("*leak"))
+        qemu_env = Path(f"/proc/{(vm_dir / 'pid').read_text()}/environ").read_bytes().decode(errors="replace")
+        assert "PATH=" in qemu_env and found(values, qemu_env) == []
+        assert found(values, (vm_dir / "cmdline").read_text()) == []
+    except BaseException:
+        await machine.stop()  # never leave a VM running
+        raise
     text = job_output(await run(machine, config(HUNT)))
     assert found(values, text) == []
