@@ -78,16 +78,23 @@ def _isolated_data_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: py
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _no_sandbox_dirs_left() -> Iterator[None]:
-    """Sandboxes of root-run tests live under /var/tmp/smith-sandboxes (see adapters/sandbox.py); remove the
-    ones this test session made, so repeated runs do not pile them up."""
+def _no_sandbox_dirs_left(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Sandboxes of root-run tests live under /var/tmp/smith-sandboxes/<hash of their base dir> (see
+    adapters/sandbox.py); remove the ones this session made, so repeated runs do not pile them up. Only those
+    whose base dir is under this session's temporary directory: sessions of other checkouts run at the same
+    time, and removing their sandboxes (everything new since this session began) broke their running jobs."""
+    import hashlib
     import shutil
 
     base = Path("/var/tmp/smith-sandboxes")
-    before = set(base.iterdir()) if base.is_dir() else set()
     yield
-    if base.is_dir():
-        for path in set(base.iterdir()) - before:
+    if not base.is_dir():
+        return
+    ours = set()
+    for dirpath, _, _ in os.walk(tmp_path_factory.getbasetemp()):
+        ours.add(hashlib.sha256(str(Path(dirpath).resolve()).encode()).hexdigest()[:12])
+    for path in base.iterdir():
+        if path.name in ours:
             shutil.rmtree(path, ignore_errors=True)
 
 

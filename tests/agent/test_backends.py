@@ -7,9 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from smith.adapters.sandbox import SandboxVMM
 from smith.agent.backends import probe, select_backend
 from smith.agent.settings import AgentSettings
+from smith.domain.vms import VMShape
 from smith.errors import ConfigError
+from smith.wire.agent import JobSpec
+from smith.wire.guest import GuestConfig
 
 
 def settings(tmp_path: Path, **kw: object) -> AgentSettings:
@@ -41,3 +45,28 @@ def test_auto_builds_the_sandbox_here(tmp_path: Path, monkeypatch: pytest.Monkey
     monkeypatch.setenv("SMITH_AGENT_KVM", "off")
     vmm, why = select_backend(settings(tmp_path))
     assert str(vmm.backend) == "sandbox" and why.startswith("auto:") and "weaker" in why
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="no unshare (util-linux)")
+async def test_without_bwrap_auto_builds_the_sandbox_with_unshare(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A machine with no bubblewrap (only util-linux, as everywhere): `smith dev` and `auto` still get a sandbox."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "unshare").symlink_to(str(shutil.which("unshare")))
+    monkeypatch.setenv("PATH", str(bin_dir))  # bwrap, qemu and firecracker are not on it
+    monkeypatch.setenv("SMITH_AGENT_KVM", "off")
+    found = probe(settings(tmp_path))
+    assert found["auto"] == "sandbox" and found["backends"]["sandbox"]["launcher"] == "unshare"
+    vmm, why = select_backend(settings(tmp_path))
+    assert isinstance(vmm, SandboxVMM) and vmm.launcher == "unshare" and "unshare" in why
+    machine = await vmm.boot(VMShape("x", 1, 512, disk_mib=64), "nobwrap")
+    try:
+        await machine.assign(
+            GuestConfig(job=JobSpec(id="j", runner_class="x", vcpus=1, memory_mib=512, run="echo ok; hostname"))
+        )
+        events = [e async for e in machine.events()]
+    finally:
+        await machine.stop()
+    assert [e.line for e in events if e.stream == "stdout"] == ["ok", "smith-nobwrap"], events

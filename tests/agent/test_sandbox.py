@@ -22,7 +22,7 @@ from smith.images.build import build_image, find_inputs, unpack_cpio
 from smith.wire.agent import JobSpec, RunnerCredential, ServiceAccess
 from smith.wire.guest import GuestConfig, GuestEvent
 
-pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bwrap is not installed (apt install bubblewrap)")
+BWRAP = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bwrap is not installed (apt install bubblewrap)")
 SHAPE = VMShape("self-hosted", 1, 2048)
 SRC = Path(__file__).resolve().parents[2] / "src"
 
@@ -32,8 +32,8 @@ def config(run: str, **extra: object) -> GuestConfig:
 
 
 @pytest.fixture
-async def vmm(tmp_path: Path) -> AsyncIterator[SandboxVMM]:
-    yield SandboxVMM(tmp_path / "sandboxes")
+async def vmm(tmp_path: Path, launcher: str) -> AsyncIterator[SandboxVMM]:
+    yield SandboxVMM(tmp_path / "sandboxes", launcher=launcher)
 
 
 async def run_job(vmm: SandboxVMM, cfg: GuestConfig, vm_id: str = "t") -> tuple[list[GuestEvent], Path]:
@@ -116,12 +116,14 @@ async def test_cannot_see_or_write_the_host(vmm: SandboxVMM, tmp_path: Path) -> 
 async def test_two_sandboxes_do_not_see_each_other(vmm: SandboxVMM) -> None:
     a = await vmm.boot(SHAPE, "a")
     b = await vmm.boot(SHAPE, "b")
-    await a.assign(config("echo mine > /work/file; sleep 1; cat /work/file"))
-    await b.assign(config("ls /work; ls /proc | grep -c '^[0-9]'"))
-    ev_a = [e async for e in a.events()]
-    ev_b = [e async for e in b.events()]
-    await a.stop()
-    await b.stop()
+    try:
+        await a.assign(config("echo mine > /work/file; sleep 1; cat /work/file"))
+        await b.assign(config("ls /work; ls /proc | grep -c '^[0-9]'"))
+        ev_a = [e async for e in a.events()]
+        ev_b = [e async for e in b.events()]
+    finally:
+        await a.stop()
+        await b.stop()
     assert lines(ev_a) == ["mine"]
     out_b = lines(ev_b)
     assert "file" not in out_b
@@ -137,8 +139,8 @@ async def test_secrets_are_masked_and_cache_env_is_set(vmm: SandboxVMM) -> None:
     assert lines(events) == ["token is ***", "url http://10.0.0.1:9000/"]
 
 
-async def test_jit_runner_is_started_and_its_config_masked(tmp_path: Path) -> None:
-    probe = SandboxVMM(tmp_path / "sbx")
+async def test_jit_runner_is_started_and_its_config_masked(tmp_path: Path, launcher: str) -> None:
+    probe = SandboxVMM(tmp_path / "sbx", launcher=launcher)
     runner = probe.base_dir / "runner"  # somewhere the sandbox user (nobody) can reach, like /opt
     runner.mkdir()
     (runner / "run.sh").write_text(
@@ -149,7 +151,7 @@ async def test_jit_runner_is_started_and_its_config_masked(tmp_path: Path) -> No
     )
     (runner / "run.sh").chmod(0o755)
     runner.chmod(0o755)
-    vmm = SandboxVMM(tmp_path / "sbx", runner_dir=runner)
+    vmm = SandboxVMM(tmp_path / "sbx", runner_dir=runner, launcher=launcher)
     cfg = config("", runner=RunnerCredential(kind="jit", value="eyJhIjoiYiJ9-jit-config"))
     events, _ = await run_job(vmm, cfg)
     assert lines(events) == ["runner got --jitconfig of 23 chars: ***"], events
@@ -193,7 +195,7 @@ from smith.images.build import build_image, find_inputs, unpack_cpio
 from smith.wire.agent import JobSpec
 from smith.wire.guest import GuestConfig
 async def main():
-    vmm = SandboxVMM(Path(BASE))
+    vmm = SandboxVMM(Path(BASE), launcher=LAUNCHER)
     m = await vmm.boot(VMShape("x", 1, 1024), "orphan")
     await m.assign(GuestConfig(job=JobSpec(id="1", runner_class="x", vcpus=1, memory_mib=1024, run="sleep 300")))
     print(m.proc.pid, flush=True)
@@ -202,10 +204,10 @@ asyncio.run(main())
 """
 
 
-async def test_cleanup_after_the_agent_is_killed(tmp_path: Path) -> None:
+async def test_cleanup_after_the_agent_is_killed(tmp_path: Path, launcher: str) -> None:
     """A sandbox whose agent died with SIGKILL: the next agent's cleanup_leftovers() removes it."""
     base = tmp_path / "sbx"
-    code = f"SRC = {str(SRC)!r}\nBASE = {str(base)!r}\n" + ORPHAN
+    code = f"SRC = {str(SRC)!r}\nBASE = {str(base)!r}\nLAUNCHER = {launcher!r}\n" + ORPHAN
     agent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert agent.stdout is not None
     line = agent.stdout.readline()
@@ -233,6 +235,7 @@ def _gone(pid: int) -> bool:
     return "zombie" in state.lower()
 
 
+@BWRAP  # the unshare launcher needs util-linux's setpriv in the root, which the guest image has not
 async def test_an_image_directory_can_be_the_root(tmp_path: Path) -> None:
     """The guest image's root (busybox + python3 + the agent), unpacked, replaces the host's system dirs."""
     try:

@@ -4,7 +4,6 @@ processes, the work area's size; and they are gone with the job."""
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -18,7 +17,6 @@ from smith.wire.guest import GuestConfig, GuestEvent
 
 pytestmark = [
     pytest.mark.root,
-    pytest.mark.skipif(shutil.which("bwrap") is None, reason="bwrap is not installed (apt install bubblewrap)"),
     pytest.mark.skipif(os.geteuid() != 0, reason="per-job cgroups, uids and work disks need root"),
 ]
 SHAPE = VMShape("small", 1, 1024, disk_mib=64)
@@ -29,8 +27,8 @@ def config(run: str) -> GuestConfig:
 
 
 @pytest.fixture
-async def vmm(tmp_path: Path) -> AsyncIterator[SandboxVMM]:
-    vmm = SandboxVMM(tmp_path / "sbx", max_procs=64)
+async def vmm(tmp_path: Path, launcher: str) -> AsyncIterator[SandboxVMM]:
+    vmm = SandboxVMM(tmp_path / "sbx", max_procs=64, launcher=launcher)
     if vmm.cgroups is None:
         pytest.skip("no writable cgroup hierarchy here")
     yield vmm
@@ -119,7 +117,7 @@ async def test_cgroups_and_work_disks_are_gone_after_stop_and_after_cleanup(vmm:
 
     crashed = await vmm.boot(SHAPE, "crashed")
     await crashed.assign(config("sleep 300"))  # a job still running when its agent died
-    again = SandboxVMM(vmm.base_dir)  # the next agent, on the same directory
+    again = SandboxVMM(vmm.base_dir, launcher=vmm.launcher)  # the next agent, on the same directory
     assert again.cgroup_prefix == vmm.cgroup_prefix
     assert await again.cleanup_leftovers() == ["sbx-crashed"]
     assert vmm.cgroups.find(vmm.cgroup_prefix) == [] and workdisk.mounts_under(vmm.base_dir) == []

@@ -40,6 +40,7 @@ from pydantic import ValidationError
 from smith.adapters import workdisk
 from smith.adapters.cgroups import Cgroups, JobCgroup, Limits
 from smith.adapters.childenv import SAFE_PATH, minimal_env
+from smith.adapters.launchers import Layout, bwrap_argv, unshare_argv
 from smith.domain.vms import Backend, VMShape
 from smith.errors import VMError
 from smith.logging import get_logger
@@ -139,6 +140,7 @@ class SandboxVMM:
         *,
         network: str = "none",
         bwrap: str = "bwrap",
+        launcher: str = "bwrap",
         max_procs: int = 4096,
         runner_dir: Path | None = None,
         root_dir: Path | None = None,
@@ -163,94 +165,65 @@ class SandboxVMM:
                 cgroups=self.cgroups is not None,
             )
         self.network = network
+        if launcher not in ("bwrap", "unshare"):
+            raise VMError("sandbox launcher must be 'bwrap' or 'unshare'")
+        self.launcher = launcher  # bubblewrap, or util-linux's unshare where bwrap is missing: the same sandbox
         self.bwrap = shutil.which(bwrap) or bwrap
+        self.unshare = os.path.realpath(shutil.which("unshare") or "/usr/bin/unshare")  # the job may not reach a link
         self.max_procs = max_procs
         self.runner_dir = runner_dir  # a host's GitHub runner install, shown read-only at /runner
         self.root_dir = root_dir  # an image directory to use as / (read-only) instead of the host's system dirs
         if root_dir is not None and not (Path(root_dir) / "bin" / "sh").exists():
             raise VMError(f"sandbox root {root_dir} has no /bin/sh: not a root filesystem")
+        if root_dir is not None and launcher == "unshare" and not (Path(root_dir) / "usr/bin/setpriv").exists():
+            raise VMError(f"sandbox root {root_dir} has no /usr/bin/setpriv: the unshare launcher needs it")
         log.warning("sandbox backend: jobs share the host kernel; isolation is weaker than a VM")
 
-    def command(self, root: Path, vm_id: str, tmp_bytes: int | None = None) -> list[str]:
-        """bwrap's argv: a fresh root built from read-only host system dirs, nothing of the agent's own state."""
-        argv = [
-            self.bwrap,
-            "--unshare-user",
-            "--unshare-ipc",
-            "--unshare-pid",
-            "--unshare-uts",
-            "--unshare-cgroup-try",
-            "--die-with-parent",
-            "--new-session",
-        ]
-        if self.network == "none":
-            argv.append("--unshare-net")
-        if self.root_dir is not None:  # each top-level entry of the image, read-only, over bwrap's own tmpfs root
+    def layout(self, root: Path, vm_id: str, tmp_bytes: int | None = None) -> Layout:
+        """What the sandbox holds, whichever launcher builds it: a fresh root from read-only host system dirs (or
+        an image's), nothing of the agent's own state."""
+        mounts: list[tuple[str, str, str]] = []
+        if self.root_dir is not None:  # each top-level entry of the image, read-only, over a tmpfs root
             skip = {"dev", "proc", "tmp", "run", "work", "smith-guest"}
             for entry in sorted(Path(self.root_dir).iterdir()):
                 if entry.name in skip:
                     continue
                 if entry.is_symlink():
-                    argv += ["--symlink", os.readlink(entry), f"/{entry.name}"]
+                    mounts.append(("symlink", os.readlink(entry), f"/{entry.name}"))
                 else:
-                    argv += ["--ro-bind", str(entry), f"/{entry.name}"]
+                    mounts.append(("ro", str(entry), f"/{entry.name}"))
         else:
             for top in ("usr", "etc", "opt"):
                 if Path(f"/{top}").is_dir():
-                    argv += ["--ro-bind", f"/{top}", f"/{top}"]
+                    mounts.append(("ro", f"/{top}", f"/{top}"))
             for top in ("bin", "lib", "lib64", "sbin"):
                 path = Path(f"/{top}")
                 if path.is_symlink():
-                    argv += ["--symlink", os.readlink(path), f"/{top}"]
+                    mounts.append(("symlink", os.readlink(path), f"/{top}"))
                 elif path.is_dir():
-                    argv += ["--ro-bind", f"/{top}", f"/{top}"]
+                    mounts.append(("ro", f"/{top}", f"/{top}"))
         if self.runner_dir is not None:
-            argv += ["--ro-bind", str(self.runner_dir), RUNNER_MOUNT]
+            mounts.append(("ro", str(self.runner_dir), RUNNER_MOUNT))
         python = guest_python() if self.root_dir is None else "/usr/bin/python3"
         prefix = Path(python).resolve().parent.parent
         if self.root_dir is None and not str(prefix).startswith("/usr"):
-            argv += ["--ro-bind", str(prefix), str(prefix)]
-        argv += [
-            "--dev",
-            "/dev",
-            "--proc",
-            "/proc",
-            *(["--size", str(tmp_bytes)] if tmp_bytes else []),
-            "--tmpfs",
-            "/tmp",
-            "--tmpfs",
-            "/run",
-            "--bind",
-            str(root / "work"),
-            "/work",
-            "--ro-bind",
-            str(root / "guest"),
-            "/smith-guest",
-            "--chdir",
-            "/work",
-            "--hostname",
-            f"smith-{vm_id[:40]}",
-            "--clearenv",
-            "--setenv",
-            "HOME",
-            "/work",
-            "--setenv",
-            "TMPDIR",
-            "/tmp",
-            "--setenv",
-            "PATH",
-            SAFE_PATH,
-            "--cap-drop",
-            "ALL",
-            "--",
-            python,
-            "-I",
-            "-S",
-            "/smith-guest/agent.py",
-            "--workdir",
-            "/work",
-        ]
-        return argv
+            mounts.append(("ro", str(prefix), str(prefix)))
+        mounts += [("rw", str(root / "work"), "/work"), ("ro", str(root / "guest"), "/smith-guest")]
+        return Layout(
+            mounts=mounts,
+            hostname=f"smith-{vm_id[:40]}",
+            tmp_bytes=tmp_bytes,
+            network=self.network == "host",
+            env={"HOME": "/work", "TMPDIR": "/tmp", "PATH": SAFE_PATH},
+            argv=[python, "-I", "-S", "/smith-guest/agent.py", "--workdir", "/work"],
+            new_root=str(root / "newroot"),
+        )
+
+    def command(self, root: Path, vm_id: str, tmp_bytes: int | None = None) -> list[str]:
+        plan = self.layout(root, vm_id, tmp_bytes)
+        if self.launcher == "unshare":
+            return unshare_argv(plan, self.unshare)
+        return bwrap_argv(plan, self.bwrap)
 
     async def boot(self, shape: VMShape, vm_id: str) -> SandboxMachine:
         root = self.base_dir / f"{PREFIX}{vm_id}"
@@ -272,6 +245,7 @@ class SandboxVMM:
             undo.append(lambda: shutil.rmtree(root, ignore_errors=True))
             root.chmod(0o711)
             (root / "guest").mkdir(mode=0o755)
+            (root / "newroot").mkdir(mode=0o755)  # where the unshare launcher mounts the sandbox's root
             shutil.copy2(GUEST_AGENT, root / "guest" / "agent.py")
             (root / "guest" / "agent.py").chmod(0o644)
             mem = shape.memory_mib * 1024 * 1024
@@ -279,8 +253,12 @@ class SandboxVMM:
             uid = self._take_uid() if self.as_root else None
             if uid is not None:  # the job runs as a uid of its own, never as the agent's root nor another job's
                 undo.append(lambda: self._uids.discard(uid - self.uid_base))
-                await asyncio.to_thread(workdisk.mount, root, root / "work", shape.disk_mib, uid)
                 undo.append(lambda: workdisk.unmount(root / "work"))
+                try:
+                    await asyncio.to_thread(workdisk.mount, root, root / "work", shape.disk_mib, uid)
+                except VMError as exc:  # e.g. no free loop device (a container with a fixed few): still a sandbox
+                    log.warning("sandbox /work is unsized for this job", vm_id=vm_id, error=exc.message)
+                    os.chown(root / "work", uid, uid)
             group: JobCgroup | None = None
             if self.cgroups is not None:
                 group = self.cgroups.create(self.cgroup_prefix + vm_id, Limits(mem, procs, shape.vcpus))
@@ -355,7 +333,8 @@ def _reachable_dir(wanted: Path) -> Path:
 
 
 def _is_bwrap(pid: int) -> bool:
+    """Is ``pid`` still one of our launchers (bwrap or unshare), not a reused pid?"""
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].endswith(b"bwrap")
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].endswith((b"bwrap", b"unshare"))
     except OSError:
         return False

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from typing import Any
 
+from smith.adapters.childenv import minimal_env
 from smith.errors import ConfigError
 from smith.ports import VMM, Network
 
@@ -22,6 +24,30 @@ def _kvm_usable(forced: str = "auto") -> tuple[bool, str]:
     if forced != "on" and os.path.exists("/sys/module/kvm_pvm"):
         return False, "/dev/kvm is PVM (kvm_pvm loaded): it boots only PVM guest kernels, not normal ones"
     return True, "/dev/kvm is usable"
+
+
+def sandbox_launcher() -> tuple[str | None, str]:
+    """bubblewrap if it is here, else util-linux's unshare (the same sandbox) if user namespaces work."""
+    bw = shutil.which("bwrap")
+    if bw:
+        return "bwrap", f"{bw}: namespaces only, weaker isolation than a VM"
+    un = shutil.which("unshare")
+    if un is None:
+        return None, "neither bwrap nor unshare on PATH (apt install bubblewrap)"
+    try:
+        done = subprocess.run(
+            [un, "--user", "--map-root-user", "--mount", "--pid", "--fork", "true"],
+            capture_output=True,
+            timeout=10,
+            env=minimal_env(),
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return None, f"no bwrap, and {un} failed: {exc}"
+    if done.returncode:
+        err = done.stderr.decode(errors="replace").strip()
+        return None, f"no bwrap, and {un} cannot make user namespaces here: {err}"
+    return "unshare", f"{un} (no bwrap here): namespaces only, weaker isolation than a VM"
 
 
 def probe(settings: Any | None = None) -> dict[str, Any]:
@@ -46,12 +72,8 @@ def probe(settings: Any | None = None) -> dict[str, Any]:
     else:
         accel = "KVM" if kvm else "software emulation (slow: no usable KVM)"
         out["qemu"] = {"available": True, "reason": f"{q} with {accel}", "kvm": kvm}
-    bw = shutil.which("bwrap")
-    out["sandbox"] = (
-        {"available": True, "reason": f"{bw}: namespaces only, weaker isolation than a VM"}
-        if bw
-        else {"available": False, "reason": "no bwrap binary on PATH (apt install bubblewrap)"}
-    )
+    launcher, why = sandbox_launcher()
+    out["sandbox"] = {"available": launcher is not None, "reason": why, "launcher": launcher}
     # auto: a VM if a fast one is here; QEMU only with KVM (software emulation is too slow to be the default).
     auto = "sandbox"
     if out["firecracker"]["available"]:
@@ -81,6 +103,7 @@ def build(name: str, settings: Any, network: Network | None = None) -> VMM:
 
         return SandboxVMM(
             base_dir=work,
+            launcher=sandbox_launcher()[0] or "bwrap",
             cgroup_parent=getattr(settings, "agent_cgroup_parent", None),
             uid_base=getattr(settings, "agent_sandbox_uid_base", 100_000),
         )
