@@ -31,6 +31,15 @@ from smith.wire.guest import GuestConfig, GuestEvent
 log = get_logger("smith.agent")
 
 
+def from_guest(event: GuestEvent) -> GuestEvent:
+    """A guest's event as the host records it. Everything in a VM is the job's (a root job can write to the
+    event channel itself), so the guest never speaks as the host: a "system" line it sends is kept as stderr,
+    and the text of its started/exit events is dropped (the host words those itself)."""
+    if event.type == "line":
+        return event.model_copy(update={"stream": "stderr"}) if event.stream == "system" else event
+    return event.model_copy(update={"stream": "system", "line": ""})
+
+
 @dataclass
 class RunningJob:
     lease: wire.LeaseResponse
@@ -306,7 +315,8 @@ class Agent:
         async def consume() -> None:
             nonlocal exit_code
             assert job.machine is not None
-            async for event in job.machine.events():
+            async for said in job.machine.events():
+                event = from_guest(said)
                 if event.type == "line" and job.first_line_at is None:
                     job.first_line_at = time.monotonic()
                 await self.output.emit(spec_id, event)
