@@ -146,6 +146,43 @@ def test_link_copies_across_filesystems(tmp_path: Path) -> None:
         source.unlink()
 
 
+@pytest.mark.root
+@pytest.mark.skipif(not IS_ROOT, reason="chown to the jail user needs root")
+def test_a_copied_image_stays_ours_and_read_only(tmp_path: Path) -> None:
+    """Across filesystems the image is copied: the copy must not become the jail user's to rewrite."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or os.stat(shm).st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("no second filesystem (/dev/shm) to copy across")
+    source = shm / f"smith-test-{uuid.uuid4().hex}"
+    source.write_bytes(b"rootfs bytes")
+    source.chmod(0o644)
+    try:
+        jail = Jail(spec(tmp_path))
+        jail.create()
+        jail.link(source, "rootfs.ext4")
+        copy = (jail.root / "rootfs.ext4").stat()
+        assert copy.st_uid == 0 and copy.st_mode & 0o222 == 0
+        jail.remove()
+    finally:
+        source.unlink()
+
+
+@pytest.mark.root
+@pytest.mark.skipif(not IS_ROOT, reason="a jail user other than ourselves needs root")
+@pytest.mark.parametrize(("owner", "mode"), [(12345, 0o644), (0, 0o646), (23456, 0o664)])
+def test_an_image_the_jail_user_could_write_is_not_shared(tmp_path: Path, owner: int, mode: int) -> None:
+    image = tmp_path / "rootfs.ext4"
+    image.write_bytes(b"")
+    os.chown(image, owner, owner)
+    image.chmod(mode)
+    jail = Jail(spec(tmp_path))  # uid 12345, gid 23456
+    jail.create()
+    with pytest.raises(ConfigError, match="must not be writable by the jail user"):
+        jail.link(image, "rootfs.ext4")
+    assert not (jail.root / "rootfs.ext4").exists()
+    jail.remove()
+
+
 def test_tap_slots_are_distinct_30s() -> None:
     net = TapNetwork("10.200.0.0/24", netns="smith-test")
     a, b = net.slot(0), net.slot(1)
