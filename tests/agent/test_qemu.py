@@ -141,6 +141,20 @@ async def test_a_failed_boot_unwinds_every_step(image: GuestImage, base_dir: Pat
     assert not (base_dir / "qemu-doomed").exists()
 
 
+async def test_a_vms_directory_is_private(image: GuestImage, base_dir: Path) -> None:
+    """Its console (anything a job writes to /dev/console) and its sockets are nobody else's on the host."""
+    fake_qemu = base_dir / "qemu-tells"  # says the mode of the directory its console file is in, and fails
+    fake_qemu.write_text(
+        "#!/bin/sh\n"
+        'for a; do case "$a" in file:*) stat -c "mode=%a" "$(dirname "${a#file:}")" >&2;; esac; done\n'
+        "exit 1\n"
+    )
+    fake_qemu.chmod(0o755)
+    vmm = QemuVMM(base_dir, QemuConfig(kernel=image.vmlinux, initrd=image.initrd, accel="tcg", qemu_bin=str(fake_qemu)))
+    with pytest.raises(VMError, match="mode=700"):
+        await vmm.boot(SHAPE, "private")
+
+
 async def test_a_guest_that_never_gets_ready_is_torn_down(image: GuestImage, base_dir: Path) -> None:
     vmm = QemuVMM(
         base_dir,

@@ -405,7 +405,7 @@ class QemuVMM:
             if len(str(vm_dir / "events.sock")) > 100:
                 raise VMError(f"QEMU backend: {self.base_dir} is too deep for Unix socket paths; use a shorter one")
             try:
-                vm_dir.mkdir(parents=True)
+                vm_dir.mkdir(parents=True, mode=0o700)  # its console and sockets are nobody else's
             except FileExistsError as exc:
                 raise VMError(f"VM {vm_id} exists already") from exc
             cleanup.push("work dir", lambda: asyncio.to_thread(shutil.rmtree, vm_dir, True))
