@@ -15,8 +15,8 @@ Decisions:
   the jailer execs Firecracker in place, so ``process.pid`` is the VMM;
 * shared read-only images (kernel, rootfs) are hard-linked into the chroot (copied when on another
   filesystem, then root's and read-only) and **not** chowned: a hard link shares the inode, so chowning it
-  would chown the pool's image. They must be world-readable and not writable by the jail user; per-VM files (scratch disk, log, metrics) are created in the chroot and owned
-  by the jail's uid/gid.
+  would chown the pool's image. They must be world-readable and not writable by the jail user; per-VM files
+  (scratch disk, log, metrics) are created in the chroot and owned by the jail's uid/gid.
 """
 
 from __future__ import annotations
