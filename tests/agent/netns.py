@@ -264,8 +264,16 @@ def send_frame(netns: str, ifname: str, frame: bytes) -> None:
     run_in(netns, send)
 
 
-def arp_reply(src_mac: str, claimed_ip: str, dst_mac: str, dst_ip: str) -> bytes:
-    """An ARP reply saying ``claimed_ip is at src_mac``, sent from ``src_mac``."""
-    body = struct.pack("!HHBBH", 1, 0x0800, 6, 4, 2)
-    body += mac_bytes(src_mac) + socket.inet_aton(claimed_ip) + mac_bytes(dst_mac) + socket.inet_aton(dst_ip)
+def arp_reply(src_mac: str, claimed_ip: str, dst_mac: str, dst_ip: str, *, op: int = 2) -> bytes:
+    """An ARP reply saying ``claimed_ip is at src_mac``, sent from ``src_mac`` (``op=1``: a request for
+    ``dst_ip``, with ``dst_mac`` the broadcast address)."""
+    body = struct.pack("!HHBBH", 1, 0x0800, 6, 4, op)
+    target = "00:00:00:00:00:00" if op == 1 else dst_mac
+    body += mac_bytes(src_mac) + socket.inet_aton(claimed_ip) + mac_bytes(target) + socket.inet_aton(dst_ip)
     return mac_bytes(dst_mac) + mac_bytes(src_mac) + struct.pack("!H", 0x0806) + body
+
+
+def arp_answers(frames: list[bytes], asked_ip: str) -> list[bytes]:
+    """ARP replies among ``frames`` that claim ``asked_ip``."""
+    ip = socket.inet_aton(asked_ip)
+    return [f for f in frames if f[12:14] == b"\x08\x06" and f[20:22] == b"\x00\x02" and f[28:32] == ip]

@@ -22,6 +22,7 @@ from tests.agent.netns import (
     GuestWire,
     Server,
     Sniffer,
+    arp_answers,
     arp_reply,
     del_netns,
     links,
@@ -192,6 +193,20 @@ def test_arp_for_another_vms_address_is_dropped(world: World) -> None:
     neigh = sh("ip", "-n", world.host, "neigh", "show", world.b.guest_ip)
     assert world.a.mac not in neigh
     assert tcp_connect(world.host, world.b.guest_ip, 9000).startswith("ok vm-b")
+
+
+def test_arp_tells_a_vm_nothing_of_the_hosts_other_addresses(world: World) -> None:
+    sniffer = Sniffer(world.vm_a)
+    try:
+        for asked in (UPLINK_IP, world.a.gateway_ip):
+            frame = arp_reply(world.a.mac, world.a.guest_ip, "ff:ff:ff:ff:ff:ff", asked, op=1)
+            send_frame(world.vm_a, "eth0", frame)
+        assert tcp_connect(world.vm_a, world.a.gateway_ip, ALLOWED).startswith("ok")  # the answers are in by now
+        frames = sniffer.frames()
+    finally:
+        sniffer.close()
+    assert arp_answers(frames, world.a.gateway_ip)  # the gateway answers for itself ...
+    assert arp_answers(frames, UPLINK_IP) == []  # ... and for nothing else the host holds
 
 
 def test_ipv6_from_a_vm_reaches_neither_the_host_nor_another_vm(world: World) -> None:

@@ -371,7 +371,15 @@ class HostNetwork:
                     f"link set dev {br} up",
                 ]
             )
-            await cmd.sysctl({"net.ipv4.ip_forward": "1", f"net.ipv4.conf.{br}.send_redirects": "0"})
+            # arp_ignore=1: on the bridge the host answers ARP only for the bridge's own address, so a guest
+            # cannot learn the host's other addresses (its uplink, other NICs) by asking.
+            await cmd.sysctl(
+                {
+                    "net.ipv4.ip_forward": "1",
+                    f"net.ipv4.conf.{br}.send_redirects": "0",
+                    f"net.ipv4.conf.{br}.arp_ignore": "1",
+                }
+            )
             live = [self.plan.slot(i) for i in self.table.live()]
             await cmd.nft(script=render_ruleset(self.config, self.plan, live))
             self.ready = True
