@@ -209,6 +209,35 @@ def test_arp_tells_a_vm_nothing_of_the_hosts_other_addresses(world: World) -> No
     assert arp_answers(frames, UPLINK_IP) == []  # ... and for nothing else the host holds
 
 
+def test_dns_and_dhcp_to_the_host_are_dropped_unless_listed(world: World) -> None:
+    def listener(port: int) -> socket.socket:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("0.0.0.0", port))
+        sock.settimeout(0.5)
+        return sock
+
+    dns, dhcp = run_in(world.host, lambda: listener(53)), run_in(world.host, lambda: listener(67))
+
+    def ask() -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+            udp.sendto(b"query", (world.a.gateway_ip, 53))
+            for target in ("255.255.255.255", str(world.net.plan.pool.broadcast_address), world.a.gateway_ip):
+                udp.sendto(b"discover", (target, 67))
+
+    try:
+        run_in(world.vm_a, ask)
+        run_in(world.host, lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b"own", ("127.0.0.1", 53)))
+        assert dns.recvfrom(64)[0] == b"own"  # the host's own query arrives; the VM's never did
+        for sock in (dns, dhcp):
+            with pytest.raises(TimeoutError):
+                sock.recvfrom(64)
+    finally:
+        dns.close()
+        dhcp.close()
+
+
 def test_ipv6_from_a_vm_reaches_neither_the_host_nor_another_vm(world: World) -> None:
     sh("ip", "-n", world.host, "addr", "add", "fd00:5::1/64", "dev", world.net.config.bridge, "nodad")
     sh("ip", "-n", world.vm_a, "addr", "add", "fd00:5::a/64", "dev", "eth0", "nodad")
