@@ -166,6 +166,7 @@ def test_a_vm_never_sees_frames_meant_for_another(world: World) -> None:
     try:
         assert tcp_connect(world.vm_a, world.a.gateway_ip, ALLOWED).startswith("ok")
         assert tcp_connect(world.vm_a, INTERNET_IP, 80).startswith("ok")
+        sh("ip", "-n", world.host, "neigh", "flush", "dev", world.net.config.bridge)  # the host forgets A's MAC
         assert tcp_connect(world.host, world.a.guest_ip, 9000) == "ConnectionRefusedError"  # host -> A, fresh
 
         def shout() -> None:
@@ -183,6 +184,8 @@ def test_a_vm_never_sees_frames_meant_for_another(world: World) -> None:
     assert frames, "the sniffer saw nothing at all: it is not listening"
     leaked = [f[:14].hex() for f in frames if a_mac in (f[0:6], f[6:12])]
     assert leaked == []
+    a_ip = socket.inet_aton(world.a.guest_ip)  # not even the host's ARP broadcasts asking for A
+    assert [f.hex() for f in frames if a_ip in f] == []
 
 
 def test_arp_for_another_vms_address_is_dropped(world: World) -> None:

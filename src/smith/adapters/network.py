@@ -382,6 +382,8 @@ class HostNetwork:
             )
             live = [self.plan.slot(i) for i in self.table.live()]
             await cmd.nft(script=render_ruleset(self.config, self.plan, live))
+            if live:
+                await cmd.ip_batch([self._neighbour(slot) for slot in live])
             self.ready = True
         log.info(
             "network_ready",
@@ -475,10 +477,13 @@ class HostNetwork:
         lines = [
             f"tuntap add dev {slot.tap} mode tap{owner}",
             f"link set dev {slot.tap} group {self.config.tap_group} master {self.config.bridge}",
-            # No unknown-unicast or multicast flooding onto a tap: the host's frames for one VM must never reach
-            # another (a root job can put its NIC in promiscuous mode). Each tap gets its guest's MAC statically.
-            f"link set dev {slot.tap} type bridge_slave isolated on learning off flood off mcast_flood off",
+            # No flooding onto a tap: the host's frames for one VM must never reach another (a root job can put
+            # its NIC in promiscuous mode). Each tap gets its guest's MAC statically, and the host knows each
+            # guest's MAC for good, so it never needs to broadcast an ARP request.
+            f"link set dev {slot.tap} type bridge_slave isolated on learning off flood off mcast_flood off"
+            " bcast_flood off",
             f"link set dev {slot.tap} up",
+            self._neighbour(slot),
         ]
         try:
             await self.commands.ip_batch(lines)
@@ -489,6 +494,10 @@ class HostNetwork:
             await self.commands.ip("link", "del", "dev", slot.tap)
             await self.commands.ip_batch(lines)
         await self.commands.bridge("fdb", "replace", slot.mac, "dev", slot.tap, "master", "static")
+
+    def _neighbour(self, slot: Slot) -> str:
+        """The host's permanent neighbour entry for a guest (no ARP broadcasts onto the taps), as ip args."""
+        return f"neigh replace {slot.guest_ip} lladdr {slot.mac} dev {self.config.bridge} nud permanent"
 
     async def release(self, slot: Slot) -> None:
         """Delete the slot's tap and forget its addresses. Releasing a slot that is already free is a no-op."""
@@ -509,6 +518,8 @@ class HostNetwork:
                     )
                 except SmithError as exc:
                     errors.append(exc)
+            with contextlib.suppress(SmithError):  # gone with the bridge, or never made
+                await self.commands.ip("neigh", "del", slot.guest_ip, "dev", self.config.bridge)
             try:
                 await self.commands.delete_links([slot.tap])
             except SmithError as exc:
