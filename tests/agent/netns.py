@@ -104,8 +104,9 @@ def run_in(netns: str, fn: Callable[[], T]) -> T:
     return box["value"]  # type: ignore[return-value]
 
 
-def socket_in(netns: str, kind: int = socket.SOCK_STREAM) -> socket.socket:
-    return run_in(netns, lambda: socket.socket(socket.AF_INET, kind))
+def socket_in(netns: str, kind: int = socket.SOCK_STREAM, *, for_address: str = "") -> socket.socket:
+    family = socket.AF_INET6 if ":" in for_address else socket.AF_INET
+    return run_in(netns, lambda: socket.socket(family, kind))
 
 
 def _open_tap(name: str) -> int:
@@ -176,7 +177,7 @@ class GuestWire:
 
 def tcp_connect(netns: str, host: str, port: int, *, timeout: float = 1.0, source: str | None = None) -> str:
     """Connect from ``netns``; return "ok" with the server's first line, or the error's class name."""
-    sock = socket_in(netns)
+    sock = socket_in(netns, for_address=host)
     sock.settimeout(timeout)
     try:
         if source is not None:
@@ -197,7 +198,7 @@ class Server:
     def __init__(self, netns: str, host: str, port: int, name: str) -> None:
         self.name = name
         self.peers: list[str] = []
-        self.sock = socket_in(netns)
+        self.sock = socket_in(netns, for_address=host)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind((host, port))
         self.sock.listen(16)
@@ -207,7 +208,8 @@ class Server:
     def _serve(self) -> None:
         while True:
             try:
-                conn, (peer, _) = self.sock.accept()
+                conn, address = self.sock.accept()
+                peer = address[0]
             except OSError:
                 return
             self.peers.append(peer)
@@ -218,3 +220,60 @@ class Server:
         self.sock.shutdown(socket.SHUT_RDWR)
         self.sock.close()
         self._thread.join(5)
+
+
+ETH_P_ALL = 0x0003
+
+
+class Sniffer:
+    """Every frame that reaches ``ifname`` inside ``netns`` (as a guest in promiscuous mode would see it)."""
+
+    def __init__(self, netns: str, ifname: str = "eth0") -> None:
+        def make() -> socket.socket:
+            sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+            sock.bind((ifname, 0))
+            return sock
+
+        self.sock = run_in(netns, make)
+        self.sock.setblocking(False)
+
+    def frames(self) -> list[bytes]:
+        got: list[bytes] = []
+        while True:
+            try:
+                got.append(self.sock.recv(65536))
+            except BlockingIOError:
+                return got
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def mac_bytes(mac: str) -> bytes:
+    return bytes.fromhex(mac.replace(":", ""))
+
+
+def send_frame(netns: str, ifname: str, frame: bytes) -> None:
+    """Write one raw Ethernet frame out of ``ifname`` inside ``netns`` (what a root job in a guest can do)."""
+
+    def send() -> None:
+        with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as sock:
+            sock.bind((ifname, 0))
+            sock.send(frame)
+
+    run_in(netns, send)
+
+
+def arp_reply(src_mac: str, claimed_ip: str, dst_mac: str, dst_ip: str, *, op: int = 2) -> bytes:
+    """An ARP reply saying ``claimed_ip is at src_mac``, sent from ``src_mac`` (``op=1``: a request for
+    ``dst_ip``, with ``dst_mac`` the broadcast address)."""
+    body = struct.pack("!HHBBH", 1, 0x0800, 6, 4, op)
+    target = "00:00:00:00:00:00" if op == 1 else dst_mac
+    body += mac_bytes(src_mac) + socket.inet_aton(claimed_ip) + mac_bytes(target) + socket.inet_aton(dst_ip)
+    return mac_bytes(dst_mac) + mac_bytes(src_mac) + struct.pack("!H", 0x0806) + body
+
+
+def arp_answers(frames: list[bytes], asked_ip: str) -> list[bytes]:
+    """ARP replies among ``frames`` that claim ``asked_ip``."""
+    ip = socket.inet_aton(asked_ip)
+    return [f for f in frames if f[12:14] == b"\x08\x06" and f[20:22] == b"\x00\x02" and f[28:32] == ip]

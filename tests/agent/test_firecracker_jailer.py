@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -129,21 +130,53 @@ def test_as_root_per_vm_files_belong_to_the_jail_user_and_images_stay_ours(tmp_p
     jail.remove()
 
 
-def test_link_copies_across_filesystems(tmp_path: Path) -> None:
+@pytest.fixture
+def elsewhere(tmp_path: Path) -> Iterator[Path]:
+    """An image on another filesystem than the jails (/dev/shm): linking it in copies it."""
     shm = Path("/dev/shm")
     if not shm.is_dir() or os.stat(shm).st_dev == os.stat(tmp_path).st_dev:
         pytest.skip("no second filesystem (/dev/shm) to copy across")
     source = shm / f"smith-test-{uuid.uuid4().hex}"
     source.write_bytes(b"kernel bytes")
     source.chmod(0o644)
-    try:
-        jail = Jail(spec(tmp_path, uid=os.geteuid(), gid=os.getegid()))
-        jail.create()
-        jail.link(source, "vmlinux")
-        assert (jail.root / "vmlinux").read_bytes() == b"kernel bytes"
-        jail.remove()
-    finally:
-        source.unlink()
+    yield source
+    source.unlink()
+
+
+def test_link_copies_across_filesystems(tmp_path: Path, elsewhere: Path) -> None:
+    jail = Jail(spec(tmp_path, uid=os.geteuid(), gid=os.getegid()))
+    jail.create()
+    jail.link(elsewhere, "vmlinux")
+    assert (jail.root / "vmlinux").read_bytes() == b"kernel bytes"
+    jail.remove()
+
+
+@pytest.mark.root
+@pytest.mark.skipif(not IS_ROOT, reason="chown to the jail user needs root")
+def test_a_copied_image_stays_ours_and_read_only(tmp_path: Path, elsewhere: Path) -> None:
+    """Across filesystems the image is copied: the copy must not become the jail user's to rewrite."""
+    jail = Jail(spec(tmp_path))
+    jail.create()
+    jail.link(elsewhere, "rootfs.ext4")
+    copy = (jail.root / "rootfs.ext4").stat()
+    assert copy.st_uid == 0 and copy.st_mode & 0o222 == 0
+    jail.remove()
+
+
+@pytest.mark.root
+@pytest.mark.skipif(not IS_ROOT, reason="a jail user other than ourselves needs root")
+@pytest.mark.parametrize(("owner", "mode"), [(12345, 0o644), (0, 0o646), (23456, 0o664)])
+def test_an_image_the_jail_user_could_write_is_not_shared(tmp_path: Path, owner: int, mode: int) -> None:
+    image = tmp_path / "rootfs.ext4"
+    image.write_bytes(b"")
+    os.chown(image, owner, owner)
+    image.chmod(mode)
+    jail = Jail(spec(tmp_path))  # uid 12345, gid 23456
+    jail.create()
+    with pytest.raises(ConfigError, match="must not be writable by the jail user"):
+        jail.link(image, "rootfs.ext4")
+    assert not (jail.root / "rootfs.ext4").exists()
+    jail.remove()
 
 
 def test_tap_slots_are_distinct_30s() -> None:

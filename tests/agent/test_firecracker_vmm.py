@@ -482,3 +482,25 @@ async def test_vsock_is_configured_before_start_when_enabled() -> None:
         finally:
             await machine.stop()
         assert_nothing_left(rig)
+
+
+async def test_a_vms_limits_are_its_size_and_firecracker_keeps_its_seccomp(rig: Rig) -> None:
+    """The VM's size bounds the job: vCPUs and RAM in the machine config and the jail's cgroup, a scratch disk
+    of disk_mib, the shared root read-only; Firecracker's default seccomp filters are never switched off and
+    the jail user is not root."""
+    mib = 1024 * 1024
+    machine = await rig.vmm.boot(SHAPE, "lim")
+    try:
+        jailer = machine.jailer_command
+        memory_max = int(next(a for a in jailer if a.startswith("memory.max=")).split("=")[1])
+        assert SHAPE.memory_mib * mib < memory_max <= (SHAPE.memory_mib + 64 + SHAPE.memory_mib * 3 // 100) * mib
+        assert f"cpu.max={SHAPE.vcpus * 100_000} 100000" in jailer
+        assert not [a for a in jailer if "seccomp" in a]
+        config = body(rig, "smith-lim", "PUT", "/machine-config")
+        assert (config["vcpu_count"], config["mem_size_mib"]) == (SHAPE.vcpus, SHAPE.memory_mib)
+        drives = {c["body"]["drive_id"]: c["body"] for c in rig.calls("smith-lim") if c["path"].startswith("/drives/")}
+        assert drives["rootfs"]["is_read_only"] is True and drives["scratch"]["is_read_only"] is False
+        assert Path(drives["scratch"]["path_on_host"]).stat().st_size == SHAPE.disk_mib * mib  # unjailed: host path
+    finally:
+        await machine.stop()
+    assert FirecrackerConfig(kernel=Path("k"), rootfs=Path("r"), chroot_base=Path("c")).uid not in (0, os.geteuid())

@@ -82,3 +82,25 @@ def test_real_image_is_built_once_and_cached(tmp_path: Path) -> None:
     order = files["usr/lib/modules/modules.order"][1].decode().split()
     assert order.index("kernel/drivers/virtio/virtio.ko") < order.index("kernel/drivers/virtio/virtio_mmio.ko")
     assert images.cached_image(tmp_path) == second
+
+
+def test_the_image_holds_nothing_of_the_hosts_secrets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The builder copies from the host (busybox, python and its stdlib, modules): nothing else may come along,
+    not the host's accounts, keys or the agent's settings, not even when they are in the builder's environment;
+    the guest has no password and no ssh."""
+    try:
+        inputs = images.find_inputs()
+    except ConfigError as exc:
+        pytest.skip(f"no image inputs here: {exc.message}")
+    secret = "smith-image-secret-7f3a9c"
+    for name in ("SMITH_JWT_SECRET", "SMITH_AGENT_TOKEN", "PYTHONPATH", "PYTHONSTARTUP"):
+        monkeypatch.setenv(name, secret)
+    files = parse_cpio(images.build_image(tmp_path, inputs).initrd.read_bytes())
+    assert not [name for name, (_, body) in files.items() if secret.encode() in body]
+    etc = {name for name in files if name.startswith("etc/")}
+    assert etc == {"etc/passwd", "etc/group", "etc/hosts"}
+    words = ("ssh", "shadow", ".env", "site-packages", "dist-packages", "smith/settings", "smith/agent/")
+    assert not [name for name in files if any(w in name.lower() for w in words)]
+    for row in files["etc/passwd"][1].decode().splitlines():
+        assert row.split(":")[1] in ("x", "*", "!"), row  # no password hash; no shadow file to hold one
+    assert not [name for name in files if name.startswith(("root/", "home/"))]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import socket
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
@@ -20,11 +21,17 @@ from smith.errors import VMError
 from tests.agent.netns import (
     GuestWire,
     Server,
+    Sniffer,
+    arp_answers,
+    arp_reply,
     del_netns,
     links,
+    mac_bytes,
     netns_list,
     new_netns,
     nft_tables,
+    run_in,
+    send_frame,
     sh,
     skip_unless_root,
     tcp_connect,
@@ -37,6 +44,8 @@ OTHER = 18081  # a host port the VMs must not reach
 UPLINK_IP = "198.51.100.1"
 INTERNET_IP = "198.51.100.2"
 METADATA_IP = "169.254.169.254"
+LAN_IP = "10.55.0.1"  # another machine on the operator's network (a control plane, Valkey, ClickHouse)
+RESOLVER_IP = "192.168.200.7"  # a LAN address the operator allows on purpose (a resolver, a proxy)
 
 
 @dataclass
@@ -62,10 +71,12 @@ def world() -> Iterator[World]:
         sh("ip", "-n", host, "link", "set", "up0", "up")
         sh("ip", "-n", internet, "addr", "add", f"{INTERNET_IP}/24", "dev", "wan0")
         sh("ip", "-n", internet, "link", "set", "wan0", "up")
-        sh("ip", "-n", internet, "addr", "add", f"{METADATA_IP}/32", "dev", "lo")
-        sh("ip", "-n", host, "route", "add", f"{METADATA_IP}/32", "via", INTERNET_IP)
+        for far in (METADATA_IP, LAN_IP, RESOLVER_IP):
+            sh("ip", "-n", internet, "addr", "add", f"{far}/32", "dev", "lo")
+            sh("ip", "-n", host, "route", "add", f"{far}/32", "via", INTERNET_IP)
 
-        net = HostNetwork(NetworkConfig(uplink="up0", host_tcp_ports=(ALLOWED,), netns=host))
+        config = NetworkConfig(uplink="up0", host_tcp_ports=(ALLOWED,), netns=host, allow_egress=(f"{RESOLVER_IP}/32",))
+        net = HostNetwork(config)
         asyncio.run(net.__aenter__())
         a = asyncio.run(net.acquire("vm-a"))
         b = asyncio.run(net.acquire("vm-b"))
@@ -138,6 +149,114 @@ def test_vm_reaches_the_internet_through_nat(world: World) -> None:
 def test_metadata_range_is_refused_for_vms(world: World) -> None:
     assert tcp_connect(world.host, METADATA_IP, 80) == f"ok internet {UPLINK_IP}"
     assert tcp_connect(world.vm_a, METADATA_IP, 80) == "ConnectionRefusedError"
+
+
+def test_private_ranges_are_refused_unless_allowed(world: World) -> None:
+    # The operator's own network (other machines' control plane, Valkey, ClickHouse) is off limits by default,
+    # even out of the uplink; an address the operator allows on purpose stays reachable.
+    assert tcp_connect(world.host, LAN_IP, 80) == f"ok internet {UPLINK_IP}"
+    assert tcp_connect(world.vm_a, LAN_IP, 80) == "ConnectionRefusedError"
+    assert tcp_connect(world.vm_a, RESOLVER_IP, 80) == f"ok internet {UPLINK_IP}"
+
+
+def test_a_vm_never_sees_frames_meant_for_another(world: World) -> None:
+    # A root job puts its NIC in promiscuous mode: it must not see the host's replies to another VM, nor that
+    # VM's broadcasts and multicasts.
+    sniffer = Sniffer(world.vm_b)
+    try:
+        assert tcp_connect(world.vm_a, world.a.gateway_ip, ALLOWED).startswith("ok")
+        assert tcp_connect(world.vm_a, INTERNET_IP, 80).startswith("ok")
+        sh("ip", "-n", world.host, "neigh", "flush", "dev", world.net.config.bridge)  # the host forgets A's MAC
+        assert tcp_connect(world.host, world.a.guest_ip, 9000) == "ConnectionRefusedError"  # host -> A, fresh
+
+        def shout() -> None:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                udp.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+                for target in ("255.255.255.255", str(world.net.plan.pool.broadcast_address), "224.0.0.251"):
+                    udp.sendto(b"hello", (target, 5353))
+
+        run_in(world.vm_a, shout)
+        assert tcp_connect(world.vm_b, world.b.gateway_ip, ALLOWED).startswith("ok")  # B's own traffic flows
+        frames = sniffer.frames()
+    finally:
+        sniffer.close()
+    a_mac = mac_bytes(world.a.mac)
+    assert frames, "the sniffer saw nothing at all: it is not listening"
+    leaked = [f[:14].hex() for f in frames if a_mac in (f[0:6], f[6:12])]
+    assert leaked == []
+    a_ip = socket.inet_aton(world.a.guest_ip)  # not even the host's ARP broadcasts asking for A
+    assert [f.hex() for f in frames if a_ip in f] == []
+
+
+def test_arp_for_another_vms_address_is_dropped(world: World) -> None:
+    assert tcp_connect(world.host, world.b.guest_ip, 9000).startswith("ok vm-b")  # the host knows B's MAC
+    gw_mac = world.net.plan.gateway_mac
+    send_frame(world.vm_a, "eth0", arp_reply(world.a.mac, world.b.guest_ip, gw_mac, world.a.gateway_ip))
+    send_frame(world.vm_a, "eth0", arp_reply(world.a.mac, world.a.gateway_ip, gw_mac, world.a.gateway_ip))
+    neigh = sh("ip", "-n", world.host, "neigh", "show", world.b.guest_ip)
+    assert world.a.mac not in neigh
+    assert tcp_connect(world.host, world.b.guest_ip, 9000).startswith("ok vm-b")
+
+
+def test_arp_tells_a_vm_nothing_of_the_hosts_other_addresses(world: World) -> None:
+    sniffer = Sniffer(world.vm_a)
+    try:
+        for asked in (UPLINK_IP, world.a.gateway_ip):
+            frame = arp_reply(world.a.mac, world.a.guest_ip, "ff:ff:ff:ff:ff:ff", asked, op=1)
+            send_frame(world.vm_a, "eth0", frame)
+        assert tcp_connect(world.vm_a, world.a.gateway_ip, ALLOWED).startswith("ok")  # the answers are in by now
+        frames = sniffer.frames()
+    finally:
+        sniffer.close()
+    assert arp_answers(frames, world.a.gateway_ip)  # the gateway answers for itself ...
+    assert arp_answers(frames, UPLINK_IP) == []  # ... and for nothing else the host holds
+
+
+def test_dns_and_dhcp_to_the_host_are_dropped_unless_listed(world: World) -> None:
+    def listener(port: int) -> socket.socket:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("0.0.0.0", port))
+        sock.settimeout(0.5)
+        return sock
+
+    dns, dhcp = run_in(world.host, lambda: listener(53)), run_in(world.host, lambda: listener(67))
+
+    def ask() -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+            udp.sendto(b"query", (world.a.gateway_ip, 53))
+            for target in ("255.255.255.255", str(world.net.plan.pool.broadcast_address), world.a.gateway_ip):
+                udp.sendto(b"discover", (target, 67))
+
+    try:
+        run_in(world.vm_a, ask)
+        run_in(world.host, lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b"own", ("127.0.0.1", 53)))
+        assert dns.recvfrom(64)[0] == b"own"  # the host's own query arrives; the VM's never did
+        for sock in (dns, dhcp):
+            with pytest.raises(TimeoutError):
+                sock.recvfrom(64)
+    finally:
+        dns.close()
+        dhcp.close()
+
+
+def test_ipv6_from_a_vm_reaches_neither_the_host_nor_another_vm(world: World) -> None:
+    sh("ip", "-n", world.host, "addr", "add", "fd00:5::1/64", "dev", world.net.config.bridge, "nodad")
+    sh("ip", "-n", world.vm_a, "addr", "add", "fd00:5::a/64", "dev", "eth0", "nodad")
+    sh("ip", "-n", world.vm_b, "addr", "add", "fd00:5::b/64", "dev", "eth0", "nodad")
+    servers = [Server(world.host, "fd00:5::1", ALLOWED, "host-v6"), Server(world.vm_b, "fd00:5::b", 9001, "vm-b-v6")]
+    try:
+        # No IPv6 frame leaves a tap: not to the host, not to another VM, not even an answer to the host.
+        assert tcp_connect(world.vm_a, "fd00:5::1", ALLOWED) == "timeout"
+        assert tcp_connect(world.vm_a, "fd00:5::b", 9001) == "timeout"
+        assert tcp_connect(world.host, "fd00:5::b", 9001) == "timeout"
+    finally:
+        for server in servers:
+            server.close()
+        sh("ip", "-n", world.host, "addr", "del", "fd00:5::1/64", "dev", world.net.config.bridge)
+        for ns, address in ((world.vm_a, "fd00:5::a/64"), (world.vm_b, "fd00:5::b/64")):
+            sh("ip", "-n", ns, "addr", "del", address, "dev", "eth0")
 
 
 def test_spoofed_source_address_is_dropped(world: World) -> None:

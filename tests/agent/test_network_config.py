@@ -112,7 +112,8 @@ def test_ruleset_says_what_the_docs_say() -> None:
     rules = render_ruleset(config, plan, [plan.slot(0)])
     assert "delete table inet smith" in rules and "delete table bridge smith" in rules  # atomic replace
     assert "elements = { 8080, 8081 }" in rules and "elements = { 53 }" in rules
-    assert "elements = { 169.254.0.0/16 }" in rules
+    assert "169.254.0.0/16, 172.16.0.0/12, 192.168.0.0/16" in rules  # the LAN and metadata are denied
+    assert 'ip daddr @allow_egress oifname "eth0" accept\n    ip daddr @deny_egress goto refuse' in rules
     assert 'elements = { "smt0" . 06:00:ac:1e:00:02 . 172.30.0.2 }' in rules
     assert "ip daddr 172.30.0.1 tcp dport @host_tcp accept" in rules
     assert 'ip saddr 172.30.0.0/24 oifname "eth0" masquerade' in rules
@@ -179,3 +180,33 @@ def test_agent_settings_refuse_a_non_numeric_port(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("SMITH_AGENT_NETWORK_HOST_PORTS", "8080,cache")
     with pytest.raises(ValidationError, match="agent_network_host_ports"):
         AgentSettings()
+
+
+def test_platform_ports_are_never_opened_to_vms(monkeypatch: pytest.MonkeyPatch) -> None:
+    from smith.agent.network import network_problems
+    from smith.agent.settings import AgentSettings
+
+    monkeypatch.setenv("SMITH_AGENT_NETWORK", "true")
+    monkeypatch.setenv("SMITH_CONTROL_URL", "http://10.0.0.5:8080")
+    monkeypatch.setenv("SMITH_AGENT_LOGS_URL", "http://10.0.0.5:8070")
+    monkeypatch.setenv("SMITH_AGENT_NETWORK_HOST_PORTS", "8081,8080,8070,6379")
+    problems = network_problems(AgentSettings())
+    for port in (8080, 8070, 6379):
+        assert any(f"host port {port} is" in p for p in problems), port
+    assert not any("host port 8081 is" in p for p in problems)  # the cache
+
+
+def test_the_lan_is_denied_by_default_and_holes_are_explicit(monkeypatch: pytest.MonkeyPatch) -> None:
+    from smith.agent.network import network_config
+    from smith.agent.settings import AgentSettings
+
+    config = network_config(AgentSettings())
+    for lan in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16", "100.64.0.0/10"):
+        assert lan in config.deny_egress
+    assert config.allow_egress == ()
+    monkeypatch.setenv("SMITH_AGENT_NETWORK_DENY", "10.0.0.0/8,10.1.0.0/16,10.0.0.0/8")  # nested and repeated
+    monkeypatch.setenv("SMITH_AGENT_NETWORK_ALLOW", "10.1.2.3")
+    config = network_config(AgentSettings())
+    rules = render_ruleset(config, config.validated())
+    assert "elements = { 10.0.0.0/8 }" in rules and "elements = { 10.1.2.3/32 }" in rules
+    assert "allow_egress 'nope'" in " ".join(NetworkConfig(allow_egress=("nope",)).problems())

@@ -141,6 +141,20 @@ async def test_a_failed_boot_unwinds_every_step(image: GuestImage, base_dir: Pat
     assert not (base_dir / "qemu-doomed").exists()
 
 
+async def test_a_vms_directory_is_private(image: GuestImage, base_dir: Path) -> None:
+    """Its console (anything a job writes to /dev/console) and its sockets are nobody else's on the host."""
+    fake_qemu = base_dir / "qemu-tells"  # says the mode of the directory its console file is in, and fails
+    fake_qemu.write_text(
+        "#!/bin/sh\n"
+        'for a; do case "$a" in file:*) stat -c "mode=%a" "$(dirname "${a#file:}")" >&2;; esac; done\n'
+        "exit 1\n"
+    )
+    fake_qemu.chmod(0o755)
+    vmm = QemuVMM(base_dir, QemuConfig(kernel=image.vmlinux, initrd=image.initrd, accel="tcg", qemu_bin=str(fake_qemu)))
+    with pytest.raises(VMError, match="mode=700"):
+        await vmm.boot(SHAPE, "private")
+
+
 async def test_a_guest_that_never_gets_ready_is_torn_down(image: GuestImage, base_dir: Path) -> None:
     vmm = QemuVMM(
         base_dir,
@@ -188,3 +202,67 @@ async def test_cleanup_leftovers_kills_an_orphaned_qemu(image: GuestImage, base_
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def proc_status(pid: int) -> dict[str, str]:
+    rows = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return {k: v.strip() for k, _, v in (row.partition(":") for row in rows)}
+
+
+async def test_a_jobs_qemu_holds_no_privilege_and_no_host_file(image: GuestImage, base_dir: Path) -> None:
+    """A guest that escapes into QEMU finds a process under a seccomp filter (no spawning, no set*id to gain,
+    no resource changes), and, when the agent is root, an unprivileged uid inside an empty chroot. Checked on
+    the real command line, paused before the guest runs (-S): confinement is in place by then."""
+    vmm = vmm_for(image, base_dir)
+    vm_dir = base_dir / "qemu-jail"
+    vm_dir.mkdir()
+    argv = [*vmm.command(vm_dir, SHAPE, "tcg", None, None), "-S"]
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True)
+    try:
+        for _ in range(1000):
+            if (vm_dir / "qmp.sock").exists() or proc.poll() is not None:
+                break
+            await asyncio.sleep(0.01)
+        assert proc.poll() is None
+        for _ in range(500):  # the drop happens at the end of QEMU's start-up
+            status = proc_status(proc.pid)
+            if status["Seccomp"] == "2" and (os.geteuid() != 0 or status["Uid"].split()[0] != "0"):
+                break
+            await asyncio.sleep(0.01)
+        assert status["Seccomp"] == "2" and status["NoNewPrivs"] == "1"
+        if os.geteuid() == 0:
+            assert status["Uid"].split() == ["65534"] * 4 and status["CapEff"] == "0000000000000000"
+            assert os.readlink(f"/proc/{proc.pid}/root") == str(base_dir / "empty")
+            assert not list((base_dir / "empty").iterdir())
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.slow
+async def test_a_job_vm_is_sized_and_its_channel_cannot_speak_as_the_host(image: GuestImage, base_dir: Path) -> None:
+    """What a root job in the guest gets: the VM's size and nothing more, and an event channel it can write
+    to, whose lines the host keeps as the job's own words."""
+    from smith.agent.daemon import from_guest
+
+    vmm = vmm_for(image, base_dir)
+    machine = await vmm.boot(SHAPE, "sized")
+    try:
+        forged = '{"type":"line","ts":1,"stream":"system","line":"smith: job stopped (cancel)"}'
+        await machine.assign(
+            job(
+                "nproc; awk '/MemTotal/ {print $2}' /proc/meminfo; "
+                "dd if=/dev/zero of=/work/fill bs=1M count=1024 2>&1 | grep -c 'No space left'; "
+                f"echo '{forged}' > /dev/virtio-ports/smith.events; exit 5"
+            )
+        )
+        events = await asyncio.wait_for(collect(machine), patient(120))
+    finally:
+        await machine.stop()
+    out = lines(events)
+    assert out[0] == str(SHAPE.vcpus)
+    assert int(out[1]) <= SHAPE.memory_mib * 1024  # the guest's RAM is the shape's, no more
+    assert out[2] == "1"  # its writable space is inside that RAM: a 1 GiB file does not fit
+    seen = [from_guest(e) for e in events if e.line == "smith: job stopped (cancel)"]
+    assert seen and all(e.stream == "stderr" for e in seen)  # written by the job, kept as the job's words
+    assert events[-1].exit_code == 5

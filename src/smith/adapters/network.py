@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from smith.domain.network import AddressPlan, SlotTable, check_ifname
+from smith.domain.network import DENY_BY_DEFAULT, AddressPlan, SlotTable, check_ifname
 from smith.domain.vms import Slot
 from smith.errors import ConfigError, InvalidInput, SmithError, VMError
 from smith.logging import get_logger
@@ -57,7 +57,8 @@ class NetworkConfig:
     uplink: str | None = None  # masquerade only out of this interface; None: out of any but the bridge
     host_tcp_ports: tuple[int, ...] = ()  # open on the gateway address: control plane, cache, logs
     host_udp_ports: tuple[int, ...] = ()  # e.g. 53 when the host runs a resolver for the guests
-    deny_egress: tuple[str, ...] = ("169.254.0.0/16",)  # never forwarded (cloud metadata services)
+    deny_egress: tuple[str, ...] = DENY_BY_DEFAULT  # never forwarded: metadata services, the operator's LAN
+    allow_egress: tuple[str, ...] = ()  # holes in deny_egress the operator opens on purpose (a LAN resolver)
     netns: str | None = None  # run everything inside this named network namespace
     tap_owner: int | None = None  # uid allowed to open the taps (a jailed Firecracker); None: root only
     tap_group: int = 0x736D  # netdev group of our taps: teardown deletes them all in one kernel operation
@@ -86,12 +87,13 @@ class NetworkConfig:
         for port in (*self.host_tcp_ports, *self.host_udp_ports):
             if not 1 <= port <= 65535:
                 found.append(f"host port {port} is not a port number (1..65535)")
-        for cidr in self.deny_egress:
-            try:
-                if not isinstance(ipaddress.ip_network(cidr, strict=False), ipaddress.IPv4Network):
-                    found.append(f"deny_egress {cidr!r}: only IPv4 ranges are supported")
-            except ValueError:
-                found.append(f"deny_egress {cidr!r} is not an address or a CIDR range")
+        for what, ranges in (("deny_egress", self.deny_egress), ("allow_egress", self.allow_egress)):
+            for cidr in ranges:
+                try:
+                    if not isinstance(ipaddress.ip_network(cidr, strict=False), ipaddress.IPv4Network):
+                        found.append(f"{what} {cidr!r}: only IPv4 ranges are supported")
+                except ValueError:
+                    found.append(f"{what} {cidr!r} is not an address or a CIDR range")
         if not 1 <= self.tap_group < 2**32:
             found.append(f"tap group {self.tap_group} is not a device group number (1..4294967295)")
         if self.tap_owner is not None and self.tap_owner < 0:
@@ -116,10 +118,12 @@ class Commands:
     ip_bin: str = "ip"
     nft_bin: str = "nft"
     sysctl_bin: str = "sysctl"
+    bridge_bin: str = "bridge"
     _resolved: dict[str, str] = field(default_factory=dict)
 
     def require(self) -> None:
         needed = [(self.ip_bin, "iproute2"), (self.nft_bin, "nftables"), (self.sysctl_bin, "procps")]
+        needed.append((self.bridge_bin, "iproute2"))
         if self.netns is not None:
             needed.append(("nsenter", "util-linux"))
         for binary, package in needed:
@@ -186,6 +190,10 @@ class Commands:
             if left:
                 raise VMError(f"could not delete {', '.join(left)}: {exc.message}") from exc
 
+    async def bridge(self, *args: str) -> str:
+        ns = ["-n", self.netns] if self.netns is not None else []
+        return await self.run([self._which(self.bridge_bin, "iproute2"), *ns, *args])
+
     async def nft(self, *args: str, script: str | None = None) -> str:
         argv = [self._which(self.nft_bin, "nftables"), *args]
         if script is not None:
@@ -225,7 +233,8 @@ def render_ruleset(config: NetworkConfig, plan: AddressPlan, slots: Sequence[Slo
     out = f'oifname "{config.uplink}"' if config.uplink else f'oifname != "{br}"'
     tcp = _set_elements([str(p) for p in sorted(set(config.host_tcp_ports))])
     udp = _set_elements([str(p) for p in sorted(set(config.host_udp_ports))])
-    deny = _set_elements([str(ipaddress.ip_network(c, strict=False)) for c in config.deny_egress])
+    deny = _set_elements(_ranges(config.deny_egress))
+    allow = _set_elements(_ranges(config.allow_egress))
     guests = _set_elements([_guest_element(s) for s in slots])
     return f"""\
 table bridge {TABLE} {{}}
@@ -264,6 +273,10 @@ table inet {TABLE} {{
     type ipv4_addr
     flags interval{deny}
   }}
+  set allow_egress {{
+    type ipv4_addr
+    flags interval{allow}
+  }}
   chain input {{
     type filter hook input priority filter; policy accept;
     iifname "{br}" jump guest_to_host
@@ -283,8 +296,9 @@ table inet {TABLE} {{
   chain guest_out {{
     oifname "{br}" drop
     ip saddr != {pool} drop
-    ip daddr @deny_egress goto refuse
     meta nfproto ipv6 drop
+    ip daddr @allow_egress {out} accept
+    ip daddr @deny_egress goto refuse
     {out} accept
     drop
   }}
@@ -298,6 +312,16 @@ table inet {TABLE} {{
   }}
 }}
 """
+
+
+def _ranges(cidrs: Sequence[str]) -> list[str]:
+    """Distinct ranges, none inside another (nft refuses overlapping elements of an interval set)."""
+    nets = sorted({ipaddress.ip_network(c, strict=False) for c in cidrs}, key=lambda n: (n.prefixlen, n))
+    kept: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+    for net in nets:
+        if not any(net.subnet_of(k) for k in kept if k.version == net.version):  # type: ignore[arg-type]
+            kept.append(net)
+    return [str(n) for n in sorted(kept, key=lambda n: n.network_address.packed)]
 
 
 def _guest_element(slot: Slot) -> str:
@@ -347,9 +371,19 @@ class HostNetwork:
                     f"link set dev {br} up",
                 ]
             )
-            await cmd.sysctl({"net.ipv4.ip_forward": "1", f"net.ipv4.conf.{br}.send_redirects": "0"})
+            # arp_ignore=1: on the bridge the host answers ARP only for the bridge's own address, so a guest
+            # cannot learn the host's other addresses (its uplink, other NICs) by asking.
+            await cmd.sysctl(
+                {
+                    "net.ipv4.ip_forward": "1",
+                    f"net.ipv4.conf.{br}.send_redirects": "0",
+                    f"net.ipv4.conf.{br}.arp_ignore": "1",
+                }
+            )
             live = [self.plan.slot(i) for i in self.table.live()]
             await cmd.nft(script=render_ruleset(self.config, self.plan, live))
+            if live:
+                await cmd.ip_batch([self._neighbour(slot) for slot in live])
             self.ready = True
         log.info(
             "network_ready",
@@ -443,8 +477,13 @@ class HostNetwork:
         lines = [
             f"tuntap add dev {slot.tap} mode tap{owner}",
             f"link set dev {slot.tap} group {self.config.tap_group} master {self.config.bridge}",
-            f"link set dev {slot.tap} type bridge_slave isolated on learning off",
+            # No flooding onto a tap: the host's frames for one VM must never reach another (a root job can put
+            # its NIC in promiscuous mode). Each tap gets its guest's MAC statically, and the host knows each
+            # guest's MAC for good, so it never needs to broadcast an ARP request.
+            f"link set dev {slot.tap} type bridge_slave isolated on learning off flood off mcast_flood off"
+            " bcast_flood off",
             f"link set dev {slot.tap} up",
+            self._neighbour(slot),
         ]
         try:
             await self.commands.ip_batch(lines)
@@ -454,6 +493,11 @@ class HostNetwork:
                 raise
             await self.commands.ip("link", "del", "dev", slot.tap)
             await self.commands.ip_batch(lines)
+        await self.commands.bridge("fdb", "replace", slot.mac, "dev", slot.tap, "master", "static")
+
+    def _neighbour(self, slot: Slot) -> str:
+        """The host's permanent neighbour entry for a guest (no ARP broadcasts onto the taps), as ip args."""
+        return f"neigh replace {slot.guest_ip} lladdr {slot.mac} dev {self.config.bridge} nud permanent"
 
     async def release(self, slot: Slot) -> None:
         """Delete the slot's tap and forget its addresses. Releasing a slot that is already free is a no-op."""
@@ -474,6 +518,8 @@ class HostNetwork:
                     )
                 except SmithError as exc:
                     errors.append(exc)
+            with contextlib.suppress(SmithError):  # gone with the bridge, or never made
+                await self.commands.ip("neigh", "del", slot.guest_ip, "dev", self.config.bridge)
             try:
                 await self.commands.delete_links([slot.tap])
             except SmithError as exc:

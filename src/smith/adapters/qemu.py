@@ -17,8 +17,11 @@ software emulation. A nested KVM (PVM) may open /dev/kvm fine and still fail to 
 
 Snapshots: ``prepare_snapshot(shape)`` boots a template guest until its agent waits for a config, saves it
 with QMP ``migrate`` to a file and stops it. ``boot()`` then starts each VM of that shape from the file with
-``-incoming``: the restored guest is already waiting, and gets its own config (and a fresh clock and seed) on
-its own sockets.
+``-incoming fd:N`` (an inherited descriptor of the file: a confined QEMU cannot spawn): the restored guest is
+already waiting, and gets its own config (and a fresh clock and seed) on its own sockets.
+
+Confinement: every job's QEMU runs under ``-sandbox`` (seccomp) and, when the agent is root, drops to an
+unprivileged uid in an empty chroot once its devices are open (``QemuConfig.confine``, ``run_as``).
 """
 
 from __future__ import annotations
@@ -88,6 +91,11 @@ class QemuConfig:
     boot_attempts: int = 3
     kvm_probe_timeout: float = 20.0
     stop_timeout: float = 5.0
+    # Confinement of every job's QEMU (not of a template's, whose QMP migrate spawns `cat`): a seccomp filter
+    # (-sandbox: no spawning, no privilege or resource changes, no obsolete calls) and, when the agent is root,
+    # QEMU drops to ``run_as`` (uid:gid) inside an empty, read-only chroot once its devices are open.
+    confine: bool = True
+    run_as: str = "65534:65534"
 
 
 class QMP:
@@ -285,7 +293,9 @@ class QemuVMM:
 
     # -- the command line ----------------------------------------------------------------------------------------
 
-    def command(self, vm_dir: Path, shape: VMShape, accel: str, slot: Any | None, incoming: str | None) -> list[str]:
+    def command(
+        self, vm_dir: Path, shape: VMShape, accel: str, slot: Any | None, incoming: str | None, *, confined: bool = True
+    ) -> list[str]:
         c = self.config
         append = c.append
         if slot is not None:  # the guest's init configures eth0 from these
@@ -350,7 +360,18 @@ class QemuVMM:
             ]
         if incoming is not None:
             argv += ["-incoming", incoming]
+        if confined and c.confine:
+            argv += ["-sandbox", "on,obsolete=deny,elevateprivileges=allow,spawn=deny,resourcecontrol=deny"]
+            if os.geteuid() == 0:  # set*id is harmless once QEMU has dropped to run_as: it has no capability left
+                argv += ["-runas", c.run_as, "-chroot", str(self._empty_root())]
         return argv
+
+    def _empty_root(self) -> Path:
+        """An empty directory QEMU is chrooted into: nothing of the host's files stays in its reach."""
+        root = self.base_dir / "empty"
+        root.mkdir(mode=0o555, exist_ok=True)
+        root.chmod(0o555)
+        return root
 
     # -- boot ------------------------------------------------------------------------------------------------
 
@@ -386,7 +407,7 @@ class QemuVMM:
             if len(str(vm_dir / "events.sock")) > 100:
                 raise VMError(f"QEMU backend: {self.base_dir} is too deep for Unix socket paths; use a shorter one")
             try:
-                vm_dir.mkdir(parents=True)
+                vm_dir.mkdir(parents=True, mode=0o700)  # its console and sockets are nobody else's
             except FileExistsError as exc:
                 raise VMError(f"VM {vm_id} exists already") from exc
             cleanup.push("work dir", lambda: asyncio.to_thread(shutil.rmtree, vm_dir, True))
@@ -396,9 +417,10 @@ class QemuVMM:
                 slot = await self.network.acquire(vm_id)
                 net = self.network
                 cleanup.push("network slot", lambda: net.release(slot))
-            # 3. qemu
-            incoming = f"exec:cat {shlex.quote(str(snap.path))}" if snap else None
-            argv = self.command(vm_dir, shape, accel, slot, incoming)
+            # 3. qemu (a restored VM reads its state from an inherited descriptor: a confined QEMU cannot spawn)
+            state_fd = os.open(snap.path, os.O_RDONLY | os.O_CLOEXEC) if snap else None
+            incoming = f"fd:{state_fd}" if state_fd is not None else None
+            argv = self.command(vm_dir, shape, accel, slot, incoming, confined=snapshot is not False)
             (vm_dir / "cmdline").write_text(shlex.join(argv))
             try:
                 proc = await asyncio.create_subprocess_exec(
@@ -408,9 +430,13 @@ class QemuVMM:
                     stderr=(vm_dir / "qemu.err").open("wb"),
                     start_new_session=True,
                     env=minimal_env(),  # never the agent's credentials
+                    pass_fds=(state_fd,) if state_fd is not None else (),
                 )
             except OSError as exc:
                 raise VMError(f"cannot start {self.config.qemu_bin}: {exc}") from exc
+            finally:
+                if state_fd is not None:
+                    os.close(state_fd)
             (vm_dir / "pid").write_text(str(proc.pid))
             cleanup.push("qemu process", lambda: self._kill(proc, vm_dir))
             # 4. event channel: connected before the guest can write, so nothing it says is lost

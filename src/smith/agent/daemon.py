@@ -31,6 +31,15 @@ from smith.wire.guest import GuestConfig, GuestEvent
 log = get_logger("smith.agent")
 
 
+def from_guest(event: GuestEvent) -> GuestEvent:
+    """A guest's event as the host records it. Everything in a VM is the job's (a root job can write to the
+    event channel itself), so the guest never speaks as the host: a "system" line it sends is kept as stderr,
+    and the text of its started/exit events is dropped (the host words those itself)."""
+    if event.type == "line":
+        return event.model_copy(update={"stream": "stderr"}) if event.stream == "system" else event
+    return event.model_copy(update={"stream": "system", "line": ""})
+
+
 @dataclass
 class RunningJob:
     lease: wire.LeaseResponse
@@ -306,9 +315,11 @@ class Agent:
         async def consume() -> None:
             nonlocal exit_code
             assert job.machine is not None
-            # The events already read go to the output together: one fsync of the log spool for many lines.
+            # The events already read go to the output together: one fsync of the log spool for many lines. A
+            # guest never speaks as the host: each event passes through from_guest first.
             async with contextlib.aclosing(ready_batches(job.machine.events())) as batches:
-                async for batch in batches:
+                async for said in batches:
+                    batch = [from_guest(e) for e in said]
                     if job.first_line_at is None and any(e.type == "line" for e in batch):
                         job.first_line_at = time.monotonic()
                     ends = next((i for i, e in enumerate(batch) if e.type == "exit"), None)

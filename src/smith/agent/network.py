@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from urllib.parse import urlsplit
 
 from smith.adapters.network import HostNetwork, NetworkConfig, uid_of
 from smith.agent.settings import AgentSettings
@@ -28,6 +29,7 @@ def network_config(settings: AgentSettings) -> NetworkConfig:
         host_tcp_ports=tuple(settings.agent_network_host_ports),
         host_udp_ports=tuple(settings.agent_network_host_udp_ports),
         deny_egress=tuple(settings.agent_network_deny),
+        allow_egress=tuple(settings.agent_network_allow),
         netns=settings.agent_network_netns,
         tap_owner=uid_of(settings.agent_network_tap_user),
     )
@@ -42,8 +44,21 @@ def network_problems(settings: AgentSettings) -> list[str]:
     if os.geteuid() != 0:
         found.append("SMITH_AGENT_NETWORK needs root (CAP_NET_ADMIN) to create the bridge, taps and nftables rules")
     if not settings.agent_network_host_ports:
-        found.append("SMITH_AGENT_NETWORK_HOST_PORTS is empty: VMs cannot reach the cache or logs on this host")
+        found.append("SMITH_AGENT_NETWORK_HOST_PORTS is empty: VMs cannot reach the cache on this host")
+    for port, what in forbidden_ports(settings).items():
+        if port in settings.agent_network_host_ports or port in settings.agent_network_host_udp_ports:
+            found.append(f"host port {port} is {what}: a job must never reach it; take it out of the host ports")
     return found
+
+
+def forbidden_ports(settings: AgentSettings) -> dict[int, str]:
+    """Host ports a VM must never be let in on: the platform's own services (jobs reach only the cache)."""
+    ports = {6379: "Valkey's", 8123: "ClickHouse's HTTP port", 9000: "ClickHouse's native port"}
+    for url, what in ((settings.control_url, "the control plane's"), (settings.logs_url, "the log service's")):
+        parsed = urlsplit(url) if url else None
+        if parsed is not None and parsed.hostname:
+            ports[parsed.port or (443 if parsed.scheme == "https" else 80)] = what
+    return ports
 
 
 @asynccontextmanager

@@ -12,6 +12,7 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import NoDecode
 
 from smith.domain.jobs import check_agent_id
+from smith.domain.network import DENY_BY_DEFAULT
 from smith.settings import CommonSettings, Port
 
 
@@ -84,7 +85,11 @@ class AgentSettings(CommonSettings):
         default_factory=list, description="UDP ports, e.g. 53"
     )
     agent_network_deny: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: ["169.254.0.0/16"], description="Ranges VMs may never reach (cloud metadata, LAN)"
+        default_factory=lambda: list(DENY_BY_DEFAULT),
+        description="Ranges VMs may never reach (default: private, link-local/metadata, loopback, multicast)",
+    )
+    agent_network_allow: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Holes in the deny list VMs may reach anyway (e.g. a LAN resolver/32)"
     )
     agent_network_netns: str | None = Field(None, description="Build the network inside this named netns")
     agent_network_tap_user: str | None = Field(None, description="User (name or uid) allowed to open the taps")
@@ -95,7 +100,12 @@ class AgentSettings(CommonSettings):
         return check_agent_id(value)
 
     @field_validator(
-        "agent_labels", "agent_network_host_ports", "agent_network_host_udp_ports", "agent_network_deny", mode="before"
+        "agent_labels",
+        "agent_network_host_ports",
+        "agent_network_host_udp_ports",
+        "agent_network_deny",
+        "agent_network_allow",
+        mode="before",
     )
     @classmethod
     def _labels(cls, value: Any) -> Any:

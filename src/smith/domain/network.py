@@ -21,6 +21,19 @@ from smith.domain.vms import Slot
 from smith.errors import ConfigError, Conflict, InvalidInput, Unavailable
 
 MAX_IFNAME = 15  # IFNAMSIZ - 1
+# Where a job has no business: this host's network and its neighbours (control planes, Valkey, ClickHouse on
+# private addresses), cloud metadata (link-local), loopback, multicast and reserved space.
+DENY_BY_DEFAULT = (
+    "0.0.0.0/8",
+    "10.0.0.0/8",
+    "100.64.0.0/10",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "224.0.0.0/4",
+    "240.0.0.0/4",
+)
 _IFNAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 
 

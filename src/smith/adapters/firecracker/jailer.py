@@ -14,9 +14,9 @@ Decisions:
 * no ``--new-pid-ns``: with it the jailer forks and the PID the agent holds is not Firecracker's; without it
   the jailer execs Firecracker in place, so ``process.pid`` is the VMM;
 * shared read-only images (kernel, rootfs) are hard-linked into the chroot (copied when on another
-  filesystem) and **not** chowned: a hard link shares the inode, so chowning it would chown the pool's image.
-  They must be world-readable; per-VM files (scratch disk, log, metrics) are created in the chroot and owned
-  by the jail's uid/gid.
+  filesystem, then root's and read-only) and **not** chowned: a hard link shares the inode, so chowning it
+  would chown the pool's image. They must be world-readable and not writable by the jail user; per-VM files
+  (scratch disk, log, metrics) are created in the chroot and owned by the jail's uid/gid.
 """
 
 from __future__ import annotations
@@ -145,7 +145,7 @@ class Jail:
         """Hard-link a shared read-only file into the chroot (copy when across filesystems); its inside path."""
         target = self.host(name)
         try:
-            mode = source.stat().st_mode
+            source.stat()
         except OSError as exc:
             raise VMError(f"cannot read {source}: {exc}") from exc
         try:
@@ -155,14 +155,29 @@ class Jail:
                 raise VMError(f"cannot link {source} into the chroot: {exc}") from exc
             try:
                 shutil.copyfile(source, target)
+                os.chmod(target, 0o444)  # ours and read-only, as the original: never the jail user's to change
             except OSError as copy_exc:
                 raise VMError(f"cannot copy {source} into the chroot: {copy_exc}") from copy_exc
-            self._chown(target)
         else:
-            if self.spec.uid != os.geteuid() and not mode & stat.S_IROTH:
+            problem = self._shared_problem(source)
+            if problem:
                 os.unlink(target)
-                raise ConfigError(f"{source} must be world-readable to be shared with jailed VMs (chmod o+r)")
+                raise ConfigError(problem)
         return self.inside(name)
+
+    def _shared_problem(self, source: Path) -> str:
+        """Why a hard-linked image cannot be shared with this jail's user, or "" (the link is the same inode:
+        whatever the jail user may do to it, it does to every VM's image)."""
+        if self.spec.uid == os.geteuid():  # a jail as ourselves (development): nothing to keep apart
+            return ""
+        st = source.stat()
+        if not st.st_mode & stat.S_IROTH:
+            return f"{source} must be world-readable to be shared with jailed VMs (chmod o+r)"
+        writable = st.st_mode & stat.S_IWOTH or st.st_uid == self.spec.uid
+        writable = writable or (st.st_gid == self.spec.gid and st.st_mode & stat.S_IWGRP)
+        if writable:
+            return f"{source} must not be writable by the jail user {self.spec.uid} (chown root, chmod go-w)"
+        return ""
 
     def new_file(self, name: str, size: int = 0, mode: int = 0o600) -> str:
         """A per-VM file (sparse when ``size``) owned by the jail user; its inside path."""
