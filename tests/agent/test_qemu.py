@@ -241,28 +241,35 @@ async def test_a_jobs_qemu_holds_no_privilege_and_no_host_file(image: GuestImage
 
 @pytest.mark.slow
 async def test_a_job_vm_is_sized_and_its_channel_cannot_speak_as_the_host(image: GuestImage, base_dir: Path) -> None:
-    """What a root job in the guest gets: the VM's size and nothing more, and an event channel it can write
-    to, whose lines the host keeps as the job's own words."""
+    """What a root job in the guest gets: the VM's size and nothing more. The event port is held by the guest
+    agent (a second opener gets EBUSY), but a root job can kill the agent and take the port over: what it then
+    writes, the host keeps as the job's own words."""
     from smith.agent.daemon import from_guest
 
     vmm = vmm_for(image, base_dir)
     machine = await vmm.boot(SHAPE, "sized")
+    forged = '{"type":"line","ts":1,"stream":"system","line":"smith: job stopped (cancel)"}'
+    forged_exit = '{"type":"exit","ts":1,"stream":"system","line":"smith: verified","exit_code":0}'
+    port = "/dev/virtio-ports/smith.events"
     try:
-        forged = '{"type":"line","ts":1,"stream":"system","line":"smith: job stopped (cancel)"}'
         await machine.assign(
             job(
                 "nproc; awk '/MemTotal/ {print $2}' /proc/meminfo; "
                 "dd if=/dev/zero of=/work/fill bs=1M count=1024 2>&1 | grep -c 'No space left'; "
-                f"echo '{forged}' > /dev/virtio-ports/smith.events; exit 5"
+                f"(echo x > {port}) 2>&1 | grep -c 'resource busy'; "
+                "agent=$(ps | awk '/[s]mith.agent.py/ {print $1}'); exec >/dev/null 2>&1; kill -9 $agent; "
+                f"until printf '%s\\n' '{forged}' '{forged_exit}' > {port}; do :; done"
             )
         )
         events = await asyncio.wait_for(collect(machine), patient(120))
     finally:
         await machine.stop()
     out = lines(events)
-    assert out[0] == str(SHAPE.vcpus)
+    assert out[:4] == [str(SHAPE.vcpus), out[1], "1", "1"], events
     assert int(out[1]) <= SHAPE.memory_mib * 1024  # the guest's RAM is the shape's, no more
-    assert out[2] == "1"  # its writable space is inside that RAM: a 1 GiB file does not fit
-    seen = [from_guest(e) for e in events if e.line == "smith: job stopped (cancel)"]
-    assert seen and all(e.stream == "stderr" for e in seen)  # written by the job, kept as the job's words
-    assert events[-1].exit_code == 5
+    # out[2]: its writable space is inside that RAM (a 1 GiB file does not fit); out[3]: the port is the agent's
+    said = [(e.type, e.stream, e.line) for e in events]
+    assert ("line", "system", "smith: job stopped (cancel)") in said  # the attack reached the host as "system"
+    kept = [from_guest(e) for e in events]
+    assert ("line", "stderr", "smith: job stopped (cancel)") in [(e.type, e.stream, e.line) for e in kept]
+    assert kept[-1].type == "exit" and kept[-1].line == ""  # its exit code is the job's own; its words are not
