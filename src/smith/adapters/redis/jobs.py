@@ -16,7 +16,7 @@ import orjson
 import redis.asyncio as aioredis
 import redis.exceptions as rexc
 
-from smith.adapters.redis import keys, scripts
+from smith.adapters.redis import keys, replay, scripts
 from smith.adapters.redis.connect import errors
 from smith.adapters.redis.group import ScriptGroup
 from smith.domain.jobs import Job, JobState, RunnerClass, check_agent_id
@@ -87,6 +87,11 @@ def _consumer(agent_id: str) -> str:
         return check_agent_id(agent_id)
     except ValueError as exc:
         raise InvalidInput(str(exc)) from exc
+
+
+def _reply() -> str:
+    """The reply key of one script call (replay.py): a resent call finds the first run's answer there."""
+    return keys.reply(replay.token())
 
 
 def _pairs(flat: Sequence[Any]) -> dict[str, str]:
@@ -175,6 +180,7 @@ class RedisJobs:
             keys.queue(cls),
             keys.JOBS,
             keys.EVENTS,
+            _reply(),
         ]
         async with errors():
             res = await self._group(self._record_queued, ks, argv)
@@ -198,7 +204,14 @@ class RedisJobs:
         record, so a late 'queued' redelivery does not enqueue it."""
         now = time.time()
         stream_class = runner_class or await self._class_of(job_id) or "_none"
-        ks = [keys.delivery(delivery_id), keys.job(job_id), keys.queue(stream_class), keys.JOBS, keys.EVENTS]
+        ks = [
+            keys.delivery(delivery_id),
+            keys.job(job_id),
+            keys.queue(stream_class),
+            keys.JOBS,
+            keys.EVENTS,
+            _reply(),
+        ]
         argv: list[Any] = [
             self.delivery_ttl,
             repr(now),
@@ -267,20 +280,22 @@ class RedisJobs:
                         lease = await self._take(agent_id, stream, entry_id, job_id)
                     else:
                         async with errors():
-                            await self._handback(keys=[keys.job(job_id), stream], args=[entry_id, repr(time.time())])
+                            await self._handback(
+                                keys=[keys.job(job_id), stream, _reply()], args=[entry_id, repr(time.time())]
+                            )
             if lease is not None:
                 return lease
             if remaining <= 0 or block_ms is None:
                 return None
 
     async def _take(self, agent_id: str, stream: str, entry_id: str, job_id: str) -> Lease | None:
+        """CLAIM one entry read. A stale entry (the job was cancelled, finished or re-queued meanwhile) is
+        dropped by the script itself: never from here after an empty reply, which a replay could also give."""
         async with errors():
-            flat = await self._claim(keys=[keys.job(job_id)], args=[entry_id, agent_id, repr(time.time())])
-            if not flat:  # stale entry: the job was cancelled, finished or re-queued meanwhile
-                await self.r.xack(stream, keys.GROUP, entry_id)
-                await self.r.xdel(stream, entry_id)
-                return None
-        return Lease(job_from_hash(_pairs(flat)), entry_id)
+            flat = await self._claim(
+                keys=[keys.job(job_id), stream, _reply()], args=[entry_id, agent_id, repr(time.time())]
+            )
+        return Lease(job_from_hash(_pairs(flat)), entry_id) if flat else None
 
     async def renew(self, agent_id: str, job_ids: Iterable[str]) -> dict[str, str]:
         """Renew this agent's leases; per job 'ok', 'cancel' or 'lost'."""
@@ -305,7 +320,7 @@ class RedisJobs:
             raise NotFound(f"job {job_id} not found")
         async with errors():
             res = await self._report(
-                keys=[keys.job(job_id), keys.queue(cls)],
+                keys=[keys.job(job_id), keys.queue(cls), _reply()],
                 args=[
                     agent_id,
                     state.value,
@@ -363,7 +378,8 @@ class RedisJobs:
         """One REQUEUE script call: 'requeued', 'failed' (past max_attempts) or 'stale'."""
         async with errors():
             out = await self._requeue(
-                keys=[keys.job(job_id), stream], args=[entry, repr(time.time()), max_attempts, reason, self.retention]
+                keys=[keys.job(job_id), stream, _reply()],
+                args=[entry, repr(time.time()), max_attempts, reason, self.retention],
             )
         return str(out[0])
 
@@ -447,7 +463,7 @@ class RedisJobs:
             raise NotFound(f"job {job_id} not found")
         async with errors():
             res = await self._cancel(
-                keys=[keys.job(job_id), keys.queue(cls)], args=[repr(time.time()), reason, self.retention]
+                keys=[keys.job(job_id), keys.queue(cls), _reply()], args=[repr(time.time()), reason, self.retention]
             )
         if res[0] == "missing":
             raise NotFound(f"job {job_id} not found")
