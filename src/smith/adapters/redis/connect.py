@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -41,15 +43,41 @@ def translate(exc: BaseException) -> SmithError:
     return SmithError(f"redis error: {exc}")
 
 
+class Reachability:
+    """Whether Redis was unreachable from this process, and since when it answers again (monotonic clock):
+    reclaim waits a lease TTL after that."""
+
+    def __init__(self) -> None:
+        self.down = False
+        self.back_at: float | None = None
+
+    def failed(self) -> None:
+        self.down = True
+
+    def answered(self) -> None:
+        if self.down:
+            self.down, self.back_at = False, time.monotonic()
+
+    def quiet_for(self) -> float:
+        """Seconds Redis has answered since it was last unreachable from here (infinite if it never was)."""
+        if self.down:
+            return 0.0
+        return math.inf if self.back_at is None else time.monotonic() - self.back_at
+
+
 @asynccontextmanager
-async def errors() -> AsyncIterator[None]:
-    """Turn redis-py exceptions raised inside the block into ``smith.errors``."""
+async def errors(reach: Reachability | None = None) -> AsyncIterator[None]:
+    """Turn redis-py exceptions raised inside the block into ``smith.errors``; an unavailable Redis is noted in
+    ``reach``."""
     try:
         yield
     except SmithError:
         raise
     except (rexc.RedisError, OSError) as exc:
-        raise translate(exc) from exc
+        out = translate(exc)
+        if reach is not None and isinstance(out, Unavailable):
+            reach.failed()
+        raise out from exc
 
 
 async def call(fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:

@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 import redis.exceptions as rexc
 
 from smith.adapters.redis import keys, replay, scripts
-from smith.adapters.redis.connect import errors
+from smith.adapters.redis.connect import Reachability, errors
 from smith.adapters.redis.group import ScriptGroup
 from smith.domain.jobs import Job, JobState, RunnerClass, check_agent_id
 from smith.errors import Conflict, InvalidInput, NotFound
@@ -139,12 +139,13 @@ class RedisJobs:
         self._report = redis.register_script(scripts.REPORT)
         self._cancel = redis.register_script(scripts.CANCEL)
         self._groups_ready: set[str] = set()
+        self.reach = Reachability()  # an outage seen from here holds reclaim back for a lease TTL
         self._group = ScriptGroup(redis)  # webhook deliveries share writes (and fsyncs) under load
 
     # -- set-up -------------------------------------------------------------------------------------------
 
     async def ensure_groups(self, classes: Iterable[str]) -> None:
-        async with errors():
+        async with errors(self.reach):
             for name in classes:
                 try:
                     await self.r.xgroup_create(keys.queue(name), keys.GROUP, id="0", mkstream=True)
@@ -182,7 +183,7 @@ class RedisJobs:
             keys.EVENTS,
             _reply(),
         ]
-        async with errors():
+        async with errors(self.reach):
             res = await self._group(self._record_queued, ks, argv)
         return Recorded(str(res[0]), str(res[1]))
 
@@ -226,7 +227,7 @@ class RedisJobs:
             "1" if dequeue_reason else "0",
             dequeue_reason,
         ]
-        async with errors():
+        async with errors(self.reach):
             res = await self._group(self._record_update, ks, argv)
         return Recorded(str(res[0]), str(res[1]))
 
@@ -240,7 +241,7 @@ class RedisJobs:
         return await self.get(job.id)
 
     async def _class_of(self, job_id: str) -> str | None:
-        async with errors():
+        async with errors(self.reach):
             value = await self.r.hget(keys.job(job_id), "runner_class")
         return str(value) if value else None
 
@@ -263,7 +264,7 @@ class RedisJobs:
         while True:
             remaining = deadline - time.monotonic()
             block_ms = max(1, int(remaining * 1000)) if remaining > 0 else None
-            async with errors():
+            async with errors(self.reach):
                 try:
                     got = await self.blocking.xreadgroup(keys.GROUP, agent_id, streams, count=1, block=block_ms)
                 except rexc.ResponseError as exc:
@@ -279,7 +280,7 @@ class RedisJobs:
                     if lease is None:
                         lease = await self._take(agent_id, stream, entry_id, job_id)
                     else:
-                        async with errors():
+                        async with errors(self.reach):
                             await self._handback(
                                 keys=[keys.job(job_id), stream, _reply()], args=[entry_id, repr(time.time())]
                             )
@@ -291,7 +292,7 @@ class RedisJobs:
     async def _take(self, agent_id: str, stream: str, entry_id: str, job_id: str) -> Lease | None:
         """CLAIM one entry read. A stale entry (the job was cancelled, finished or re-queued meanwhile) is
         dropped by the script itself: never from here after an empty reply, which a replay could also give."""
-        async with errors():
+        async with errors(self.reach):
             flat = await self._claim(
                 keys=[keys.job(job_id), stream, _reply()], args=[entry_id, agent_id, repr(time.time())]
             )
@@ -307,7 +308,7 @@ class RedisJobs:
             if cls is None:
                 out[job_id] = "lost"
                 continue
-            async with errors():
+            async with errors(self.reach):
                 out[job_id] = str(await self._renew(keys=[keys.job(job_id), keys.queue(cls)], args=[agent_id, now]))
         return out
 
@@ -318,7 +319,7 @@ class RedisJobs:
         cls = await self._class_of(job_id)
         if cls is None:
             raise NotFound(f"job {job_id} not found")
-        async with errors():
+        async with errors(self.reach):
             res = await self._report(
                 keys=[keys.job(job_id), keys.queue(cls), _reply()],
                 args=[
@@ -339,14 +340,22 @@ class RedisJobs:
         return await self.get(job_id)
 
     async def reclaim(self, classes: Iterable[str], lease_ttl: float, max_attempts: int) -> dict[str, int]:
-        """Re-queue (or fail) jobs whose lease was not renewed for ``lease_ttl`` seconds."""
+        """Re-queue (or fail) jobs whose lease was not renewed for ``lease_ttl`` seconds.
+
+        An entry's idle time counts any outage or failover too, when no agent could heartbeat: so nothing is
+        reclaimed until Redis has been reachable from here for a whole lease TTL (``deferred`` says so)."""
         counts = {"requeued": 0, "failed": 0, "stale": 0}
+        async with errors(self.reach):
+            await self.r.ping()
+        self.reach.answered()
+        if self.reach.quiet_for() < lease_ttl:
+            return counts | {"deferred": 1}
         min_idle = int(lease_ttl * 1000)
         for cls in classes:
             stream = keys.queue(cls)
             start = "0-0"
             while True:
-                async with errors():
+                async with errors(self.reach):
                     try:
                         res = await self.r.xautoclaim(stream, keys.GROUP, keys.REAPER, min_idle, start, count=100)
                     except rexc.ResponseError as exc:
@@ -376,7 +385,7 @@ class RedisJobs:
 
     async def _requeue_entry(self, job_id: str, stream: str, entry: str, max_attempts: int, reason: str) -> str:
         """One REQUEUE script call: 'requeued', 'failed' (past max_attempts) or 'stale'."""
-        async with errors():
+        async with errors(self.reach):
             out = await self._requeue(
                 keys=[keys.job(job_id), stream, _reply()],
                 args=[entry, repr(time.time()), max_attempts, reason, self.retention],
@@ -391,7 +400,7 @@ class RedisJobs:
         counts: dict[str, int] = {}
         for cls in classes:
             stream = keys.queue(cls)
-            async with errors():
+            async with errors(self.reach):
                 try:
                     pending = await self.r.xpending_range(
                         stream, keys.GROUP, min="-", max="+", count=1000, consumername=agent_id
@@ -413,7 +422,7 @@ class RedisJobs:
     # -- operators ----------------------------------------------------------------------------------------
 
     async def get(self, job_id: str) -> Job:
-        async with errors():
+        async with errors(self.reach):
             h = await self.r.hgetall(keys.job(job_id))
         if not h:
             raise NotFound(f"job {job_id} not found")
@@ -431,7 +440,7 @@ class RedisJobs:
         """Newest first, filtered. Scans at most a few pages of the index, so filters stay cheap."""
         out: list[Job] = []
         offset, page = 0, max(limit * 2, 100)
-        async with errors():
+        async with errors(self.reach):
             while len(out) < limit and offset < 20 * page:
                 ids = await self.r.zrevrangebyscore(
                     keys.JOBS, "+inf", since if since is not None else "-inf", start=offset, num=page
@@ -461,7 +470,7 @@ class RedisJobs:
         cls = await self._class_of(job_id)
         if cls is None:
             raise NotFound(f"job {job_id} not found")
-        async with errors():
+        async with errors(self.reach):
             res = await self._cancel(
                 keys=[keys.job(job_id), keys.queue(cls), _reply()], args=[repr(time.time()), reason, self.retention]
             )
@@ -475,7 +484,7 @@ class RedisJobs:
         """Per class: depth (queued, not yet read), leases in flight, age of the oldest queued job."""
         out: dict[str, dict[str, Any]] = {}
         now_ms = int(time.time() * 1000)
-        async with errors():
+        async with errors(self.reach):
             for cls in classes:
                 stream = keys.queue(cls)
                 depth, in_flight, oldest_age = 0, 0, None
@@ -502,7 +511,7 @@ class RedisJobs:
 
     async def put_host(self, agent_id: str, info: Mapping[str, Any], ttl_seconds: float) -> None:
         now = time.time()
-        async with errors():
+        async with errors(self.reach):
             pipe = self.r.pipeline(transaction=True)
             pipe.set(
                 keys.host(agent_id),
@@ -513,13 +522,13 @@ class RedisJobs:
             await pipe.execute()
 
     async def get_host(self, agent_id: str) -> dict[str, Any] | None:
-        async with errors():
+        async with errors(self.reach):
             raw = await self.r.get(keys.host(agent_id))
         return orjson.loads(raw) if raw else None
 
     async def hosts_alive(self, ttl_seconds: float) -> list[dict[str, Any]]:
         cutoff = time.time() - ttl_seconds
-        async with errors():
+        async with errors(self.reach):
             await self.r.zremrangebyscore(keys.HOSTS, "-inf", cutoff - 3600)
             ids = await self.r.zrangebyscore(keys.HOSTS, cutoff, "+inf")
             raws = await self.r.mget([keys.host(i) for i in ids]) if ids else []
