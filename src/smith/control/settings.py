@@ -58,6 +58,11 @@ class ControlSettings(CommonSettings):
     redis_timeout_seconds: float = Field(
         5.0, gt=0, description="Longest wait for a Redis reply (a long-poll's blocking read waits its own time on top)"
     )
+    redis_allow_eviction: bool = Field(
+        False,
+        description="Start even if Redis's maxmemory-policy is not noeviction (it may then evict jobs, leases, "
+        "streams and dedup keys; see docs/deploy.md)",
+    )
     spool_dir: Path | None = Field(
         None, description="Where deliveries wait while Redis is down (default <data_dir>/control/spool; '' = off)"
     )

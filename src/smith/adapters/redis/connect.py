@@ -107,6 +107,10 @@ def _sentinel_client(cfg: SentinelURL, options: dict[str, Any]) -> aioredis.Redi
     return master
 
 
+class StoreFailure(SmithError):
+    """A Redis error that is none of the known outages (500); a webhook delivery that meets one is spooled."""
+
+
 # Replies of a server changing role: a blocked command released by a demotion, a replica without its primary.
 FAILOVER_ERRORS = ("UNBLOCKED", "MASTERDOWN", "LOADING", "NOREPLICAS")
 
@@ -116,9 +120,11 @@ def translate(exc: BaseException) -> SmithError:
         return Unavailable(f"redis unavailable: {type(exc).__name__}", retry_after=1.0)
     if isinstance(exc, rexc.ReadOnlyError):
         return Unavailable("redis is read-only (a replica or failover in progress)", retry_after=1.0)
+    if isinstance(exc, rexc.OutOfMemoryError) or (isinstance(exc, rexc.ResponseError) and str(exc).startswith("OOM")):
+        return Unavailable("redis is out of memory (maxmemory reached; see docs/deploy.md)", retry_after=5.0)
     if isinstance(exc, rexc.ResponseError) and str(exc).startswith(FAILOVER_ERRORS):
         return Unavailable(f"redis failover in progress: {str(exc)[:80]}", retry_after=1.0)
-    return SmithError(f"redis error: {exc}")
+    return StoreFailure(f"redis error: {exc}")
 
 
 class Reachability:

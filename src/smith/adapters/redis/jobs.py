@@ -154,6 +154,23 @@ class RedisJobs:
                         raise
                 self._groups_ready.add(name)
 
+    async def memory_policy(self) -> str | None:
+        """The server's ``maxmemory-policy`` (CONFIG GET, else INFO memory: managed services may refuse
+        CONFIG), or None if neither says."""
+        async with errors(self.reach):
+            try:
+                got = await self.r.config_get("maxmemory-policy")
+                if got.get("maxmemory-policy"):
+                    return str(got["maxmemory-policy"])
+            except rexc.ResponseError:
+                pass
+            try:
+                info = await self.r.info("memory")
+            except rexc.ResponseError:
+                return None
+        policy = info.get("maxmemory_policy")
+        return str(policy) if policy else None
+
     # -- webhooks -----------------------------------------------------------------------------------------
 
     async def record_queued(
