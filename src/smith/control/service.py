@@ -102,6 +102,7 @@ class ControlPlane:
                 if self.spool is not None:
                     await self.spool.replay(self.webhook)
                 counts = await self.reclaim()
+                await self.jobs.forget_agents(self._by_name, self.settings.agent_forget_seconds)
                 if counts.get("requeued") or counts.get("failed"):
                     log.info("leases reclaimed", **counts)
             except SmithError as exc:

@@ -122,6 +122,7 @@ class RedisJobs:
         retention_max: int = 100_000,
         delivery_ttl: int = 3 * 24 * 3600,
         events_maxlen: int = 100_000,
+        unfinished_ttl: int = 30 * 24 * 3600,
     ) -> None:
         # redis-py's type hints do not follow decode_responses=True; these are str-returning clients.
         self.r: Any = redis
@@ -130,6 +131,7 @@ class RedisJobs:
         self.retention_max = retention_max
         self.delivery_ttl = delivery_ttl
         self.events_maxlen = events_maxlen
+        self.unfinished_ttl = max(unfinished_ttl, retention_seconds)  # a job that never finishes expires too
         self._record_queued = redis.register_script(scripts.RECORD_QUEUED)
         self._record_update = redis.register_script(scripts.RECORD_UPDATE)
         self._claim = redis.register_script(scripts.CLAIM)
@@ -138,6 +140,7 @@ class RedisJobs:
         self._renew = redis.register_script(scripts.RENEW)
         self._report = redis.register_script(scripts.REPORT)
         self._cancel = redis.register_script(scripts.CANCEL)
+        self._drop_consumer = redis.register_script(scripts.DROP_CONSUMER)
         self._groups_ready: set[str] = set()
         self.reach = Reachability()  # an outage seen from here holds reclaim back for a lease TTL
         self._group = ScriptGroup(redis)  # webhook deliveries share writes (and fsyncs) under load
@@ -191,6 +194,7 @@ class RedisJobs:
             self.retention_max,
             # One argument, not ~30: the client's per-argument packing was the largest cost of a delivery.
             orjson.dumps([x for kv in job_fields(job).items() for x in kv]) if job else b"[]",
+            self.unfinished_ttl,
         ]
         ks = [
             keys.delivery(delivery_id),
@@ -512,7 +516,11 @@ class RedisJobs:
                 for g in groups:
                     if g["name"] == keys.GROUP:
                         in_flight = int(g.get("pending", 0))
-                        depth = int(g.get("lag") or 0)
+                        lag = g.get("lag")
+                        if lag is None:  # unknown once an entry not yet read was deleted (a cancel)
+                            # every entry read and done is deleted, so what is left is queued or leased
+                            lag = max(0, int(await self.r.xlen(stream)) - in_flight)
+                        depth = int(lag)
                         last = g.get("last-delivered-id", "0-0")
                         nxt = await self.r.xrange(stream, min=f"({last}", count=1)
                         if nxt:
@@ -546,10 +554,28 @@ class RedisJobs:
     async def hosts_alive(self, ttl_seconds: float) -> list[dict[str, Any]]:
         cutoff = time.time() - ttl_seconds
         async with errors(self.reach):
-            await self.r.zremrangebyscore(keys.HOSTS, "-inf", cutoff - 3600)
             ids = await self.r.zrangebyscore(keys.HOSTS, cutoff, "+inf")
             raws = await self.r.mget([keys.host(i) for i in ids]) if ids else []
         return [orjson.loads(r) for r in raws if r]
+
+    async def forget_agents(self, classes: Iterable[str], gone_seconds: float) -> int:
+        """Trim the hosts index and delete the stream consumers of agents gone for ``gone_seconds``: no lease
+        held, host record expired (checked atomically, DROP_CONSUMER). Returns the consumers deleted."""
+        dropped = 0
+        async with errors(self.reach):
+            await self.r.zremrangebyscore(keys.HOSTS, "-inf", time.time() - gone_seconds)
+            for cls in classes:
+                stream = keys.queue(cls)
+                try:
+                    consumers = await self.r.xinfo_consumers(stream, keys.GROUP)
+                except rexc.ResponseError:
+                    continue
+                for c in consumers:
+                    if int(c.get("pending", 0)) or int(c.get("idle", 0)) < gone_seconds * 1000:
+                        continue
+                    name = str(c["name"])
+                    dropped += int(await self._drop_consumer(keys=[stream, keys.host(name)], args=[name]))
+        return dropped
 
 
 def runner_classes_for(

@@ -13,8 +13,9 @@ from smith.adapters.redis.replay import replayable
 # Record a webhook delivery once; for a job to queue, create its record and add it to its class stream.
 # KEYS: delivery, job, stream, jobs-zset, events-stream, reply
 # ARGV: delivery_ttl, now, outcome_json, event_json, events_maxlen, enqueue(0|1), job_id, jobs_cutoff,
-#       jobs_max, fields_json ([field, value, ...])
-# A queued job also trims the listing: records older than jobs_cutoff, and past the newest jobs_max.
+#       jobs_max, fields_json ([field, value, ...]), unfinished_ttl
+# A queued job also trims the listing: records older than jobs_cutoff, and past the newest jobs_max. Its record
+# expires after unfinished_ttl even if it never finishes (a final state sets the shorter retention TTL).
 RECORD_QUEUED = replayable("""
 if not redis.call('SET', KEYS[1], ARGV[3], 'NX', 'EX', ARGV[1]) then
   return {'duplicate', redis.call('GET', KEYS[1]) or ''}
@@ -27,6 +28,7 @@ end
 local entry = redis.call('XADD', KEYS[3], '*', 'job', ARGV[7])
 redis.call('HSET', KEYS[2], 'entry', entry, 'state', 'queued', 'created_at', ARGV[2], 'updated_at', ARGV[2],
   unpack(cjson.decode(ARGV[10])))
+redis.call('EXPIRE', KEYS[2], ARGV[11])
 redis.call('ZADD', KEYS[4], ARGV[2], ARGV[7])
 redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', ARGV[8])
 redis.call('ZREMRANGEBYRANK', KEYS[4], 0, -(tonumber(ARGV[9]) + 1))
@@ -131,6 +133,15 @@ local entry = redis.call('XADD', KEYS[2], '*', 'job', job_id)
 redis.call('HSET', KEYS[1], 'entry', entry, 'updated_at', ARGV[2])
 return 1
 """)
+
+# Forget an agent's consumer: only if it holds no entry and its host record has expired.
+# KEYS: stream, host   ARGV: consumer.  Returns 1 if deleted. Run twice, it answers 0 the second time: harmless.
+DROP_CONSUMER = """
+if #redis.call('XPENDING', KEYS[1], 'smith-agents', '-', '+', 1, ARGV[1]) > 0 then return 0 end
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+redis.call('XGROUP', 'DELCONSUMER', KEYS[1], 'smith-agents', ARGV[1])
+return 1
+"""
 
 # Heartbeat for one job: renew the lease (reset the entry's idle time) if this agent still holds it.
 # KEYS: job, stream   ARGV: agent_id, now
