@@ -192,3 +192,16 @@ async def test_replayed_cache_reserve_and_finalize_answer_as_the_first_run(
         assert await stalled(plain, client, lambda: meta.finalize(res.entry_id, 10)) == "ok"
     finally:
         await client.aclose()
+
+
+async def test_a_replayed_completed_delivery_dequeues_and_answers_dequeued(
+    jobs: RedisJobs, plain: aioredis.Redis
+) -> None:
+    await jobs.submit(job("7"))
+    res = await stalled(
+        plain,
+        jobs.r,
+        lambda: jobs.record_update("d7", "7", CLASS, "completed", "cancelled", {}, {}, None, "completed on GitHub"),
+    )
+    assert res.outcome == "dequeued"
+    assert (await jobs.get("7")).state is JobState.CANCELLED
