@@ -15,6 +15,7 @@ smith:cache:uploads                 zset    unfinished entry ids by start time: 
 smith:cache:u:{org}                 hash    usage: bytes, entries, hits, misses, last_access
 smith:cache:orgs                    set     orgs that have (had) entries
 smith:cache:gc                      set     blob keys whose deletion failed; retried by the janitor
+smith:cache:reply:{token}           string  a script's reply, kept 2 min so a replayed call answers the same
 ==================================  ======  ===================================================================
 
 ``slot`` is a hash of (repo, scope, version), so refs and repository names need no escaping.
@@ -32,6 +33,11 @@ GC = f"{PREFIX}gc"
 
 def slot(repo: str, scope: str, version: str) -> str:
     return hashlib.sha256(f"{repo}\0{scope}\0{version}".encode()).hexdigest()[:32]
+
+
+def reply(token: str) -> str:
+    """Where a replayable script keeps its reply (smith.adapters.redis.replay)."""
+    return f"{PREFIX}reply:{token}"
 
 
 def entry(entry_id: int) -> str:

@@ -14,10 +14,11 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from smith.adapters.redis import connect
+from smith.adapters.redis.replay import replayable, token
 from smith.cache import keys as K
 from smith.domain.cache import CacheEntry, EntryState, Tenant
 
-_RESERVE = """
+_RESERVE = replayable("""
 if redis.call('EXISTS', KEYS[2]) == 1 then return {2, 0} end
 if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then
   return {0, redis.call('HGET', KEYS[1], ARGV[1])}
@@ -27,16 +28,16 @@ redis.call('HSET', KEYS[2], 'id', ARGV[2], 'org', ARGV[3], 'repo', ARGV[4], 'sco
   'created', ARGV[8], 'access', ARGV[8], 'ik', KEYS[1], 'fk', KEYS[4])
 redis.call('ZADD', KEYS[3], ARGV[8], ARGV[2])
 return {1, ARGV[2]}
-"""
+""")
 
-_MARK_UPLOADED = """
+_MARK_UPLOADED = replayable("""
 local st = redis.call('HGET', KEYS[1], 'state')
 if st ~= 'reserved' then return st or 'missing' end
 redis.call('HSET', KEYS[1], 'state', 'uploaded', 'size', ARGV[1])
 return 'ok'
-"""
+""")
 
-_FINALIZE = f"""
+_FINALIZE = replayable(f"""
 local f = redis.call('HMGET', KEYS[1], 'state', 'org', 'key', 'fk')
 local st = f[1]
 if st ~= 'reserved' and st ~= 'uploaded' then return st or 'missing' end
@@ -49,9 +50,9 @@ redis.call('HINCRBY', '{K.USAGE}' .. f[2], 'entries', 1)
 redis.call('SADD', KEYS[4], f[2])
 redis.call('DEL', KEYS[3], KEYS[5])
 return 'ok'
-"""
+""")
 
-_DELETE = f"""
+_DELETE = replayable(f"""
 local f = redis.call('HMGET', KEYS[1], 'org', 'key', 'state', 'size', 'ik', 'fk')
 if not f[1] then return false end
 if redis.call('HGET', f[5], f[2]) == ARGV[1] then
@@ -66,7 +67,7 @@ end
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[4])
 return {{f[1], f[3]}}
-"""
+""")
 
 # Claim room for one part before its bytes are written: the entry must still be reserved, the claimed total must
 # stay within the limit (concurrent writers cannot overshoot it), and with ARGV[5] == '1' (legacy chunks, named by
@@ -164,6 +165,7 @@ class Metadata:
                         K.entry(entry_id),
                         K.UPLOADS,
                         K.finals(tenant.org, tenant.repo, scope, version),
+                        K.reply(token()),
                     ],
                     args=[key, entry_id, tenant.org, tenant.repo, scope, version, declared, time.time()],
                 )
@@ -217,13 +219,20 @@ class Metadata:
 
     async def mark_uploaded(self, entry_id: int, size: int) -> str:
         async with connect.errors():
-            return str(await self._mark(keys=[K.entry(entry_id)], args=[size]))
+            return str(await self._mark(keys=[K.entry(entry_id), K.reply(token())], args=[size]))
 
     async def finalize(self, entry_id: int, size: int) -> str:
         async with connect.errors():
             return str(
                 await self._finalize(
-                    keys=[K.entry(entry_id), K.UPLOADS, K.parts(entry_id), K.ORGS, K.claims(entry_id)],
+                    keys=[
+                        K.entry(entry_id),
+                        K.UPLOADS,
+                        K.parts(entry_id),
+                        K.ORGS,
+                        K.claims(entry_id),
+                        K.reply(token()),
+                    ],
                     args=[entry_id, size, time.time()],
                 )
             )
@@ -232,7 +241,8 @@ class Metadata:
         """Drop an entry's metadata; returns (org, state it was in) so the caller can drop its bytes."""
         async with connect.errors():
             out = await self._delete(
-                keys=[K.entry(entry_id), K.parts(entry_id), K.UPLOADS, K.claims(entry_id)], args=[entry_id]
+                keys=[K.entry(entry_id), K.parts(entry_id), K.UPLOADS, K.claims(entry_id), K.reply(token())],
+                args=[entry_id],
             )
         if not out:
             return None

@@ -222,9 +222,7 @@ def serve(
     # Ingestion makes ~12 short-lived objects per line; the default thresholds run a collection every few
     # hundred lines, which costs about a third of the parsing time. Nothing here makes long-lived cycles.
     gc.set_threshold(200_000, 20, 100)
-    serving.run(
-        create_app(settings), settings, host=h, port=p, timeout_graceful_shutdown=10
-    )
+    serving.run(create_app(settings), settings, host=h, port=p, timeout_graceful_shutdown=10)
 
 
 def dev_service(env: dict[str, str]) -> Coroutine[Any, Any, None] | None:

@@ -94,6 +94,7 @@ def create_app(
             retention_seconds=settings.job_retention_seconds,
             retention_max=settings.job_retention_max,
             delivery_ttl=settings.delivery_retention_seconds,
+            unfinished_ttl=settings.job_unfinished_ttl_seconds,
         )
     spool = Spool(settings.spool_dir) if settings.spool_dir else None
     plane = ControlPlane(settings, jobs, credentials, spool)

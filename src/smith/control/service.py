@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 
 from smith import tokens
+from smith.adapters.redis.connect import StoreFailure
 from smith.adapters.redis.jobs import Lease, RedisJobs, runner_classes_for
 from smith.asyncutil import supervise
 from smith.control import webhooks
@@ -18,7 +19,7 @@ from smith.control.settings import ControlSettings
 from smith.control.spool import Spool
 from smith.domain.cache import job_cache_claims
 from smith.domain.jobs import Job, JobState, match_runner_class
-from smith.errors import Conflict, InvalidInput, SmithError, Unavailable
+from smith.errors import ConfigError, Conflict, InvalidInput, SmithError, Unavailable
 from smith.logging import get_logger
 from smith.ports import RunnerCredentials
 from smith.wire import agent as wire
@@ -60,7 +61,28 @@ class ControlPlane:
             await self.jobs.ensure_groups(self._by_name)
         except Unavailable as exc:  # Redis may come up later; every call retries and /readyz says so
             log.warning("redis not ready at start", error=exc.message)
+        await self._check_memory_policy()
         self._reaper = asyncio.create_task(supervise("reaper", self._reap_forever), name="smith-reaper")
+
+    async def _check_memory_policy(self) -> None:
+        """Refuse to start on a Redis that may evict keys (unless allowed); warn if the policy cannot be read."""
+        try:
+            policy = await self.jobs.memory_policy()
+        except Unavailable:
+            log.warning("redis not ready: maxmemory-policy not checked (Smith needs noeviction)")
+            return
+        if policy is None:
+            log.warning("could not read redis maxmemory-policy: Smith needs noeviction (docs/deploy.md)")
+            return
+        if policy == "noeviction":
+            return
+        message = (
+            f"redis maxmemory-policy is {policy}, not noeviction: when memory is full Redis evicts keys, and with "
+            "them jobs, leases, streams or dedup records (docs/deploy.md)"
+        )
+        if not self.settings.redis_allow_eviction:
+            raise ConfigError(message + "; set SMITH_REDIS_ALLOW_EVICTION=true to start anyway")
+        log.warning(message)
 
     async def stop(self) -> None:
         for task in list(self._background):
@@ -80,6 +102,7 @@ class ControlPlane:
                 if self.spool is not None:
                     await self.spool.replay(self.webhook)
                 counts = await self.reclaim()
+                await self.jobs.forget_agents(self._by_name, self.settings.agent_forget_seconds)
                 if counts.get("requeued") or counts.get("failed"):
                     log.info("leases reclaimed", **counts)
             except SmithError as exc:
@@ -94,7 +117,7 @@ class ControlPlane:
         """A verified delivery: record it now, or spool it to disk while Redis is down (GitHub won't retry)."""
         try:
             return await self.webhook(event, delivery, payload)
-        except Unavailable:
+        except (Unavailable, StoreFailure):  # any Redis error: GitHub will not redeliver a 5xx by itself
             if self.spool is None:
                 raise
             await self.spool.put(event, delivery, payload)

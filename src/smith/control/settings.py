@@ -51,12 +51,23 @@ class ControlSettings(CommonSettings):
     reclaim_interval_seconds: float = Field(5.0, gt=0)
     max_attempts: int = Field(3, ge=1, description="Leases a job may get before it fails")
     host_ttl_seconds: float = Field(30.0, gt=0, description="A host with no heartbeat for this long is dead")
+    agent_forget_seconds: float = Field(
+        24 * 3600.0, gt=0, description="An agent silent this long (no lease held) leaves the hosts index and queues"
+    )
+    job_unfinished_ttl_seconds: int = Field(
+        30 * 24 * 3600, gt=0, description="A job record that never reaches a final state expires after this long"
+    )
     job_retention_seconds: int = Field(7 * 24 * 3600, gt=0, description="How long finished job records stay")
     job_retention_max: int = Field(100_000, gt=0, description="At most this many job records are listed")
     delivery_retention_seconds: int = Field(3 * 24 * 3600, gt=0, description="Window for redelivery dedupe")
     lease_wait_max_seconds: float = Field(30.0, gt=0, description="Longest long-poll an agent may ask for")
     redis_timeout_seconds: float = Field(
         5.0, gt=0, description="Longest wait for a Redis reply (a long-poll's blocking read waits its own time on top)"
+    )
+    redis_allow_eviction: bool = Field(
+        False,
+        description="Start even if Redis's maxmemory-policy is not noeviction (it may then evict jobs, leases, "
+        "streams and dedup keys; see docs/deploy.md)",
     )
     spool_dir: Path | None = Field(
         None, description="Where deliveries wait while Redis is down (default <data_dir>/control/spool; '' = off)"

@@ -43,10 +43,13 @@ def free_port() -> int:
 class EmbeddedRedis:
     """Start, stop and restart a Valkey server whose data lives in ``data_dir``."""
 
-    def __init__(self, data_dir: Path, *, port: int | None = None, fsync: str = "always") -> None:
+    def __init__(
+        self, data_dir: Path, *, port: int | None = None, fsync: str = "always", extra: tuple[str, ...] = ()
+    ) -> None:
         self.data_dir = Path(data_dir)
         self.port = port
         self.fsync = fsync
+        self.extra = extra  # more config lines (tests: ``enable-debug-command local``, ``replicaof ...``)
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -73,6 +76,7 @@ class EmbeddedRedis:
             "daemonize no",
             f"logfile {self.data_dir / 'valkey.log'}",
             "maxmemory-policy noeviction",
+            *self.extra,
         ]
         return "\n".join(lines) + "\n"
 

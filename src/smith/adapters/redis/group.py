@@ -77,6 +77,11 @@ class ScriptGroup:
 
     async def _pipeline(self, batch: list[Call]) -> list[Any]:
         results = await self._evalsha(batch)
+        refused = [i for i, res in enumerate(results) if isinstance(res, rexc.ReadOnlyError)]
+        if refused:  # a demoted primary: drop its connections and send those again (they did not run)
+            await self.r.connection_pool.disconnect(inuse_connections=False)
+            for i, res in zip(refused, await self._evalsha([batch[i] for i in refused]), strict=True):
+                results[i] = res
         missing = [i for i, res in enumerate(results) if isinstance(res, rexc.NoScriptError)]
         if missing:  # a restarted or flushed server: load the scripts and send those again (they did not run)
             for script in {id(batch[i][0]): batch[i][0] for i in missing}.values():

@@ -16,8 +16,8 @@ import orjson
 import redis.asyncio as aioredis
 import redis.exceptions as rexc
 
-from smith.adapters.redis import keys, scripts
-from smith.adapters.redis.connect import errors
+from smith.adapters.redis import keys, replay, scripts
+from smith.adapters.redis.connect import Reachability, errors
 from smith.adapters.redis.group import ScriptGroup
 from smith.domain.jobs import Job, JobState, RunnerClass, check_agent_id
 from smith.errors import Conflict, InvalidInput, NotFound
@@ -89,6 +89,11 @@ def _consumer(agent_id: str) -> str:
         raise InvalidInput(str(exc)) from exc
 
 
+def _reply() -> str:
+    """The reply key of one script call (replay.py): a resent call finds the first run's answer there."""
+    return keys.reply(replay.token())
+
+
 def _pairs(flat: Sequence[Any]) -> dict[str, str]:
     return {str(flat[i]): str(flat[i + 1]) for i in range(0, len(flat), 2)}
 
@@ -117,6 +122,7 @@ class RedisJobs:
         retention_max: int = 100_000,
         delivery_ttl: int = 3 * 24 * 3600,
         events_maxlen: int = 100_000,
+        unfinished_ttl: int = 30 * 24 * 3600,
     ) -> None:
         # redis-py's type hints do not follow decode_responses=True; these are str-returning clients.
         self.r: Any = redis
@@ -125,6 +131,7 @@ class RedisJobs:
         self.retention_max = retention_max
         self.delivery_ttl = delivery_ttl
         self.events_maxlen = events_maxlen
+        self.unfinished_ttl = max(unfinished_ttl, retention_seconds)  # a job that never finishes expires too
         self._record_queued = redis.register_script(scripts.RECORD_QUEUED)
         self._record_update = redis.register_script(scripts.RECORD_UPDATE)
         self._claim = redis.register_script(scripts.CLAIM)
@@ -133,13 +140,15 @@ class RedisJobs:
         self._renew = redis.register_script(scripts.RENEW)
         self._report = redis.register_script(scripts.REPORT)
         self._cancel = redis.register_script(scripts.CANCEL)
+        self._drop_consumer = redis.register_script(scripts.DROP_CONSUMER)
         self._groups_ready: set[str] = set()
+        self.reach = Reachability()  # an outage seen from here holds reclaim back for a lease TTL
         self._group = ScriptGroup(redis)  # webhook deliveries share writes (and fsyncs) under load
 
     # -- set-up -------------------------------------------------------------------------------------------
 
     async def ensure_groups(self, classes: Iterable[str]) -> None:
-        async with errors():
+        async with errors(self.reach):
             for name in classes:
                 try:
                     await self.r.xgroup_create(keys.queue(name), keys.GROUP, id="0", mkstream=True)
@@ -147,6 +156,23 @@ class RedisJobs:
                     if "BUSYGROUP" not in str(exc):
                         raise
                 self._groups_ready.add(name)
+
+    async def memory_policy(self) -> str | None:
+        """The server's ``maxmemory-policy`` (CONFIG GET, else INFO memory: managed services may refuse
+        CONFIG), or None if neither says."""
+        async with errors(self.reach):
+            try:
+                got = await self.r.config_get("maxmemory-policy")
+                if got.get("maxmemory-policy"):
+                    return str(got["maxmemory-policy"])
+            except rexc.ResponseError:
+                pass
+            try:
+                info = await self.r.info("memory")
+            except rexc.ResponseError:
+                return None
+        policy = info.get("maxmemory_policy")
+        return str(policy) if policy else None
 
     # -- webhooks -----------------------------------------------------------------------------------------
 
@@ -168,6 +194,7 @@ class RedisJobs:
             self.retention_max,
             # One argument, not ~30: the client's per-argument packing was the largest cost of a delivery.
             orjson.dumps([x for kv in job_fields(job).items() for x in kv]) if job else b"[]",
+            self.unfinished_ttl,
         ]
         ks = [
             keys.delivery(delivery_id),
@@ -175,8 +202,9 @@ class RedisJobs:
             keys.queue(cls),
             keys.JOBS,
             keys.EVENTS,
+            _reply(),
         ]
-        async with errors():
+        async with errors(self.reach):
             res = await self._group(self._record_queued, ks, argv)
         return Recorded(str(res[0]), str(res[1]))
 
@@ -198,7 +226,14 @@ class RedisJobs:
         record, so a late 'queued' redelivery does not enqueue it."""
         now = time.time()
         stream_class = runner_class or await self._class_of(job_id) or "_none"
-        ks = [keys.delivery(delivery_id), keys.job(job_id), keys.queue(stream_class), keys.JOBS, keys.EVENTS]
+        ks = [
+            keys.delivery(delivery_id),
+            keys.job(job_id),
+            keys.queue(stream_class),
+            keys.JOBS,
+            keys.EVENTS,
+            _reply(),
+        ]
         argv: list[Any] = [
             self.delivery_ttl,
             repr(now),
@@ -213,7 +248,7 @@ class RedisJobs:
             "1" if dequeue_reason else "0",
             dequeue_reason,
         ]
-        async with errors():
+        async with errors(self.reach):
             res = await self._group(self._record_update, ks, argv)
         return Recorded(str(res[0]), str(res[1]))
 
@@ -227,7 +262,7 @@ class RedisJobs:
         return await self.get(job.id)
 
     async def _class_of(self, job_id: str) -> str | None:
-        async with errors():
+        async with errors(self.reach):
             value = await self.r.hget(keys.job(job_id), "runner_class")
         return str(value) if value else None
 
@@ -250,7 +285,7 @@ class RedisJobs:
         while True:
             remaining = deadline - time.monotonic()
             block_ms = max(1, int(remaining * 1000)) if remaining > 0 else None
-            async with errors():
+            async with errors(self.reach):
                 try:
                     got = await self.blocking.xreadgroup(keys.GROUP, agent_id, streams, count=1, block=block_ms)
                 except rexc.ResponseError as exc:
@@ -266,21 +301,23 @@ class RedisJobs:
                     if lease is None:
                         lease = await self._take(agent_id, stream, entry_id, job_id)
                     else:
-                        async with errors():
-                            await self._handback(keys=[keys.job(job_id), stream], args=[entry_id, repr(time.time())])
+                        async with errors(self.reach):
+                            await self._handback(
+                                keys=[keys.job(job_id), stream, _reply()], args=[entry_id, repr(time.time())]
+                            )
             if lease is not None:
                 return lease
             if remaining <= 0 or block_ms is None:
                 return None
 
     async def _take(self, agent_id: str, stream: str, entry_id: str, job_id: str) -> Lease | None:
-        async with errors():
-            flat = await self._claim(keys=[keys.job(job_id)], args=[entry_id, agent_id, repr(time.time())])
-            if not flat:  # stale entry: the job was cancelled, finished or re-queued meanwhile
-                await self.r.xack(stream, keys.GROUP, entry_id)
-                await self.r.xdel(stream, entry_id)
-                return None
-        return Lease(job_from_hash(_pairs(flat)), entry_id)
+        """CLAIM one entry read. A stale entry (the job was cancelled, finished or re-queued meanwhile) is
+        dropped by the script itself: never from here after an empty reply, which a replay could also give."""
+        async with errors(self.reach):
+            flat = await self._claim(
+                keys=[keys.job(job_id), stream, _reply()], args=[entry_id, agent_id, repr(time.time())]
+            )
+        return Lease(job_from_hash(_pairs(flat)), entry_id) if flat else None
 
     async def renew(self, agent_id: str, job_ids: Iterable[str]) -> dict[str, str]:
         """Renew this agent's leases; per job 'ok', 'cancel' or 'lost'."""
@@ -292,7 +329,7 @@ class RedisJobs:
             if cls is None:
                 out[job_id] = "lost"
                 continue
-            async with errors():
+            async with errors(self.reach):
                 out[job_id] = str(await self._renew(keys=[keys.job(job_id), keys.queue(cls)], args=[agent_id, now]))
         return out
 
@@ -303,9 +340,9 @@ class RedisJobs:
         cls = await self._class_of(job_id)
         if cls is None:
             raise NotFound(f"job {job_id} not found")
-        async with errors():
+        async with errors(self.reach):
             res = await self._report(
-                keys=[keys.job(job_id), keys.queue(cls)],
+                keys=[keys.job(job_id), keys.queue(cls), _reply()],
                 args=[
                     agent_id,
                     state.value,
@@ -324,14 +361,22 @@ class RedisJobs:
         return await self.get(job_id)
 
     async def reclaim(self, classes: Iterable[str], lease_ttl: float, max_attempts: int) -> dict[str, int]:
-        """Re-queue (or fail) jobs whose lease was not renewed for ``lease_ttl`` seconds."""
+        """Re-queue (or fail) jobs whose lease was not renewed for ``lease_ttl`` seconds.
+
+        An entry's idle time counts any outage or failover too, when no agent could heartbeat: so nothing is
+        reclaimed until Redis has been reachable from here for a whole lease TTL (``deferred`` says so)."""
         counts = {"requeued": 0, "failed": 0, "stale": 0}
+        async with errors(self.reach):
+            await self.r.ping()
+        self.reach.answered()
+        if self.reach.quiet_for() < lease_ttl:
+            return counts | {"deferred": 1}
         min_idle = int(lease_ttl * 1000)
         for cls in classes:
             stream = keys.queue(cls)
             start = "0-0"
             while True:
-                async with errors():
+                async with errors(self.reach):
                     try:
                         res = await self.r.xautoclaim(stream, keys.GROUP, keys.REAPER, min_idle, start, count=100)
                     except rexc.ResponseError as exc:
@@ -361,9 +406,10 @@ class RedisJobs:
 
     async def _requeue_entry(self, job_id: str, stream: str, entry: str, max_attempts: int, reason: str) -> str:
         """One REQUEUE script call: 'requeued', 'failed' (past max_attempts) or 'stale'."""
-        async with errors():
+        async with errors(self.reach):
             out = await self._requeue(
-                keys=[keys.job(job_id), stream], args=[entry, repr(time.time()), max_attempts, reason, self.retention]
+                keys=[keys.job(job_id), stream, _reply()],
+                args=[entry, repr(time.time()), max_attempts, reason, self.retention],
             )
         return str(out[0])
 
@@ -375,7 +421,7 @@ class RedisJobs:
         counts: dict[str, int] = {}
         for cls in classes:
             stream = keys.queue(cls)
-            async with errors():
+            async with errors(self.reach):
                 try:
                     pending = await self.r.xpending_range(
                         stream, keys.GROUP, min="-", max="+", count=1000, consumername=agent_id
@@ -397,7 +443,7 @@ class RedisJobs:
     # -- operators ----------------------------------------------------------------------------------------
 
     async def get(self, job_id: str) -> Job:
-        async with errors():
+        async with errors(self.reach):
             h = await self.r.hgetall(keys.job(job_id))
         if not h:
             raise NotFound(f"job {job_id} not found")
@@ -415,7 +461,7 @@ class RedisJobs:
         """Newest first, filtered. Scans at most a few pages of the index, so filters stay cheap."""
         out: list[Job] = []
         offset, page = 0, max(limit * 2, 100)
-        async with errors():
+        async with errors(self.reach):
             while len(out) < limit and offset < 20 * page:
                 ids = await self.r.zrevrangebyscore(
                     keys.JOBS, "+inf", since if since is not None else "-inf", start=offset, num=page
@@ -445,9 +491,9 @@ class RedisJobs:
         cls = await self._class_of(job_id)
         if cls is None:
             raise NotFound(f"job {job_id} not found")
-        async with errors():
+        async with errors(self.reach):
             res = await self._cancel(
-                keys=[keys.job(job_id), keys.queue(cls)], args=[repr(time.time()), reason, self.retention]
+                keys=[keys.job(job_id), keys.queue(cls), _reply()], args=[repr(time.time()), reason, self.retention]
             )
         if res[0] == "missing":
             raise NotFound(f"job {job_id} not found")
@@ -459,7 +505,7 @@ class RedisJobs:
         """Per class: depth (queued, not yet read), leases in flight, age of the oldest queued job."""
         out: dict[str, dict[str, Any]] = {}
         now_ms = int(time.time() * 1000)
-        async with errors():
+        async with errors(self.reach):
             for cls in classes:
                 stream = keys.queue(cls)
                 depth, in_flight, oldest_age = 0, 0, None
@@ -470,7 +516,11 @@ class RedisJobs:
                 for g in groups:
                     if g["name"] == keys.GROUP:
                         in_flight = int(g.get("pending", 0))
-                        depth = int(g.get("lag") or 0)
+                        lag = g.get("lag")
+                        if lag is None:  # unknown once an entry not yet read was deleted (a cancel)
+                            # every entry read and done is deleted, so what is left is queued or leased
+                            lag = max(0, int(await self.r.xlen(stream)) - in_flight)
+                        depth = int(lag)
                         last = g.get("last-delivered-id", "0-0")
                         nxt = await self.r.xrange(stream, min=f"({last}", count=1)
                         if nxt:
@@ -486,7 +536,7 @@ class RedisJobs:
 
     async def put_host(self, agent_id: str, info: Mapping[str, Any], ttl_seconds: float) -> None:
         now = time.time()
-        async with errors():
+        async with errors(self.reach):
             pipe = self.r.pipeline(transaction=True)
             pipe.set(
                 keys.host(agent_id),
@@ -497,17 +547,35 @@ class RedisJobs:
             await pipe.execute()
 
     async def get_host(self, agent_id: str) -> dict[str, Any] | None:
-        async with errors():
+        async with errors(self.reach):
             raw = await self.r.get(keys.host(agent_id))
         return orjson.loads(raw) if raw else None
 
     async def hosts_alive(self, ttl_seconds: float) -> list[dict[str, Any]]:
         cutoff = time.time() - ttl_seconds
-        async with errors():
-            await self.r.zremrangebyscore(keys.HOSTS, "-inf", cutoff - 3600)
+        async with errors(self.reach):
             ids = await self.r.zrangebyscore(keys.HOSTS, cutoff, "+inf")
             raws = await self.r.mget([keys.host(i) for i in ids]) if ids else []
         return [orjson.loads(r) for r in raws if r]
+
+    async def forget_agents(self, classes: Iterable[str], gone_seconds: float) -> int:
+        """Trim the hosts index and delete the stream consumers of agents gone for ``gone_seconds``: no lease
+        held, host record expired (checked atomically, DROP_CONSUMER). Returns the consumers deleted."""
+        dropped = 0
+        async with errors(self.reach):
+            await self.r.zremrangebyscore(keys.HOSTS, "-inf", time.time() - gone_seconds)
+            for cls in classes:
+                stream = keys.queue(cls)
+                try:
+                    consumers = await self.r.xinfo_consumers(stream, keys.GROUP)
+                except rexc.ResponseError:
+                    continue
+                for c in consumers:
+                    if int(c.get("pending", 0)) or int(c.get("idle", 0)) < gone_seconds * 1000:
+                        continue
+                    name = str(c["name"])
+                    dropped += int(await self._drop_consumer(keys=[stream, keys.host(name)], args=[name]))
+        return dropped
 
 
 def runner_classes_for(

@@ -10,6 +10,7 @@ smith:q:{runner_class}         stream  queued jobs of one class; consumer group 
 smith:host:{agent_id}          string  a host's registration and last heartbeat (JSON), with TTL
 smith:hosts                    zset    agent ids by last heartbeat time
 smith:events                   stream  webhook events received, capped (audit trail)
+smith:reply:{token}            string  a script's reply, kept 2 min so a replayed call answers the same
 =============================  ======  ==========================================================
 
 The cache server's keys (prefix ``smith:cache:``) are in ``smith/cache/keys.py``; the log pipeline uses no
@@ -44,3 +45,8 @@ def host(agent_id: str) -> str:
 
 HOSTS = f"{PREFIX}hosts"
 EVENTS = f"{PREFIX}events"
+
+
+def reply(token: str) -> str:
+    """Where a replayable script keeps its reply (replay.py)."""
+    return f"{PREFIX}reply:{token}"
