@@ -124,3 +124,17 @@ async def test_chunks_must_cover_the_file_from_zero(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="does not follow"):
         await store.complete("8", [f"{4:020d}"], "org/8")
     assert await store.size("org/8") is None
+
+
+async def test_blob_deleted_while_sent_is_sent_whole(tmp_path: Path) -> None:
+    store = FilesystemBlobStore(tmp_path)
+    parts = [os.urandom(5 * MIB), os.urandom(5 * MIB), os.urandom(3)]
+    for i, data in enumerate(parts):
+        await store.write_part("9", f"p{i}", body(data), len(data))
+    await store.complete("9", ["p0", "p1", "p2"], "org/9")
+    stream = store.read("org/9", 1)
+    first = await anext(stream)
+    await store.delete("org/9")  # evicted while a download is under way
+    assert not (tmp_path / "blobs" / "org" / "9").exists()
+    rest = b"".join([c async for c in stream])
+    assert first + rest == b"".join(parts)[1:]

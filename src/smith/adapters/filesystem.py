@@ -19,7 +19,6 @@ Each ``complete`` ends in one rename: a crash leaves either no blob or a whole o
 from __future__ import annotations
 
 import asyncio
-import bisect
 import contextlib
 import json
 import os
@@ -140,22 +139,23 @@ class FilesystemBlobStore:
             raise _os_error(exc, "blob") from exc
 
     async def read(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
-        path = self._blob(key)
+        """Every file the range needs is opened before the first byte, so a blob deleted while it is being sent
+        (evicted, purged) is still sent whole from the open descriptors."""
         try:
-            pieces = await asyncio.to_thread(_pieces, path)
+            spans = await asyncio.to_thread(_open_range, self._blob(key), start, end)
         except OSError as exc:
             raise _os_error(exc, "blob") from exc
-        total = pieces[-1][1] + pieces[-1][2] if pieces else 0
-        stop = total if end is None else min(end + 1, total)
-        begins = [b for _, b, _ in pieces]
-        i = max(0, bisect.bisect_right(begins, start) - 1)
-        pos = start
-        while pos < stop and i < len(pieces):
-            file, begin, length = pieces[i]
-            async for chunk in _read_file(file, pos - begin, min(stop, begin + length) - begin):
-                pos += len(chunk)
-                yield chunk
-            i += 1
+        try:
+            for fd, pos, stop in spans:
+                while pos < stop:
+                    chunk = await asyncio.to_thread(os.pread, fd, min(READ_CHUNK, stop - pos), pos)
+                    if not chunk:
+                        raise Unavailable(f"blob {key} is shorter than its manifest says")
+                    pos += len(chunk)
+                    yield chunk
+        finally:
+            for fd, _, _ in spans:
+                os.close(fd)
 
     async def delete(self, key: str) -> None:
         await asyncio.to_thread(_remove, self._blob(key))
@@ -275,27 +275,26 @@ def _blob_size(path: Path) -> int:
     return pieces[-1][1] + pieces[-1][2] if pieces else 0
 
 
+def _open_range(path: Path, start: int, end: int | None) -> list[tuple[int, int, int]]:
+    """``(descriptor, first byte, end byte exclusive)`` in each file holding bytes ``start..end`` of a blob."""
+    pieces = _pieces(path)  # FileNotFoundError for a missing blob
+    stop = pieces[-1][1] + pieces[-1][2] if end is None else end + 1
+    spans: list[tuple[int, int, int]] = []
+    try:
+        for file, begin, length in pieces:
+            lo, hi = max(start, begin), min(stop, begin + length)
+            if lo < hi:
+                spans.append((os.open(file, os.O_RDONLY), lo - begin, hi - begin))
+    except BaseException:
+        for fd, _, _ in spans:
+            os.close(fd)
+        raise
+    return spans
+
+
 def _remove(path: Path) -> None:
     if path.is_dir():
         shutil.rmtree(path, ignore_errors=True)
     else:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
-
-
-async def _read_file(path: Path, start: int, stop: int) -> AsyncIterator[bytes]:
-    """Bytes ``start`` up to ``stop`` (exclusive) of one file."""
-    try:
-        fd = await asyncio.to_thread(os.open, path, os.O_RDONLY)
-    except OSError as exc:
-        raise _os_error(exc, "blob") from exc
-    try:
-        pos = start
-        while pos < stop:
-            chunk = await asyncio.to_thread(os.pread, fd, min(READ_CHUNK, stop - pos), pos)
-            if not chunk:
-                raise Unavailable(f"blob part {path.name} is shorter than its manifest says")
-            pos += len(chunk)
-            yield chunk
-    finally:
-        os.close(fd)
