@@ -102,7 +102,7 @@ def curl_download(url: str, runs: int = 3) -> float:
     best = float("inf")
     for _ in range(runs):
         start = time.perf_counter()
-        subprocess.run(["curl", "-sSf", "-o", "/dev/null", url], check=True)
+        subprocess.run(["curl", "-sSf", "-o", "/dev/null", "--connect-to", "::127.0.0.1:", url], check=True)
         best = min(best, time.perf_counter() - start)
     return best
 
@@ -147,13 +147,13 @@ http {{
     return proc, url, name
 
 
-def real_client(version: str, base: str, tok: str, size: int, work: Path) -> tuple[float, float]:
+def real_client(version: str, base: str, tok: str, size: int, work: Path, host: str | None) -> tuple[float, float]:
     """(save, restore) seconds of the real npm client from tests/cache/npm/<version> (``npm ci`` there first)."""
     modules = Path(__file__).resolve().parent.parent / "tests" / "cache" / "npm" / version
     if not (modules / "node_modules").is_dir():
         raise SystemExit(f"run: npm ci --prefix {modules}")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ACTIONS_", "GITHUB_", "RUNNER_"))}
-    env |= {"ACTIONS_RUNTIME_TOKEN": tok, "RUNNER_TEMP": str(work)}
+    env |= {"ACTIONS_RUNTIME_TOKEN": tok, "RUNNER_TEMP": str(work), "LOOPBACK_HOST": host or ""}
     if version == "v3":
         env["ACTIONS_CACHE_URL"] = base + "/"
     else:
@@ -173,6 +173,11 @@ def main() -> None:
     ap.add_argument("--size", default="1G", help="entry size (e.g. 256M, 1G); default 1G")
     ap.add_argument("--storage", default="filesystem", choices=["filesystem"], help="blob store under test")
     ap.add_argument("--client", action="append", default=[], choices=["v3", "v6"], help="real npm client run")
+    ap.add_argument(
+        "--download-host",
+        help="SMITH_CACHE_DOWNLOAD_HOST for the server (e.g. smith.blob.core.windows.net: parallel client downloads); "
+        "the bench's clients resolve it to 127.0.0.1",
+    )
     args = ap.parse_args()
     size = parse_size(args.size)
     if not shutil.which("curl"):
@@ -196,6 +201,8 @@ def main() -> None:
             "SMITH_CACHE_ORG_QUOTA_BYTES": str(max(size, 1) * 4),
             "SMITH_LOG_LEVEL": "WARNING",
         }
+        if args.download_host:
+            env["SMITH_CACHE_DOWNLOAD_HOST"] = args.download_host
         server = subprocess.Popen([sys.executable, "-m", "smith", "cache", "serve"], env=env)
         static = None
         try:
@@ -237,7 +244,7 @@ def main() -> None:
                 got = c.post(f"{twirp}/GetCacheEntryDownloadURL", json={"key": "bench", "version": VERSION}).json()
                 lookup_s = time.perf_counter() - t0
                 restore_s = lookup_s + curl_download(got["signed_download_url"])
-            clients = {v: real_client(v, base, tok, size, work) for v in args.client}
+            clients = {v: real_client(v, base, tok, size, work, args.download_host) for v in args.client}
             static, static_url, static_name = start_static(work / "static", work)
             static_s = curl_download(f"{static_url}/entry.tzst")
             rss_now, rss_peak = peak_rss_mib(server.pid)

@@ -1,7 +1,9 @@
 // Save and restore one incompressible file through a running `smith cache serve` with the real @actions/cache
 // client (bench/cache.py --client runs it):  node cache_client.mjs <dir with node_modules/@actions/cache> <bytes>
 // The caller sets the runner's environment (ACTIONS_RUNTIME_TOKEN, ACTIONS_CACHE_URL or ACTIONS_RESULTS_URL +
-// ACTIONS_CACHE_SERVICE_V2, RUNNER_TEMP). Prints one JSON line: seconds for saveCache and restoreCache.
+// ACTIONS_CACHE_SERVICE_V2, RUNNER_TEMP; LOOPBACK_HOST for a download host, see loopback.mjs).
+// Prints one JSON line: seconds for saveCache and restoreCache.
+import '../tests/cache/npm/loopback.mjs'
 import {randomFillSync} from 'node:crypto'
 import {closeSync, mkdirSync, openSync, rmSync, writeSync} from 'node:fs'
 import {join} from 'node:path'
@@ -31,3 +33,4 @@ const hit = await cache.restoreCache([data], key)
 const restore = (performance.now() - t) / 1000
 rmSync(work, {recursive: true, force: true})
 console.log(JSON.stringify({id, hit, save_s: save, restore_s: restore}))
+process.exit(0) // the client's progress timers would keep the process alive after a failed download

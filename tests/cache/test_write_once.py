@@ -138,3 +138,32 @@ async def test_blob_deleted_while_sent_is_sent_whole(tmp_path: Path) -> None:
     assert not (tmp_path / "blobs" / "org" / "9").exists()
     rest = b"".join([c async for c in stream])
     assert first + rest == b"".join(parts)[1:]
+
+
+def test_download_urls_use_the_placeholder_host(serve: Any, tmp_path: Path) -> None:
+    """With ``cache_download_host`` the v2 and legacy download URLs name it (same port), upload URLs do not, and
+    the server answers the parallel client's HEAD and 4 MiB ranges on them (reached here by address)."""
+    srv = serve(FilesystemBlobStore(tmp_path / "fs"), cache_download_host="smith.blob.core.windows.net")
+    c = client(srv)
+    data = os.urandom(9 * MIB)
+    r = create(c, "placeholder")
+    upload = httpx.URL(r.json()["signed_upload_url"])
+    assert upload.host == "127.0.0.1"
+    assert httpx.put(str(upload), content=data, headers={"x-ms-blob-type": "BlockBlob"}).status_code == 201
+    fin = c.post(
+        f"{TWIRP}/FinalizeCacheEntryUpload", json={"key": "placeholder", "version": VERSION, "size_bytes": len(data)}
+    )
+    assert fin.json()["ok"]
+    got = c.post(
+        f"{TWIRP}/GetCacheEntryDownloadURL", json={"key": "placeholder", "restore_keys": [], "version": VERSION}
+    )
+    url = httpx.URL(got.json()["signed_download_url"])
+    assert (url.host, url.port) == ("smith.blob.core.windows.net", upload.port)
+    legacy = c.get("/_apis/artifactcache/cache", params={"keys": "placeholder", "version": VERSION})
+    assert httpx.URL(legacy.json()["archiveLocation"]).host == "smith.blob.core.windows.net"
+    direct = url.copy_with(host="127.0.0.1")
+    assert httpx.head(direct).headers["content-length"] == str(len(data))
+    segments = [
+        httpx.get(direct, headers={"Range": f"bytes={o}-{o + 4 * MIB - 1}"}) for o in range(0, len(data), 4 * MIB)
+    ]
+    assert b"".join(s.content for s in segments) == data
