@@ -11,6 +11,10 @@ Starts a private Valkey and `smith cache serve` (a separate process, so its peak
 - the same file from nginx (Debian's, sendfile on, one worker; `python -m http.server` if nginx is missing),
   fetched with the same curl in the same run.
 
+With ``--client v3`` / ``--client v6`` (repeatable) it also saves and restores a file of the same size with the
+real ``@actions/cache`` client from ``tests/cache/npm/<v>`` (``bench/cache_client.mjs``; tar + zstd included, as a
+job sees it).
+
 Prints MB/s both ways, restore as a fraction of nginx, and the server's peak RSS before and after.
 """
 
@@ -19,6 +23,7 @@ from __future__ import annotations
 import argparse
 import base64
 import concurrent.futures
+import json
 import os
 import shutil
 import signal
@@ -97,7 +102,7 @@ def curl_download(url: str, runs: int = 3) -> float:
     best = float("inf")
     for _ in range(runs):
         start = time.perf_counter()
-        subprocess.run(["curl", "-sSf", "-o", "/dev/null", url], check=True)
+        subprocess.run(["curl", "-sSf", "-o", "/dev/null", "--connect-to", "::127.0.0.1:", url], check=True)
         best = min(best, time.perf_counter() - start)
     return best
 
@@ -142,10 +147,37 @@ http {{
     return proc, url, name
 
 
+def real_client(version: str, base: str, tok: str, size: int, work: Path, host: str | None) -> tuple[float, float]:
+    """(save, restore) seconds of the real npm client from tests/cache/npm/<version> (``npm ci`` there first)."""
+    modules = Path(__file__).resolve().parent.parent / "tests" / "cache" / "npm" / version
+    if not (modules / "node_modules").is_dir():
+        raise SystemExit(f"run: npm ci --prefix {modules}")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ACTIONS_", "GITHUB_", "RUNNER_"))}
+    env |= {"ACTIONS_RUNTIME_TOKEN": tok, "RUNNER_TEMP": str(work), "LOOPBACK_HOST": host or ""}
+    if version == "v3":
+        env["ACTIONS_CACHE_URL"] = base + "/"
+    else:
+        env |= {"ACTIONS_RESULTS_URL": base + "/", "ACTIONS_CACHE_SERVICE_V2": "true"}
+    script = Path(__file__).resolve().parent / "cache_client.mjs"
+    out = subprocess.run(
+        ["node", str(script), str(modules), str(size)], env=env, check=True, capture_output=True, text=True
+    ).stdout
+    result = json.loads(out.strip().splitlines()[-1])
+    if not result["id"] or not result["hit"]:
+        raise SystemExit(f"{version} client did not save and restore: {result}")
+    return float(result["save_s"]), float(result["restore_s"])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", default="1G", help="entry size (e.g. 256M, 1G); default 1G")
     ap.add_argument("--storage", default="filesystem", choices=["filesystem"], help="blob store under test")
+    ap.add_argument("--client", action="append", default=[], choices=["v3", "v6"], help="real npm client run")
+    ap.add_argument(
+        "--download-host",
+        help="SMITH_CACHE_DOWNLOAD_HOST for the server (e.g. smith.blob.core.windows.net: parallel client downloads); "
+        "the bench's clients resolve it to 127.0.0.1",
+    )
     args = ap.parse_args()
     size = parse_size(args.size)
     if not shutil.which("curl"):
@@ -169,6 +201,8 @@ def main() -> None:
             "SMITH_CACHE_ORG_QUOTA_BYTES": str(max(size, 1) * 4),
             "SMITH_LOG_LEVEL": "WARNING",
         }
+        if args.download_host:
+            env["SMITH_CACHE_DOWNLOAD_HOST"] = args.download_host
         server = subprocess.Popen([sys.executable, "-m", "smith", "cache", "serve"], env=env)
         static = None
         try:
@@ -210,6 +244,7 @@ def main() -> None:
                 got = c.post(f"{twirp}/GetCacheEntryDownloadURL", json={"key": "bench", "version": VERSION}).json()
                 lookup_s = time.perf_counter() - t0
                 restore_s = lookup_s + curl_download(got["signed_download_url"])
+            clients = {v: real_client(v, base, tok, size, work, args.download_host) for v in args.client}
             static, static_url, static_name = start_static(work / "static", work)
             static_s = curl_download(f"{static_url}/entry.tzst")
             rss_now, rss_peak = peak_rss_mib(server.pid)
@@ -229,6 +264,9 @@ def main() -> None:
     print(f"restore (smith)      {mbps(restore_s):8.0f} MB/s  ({restore_s:.2f} s)")
     print(f"same file ({static_name:<6}) {mbps(static_s):8.0f} MB/s  ({static_s:.2f} s)")
     print(f"restore / static     {static_s / restore_s:8.0%}")
+    for v, (save_c, restore_c) in clients.items():
+        save_mb, restore_mb = mbps(save_c), mbps(restore_c)
+        print(f"@actions/cache {v}    save {save_mb:5.0f} MB/s ({save_c:.2f} s), restore {restore_mb:5.0f} MB/s")
     print(f"server RSS           idle {rss_idle:.0f} MiB, after {rss_now:.0f} MiB, peak {rss_peak:.0f} MiB")
 
 

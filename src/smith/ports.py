@@ -93,20 +93,24 @@ class BlobStore(Protocol):
     """Where cache entries' bytes live (a directory, an S3 bucket).
 
     An upload is written as named parts (a legacy chunk, an Azure-style block) in any order and concurrently,
-    then ``complete`` joins the chosen parts, in the given order, into the blob ``key``; nothing is visible
+    then ``complete`` makes the chosen parts, in the given order, the blob ``key``; nothing is visible
     under ``key`` before that. Every method streams: no whole entry is ever held in memory. Failures surface as
     ``smith.errors`` (``Unavailable`` when the store is down, ``NotFound`` for a missing blob or part).
     """
 
     name: str
 
-    async def write_part(self, upload_id: str, part: str, chunks: AsyncIterator[bytes], size: int) -> int:
+    async def write_part(
+        self, upload_id: str, part: str, chunks: AsyncIterator[bytes], size: int, offset: int | None = None
+    ) -> int:
         """Store one part of ``size`` bytes from ``chunks``; returns the bytes written (``InvalidInput`` if the
-        stream is shorter or longer than ``size``)."""
+        stream is shorter or longer than ``size``). ``offset``: the part is the blob's bytes from there (a legacy
+        chunk; its name is the offset), so a store may write it in place."""
         ...
 
     async def complete(self, upload_id: str, parts: list[str], key: str) -> int:
-        """Join ``parts`` in order into blob ``key``; drops the upload's parts; returns the blob's size."""
+        """Make ``parts``, in order, blob ``key`` without copying a byte where the store can (a part may be listed
+        twice); drops the upload's other parts; returns the blob's size."""
         ...
 
     async def abort(self, upload_id: str) -> None:

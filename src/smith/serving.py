@@ -135,13 +135,16 @@ def accept_error_handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any
 
 
 def config(app: Any, settings: CommonSettings, *, host: str, port: int, **extra: Any) -> uvicorn.Config:
-    """A uvicorn config for ``app`` with the service's connection limits (and the descriptor limit raised)."""
+    """A uvicorn config for ``app`` with the service's connection limits (and the descriptor limit raised).
+    An ``http`` protocol class in ``extra`` (the cache's header cap) is combined with ``GuardedProtocol``."""
     soft = raise_nofile_limit()
+    http = extra.pop("http", None)
+    protocol = GuardedProtocol if http is None else type(http.__name__, (http, GuardedProtocol), {})
     cfg = uvicorn.Config(
         app,
         host=host,
         port=port,
-        http=GuardedProtocol,
+        http=protocol,
         backlog=settings.http_backlog,
         timeout_keep_alive=int(max(1, settings.http_keepalive_seconds)),
         log_level="warning",

@@ -129,3 +129,15 @@ def test_the_descriptor_limit_is_raised_to_the_hard_limit() -> None:
             assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] == hard
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, resource.getrlimit(resource.RLIMIT_NOFILE)[0]), hard))
+
+
+def test_a_service_protocol_is_combined_with_the_guards() -> None:
+    """`smith cache serve` passes its header-capped protocol as ``http``: uvicorn got ``http`` twice and the
+    command failed at start; now the config's protocol is both."""
+    from smith.cache.limits import LimitedHttpToolsProtocol, uvicorn_options
+
+    cfg = serving.config(app(), CommonSettings(), host="127.0.0.1", port=0, **uvicorn_options(1024))
+    assert isinstance(cfg.http, type)
+    assert issubclass(cfg.http, LimitedHttpToolsProtocol)
+    assert issubclass(cfg.http, serving.GuardedProtocol)
+    assert cfg.http.max_head_bytes == 1024

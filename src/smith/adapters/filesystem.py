@@ -1,15 +1,26 @@
 """A ``BlobStore`` in a local directory.
 
-Layout under ``root``: ``blobs/<key>`` for finished blobs, ``uploads/<upload_id>/<part>`` for parts of an
-upload in progress. ``complete`` writes the joined blob to a temporary file beside its final place (with
-``copy_file_range``, so the bytes stay in the kernel) and renames it into place: a crash leaves either no blob
-or a whole one, and at worst an ``uploads/`` directory that ``stale_uploads`` reports for cleanup.
+Layout under ``root``: ``uploads/<upload_id>/<part>`` for parts of an upload in progress, ``blobs/<key>`` for
+finished blobs. No saved byte is copied a second time (a join on ext4 is a full copy: every save wrote twice):
+
+- a part written at an offset (a legacy chunk, ``offset=``) goes straight into ``uploads/<id>/.ranged`` with
+  ``pwrite``, next to a marker file that records its size; ``complete`` checks the markers cover the file from
+  byte 0 without gaps, trims it to that size and renames it to ``blobs/<key>``;
+- one named part (a single-shot upload) is renamed to ``blobs/<key>``;
+- several named parts (Azure blocks, whose order is known only from the block list at commit) stay as they
+  are: ``complete`` writes ``.manifest`` (the parts in the block list's order, with their sizes) into the
+  upload's directory, drops the parts the list does not name and renames the directory to ``blobs/<key>``;
+  ``read`` serves the parts in the manifest's order.
+
+Each ``complete`` ends in one rename: a crash leaves either no blob or a whole one, and at worst an
+``uploads/`` directory that ``stale_uploads`` reports for cleanup.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -23,6 +34,8 @@ from smith.errors import InvalidInput, NotFound, SmithError, Unavailable
 READ_CHUNK = 4 * 1024 * 1024
 WRITE_BATCH = 4 * 1024 * 1024
 _SAFE = re.compile(r"^[A-Za-z0-9_.-]{1,200}$")
+MANIFEST = ".manifest"
+RANGED = ".ranged"
 
 
 def _safe(part: str, what: str) -> str:
@@ -56,21 +69,32 @@ class FilesystemBlobStore:
     def _upload(self, upload_id: str) -> Path:
         return self.uploads / _safe(upload_id, "upload")
 
-    async def write_part(self, upload_id: str, part: str, chunks: AsyncIterator[bytes], size: int) -> int:
+    async def write_part(
+        self, upload_id: str, part: str, chunks: AsyncIterator[bytes], size: int, offset: int | None = None
+    ) -> int:
         directory = self._upload(upload_id)
         final = directory / _safe(part, "part")
         tmp = directory / f".{part}.{uuid.uuid4().hex}.tmp"
         try:
             await asyncio.to_thread(directory.mkdir, parents=True, exist_ok=True)
-            fd = await asyncio.to_thread(os.open, tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            if offset is None:
+                fd = await asyncio.to_thread(os.open, tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            else:
+                fd = await asyncio.to_thread(os.open, directory / RANGED, os.O_WRONLY | os.O_CREAT, 0o600)
         except OSError as exc:
             raise _os_error(exc, "upload") from exc
         written = 0
         try:
             try:
-                written = await write_chunks(fd, chunks, size)
+                if offset is None:
+                    written = await write_chunks(fd, chunks, size)
+                else:
+                    await asyncio.to_thread(_preallocate, fd, offset, size)
+                    written = await write_chunks(fd, chunks, size, offset)
             finally:
                 os.close(fd)
+            if offset is not None:  # the marker: this chunk's bytes are all in .ranged
+                tmp.write_text(f"{offset} {written}")
             os.replace(tmp, final)
         except OSError as exc:
             raise _os_error(exc, "upload part") from exc
@@ -88,21 +112,16 @@ class FilesystemBlobStore:
         paths = [directory / _safe(p, "part") for p in parts]
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            if len(paths) == 1:
+            if (directory / RANGED).exists():
+                size = _trim_ranged(directory, paths)
+                os.rename(directory / RANGED, target)
+            elif len(paths) == 1:
                 size = paths[0].stat().st_size
-                os.replace(paths[0], target)
+                os.rename(paths[0], target)
             else:
-                tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
-                try:
-                    with open(tmp, "wb") as out:
-                        for p in paths:
-                            with open(p, "rb") as src:
-                                _copy(src.fileno(), out.fileno(), os.fstat(src.fileno()).st_size)
-                    size = tmp.stat().st_size
-                    os.replace(tmp, target)
-                finally:
-                    with contextlib.suppress(FileNotFoundError):
-                        tmp.unlink()
+                size = _write_manifest(directory, paths)
+                os.rename(directory, target)
+                return size
         except OSError as exc:
             raise _os_error(exc, "upload part") from exc
         shutil.rmtree(directory, ignore_errors=True)
@@ -113,35 +132,33 @@ class FilesystemBlobStore:
 
     async def size(self, key: str) -> int | None:
         try:
-            return (await asyncio.to_thread(self._blob(key).stat)).st_size
+            return await asyncio.to_thread(_blob_size, self._blob(key))
         except FileNotFoundError:
             return None
         except OSError as exc:
             raise _os_error(exc, "blob") from exc
 
     async def read(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
-        path = self._blob(key)
+        """Every file the range needs is opened before the first byte, so a blob deleted while it is being sent
+        (evicted, purged) is still sent whole from the open descriptors."""
         try:
-            f = await asyncio.to_thread(open, path, "rb", buffering=0)
+            spans = await asyncio.to_thread(_open_range, self._blob(key), start, end)
         except OSError as exc:
             raise _os_error(exc, "blob") from exc
         try:
-            remaining = (end + 1 - start) if end is not None else None
-            f.seek(start)
-            while remaining is None or remaining > 0:
-                n = READ_CHUNK if remaining is None else min(READ_CHUNK, remaining)
-                chunk = await asyncio.to_thread(f.read, n)
-                if not chunk:
-                    break
-                if remaining is not None:
-                    remaining -= len(chunk)
-                yield chunk
+            for fd, pos, stop in spans:
+                while pos < stop:
+                    chunk = await asyncio.to_thread(os.pread, fd, min(READ_CHUNK, stop - pos), pos)
+                    if not chunk:
+                        raise Unavailable(f"blob {key} is shorter than its manifest says")
+                    pos += len(chunk)
+                    yield chunk
         finally:
-            f.close()
+            for fd, _, _ in spans:
+                os.close(fd)
 
     async def delete(self, key: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            await asyncio.to_thread(self._blob(key).unlink)
+        await asyncio.to_thread(_remove, self._blob(key))
 
     async def stale_uploads(self, older_than: float) -> list[str]:
         def scan() -> list[str]:
@@ -166,8 +183,9 @@ class FilesystemBlobStore:
         return None
 
 
-async def write_chunks(fd: int, chunks: AsyncIterator[bytes], size: int) -> int:
-    """Write a part of exactly ``size`` bytes from ``chunks`` to ``fd``; ``InvalidInput`` if it is longer or shorter.
+async def write_chunks(fd: int, chunks: AsyncIterator[bytes], size: int, offset: int | None = None) -> int:
+    """Write a part of exactly ``size`` bytes from ``chunks`` to ``fd`` (at ``offset`` with ``pwrite``, else at
+    the file position); ``InvalidInput`` if it is longer or shorter.
 
     The server's small body chunks are batched so each thread hop writes a few MiB.
     """
@@ -181,34 +199,102 @@ async def write_chunks(fd: int, chunks: AsyncIterator[bytes], size: int) -> int:
         batch.append(chunk)
         batched += len(chunk)
         if batched >= WRITE_BATCH:
-            await asyncio.to_thread(write_all, fd, batch)
+            await asyncio.to_thread(write_all, fd, batch, _at(offset, written - batched))
             batch, batched = [], 0
     if batch:
-        await asyncio.to_thread(write_all, fd, batch)
+        await asyncio.to_thread(write_all, fd, batch, _at(offset, written - batched))
     if written != size:
         raise InvalidInput(f"part ended after {written} of its declared {size} bytes")
     return written
 
 
-def write_all(fd: int, chunks: list[bytes]) -> None:
+def _at(offset: int | None, done: int) -> int | None:
+    return None if offset is None else offset + done
+
+
+def write_all(fd: int, chunks: list[bytes], offset: int | None = None) -> None:
+    """Write ``chunks`` to ``fd``: at ``offset`` (``pwrite``), else at the file position."""
     for chunk in chunks:
         view = memoryview(chunk)
         while view:
-            view = view[os.write(fd, view) :]
+            n = os.write(fd, view) if offset is None else os.pwrite(fd, view, offset)
+            view = view[n:]
+            if offset is not None:
+                offset += n
 
 
-def _copy(src: int, dst: int, size: int) -> None:
-    """Append ``size`` bytes of ``src`` to ``dst`` inside the kernel where it can (reflinks on XFS/btrfs)."""
-    offset = 0
-    while offset < size:
+def _preallocate(fd: int, offset: int, size: int) -> None:
+    """Reserve a chunk's blocks in one extent where the filesystem can (ext4, XFS); a hint, never an error."""
+    if size and hasattr(os, "posix_fallocate"):
+        with contextlib.suppress(OSError):
+            os.posix_fallocate(fd, offset, size)
+
+
+def _trim_ranged(directory: Path, paths: list[Path]) -> int:
+    """The size of an upload written at offsets, whose markers must cover ``.ranged`` from byte 0 without gaps;
+    the file is cut to it (a chunk that failed half-way may have written past the end)."""
+    size = 0
+    for p in paths:
         try:
-            n = os.copy_file_range(src, dst, size - offset, offset)
-        except OSError:
-            n = 0
-        if n == 0:  # not supported here: copy through user space
-            chunk = os.pread(src, min(READ_CHUNK, size - offset), offset)
-            if not chunk:
-                raise OSError(f"part shrank while being joined (at {offset} of {size})")
-            write_all(dst, [chunk])
-            n = len(chunk)
-        offset += n
+            start, length = (int(x) for x in p.read_text().split())
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise OSError(f"{p.name} is not a chunk written at an offset") from exc
+        if start != size:
+            raise OSError(f"chunk at {start} does not follow byte {size}")
+        size += length
+    os.truncate(directory / RANGED, size)
+    return size
+
+
+def _write_manifest(directory: Path, paths: list[Path]) -> int:
+    """Write the manifest of a blob kept as parts, drop the parts it does not list; returns the blob's size."""
+    listed = {p.name for p in paths}
+    manifest = [(p.name, p.stat().st_size) for p in paths]
+    for other in directory.iterdir():
+        if other.name not in listed:
+            with contextlib.suppress(FileNotFoundError):
+                other.unlink()
+    (directory / MANIFEST).write_text(json.dumps(manifest))
+    return sum(n for _, n in manifest)
+
+
+def _pieces(path: Path) -> list[tuple[Path, int, int]]:
+    """``(file, first byte in the blob, length)`` of each file a blob is made of, in order."""
+    if not path.is_dir():
+        return [(path, 0, path.stat().st_size)]
+    out = []
+    begin = 0
+    for name, length in json.loads((path / MANIFEST).read_text()):
+        out.append((path / _safe(name, "part"), begin, int(length)))
+        begin += int(length)
+    return out
+
+
+def _blob_size(path: Path) -> int:
+    pieces = _pieces(path)
+    return pieces[-1][1] + pieces[-1][2] if pieces else 0
+
+
+def _open_range(path: Path, start: int, end: int | None) -> list[tuple[int, int, int]]:
+    """``(descriptor, first byte, end byte exclusive)`` in each file holding bytes ``start..end`` of a blob."""
+    pieces = _pieces(path)  # FileNotFoundError for a missing blob
+    stop = pieces[-1][1] + pieces[-1][2] if end is None else end + 1
+    spans: list[tuple[int, int, int]] = []
+    try:
+        for file, begin, length in pieces:
+            lo, hi = max(start, begin), min(stop, begin + length)
+            if lo < hi:
+                spans.append((os.open(file, os.O_RDONLY), lo - begin, hi - begin))
+    except BaseException:
+        for fd, _, _ in spans:
+            os.close(fd)
+        raise
+    return spans
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()

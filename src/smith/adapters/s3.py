@@ -179,7 +179,9 @@ class S3BlobStore:
     def _part(self, upload_id: str, part: str) -> str:
         return f"{self.prefix}uploads/{upload_id}/{part}"
 
-    async def write_part(self, upload_id: str, part: str, chunks: AsyncIterator[bytes], size: int) -> int:
+    async def write_part(
+        self, upload_id: str, part: str, chunks: AsyncIterator[bytes], size: int, offset: int | None = None
+    ) -> int:
         self.io.breaker.refuse_if_open()  # refuse before reading a body the store cannot take
         fd, spool = tempfile.mkstemp(dir=self.spool_dir, prefix="part-")
         written = 0

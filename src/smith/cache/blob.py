@@ -125,12 +125,16 @@ async def put_blob(request: Request, entry_id: int) -> Response:
 @router.api_route(signing.PATH + "/{entry_id}", methods=["GET", "HEAD"])
 async def get_blob(request: Request, entry_id: int) -> Response:
     service = _check(request, "r", entry_id)
-    download = await service.open(entry_id, request.headers.get("range"))
+    # Azure's x-ms-range wins over Range (the Azure SDK sends only x-ms-range)
+    download = await service.open(entry_id, request.headers.get("x-ms-range") or request.headers.get("range"))
     headers = {
         "Content-Length": str(download.length),
         "Accept-Ranges": "bytes",
         "x-ms-blob-type": "BlockBlob",
         "Last-Modified": formatdate(download.entry.created_at, usegmt=True),
+        # Stable per entry (entries are immutable); the Azure SDK refuses a download without one, and the v2
+        # client uses the SDK once the URL's host ends in .blob.core.windows.net (SMITH_CACHE_DOWNLOAD_HOST).
+        "ETag": f'"0x{download.entry.id:X}{int(download.entry.created_at * 1000):X}"',
     }
     status = 200
     if download.partial:

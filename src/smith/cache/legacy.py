@@ -22,7 +22,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from smith.cache import signing
 from smith.cache.auth import tenant
 from smith.cache.service import CacheService
-from smith.cache.twirp import base_url, read_json
+from smith.cache.twirp import download_base_url, read_json
 from smith.domain.cache import Tenant
 from smith.errors import Conflict, InvalidInput, Unavailable
 from smith.logging import get_logger
@@ -59,7 +59,7 @@ async def get_cache_entry(request: Request, who: Caller, keys: str = "", version
     if entry is None:
         return Response(status_code=204)
     secret = service.settings.secret() or ""
-    url = signing.signed_url(base_url(request), secret, "r", entry.id, service.settings.cache_url_ttl_seconds)
+    url = signing.signed_url(download_base_url(request), secret, "r", entry.id, service.settings.cache_url_ttl_seconds)
     return _json(
         {
             "cacheKey": entry.key,

@@ -173,17 +173,20 @@ class CacheService:
         declared = await self.meta.declared_size(entry_id)
         if declared and end >= declared:
             raise RangeNotSatisfiable(f"chunk ends at byte {end}, past the reserved size of {declared} bytes", declared)
-        return await self.write_part(entry_id, f"{start:020d}", chunks, end - start + 1, ranged=True)
+        return await self.write_part(entry_id, f"{start:020d}", chunks, end - start + 1, offset=start)
 
     async def write_part(
-        self, entry_id: int, part: str, chunks: AsyncIterator[bytes], size: int, *, ranged: bool = False
+        self, entry_id: int, part: str, chunks: AsyncIterator[bytes], size: int, *, offset: int | None = None
     ) -> int:
         """Write one part. Its bytes are claimed in Redis first, so concurrent parts cannot overshoot the entry
-        size limit; with ``ranged`` (legacy chunks named by offset) a part may not overlap a claimed one."""
+        size limit; with an ``offset`` (legacy chunks, named by it) a part may not overlap a claimed one, and the
+        store may write it in place."""
         if size > MAX_PART_BYTES:
             raise PayloadTooLarge(f"one part may be at most {MAX_PART_BYTES} bytes")
         limit = self.settings.cache_max_entry_bytes
-        got = await self.meta.claim_part(entry_id, part, size, limit=limit, max_parts=MAX_PARTS, ranged=ranged)
+        got = await self.meta.claim_part(
+            entry_id, part, size, limit=limit, max_parts=MAX_PARTS, ranged=offset is not None
+        )
         if got == "state":
             await self._writable(entry_id)
             raise Conflict("this cache entry is no longer accepting data")
@@ -194,7 +197,7 @@ class CacheService:
         if got == "overlap":
             raise Conflict("this chunk overlaps bytes already sent for this entry")
         try:
-            written = await self.store.write_part(str(entry_id), part, chunks, size)
+            written = await self.store.write_part(str(entry_id), part, chunks, size, offset)
             await self.meta.add_part(entry_id, part, written)
         except BaseException:
             with contextlib.suppress(SmithError):
@@ -203,7 +206,7 @@ class CacheService:
         return written
 
     async def assemble(self, entry_id: int, order: list[str]) -> int:
-        """Join the parts in ``order`` into the entry's blob (not yet visible to restores)."""
+        """Make the parts in ``order`` the entry's blob (not yet visible to restores); the store does not copy them."""
         entry = await self._writable(entry_id)
         parts = await self.meta.parts(entry_id)
         missing = [p for p in order if p not in parts]
@@ -237,7 +240,8 @@ class CacheService:
         return await self._finalize(entry, size)
 
     async def commit(self, tenant: Tenant, entry_id: int, size: int) -> int:
-        """Legacy: join the chunks (named by their offsets) and finalize, if they cover exactly ``size`` bytes."""
+        """Legacy: the chunks (named by their offsets) become the blob and are finalized, if they cover exactly
+        ``size`` bytes."""
         await self._owned(tenant, entry_id)
         await self._writable(entry_id)
         parts = await self.meta.parts(entry_id)

@@ -20,6 +20,14 @@ class CacheSettings(CommonSettings):
         description="Base URL runners use to reach this server; signed upload/download URLs point here "
         "(default: taken from each request's Host header)",
     )
+    cache_download_host: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*$",
+        description="Host name put in download URLs instead of the public URL's (port and scheme kept), e.g. "
+        "`cache.blob.core.windows.net`: the @actions/cache client downloads in parallel (8 x 4 MiB ranges) only "
+        "from a host ending in `.blob.core.windows.net`. Set it only where the runners resolve that name to this "
+        "server (Smith's own images and backends); downloads elsewhere would go to Azure",
+    )
     cache_shared_secret: SecretStr | None = Field(
         None, description="HMAC secret of cache tokens and signed URLs (shared with the control plane)"
     )

@@ -9,6 +9,7 @@ with ``200 {"ok": false}`` instead: the restore misses and the save is skipped a
 from __future__ import annotations
 
 from typing import Annotated, Any
+from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 from fastapi import APIRouter, Depends, Request, Response
@@ -69,6 +70,18 @@ def base_url(request: Request) -> str:
     return service.settings.cache_public_url or str(request.base_url)
 
 
+def download_base_url(request: Request) -> str:
+    """``base_url`` with the host swapped for ``SMITH_CACHE_DOWNLOAD_HOST`` when set (port and scheme kept):
+    the client downloads in parallel only from a host ending in ``.blob.core.windows.net``."""
+    service: CacheService = request.app.state.service
+    base = base_url(request)
+    host = service.settings.cache_download_host
+    if not host:
+        return base
+    parts = urlsplit(base)
+    return urlunsplit(parts._replace(netloc=host + (f":{parts.port}" if parts.port else "")))
+
+
 @router.post(f"{PREFIX}/CreateCacheEntry")
 async def create_cache_entry(request: Request, who: Caller) -> Response:
     data = await read_json(request)
@@ -110,7 +123,7 @@ async def get_cache_entry_download_url(request: Request, who: Caller) -> Respons
     if entry is None:
         return _ok({"ok": False, "signed_download_url": "", "matched_key": ""})
     secret = service.settings.secret() or ""
-    url = signing.signed_url(base_url(request), secret, "r", entry.id, service.settings.cache_url_ttl_seconds)
+    url = signing.signed_url(download_base_url(request), secret, "r", entry.id, service.settings.cache_url_ttl_seconds)
     return _ok({"ok": True, "signed_download_url": url, "matched_key": entry.key})
 
 

@@ -3,8 +3,9 @@
 //   node conformance.mjs <dir with node_modules/@actions/cache> [--big]
 //
 // The caller sets the environment a runner would: ACTIONS_RUNTIME_TOKEN, ACTIONS_CACHE_URL (3.x) or
-// ACTIONS_RESULTS_URL + ACTIONS_CACHE_SERVICE_V2=true (4.x+), RUNNER_TEMP. Prints one JSON line per check
+// ACTIONS_RESULTS_URL + ACTIONS_CACHE_SERVICE_V2=true (4.x+), RUNNER_TEMP (LOOPBACK_HOST: see loopback.mjs). Prints one JSON line per check
 // and exits non-zero if any check fails. --big adds a ~150 MB incompressible entry (chunked / block uploads).
+import './loopback.mjs'
 import {createHash, randomBytes} from 'node:crypto'
 import {mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync, statSync} from 'node:fs'
 import {join} from 'node:path'
