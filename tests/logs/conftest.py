@@ -24,7 +24,7 @@ from smith.adapters.clickhouse_http import HttpClickHouse
 from smith.logs.settings import LogsSettings
 from smith.logs.store import LogStore
 from smith.ports import ClickHouse
-from smith.testing.clickhouse import chdb_http_app
+from smith.testing.clickhouse import ServerFaults, chdb_http_app
 from smith.testing.servers import ThreadedServer, free_port
 
 AGENT_SECRET = "agent-secret-for-tests-0123456789abcdef"
@@ -123,12 +123,23 @@ def clickhouse_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
     out.close()
 
 
+_FAULTS = ServerFaults()
+
+
 @pytest.fixture(scope="session")
 def chdb_over_http(chdb_dir: Path) -> Iterator[str]:
     """URL of ClickHouse's HTTP interface in front of chdb (a current engine, ``smith.testing.clickhouse``): how the
     HTTP adapter's modern dialect is tested where no current server can be installed."""
-    with ThreadedServer(chdb_http_app(chdb_dir, password=CH_PASSWORD)) as srv:
+    with ThreadedServer(chdb_http_app(chdb_dir, password=CH_PASSWORD, faults=_FAULTS)) as srv:
         yield srv.url
+
+
+@pytest.fixture
+def server_faults(chdb_over_http: str) -> Iterator[ServerFaults]:
+    """The failures and profile settings of ``chdb_over_http``, cleared after the test."""
+    yield _FAULTS
+    _FAULTS.pending.clear()
+    _FAULTS.profile.clear()
 
 
 @pytest.fixture(params=["chdb", "http", "http-modern"])

@@ -3,18 +3,45 @@
 Works with current servers and with old ones such as Debian's 18.16 (the ``legacy`` dialect): credentials go in
 ``X-ClickHouse-User`` / ``X-ClickHouse-Key`` headers, queries in the POST body, inserts as
 ``INSERT ... FORMAT JSONEachRow`` with the rows as the body. Transport failures become ``Unavailable``.
+
+A query failed if the status is 400 or more, *or* the answer carries ``X-ClickHouse-Exception-Code`` (23.x-24.8
+answer 200 with it when reading an insert's body times out), *or* the body ends with an exception the server
+wrote after it had started streaming a 200 (``Code: N. DB::Exception`` as a last line; ``__exception__`` blocks on
+25.x). Inserts also ask the server to answer only at the end (``wait_end_of_query=1``, no progress headers) and,
+on modern servers, to store before answering (``async_insert=0``), whatever the user's profile says; their bodies
+go gzip-compressed (``Content-Encoding: gzip``, level 1).
 """
 
 from __future__ import annotations
 
+import gzip
+import re
 from collections.abc import Mapping
 from typing import Any
 
 import httpx
 import orjson
 
-from smith.adapters.clickhouse import DIALECTS, MODERN, dialect_for_version, query_error
+from smith.adapters.clickhouse import DIALECTS, LEGACY, MODERN, dialect_for_version, query_error
 from smith.errors import ConfigError, Unavailable
+
+# Settings every insert carries so that "200" means "stored": the answer waits for the end of the query and no
+# progress headers are sent early (which would fix the status at 200 before the insert ran).
+INSERT_PARAMS = {"wait_end_of_query": "1", "send_progress_in_http_headers": "0"}
+# ... and on servers that have asynchronous inserts (21.11+), the insert is not buffered and acknowledged early.
+MODERN_INSERT_PARAMS = {"async_insert": "0"}
+_TRAILING_EXCEPTION = re.compile(rb"(?:^|\n)Code: \d+\. DB::Exception[^\n]*\s*$")
+_TAIL = 64 * 1024
+
+
+def body_exception(body: bytes) -> str | None:
+    """The exception a server wrote at the end of a 200 body it had started streaming, if any."""
+    tail = body[-_TAIL:]
+    if tail.rstrip().endswith(b"__exception__"):
+        start = tail.find(b"__exception__")
+        return tail[start:].decode(errors="replace").replace("__exception__", "").strip() or "exception in body"
+    m = _TRAILING_EXCEPTION.search(tail)
+    return m.group(0).decode(errors="replace").strip() if m else None
 
 
 class HttpClickHouse:
@@ -53,13 +80,20 @@ class HttpClickHouse:
         if self._wanted == "auto":
             self.dialect = dialect_for_version(self.version)
 
-    async def _post(self, content: bytes, params: dict[str, str] | None = None) -> bytes:
+    async def _post(
+        self, content: bytes, params: dict[str, str] | None = None, headers: dict[str, str] | None = None
+    ) -> bytes:
         try:
-            resp = await self._client.post("/", content=content, params=params)
+            resp = await self._client.post("/", content=content, params=params, headers=headers)
         except httpx.TransportError as exc:
             raise Unavailable(f"cannot reach ClickHouse at {self.url}: {exc!r}", retry_after=1.0) from exc
-        if resp.status_code >= 400:
-            raise query_error(resp.text, status=resp.status_code)
+        if resp.status_code >= 400 or "x-clickhouse-exception-code" in resp.headers:
+            code = resp.headers.get("x-clickhouse-exception-code", "")
+            text = resp.text if "Code:" in resp.text or not code else f"Code: {code}. {resp.text}"
+            raise query_error(text, status=resp.status_code)
+        found = body_exception(resp.content)
+        if found is not None:
+            raise query_error(found, status=resp.status_code)
         return resp.content
 
     async def execute(self, sql: str) -> None:
@@ -72,8 +106,9 @@ class HttpClickHouse:
     async def insert(self, table: str, rows: bytes, settings: Mapping[str, str | int] | None = None) -> None:
         if rows:
             params = {key: str(value) for key, value in (settings or {}).items()}  # settings as URL parameters
+            params |= INSERT_PARAMS if self.dialect == LEGACY else INSERT_PARAMS | MODERN_INSERT_PARAMS
             params["query"] = f"INSERT INTO {table} FORMAT JSONEachRow"
-            await self._post(rows, params=params)
+            await self._post(gzip.compress(rows, 1), params=params, headers={"Content-Encoding": "gzip"})
 
     async def aclose(self) -> None:
         await self._client.aclose()

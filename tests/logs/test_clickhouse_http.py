@@ -1,0 +1,109 @@
+"""The HTTP adapter counts an insert as stored only when the server stored it: against ClickHouse's HTTP interface
+in front of chdb, made to fail the ways real servers do after (or while) answering 200."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from smith.adapters.clickhouse_http import HttpClickHouse, body_exception
+from smith.errors import InvalidInput, SmithError, Unavailable
+from smith.testing.clickhouse import ServerFaults
+
+from .conftest import CH_PASSWORD
+
+
+@pytest.fixture
+async def ch(chdb_over_http: str, database: str) -> AsyncIterator[HttpClickHouse]:
+    client = HttpClickHouse(chdb_over_http, password=CH_PASSWORD)
+    await client.connect()
+    await client.execute(f"CREATE DATABASE IF NOT EXISTS {database}")
+    await client.execute(f"CREATE TABLE {database}.t (n UInt64) ENGINE = MergeTree ORDER BY n")
+    yield client
+    await client.execute(f"DROP DATABASE IF EXISTS {database}")
+    await client.aclose()
+
+
+async def stored(ch: HttpClickHouse, database: str) -> list[int]:
+    return [int(r["n"]) for r in await ch.select(f"SELECT n FROM {database}.t ORDER BY n")]
+
+
+async def test_200_with_an_exception_header_is_a_failure(
+    ch: HttpClickHouse, database: str, server_faults: ServerFaults
+) -> None:
+    """23.x-24.8 answer 200 with X-ClickHouse-Exception-Code when reading an insert's body times out."""
+    server_faults.pending.append("header")
+    with pytest.raises(Unavailable, match="SOCKET_TIMEOUT"):
+        await ch.insert(f"{database}.t", b'{"n": 1}')
+    assert await stored(ch, database) == []
+    await ch.insert(f"{database}.t", b'{"n": 1}')  # the retry is stored
+    assert await stored(ch, database) == [1]
+
+
+async def test_an_exception_at_the_end_of_a_200_body_is_a_failure(
+    ch: HttpClickHouse, database: str, server_faults: ServerFaults
+) -> None:
+    """25.x ends a body it had started streaming with an ``__exception__`` block: neither the insert nor the
+    half-read rows of a select count."""
+    server_faults.pending.append("partial")
+    with pytest.raises(Unavailable):
+        await ch.insert(f"{database}.t", b'{"n": 1}')
+    assert await stored(ch, database) == []
+    await ch.insert(f"{database}.t", b"\n".join(b'{"n": %d}' % n for n in range(1, 101)))
+    server_faults.pending.append("partial")
+    with pytest.raises(Unavailable):
+        await stored(ch, database)
+    assert len(await stored(ch, database)) == 100
+
+
+@pytest.mark.parametrize(
+    "profile",
+    [{"async_insert": "1"}, {"send_progress_in_http_headers": "1"}],
+    ids=["async_insert", "progress_headers"],
+)
+async def test_a_profile_that_acknowledges_early_does_not_hide_a_failed_insert(
+    ch: HttpClickHouse, database: str, server_faults: ServerFaults, profile: dict[str, str]
+) -> None:
+    server_faults.profile.update(profile)
+    with pytest.raises(InvalidInput):
+        await ch.insert(f"{database}.t", b'{"n": "twelve"}')
+    await ch.insert(f"{database}.t", b'{"n": 12}')
+    assert await stored(ch, database) == [12]
+
+
+async def test_an_old_style_trailing_exception_is_a_failure_and_a_row_mentioning_one_is_not() -> None:
+    assert body_exception(b'{"n":1}\nCode: 241. DB::Exception: Memory limit (total) exceeded\n') is not None
+    assert body_exception(b'{"line":"Code: 241. DB::Exception: x"}\n') is None
+    assert body_exception(b"") is None
+
+
+async def test_inserts_go_compressed_with_the_settings_that_make_200_mean_stored() -> None:
+    seen: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, text="")
+
+    for dialect, has_async in (("modern", True), ("legacy", False)):
+        client = HttpClickHouse("http://ch", dialect=dialect, transport=httpx.MockTransport(answer))
+        await client.insert("db.t", b'{"n": 1}')
+        await client.aclose()
+        request = seen.pop()
+        params = request.url.params
+        assert request.headers["content-encoding"] == "gzip"
+        assert params["wait_end_of_query"] == "1" and params["send_progress_in_http_headers"] == "0"
+        assert ("async_insert" in params) is has_async  # 18.16 does not know the setting and would refuse it
+        if has_async:
+            assert params["async_insert"] == "0"
+
+
+async def test_an_exception_header_without_code_text_still_fails() -> None:
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, text="", headers={"X-ClickHouse-Exception-Code": "209"})
+
+    client = HttpClickHouse("http://ch", dialect="modern", transport=httpx.MockTransport(answer))
+    with pytest.raises(SmithError):
+        await client.insert("db.t", b'{"n": 1}')
+    await client.aclose()
