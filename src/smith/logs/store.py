@@ -47,6 +47,12 @@ TUNING: dict[str, int] = {
     "fsync_after_insert": 1,  # an acknowledged line is on disk, not only in the page cache
     "fsync_part_directory": 1,
 }
+FORCE_MERGE = ("min_age_to_force_merge_seconds", "min_age_to_force_merge_on_partition_only")
+# Local-disk durability; on Replicated*/Shared* tables durability is the replicas' and the object store's.
+LOCAL_FSYNC = ("fsync_after_insert", "fsync_part_directory")
+# Servers on which the age-based force merge misbehaves (merges assigned again and again, partitions merged
+# while they still take inserts): it is left off there.
+FORCE_MERGE_BROKEN = ((22, 11), (23, 3))
 # Fresh parts skip the n-gram index (most of an insert's cost); merges build it. Searches read a part without it
 # in full, and unmerged parts are small and recent, so a search costs about the same and ingestion about half.
 INSERT_SETTINGS = {"exclude_materialize_skip_indexes_on_insert": "line_ngrams"}
@@ -172,23 +178,45 @@ class LogStore:
         m = _TTL_RE.search(engine)
         if m and int(m.group(1)) == self.retention_days:
             return
-        await self.ch.execute(f"ALTER TABLE {self.table} MODIFY TTL day + toIntervalDay({int(self.retention_days)})")
+        # Without materialize_ttl_after_modify=0 the server rewrites every part of the table to apply the new TTL;
+        # with it, expired days still go (ttl_only_drop_parts drops whole parts as they expire; merges apply it).
+        await self.ch.execute(
+            f"ALTER TABLE {self.table} MODIFY TTL day + toIntervalDay({int(self.retention_days)}) "
+            "SETTINGS materialize_ttl_after_modify = 0"
+        )
         log.info("retention changed", days=self.retention_days)
 
+    def tuning(self, engine: str) -> dict[str, int]:
+        """The part of ``TUNING`` for this server and table: no force merge where it misbehaves, no fsync where
+        the engine is replicated or shared (it buys nothing there)."""
+        parts = [int(p) for p in re.findall(r"\d+", self.ch.version)[:2]] + [0, 0]
+        skip: tuple[str, ...] = ()
+        if FORCE_MERGE_BROKEN[0] <= (parts[0], parts[1]) <= FORCE_MERGE_BROKEN[1]:
+            skip += FORCE_MERGE
+        if engine.startswith(("Replicated", "Shared")):
+            skip += LOCAL_FSYNC
+        return {k: v for k, v in TUNING.items() if k not in skip}
+
     async def _tune(self, engine: str) -> None:
-        """Apply ``TUNING`` and pick ``INSERT_SETTINGS``, each only if this server has the setting (``engine`` is
-        the table's ``engine_full``, whose SETTINGS say what is already set)."""
-        names = ", ".join(literal(k) for k in TUNING)
-        rows = await self.ch.select(f"SELECT name FROM system.merge_tree_settings WHERE name IN ({names})")
+        """Apply ``tuning()`` one setting at a time, and pick ``INSERT_SETTINGS``, each only if this server has the
+        setting (``engine`` is the table's ``engine_full``, whose SETTINGS say what is already set). A read-only
+        or refused setting is skipped with a warning; the others still apply."""
+        tuning = self.tuning(engine)
+        names = ", ".join(literal(k) for k in tuning)
+        rows = await self.ch.select(f"SELECT * FROM system.merge_tree_settings WHERE name IN ({names})")
+        readonly = {r["name"] for r in rows if str(r.get("readonly", "0")) == "1"}
         known = {r["name"] for r in rows}
         current = dict(_SETTING_RE.findall(engine.partition(" SETTINGS ")[2]))
-        wanted = {k: v for k, v in TUNING.items() if k in known and current.get(k) != str(v)}
-        if wanted:
-            changes = ", ".join(f"{k} = {v}" for k, v in wanted.items())
+        for key, value in tuning.items():
+            if key not in known or current.get(key) == str(value):
+                continue
+            if key in readonly:
+                log.warning("table setting is read-only on this server; not applied", setting=key)
+                continue
             try:
-                await self.ch.execute(f"ALTER TABLE {self.table} MODIFY SETTING {changes}")
-            except SmithError as exc:  # e.g. a managed service that does not let users change them: still works
-                log.warning("table settings not applied; ingestion works, with more merging", error=exc.message)
+                await self.ch.execute(f"ALTER TABLE {self.table} MODIFY SETTING {key} = {int(value)}")
+            except SmithError as exc:  # e.g. a managed service that does not let users change it: still works
+                log.warning("table setting not applied; ingestion works", setting=key, error=exc.message)
         names = ", ".join(literal(k) for k in INSERT_SETTINGS)
         rows = await self.ch.select(f"SELECT name FROM system.settings WHERE name IN ({names})")
         known = {r["name"] for r in rows}
