@@ -140,6 +140,7 @@ def server_faults(chdb_over_http: str) -> Iterator[ServerFaults]:
     yield _FAULTS
     _FAULTS.pending.clear()
     _FAULTS.profile.clear()
+    _FAULTS.constrained.clear()
 
 
 @pytest.fixture(params=["chdb", "http", "http-modern"])

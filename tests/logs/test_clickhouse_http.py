@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+from structlog.testing import capture_logs
 
 from smith.adapters.clickhouse_http import HttpClickHouse, body_exception
 from smith.errors import InvalidInput, SmithError, Unavailable
@@ -96,7 +97,7 @@ async def test_inserts_go_compressed_with_the_settings_that_make_200_mean_stored
         assert params["wait_end_of_query"] == "1" and params["send_progress_in_http_headers"] == "0"
         assert ("async_insert" in params) is has_async  # 18.16 does not know the setting and would refuse it
         if has_async:
-            assert params["async_insert"] == "0"
+            assert params["async_insert"] == "0" and params["wait_for_async_insert"] == "1"
 
 
 async def test_an_exception_header_without_code_text_still_fails() -> None:
@@ -107,3 +108,18 @@ async def test_an_exception_header_without_code_text_still_fails() -> None:
     with pytest.raises(SmithError):
         await client.insert("db.t", b'{"n": 1}')
     await client.aclose()
+
+
+async def test_a_profile_that_forbids_turning_async_insert_off_gets_inserts_that_wait_for_the_flush(
+    ch: HttpClickHouse, database: str, server_faults: ServerFaults
+) -> None:
+    """A constraint on ``async_insert`` refuses our ``async_insert=0``: inserts go on without it (one warning),
+    with ``wait_for_async_insert=1`` so that the answer still comes after the data was stored (or refused)."""
+    server_faults.profile["async_insert"] = "1"
+    server_faults.constrained.add("async_insert")
+    with capture_logs() as logs:
+        with pytest.raises(InvalidInput):
+            await ch.insert(f"{database}.t", b'{"n": "twelve"}')
+        await ch.insert(f"{database}.t", b'{"n": 12}')
+    assert await stored(ch, database) == [12]
+    assert [e["setting"] for e in logs if e["log_level"] == "warning"] == ["async_insert"]

@@ -22,14 +22,21 @@ from typing import Any
 import httpx
 import orjson
 
-from smith.adapters.clickhouse import DIALECTS, LEGACY, MODERN, dialect_for_version, query_error
-from smith.errors import ConfigError, Unavailable
+from smith.adapters.clickhouse import DIALECTS, LEGACY, MODERN, dialect_for_version, error_code, query_error
+from smith.errors import ConfigError, SmithError, Unavailable
+from smith.logging import get_logger
+
+log = get_logger("smith.adapters.clickhouse_http")
 
 # Settings every insert carries so that "200" means "stored": the answer waits for the end of the query and no
 # progress headers are sent early (which would fix the status at 200 before the insert ran).
 INSERT_PARAMS = {"wait_end_of_query": "1", "send_progress_in_http_headers": "0"}
-# ... and on servers that have asynchronous inserts (21.11+), the insert is not buffered and acknowledged early.
-MODERN_INSERT_PARAMS = {"async_insert": "0"}
+# ... and on servers that have asynchronous inserts (21.11+), the insert is not buffered and acknowledged early
+# (and if a profile constraint forbids turning async_insert off, it is acknowledged only once flushed).
+MODERN_INSERT_PARAMS = {"async_insert": "0", "wait_for_async_insert": "1"}
+# Settings a server may refuse to let a user change (a profile constraint, readonly mode): dropped then, in order.
+_DROPPABLE = ("async_insert", "send_progress_in_http_headers", "wait_for_async_insert")
+_REFUSED_SETTING_CODES = {164, 452}  # READONLY, SETTING_CONSTRAINT_VIOLATION
 _TRAILING_EXCEPTION = re.compile(rb"(?:^|\n)Code: \d+\. DB::Exception[^\n]*\s*$")
 _TAIL = 64 * 1024
 
@@ -63,6 +70,7 @@ class HttpClickHouse:
         self._wanted = dialect
         self.dialect = MODERN if dialect == "auto" else dialect
         self.version = ""
+        self._refused: set[str] = set()
         headers = {"X-ClickHouse-User": user}
         if password:
             headers["X-ClickHouse-Key"] = password
@@ -108,7 +116,27 @@ class HttpClickHouse:
             params = {key: str(value) for key, value in (settings or {}).items()}  # settings as URL parameters
             params |= INSERT_PARAMS if self.dialect == LEGACY else INSERT_PARAMS | MODERN_INSERT_PARAMS
             params["query"] = f"INSERT INTO {table} FORMAT JSONEachRow"
-            await self._post(gzip.compress(rows, 1), params=params, headers={"Content-Encoding": "gzip"})
+            body = gzip.compress(rows, 1)
+            while True:
+                sent = {k: v for k, v in params.items() if k not in self._refused}
+                try:
+                    await self._post(body, params=sent, headers={"Content-Encoding": "gzip"})
+                    return
+                except SmithError as exc:
+                    if not self._drop_refused(exc.message, sent):
+                        raise
+
+    def _drop_refused(self, message: str, sent: Mapping[str, str]) -> bool:
+        """If ``message`` says the server will not let us change one of our insert settings, stop sending it
+        (one warning) and say so; the insert is then retried."""
+        if error_code(message) not in _REFUSED_SETTING_CODES:
+            return False
+        for name in _DROPPABLE:
+            if name in sent and name in message:
+                self._refused.add(name)
+                log.warning("ClickHouse refuses this insert setting; sending inserts without it", setting=name)
+                return True
+        return False
 
     async def aclose(self) -> None:
         await self._client.aclose()

@@ -19,7 +19,8 @@ engine (chdb, ClickHouse 25+) behind the part of the HTTP interface the adapter 
   ``wait_end_of_query=1`` the 200 status has already gone when a query fails, so the exception ends the body;
 - ``ServerFaults`` makes the next requests fail the way some real servers do: ``"header"`` answers 200 with
   ``X-ClickHouse-Exception-Code`` and stores nothing (23.x-24.8 on a body read timeout); ``"partial"`` answers 200
-  with half of the result then a 25.x ``__exception__`` block (an INSERT stores nothing).
+  with half of the result then a 25.x ``__exception__`` block (an INSERT stores nothing);
+- ``constrained`` profile settings are refused if a request changes them (``SETTING_CONSTRAINT_VIOLATION``).
 
 Each request runs on a fresh chdb connection so settings never leak between requests.
 """
@@ -54,6 +55,7 @@ class ServerFaults:
 
     pending: deque[str] = field(default_factory=deque)
     profile: dict[str, str] = field(default_factory=dict)
+    constrained: set[str] = field(default_factory=set)  # profile settings a request may not change
 
 
 def chdb_http_app(
@@ -87,6 +89,11 @@ def chdb_http_app(
         if body:
             sql = f"{sql}\n{body.decode()}" if sql else body.decode()
         given = {k: v for k, v in params.items() if k not in _RESERVED and re.fullmatch(r"[a-z_0-9]+", k)}
+        for name in sorted(faults.constrained):
+            if name in given and given[name] != faults.profile.get(name):
+                return _error(
+                    f"Code: 452. DB::Exception: Setting {name} should not be changed. (SETTING_CONSTRAINT_VIOLATION)"
+                )
         settings = faults.profile | given
         is_insert = sql.lstrip().upper().startswith("INSERT")
         fault = faults.pending.popleft() if faults.pending else ""
