@@ -49,7 +49,7 @@ async def test_an_exception_at_the_end_of_a_200_body_is_a_failure(
     """25.x ends a body it had started streaming with an ``__exception__`` block: neither the insert nor the
     half-read rows of a select count."""
     server_faults.pending.append("partial")
-    with pytest.raises(Unavailable):
+    with pytest.raises(Unavailable, match="SOCKET_TIMEOUT"):
         await ch.insert(f"{database}.t", b'{"n": 1}')
     assert await stored(ch, database) == []
     await ch.insert(f"{database}.t", b"\n".join(b'{"n": %d}' % n for n in range(1, 101)))
@@ -78,6 +78,8 @@ async def test_an_old_style_trailing_exception_is_a_failure_and_a_row_mentioning
     assert body_exception(b'{"n":1}\nCode: 241. DB::Exception: Memory limit (total) exceeded\n') is not None
     assert body_exception(b'{"line":"Code: 241. DB::Exception: x"}\n') is None
     assert body_exception(b"") is None
+    block = b'{"n":1}\n__exception__\r\ntag1\r\nCode: 241. DB::Exception: Memory\r\n33 tag1\r\n__exception__\r\n'
+    assert str(body_exception(block)).startswith("Code: 241. DB::Exception: Memory")
 
 
 async def test_inserts_go_compressed_with_the_settings_that_make_200_mean_stored() -> None:

@@ -45,8 +45,8 @@ def body_exception(body: bytes) -> str | None:
     """The exception a server wrote at the end of a 200 body it had started streaming, if any."""
     tail = body[-_TAIL:]
     if tail.rstrip().endswith(b"__exception__"):
-        start = tail.find(b"__exception__")
-        return tail[start:].decode(errors="replace").replace("__exception__", "").strip() or "exception in body"
+        block = tail[tail.find(b"__exception__") :].decode(errors="replace")
+        return block[block.find("Code:") :].strip() if "Code:" in block else "exception in the body"
     m = _TRAILING_EXCEPTION.search(tail)
     return m.group(0).decode(errors="replace").strip() if m else None
 
