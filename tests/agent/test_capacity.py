@@ -52,3 +52,31 @@ def test_random_walk_never_exceeds_capacity() -> None:
         assert sum(s.vcpus for s in held) == ledger.used_vcpus <= 16
         assert sum(s.memory_mib for s in held) == ledger.used_memory_mib <= 32768
         assert len(held) == ledger.used_vms <= 6
+
+
+async def test_a_leased_job_takes_back_the_room_a_warm_refill_took_meanwhile() -> None:
+    """The agent offers its free room before a long-poll; a warm-pool refill may reserve that room while the lease
+    is on its way. The leased job comes first: the refill's boot is cancelled and its room released, never the
+    job failed (seen as "host had no room for the VM" under load)."""
+    import asyncio
+
+    from smith.agent.pool import WarmPool
+
+    boots_started = asyncio.Event()
+
+    class SlowVMM:
+        async def boot(self, shape: VMShape, vm_id: str) -> object:
+            boots_started.set()
+            await asyncio.Event().wait()  # a boot that takes its time
+            raise AssertionError("never reached")
+
+    ledger = Ledger(vcpus=4, memory_mib=8192, max_vms=2)
+    pool = WarmPool(SlowVMM(), ledger, {MED.runner_class: MED}, {MED.runner_class: 1})  # type: ignore[arg-type]
+    assert ledger.reserve(MED)  # a job running
+    assert pool.reconcile() == 1  # the refill takes the rest
+    await boots_started.wait()
+    assert not ledger.fits(MED) and not await pool.evict_for(MED)  # nothing idle to evict: only a boot in flight
+    assert await pool.cancel_boots_for(MED)
+    assert ledger.reserve(MED)  # the leased job's room
+    assert (ledger.used_vms, pool.booting[MED.runner_class]) == (2, 0)
+    await pool.close()

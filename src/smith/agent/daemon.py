@@ -219,8 +219,9 @@ class Agent:
             job.machine is None
             and not self.ledger.reserve(shape)
             and not (await self.pool.evict_for(shape) and self.ledger.reserve(shape))
+            and not (await self.pool.cancel_boots_for(shape) and self.ledger.reserve(shape))
         ):
-            # Should not happen: we only offered what we had. Say so and give the job back.
+            # Should not happen: we only offered what we had (idle warm VMs, warm boots in flight and free room).
             await self._report(spec.id, "failed", reason="host had no room for the VM (capacity changed)")
             return
         self.jobs[spec.id] = job

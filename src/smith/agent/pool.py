@@ -29,6 +29,7 @@ class WarmPool:
         self.ready: dict[str, list[Machine]] = {k: [] for k in self.shapes}
         self.booting: dict[str, int] = dict.fromkeys(self.shapes, 0)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._boots: dict[asyncio.Task[None], str] = {}  # warm boots in flight, by class
         self.changed = asyncio.Event()
 
     def idle(self) -> list[tuple[str, Machine]]:
@@ -60,6 +61,19 @@ class WarmPool:
         self.changed.set()
         return self.ledger.fits(shape)
 
+    async def cancel_boots_for(self, shape: VMShape) -> bool:
+        """Cancel warm boots in flight (other classes first) until ``shape`` fits; False if it never will.
+
+        A leased job comes first: the agent offered capacity that a refill may have taken while the lease was on
+        its way (the offer is made before the long-poll, the refill starts during it)."""
+        for task, _cls in sorted(self._boots.items(), key=lambda tc: tc[1] == shape.runner_class):
+            if self.ledger.fits(shape):
+                break
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task  # its reservation is released when the boot unwinds
+        return self.ledger.fits(shape)
+
     def reconcile(self) -> int:
         """Start boots until ready + booting reaches the desired size (capacity permitting). Returns boots started."""
         started = 0
@@ -69,7 +83,9 @@ class WarmPool:
                 self.booting[cls] += 1
                 task = asyncio.create_task(self._boot(cls, shape))
                 self._tasks.add(task)
+                self._boots[task] = cls
                 task.add_done_callback(self._tasks.discard)
+                task.add_done_callback(lambda t: self._boots.pop(t, None))
                 started += 1
         return started
 
