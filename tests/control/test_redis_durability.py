@@ -14,6 +14,7 @@ from smith.adapters.redis import connect, keys
 from smith.adapters.redis.embedded import EmbeddedRedis, free_port
 from smith.adapters.redis.group import Durability
 from smith.adapters.redis.jobs import RedisJobs
+from smith.control.app import create_app
 from smith.control.service import ControlPlane
 from smith.control.spool import Spool
 from smith.errors import ConfigError
@@ -134,3 +135,18 @@ async def test_aof_mode_is_refused_at_start_without_appendonly(tmp_path: Path) -
         with pytest.raises(ConfigError, match="WAITAOF"):
             await ControlPlane(make_settings(server.url), jobs).start()
         await jobs.r.aclose()
+
+
+def test_the_settings_choose_the_wait(tmp_path: Path) -> None:
+    settings = make_settings(
+        "redis://127.0.0.1:1/0",
+        data_dir=tmp_path,
+        redis_durability="replicas",
+        redis_min_replicas=2,
+        redis_wait_timeout_ms=250,
+    )
+    app = create_app(settings)
+    assert app.state.plane.jobs.durability == Durability("replicas", 2, 250)
+    assert app.state.plane.jobs.durability.command() == ("WAIT", 2, 250)
+    assert Durability("aof", timeout_ms=250).command() == ("WAITAOF", 1, 0, 250)
+    assert make_settings("redis://127.0.0.1:1/0", data_dir=tmp_path).redis_durability == "local"
