@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
+from structlog.testing import capture_logs
 
 from smith.adapters.redis import connect, keys
 from smith.adapters.redis.embedded import EmbeddedRedis, free_port
@@ -150,3 +151,15 @@ def test_the_settings_choose_the_wait(tmp_path: Path) -> None:
     assert app.state.plane.jobs.durability.command() == ("WAIT", 2, 250)
     assert Durability("aof", timeout_ms=250).command() == ("WAITAOF", 1, 0, 250)
     assert make_settings("redis://127.0.0.1:1/0", data_dir=tmp_path).redis_durability == "local"
+
+
+async def test_replicas_mode_warns_at_start_when_fewer_replicas_are_connected(tmp_path: Path) -> None:
+    with EmbeddedRedis(tmp_path / "valkey") as server:
+        jobs = RedisJobs(connect.client(server.url), durability=Durability("replicas", 1))
+        cp = ControlPlane(make_settings(server.url), jobs)
+        with capture_logs() as logs:
+            await cp.start()
+        await cp.stop()
+        await jobs.r.aclose()
+    warned = [e for e in logs if "SMITH_REDIS_MIN_REPLICAS" in e["event"]]
+    assert warned and warned[0]["connected"] == 0 and warned[0]["asked"] == 1

@@ -21,6 +21,9 @@ from smith.adapters.redis.connect import Reachability, errors
 from smith.adapters.redis.group import Durability, ScriptGroup
 from smith.domain.jobs import Job, JobState, RunnerClass, check_agent_id
 from smith.errors import ConfigError, Conflict, InvalidInput, NotFound
+from smith.logging import get_logger
+
+log = get_logger("smith.redis.jobs")
 
 _INT_FIELDS = {"vcpus", "memory_mib", "run_id", "run_attempt", "installation_id", "attempts"}
 _FLOAT_FIELDS = {"created_at", "updated_at"}
@@ -180,16 +183,29 @@ class RedisJobs:
 
     async def check_durability(self) -> None:
         """``ConfigError`` if the server cannot wait as ``durability`` asks: ``aof`` needs ``WAITAOF`` (Redis 7.2+,
-        Valkey 8+) and ``appendonly yes``."""
-        if self.durability.mode != "aof":
-            return
+        Valkey 8+) and ``appendonly yes``. In ``replicas`` mode, a warning if fewer replicas are connected than
+        asked (every delivery is then spooled as well)."""
+        d = self.durability
         async with errors(self.reach):
-            try:
-                await self.r.execute_command("WAITAOF", 1, 0, 1)
-            except rexc.ResponseError as exc:
-                raise ConfigError(
-                    f"SMITH_REDIS_DURABILITY=aof needs WAITAOF and appendonly yes on the server: {exc}"
-                ) from exc
+            if d.mode == "aof":
+                try:
+                    await self.r.execute_command("WAITAOF", 1, 0, 1)
+                except rexc.ResponseError as exc:
+                    raise ConfigError(
+                        f"SMITH_REDIS_DURABILITY=aof needs WAITAOF and appendonly yes on the server: {exc}"
+                    ) from exc
+            elif d.mode == "replicas":
+                try:
+                    connected = int((await self.r.info("replication")).get("connected_slaves", 0))
+                except rexc.ResponseError:  # INFO refused (some managed services): the waits will tell
+                    return
+                if connected < d.replicas:
+                    log.warning(
+                        "fewer redis replicas connected than SMITH_REDIS_MIN_REPLICAS: deliveries are spooled to "
+                        "disk as well until they connect",
+                        connected=connected,
+                        asked=d.replicas,
+                    )
 
     # -- webhooks -----------------------------------------------------------------------------------------
 
