@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field
 
 from smith import tokens
 from smith.adapters.redis import connect
+from smith.adapters.redis.group import Durability
 from smith.adapters.redis.jobs import RedisJobs
 from smith.control.service import ControlPlane, job_view
 from smith.control.settings import ControlSettings
@@ -83,7 +84,9 @@ def create_app(
     if jobs is None:
         if not settings.redis_url:
             raise SmithError("SMITH_REDIS_URL is not set (smith dev starts an embedded Valkey and sets it)")
-        r = connect.client(settings.redis_url, socket_timeout=settings.redis_timeout_seconds)
+        # A write's reply may wait for replicas or the AOF on top of the usual time.
+        waits = settings.redis_wait_timeout_ms / 1000 if settings.redis_durability != "local" else 0.0
+        r = connect.client(settings.redis_url, socket_timeout=settings.redis_timeout_seconds + waits)
         jobs = RedisJobs(
             r,
             blocking=connect.client(
@@ -95,6 +98,9 @@ def create_app(
             retention_max=settings.job_retention_max,
             delivery_ttl=settings.delivery_retention_seconds,
             unfinished_ttl=settings.job_unfinished_ttl_seconds,
+            durability=Durability(
+                settings.redis_durability, settings.redis_min_replicas, settings.redis_wait_timeout_ms
+            ),
         )
     spool = Spool(settings.spool_dir) if settings.spool_dir else None
     plane = ControlPlane(settings, jobs, credentials, spool)

@@ -37,6 +37,15 @@ def job_view(job: Job) -> wire.JobView:
     )
 
 
+class NotReplicated(Unavailable):
+    """A delivery recorded on the Redis primary whose wait for replicas (or the AOF) fell short: a failover now
+    could lose it. ``result`` is the answer it got."""
+
+    def __init__(self, result: dict[str, Any]) -> None:
+        super().__init__("delivery recorded but not yet on replicas or in the AOF", retry_after=1.0)
+        self.result = result
+
+
 class ControlPlane:
     def __init__(
         self,
@@ -62,6 +71,10 @@ class ControlPlane:
         except Unavailable as exc:  # Redis may come up later; every call retries and /readyz says so
             log.warning("redis not ready at start", error=exc.message)
         await self._check_memory_policy()
+        try:
+            await self.jobs.check_durability()
+        except Unavailable:
+            log.warning("redis not ready: SMITH_REDIS_DURABILITY not checked")
         self._reaper = asyncio.create_task(supervise("reaper", self._reap_forever), name="smith-reaper")
 
     async def _check_memory_policy(self) -> None:
@@ -114,9 +127,26 @@ class ControlPlane:
     # -- webhooks -----------------------------------------------------------------------------------------
 
     async def receive(self, event: str, delivery: str, payload: dict[str, Any]) -> dict[str, Any]:
-        """A verified delivery: record it now, or spool it to disk while Redis is down (GitHub won't retry)."""
+        """A verified delivery: record it now, or spool it to disk while Redis is down (GitHub won't retry).
+
+        Recorded but not acknowledged by the replicas (or the AOF) that SMITH_REDIS_DURABILITY asks for, it is
+        spooled as well: a failover may lose the primary's copy, and the replay's delivery-id dedupe records it
+        once either way."""
         try:
             return await self.webhook(event, delivery, payload)
+        except NotReplicated as exc:
+            if self.spool is None:
+                log.warning("delivery not on replicas and no spool to keep it", delivery=delivery)
+                return exc.result
+            try:
+                await self.spool.put(event, delivery, payload)
+            except Unavailable as full:
+                log.error("delivery not on replicas and the spool is full", delivery=delivery, error=full.message)
+                return exc.result
+            log.warning(
+                "delivery not on replicas: spooled to disk as well", delivery=delivery, spooled=self.spool.count
+            )
+            return exc.result
         except (Unavailable, StoreFailure):  # any Redis error: GitHub will not redeliver a 5xx by itself
             if self.spool is None:
                 raise
@@ -125,6 +155,14 @@ class ControlPlane:
             return {"outcome": "spooled"}
 
     async def webhook(self, event: str, delivery: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """Record a delivery; ``NotReplicated`` if it is recorded but the durability wait fell short (a spool
+        replay then keeps its file and tries again later)."""
+        result, acked = await self._record(event, delivery, payload)
+        if not acked:
+            raise NotReplicated(result)
+        return result
+
+    async def _record(self, event: str, delivery: str, payload: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         base: dict[str, Any] = {"delivery": delivery, "event": event, "received_at": time.time()}
         if event == "workflow_job":
             d = webhooks.workflow_job(payload, self.classes)
@@ -173,13 +211,13 @@ class ControlPlane:
                 outcome=result["outcome"],
                 reason=d.reason or None,
             )
-            return result
+            return result, res.acked
         reason = "pong" if event == "ping" else f"event {event!r} is not handled"
         outcome = {**base, "outcome": "ignored" if event != "ping" else "pong", "reason": reason}
         res = await self.jobs.record_queued(delivery, None, outcome, outcome)
         if res.outcome == "duplicate":
-            return {"outcome": "duplicate"}
-        return {"outcome": outcome["outcome"], "reason": reason}
+            return {"outcome": "duplicate"}, res.acked
+        return {"outcome": outcome["outcome"], "reason": reason}, res.acked
 
     # -- agents -------------------------------------------------------------------------------------------
 

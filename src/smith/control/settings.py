@@ -69,6 +69,18 @@ class ControlSettings(CommonSettings):
         description="Start even if Redis's maxmemory-policy is not noeviction (it may then evict jobs, leases, "
         "streams and dedup keys; see docs/deploy.md)",
     )
+    redis_durability: Literal["local", "replicas", "aof"] = Field(
+        "local",
+        description="What a webhook's 202 waits for: local = the server's answer (its own persistence), replicas = "
+        "WAIT for SMITH_REDIS_MIN_REPLICAS replicas, aof = WAITAOF (the server's AOF fsynced; Redis 7.2+/Valkey 8+). "
+        "A wait that falls short spools the delivery to disk as well (docs/deploy.md)",
+    )
+    redis_min_replicas: int = Field(
+        1, ge=1, description="Replicas a write waits for when SMITH_REDIS_DURABILITY=replicas"
+    )
+    redis_wait_timeout_ms: int = Field(
+        1000, ge=1, description="Longest wait for replicas or the AOF before the delivery is spooled to disk as well"
+    )
     spool_dir: Path | None = Field(
         None, description="Where deliveries wait while Redis is down (default <data_dir>/control/spool; '' = off)"
     )

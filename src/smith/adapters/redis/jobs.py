@@ -18,9 +18,12 @@ import redis.exceptions as rexc
 
 from smith.adapters.redis import keys, replay, scripts
 from smith.adapters.redis.connect import Reachability, errors
-from smith.adapters.redis.group import ScriptGroup
+from smith.adapters.redis.group import Durability, ScriptGroup
 from smith.domain.jobs import Job, JobState, RunnerClass, check_agent_id
-from smith.errors import Conflict, InvalidInput, NotFound
+from smith.errors import ConfigError, Conflict, InvalidInput, NotFound
+from smith.logging import get_logger
+
+log = get_logger("smith.redis.jobs")
 
 _INT_FIELDS = {"vcpus", "memory_mib", "run_id", "run_attempt", "installation_id", "attempts"}
 _FLOAT_FIELDS = {"created_at", "updated_at"}
@@ -102,6 +105,7 @@ def _pairs(flat: Sequence[Any]) -> dict[str, str]:
 class Recorded:
     outcome: str  # queued | known | recorded | duplicate | dequeued | updated | tombstone | unknown
     detail: str = ""
+    acked: bool = True  # False: the wait for replicas (or the AOF) fell short; the write is on the primary only
 
 
 @dataclass(frozen=True)
@@ -123,6 +127,7 @@ class RedisJobs:
         delivery_ttl: int = 3 * 24 * 3600,
         events_maxlen: int = 100_000,
         unfinished_ttl: int = 30 * 24 * 3600,
+        durability: Durability | None = None,
     ) -> None:
         # redis-py's type hints do not follow decode_responses=True; these are str-returning clients.
         self.r: Any = redis
@@ -143,7 +148,9 @@ class RedisJobs:
         self._drop_consumer = redis.register_script(scripts.DROP_CONSUMER)
         self._groups_ready: set[str] = set()
         self.reach = Reachability()  # an outage seen from here holds reclaim back for a lease TTL
-        self._group = ScriptGroup(redis)  # webhook deliveries share writes (and fsyncs) under load
+        self.durability = durability or Durability()
+        # webhook deliveries share writes (and fsyncs, and one WAIT) under load
+        self._group = ScriptGroup(redis, durability=self.durability)
 
     # -- set-up -------------------------------------------------------------------------------------------
 
@@ -173,6 +180,32 @@ class RedisJobs:
                 return None
         policy = info.get("maxmemory_policy")
         return str(policy) if policy else None
+
+    async def check_durability(self) -> None:
+        """``ConfigError`` if the server cannot wait as ``durability`` asks: ``aof`` needs ``WAITAOF`` (Redis 7.2+,
+        Valkey 8+) and ``appendonly yes``. In ``replicas`` mode, a warning if fewer replicas are connected than
+        asked (every delivery is then spooled as well)."""
+        d = self.durability
+        async with errors(self.reach):
+            if d.mode == "aof":
+                try:
+                    await self.r.execute_command("WAITAOF", 1, 0, 1)
+                except rexc.ResponseError as exc:
+                    raise ConfigError(
+                        f"SMITH_REDIS_DURABILITY=aof needs WAITAOF and appendonly yes on the server: {exc}"
+                    ) from exc
+            elif d.mode == "replicas":
+                try:
+                    connected = int((await self.r.info("replication")).get("connected_slaves", 0))
+                except rexc.ResponseError:  # INFO refused (some managed services): the waits will tell
+                    return
+                if connected < d.replicas:
+                    log.warning(
+                        "fewer redis replicas connected than SMITH_REDIS_MIN_REPLICAS: deliveries are spooled to "
+                        "disk as well until they connect",
+                        connected=connected,
+                        asked=d.replicas,
+                    )
 
     # -- webhooks -----------------------------------------------------------------------------------------
 
@@ -205,8 +238,8 @@ class RedisJobs:
             _reply(),
         ]
         async with errors(self.reach):
-            res = await self._group(self._record_queued, ks, argv)
-        return Recorded(str(res[0]), str(res[1]))
+            res, acked = await self._group(self._record_queued, ks, argv)
+        return Recorded(str(res[0]), str(res[1]), acked)
 
     async def record_update(
         self,
@@ -249,8 +282,8 @@ class RedisJobs:
             dequeue_reason,
         ]
         async with errors(self.reach):
-            res = await self._group(self._record_update, ks, argv)
-        return Recorded(str(res[0]), str(res[1]))
+            res, acked = await self._group(self._record_update, ks, argv)
+        return Recorded(str(res[0]), str(res[1]), acked)
 
     async def submit(self, job: Job) -> Job:
         """Queue a job that did not come from a webhook (operator API, ``smith run``)."""
