@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +65,8 @@ def test_backoff_is_jittered_and_capped() -> None:
         assert 0.0 <= p.delay(attempt) <= min(1.0, 0.1 * 2**attempt)
 
 
-async def test_retries_then_succeeds_and_does_not_retry_bad_requests() -> None:
+def fails_twice() -> tuple[Callable[[], str], dict[str, int]]:
+    """A call that is reset twice, then answers "ok"; and its call count."""
     calls = {"n": 0}
 
     def flaky() -> str:
@@ -73,6 +74,12 @@ async def test_retries_then_succeeds_and_does_not_retry_bad_requests() -> None:
         if calls["n"] < 3:
             raise ConnectionResetError("reset")
         return "ok"
+
+    return flaky, calls
+
+
+async def test_retries_then_succeeds_and_does_not_retry_bad_requests() -> None:
+    flaky, calls = fails_twice()
 
     io = Resilient(RetryPolicy(3, 0.001, 0.002), CircuitBreaker(2, 60), translate)
     assert await io.call(flaky) == "ok"
@@ -191,13 +198,7 @@ async def test_a_probe_keeps_its_slot_through_its_retries() -> None:
     good: the second attempt asked the breaker again, was refused as 'another probe', and nothing was recorded)."""
     clock = Clock()
     io = Resilient(RetryPolicy(3, 0.001, 0.002), _open(clock), translate)
-    calls = {"n": 0}
-
-    def flaky() -> str:
-        calls["n"] += 1
-        if calls["n"] < 3:
-            raise ConnectionResetError("reset")
-        return "ok"
+    flaky, calls = fails_twice()
 
     assert await io.call(flaky) == "ok"
     assert io.breaker.state == "closed"
