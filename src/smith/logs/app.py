@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gzip
+import time
 import zlib
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -107,6 +108,7 @@ def create_app(settings: LogsSettings, *, clickhouse: ClickHouse | None = None) 
         clickhouse or clickhouse_from_settings(settings),
         database=settings.clickhouse_database,
         retention_days=settings.log_retention_days,
+        search_seconds=settings.logs_search_max_seconds,
     )
     batcher = Batcher(
         store,
@@ -254,8 +256,10 @@ def create_app(settings: LogsSettings, *, clickhouse: ClickHouse | None = None) 
         t0, t1 = _time("since", since), _time("until", until)
         if job_id:
             _check_job_id(job_id)
+        elif t0 is None:  # not the whole table: the last day (SMITH_LOGS_SEARCH_DEFAULT_WINDOW_SECONDS)
+            t0 = (t1 if t1 is not None else time.time()) - settings.logs_search_default_window_seconds
         hits, limited = await store.search(q, since=t0, until=t1, repo=repo, host=host, job_id=job_id, limit=limit)
-        return json_response({"hits": hits, "limited": limited})
+        return json_response({"hits": hits, "limited": limited, "since": t0, "until": t1})
 
     @app.get("/v1/logs/stats", tags=["read"])
     async def stats(_: Operator) -> Response:
