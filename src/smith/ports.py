@@ -157,8 +157,9 @@ class ClickHouse(Protocol):
         """Run one statement that returns nothing (DDL, ALTER)."""
         ...
 
-    async def select(self, sql: str) -> list[dict[str, Any]]:
-        """Run one SELECT (without a FORMAT clause) and return its rows."""
+    async def select(self, sql: str, settings: Mapping[str, str | int] | None = None) -> list[dict[str, Any]]:
+        """Run one SELECT (without a FORMAT clause) and return its rows. ``settings`` are query settings for this
+        query only (``max_execution_time``...). Cancelling the call stops the query on the server too."""
         ...
 
     async def insert(self, table: str, rows: bytes, settings: Mapping[str, str | int] | None = None) -> None:

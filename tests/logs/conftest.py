@@ -137,10 +137,12 @@ def chdb_over_http(chdb_dir: Path) -> Iterator[str]:
 @pytest.fixture
 def server_faults(chdb_over_http: str) -> Iterator[ServerFaults]:
     """The failures and profile settings of ``chdb_over_http``, cleared after the test."""
+    _FAULTS.seen.clear()
     yield _FAULTS
     _FAULTS.pending.clear()
     _FAULTS.profile.clear()
     _FAULTS.constrained.clear()
+    _FAULTS.seen.clear()
 
 
 @pytest.fixture(params=["chdb", "http", "http-modern"])

@@ -253,3 +253,32 @@ def test_against_a_clickhouse_server_over_http(database: str, server: str, reque
         assert c.get("/v1/jobs/h1/logs/summary", headers=OPERATOR).json()["lines"] == 120
         dialect = c.get("/v1/logs/stats", headers=OPERATOR).json()["dialect"]
         assert dialect == "modern" if server == "chdb_over_http" else dialect in ("legacy", "modern")
+
+
+class StuckClickHouse(ChdbClickHouse):
+    """chdb whose searches never finish until cancelled (and note that they were)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.cancelled = threading.Event()
+
+    async def select(self, sql: str, settings: Mapping[str, str | int] | None = None) -> list[dict[str, Any]]:
+        import asyncio
+
+        if "LIMIT 1 BY job_id, seq" not in sql:
+            return await super().select(sql, settings)
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+        return []
+
+
+def test_a_search_is_cancelled_when_its_client_goes_away(settings: LogsSettings, chdb_dir: Path) -> None:
+    """The client gave up (timed out, closed the connection): the search is cancelled, not run for nobody."""
+    ch = StuckClickHouse(chdb_dir)
+    with ThreadedServer(create_app(settings, clickhouse=ch)) as srv:
+        with httpx.Client(base_url=srv.url, timeout=0.5) as c, pytest.raises(httpx.ReadTimeout):
+            c.get("/v1/logs/search", params={"q": "x"}, headers=OPERATOR)
+        assert ch.cancelled.wait(20)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import orjson
 import pytest
 from typer.testing import CliRunner
 
@@ -83,3 +85,20 @@ def test_unreachable_pipeline_is_a_clear_error() -> None:
     for args in (["--job-id", "j"], ["--job-id", "j", "--follow"], ["search", "x"], ["summary", "--job-id", "j"]):
         code, out = run(env, *args)
         assert code == 1 and "cannot reach the log pipeline" in out, args
+
+
+def test_search_defaults_to_a_window_and_since_reaches_further(env: dict[str, str]) -> None:
+    """Without --since (or --job-id) a search reads the last day only, and says so; --since goes further back."""
+    old = time.time() - 3 * 86400  # within the retention (30 days), outside the default window (24 h)
+    with httpx.Client(base_url=env["SMITH_LOGS_URL"]) as c:
+        body = orjson.dumps({"job_id": "cli-old", "seq": 1, "ts": old, "line": "ancient failure"})
+        assert c.post("/v1/logs", content=body, headers=writer("cli-old")).status_code == 200
+    code, out = run(env, "search", "ancient", "--json")
+    result = json.loads(out)
+    assert code == 0 and result["hits"] == [] and result["since"] > old
+    code, out = run(env, "search", "ancient")
+    assert code == 0 and "searched since" in out and "default window" in out
+    code, out = run(env, "search", "ancient", "--since", "4d", "--json")
+    assert [h["job_id"] for h in json.loads(out)["hits"]] == ["cli-old"]
+    code, out = run(env, "search", "ancient", "--job-id", "cli-old", "--json")
+    assert [h["job_id"] for h in json.loads(out)["hits"]] == ["cli-old"]

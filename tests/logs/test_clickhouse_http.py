@@ -125,3 +125,34 @@ async def test_a_profile_that_forbids_turning_async_insert_off_gets_inserts_that
         await ch.insert(f"{database}.t", b'{"n": 12}')
     assert await stored(ch, database) == [12]
     assert [e["setting"] for e in logs if e["log_level"] == "warning"] == ["async_insert"]
+
+
+async def test_a_search_has_a_time_limit_and_is_stopped_when_abandoned(
+    chdb_over_http: str, database: str, server_faults: ServerFaults
+) -> None:
+    """Searches carry max_execution_time (the server gives up on its own) and a query_id; a search whose caller
+    gave up (the task is cancelled) is killed on the server by that id rather than left running."""
+    import asyncio
+
+    from smith.logs.store import LogStore
+
+    ch = HttpClickHouse(chdb_over_http, password=CH_PASSWORD)
+    store = LogStore(ch, database=database, search_seconds=7)
+    try:
+        await store.start()
+        server_faults.seen.clear()
+        await store.search("anything", since=0)
+        (sql, params), *_ = [(q, p) for q, p in server_faults.seen if "LIMIT 1 BY" in q]
+        assert params["max_execution_time"] == "7" and params["query_id"]
+        server_faults.seen.clear()
+        slow = asyncio.create_task(ch.select("SELECT sleepEachRow(0.5) FROM numbers(6)"))
+        while not server_faults.seen:
+            await asyncio.sleep(0.01)
+        query_id = server_faults.seen[0][1]["query_id"]
+        slow.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await slow
+    finally:
+        await ch.execute(f"DROP DATABASE IF EXISTS {database}")
+        await ch.aclose()  # waits for the KILL QUERY it sent
+    assert any(q.startswith("KILL QUERY") and query_id in q for q, _ in server_faults.seen)

@@ -194,6 +194,25 @@ async def test_reads_hide_duplicates_not_yet_merged(store: LogStore) -> None:
     assert summary is not None and summary.lines == 10
 
 
+async def test_search_shows_a_line_stored_twice_once(store: LogStore) -> None:
+    """A retried insert stores lines again until ReplacingMergeTree merges: a search lists each (job_id, seq) once."""
+    await put(store, rows("job-s", range(1, 6), text="flaky test {seq}"))
+    await put(store, rows("job-s", range(3, 6), text="flaky test {seq}"))
+    hits, limited = await store.search("flaky", since=NOW - 60)
+    assert [h.seq for h in hits] == [5, 4, 3, 2, 1] and not limited
+    hits, limited = await store.search("flaky", since=NOW - 60, limit=5)
+    assert len(hits) == 5 and not limited
+
+
+async def test_long_lists_of_job_ids_are_asked_in_bounded_queries(store: LogStore) -> None:
+    """Thousands of long job ids in one IN list (or OR'd ranges) pass the server's max_query_size (256 KiB)."""
+    many = [f"job-{i:05d}-" + "x" * 110 for i in range(3000)]  # ~370 KiB of ids
+    await put(store, rows(many[1234], range(1, 4)) + rows(many[2999], range(1, 2)))
+    assert await store.max_seqs(many) == {many[1234]: 3, many[2999]: 1}
+    found = await store.existing(dict.fromkeys(many, (1, 2)))
+    assert found == {many[1234]: {1, 2}, many[2999]: {1}}
+
+
 async def test_stored_columns_are_the_same_whichever_encoding(store: LogStore) -> None:
     """Modern servers compute ts_us and day from the line's ts (migration 0002); legacy ones get them from us."""
     ts = float(int(NOW)) + 0.123456  # recent: older lines than the retention are dropped when parts merge (TTL)

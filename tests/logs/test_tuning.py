@@ -4,6 +4,7 @@ where it means nothing."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +38,8 @@ async def test_one_refused_and_one_read_only_setting_leave_the_others_applied(ch
                     raise UpstreamError("ClickHouse: Code: 497. DB::Exception: Not enough privileges (ACCESS_DENIED)")
             await super().execute(sql)
 
-        async def select(self, sql: str) -> list[dict[str, Any]]:
-            found = await super().select(sql)
+        async def select(self, sql: str, settings: Mapping[str, str | int] | None = None) -> list[dict[str, Any]]:
+            found = await super().select(sql, settings)
             if "merge_tree_settings" in sql:  # as a server whose profile constrains it (readonly = 1)
                 found = [r | {"readonly": 1} if r["name"] == "merge_selector_base" else r for r in found]
             return found

@@ -150,7 +150,8 @@ class ChdbClickHouse:
     async def execute(self, sql: str) -> None:
         await self._call(self._query, sql, "JSONEachRow")
 
-    async def select(self, sql: str) -> list[dict[str, Any]]:
+    async def select(self, sql: str, settings: Mapping[str, str | int] | None = None) -> list[dict[str, Any]]:
+        sql += settings_clause(settings)
         data: bytes = await self._call(self._query, sql, "JSONEachRow")
         return [orjson.loads(line) for line in data.splitlines() if line]
 

@@ -14,15 +14,25 @@ go gzip-compressed (``Content-Encoding: gzip``, level 1).
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import re
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
 import httpx
 import orjson
 
-from smith.adapters.clickhouse import DIALECTS, LEGACY, MODERN, dialect_for_version, error_code, query_error
+from smith.adapters.clickhouse import (
+    DIALECTS,
+    LEGACY,
+    MODERN,
+    dialect_for_version,
+    error_code,
+    literal,
+    query_error,
+)
 from smith.errors import ConfigError, SmithError, Unavailable
 from smith.logging import get_logger
 
@@ -71,6 +81,7 @@ class HttpClickHouse:
         self.dialect = MODERN if dialect == "auto" else dialect
         self.version = ""
         self._refused: set[str] = set()
+        self._kills: set[asyncio.Task[None]] = set()  # KILL QUERY requests in flight (kept from garbage collection)
         headers = {"X-ClickHouse-User": user}
         if password:
             headers["X-ClickHouse-Key"] = password
@@ -107,9 +118,25 @@ class HttpClickHouse:
     async def execute(self, sql: str) -> None:
         await self._post(sql.encode())
 
-    async def select(self, sql: str) -> list[dict[str, Any]]:
-        data = await self._post((sql + "\nFORMAT JSONEachRow").encode())
+    async def select(self, sql: str, settings: Mapping[str, str | int] | None = None) -> list[dict[str, Any]]:
+        """Rows of ``sql``; ``settings`` go as URL parameters. The query has its own ``query_id``: if this call is
+        cancelled (the caller gave up), the server is told to stop it (``KILL QUERY``) rather than run it out."""
+        params = {key: str(value) for key, value in (settings or {}).items()}
+        params["query_id"] = query_id = f"smith-{uuid.uuid4().hex}"
+        try:
+            data = await self._post((sql + "\nFORMAT JSONEachRow").encode(), params=params)
+        except asyncio.CancelledError:
+            self._kills.add(asyncio.create_task(self._kill(query_id)))
+            raise
         return [orjson.loads(line) for line in data.splitlines() if line]
+
+    async def _kill(self, query_id: str) -> None:
+        try:
+            await self._post(f"KILL QUERY WHERE query_id = {literal(query_id)} ASYNC".encode())
+        except SmithError as exc:
+            log.warning("could not stop an abandoned ClickHouse query", query_id=query_id, error=exc.message)
+        finally:
+            self._kills.discard(asyncio.current_task())  # type: ignore[arg-type,unused-ignore]
 
     async def insert(self, table: str, rows: bytes, settings: Mapping[str, str | int] | None = None) -> None:
         if rows:
@@ -139,4 +166,6 @@ class HttpClickHouse:
         return False
 
     async def aclose(self) -> None:
+        if self._kills:
+            await asyncio.gather(*self._kills, return_exceptions=True)
         await self._client.aclose()

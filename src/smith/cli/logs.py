@@ -152,7 +152,9 @@ def _follow(job_id: str, after: int, tail: int | None, url: str | None, token: s
 @app.command()
 def search(
     text: str = typer.Argument("", help="Text to find in lines (any case); empty: every line"),
-    since: str = typer.Option("1h", help="How far back: 30m, 1h, 2d, or epoch seconds"),
+    since: str = typer.Option(
+        None, help="How far back: 30m, 1h, 2d, or epoch seconds [default: the server's window, 24h, unless --job-id]"
+    ),
     until: str = typer.Option(None, help="Up to when: same forms as --since"),
     repo: str = typer.Option(None, help="Only this repository (owner/name)"),
     host: str = typer.Option(None, help="Only lines from this host agent"),
@@ -163,8 +165,8 @@ def search(
     json_out: bool = JSON,
 ) -> None:
     """Search lines across jobs, newest first."""
-    params: dict[str, Any] = {"q": text, "since": since, "limit": limit}
-    for k, v in (("until", until), ("repo", repo), ("host", host), ("job_id", job_id)):
+    params: dict[str, Any] = {"q": text, "limit": limit}
+    for k, v in (("since", since), ("until", until), ("repo", repo), ("host", host), ("job_id", job_id)):
         if v:
             params[k] = v
     with _client(url, token) as c:
@@ -176,6 +178,8 @@ def search(
         _print_line(r, job=True)
     if result["limited"]:
         console.print(f"[dim]more than {limit} matches; narrow the search or raise --limit[/dim]")
+    if not since and not job_id and result.get("since") is not None:
+        console.print(f"[dim]searched since {_when(result['since'])} (the default window; --since to go further)[/dim]")
 
 
 @app.command()

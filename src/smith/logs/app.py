@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gzip
+import time
 import zlib
-from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from collections.abc import AsyncIterator, Coroutine
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, FastAPI, Query, Request, Response
 from fastapi.responses import StreamingResponse
@@ -25,6 +26,7 @@ from smith.ports import ClickHouse
 from smith.wire.logs import JOB_ID_RE, IngestResponse, LogPage, parse_time
 
 log = get_logger("smith.logs.http")
+T = TypeVar("T")
 SWEEP_INTERVAL_SECONDS = 3600.0
 KEEPALIVE_SECONDS = 15.0
 
@@ -80,6 +82,24 @@ def _time(name: str, value: str | None) -> float | None:
         raise InvalidInput(f"{name}: {exc}") from exc
 
 
+async def _unless_gone(request: Request, work: Coroutine[Any, Any, T]) -> T | None:
+    """``work``'s result, or None once the client has disconnected: then ``work`` is cancelled (and a ClickHouse
+    query it was waiting on is stopped) rather than left to run for nobody."""
+
+    async def gone() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    task, watch = asyncio.ensure_future(work), asyncio.ensure_future(gone())
+    try:
+        await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch.cancel()
+        if not task.done():
+            task.cancel()
+    return task.result() if not task.cancelled() else None
+
+
 def _check_job_id(job_id: str) -> str:
     if not JOB_ID_RE.match(job_id):
         raise InvalidInput("job id: letters, digits and ._:- only, 1-128 characters")
@@ -107,6 +127,7 @@ def create_app(settings: LogsSettings, *, clickhouse: ClickHouse | None = None) 
         clickhouse or clickhouse_from_settings(settings),
         database=settings.clickhouse_database,
         retention_days=settings.log_retention_days,
+        search_seconds=settings.logs_search_max_seconds,
     )
     batcher = Batcher(
         store,
@@ -242,6 +263,7 @@ def create_app(settings: LogsSettings, *, clickhouse: ClickHouse | None = None) 
 
     @app.get("/v1/logs/search", tags=["read"])
     async def search(
+        request: Request,
         _: Operator,
         q: str = Query("", max_length=1000, description="Text to find (any case); empty: every line"),
         since: str | None = Query(None, description="1h, 30m, 2d... ago, or epoch seconds"),
@@ -254,8 +276,15 @@ def create_app(settings: LogsSettings, *, clickhouse: ClickHouse | None = None) 
         t0, t1 = _time("since", since), _time("until", until)
         if job_id:
             _check_job_id(job_id)
-        hits, limited = await store.search(q, since=t0, until=t1, repo=repo, host=host, job_id=job_id, limit=limit)
-        return json_response({"hits": hits, "limited": limited})
+        elif t0 is None:  # not the whole table: the last day (SMITH_LOGS_SEARCH_DEFAULT_WINDOW_SECONDS)
+            t0 = (t1 if t1 is not None else time.time()) - settings.logs_search_default_window_seconds
+        found = await _unless_gone(
+            request, store.search(q, since=t0, until=t1, repo=repo, host=host, job_id=job_id, limit=limit)
+        )
+        if found is None:
+            return Response(status_code=499)  # nobody is listening (nginx's "client closed request")
+        hits, limited = found
+        return json_response({"hits": hits, "limited": limited, "since": t0, "until": t1})
 
     @app.get("/v1/logs/stats", tags=["read"])
     async def stats(_: Operator) -> Response:

@@ -43,6 +43,12 @@ class LogsSettings(CommonSettings):
     logs_max_line_bytes: int = Field(64 * 1024, ge=256, description="Longer lines are cut, with a marker")
     logs_max_body_bytes: int = Field(32 * 1024 * 1024, gt=0, description="Largest POST /v1/logs body")
     logs_max_batch_lines: int = Field(100_000, gt=0, description="Most lines in one POST")
+    logs_search_default_window_seconds: int = Field(
+        24 * 3600, gt=0, description="A search given neither since nor job_id looks this far back"
+    )
+    logs_search_max_seconds: int = Field(
+        30, ge=1, le=3600, description="ClickHouse stops a search after this long (max_execution_time)"
+    )
     logs_follow_poll_seconds: float = Field(1.0, gt=0, description="How often a follower re-reads when idle")
 
     @field_validator("clickhouse_database")

@@ -20,7 +20,7 @@ import datetime as dt
 import re
 import string
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from importlib import resources
 from typing import Any
 
@@ -56,6 +56,8 @@ FORCE_MERGE_BROKEN = ((22, 11), (23, 3))
 # Fresh parts skip the n-gram index (most of an insert's cost); merges build it. Searches read a part without it
 # in full, and unmerged parts are small and recent, so a search costs about the same and ingestion about half.
 INSERT_SETTINGS = {"exclude_materialize_skip_indexes_on_insert": "line_ngrams"}
+# Most job ids named in one query (IN lists, OR'd ranges): 500 ids of 128 bytes and their SQL are ~100 KiB.
+ID_CHUNK = 500
 _TTL_RE = re.compile(r"TTL\s+day\s*\+\s*toIntervalDay\((\d+)\)")
 _SETTING_RE = re.compile(r"(\w+)\s*=\s*([^,\s]+)")
 
@@ -114,8 +116,12 @@ def statements(sql: str) -> list[str]:
 class LogStore:
     """Reads and writes job logs in ``database`` on ``ch``. ``start()`` connects and migrates."""
 
-    def __init__(self, ch: ClickHouse, *, database: str = "smith", retention_days: int = 30) -> None:
+    def __init__(
+        self, ch: ClickHouse, *, database: str = "smith", retention_days: int = 30, search_seconds: int = 30
+    ) -> None:
         self.ch = ch
+        # Searches carry max_execution_time: the server stops one on its own after this long (TIMEOUT_EXCEEDED).
+        self.search_settings: dict[str, str | int] = {"max_execution_time": search_seconds}
         self.db = identifier(database)
         self.table = f"{self.db}.{TABLE}"
         self.retention_days = retention_days
@@ -251,25 +257,24 @@ class LogStore:
 
     async def max_seqs(self, job_ids: Iterable[str]) -> dict[str, int]:
         """The highest stored seq of each of these jobs that has any line."""
-        ids = sorted(set(job_ids))
-        if not ids:
-            return {}
-        rows = await self.ch.select(
-            f"SELECT job_id, max(seq) AS m FROM {self.table} "
-            f"WHERE job_id IN ({', '.join(literal(j) for j in ids)}) GROUP BY job_id"
-        )
-        return {r["job_id"]: int(r["m"]) for r in rows}
+        found: dict[str, int] = {}
+        for ids in _chunks(sorted(set(job_ids))):
+            rows = await self.ch.select(
+                f"SELECT job_id, max(seq) AS m FROM {self.table} "
+                f"WHERE job_id IN ({', '.join(literal(j) for j in ids)}) GROUP BY job_id"
+            )
+            found |= {r["job_id"]: int(r["m"]) for r in rows}
+        return found
 
     async def existing(self, ranges: Mapping[str, tuple[int, int]]) -> dict[str, set[int]]:
         """Which seqs in ``{job_id: (lo, hi)}`` are already stored."""
-        if not ranges:
-            return {}
-        cond = " OR ".join(
-            f"(job_id = {literal(j)} AND seq BETWEEN {int(lo)} AND {int(hi)})" for j, (lo, hi) in ranges.items()
-        )
         found: dict[str, set[int]] = {}
-        for r in await self.ch.select(f"SELECT job_id, seq FROM {self.table} WHERE {cond}"):
-            found.setdefault(r["job_id"], set()).add(int(r["seq"]))
+        for jobs in _chunks(sorted(ranges)):
+            cond = " OR ".join(
+                f"(job_id = {literal(j)} AND seq BETWEEN {int(ranges[j][0])} AND {int(ranges[j][1])})" for j in jobs
+            )
+            for r in await self.ch.select(f"SELECT job_id, seq FROM {self.table} WHERE {cond}"):
+                found.setdefault(r["job_id"], set()).add(int(r["seq"]))
         return found
 
     # -- reads ------------------------------------------------------------------------------------------
@@ -309,7 +314,8 @@ class LogStore:
         job_id: str | None = None,
         limit: int = 100,
     ) -> tuple[list[Record], bool]:
-        """Lines containing ``text`` (any case), newest first, and whether more than ``limit`` matched."""
+        """Lines containing ``text`` (any case), newest first, each (job_id, seq) once, and whether more than
+        ``limit`` matched. Runs under ``search_settings`` (the server gives up after max_execution_time)."""
         where = []
         if text:
             if text.isascii():
@@ -330,8 +336,11 @@ class LogStore:
         if job_id:
             where.append(f"job_id = {literal(job_id)}")
         clause = " AND ".join(where) or "1"
+        # A line stored twice (a retried insert, before the ReplacingMergeTree merged it away) is shown once.
         rows = await self.ch.select(
-            f"SELECT {COLUMNS} FROM {self.table} WHERE {clause} ORDER BY ts_us DESC, job_id, seq LIMIT {int(limit) + 1}"
+            f"SELECT {COLUMNS} FROM {self.table} WHERE {clause} ORDER BY ts_us DESC, job_id, seq "
+            f"LIMIT 1 BY job_id, seq LIMIT {int(limit) + 1}",
+            self.search_settings,
         )
         return [record(r) for r in rows[:limit]], len(rows) > limit
 
@@ -373,6 +382,13 @@ def _unique(rows: list[dict[str, Any]]) -> list[Record]:
             out.append(record(r))
             last = seq
     return out
+
+
+def _chunks(items: list[str]) -> Iterator[list[str]]:
+    """``items`` in lists short enough that a query naming each (ids up to 128 bytes) stays far below the
+    server's max_query_size (256 KiB by default)."""
+    for i in range(0, len(items), ID_CHUNK):
+        yield items[i : i + ID_CHUNK]
 
 
 def _day(ts: float) -> str:

@@ -20,6 +20,7 @@ engine (chdb, ClickHouse 25+) behind the part of the HTTP interface the adapter 
 - ``ServerFaults`` makes the next requests fail the way some real servers do: ``"header"`` answers 200 with
   ``X-ClickHouse-Exception-Code`` and stores nothing (23.x-24.8 on a body read timeout); ``"partial"`` answers 200
   with half of the result then a 25.x ``__exception__`` block (an INSERT stores nothing);
+- every request's query and URL parameters are kept in ``ServerFaults.seen`` for tests to look at;
 - ``constrained`` profile settings are refused if a request changes them (``SETTING_CONSTRAINT_VIOLATION``).
 
 Each request runs on a fresh chdb connection so settings never leak between requests.
@@ -56,6 +57,7 @@ class ServerFaults:
     pending: deque[str] = field(default_factory=deque)
     profile: dict[str, str] = field(default_factory=dict)
     constrained: set[str] = field(default_factory=set)  # profile settings a request may not change
+    seen: list[tuple[str, dict[str, str]]] = field(default_factory=list)  # each request's query and URL parameters
 
 
 def chdb_http_app(
@@ -88,6 +90,7 @@ def chdb_http_app(
         sql = params.get("query", "")
         if body:
             sql = f"{sql}\n{body.decode()}" if sql else body.decode()
+        faults.seen.append((sql, {k: v for k, v in params.items() if k != "password"}))
         given = {k: v for k, v in params.items() if k not in _RESERVED and re.fullmatch(r"[a-z_0-9]+", k)}
         for name in sorted(faults.constrained):
             if name in given and given[name] != faults.profile.get(name):

@@ -90,6 +90,10 @@ class LogPage(BaseModel):
 class SearchResult(BaseModel):
     hits: list[LogRecord]
     limited: bool = Field(description="More lines matched than the limit")
+    since: float | None = Field(
+        None, description="Start of the window searched: the one given, or (no since, no job_id) the default window"
+    )
+    until: float | None = Field(None, description="End of the window searched, if one was given")
 
 
 class JobSummary(BaseModel):
