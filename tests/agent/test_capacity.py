@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 
 import pytest
@@ -56,27 +57,36 @@ def test_random_walk_never_exceeds_capacity() -> None:
 
 async def test_a_leased_job_takes_back_the_room_a_warm_refill_took_meanwhile() -> None:
     """The agent offers its free room before a long-poll; a warm-pool refill may reserve that room while the lease
-    is on its way. The leased job comes first: the refill's boot is cancelled and its room released, never the
-    job failed (seen as "host had no room for the VM" under load)."""
+    is on its way. The leased job comes first: under ``hold()`` the refill's boot is cancelled and its room stays
+    free for the job, even though freeing it wakes the pool's reconcile loop (which would start the refill again).
+    Seen under load as jobs reported failed: "host had no room for the VM"."""
     import asyncio
 
     from smith.agent.pool import WarmPool
 
-    boots_started = asyncio.Event()
+    boots = {"started": 0}
+    started = asyncio.Event()
 
     class SlowVMM:
         async def boot(self, shape: VMShape, vm_id: str) -> object:
-            boots_started.set()
+            boots["started"] += 1
+            started.set()
             await asyncio.Event().wait()  # a boot that takes its time
             raise AssertionError("never reached")
 
     ledger = Ledger(vcpus=4, memory_mib=8192, max_vms=2)
     pool = WarmPool(SlowVMM(), ledger, {MED.runner_class: MED}, {MED.runner_class: 1})  # type: ignore[arg-type]
     assert ledger.reserve(MED)  # a job running
-    assert pool.reconcile() == 1  # the refill takes the rest
-    await boots_started.wait()
-    assert not ledger.fits(MED) and not await pool.evict_for(MED)  # nothing idle to evict: only a boot in flight
-    assert await pool.cancel_boots_for(MED)
-    assert ledger.reserve(MED)  # the leased job's room
-    assert (ledger.used_vms, pool.booting[MED.runner_class]) == (2, 0)
+    loop = asyncio.create_task(pool.run(interval=0.01))  # the reconcile loop, as in the agent
+    await started.wait()  # the refill took the rest
+    assert not ledger.fits(MED)
+    async with pool.hold():
+        assert not await pool.evict_for(MED)  # nothing idle: only a boot in flight
+        assert await pool.cancel_boots_for(MED)
+        await asyncio.sleep(0.05)  # the reconcile loop runs, woken by the freed room
+        assert ledger.reserve(MED)  # the leased job's room
+    assert (ledger.used_vms, pool.booting[MED.runner_class], boots["started"]) == (2, 0, 1)
+    loop.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await loop
     await pool.close()

@@ -214,18 +214,33 @@ class Agent:
         spec = lease.job
         shape = VMShape(spec.runner_class, spec.vcpus, spec.memory_mib, spec.disk_mib)
         job = RunningJob(lease, shape)
-        job.machine = self.pool.take(spec.runner_class)
-        if (
-            job.machine is None
-            and not self.ledger.reserve(shape)
-            and not (await self.pool.evict_for(shape) and self.ledger.reserve(shape))
-            and not (await self.pool.cancel_boots_for(shape) and self.ledger.reserve(shape))
-        ):
+        if not await self._room_for(job, shape):
             # Should not happen: we only offered what we had (idle warm VMs, warm boots in flight and free room).
+            log.warning(
+                "no room for a leased job",
+                job_id=spec.id,
+                used_vcpus=self.ledger.used_vcpus,
+                used_vms=self.ledger.used_vms,
+                booting=dict(self.pool.booting),
+                running=len(self.jobs),
+            )
             await self._report(spec.id, "failed", reason="host had no room for the VM (capacity changed)")
             return
         self.jobs[spec.id] = job
         job.task = asyncio.create_task(self._run_job(job), name=f"job-{spec.id}")
+
+    async def _room_for(self, job: RunningJob, shape: VMShape) -> bool:
+        """A warm VM of the job's class, else room for a new one: idle warm VMs are evicted and warm boots in
+        flight cancelled for it (a refill may have taken the room offered while the lease was on its way)."""
+        assert self.pool is not None
+        async with self.pool.hold():
+            for _ in range(3):  # a warm boot may finish while it is being cancelled: look again
+                job.machine = self.pool.take(shape.runner_class)
+                if job.machine is not None or self.ledger.reserve(shape):
+                    return True
+                if not await self.pool.evict_for(shape):
+                    await self.pool.cancel_boots_for(shape)
+        return False
 
     async def _reregister(self) -> None:
         with contextlib.suppress(SmithError):

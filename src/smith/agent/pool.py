@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 
 from smith.agent.capacity import Ledger
 from smith.domain.vms import VMShape
@@ -30,6 +30,7 @@ class WarmPool:
         self.booting: dict[str, int] = dict.fromkeys(self.shapes, 0)
         self._tasks: set[asyncio.Task[None]] = set()
         self._boots: dict[asyncio.Task[None], str] = {}  # warm boots in flight, by class
+        self.held = 0  # while > 0 (a leased job is being given room), no refill starts
         self.changed = asyncio.Event()
 
     def idle(self) -> list[tuple[str, Machine]]:
@@ -74,9 +75,22 @@ class WarmPool:
                 await task  # its reservation is released when the boot unwinds
         return self.ledger.fits(shape)
 
+    @contextlib.asynccontextmanager
+    async def hold(self) -> AsyncIterator[None]:
+        """No refill starts inside: room freed for a leased job (an eviction, a cancelled boot) stays free for it
+        instead of going to the refill that the freeing itself wakes."""
+        self.held += 1
+        try:
+            yield
+        finally:
+            self.held -= 1
+            self.changed.set()
+
     def reconcile(self) -> int:
         """Start boots until ready + booting reaches the desired size (capacity permitting). Returns boots started."""
         started = 0
+        if self.held:
+            return 0
         for cls, want in self.desired.items():
             shape = self.shapes[cls]
             while len(self.ready[cls]) + self.booting[cls] < want and self.ledger.reserve(shape):
