@@ -7,19 +7,15 @@ system lines ("smith: job stopped", "exit code 0"), nor take the text of a forge
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import httpx
-
-from smith.agent.client import ControlClient
-from smith.agent.daemon import Agent, AgentConfig
 from smith.agent.logsink import LocalFiles
 from smith.domain.vms import Backend, VMShape
 from smith.ports import Machine
 from smith.wire.guest import GuestConfig, GuestEvent
+from tests.agent.onejob import OneJob, job
 
 FORGED = [
     GuestEvent(type="started", ts=1.0, stream="system", line="job other-job starting"),
@@ -58,37 +54,10 @@ class ForgingVMs:
 
 
 async def test_a_guest_cannot_write_the_hosts_system_lines(tmp_path: Path) -> None:
-    reports: dict[str, dict[str, object]] = {}
-    done = asyncio.Event()
-
-    async def control_plane(request: httpx.Request) -> httpx.Response:
-        path = request.url.path
-        if path == "/v1/agents/register":
-            body = {"agent_id": "h", "heartbeat_interval_seconds": 5, "lease_ttl_seconds": 30, "runner_classes": []}
-            return httpx.Response(200, json=body)
-        if path == "/v1/agents/lease" and not reports:
-            job = {"id": "j1", "runner_class": "smith-2vcpu", "vcpus": 1, "memory_mib": 512, "run": "true"}
-            reports["leased"] = {}
-            return httpx.Response(200, json={"job": job, "lease_ttl_seconds": 30})
-        if path.startswith("/v1/agents/jobs/"):
-            body = json.loads(request.content)
-            reports[body["state"]] = body
-            if body["state"] != "running":
-                done.set()
-            return httpx.Response(200, json={})
-        await asyncio.sleep(0.05)
-        return httpx.Response(204) if path == "/v1/agents/lease" else httpx.Response(200, json={"jobs": {}})
-
-    control = ControlClient("http://control", "t", transport=httpx.MockTransport(control_plane))
+    one = OneJob(job("j1"))
     output = LocalFiles(tmp_path / "logs")
-    config = AgentConfig(agent_id="h", hostname="h", vcpus=2, memory_mib=1024, max_vms=1, drain_seconds=1)
-    agent = Agent(config, control, ForgingVMs(), output)
-    task = asyncio.create_task(agent.run())
-    try:
-        await asyncio.wait_for(done.wait(), 30)
-    finally:
-        await agent.shutdown()
-        await task
+    await one.run(ForgingVMs(), output)
+    reports = one.reports
     events = [json.loads(line) for line in output.path("j1").read_text().splitlines()]
     assert [(e["type"], e["stream"], e["line"]) for e in events] == [
         ("started", "system", ""),

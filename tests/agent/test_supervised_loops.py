@@ -5,7 +5,6 @@ handle is reported failed."""
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,6 +19,7 @@ from smith.domain.vms import Backend, VMShape
 from smith.ports import Machine
 from smith.testing.servers import free_port
 from smith.wire.guest import GuestConfig, GuestEvent
+from tests.agent.onejob import OneJob, job
 
 
 class NoVMs:
@@ -87,37 +87,8 @@ class OneLineVMs(NoVMs):
 async def test_a_job_the_agent_cannot_handle_is_reported_failed_not_left_running(tmp_path: Path) -> None:
     """A job id the log spool cannot name a directory after (``-5``) once crashed the job's task: the job stayed
     'running' until its lease expired, then ran again elsewhere."""
-    reports: dict[str, dict[str, object]] = {}
-    reported = asyncio.Event()
-    leased: list[int] = []
-
-    async def control_plane(request: httpx.Request) -> httpx.Response:
-        path = request.url.path
-        if path == "/v1/agents/register":
-            body = {"agent_id": "h", "heartbeat_interval_seconds": 5, "lease_ttl_seconds": 30, "runner_classes": []}
-            return httpx.Response(200, json=body)
-        if path == "/v1/agents/lease" and not leased:
-            leased.append(1)
-            job = {"id": "-5", "runner_class": "smith-2vcpu", "vcpus": 1, "memory_mib": 512, "run": "true"}
-            return httpx.Response(200, json={"job": job, "lease_ttl_seconds": 30})
-        if path.startswith("/v1/agents/jobs/"):
-            body = json.loads(request.content)
-            reports[body["state"]] = body
-            if body["state"] != "running":
-                reported.set()
-            return httpx.Response(200, json={})
-        await asyncio.sleep(0.05)
-        return httpx.Response(204) if path == "/v1/agents/lease" else httpx.Response(200, json={"jobs": {}})
-
-    control = ControlClient("http://control", "t", transport=httpx.MockTransport(control_plane))
-    shipper = LogShipper(f"http://127.0.0.1:{free_port()}", "t", tmp_path / "spool")
-    config = AgentConfig(agent_id="h", hostname="h", vcpus=2, memory_mib=1024, max_vms=1, drain_seconds=1)
-    agent = Agent(config, control, OneLineVMs(), shipper)
-    task = asyncio.create_task(agent.run())
-    try:
-        await asyncio.wait_for(reported.wait(), 30)
-    finally:
-        await agent.shutdown()
-        await task
+    one = OneJob(job("-5"))
+    agent = await one.run(OneLineVMs(), LogShipper(f"http://127.0.0.1:{free_port()}", "t", tmp_path / "spool"))
+    reports = one.reports
     assert reports["failed"]["reason"].startswith("agent error: ValueError")  # type: ignore[union-attr]
     assert not agent.jobs and agent.ledger.used_vms == 0
