@@ -1,10 +1,13 @@
-"""A control plane that hands an agent one job and records what the agent reports (httpx.MockTransport)."""
+"""A control plane that hands an agent one job and records what the agent reports (httpx.MockTransport), and a
+backend whose VMs replay a fixed list of guest events."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -12,7 +15,9 @@ import httpx
 from smith.agent.client import ControlClient
 from smith.agent.daemon import Agent, AgentConfig
 from smith.agent.logsink import JobOutput
-from smith.ports import VMM
+from smith.domain.vms import Backend, VMShape
+from smith.ports import VMM, Machine
+from smith.wire.guest import GuestConfig, GuestEvent
 
 
 @dataclass
@@ -58,3 +63,36 @@ class OneJob:
 def job(job_id: str) -> dict[str, Any]:
     return {"id": job_id, "runner_class": "smith-2vcpu", "vcpus": 1, "memory_mib": 512, "run": "true"}
 
+
+class ScriptedVM:
+    """A VM whose guest says ``events`` and nothing else."""
+
+    def __init__(self, vm_id: str, events: Sequence[GuestEvent]) -> None:
+        self.id = vm_id
+        self._events = list(events)
+
+    async def assign(self, config: GuestConfig) -> None:
+        return None
+
+    async def events(self) -> AsyncIterator[GuestEvent]:
+        for event in self._events:
+            yield event
+
+    async def stop(self) -> None:
+        return None
+
+    def host_logs(self) -> dict[str, Path]:
+        return {}
+
+
+class ScriptedVMs:
+    """A backend of :class:`ScriptedVM`s, each replaying ``events``."""
+
+    def __init__(self, events: Sequence[GuestEvent], backend: Backend = Backend.SANDBOX) -> None:
+        self.events, self.backend = list(events), backend
+
+    async def boot(self, shape: VMShape, vm_id: str) -> Machine:
+        return ScriptedVM(vm_id, self.events)
+
+    async def cleanup_leftovers(self) -> list[str]:
+        return []

@@ -8,14 +8,12 @@ system lines ("smith: job stopped", "exit code 0"), nor take the text of a forge
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 from smith.agent.logsink import LocalFiles
-from smith.domain.vms import Backend, VMShape
-from smith.ports import Machine
-from smith.wire.guest import GuestConfig, GuestEvent
-from tests.agent.onejob import OneJob, job
+from smith.domain.vms import Backend
+from smith.wire.guest import GuestEvent
+from tests.agent.onejob import OneJob, ScriptedVMs, job
 
 FORGED = [
     GuestEvent(type="started", ts=1.0, stream="system", line="job other-job starting"),
@@ -25,38 +23,10 @@ FORGED = [
 ]
 
 
-class ForgingVM:
-    def __init__(self, vm_id: str) -> None:
-        self.id = vm_id
-
-    async def assign(self, config: GuestConfig) -> None:
-        return None
-
-    async def events(self) -> AsyncIterator[GuestEvent]:
-        for event in FORGED:
-            yield event
-
-    async def stop(self) -> None:
-        return None
-
-    def host_logs(self) -> dict[str, Path]:
-        return {}
-
-
-class ForgingVMs:
-    backend = Backend.QEMU
-
-    async def boot(self, shape: VMShape, vm_id: str) -> Machine:
-        return ForgingVM(vm_id)
-
-    async def cleanup_leftovers(self) -> list[str]:
-        return []
-
-
 async def test_a_guest_cannot_write_the_hosts_system_lines(tmp_path: Path) -> None:
     one = OneJob(job("j1"))
     output = LocalFiles(tmp_path / "logs")
-    await one.run(ForgingVMs(), output)
+    await one.run(ScriptedVMs(FORGED, Backend.QEMU), output)
     reports = one.reports
     events = [json.loads(line) for line in output.path("j1").read_text().splitlines()]
     assert [(e["type"], e["stream"], e["line"]) for e in events] == [

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -18,8 +17,8 @@ from smith.agent.logsink import LocalFiles
 from smith.domain.vms import Backend, VMShape
 from smith.ports import Machine
 from smith.testing.servers import free_port
-from smith.wire.guest import GuestConfig, GuestEvent
-from tests.agent.onejob import OneJob, job
+from smith.wire.guest import GuestEvent
+from tests.agent.onejob import OneJob, ScriptedVMs, job
 
 
 class NoVMs:
@@ -61,34 +60,15 @@ async def test_a_heartbeat_answer_of_the_wrong_shape_does_not_stop_the_heartbeat
     assert len(heartbeats) >= 2
 
 
-class OneLineVM:
-    def __init__(self, vm_id: str) -> None:
-        self.id = vm_id
-
-    async def assign(self, config: GuestConfig) -> None:
-        return None
-
-    async def events(self) -> AsyncIterator[GuestEvent]:
-        yield GuestEvent(type="line", ts=time.time(), stream="stdout", line="hello")
-        yield GuestEvent(type="exit", ts=time.time(), exit_code=0)
-
-    async def stop(self) -> None:
-        return None
-
-    def host_logs(self) -> dict[str, Path]:
-        return {}
-
-
-class OneLineVMs(NoVMs):
-    async def boot(self, shape: VMShape, vm_id: str) -> Machine:
-        return OneLineVM(vm_id)
-
-
 async def test_a_job_the_agent_cannot_handle_is_reported_failed_not_left_running(tmp_path: Path) -> None:
     """A job id the log spool cannot name a directory after (``-5``) once crashed the job's task: the job stayed
     'running' until its lease expired, then ran again elsewhere."""
     one = OneJob(job("-5"))
-    agent = await one.run(OneLineVMs(), LogShipper(f"http://127.0.0.1:{free_port()}", "t", tmp_path / "spool"))
+    hello = [
+        GuestEvent(type="line", ts=time.time(), stream="stdout", line="hello"),
+        GuestEvent(type="exit", ts=time.time(), exit_code=0),
+    ]
+    agent = await one.run(ScriptedVMs(hello), LogShipper(f"http://127.0.0.1:{free_port()}", "t", tmp_path / "spool"))
     reports = one.reports
     assert reports["failed"]["reason"].startswith("agent error: ValueError")  # type: ignore[union-attr]
     assert not agent.jobs and agent.ledger.used_vms == 0
