@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from smith.adapters.redis import connect
+from smith.adapters.redis import connect, keys
 from smith.adapters.redis.embedded import EmbeddedRedis, free_port, server_binary
 from smith.adapters.redis.jobs import RedisJobs
 from smith.domain.jobs import Job, JobState
@@ -143,7 +143,7 @@ async def test_a_sentinel_url_follows_a_failover(pair: tuple[EmbeddedRedis, Embe
             await asyncio.sleep(0.2)
     await js.submit(job("1"))
     while (await replica.info("replication")).get("master_link_status") != "up" or not await replica.exists(
-        "smith:job:1"
+        keys.job("1")
     ):
         assert time.monotonic() < deadline
         await asyncio.sleep(0.1)
@@ -163,7 +163,7 @@ async def test_a_sentinel_url_follows_a_failover(pair: tuple[EmbeddedRedis, Embe
         except Unavailable:
             assert time.monotonic() < deadline
             await asyncio.sleep(0.2)
-    assert await replica.hget("smith:job:2", "state") == "queued"
+    assert await replica.hget(keys.job("2"), "state") == "queued"
     await plain.aclose()
     await replica.aclose()
     await js.r.aclose()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "smith"
 KEYS_MODULES = {"adapters/redis/keys.py", "cache/keys.py"}
-KEY = re.compile(r"smith:[a-z]")  # "smith:job:", "smith:cache:", ... (not "smith: job stopped")
+KEY = re.compile(r"(\{smith\}|smith):[a-z]")  # "{smith}:job:", "smith:cache:", ... (not "smith: job stopped")
 
 
 def test_no_module_but_the_keys_modules_spells_a_redis_key() -> None:
@@ -33,9 +33,15 @@ def test_no_module_but_the_keys_modules_spells_a_redis_key() -> None:
     assert found == []
 
 
-def test_the_cache_scripts_build_their_keys_from_the_keys_module() -> None:
-    from smith.cache import keys, metadata
+def test_no_script_builds_a_key_of_its_own() -> None:
+    """Every key a script touches is passed in KEYS (Redis Cluster and Dragonfly refuse undeclared keys): no
+    script concatenates a key name."""
+    from smith.adapters.redis import scripts
+    from smith.cache import metadata
 
-    assert f"'{keys.LRU}' .. f[2]" in metadata._FINALIZE
-    assert f"'{keys.USAGE}' .. f[1]" in metadata._DELETE
-    assert keys.usage("o") == "smith:cache:u:o" and keys.lru("o") == "smith:cache:lru:o"
+    bodies = [v for m in (scripts, metadata) for v in vars(m).values() if isinstance(v, str) and "redis.call" in v]
+    assert len(bodies) >= 10
+    calls = [c for body in bodies for c in re.findall(r"redis\.call\('(\w+)',\s*([^,)]+)", body)]
+    assert len(calls) > 50
+    # XGROUP's first argument is its subcommand; its key follows and is checked by the same rule.
+    assert [c for c in calls if not c[1].startswith("KEYS[") and c[0] != "XGROUP"] == []

@@ -118,7 +118,12 @@ def create_app(
                 url = embedded.url
             client = connect.client(url)
         blobs = store or build_store(settings)
-        service = CacheService(settings, Metadata(client), blobs)
+        metadata = Metadata(client)
+        try:
+            await metadata.migrate()
+        except SmithError as exc:  # Redis may come up later; the keys are renamed at the next start
+            log.warning("redis not ready at start: old keys not checked", error=exc.message)
+        service = CacheService(settings, metadata, blobs)
         app.state.service = service
         task = asyncio.create_task(supervise("cache-janitor", service.run_janitor)) if janitor else None
         try:

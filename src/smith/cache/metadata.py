@@ -13,7 +13,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from smith.adapters.redis import connect
+from smith.adapters.redis import connect, migrate
 from smith.adapters.redis.replay import replayable, token
 from smith.cache import keys as K
 from smith.domain.cache import CacheEntry, EntryState, Tenant
@@ -25,7 +25,7 @@ if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then
 end
 redis.call('HSET', KEYS[2], 'id', ARGV[2], 'org', ARGV[3], 'repo', ARGV[4], 'scope', ARGV[5],
   'version', ARGV[6], 'key', ARGV[1], 'state', 'reserved', 'size', 0, 'declared', ARGV[7],
-  'created', ARGV[8], 'access', ARGV[8], 'ik', KEYS[1], 'fk', KEYS[4])
+  'created', ARGV[8], 'access', ARGV[8])
 redis.call('ZADD', KEYS[3], ARGV[8], ARGV[2])
 return {1, ARGV[2]}
 """)
@@ -37,36 +37,42 @@ redis.call('HSET', KEYS[1], 'state', 'uploaded', 'size', ARGV[1])
 return 'ok'
 """)
 
-_FINALIZE = replayable(f"""
-local f = redis.call('HMGET', KEYS[1], 'state', 'org', 'key', 'fk')
+# KEYS: entry, uploads, parts, orgs, claims, the slot's finals, the org's LRU and usage, reply. Every key is
+# declared (Redis Cluster, Dragonfly); the caller names the org's keys from the entry it read, and the script
+# checks the entry still belongs to that org (ARGV[4]).
+_FINALIZE = replayable("""
+local f = redis.call('HMGET', KEYS[1], 'state', 'org', 'key')
 local st = f[1]
 if st ~= 'reserved' and st ~= 'uploaded' then return st or 'missing' end
+if f[2] ~= ARGV[4] then return 'missing' end
 redis.call('HSET', KEYS[1], 'state', 'final', 'size', ARGV[2], 'access', ARGV[3])
-redis.call('ZADD', f[4], 0, f[3])
-redis.call('ZADD', '{K.LRU}' .. f[2], ARGV[3], ARGV[1])
+redis.call('ZADD', KEYS[6], 0, f[3])
+redis.call('ZADD', KEYS[7], ARGV[3], ARGV[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('HINCRBY', '{K.USAGE}' .. f[2], 'bytes', ARGV[2])
-redis.call('HINCRBY', '{K.USAGE}' .. f[2], 'entries', 1)
+redis.call('HINCRBY', KEYS[8], 'bytes', ARGV[2])
+redis.call('HINCRBY', KEYS[8], 'entries', 1)
 redis.call('SADD', KEYS[4], f[2])
 redis.call('DEL', KEYS[3], KEYS[5])
 return 'ok'
 """)
 
-_DELETE = replayable(f"""
-local f = redis.call('HMGET', KEYS[1], 'org', 'key', 'state', 'size', 'ik', 'fk')
-if not f[1] then return false end
-if redis.call('HGET', f[5], f[2]) == ARGV[1] then
-  redis.call('HDEL', f[5], f[2])
-  redis.call('ZREM', f[6], f[2])
+# KEYS: entry, parts, uploads, claims, the slot's index and finals, the org's usage and LRU, reply (all declared,
+# named by the caller from the entry it read; ARGV[2] is that entry's org, checked here).
+_DELETE = replayable("""
+local f = redis.call('HMGET', KEYS[1], 'org', 'key', 'state', 'size')
+if not f[1] or f[1] ~= ARGV[2] then return false end
+if redis.call('HGET', KEYS[5], f[2]) == ARGV[1] then
+  redis.call('HDEL', KEYS[5], f[2])
+  redis.call('ZREM', KEYS[6], f[2])
 end
 if f[3] == 'final' then
-  redis.call('HINCRBY', '{K.USAGE}' .. f[1], 'bytes', -tonumber(f[4]))
-  redis.call('HINCRBY', '{K.USAGE}' .. f[1], 'entries', -1)
-  redis.call('ZREM', '{K.LRU}' .. f[1], ARGV[1])
+  redis.call('HINCRBY', KEYS[7], 'bytes', -tonumber(f[4]))
+  redis.call('HINCRBY', KEYS[7], 'entries', -1)
+  redis.call('ZREM', KEYS[8], ARGV[1])
 end
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[4])
-return {{f[1], f[3]}}
+return {f[1], f[3]}
 """)
 
 # Claim room for one part before its bytes are written: the entry must still be reserved, the claimed total must
@@ -146,6 +152,11 @@ class Metadata:
     async def ping(self) -> None:
         await connect.call(self.r.ping)
 
+    async def migrate(self) -> int:
+        """Rename keys written before the ``{smith}`` hash tag (``smith.adapters.redis.migrate``)."""
+        async with connect.errors():
+            return await migrate.rename_legacy_keys(self.r)
+
     async def get(self, entry_id: int) -> CacheEntry | None:
         async with connect.errors():
             return _entry(await self.r.hgetall(K.entry(entry_id)))
@@ -164,7 +175,6 @@ class Metadata:
                         K.index(tenant.org, tenant.repo, scope, version),
                         K.entry(entry_id),
                         K.UPLOADS,
-                        K.finals(tenant.org, tenant.repo, scope, version),
                         K.reply(token()),
                     ],
                     args=[key, entry_id, tenant.org, tenant.repo, scope, version, declared, time.time()],
@@ -221,8 +231,20 @@ class Metadata:
         async with connect.errors():
             return str(await self._mark(keys=[K.entry(entry_id), K.reply(token())], args=[size]))
 
+    async def _slot_of(self, entry_id: int) -> tuple[str, str, str] | None:
+        """(org, index key, finals key) of an entry, read before a script that must declare them; None if gone.
+        These fields never change after the reservation."""
+        org, repo, scope, version = await self.r.hmget(K.entry(entry_id), "org", "repo", "scope", "version")
+        if org is None:
+            return None
+        return org, K.index(org, repo, scope, version), K.finals(org, repo, scope, version)
+
     async def finalize(self, entry_id: int, size: int) -> str:
         async with connect.errors():
+            slot = await self._slot_of(entry_id)
+            if slot is None:
+                return "missing"
+            org, _, finals = slot
             return str(
                 await self._finalize(
                     keys=[
@@ -231,18 +253,35 @@ class Metadata:
                         K.parts(entry_id),
                         K.ORGS,
                         K.claims(entry_id),
+                        finals,
+                        K.lru(org),
+                        K.usage(org),
                         K.reply(token()),
                     ],
-                    args=[entry_id, size, time.time()],
+                    args=[entry_id, size, time.time(), org],
                 )
             )
 
     async def delete(self, entry_id: int) -> tuple[str, EntryState] | None:
         """Drop an entry's metadata; returns (org, state it was in) so the caller can drop its bytes."""
         async with connect.errors():
+            slot = await self._slot_of(entry_id)
+            if slot is None:
+                return None
+            org, index, finals = slot
             out = await self._delete(
-                keys=[K.entry(entry_id), K.parts(entry_id), K.UPLOADS, K.claims(entry_id), K.reply(token())],
-                args=[entry_id],
+                keys=[
+                    K.entry(entry_id),
+                    K.parts(entry_id),
+                    K.UPLOADS,
+                    K.claims(entry_id),
+                    index,
+                    finals,
+                    K.usage(org),
+                    K.lru(org),
+                    K.reply(token()),
+                ],
+                args=[entry_id, org],
             )
         if not out:
             return None

@@ -67,6 +67,7 @@ class ControlPlane:
 
     async def start(self) -> None:
         try:
+            await self.jobs.migrate_keys()
             await self.jobs.ensure_groups(self._by_name)
         except Unavailable as exc:  # Redis may come up later; every call retries and /readyz says so
             log.warning("redis not ready at start", error=exc.message)

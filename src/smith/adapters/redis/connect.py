@@ -7,11 +7,12 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis.asyncio as aioredis
 import redis.exceptions as rexc
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
@@ -22,6 +23,7 @@ T = TypeVar("T")
 
 
 SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 
 
 @dataclass(frozen=True)
@@ -89,9 +91,45 @@ def client(url: str, *, max_connections: int = 512, socket_timeout: float = 5.0)
         retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=3),
         retry_on_error=[rexc.ConnectionError, rexc.ReadOnlyError],
     )
-    if urlsplit(url).scheme in SENTINEL_SCHEMES:
+    scheme = urlsplit(url).scheme
+    if scheme in SENTINEL_SCHEMES:
         return _sentinel_client(parse_sentinel(url), options)
+    if scheme in CLUSTER_SCHEMES:
+        return _cluster_client(url, options)
     return aioredis.Redis.from_url(url, **options)
+
+
+def parse_cluster(url: str) -> tuple[list[tuple[str, int]], str | None, str | None, bool]:
+    """``redis+cluster://[user:password@]host:port[,host:port...]``: seed nodes, username, password, TLS."""
+    parts = urlsplit(url)
+    nodes = []
+    for item in parts.netloc.rpartition("@")[2].split(","):
+        host, sep, port = item.strip().rpartition(":")
+        try:
+            nodes.append((host.strip("[]"), int(port) if sep else 6379))
+        except ValueError as exc:
+            raise ConfigError(f"bad Redis Cluster address {item!r}") from exc
+    if not nodes or not all(h for h, _ in nodes):
+        raise ConfigError("a Redis Cluster URL needs host:port[,host:port...]")
+    user = unquote(parts.username) if parts.username else None
+    password = unquote(parts.password) if parts.password else None
+    return nodes, user, password, parts.scheme.startswith("rediss")
+
+
+def _cluster_client(url: str, options: dict[str, Any]) -> aioredis.Redis:
+    """redis-py's cluster client. Every Smith key carries the ``{smith}`` hash tag (keys.py), so each command,
+    script and pipeline goes to the one node that owns that slot; MOVED and ASK after a resharding or a
+    failover are followed by the client. It offers the commands Smith uses with the same signatures."""
+    nodes, user, password, tls = parse_cluster(url)
+    opts = {k: v for k, v in options.items() if k not in ("retry_on_error",)}
+    cluster = RedisCluster(
+        startup_nodes=[ClusterNode(h, p) for h, p in nodes],
+        username=user,
+        password=password,
+        ssl=tls,
+        **opts,
+    )
+    return cast(aioredis.Redis, cluster)
 
 
 def _sentinel_client(cfg: SentinelURL, options: dict[str, Any]) -> aioredis.Redis:

@@ -16,7 +16,7 @@ import orjson
 import redis.asyncio as aioredis
 import redis.exceptions as rexc
 
-from smith.adapters.redis import keys, replay, scripts
+from smith.adapters.redis import keys, migrate, replay, scripts
 from smith.adapters.redis.connect import Reachability, errors
 from smith.adapters.redis.group import Durability, ScriptGroup
 from smith.domain.jobs import Job, JobState, RunnerClass, check_agent_id
@@ -153,6 +153,11 @@ class RedisJobs:
         self._group = ScriptGroup(redis, durability=self.durability)
 
     # -- set-up -------------------------------------------------------------------------------------------
+
+    async def migrate_keys(self) -> int:
+        """Rename keys written before the ``{smith}`` hash tag (migrate.py)."""
+        async with errors(self.reach):
+            return await migrate.rename_legacy_keys(self.r)
 
     async def ensure_groups(self, classes: Iterable[str]) -> None:
         async with errors(self.reach):

@@ -1,25 +1,31 @@
 """Every Redis key of the control plane, in one place. docs/ARCHITECTURE.md lists the same table.
 
-=============================  ======  ==========================================================
-key                            type    what
-=============================  ======  ==========================================================
-smith:delivery:{delivery_id}   string  outcome of a webhook delivery (JSON); dedupes redeliveries
-smith:job:{job_id}             hash    one job record (state, class, repo, timestamps, lease)
-smith:jobs                     zset    job ids by creation time: listing and retention
-smith:q:{runner_class}         stream  queued jobs of one class; consumer group ``smith-agents``
-smith:host:{agent_id}          string  a host's registration and last heartbeat (JSON), with TTL
-smith:hosts                    zset    agent ids by last heartbeat time
-smith:events                   stream  webhook events received, capped (audit trail)
-smith:reply:{token}            string  a script's reply, kept 2 min so a replayed call answers the same
-=============================  ======  ==========================================================
+================================  ======  ==========================================================
+key                               type    what
+================================  ======  ==========================================================
+{smith}:delivery:<delivery_id>    string  outcome of a webhook delivery (JSON); dedupes redeliveries
+{smith}:job:<job_id>              hash    one job record (state, class, repo, timestamps, lease)
+{smith}:jobs                      zset    job ids by creation time: listing and retention
+{smith}:q:<runner_class>          stream  queued jobs of one class; consumer group ``smith-agents``
+{smith}:host:<agent_id>           string  a host's registration and last heartbeat (JSON), with TTL
+{smith}:hosts                     zset    agent ids by last heartbeat time
+{smith}:events                    stream  webhook events received, capped (audit trail)
+{smith}:reply:<token>             string  a script's reply, kept 2 min so a replayed call answers the same
+================================  ======  ==========================================================
 
-The cache server's keys (prefix ``smith:cache:``) are in ``smith/cache/keys.py``; the log pipeline uses no
-Redis. No other module spells a key (``tests/unit/test_redis_keys.py``).
+Every key starts with the hash tag ``{smith}``, so on a Redis Cluster they all hash to one slot: scripts and
+multi-key commands (XREADGROUP over several class streams) work there too, and every key a script touches is
+passed in its KEYS. Keys written before the tag (prefix ``smith:``) are renamed once at start
+(``smith.adapters.redis.migrate``). The cache server's keys (prefix ``{smith}:cache:``) are in
+``smith/cache/keys.py``; the log pipeline uses no Redis. No other module spells a key
+(``tests/unit/test_redis_keys.py``).
 """
 
 from __future__ import annotations
 
-PREFIX = "smith:"
+# The hash tag: Redis Cluster hashes only the part in braces, so every Smith key lands in the same slot.
+PREFIX = "{smith}:"
+LEGACY_PREFIX = "smith:"  # before the hash tag; renamed at start
 GROUP = "smith-agents"
 REAPER = "smith-reaper"
 
