@@ -14,7 +14,7 @@ from structlog.testing import capture_logs
 from smith.adapters.chdb import ChdbClickHouse
 from smith.adapters.clickhouse import LEGACY, literal
 from smith.errors import UpstreamError
-from smith.logs.store import FORCE_MERGE, LOCAL_FSYNC, TUNING, LogStore
+from smith.logs.store import FORCE_MERGE, LOCAL_ONLY, TUNING, LogStore
 from smith.ports import ClickHouse
 
 from .test_store import put, rows
@@ -87,8 +87,8 @@ async def test_a_retention_change_does_not_rewrite_the_table(clickhouse: ClickHo
         ("22.11.1.1", "ReplacingMergeTree ORDER BY (job_id, seq)", FORCE_MERGE),
         ("23.3.22.3", "ReplacingMergeTree ORDER BY (job_id, seq)", FORCE_MERGE),
         ("23.4.1.1", "ReplacingMergeTree ORDER BY (job_id, seq)", ()),
-        ("24.8.1.1", "ReplicatedReplacingMergeTree('/t/{shard}', '{replica}') ORDER BY (job_id, seq)", LOCAL_FSYNC),
-        ("24.8.1.1", "SharedReplacingMergeTree('/t/{uuid}/{shard}', '{replica}') ORDER BY (job_id, seq)", LOCAL_FSYNC),
+        ("24.8.1.1", "ReplicatedReplacingMergeTree('/t/{shard}', '{replica}') ORDER BY (job_id, seq)", LOCAL_ONLY),
+        ("24.8.1.1", "SharedReplacingMergeTree('/t/{uuid}/{shard}', '{replica}') ORDER BY (job_id, seq)", LOCAL_ONLY),
     ],
 )
 def test_tuning_leaves_out_what_hurts_or_means_nothing(

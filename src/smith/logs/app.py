@@ -128,6 +128,7 @@ def create_app(settings: LogsSettings, *, clickhouse: ClickHouse | None = None) 
         database=settings.clickhouse_database,
         retention_days=settings.log_retention_days,
         search_seconds=settings.logs_search_max_seconds,
+        cluster=settings.clickhouse_cluster,
     )
     batcher = Batcher(
         store,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 
 from smith.settings import CommonSettings, Port
 
@@ -25,6 +25,10 @@ class LogsSettings(CommonSettings):
     clickhouse_user: str = "default"
     clickhouse_password: SecretStr | None = None
     clickhouse_database: str = Field("smith", description="Database holding the log tables")
+    clickhouse_cluster: str = Field(
+        "",
+        description="ClickHouse cluster name: DDL runs ON CLUSTER, tables are Replicated (one shard, any replicas)",
+    )
     clickhouse_dialect: Literal["auto", "modern", "legacy"] = Field(
         "auto", description="auto (by server version), modern, or legacy (< 22.8)"
     )
@@ -51,11 +55,13 @@ class LogsSettings(CommonSettings):
     )
     logs_follow_poll_seconds: float = Field(1.0, gt=0, description="How often a follower re-reads when idle")
 
-    @field_validator("clickhouse_database")
+    @field_validator("clickhouse_database", "clickhouse_cluster")
     @classmethod
-    def _database(cls, value: str) -> str:
+    def _database(cls, value: str, info: ValidationInfo) -> str:
         import re
 
+        if info.field_name == "clickhouse_cluster" and value == "":
+            return value
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", value):
             raise ValueError("must be a plain identifier (letters, digits, underscore)")
         return value

@@ -16,11 +16,14 @@ compute ``ts_us`` and ``day`` themselves; every column on legacy ones) and ``ins
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
+import hashlib
 import re
 import string
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from importlib import resources
 from typing import Any
 
@@ -46,10 +49,19 @@ TUNING: dict[str, int] = {
     "min_age_to_force_merge_on_partition_only": 1,
     "fsync_after_insert": 1,  # an acknowledged line is on disk, not only in the page cache
     "fsync_part_directory": 1,
+    # The last 1000 inserts' dedup tokens are kept: an insert sent again (a retry after a timeout, the same batch
+    # on another pipeline replica) is dropped by the server (replicated engines keep their own window).
+    "non_replicated_deduplication_window": 1000,
 }
 FORCE_MERGE = ("min_age_to_force_merge_seconds", "min_age_to_force_merge_on_partition_only")
 # Local-disk durability; on Replicated*/Shared* tables durability is the replicas' and the object store's.
 LOCAL_FSYNC = ("fsync_after_insert", "fsync_part_directory")
+LOCAL_ONLY = (*LOCAL_FSYNC, "non_replicated_deduplication_window")
+DEDUP_TOKEN = "insert_deduplication_token"
+# Start-up DDL of several pipeline replicas runs one at a time: whoever creates this table holds the lock. A lock
+# older than LOCK_STALE_SECONDS is taken to be a crashed replica's and dropped.
+LOCK_TABLE = "schema_lock"
+LOCK_STALE_SECONDS = 600
 # Servers on which the age-based force merge misbehaves (merges assigned again and again, partitions merged
 # while they still take inserts): it is left off there.
 FORCE_MERGE_BROKEN = ((22, 11), (23, 3))
@@ -117,15 +129,26 @@ class LogStore:
     """Reads and writes job logs in ``database`` on ``ch``. ``start()`` connects and migrates."""
 
     def __init__(
-        self, ch: ClickHouse, *, database: str = "smith", retention_days: int = 30, search_seconds: int = 30
+        self,
+        ch: ClickHouse,
+        *,
+        database: str = "smith",
+        retention_days: int = 30,
+        search_seconds: int = 30,
+        cluster: str = "",
+        lock_stale_seconds: float = LOCK_STALE_SECONDS,
     ) -> None:
         self.ch = ch
+        # On a cluster every DDL runs ON CLUSTER and the tables are Replicated* (one shard, any number of replicas).
+        self.on_cluster = f" ON CLUSTER {identifier(cluster)}" if cluster else ""
+        self.lock_stale_seconds = lock_stale_seconds
         # Searches carry max_execution_time: the server stops one on its own after this long (TIMEOUT_EXCEEDED).
         self.search_settings: dict[str, str | int] = {"max_execution_time": search_seconds}
         self.db = identifier(database)
         self.table = f"{self.db}.{TABLE}"
         self.retention_days = retention_days
         self.insert_settings: dict[str, str] = {}
+        self.dedup_tokens = False  # the server takes insert_deduplication_token
 
     @property
     def legacy(self) -> bool:
@@ -149,34 +172,85 @@ class LogStore:
 
     # -- schema -----------------------------------------------------------------------------------------
 
+    def _engine(self, name: str, table: str) -> str:
+        """``name`` (a MergeTree engine) as this deployment needs it: Replicated on a cluster."""
+        if not self.on_cluster:
+            return name
+        return f"Replicated{name}('/clickhouse/tables/{{shard}}/{{database}}/{table}', '{{replica}}')"
+
     def _substitutions(self) -> dict[str, str]:
-        if self.legacy:
-            return {"db": self.db, "lc_string": "String", "line_index": "", "ttl": ""}
-        return {
+        common = {
             "db": self.db,
+            "on_cluster": self.on_cluster,
+            "replacing_merge_tree": self._engine("ReplacingMergeTree", TABLE),
+        }
+        if self.legacy:
+            return {**common, "lc_string": "String", "line_index": "", "ttl": ""}
+        return {
+            **common,
             "lc_string": "LowCardinality(String)",
             "line_index": ",\n    INDEX line_ngrams lower(line) TYPE ngrambf_v1(4, 65536, 2, 0) GRANULARITY 4",
             "ttl": f"TTL day + toIntervalDay({int(self.retention_days)})",
         }
 
-    async def migrate(self) -> list[str]:
-        """Apply the migrations not yet recorded; the names of those applied now."""
-        await self.ch.execute(f"CREATE DATABASE IF NOT EXISTS {self.db}")
-        await self.ch.execute(
-            f"CREATE TABLE IF NOT EXISTS {self.db}.schema_migrations "
-            "(version UInt32, name String, applied_at DateTime) ENGINE = MergeTree ORDER BY version"
-        )
-        done = {int(r["version"]) for r in await self.ch.select(f"SELECT version FROM {self.db}.schema_migrations")}
-        applied = []
-        subs = self._substitutions()
-        for version, name, template in migrations():
-            if version in done or (self.legacy and template.startswith(MODERN_ONLY)):
+    async def _ensure_database(self) -> None:
+        """Create the database only if it is missing: a user granted only this database may not run CREATE
+        DATABASE at all, not even with IF NOT EXISTS."""
+        rows = await self.ch.select(f"SELECT count() AS n FROM system.databases WHERE name = {literal(self.db)}")
+        if not rows or int(rows[0]["n"]) == 0:
+            await self.ch.execute(f"CREATE DATABASE IF NOT EXISTS {self.db}{self.on_cluster}")
+
+    @contextlib.asynccontextmanager
+    async def _schema_lock(self) -> AsyncIterator[None]:
+        """Hold the start-up DDL lock (a table only one replica can create) while the block runs."""
+        lock = f"{self.db}.{LOCK_TABLE}"
+        waited = 0.0
+        while True:
+            try:
+                await self.ch.execute(f"CREATE TABLE {lock}{self.on_cluster} (at DateTime) ENGINE = Log")
+                break
+            except SmithError as exc:
+                if "TABLE_ALREADY_EXISTS" not in exc.message and "Code: 57." not in exc.message:
+                    raise
+            rows = await self.ch.select(
+                "SELECT dateDiff('second', metadata_modification_time, now()) AS age FROM system.tables "
+                f"WHERE database = {literal(self.db)} AND name = {literal(LOCK_TABLE)}"
+            )
+            if rows and float(rows[0]["age"]) >= self.lock_stale_seconds:
+                log.warning("dropping a stale schema lock (a replica died during start-up DDL?)", table=lock)
+                await self.ch.execute(f"DROP TABLE IF EXISTS {lock}{self.on_cluster}")
                 continue
-            for stmt in statements(template):
-                await self.ch.execute(string.Template(stmt).substitute(subs))
-            row = {"version": version, "name": name, "applied_at": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())}
-            await self.ch.insert(f"{self.db}.schema_migrations", _ndjson([row]))
-            applied.append(name)
+            if waited == 0.0:
+                log.info("another replica is migrating the log store; waiting", table=lock)
+            await asyncio.sleep(0.2)
+            waited += 0.2
+        try:
+            yield
+        finally:
+            await self.ch.execute(f"DROP TABLE IF EXISTS {lock}{self.on_cluster}")
+
+    async def migrate(self) -> list[str]:
+        """Apply the migrations not yet recorded; the names of those applied now. Replicas starting together
+        take turns (``_schema_lock``), so each migration runs and is recorded once."""
+        await self._ensure_database()
+        await self.ch.execute(
+            f"CREATE TABLE IF NOT EXISTS {self.db}.schema_migrations{self.on_cluster} "
+            "(version UInt32, name String, applied_at DateTime) "
+            f"ENGINE = {self._engine('MergeTree', 'schema_migrations')} ORDER BY version"
+        )
+        async with self._schema_lock():
+            done = {int(r["version"]) for r in await self.ch.select(f"SELECT version FROM {self.db}.schema_migrations")}
+            applied = []
+            subs = self._substitutions()
+            for version, name, template in migrations():
+                if version in done or (self.legacy and template.startswith(MODERN_ONLY)):
+                    continue
+                for stmt in statements(template):
+                    await self.ch.execute(string.Template(stmt).substitute(subs))
+                now = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
+                row = {"version": version, "name": name, "applied_at": now}
+                await self.ch.insert(f"{self.db}.schema_migrations", _ndjson([row]))
+                applied.append(name)
         return applied
 
     async def _ensure_ttl(self, engine: str) -> None:
@@ -187,7 +261,7 @@ class LogStore:
         # Without materialize_ttl_after_modify=0 the server rewrites every part of the table to apply the new TTL;
         # with it, expired days still go (ttl_only_drop_parts drops whole parts as they expire; merges apply it).
         await self.ch.execute(
-            f"ALTER TABLE {self.table} MODIFY TTL day + toIntervalDay({int(self.retention_days)}) "
+            f"ALTER TABLE {self.table}{self.on_cluster} MODIFY TTL day + toIntervalDay({int(self.retention_days)}) "
             "SETTINGS materialize_ttl_after_modify = 0"
         )
         log.info("retention changed", days=self.retention_days)
@@ -200,7 +274,7 @@ class LogStore:
         if FORCE_MERGE_BROKEN[0] <= (parts[0], parts[1]) <= FORCE_MERGE_BROKEN[1]:
             skip += FORCE_MERGE
         if engine.startswith(("Replicated", "Shared")):
-            skip += LOCAL_FSYNC
+            skip += LOCAL_ONLY
         return {k: v for k, v in TUNING.items() if k not in skip}
 
     async def _tune(self, engine: str) -> None:
@@ -220,13 +294,14 @@ class LogStore:
                 log.warning("table setting is read-only on this server; not applied", setting=key)
                 continue
             try:
-                await self.ch.execute(f"ALTER TABLE {self.table} MODIFY SETTING {key} = {int(value)}")
+                await self.ch.execute(f"ALTER TABLE {self.table}{self.on_cluster} MODIFY SETTING {key} = {int(value)}")
             except SmithError as exc:  # e.g. a managed service that does not let users change it: still works
                 log.warning("table setting not applied; ingestion works", setting=key, error=exc.message)
-        names = ", ".join(literal(k) for k in INSERT_SETTINGS)
+        names = ", ".join(literal(k) for k in (*INSERT_SETTINGS, DEDUP_TOKEN))
         rows = await self.ch.select(f"SELECT name FROM system.settings WHERE name IN ({names})")
         known = {r["name"] for r in rows}
         self.insert_settings = {k: v for k, v in INSERT_SETTINGS.items() if k in known}
+        self.dedup_tokens = DEDUP_TOKEN in known
 
     async def sweep_retention(self, now: float | None = None) -> list[str]:
         """Drop day partitions older than the retention (what a TTL does on modern servers); their ids."""
@@ -251,9 +326,14 @@ class LogStore:
         return encode_rows(lines) if self.legacy else encode_lines(lines)
 
     async def insert(self, payload: bytes) -> None:
-        """Lines ``encode`` made; durable when this returns."""
+        """Lines ``encode`` made; durable when this returns. The insert carries a deduplication token made from
+        its bytes, so the same payload inserted again (by this replica after a timeout, or by another replica
+        that got the same request) is dropped by the server within its deduplication window."""
         columns = ROW_COLUMNS if self.legacy else LINE_COLUMNS
-        await self.ch.insert(f"{self.table} ({columns})", payload, self.insert_settings)
+        settings = self.insert_settings
+        if self.dedup_tokens:
+            settings = {**settings, DEDUP_TOKEN: hashlib.blake2b(payload, digest_size=16).hexdigest()}
+        await self.ch.insert(f"{self.table} ({columns})", payload, settings)
 
     async def max_seqs(self, job_ids: Iterable[str]) -> dict[str, int]:
         """The highest stored seq of each of these jobs that has any line."""

@@ -4,7 +4,7 @@
 -- check (two writers) when parts merge.
 -- ${...} are filled per dialect: modern servers get LowCardinality columns, an n-gram bloom-filter index on
 -- lower(line) for text search and a TTL; legacy servers (18.16) get plain columns and a retention sweep.
-CREATE TABLE IF NOT EXISTS ${db}.log_lines
+CREATE TABLE IF NOT EXISTS ${db}.log_lines${on_cluster}
 (
     job_id      String,
     seq         UInt64,
@@ -20,7 +20,7 @@ CREATE TABLE IF NOT EXISTS ${db}.log_lines
     last        UInt8
     ${line_index}
 )
-ENGINE = ReplacingMergeTree
+ENGINE = ${replacing_merge_tree}
 PARTITION BY toYYYYMMDD(day)
 ORDER BY (job_id, seq)
 ${ttl}
