@@ -6,6 +6,11 @@ before timing starts, so the client's HMAC work is not measured), and finally me
 from "webhook accepted" to "leased by an agent that was already waiting".
 
     uv run python bench/webhooks.py [--deliveries 20000] [--connections 32] [--workers 1] [--json]
+        [--durability local|replicas|aof]
+
+``--durability replicas`` starts a replica beside the primary and sets SMITH_REDIS_DURABILITY=replicas (each
+group's pipeline ends with WAIT 1); ``aof`` sets WAITAOF. Each script's stored reply (replay.py) is in every
+figure: it is part of every state change.
 """
 
 from __future__ import annotations
@@ -145,12 +150,27 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1, help="control plane worker processes")
     ap.add_argument("--lease-samples", type=int, default=300)
     ap.add_argument("--fsync", default="always", choices=["always", "everysec"])
+    ap.add_argument("--durability", default="local", choices=["local", "replicas", "aof"])
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="smith-bench-"))
-    redis = EmbeddedRedis(tmp / "valkey", fsync=args.fsync)
+    redis = EmbeddedRedis(tmp / "valkey", port=free_port(), fsync=args.fsync)
     redis.start()
+    replica = None
+    if args.durability == "replicas":
+        replica = EmbeddedRedis(
+            tmp / "replica", port=free_port(), fsync=args.fsync, extra=(f"replicaof 127.0.0.1 {redis.port}",)
+        )
+        replica.start()
+        import redis as redis_py
+
+        probe = redis_py.Redis(port=replica.port)
+        for _ in range(200):  # the replica has synced before anything is timed
+            if probe.info("replication").get("master_link_status") == "up":
+                break
+            time.sleep(0.05)
+        probe.close()
     port = free_port()
     env = {
         **os.environ,
@@ -159,6 +179,8 @@ def main() -> None:
         "SMITH_AGENT_TOKEN_SECRET": AGENT_SECRET,
         "SMITH_JWT_SECRET": AGENT_SECRET,
         "SMITH_LOG_LEVEL": "WARNING",
+        "SMITH_REDIS_DURABILITY": args.durability,
+        "SMITH_SPOOL_DIR": str(tmp / "spool"),
     }
     server = subprocess.Popen(
         [sys.executable, "-m", "smith", "control", "serve", "--port", str(port), "--workers", str(args.workers)],
@@ -186,6 +208,7 @@ def main() -> None:
             "connections": args.connections,
             "workers": args.workers,
             "fsync": args.fsync,
+            "durability": args.durability,
             "errors": errors,
             "deliveries_per_s": round(args.deliveries / elapsed, 1),
             "latency_ms_p50": round(pct(lat, 50) * 1000, 2),
@@ -199,6 +222,8 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait(10)
+        if replica:
+            replica.stop()
         redis.stop()
     if args.json:
         print(json.dumps(result))

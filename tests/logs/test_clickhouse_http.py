@@ -145,6 +145,12 @@ async def test_a_search_has_a_time_limit_and_is_stopped_when_abandoned(
         (sql, params), *_ = [(q, p) for q, p in server_faults.seen if "LIMIT 1 BY" in q]
         assert params["max_execution_time"] == "7" and params["query_id"]
         server_faults.seen.clear()
+        await store.page("job-x")
+        await store.tail("job-x")
+        await store.summary("job-x")
+        reads = [p for q, p in server_faults.seen if q.startswith("SELECT")]
+        assert len(reads) == 3 and all(p.get("max_execution_time") == "7" for p in reads)
+        server_faults.seen.clear()
         slow = asyncio.create_task(ch.select("SELECT sleepEachRow(0.5) FROM numbers(6)"))
         while not server_faults.seen:
             await asyncio.sleep(0.01)

@@ -142,7 +142,8 @@ class LogStore:
         # On a cluster every DDL runs ON CLUSTER and the tables are Replicated* (one shard, any number of replicas).
         self.on_cluster = f" ON CLUSTER {identifier(cluster)}" if cluster else ""
         self.lock_stale_seconds = lock_stale_seconds
-        # Searches carry max_execution_time: the server stops one on its own after this long (TIMEOUT_EXCEEDED).
+        # Reads (search, page, tail, summary) carry max_execution_time: the server stops one on its own after this
+        # long (TIMEOUT_EXCEEDED) even if nobody cancels it.
         self.search_settings: dict[str, str | int] = {"max_execution_time": search_seconds}
         self.db = identifier(database)
         self.table = f"{self.db}.{TABLE}"
@@ -372,14 +373,16 @@ class LogStore:
         """Up to ``limit`` lines with seq above ``after``, in order."""
         rows = await self.ch.select(
             f"SELECT {COLUMNS} FROM {self.table} WHERE job_id = {literal(job_id)} AND seq > {int(after)} "
-            f"ORDER BY seq LIMIT {int(limit)}"
+            f"ORDER BY seq LIMIT {int(limit)}",
+            self.search_settings,
         )
         return _unique(rows)
 
     async def tail(self, job_id: str, *, limit: int = 1000) -> list[Record]:
         """The last ``limit`` lines, in order."""
         rows = await self.ch.select(
-            f"SELECT {COLUMNS} FROM {self.table} WHERE job_id = {literal(job_id)} ORDER BY seq DESC LIMIT {int(limit)}"
+            f"SELECT {COLUMNS} FROM {self.table} WHERE job_id = {literal(job_id)} ORDER BY seq DESC LIMIT {int(limit)}",
+            self.search_settings,
         )
         return _unique(list(reversed(rows)))
 
@@ -430,7 +433,8 @@ class LogStore:
             "countIf(stream = 'stderr' OR positionCaseInsensitive(line, 'error') > 0) AS errors, "
             "countIf(stream = 'stderr') AS stderr, sum(truncated) AS trunc, max(last) AS done, max(seq) AS m "
             f"FROM (SELECT seq, ts_us, stream, line, truncated, last FROM {self.table} "
-            f"WHERE job_id = {literal(job_id)} ORDER BY seq LIMIT 1 BY seq)"
+            f"WHERE job_id = {literal(job_id)} ORDER BY seq LIMIT 1 BY seq)",
+            self.search_settings,
         )
         if not rows or int(rows[0]["n"]) == 0:
             return None
