@@ -3,9 +3,14 @@
 Objects: ``<prefix>blobs/<key>`` for finished blobs and ``<prefix>uploads/<upload_id>/<part>`` for the parts of
 an upload in progress. Each incoming part is first spooled to a local file (parts are at most a few hundred
 MiB, so memory stays flat) and then PUT from that file: a seekable body is what lets a failed PUT be retried.
-``complete`` joins the parts on the S3 side with a multipart upload of ``UploadPartCopy`` calls (no bytes
-pass through this process), or one ``CopyObject`` for a single part. S3 needs every part but the last to be
-at least 5 MiB; when a client chose smaller chunks the parts are streamed through in 8 MiB pieces instead.
+``complete`` copies nothing: it writes a small manifest object at ``blobs/<key>`` (JSON, with the metadata
+``x-amz-meta-smith-parts`` and ``x-amz-meta-smith-size``) that lists the parts in order, and the parts stay
+where they were uploaded. A read serves the parts in turn (ranged GETs of the parts a range covers); a delete
+removes the parts, then the manifest. So a saved byte is written to the store once, whatever the part sizes
+(no 5 MiB minimum, no equal sizes for R2, no ``UploadPartCopy`` of gigabytes). Blobs written as one object by
+older versions are read as before. Manifests are immutable and cached in memory (``MANIFEST_CACHE`` of them).
+The janitor must not take a finished entry's parts for an abandoned upload: it drops an upload's parts only
+when its entry is gone from the metadata (``CacheService.janitor_once``).
 
 Every call goes through ``Resilient``: retries with backoff and jitter, and a circuit breaker that makes calls
 fail fast with ``Unavailable`` while the store is down. S3 calls run in the store's own thread pool (``threads``,
@@ -21,11 +26,11 @@ and a cleanup that still fails leaves the parts to the janitor instead of failin
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import tempfile
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -35,6 +40,7 @@ from typing import Any, Literal
 import boto3
 import botocore.config
 import botocore.exceptions as bexc
+import orjson
 
 from smith.adapters.filesystem import write_chunks
 from smith.adapters.resilience import CircuitBreaker, Resilient
@@ -44,9 +50,10 @@ from smith.retry import RetryPolicy
 
 log = get_logger("smith.adapters.s3")
 
-MIN_PART = 5 * 1024 * 1024
-STREAM_PART = 8 * 1024 * 1024
 READ_CHUNK = 1024 * 1024
+MANIFEST_META = "smith-parts"  # user metadata of a manifest object: how many parts it lists
+SIZE_META = "smith-size"  # and the blob's size
+MANIFEST_CACHE = 4096
 
 
 @dataclass(frozen=True)
@@ -63,7 +70,7 @@ class S3Options:
     sse_kms_key_id: str | None = None
     storage_class: str | None = None
     connect_timeout: float = 5.0
-    read_timeout: float = 300.0  # a 1 GiB UploadPartCopy can take minutes
+    read_timeout: float = 300.0  # a slow store answering a big part
     threads: int = 64
 
     @property
@@ -172,6 +179,8 @@ class S3BlobStore:
             policy or RetryPolicy(4, base=0.1, max=2.0), breaker or CircuitBreaker(), translate, self.executor
         )
         self._per_key_deletes = False  # set once a store refused DeleteObjects
+        # blob key -> its parts [(object key, size)], or None for a blob stored as one object
+        self._layouts: OrderedDict[str, list[tuple[str, int]] | None] = OrderedDict()
 
     def _blob(self, key: str) -> str:
         return f"{self.prefix}blobs/{key}"
@@ -215,87 +224,50 @@ class S3BlobStore:
                 return sizes
 
     async def complete(self, upload_id: str, parts: list[str], key: str) -> int:
+        """Write the manifest of ``parts`` (in order) as blob ``key``; the parts stay where they are. Parts of
+        the upload that are not listed are deleted (best-effort: the janitor takes what is left)."""
         sizes = await self._part_sizes(upload_id)
         missing = [p for p in parts if p not in sizes]
         if missing:
             raise NotFound(f"{len(missing)} part(s) were never uploaded")
-        total = sum(sizes[p] for p in parts)
-        target = self._blob(key)
-        if len(parts) == 1:
-            source = {"Bucket": self.bucket, "Key": self._part(upload_id, parts[0])}
-            await self.io.call(
-                self.client.copy_object, Bucket=self.bucket, Key=target, CopySource=source, **self.options.write_args()
-            )
-        else:
-            mpu = await self.io.call(
-                self.client.create_multipart_upload, Bucket=self.bucket, Key=target, **self.options.write_args()
-            )
-            try:
-                if all(sizes[p] >= MIN_PART for p in parts[:-1]):
-                    done = await self._copy_parts(upload_id, parts, target, mpu["UploadId"])
-                else:
-                    done = await self._stream_parts(upload_id, parts, target, mpu["UploadId"])
-                await self.io.call(
-                    self.client.complete_multipart_upload,
-                    Bucket=self.bucket,
-                    Key=target,
-                    UploadId=mpu["UploadId"],
-                    MultipartUpload={"Parts": done},
-                )
-            except BaseException:
-                with contextlib.suppress(Exception):
-                    await self.io.run(self._abort_mpu, target, mpu["UploadId"])
-                raise
-        try:
-            await self.abort(upload_id)
-        except SmithError as exc:  # the blob is written; the janitor removes the parts later
-            log.warning("s3 part cleanup failed; left to the janitor", upload=upload_id, error=exc.message)
+        layout = [(self._part(upload_id, p), sizes[p]) for p in parts]
+        total = sum(size for _, size in layout)
+        body = orjson.dumps({"upload": upload_id, "parts": layout})
+        await self.io.call(
+            self.client.put_object,
+            Bucket=self.bucket,
+            Key=self._blob(key),
+            Body=body,
+            ContentType="application/json",
+            Metadata={MANIFEST_META: str(len(layout)), SIZE_META: str(total)},
+            **self.options.write_args(),
+        )
+        self._remember(key, layout)
+        listed = set(parts)
+        unlisted = [self._part(upload_id, p) for p in sizes if p not in listed]
+        if unlisted and await self._delete_keys(unlisted):
+            log.warning("s3 unlisted parts not deleted; left to the janitor", upload=upload_id)
         return total
 
-    def _abort_mpu(self, key: str, upload_id: str) -> None:
-        self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+    def _remember(self, key: str, layout: list[tuple[str, int]] | None) -> None:
+        self._layouts[key] = layout
+        self._layouts.move_to_end(key)
+        while len(self._layouts) > MANIFEST_CACHE:
+            self._layouts.popitem(last=False)
 
-    async def _copy_parts(self, upload_id: str, parts: list[str], target: str, mpu: str) -> list[dict[str, Any]]:
-        async def one(number: int, part: str) -> dict[str, Any]:
-            r = await self.io.call(
-                self.client.upload_part_copy,
-                Bucket=self.bucket,
-                Key=target,
-                UploadId=mpu,
-                PartNumber=number,
-                CopySource={"Bucket": self.bucket, "Key": self._part(upload_id, part)},
-            )
-            return {"PartNumber": number, "ETag": r["CopyPartResult"]["ETag"]}
-
-        sem = asyncio.Semaphore(8)
-
-        async def bounded(number: int, part: str) -> dict[str, Any]:
-            async with sem:
-                return await one(number, part)
-
-        return list(await asyncio.gather(*(bounded(i + 1, p) for i, p in enumerate(parts))))
-
-    async def _stream_parts(self, upload_id: str, parts: list[str], target: str, mpu: str) -> list[dict[str, Any]]:
-        done: list[dict[str, Any]] = []
-        buf = bytearray()
-
-        async def flush(size: int) -> None:
-            number = len(done) + 1
-            body = bytes(buf[:size])
-            r = await self.io.call(
-                self.client.upload_part, Bucket=self.bucket, Key=target, UploadId=mpu, PartNumber=number, Body=body
-            )
-            done.append({"PartNumber": number, "ETag": r["ETag"]})
-            del buf[:size]
-
-        for part in parts:
-            async for chunk in self._read_key(self._part(upload_id, part), 0, None):
-                buf += chunk
-                while len(buf) >= STREAM_PART:  # every part but the last exactly STREAM_PART (R2 wants equal parts)
-                    await flush(STREAM_PART)
-        if buf or not done:
-            await flush(len(buf))
-        return done
+    async def _layout(self, key: str) -> list[tuple[str, int]] | None:
+        """The parts of blob ``key`` (None: one object); ``NotFound`` if there is no such blob."""
+        if key in self._layouts:
+            self._layouts.move_to_end(key)
+            return self._layouts[key]
+        head = await self.io.call(self.client.head_object, Bucket=self.bucket, Key=self._blob(key))
+        layout: list[tuple[str, int]] | None = None
+        if MANIFEST_META in head.get("Metadata", {}):
+            resp = await self.io.call(self.client.get_object, Bucket=self.bucket, Key=self._blob(key))
+            raw = await self.io.run(_read_all, resp["Body"])
+            layout = [(str(k), int(n)) for k, n in orjson.loads(raw)["parts"]]
+        self._remember(key, layout)
+        return layout
 
     async def abort(self, upload_id: str) -> None:
         """Delete an upload's parts; ``Unavailable`` if some are still there afterwards."""
@@ -335,9 +307,13 @@ class S3BlobStore:
                 failed.append(key)
         return failed
 
+    def _abort_mpu(self, key: str, upload_id: str) -> None:
+        self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+
     async def abort_stale_multipart(self, older_than: float) -> int:
-        """Abort multipart uploads under the prefix started more than ``older_than`` seconds ago (a crash in the
-        middle of ``complete``); their parts are billed until then. Best-effort: returns how many went."""
+        """Abort multipart uploads under the prefix started more than ``older_than`` seconds ago (left by older
+        versions, which joined parts with a multipart copy); their parts are billed until then. Best-effort:
+        returns how many went."""
         cutoff = time.time() - older_than
         page = await self.io.call(self.client.list_multipart_uploads, Bucket=self.bucket, Prefix=f"{self.prefix}blobs/")
         aborted = 0
@@ -356,10 +332,29 @@ class S3BlobStore:
             head = await self.io.call(self.client.head_object, Bucket=self.bucket, Key=self._blob(key))
         except NotFound:
             return None
-        return int(head["ContentLength"])
+        meta = head.get("Metadata", {})
+        return int(meta[SIZE_META]) if MANIFEST_META in meta else int(head["ContentLength"])
 
     def read(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
-        return self._read_key(self._blob(key), start, end)
+        return self._read_blob(key, start, end)
+
+    async def _read_blob(self, key: str, start: int, end: int | None) -> AsyncIterator[bytes]:
+        layout = await self._layout(key)
+        if layout is None:
+            async for chunk in self._read_key(self._blob(key), start, end):
+                yield chunk
+            return
+        pos = 0
+        for part_key, size in layout:
+            lo, hi = pos, pos + size - 1
+            pos += size
+            if size == 0 or hi < start:
+                continue
+            if end is not None and lo > end:
+                break
+            stop = hi if end is None else min(hi, end)
+            async for chunk in self._read_key(part_key, max(start, lo) - lo, stop - lo):
+                yield chunk
 
     async def _read_key(self, key: str, start: int, end: int | None) -> AsyncIterator[bytes]:
         rng = f"bytes={start}-{'' if end is None else end}"
@@ -378,7 +373,18 @@ class S3BlobStore:
             body.close()
 
     async def delete(self, key: str) -> None:
+        """Remove the blob's parts, then its manifest (or the one object); ``Unavailable`` if parts are left, so
+        the delete is retried with the manifest still there to name them."""
+        try:
+            layout = await self._layout(key)
+        except NotFound:
+            return
+        if layout:
+            left = await self._delete_keys(sorted({k for k, _ in layout}))
+            if left:
+                raise Unavailable(f"s3: {len(left)} part(s) of blob {key} could not be deleted: {left[0]}")
         await self.io.call(self.client.delete_object, Bucket=self.bucket, Key=self._blob(key))
+        self._layouts.pop(key, None)
 
     async def stale_uploads(self, older_than: float) -> list[str]:
         cutoff = time.time() - older_than
@@ -403,3 +409,10 @@ class S3BlobStore:
     async def aclose(self) -> None:
         await self.io.run(self.client.close)
         self.executor.shutdown(wait=False)
+
+
+def _read_all(body: Any) -> bytes:
+    try:
+        return bytes(body.read())
+    finally:
+        body.close()

@@ -349,10 +349,6 @@ class Metadata:
         async with connect.errors():
             return [int(i) for i in await self.r.zrangebyscore(K.UPLOADS, "-inf", cutoff, start=0, num=1000)]
 
-    async def pending(self, entry_id: int) -> bool:
-        async with connect.errors():
-            return await self.r.zscore(K.UPLOADS, str(entry_id)) is not None
-
     async def add_gc(self, blob_key: str) -> None:
         async with connect.errors():
             await self.r.sadd(K.GC, blob_key)

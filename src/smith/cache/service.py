@@ -341,7 +341,8 @@ class CacheService:
         for entry_id in await self.meta.stale_uploads(now - ttl):
             done["uploads"] += int(await self.delete(entry_id))
         for upload in await self.store.stale_uploads(ttl):
-            if not upload.isdigit() or not await self.meta.pending(int(upload)):
+            # An upload is abandoned once its entry is gone; a finished entry's blob may still be its parts (S3).
+            if not upload.isdigit() or await self.meta.get(int(upload)) is None:
                 try:
                     await self.store.abort(upload)
                     done["orphans"] += 1
