@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from smith.adapters.firecracker.jailer import Jail, JailSpec, jail_name
+from smith.adapters.firecracker.jailer import Jail, JailSpec, cgroup2_root, jail_name
 from smith.adapters.firecracker.network import TapNetwork
 from smith.errors import ConfigError, InvalidInput, VMError
 from tests.agent.firecracker_support import run
@@ -72,7 +72,22 @@ def test_command_line(tmp_path: Path) -> None:
     assert "--daemonize" not in jail.command()  # stdout is the serial console we read
     assert jail.root == tmp_path / "jails" / "firecracker" / "smith-vm1" / "root"
     assert jail.host("/run/firecracker.socket") == jail.root / "run" / "firecracker.socket"
-    assert jail.cgroup_dir() == Path("/sys/fs/cgroup/smith/smith-vm1")
+    assert jail.cgroup_dir() == cgroup2_root() / "smith" / "smith-vm1"  # where the jailer makes it
+
+
+def test_the_cgroup_root_is_the_first_cgroup2_mount_as_the_jailer_finds_it(tmp_path: Path) -> None:
+    # A hybrid host (cgroup v1 controllers, cgroup2 at /sys/fs/cgroup/unified): the jailer takes the first
+    # cgroup2 mount, so cleanup must look there, not under a hard-coded /sys/fs/cgroup.
+    mounts = tmp_path / "mounts"
+    mounts.write_text(
+        "tmpfs /sys/fs/cgroup tmpfs rw 0 0\n"
+        "cgroup /sys/fs/cgroup/cpu cgroup rw,cpu 0 0\n"
+        "cgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\n"
+        "cgroup2 /mnt/other cgroup2 rw 0 0\n"
+    )
+    assert cgroup2_root(mounts) == Path("/sys/fs/cgroup/unified")
+    mounts.write_text("proc /proc proc rw 0 0\n")
+    assert cgroup2_root(mounts) == Path("/sys/fs/cgroup")
 
 
 @pytest.mark.parametrize(
