@@ -29,6 +29,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from typing import IO, Any
 
@@ -145,16 +146,24 @@ def reseed(seed: bytes) -> None:
         pass
 
 
-def read_mmds(address: str) -> dict[str, Any]:
-    """MMDS V2: PUT a session token, then GET the config; poll until the host has put it there."""
+TOKEN_TTL = 21600  # seconds a MMDS V2 session token is valid (the most Firecracker allows)
+
+
+def read_mmds(address: str, sleep: Any = time.sleep) -> dict[str, Any]:
+    """MMDS V2: PUT a session token once (renewed before it expires or when refused), then GET the config; poll
+    until the host has put it there, backing off from 50 ms to 1 s (a warm VM may wait for minutes, and
+    Firecracker's MMDS serves at most 30 connections)."""
     base = f"http://{address}"
+    token, expires, delay = "", 0.0, 0.05
     while True:
         try:
-            req = urllib.request.Request(
-                f"{base}/latest/api/token", method="PUT", headers={"X-metadata-token-ttl-seconds": "21600"}
-            )
-            with urllib.request.urlopen(req, timeout=2) as r:
-                token = r.read().decode()
+            if not token or time.monotonic() > expires:
+                req = urllib.request.Request(
+                    f"{base}/latest/api/token", method="PUT", headers={"X-metadata-token-ttl-seconds": str(TOKEN_TTL)}
+                )
+                with urllib.request.urlopen(req, timeout=2) as r:
+                    token = r.read().decode()
+                expires = time.monotonic() + TOKEN_TTL - 60
             req = urllib.request.Request(
                 f"{base}/smith/config", headers={"X-metadata-token": token, "Accept": "application/json"}
             )
@@ -163,9 +172,13 @@ def read_mmds(address: str) -> dict[str, Any]:
             if body.strip():
                 data = json.loads(body)
                 return dict(json.loads(data) if isinstance(data, str) else data)
+        except urllib.error.HTTPError as exc:
+            if exc.code == 401:
+                token = ""  # expired or unknown: a new one next time
         except (OSError, ValueError):
             pass
-        time.sleep(0.05)
+        sleep(delay)
+        delay = min(delay * 2, 1.0)
 
 
 def command(config: dict[str, Any]) -> tuple[list[str], list[str]]:
