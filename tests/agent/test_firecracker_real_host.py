@@ -19,6 +19,7 @@ import pytest
 from smith.adapters.firecracker.jailer import chroot_base_problem
 from smith.adapters.firecracker.vmm import FirecrackerConfig, FirecrackerVMM
 from smith.errors import ConfigError, VMError
+from smith.testing.firecracker import first_cgroup2_mount
 from tests.agent.firecracker_support import SHAPE, guest_config, make_rig
 
 EXT4_ROOT = b"\0" * 1080 + b"\x53\xef" + b"\0" * 2014  # an ext4 superblock's magic: a disk the kernel can mount
@@ -166,3 +167,21 @@ def test_a_chroot_base_on_a_nodev_or_noexec_mount_is_refused_at_start(options: s
     finally:
         subprocess.run(["umount", str(where)], check=False)
         where.rmdir()
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or first_cgroup2_mount() is None, reason="needs root and a cgroup2 mount (the jailer's cgroup)"
+)
+async def test_the_vms_cgroup_is_removed_from_where_the_jailer_made_it() -> None:
+    # On a hybrid host cgroup2 is at /sys/fs/cgroup/unified: the jailer uses the first cgroup2 mount.
+    mount = first_cgroup2_mount()
+    assert mount is not None
+    for rig in make_rig(jailed=True, parent_cgroup="smith-fc16-test"):
+        machine = await rig.vmm.boot(SHAPE, "cg")
+        made = mount / "smith-fc16-test" / "smith-cg"
+        try:
+            assert made.is_dir()
+        finally:
+            await machine.stop()
+            assert not made.exists()
+            (mount / "smith-fc16-test").rmdir()
