@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -17,7 +18,7 @@ import yaml
 
 from smith.adapters.firecracker.vmm import FirecrackerConfig, FirecrackerVMM
 from smith.domain.vms import VMShape
-from smith.testing.firecracker import default_spec_path, write_stand_in
+from smith.testing.firecracker import default_spec_path, first_cgroup2_mount, write_stand_in
 from smith.testing.network import MemoryNetwork
 from smith.wire.agent import JobSpec, RunnerCredential
 from smith.wire.guest import GuestConfig
@@ -126,6 +127,11 @@ def make_rig(
             socket_timeout=10.0,
             **config,
         )
-        yield Rig(base, FirecrackerVMM(cfg, network), network, records)
+        vmm = FirecrackerVMM(cfg, network)
+        yield Rig(base, vmm, network, records)
     finally:
         shutil.rmtree(base, ignore_errors=True)
+        mount = first_cgroup2_mount()
+        if jailed and mount is not None:  # as root the fake jailer made its parent cgroup, as the real one does
+            with contextlib.suppress(OSError, UnboundLocalError):
+                (mount / (vmm.config.parent_cgroup or vmm.config.firecracker_bin.name)).rmdir()
