@@ -190,3 +190,24 @@ async def test_the_vms_cgroup_is_removed_from_where_the_jailer_made_it() -> None
             await machine.stop()
             assert not made.exists()
             (mount / "smith-fc16-test").rmdir()
+
+
+async def test_a_clone_takes_its_own_address_and_mac_not_its_templates() -> None:
+    # A snapshot holds the template's MAC and address; Firecracker's restore only swaps the tap. The config's
+    # envelope names the clone's own identity (with the host's clock and a seed), which the guest agent takes.
+    for rig in make_rig():
+        source = await rig.vmm.boot(SHAPE, "tmpl")
+        try:
+            snap = await rig.vmm.snapshot(source, rig.base / "snapshots" / "tmpl")
+            clone = await rig.vmm.boot_from_snapshot(SHAPE, "clone-1", snap)
+            try:
+                await clone.assign(guest_config("echo cloned"))
+                events = [e async for e in clone.events()]
+            finally:
+                await clone.stop()
+        finally:
+            await source.stop()
+        assert source.slot is not None and clone.slot is not None and source.slot.mac != clone.slot.mac
+        identities = [e.line for e in events if e.stream == "system" and e.line.startswith("eth0: ")]
+        assert identities[-1] == f"eth0: {clone.slot.mac} {clone.slot.guest_ip}/{clone.slot.prefix}"
+        assert "cloned" in [e.line for e in events if e.stream == "stdout"]

@@ -91,3 +91,17 @@ def test_a_refused_token_is_replaced(mmds: MMDS) -> None:
 
     assert read_mmds(mmds.address, sleep=sleep) == mmds.config
     assert len(mmds.tokens) == 3  # ours, the intruder, and the one fetched after the 401
+
+
+def test_a_clone_takes_the_network_identity_its_envelope_names() -> None:
+    from smith.guest.agent import set_network
+
+    ran: list[list[str]] = []
+    net = {"ip": "172.30.0.9/24", "gw": "172.30.0.1", "mac": "06:00:ac:1e:00:09"}
+    set_network(net, run=lambda argv, **_: ran.append(argv), iface="smith-no-such-if")
+    assert ["ip", "link", "set", "smith-no-such-if", "address", "06:00:ac:1e:00:09"] in ran
+    assert ["ip", "addr", "add", "172.30.0.9/24", "dev", "smith-no-such-if"] in ran
+    assert ["ip", "route", "replace", "default", "via", "172.30.0.1"] in ran
+    assert ran.index(["ip", "addr", "flush", "dev", "smith-no-such-if"]) < ran.index(
+        ["ip", "addr", "add", "172.30.0.9/24", "dev", "smith-no-such-if"]
+    )

@@ -104,11 +104,15 @@ def read_port(path: str) -> dict[str, Any]:
     return dict(json.loads(buf.split(b"\n", 1)[0]))
 
 
-def unwrap(message: dict[str, Any], set_clock: bool = False) -> dict[str, Any]:
-    """The config inside a host envelope (setting the clock and seeding entropy first), or the message itself."""
+def unwrap(message: dict[str, Any], set_clock: bool = False, set_net: bool = False) -> dict[str, Any]:
+    """The config inside a host envelope (setting the clock, seeding entropy and, with ``set_net``, taking the
+    network identity it names first), or the message itself."""
     global CLOCK_OFFSET
     if "config" not in message or "job" in message:
         return message
+    net = message.get("net")
+    if set_net and isinstance(net, dict):
+        set_network(net)
     host_now = message.get("now")
     if isinstance(host_now, int | float):
         CLOCK_OFFSET = float(host_now) - time.time()
@@ -123,6 +127,33 @@ def unwrap(message: dict[str, Any], set_clock: bool = False) -> dict[str, Any]:
         with contextlib.suppress(ValueError):
             reseed(bytes.fromhex(seed))
     return dict(message["config"])
+
+
+def set_network(net: dict[str, Any], run: Any = subprocess.run, iface: str = "eth0") -> None:
+    """Take the address, MAC, gateway and resolver the host gives this VM (a clone restored from a snapshot still
+    has its template's), unless it has them already (a cold boot got them on the kernel command line)."""
+    try:
+        with open(f"/sys/class/net/{iface}/address", encoding="ascii") as f:
+            current = f.read().strip()
+    except OSError:
+        current = ""
+    if current == str(net.get("mac", "")).lower():
+        return
+    steps = [
+        ["ip", "link", "set", iface, "down"],
+        ["ip", "link", "set", iface, "address", str(net["mac"])],
+        ["ip", "link", "set", iface, "up"],
+        ["ip", "addr", "flush", "dev", iface],
+        ["ip", "addr", "add", str(net["ip"]), "dev", iface],
+        ["ip", "route", "replace", "default", "via", str(net["gw"])],
+        ["ip", "route", "replace", MMDS_IP, "dev", iface],
+    ]
+    for argv in steps:
+        with contextlib.suppress(OSError):
+            run(argv, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if net.get("dns"):
+        with contextlib.suppress(OSError), open("/etc/resolv.conf", "w", encoding="ascii") as f:
+            f.write(f"nameserver {net['dns']}\n")
 
 
 RNDADDENTROPY = 0x40085203
@@ -304,6 +335,9 @@ def main() -> int:
     ap.add_argument("--config-file", help="Read the config from this file (waits until it exists)")
     ap.add_argument("--config-port", help="Read the config as one JSON line from this (virtio-serial) port")
     ap.add_argument("--set-clock", action="store_true", help="Set the system clock from the host's (VM only)")
+    ap.add_argument(
+        "--set-net", action="store_true", help="Take the network identity the host's envelope names (VM only)"
+    )
     ap.add_argument("--announce", action="store_true", help='Write {"smith": "ready"} while waiting for the config')
     ap.add_argument("--mmds", nargs="?", const=MMDS_IP, help="Read the config from Firecracker's MMDS")
     ap.add_argument("--out", default="-", help="Where events go: a path (e.g. a virtio serial port) or - for stdout")
@@ -313,7 +347,7 @@ def main() -> int:
     if args.announce:
         stream.write(json.dumps({"smith": "ready", "ts": time.time()}) + "\n")
         stream.flush()
-    config = unwrap(read_config(args), set_clock=args.set_clock)
+    config = unwrap(read_config(args), set_clock=args.set_clock, set_net=args.set_net)
     _, secrets = command(config)
     out = Output(stream, secrets)
     code = run(config, out, args.workdir)

@@ -55,7 +55,8 @@ if [ -e /dev/virtio-ports/smith.config ]; then
 else
     # Firecracker: config from MMDS over eth0, events on the serial console.
     ip route add 169.254.169.254 dev eth0 2>/dev/null
-    $agent --mmds --out /dev/ttyS0 --announce --set-clock &
+    # --set-net: a clone restored from a snapshot takes its own address and MAC from the config's envelope.
+    $agent --mmds --out /dev/ttyS0 --announce --set-clock --set-net &
 fi
 wait $!
 sync

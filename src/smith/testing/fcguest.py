@@ -9,6 +9,9 @@
 * Network: the kernel has no IP autoconfiguration; the image's init reads ``smith.ip=``/``smith.gw=``/
   ``smith.dns=`` and adds the route to MMDS through eth0. Without ``smith.ip`` the guest has no address and
   no route, never reaches MMDS, and waits for its job forever.
+* Identity: the guest's MAC (``guest_mac``) and address (``smith.ip=``) are fixed at boot; a VM restored from a
+  snapshot keeps its template's until the image's guest agent (``--set-net``) takes the ones the config's
+  envelope names. The guest prints ``eth0: <mac> <address>`` on the console whenever they are set.
 * Shutdown: when the guest agent is done, init runs its last command (read from the image's ``init.sh``). On
   x86 ``poweroff -f`` halts the vCPUs and Firecracker keeps running; ``reboot -f`` with ``reboot=k`` exits it.
   Ctrl+Alt+Del makes the kernel signal PID 1 (SIGINT), which a shell init ignores unless it traps it; a
@@ -94,6 +97,7 @@ class Guest:
         self.booted = False  # init runs
         self.networked = False  # eth0 has an address and a route to MMDS
         self.halted = False
+        self.identity = ("", "")  # eth0's MAC and address/prefix
         api.on_change = self.changed
 
     @property
@@ -105,6 +109,7 @@ class Guest:
             self._boot()
         if event == "running" and not self.booted:  # restored from a snapshot: as it was when saved
             self.booted = self.networked = True
+            self._identify(*self._boot_identity())
         if event == "paused" and self.proc is not None:
             _signal_group(self.proc, signal.SIGSTOP)
         if event == "running" and self.proc is not None:
@@ -114,7 +119,19 @@ class Guest:
             return
         config = ((self.api.mmds or {}).get("smith") or {}).get("config")
         if self.api.state == "Running" and self.networked and config and self.task is None and not self.halted:
+            net = config.get("net") if isinstance(config, dict) else None
+            if isinstance(net, dict) and "--set-net" in INIT_SH.read_text():
+                self._identify(str(net.get("mac", "")), str(net.get("ip", "")))
             self.task = asyncio.ensure_future(self._run(config))
+
+    def _boot_identity(self) -> tuple[str, str]:
+        mac = str((self.api.ifaces.get("eth0") or {}).get("guest_mac", ""))
+        ip = next((w.split("=", 1)[1] for w in self.boot_args.split() if w.startswith("smith.ip=")), "")
+        return mac, ip
+
+    def _identify(self, mac: str, ip: str) -> None:
+        self.identity = (mac, ip)
+        self.console.line(f"eth0: {mac} {ip}")
 
     def _boot(self) -> None:
         c = self.console
@@ -131,6 +148,8 @@ class Guest:
         self.booted = True
         c.line("[    0.412000] Run /sbin/init as init process")
         self.networked = "smith.ip=" in self.boot_args
+        if self.networked:
+            self._identify(*self._boot_identity())
         c.write(json.dumps({"smith": "ready", "ts": time.time()}).encode() + b"\n")
 
     def _reboot(self) -> None:

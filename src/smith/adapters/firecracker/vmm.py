@@ -166,6 +166,7 @@ class FirecrackerMachine:
         self.console: Console | None = None
         self.client: FirecrackerClient | None = None
         self.slot: Slot | None = None
+        self.net: dict[str, str] = {}  # the guest's network identity, handed over again in assign() (clones)
         self.command: list[str] = []
         self.jailer_command: list[str] = []
         self.boot_args = ""
@@ -203,7 +204,13 @@ class FirecrackerMachine:
             raise VMError(f"VM {self.id} already has a job")
         if self.process is not None and self.process.returncode is not None:
             raise self.died("is gone")
-        envelope = {"config": config.model_dump(mode="json"), "now": time.time(), "seed": os.urandom(32).hex()}
+        envelope: dict[str, object] = {
+            "config": config.model_dump(mode="json"),
+            "now": time.time(),
+            "seed": os.urandom(32).hex(),
+        }
+        if self.net:  # a clone restored from a snapshot has its template's address and MAC until it takes these
+            envelope["net"] = self.net
         data = {"smith": {"config": envelope}}
         size = len(orjson.dumps(data))
         if size > self.payload_limit:
@@ -455,6 +462,8 @@ class _Boot:
             await network.release(slot)
 
         self.cleanup.push("network", release)
+        dns = guest_resolver(self.config.dns)
+        self.machine.net = {"ip": f"{slot.guest_ip}/{slot.prefix}", "gw": slot.gateway_ip, "mac": slot.mac, "dns": dns}
         self.state["slot"] = asdict(slot)
         self.save_state()
 
@@ -539,8 +548,8 @@ class _Boot:
         args = self.config.boot_args
         slot = self.machine.slot
         if slot is not None:  # the image's init configures eth0 from these (the kernel has no ip= of its own)
-            dns = guest_resolver(self.config.dns)
-            args += f" smith.ip={slot.guest_ip}/{slot.prefix} smith.gw={slot.gateway_ip} smith.dns={dns}"
+            net = self.machine.net
+            args += f" smith.ip={net['ip']} smith.gw={net['gw']} smith.dns={net['dns']}"
         self.machine.boot_args = args
         initrd = self.path(INITRD) if self.config.initramfs else None
         await self.machine.api.put_boot_source(
