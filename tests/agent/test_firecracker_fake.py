@@ -242,3 +242,12 @@ def test_mmds_data_store_limit(spec: Spec) -> None:
     assert call(fc, "PUT", "/mmds", {"a": 1})[0] == 204
     assert "data store limit" in fault(call(fc, "PATCH", "/mmds", {"blob": "x" * 200}))
     assert fc.mmds == {"a": 1}
+
+
+def test_a_network_interface_needs_its_tap_in_this_namespace(spec: Spec) -> None:
+    fc = FakeFirecracker(spec, check_taps=True)  # as Firecracker: it opens the tap when the interface is added
+    body = {"iface_id": "eth0", "host_dev_name": "smt-no-such-tap", "guest_mac": "06:00:00:00:00:02"}
+    status, answer = fc.handle("PUT", "/network-interfaces/eth0", json.dumps(body).encode())
+    assert status == 400 and "Invalid TUN/TAP Backend provided by smt-no-such-tap" in answer["fault_message"]
+    body["host_dev_name"] = "lo"  # exists in every namespace
+    assert fc.handle("PUT", "/network-interfaces/eth0", json.dumps(body).encode())[0] == 204

@@ -20,7 +20,7 @@ import pytest
 from smith.adapters.firecracker.jailer import chroot_base_problem
 from smith.adapters.firecracker.vmm import FirecrackerConfig, FirecrackerVMM
 from smith.errors import ConfigError, VMError
-from smith.testing.firecracker import first_cgroup2_mount
+from smith.testing.firecracker import first_cgroup2_mount, mount_problems
 from tests.agent.firecracker_support import SHAPE, guest_config, make_rig
 
 EXT4_ROOT = b"\0" * 1080 + b"\x53\xef" + b"\0" * 2014  # an ext4 superblock's magic: a disk the kernel can mount
@@ -160,6 +160,7 @@ def test_a_chroot_base_on_a_nodev_or_noexec_mount_is_refused_at_start(options: s
     try:
         problem = chroot_base_problem(where / "jails")
         assert options in problem and "mount" in problem
+        assert mount_problems(where)  # the (fake) jailer fails there too
         assert chroot_base_problem(Path("/var/tmp")) == "" or "/var/tmp" in chroot_base_problem(Path("/var/tmp"))
         kernel = where.parent / "fc16-vmlinux"
         kernel.write_bytes(b"\x7fELF")

@@ -614,7 +614,7 @@ def jailer_main(argv: list[str]) -> int:
     if not Path(args.chroot_base_dir).is_dir():
         problems.append(f"Invalid chroot base dir: {args.chroot_base_dir}")
     else:
-        problems += _mount_problems(Path(args.chroot_base_dir))
+        problems += mount_problems(Path(args.chroot_base_dir))
     for item in args.cgroup:
         if not re.fullmatch(r"[a-z_]+\.[a-z_.]+=.+", item):
             problems.append(f"Invalid cgroup: {item}")
@@ -644,7 +644,7 @@ def jailer_main(argv: list[str]) -> int:
     return 1  # not reached
 
 
-def _mount_problems(base: Path) -> list[str]:
+def mount_problems(base: Path) -> list[str]:
     """The jailer copies Firecracker into the chroot and execs it there, and makes /dev/kvm and /dev/net/tun
     nodes in it: neither works on a noexec or nodev mount."""
     flags = os.statvfs(base).f_flag
