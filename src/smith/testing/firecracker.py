@@ -37,7 +37,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from smith.testing.fcguest import Guest
+from smith.testing.fcguest import Console, Guest
 from smith.testing.openapi import strict
 
 VERSION = "1.16.1"
@@ -536,8 +536,16 @@ async def run_binary(args: argparse.Namespace) -> int:
     api.check_taps = args.taps == "check"
     done = asyncio.Event()
     guest = Guest(api, done) if not args.no_guest else None
-    if guest is None:  # no guest to reboot, but Ctrl+Alt+Del still ends the process (reboot=k)
-        api.on_change = lambda event: done.set() if event == "ctrl-alt-del" else None
+    if guest is None:  # an idle guest: it says it is ready and reboots on Ctrl+Alt+Del (reboot=k), nothing more
+        console = Console()
+
+        def idle(event: str) -> None:
+            if event == "start":
+                console.write(b'{"smith": "ready"}\n')
+            if event == "ctrl-alt-del":
+                done.set()
+
+        api.on_change = idle
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, done.set)
