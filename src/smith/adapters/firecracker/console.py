@@ -16,6 +16,7 @@ import asyncio
 import collections
 import contextlib
 import fcntl
+import os
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -30,15 +31,33 @@ F_SETPIPE_SZ = 1031
 READY = b'"smith": "ready"'
 
 
-def enlarge_pipe(fd: int, size: int = PIPE_SIZE) -> None:
-    """Best effort: a bigger pipe buffer (an unprivileged process may go up to pipe-max-size, 1 MiB by default)."""
+def console_pipe(size: int = PIPE_SIZE) -> tuple[int, int]:
+    """A pipe for Firecracker's stdout, its buffer enlarged (best effort: an unprivileged process may go up to
+    /proc/sys/fs/pipe-max-size, 1 MiB by default). Returns (read end, write end)."""
+    read_fd, write_fd = os.pipe()
     with contextlib.suppress(OSError):
-        fcntl.fcntl(fd, F_SETPIPE_SZ, size)
+        fcntl.fcntl(write_fd, F_SETPIPE_SZ, size)
+    return read_fd, write_fd
+
+
+async def open_console(read_fd: int, on_event: Callable[[GuestEvent], None] | None = None) -> Console:
+    """The console reading ``read_fd`` (taken over: closed with the console)."""
+    reader = asyncio.StreamReader()
+    transport, _ = await asyncio.get_running_loop().connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(read_fd, "rb", buffering=0)
+    )
+    return Console(reader, on_event, transport)
 
 
 class Console:
-    def __init__(self, stream: asyncio.StreamReader, on_event: Callable[[GuestEvent], None] | None = None) -> None:
+    def __init__(
+        self,
+        stream: asyncio.StreamReader,
+        on_event: Callable[[GuestEvent], None] | None = None,
+        transport: asyncio.BaseTransport | None = None,
+    ) -> None:
         self.stream = stream
+        self.transport = transport
         self.on_event = on_event
         self.ready = asyncio.Event()
         self.closed = asyncio.Event()
@@ -95,6 +114,8 @@ class Console:
         self.task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self.task
+        if self.transport is not None:
+            self.transport.close()
 
 
 def _guest_event(text: str) -> GuestEvent | None:

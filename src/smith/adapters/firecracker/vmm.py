@@ -42,7 +42,7 @@ import orjson
 
 from smith.adapters.childenv import minimal_env
 from smith.adapters.firecracker.client import FirecrackerClient, wait_for_socket
-from smith.adapters.firecracker.console import Console, enlarge_pipe
+from smith.adapters.firecracker.console import Console, console_pipe, open_console
 from smith.adapters.firecracker.jailer import API_SOCKET, Jail, JailSpec, chroot_base_problem, jail_name
 from smith.adapters.firecracker.models import (
     BootSource,
@@ -481,40 +481,41 @@ class _Boot:
             argv = [str(c.firecracker_bin), "--api-sock", sock, "--id", machine.name, *self.vmm._limits()]
         machine.command = argv
         stderr = (self.jail.dir / "stderr.log").open("ab")
+        read_fd, write_fd = console_pipe()  # the serial console; Firecracker drops what nobody reads
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv,
                 stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
+                stdout=write_fd,
                 stderr=stderr,
                 start_new_session=True,
-                limit=1 << 20,
                 env=minimal_env(),  # never the agent's credentials (the jailer passes its env on to firecracker)
             )
         except OSError as exc:
+            os.close(read_fd)
             raise VMError(f"cannot start {argv[0]}: {exc}") from exc
         finally:
             stderr.close()
+            os.close(write_fd)
         machine.process = proc
-        assert proc.stdout is not None
-        transport = getattr(proc, "_transport", None)
-        pipe = transport.get_pipe_transport(1) if transport is not None else None
-        fd = pipe.get_extra_info("pipe").fileno() if pipe is not None else -1
-        if fd >= 0:
-            enlarge_pipe(fd)
-        console = Console(proc.stdout, on_event=machine.guest_event)  # drained from now on: Firecracker drops
-        machine.console = console  # what nobody reads
 
         async def kill() -> None:
             if proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(proc.pid, signal.SIGKILL)
             await proc.wait()
-            await console.close()
+            if machine.console is not None:
+                await machine.console.close()
 
         self.cleanup.push("process", kill)
         self.state["pid"] = proc.pid
         self.save_state()
+        try:
+            machine.console = await open_console(read_fd, on_event=machine.guest_event)  # drained from now on
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.close(read_fd)
+            raise
 
     async def socket(self) -> None:
         machine = self.machine
