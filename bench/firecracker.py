@@ -51,11 +51,11 @@ async def api_round_trips(base: Path, calls: int) -> None:
 
 
 async def boots(base: Path, vms: int) -> None:
-    kernel, rootfs = base / "vmlinux", base / "rootfs.ext4"
+    kernel, rootfs = base / "vmlinux", base / "initrd.cpio"
     kernel.write_bytes(b"\x7fELF" + b"\0" * 60)
-    rootfs.write_bytes(b"\0" * 4096)
+    rootfs.write_bytes(b"070701" + b"\0" * 4090)  # an initramfs, as `smith image build` makes
     rootfs.chmod(0o644)
-    binary = write_stand_in(base / "firecracker", "--spec", str(SPEC), "--no-guest")
+    binary = write_stand_in(base / "firecracker", "--spec", str(SPEC), "--no-guest", "--taps", "ignore")
     config = FirecrackerConfig(
         kernel=kernel, rootfs=rootfs, chroot_base=base / "jails", firecracker_bin=binary, use_jailer=False
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -17,7 +18,7 @@ import yaml
 
 from smith.adapters.firecracker.vmm import FirecrackerConfig, FirecrackerVMM
 from smith.domain.vms import VMShape
-from smith.testing.firecracker import default_spec_path, write_stand_in
+from smith.testing.firecracker import default_spec_path, first_cgroup2_mount, write_stand_in
 from smith.testing.network import MemoryNetwork
 from smith.wire.agent import JobSpec, RunnerCredential
 from smith.wire.guest import GuestConfig
@@ -82,8 +83,13 @@ class Rig:
         return sorted(jails.iterdir()) if jails.exists() else []
 
 
-def make_rig(*fake_args: str, jailed: bool = False, **config: Any) -> Iterator[Rig]:
-    """``jailed``: through the fake jailer (paths in API bodies are then inside the VM's chroot). The jail user
+def make_rig(
+    *fake_args: str, jailed: bool = False, rootfs_bytes: bytes = b"", network: Any = None, **config: Any
+) -> Iterator[Rig]:
+    """``rootfs_bytes``: the root filesystem's bytes (default: an initramfs). ``network``: default an in-memory
+    one, which makes no taps (the fake then does not look for them).
+
+    ``jailed``: through the fake jailer (paths in API bodies are then inside the VM's chroot). The jail user
     is this test's own user: the interpreter under /root could not be run by another one."""
     # Unix socket paths are limited to 107 bytes: keep the base short, not under pytest's long tmp_path.
     base = Path(tempfile.mkdtemp(prefix="fc", dir="/tmp"))
@@ -92,13 +98,22 @@ def make_rig(*fake_args: str, jailed: bool = False, **config: Any) -> Iterator[R
         records.mkdir()
         kernel = base / "vmlinux"
         kernel.write_bytes(b"\x7fELF" + b"\0" * 60)
-        rootfs = base / "rootfs.ext4"
-        rootfs.write_bytes(b"\0" * 4096)
+        rootfs = base / "initrd.cpio"  # what `smith image build` makes: an initramfs (booted as initrd_path)
+        rootfs.write_bytes(b"070701" + b"\0" * 4090)
+        if rootfs_bytes:
+            rootfs = base / "rootfs.ext4"
+            rootfs.write_bytes(rootfs_bytes)
         rootfs.chmod(0o644)
         binary = write_stand_in(
-            base / "firecracker", "--spec", str(SPEC_PATH), "--record-dir", str(records), *fake_args
+            base / "firecracker",
+            "--spec",
+            str(SPEC_PATH),
+            "--record-dir",
+            str(records),
+            *(["--taps", "ignore"] if network is None else []),
+            *fake_args,
         )
-        network = MemoryNetwork()
+        network = network or MemoryNetwork()
         if jailed:
             jailer = write_stand_in(base / "jailer", "--record-dir", str(records), jailer=True)
             config = {"jailer_bin": jailer, "uid": os.geteuid(), "gid": os.getegid(), **config}
@@ -112,6 +127,11 @@ def make_rig(*fake_args: str, jailed: bool = False, **config: Any) -> Iterator[R
             socket_timeout=10.0,
             **config,
         )
-        yield Rig(base, FirecrackerVMM(cfg, network), network, records)
+        vmm = FirecrackerVMM(cfg, network)
+        yield Rig(base, vmm, network, records)
     finally:
         shutil.rmtree(base, ignore_errors=True)
+        mount = first_cgroup2_mount()
+        if jailed and mount is not None:  # as root the fake jailer made its parent cgroup, as the real one does
+            with contextlib.suppress(OSError, UnboundLocalError):
+                (mount / (vmm.config.parent_cgroup or vmm.config.firecracker_bin.name)).rmdir()

@@ -119,7 +119,10 @@ async def test_firecrackers_own_log_and_metrics_reach_the_log_pipeline(
             by_step.setdefault(x["step"], []).append(x["line"])
         assert any(t == "from-the-guest" for t in by_step[""])
         assert any(t.endswith(f"Running Firecracker v{VERSION}") for t in by_step["firecracker"])
-        assert any(t.endswith("Sending CTRL+ALT+DEL to the guest") for t in by_step["firecracker"])  # from its stop
+        assert any(
+            t.endswith("Successfully started microvm that was configured from the API") for t in by_step["firecracker"]
+        )
+        # (no Ctrl+Alt+Del from stop(): the guest's init rebooted when the job was done, and Firecracker exited)
         metrics = [orjson.loads(t) for t in by_step["firecracker-metrics"]]
         assert metrics and all("utc_timestamp_ms" in m for m in metrics)
         assert lines[-1]["line"] == "exit code 0" and lines[-1]["last"] and page["complete"]

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from smith.testing.fcguest import Console
 from smith.testing.firecracker import POST_BOOT, PRE_BOOT, FakeFirecracker, Spec
 from tests.agent.firecracker_support import SPEC_PATH
 
@@ -242,3 +244,33 @@ def test_mmds_data_store_limit(spec: Spec) -> None:
     assert call(fc, "PUT", "/mmds", {"a": 1})[0] == 204
     assert "data store limit" in fault(call(fc, "PATCH", "/mmds", {"blob": "x" * 200}))
     assert fc.mmds == {"a": 1}
+
+
+def test_a_network_interface_needs_its_tap_in_this_namespace(spec: Spec) -> None:
+    fc = FakeFirecracker(spec, check_taps=True)  # as Firecracker: it opens the tap when the interface is added
+    body = {"iface_id": "eth0", "host_dev_name": "smt-no-such-tap", "guest_mac": "06:00:00:00:00:02"}
+    status, answer = fc.handle("PUT", "/network-interfaces/eth0", json.dumps(body).encode())
+    assert status == 400 and "Invalid TUN/TAP Backend provided by smt-no-such-tap" in answer["fault_message"]
+    body["host_dev_name"] = "lo"  # exists in every namespace
+    assert fc.handle("PUT", "/network-interfaces/eth0", json.dumps(body).encode())[0] == 204
+
+
+def test_the_console_drops_what_does_not_fit_in_the_pipe() -> None:
+    # Firecracker's stdout is non-blocking: with nobody reading, a full pipe loses bytes instead of blocking.
+    read_end, write_end = os.pipe()
+    try:
+        console = Console(write_end)
+        for i in range(4000):
+            console.line(f"line {i:05d} " + "x" * 90)
+        got = b""
+        while True:
+            try:
+                chunk = os.read(read_end, 1 << 16)
+            except BlockingIOError:
+                break
+            got += chunk
+            os.set_blocking(read_end, False)
+        assert console.dropped > 0 and len(got) + console.dropped == 4000 * 103
+    finally:
+        os.close(read_end)
+        os.close(write_end)

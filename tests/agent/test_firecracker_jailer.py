@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from smith.adapters.firecracker.jailer import Jail, JailSpec, jail_name
+from smith.adapters.firecracker.jailer import Jail, JailSpec, cgroup2_root
 from smith.adapters.firecracker.network import TapNetwork
 from smith.errors import ConfigError, InvalidInput, VMError
 from tests.agent.firecracker_support import run
@@ -72,7 +72,22 @@ def test_command_line(tmp_path: Path) -> None:
     assert "--daemonize" not in jail.command()  # stdout is the serial console we read
     assert jail.root == tmp_path / "jails" / "firecracker" / "smith-vm1" / "root"
     assert jail.host("/run/firecracker.socket") == jail.root / "run" / "firecracker.socket"
-    assert jail.cgroup_dir() == Path("/sys/fs/cgroup/smith/smith-vm1")
+    assert jail.cgroup_dir() == cgroup2_root() / "smith" / "smith-vm1"  # where the jailer makes it
+
+
+def test_the_cgroup_root_is_the_first_cgroup2_mount_as_the_jailer_finds_it(tmp_path: Path) -> None:
+    # A hybrid host (cgroup v1 controllers, cgroup2 at /sys/fs/cgroup/unified): the jailer takes the first
+    # cgroup2 mount, so cleanup must look there, not under a hard-coded /sys/fs/cgroup.
+    mounts = tmp_path / "mounts"
+    mounts.write_text(
+        "tmpfs /sys/fs/cgroup tmpfs rw 0 0\n"
+        "cgroup /sys/fs/cgroup/cpu cgroup rw,cpu 0 0\n"
+        "cgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\n"
+        "cgroup2 /mnt/other cgroup2 rw 0 0\n"
+    )
+    assert cgroup2_root(mounts) == Path("/sys/fs/cgroup/unified")
+    mounts.write_text("proc /proc proc rw 0 0\n")
+    assert cgroup2_root(mounts) == Path("/sys/fs/cgroup")
 
 
 @pytest.mark.parametrize(
@@ -212,44 +227,3 @@ async def test_tap_network_creates_and_removes_taps_in_its_own_namespace() -> No
         await net.release(second)
     finally:
         run("ip", "netns", "del", ns)
-
-
-FIRECRACKER = shutil.which("firecracker")
-
-
-@pytest.mark.firecracker
-@pytest.mark.kvm
-@pytest.mark.skipif(
-    FIRECRACKER is None or not os.environ.get("SMITH_TEST_FC_KERNEL"),
-    reason="needs a real firecracker binary, a KVM that boots guests, and SMITH_TEST_FC_KERNEL/SMITH_TEST_FC_ROOTFS",
-)
-async def test_real_firecracker_boots_and_answers(tmp_path: Path) -> None:
-    from smith.adapters.firecracker.vmm import FirecrackerConfig, FirecrackerVMM
-    from smith.domain.vms import VMShape
-    from smith.testing.network import MemoryNetwork
-
-    assert FIRECRACKER is not None
-    config = FirecrackerConfig(
-        kernel=Path(os.environ["SMITH_TEST_FC_KERNEL"]),
-        rootfs=Path(os.environ["SMITH_TEST_FC_ROOTFS"]),
-        chroot_base=Path("/srv/jailer-smith-test"),
-        firecracker_bin=Path(FIRECRACKER),
-        jailer_bin=Path(shutil.which("jailer") or "jailer"),
-        use_jailer=IS_ROOT,
-    )
-    vmm = FirecrackerVMM(config, TapNetwork(netns="") if IS_ROOT else MemoryNetwork())
-    machine = await vmm.boot(VMShape("real", 1, 256, disk_mib=64), "real-1")
-    try:
-        assert (await machine.api.describe_instance()).state == "Running"
-    finally:
-        await machine.stop()
-
-
-def test_jail_names() -> None:
-    assert jail_name("smith-", "job-123-1") == "smith-job-123-1"  # valid ids are kept as they are
-    odd = jail_name("smith-", "a b/c")
-    assert odd.startswith("smith-a-b-c-") and len(odd) == len("smith-a-b-c-") + 8
-    assert jail_name("smith-", "a b/c") == odd  # stable, so leftovers are found again
-    assert len(jail_name("smith-", "j" * 200)) == 64
-    with pytest.raises(InvalidInput):
-        jail_name("smith-", "")

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import os
 import re
 import signal
+import time
 from collections.abc import Iterator
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -30,8 +32,7 @@ BOOT_SEQUENCE = [
     ("PUT", "/metrics"),
     ("PUT", "/machine-config"),
     ("PUT", "/boot-source"),
-    ("PUT", "/drives/rootfs"),
-    ("PUT", "/drives/scratch"),
+    ("PUT", "/drives/scratch"),  # no root drive: the image is an initramfs
     ("PUT", "/network-interfaces/eth0"),
     ("PUT", "/mmds/config"),
     ("PUT", "/actions"),
@@ -77,9 +78,10 @@ async def test_boot_sequence_is_exactly_firecrackers_order(rig: Rig) -> None:
         assert all(c["status"] in (200, 204) for c in rig.calls("smith-vm1"))
         assert body(rig, "smith-vm1", "PUT", "/machine-config") == {"vcpu_count": 2, "mem_size_mib": 512, "smt": False}
         drives = [c["body"] for c in rig.calls("smith-vm1") if c["path"].startswith("/drives/")]
-        assert drives[0]["is_root_device"] and drives[0]["is_read_only"]
-        assert not drives[1]["is_root_device"] and not drives[1]["is_read_only"]
-        assert size_of(drives[1]["path_on_host"]) == SHAPE.disk_mib * 1024 * 1024
+        assert len(drives) == 1 and not drives[0]["is_root_device"] and not drives[0]["is_read_only"]
+        assert size_of(drives[0]["path_on_host"]) == SHAPE.disk_mib * 1024 * 1024
+        boot = body(rig, "smith-vm1", "PUT", "/boot-source")
+        assert Path(boot["initrd_path"]).read_bytes()[:6] == b"070701"
         assert body(rig, "smith-vm1", "PUT", "/mmds/config") == {
             "network_interfaces": ["eth0"],
             "version": "V2",
@@ -105,7 +107,7 @@ async def test_jailer_command_is_recorded_when_running_unjailed(rig: Rig) -> Non
         jailer = machine.jailer_command
         assert jailer[:3] == [str(rig.vmm.config.jailer_bin), "--id", "smith-vm2"]
         assert jailer[jailer.index("--cgroup-version") + 1] == "2"
-        assert f"cpu.max={2 * 100_000} 100000" in jailer
+        assert "cpu.max=250000 100000" in jailer  # 2 vCPUs and half a CPU for Firecracker's own threads
         assert jailer[jailer.index("--") + 1 :] == [
             "--api-sock",
             "/run/firecracker.socket",
@@ -179,18 +181,58 @@ async def test_assign_puts_the_config_only_in_mmds(rig: Rig) -> None:
         await machine.assign(cfg)
         with pytest.raises(VMError, match="already has a job"):
             await machine.assign(cfg)
-        mmds = await machine.api.get_mmds()
-        assert mmds == {"smith": {"config": cfg.model_dump(mode="json")}}
     finally:
         await machine.stop()
-    slot_ip = body(rig, "smith-vm7", "PUT", "/boot-source")["boot_args"]
-    assert "ip=172.30.0.2::172.30.0.1:255.255.255.252::eth0:off" in slot_ip
-    assert machine.boot_args == slot_ip
+    put = body(rig, "smith-vm7", "PUT", "/mmds")
+    envelope = put["smith"]["config"]  # with the host's clock and a seed: a restored clone has the snapshot's
+    assert envelope["config"] == cfg.model_dump(mode="json")
+    assert abs(envelope["now"] - time.time()) < 3600 and len(bytes.fromhex(envelope["seed"])) == 32
+    args = body(rig, "smith-vm7", "PUT", "/boot-source")["boot_args"]
+    assert machine.boot_args == args
     for call in rig.calls("smith-vm7"):
         if (call["method"], call["path"]) != ("PUT", "/mmds"):
             text = str(call["body"])
             assert SECRET not in text and "tok-CACHE" not in text, call
-    assert any(c["path"] == "/mmds" for c in rig.calls("smith-vm7"))
+
+
+async def test_the_guest_gets_its_address_gateway_and_a_resolver_on_the_command_line(rig: Rig) -> None:
+    # The Debian kernel has no ip= autoconfiguration: the image's init reads smith.ip/gw/dns. Without them the
+    # guest never reaches MMDS and the job never starts.
+    machine = await rig.vmm.boot(SHAPE, "vm7b")
+    try:
+        await machine.assign(guest_config("echo addressed"))
+        lines = [e.line async for e in machine.events() if e.type == "line"]
+    finally:
+        await machine.stop()
+    assert "addressed" in lines
+    args = body(rig, "smith-vm7b", "PUT", "/boot-source")["boot_args"].split()
+    assert "smith.ip=172.30.0.2/30" in args and "smith.gw=172.30.0.1" in args
+    dns = next(a.split("=", 1)[1] for a in args if a.startswith("smith.dns="))
+    assert ipaddress.ip_address(dns).is_global  # never the host's 127.0.0.53 stub
+    assert not any(a.startswith("ip=") for a in args)
+
+
+async def test_the_credentials_leave_mmds_once_the_guest_has_read_them(rig: Rig) -> None:
+    cfg = guest_config("echo running", secret=True).model_copy(
+        update={"cache": ServiceAccess(url="http://c", token="tok-CACHE")}
+    )
+    machine = await rig.vmm.boot(
+        SHAPE,
+        "vm7c",
+    )
+    try:
+        await machine.assign(cfg)
+        types = []
+        async for event in machine.events():
+            types.append(event.type)
+            if event.type == "line" and event.line == "running":
+                mmds = await machine.api.get_mmds()
+                assert SECRET not in str(mmds) and "tok-CACHE" not in str(mmds)
+        assert "exit" in types
+    finally:
+        await machine.stop()
+    puts = [c["body"] for c in rig.calls("smith-vm7c") if (c["method"], c["path"]) == ("PUT", "/mmds")]
+    assert len(puts) == 2 and puts[1] == {}
 
 
 async def test_the_guest_runs_the_job_and_its_events_come_back(rig: Rig) -> None:
@@ -433,7 +475,8 @@ async def test_jailed_boot_uses_paths_inside_the_chroot_and_runs_a_job() -> None
             assert sequence(rig, "smith-jvm") == BOOT_SEQUENCE
             assert body(rig, "smith-jvm", "PUT", "/boot-source")["kernel_image_path"] == "/vmlinux"
             drives = [c["body"]["path_on_host"] for c in rig.calls("smith-jvm") if c["path"].startswith("/drives/")]
-            assert drives == ["/rootfs.ext4", "/scratch.img"]
+            assert drives == ["/scratch.img"]
+            assert body(rig, "smith-jvm", "PUT", "/boot-source")["initrd_path"] == "/initrd.cpio"
             assert body(rig, "smith-jvm", "PUT", "/logger")["log_path"] == "/firecracker.log"
             await machine.assign(guest_config("echo jailed"))
             lines = [e.line for e in [x async for x in machine.events()] if e.stream == "stdout"]
@@ -494,12 +537,12 @@ async def test_a_vms_limits_are_its_size_and_firecracker_keeps_its_seccomp(rig: 
         jailer = machine.jailer_command
         memory_max = int(next(a for a in jailer if a.startswith("memory.max=")).split("=")[1])
         assert SHAPE.memory_mib * mib < memory_max <= (SHAPE.memory_mib + 64 + SHAPE.memory_mib * 3 // 100) * mib
-        assert f"cpu.max={SHAPE.vcpus * 100_000} 100000" in jailer
+        assert f"cpu.max={SHAPE.vcpus * 100_000 + 50_000} 100000" in jailer  # + room for Firecracker's threads
         assert not [a for a in jailer if "seccomp" in a]
         config = body(rig, "smith-lim", "PUT", "/machine-config")
         assert (config["vcpu_count"], config["mem_size_mib"]) == (SHAPE.vcpus, SHAPE.memory_mib)
         drives = {c["body"]["drive_id"]: c["body"] for c in rig.calls("smith-lim") if c["path"].startswith("/drives/")}
-        assert drives["rootfs"]["is_read_only"] is True and drives["scratch"]["is_read_only"] is False
+        assert "rootfs" not in drives and drives["scratch"]["is_read_only"] is False  # the root: a read-only initrd
         assert Path(drives["scratch"]["path_on_host"]).stat().st_size == SHAPE.disk_mib * mib  # unjailed: host path
     finally:
         await machine.stop()

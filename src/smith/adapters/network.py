@@ -33,7 +33,7 @@ import os
 import re
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -458,7 +458,7 @@ class HostNetwork:
             if not self.ready:
                 raise VMError("host network is not set up: call setup() first")
             index = self.table.allocate(vm_id)
-            slot = self.plan.slot(index)
+            slot = self.slot(index)
             try:
                 await self._create_tap(slot)
                 await self.commands.nft("add", "element", "bridge", TABLE, "guests", f"{{ {_guest_element(slot)} }}")
@@ -504,8 +504,8 @@ class HostNetwork:
         index = self.plan.index_of(slot.tap)
         if index is None:
             raise InvalidInput(f"tap {slot.tap!r} is not a slot of this network (prefix {self.config.tap_prefix!r})")
-        if slot != self.plan.slot(index):
-            raise InvalidInput(f"slot {slot} does not match this network's slot {index}: {self.plan.slot(index)}")
+        if slot != self.slot(index):
+            raise InvalidInput(f"slot {slot} does not match this network's slot {index}: {self.slot(index)}")
         async with self._lock:
             vm_id = self.table.owner(index)
             if vm_id is None:
@@ -532,7 +532,13 @@ class HostNetwork:
 
     def live(self) -> dict[str, Slot]:
         """Slots in use, by VM id."""
-        return {vm_id: self.plan.slot(index) for index, vm_id in self.table.live().items()}
+        return {vm_id: self.slot(index) for index, vm_id in self.table.live().items()}
+
+    def slot(self, index: int) -> Slot:
+        """Slot ``index``; in a named namespace it carries that namespace's path, which the VMM must join (the
+        jailer's --netns) to open the tap."""
+        slot = self.plan.slot(index)
+        return replace(slot, netns=str(NETNS_DIR / self.config.netns)) if self.config.netns is not None else slot
 
 
 def uid_of(value: str | int | None) -> int | None:

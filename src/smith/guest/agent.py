@@ -29,6 +29,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from typing import IO, Any
 
@@ -103,11 +104,15 @@ def read_port(path: str) -> dict[str, Any]:
     return dict(json.loads(buf.split(b"\n", 1)[0]))
 
 
-def unwrap(message: dict[str, Any], set_clock: bool = False) -> dict[str, Any]:
-    """The config inside a host envelope (setting the clock and seeding entropy first), or the message itself."""
+def unwrap(message: dict[str, Any], set_clock: bool = False, set_net: bool = False) -> dict[str, Any]:
+    """The config inside a host envelope (setting the clock, seeding entropy and, with ``set_net``, taking the
+    network identity it names first), or the message itself."""
     global CLOCK_OFFSET
     if "config" not in message or "job" in message:
         return message
+    net = message.get("net")
+    if set_net and isinstance(net, dict):
+        set_network(net)
     host_now = message.get("now")
     if isinstance(host_now, int | float):
         CLOCK_OFFSET = float(host_now) - time.time()
@@ -122,6 +127,33 @@ def unwrap(message: dict[str, Any], set_clock: bool = False) -> dict[str, Any]:
         with contextlib.suppress(ValueError):
             reseed(bytes.fromhex(seed))
     return dict(message["config"])
+
+
+def set_network(net: dict[str, Any], run: Any = subprocess.run, iface: str = "eth0") -> None:
+    """Take the address, MAC, gateway and resolver the host gives this VM (a clone restored from a snapshot still
+    has its template's), unless it has them already (a cold boot got them on the kernel command line)."""
+    try:
+        with open(f"/sys/class/net/{iface}/address", encoding="ascii") as f:
+            current = f.read().strip()
+    except OSError:
+        current = ""
+    if current == str(net.get("mac", "")).lower():
+        return
+    steps = [
+        ["ip", "link", "set", iface, "down"],
+        ["ip", "link", "set", iface, "address", str(net["mac"])],
+        ["ip", "link", "set", iface, "up"],
+        ["ip", "addr", "flush", "dev", iface],
+        ["ip", "addr", "add", str(net["ip"]), "dev", iface],
+        ["ip", "route", "replace", "default", "via", str(net["gw"])],
+        ["ip", "route", "replace", MMDS_IP, "dev", iface],
+    ]
+    for argv in steps:
+        with contextlib.suppress(OSError):
+            run(argv, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if net.get("dns"):
+        with contextlib.suppress(OSError), open("/etc/resolv.conf", "w", encoding="ascii") as f:
+            f.write(f"nameserver {net['dns']}\n")
 
 
 RNDADDENTROPY = 0x40085203
@@ -145,16 +177,24 @@ def reseed(seed: bytes) -> None:
         pass
 
 
-def read_mmds(address: str) -> dict[str, Any]:
-    """MMDS V2: PUT a session token, then GET the config; poll until the host has put it there."""
+TOKEN_TTL = 21600  # seconds a MMDS V2 session token is valid (the most Firecracker allows)
+
+
+def read_mmds(address: str, sleep: Any = time.sleep) -> dict[str, Any]:
+    """MMDS V2: PUT a session token once (renewed before it expires or when refused), then GET the config; poll
+    until the host has put it there, backing off from 50 ms to 1 s (a warm VM may wait for minutes, and
+    Firecracker's MMDS serves at most 30 connections)."""
     base = f"http://{address}"
+    token, expires, delay = "", 0.0, 0.05
     while True:
         try:
-            req = urllib.request.Request(
-                f"{base}/latest/api/token", method="PUT", headers={"X-metadata-token-ttl-seconds": "21600"}
-            )
-            with urllib.request.urlopen(req, timeout=2) as r:
-                token = r.read().decode()
+            if not token or time.monotonic() > expires:
+                req = urllib.request.Request(
+                    f"{base}/latest/api/token", method="PUT", headers={"X-metadata-token-ttl-seconds": str(TOKEN_TTL)}
+                )
+                with urllib.request.urlopen(req, timeout=2) as r:
+                    token = r.read().decode()
+                expires = time.monotonic() + TOKEN_TTL - 60
             req = urllib.request.Request(
                 f"{base}/smith/config", headers={"X-metadata-token": token, "Accept": "application/json"}
             )
@@ -163,9 +203,13 @@ def read_mmds(address: str) -> dict[str, Any]:
             if body.strip():
                 data = json.loads(body)
                 return dict(json.loads(data) if isinstance(data, str) else data)
+        except urllib.error.HTTPError as exc:
+            if exc.code == 401:
+                token = ""  # expired or unknown: a new one next time
         except (OSError, ValueError):
             pass
-        time.sleep(0.05)
+        sleep(delay)
+        delay = min(delay * 2, 1.0)
 
 
 def command(config: dict[str, Any]) -> tuple[list[str], list[str]]:
@@ -291,6 +335,9 @@ def main() -> int:
     ap.add_argument("--config-file", help="Read the config from this file (waits until it exists)")
     ap.add_argument("--config-port", help="Read the config as one JSON line from this (virtio-serial) port")
     ap.add_argument("--set-clock", action="store_true", help="Set the system clock from the host's (VM only)")
+    ap.add_argument(
+        "--set-net", action="store_true", help="Take the network identity the host's envelope names (VM only)"
+    )
     ap.add_argument("--announce", action="store_true", help='Write {"smith": "ready"} while waiting for the config')
     ap.add_argument("--mmds", nargs="?", const=MMDS_IP, help="Read the config from Firecracker's MMDS")
     ap.add_argument("--out", default="-", help="Where events go: a path (e.g. a virtio serial port) or - for stdout")
@@ -300,7 +347,7 @@ def main() -> int:
     if args.announce:
         stream.write(json.dumps({"smith": "ready", "ts": time.time()}) + "\n")
         stream.flush()
-    config = unwrap(read_config(args), set_clock=args.set_clock)
+    config = unwrap(read_config(args), set_clock=args.set_clock, set_net=args.set_net)
     _, secrets = command(config)
     out = Output(stream, secrets)
     code = run(config, out, args.workdir)

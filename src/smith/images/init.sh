@@ -46,13 +46,20 @@ fi
 hostname smith-guest
 
 agent="/usr/bin/python3 -I -S /smith/agent.py --workdir /work"
+# Ctrl+Alt+Del makes the kernel send PID 1 SIGINT, which a shell as PID 1 ignores unless it traps it: trap it
+# and reboot (the agent runs in the background so that `wait` returns to the trap at once).
+trap 'sync; reboot -f' INT
 if [ -e /dev/virtio-ports/smith.config ]; then
     # QEMU: config arrives on one virtio-serial port, events leave on another.
-    $agent --config-port /dev/virtio-ports/smith.config --out /dev/virtio-ports/smith.events --announce --set-clock
+    $agent --config-port /dev/virtio-ports/smith.config --out /dev/virtio-ports/smith.events --announce --set-clock &
 else
     # Firecracker: config from MMDS over eth0, events on the serial console.
     ip route add 169.254.169.254 dev eth0 2>/dev/null
-    $agent --mmds --out /dev/ttyS0 --announce --set-clock
+    # --set-net: a clone restored from a snapshot takes its own address and MAC from the config's envelope.
+    $agent --mmds --out /dev/ttyS0 --announce --set-clock --set-net &
 fi
+wait $!
 sync
-poweroff -f
+# reboot, not poweroff: on x86 Firecracker keeps running after a guest's poweroff and exits on a reboot
+# (with reboot=k on the kernel command line); QEMU exits on either (-no-reboot).
+reboot -f

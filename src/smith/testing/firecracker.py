@@ -10,9 +10,11 @@ Run it in place of the firecracker binary::
 
     python -m smith.testing.firecracker --api-sock /tmp/fc.sock [--record calls.jsonl] [--fail 'PUT /drives/scratch']
 
-It also plays the guest: once the instance runs and MMDS holds ``/smith/config``, it runs Smith's guest agent on
-that config, whose JSON events come out on stdout (the serial console) after some kernel-like noise, and exits
-when the guest is done (as Firecracker does when a ``reboot=k`` guest reboots).
+It also plays the guest (``smith.testing.fcguest``): it boots only what the real kernel could boot, reaches
+MMDS only with the addresses the image's init reads from the command line, runs Smith's guest agent on the
+config MMDS holds, forwards its events to a non-blocking stdout (the serial console) that drops what nobody
+reads, and exits only as the real one does (the guest rebooting with ``reboot=k``; a ``poweroff`` leaves it
+running). Network interfaces need their tap in the process's network namespace (``--taps check``).
 """
 
 from __future__ import annotations
@@ -24,11 +26,9 @@ import ctypes
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,12 +37,12 @@ from typing import Any
 import jsonschema
 import yaml
 
+from smith.testing.fcguest import Console, Guest
 from smith.testing.openapi import strict
 
 VERSION = "1.16.1"
 SPEC_NAME = f"firecracker-api-v{VERSION}.yaml"
 SPECS = Path(__file__).resolve().parent / "specs"  # shipped with smith.testing; origin and licence in its README
-GUEST_AGENT = Path(__file__).resolve().parent.parent / "guest" / "agent.py"
 
 MAX_PAYLOAD = 51200  # --http-api-max-payload-size default
 NOT_AFTER_START = "The requested operation is not supported after starting the microVM."
@@ -169,6 +169,7 @@ class FakeFirecracker:
     record: Path | None = None
     on_change: Any = None  # callable(event: str) for the guest emulator
     chroot: Path | None = None  # set when "jailed": paths in bodies are relative to this root
+    check_taps: bool = False  # --taps check: a tap must exist in this network namespace (as Firecracker opens it)
     max_payload: int = MAX_PAYLOAD  # --http-api-max-payload-size
     mmds_limit: int = MAX_PAYLOAD  # --mmds-size-limit
     _flushes: int = 0
@@ -281,6 +282,15 @@ class FakeFirecracker:
         for other in self.ifaces.values():
             if other["iface_id"] != iface_id and other["host_dev_name"] == body["host_dev_name"]:
                 raise Refused(f"Could not create the network device: {body['host_dev_name']} is already in use")
+        if self.check_taps:
+            try:
+                socket.if_nametoindex(body["host_dev_name"])
+            except OSError as exc:
+                raise Refused(
+                    "Could not create the network device: Open tap device failed: Error while creating ifreq "
+                    f"structure: {exc}. Invalid TUN/TAP Backend provided by {body['host_dev_name']}. Check our "
+                    "documentation on setting up the network devices."
+                ) from exc
         self.ifaces[iface_id] = body
 
     def _put_mmds_config(self, body: Any) -> None:
@@ -506,78 +516,7 @@ class FakeServer:
         await self.close()
 
 
-# -- the guest ------------------------------------------------------------------------------------------
-
-
-class Guest:
-    """Plays the VM: prints kernel noise at start, runs the guest agent once MMDS has a config."""
-
-    def __init__(self, api: FakeFirecracker, done: asyncio.Event) -> None:
-        self.api = api
-        self.done = done
-        self.proc: asyncio.subprocess.Process | None = None
-        self.task: asyncio.Task[None] | None = None
-        self.workdir = Path(tempfile.mkdtemp(prefix="fake-guest-"))
-        api.on_change = self.changed
-
-    def changed(self, event: str) -> None:
-        if event in ("start", "running"):
-            _console(f"[    0.000000] Linux version 6.1.0 (fake firecracker {VERSION} guest)")
-            _console("[    0.412000] Run /sbin/init as init process")
-        if event == "paused" and self.proc is not None:
-            _signal_group(self.proc, signal.SIGSTOP)
-        if event == "running" and self.proc is not None:
-            _signal_group(self.proc, signal.SIGCONT)
-        if event == "ctrl-alt-del":
-            if self.proc is not None:
-                _signal_group(self.proc, signal.SIGCONT)
-                _signal_group(self.proc, signal.SIGTERM)
-            _console("reboot: Restarting system")
-            self.done.set()
-            return
-        config = ((self.api.mmds or {}).get("smith") or {}).get("config")
-        if self.api.state == "Running" and config and self.task is None:
-            self.task = asyncio.ensure_future(self._run(config))
-
-    async def _run(self, config: dict[str, Any]) -> None:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-I",
-            str(GUEST_AGENT),
-            "--workdir",
-            str(self.workdir),
-            stdin=asyncio.subprocess.PIPE,
-            start_new_session=True,
-            preexec_fn=_die_with_parent,  # a SIGKILLed "VMM" takes its guest with it, as a real VM would go
-        )
-        self.proc = proc
-        assert proc.stdin is not None
-        proc.stdin.write(json.dumps(config).encode())
-        proc.stdin.close()
-        await proc.wait()
-        _console("reboot: Restarting system")
-        self.done.set()
-
-    def cleanup(self) -> None:
-        if self.proc is not None:
-            _signal_group(self.proc, signal.SIGKILL)
-        shutil.rmtree(self.workdir, ignore_errors=True)
-
-
-def _die_with_parent() -> None:
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-def _console(line: str) -> None:
-    sys.stdout.write(line + "\r\n")
-    sys.stdout.flush()
-
-
-def _signal_group(proc: Any, sig: int) -> None:
-    if isinstance(proc, asyncio.subprocess.Process) and proc.returncode is None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, sig)
+# -- the guest: smith.testing.fcguest ---------------------------------------------------------------------
 
 
 async def run_binary(args: argparse.Namespace) -> int:
@@ -594,10 +533,19 @@ async def run_binary(args: argparse.Namespace) -> int:
         api.record = Path(args.record)
     elif args.record_dir:
         api.record = Path(args.record_dir) / f"{args.id}.jsonl"
+    api.check_taps = args.taps == "check"
     done = asyncio.Event()
     guest = Guest(api, done) if not args.no_guest else None
-    if guest is None:  # no guest to reboot, but Ctrl+Alt+Del still ends the process (reboot=k)
-        api.on_change = lambda event: done.set() if event == "ctrl-alt-del" else None
+    if guest is None:  # an idle guest: it says it is ready and reboots on Ctrl+Alt+Del (reboot=k), nothing more
+        console = Console()
+
+        def idle(event: str) -> None:
+            if event == "start":
+                console.write(b'{"smith": "ready"}\n')
+            if event == "ctrl-alt-del":
+                done.set()
+
+        api.on_change = idle
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, done.set)
@@ -624,6 +572,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-guest", action="store_true", help="Do not emulate the guest")
     ap.add_argument("--http-api-max-payload-size", type=int, default=MAX_PAYLOAD)
     ap.add_argument("--mmds-size-limit", type=int, default=0, help="Default: the API payload limit")
+    ap.add_argument(
+        "--taps",
+        choices=["check", "ignore"],
+        default="check",
+        help="check (as Firecracker): a network interface's tap must exist in this process's network namespace; "
+        "ignore: for tests on an in-memory network that makes no devices",
+    )
     ap.add_argument("--chroot", help="Act as if chrooted here (set by the fake jailer): body paths are under it")
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["jailer"]:
@@ -636,7 +591,9 @@ def jailer_main(argv: list[str]) -> int:
     """A stand-in jailer: checks its arguments as the jailer does, records them, drops to --uid/--gid and execs
     --exec-file with the arguments after ``--``, telling it (``--chroot``) where its root would be.
 
-    It does not chroot (the fake is a Python program that needs the host's files), make cgroups or join --netns.
+    Like the jailer it resolves --exec-file (a symlink's target names the chroot), refuses a chroot base on a
+    noexec or nodev mount, joins --netns and (as root) makes the VM's cgroup directory in the first cgroup2
+    mount. It does not chroot (the fake is a Python program that needs the host's files) or write cgroup values.
     """
     ap = argparse.ArgumentParser(prog="jailer", description="fake jailer")
     ap.add_argument("--id", required=True)
@@ -656,7 +613,7 @@ def jailer_main(argv: list[str]) -> int:
     if "--" in argv:
         argv, rest = argv[: argv.index("--")], argv[argv.index("--") + 1 :]
     args = ap.parse_args(argv)
-    exec_file = Path(args.exec_file)
+    exec_file = Path(args.exec_file).resolve()  # as the jailer: the canonical path names the chroot and cgroup
     problems = []
     if not re.fullmatch(r"[A-Za-z0-9-]{1,64}", args.id):
         problems.append(f"Invalid instance ID: {args.id}")
@@ -664,6 +621,8 @@ def jailer_main(argv: list[str]) -> int:
         problems.append(f"Invalid exec file: {exec_file}")
     if not Path(args.chroot_base_dir).is_dir():
         problems.append(f"Invalid chroot base dir: {args.chroot_base_dir}")
+    else:
+        problems += mount_problems(Path(args.chroot_base_dir))
     for item in args.cgroup:
         if not re.fullmatch(r"[a-z_]+\.[a-z_.]+=.+", item):
             problems.append(f"Invalid cgroup: {item}")
@@ -672,6 +631,12 @@ def jailer_main(argv: list[str]) -> int:
         return 1
     root = Path(args.chroot_base_dir) / exec_file.name / args.id / "root"
     root.mkdir(parents=True, exist_ok=True)
+    try:
+        _join_netns(args.netns)
+    except OSError as exc:
+        sys.stderr.write(f"Failed to join network namespace {args.netns}: {exc}\n")
+        return 1
+    _make_cgroup(args, exec_file.name)
     if args.record_dir:
         (Path(args.record_dir) / f"{args.id}.jailer.json").write_text(json.dumps({"argv": argv, "rest": rest}))
     api_sock = "/run/firecracker.socket"
@@ -685,6 +650,51 @@ def jailer_main(argv: list[str]) -> int:
     child = [str(exec_file), *rest, "--id", args.id, "--chroot", str(root), "--api-sock", host_sock]
     os.execv(child[0], child)  # noqa: S606
     return 1  # not reached
+
+
+def mount_problems(base: Path) -> list[str]:
+    """The jailer copies Firecracker into the chroot and execs it there, and makes /dev/kvm and /dev/net/tun
+    nodes in it: neither works on a noexec or nodev mount."""
+    flags = os.statvfs(base).f_flag
+    problems = []
+    if flags & os.ST_NOEXEC:
+        problems.append("Failed to exec into Firecracker: Permission denied (os error 13)")
+    if flags & os.ST_NODEV:
+        problems.append(f"Failed to open {base}/.../dev/kvm: Permission denied (os error 13)")
+    return problems
+
+
+def _join_netns(netns: str) -> None:
+    """setns(2) into ``netns`` as the jailer does (root only), so the tap is looked up there."""
+    if not netns:
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(netns, os.O_RDONLY)
+    try:
+        if libc.setns(fd, 0x40000000) != 0:  # CLONE_NEWNET
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+    finally:
+        os.close(fd)
+
+
+def first_cgroup2_mount() -> Path | None:
+    """The first cgroup2 mount in /proc/mounts: where the jailer makes its cgroups."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/mounts").read_text().splitlines():
+            fields = line.split()
+            if len(fields) > 2 and fields[2] == "cgroup2":
+                return Path(fields[1])
+    return None
+
+
+def _make_cgroup(args: argparse.Namespace, exec_name: str) -> None:
+    """As root with --cgroup-version 2: the VM's cgroup directory where the jailer makes it (values not written)."""
+    mount = first_cgroup2_mount()
+    if args.cgroup_version != "2" or os.geteuid() != 0 or mount is None:
+        return
+    with contextlib.suppress(OSError):
+        (mount / (args.parent_cgroup or exec_name) / args.id).mkdir(parents=True, exist_ok=True)
 
 
 def write_stand_in(path: Path, *args: str, jailer: bool = False) -> Path:

@@ -35,7 +35,37 @@ from smith.errors import ConfigError, InvalidInput, VMError
 
 ID_RE = re.compile(r"^[A-Za-z0-9-]{1,64}$")
 API_SOCKET = "/run/firecracker.socket"  # Firecracker's default --api-sock, inside the chroot
-CGROUP_ROOT = Path("/sys/fs/cgroup")
+CGROUP_ROOT = Path("/sys/fs/cgroup")  # where cgroup2 usually is; the jailer uses the first cgroup2 mount
+
+
+def cgroup2_root(mounts: Path = Path("/proc/mounts")) -> Path:
+    """The first cgroup2 mount, as the jailer finds it (a hybrid host has it at /sys/fs/cgroup/unified)."""
+    with contextlib.suppress(OSError):
+        for line in mounts.read_text().splitlines():
+            fields = line.split()
+            if len(fields) > 2 and fields[2] == "cgroup2":
+                return Path(fields[1].replace("\\040", " "))
+    return CGROUP_ROOT
+
+
+def chroot_base_problem(base: Path) -> str:
+    """Why the jailer could not work under ``base`` ("" if it can): it copies Firecracker into the chroot and
+    execs it there (not on noexec) and makes /dev/kvm and /dev/net/tun nodes in it (not usable on nodev)."""
+    probe = base
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        flags = os.statvfs(probe).f_flag
+    except OSError as exc:
+        return f"cannot check the chroot base {base}: {exc}"
+    bad = [name for name, flag in (("noexec", os.ST_NOEXEC), ("nodev", os.ST_NODEV)) if flags & flag]
+    if bad:
+        return (
+            f"the chroot base {base} is on a {'/'.join(bad)} mount: the jailer copies Firecracker there and execs "
+            "it, with /dev/kvm and /dev/net/tun nodes beside it; use a directory on a filesystem mounted without "
+            "noexec and nodev (e.g. under /var/lib or /srv)"
+        )
+    return ""
 
 
 def check_id(vm_id: str) -> str:
@@ -208,7 +238,7 @@ class Jail:
         if self.spec.cgroup_version != 2:
             return None
         parent = self.spec.parent_cgroup or self.spec.exec_file.name
-        return CGROUP_ROOT / parent / self.spec.id
+        return cgroup2_root() / parent / self.spec.id
 
     def _chown(self, path: Path) -> None:
         if os.geteuid() != 0:

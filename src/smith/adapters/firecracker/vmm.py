@@ -6,17 +6,29 @@ cleanup stack, and a failure at any step unwinds everything done so far, newest 
     chroot -> network -> process -> socket -> logging -> machine_config -> boot_source -> drives
            -> network_interface -> mmds -> vsock -> start
 
+The image's initramfs (a cpio archive, what ``smith image build`` makes) is booted as ``initrd_path`` with no
+root drive; an ext4 root drive is attached only when the root filesystem is one (its kernel must then mount it
+without modules). The guest's address, gateway and resolver go on the kernel command line as ``smith.ip=``,
+``smith.gw=`` and ``smith.dns=``, which the image's init reads (the Debian kernel has no ``ip=``
+autoconfiguration). ``start`` waits for the guest agent's ``{"smith": "ready"}`` on the console, so a guest
+that panicked after InstanceStart (which answers 204 at once) fails the boot with the console's last lines.
+
 A booted machine waits for its job: ``assign()`` PUTs the GuestConfig into MMDS at ``/smith/config`` (never
 on the kernel command line, which any process in the guest can read in /proc/cmdline and which Firecracker
-logs). The guest's agent prints its events as JSON lines on the serial console, which is Firecracker's
-stdout. ``stop()`` asks the guest to reboot (Ctrl+Alt+Del; ``reboot=k`` makes that exit Firecracker), kills it
-after a bound, and unwinds the stack.
+logs), wrapped with the host's clock and a random seed (a restored clone has the snapshot's). Once the guest
+reports ``started`` the config is removed from MMDS, so the runner credential and cache token are not
+readable for the rest of the job. The serial console (Firecracker's stdout, which drops bytes nobody reads)
+is drained from process start (:mod:`.console`). The guest's init ends with ``reboot -f`` and the kernel has
+``reboot=k``, so Firecracker exits as soon as the job is done (``poweroff`` would leave it running on x86);
+``stop()`` waits for that, else sends Ctrl+Alt+Del (init traps it and reboots), kills after a bound, and
+unwinds the stack.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -27,11 +39,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import orjson
-from pydantic import ValidationError
 
 from smith.adapters.childenv import minimal_env
 from smith.adapters.firecracker.client import FirecrackerClient, wait_for_socket
-from smith.adapters.firecracker.jailer import API_SOCKET, Jail, JailSpec, jail_name
+from smith.adapters.firecracker.console import Console, console_pipe, open_console
+from smith.adapters.firecracker.jailer import API_SOCKET, Jail, JailSpec, chroot_base_problem, jail_name
 from smith.adapters.firecracker.models import (
     BootSource,
     Drive,
@@ -47,6 +59,7 @@ from smith.adapters.firecracker.models import (
     SnapshotLoadParams,
     Vsock,
 )
+from smith.adapters.resolver import guest_resolver
 from smith.asyncutil import CleanupStack
 from smith.domain.vms import Backend, Slot, VMShape
 from smith.errors import ConfigError, PayloadTooLarge, SmithError, VMError
@@ -59,7 +72,7 @@ log = get_logger("smith.firecracker")
 DEFAULT_BOOT_ARGS = "console=ttyS0 reboot=k panic=1 pci=off quiet i8042.noaux"
 IFACE = "eth0"
 MMDS_ADDRESS = "169.254.169.254"
-KERNEL, ROOTFS, SCRATCH = "vmlinux", "rootfs.ext4", "scratch.img"
+KERNEL, ROOTFS, INITRD, SCRATCH = "vmlinux", "rootfs.ext4", "initrd.cpio", "scratch.img"
 LOG, METRICS, VSOCK = "firecracker.log", "metrics.json", "v.sock"
 VMSTATE, MEMFILE = "snapshot.vmstate", "snapshot.mem"
 STATE_FILE = "smith.json"  # beside root/: what cleanup_leftovers needs after a crash
@@ -71,7 +84,7 @@ class FirecrackerConfig:
     """Where things are and how VMs are jailed. Built by the agent from its settings."""
 
     kernel: Path  # uncompressed ELF vmlinux (Firecracker 1.16 on x86_64 boots nothing else)
-    rootfs: Path  # ext4 image, shared read-only by every VM
+    rootfs: Path  # the image's initramfs (cpio: booted as initrd_path) or an ext4 root drive; shared read-only
     chroot_base: Path  # jails live in <chroot_base>/<firecracker binary name>/<prefix><vm id>/root
     firecracker_bin: Path = Path("/usr/local/bin/firecracker")
     jailer_bin: Path = Path("/usr/local/bin/jailer")
@@ -80,7 +93,10 @@ class FirecrackerConfig:
     gid: int = 65534
     parent_cgroup: str = ""  # cgroup v2 parent under /sys/fs/cgroup; default: the binary's name
     cpu_period_us: int = 100_000
+    cpu_headroom: float = 0.5  # CPUs above the vCPUs in cpu.max: Firecracker's API, VMM and I/O threads need room
     boot_args: str = DEFAULT_BOOT_ARGS
+    dns: str = ""  # the guest's resolver (smith.dns=); "" = the host's first public one (adapters.resolver)
+    ready_timeout: float = 60.0  # from InstanceStart to the guest agent's ready line
     vsock: bool = False
     prefix: str = "smith-"
     log_level: LogLevel = "Warning"
@@ -102,10 +118,31 @@ class FirecrackerConfig:
                     f"kernel {self.kernel} is not an uncompressed ELF vmlinux; Firecracker 1.16 on x86_64 boots "
                     "only that (extract it from a bzImage with the kernel's scripts/extract-vmlinux)"
                 )
-        if self.use_jailer and "firecracker" not in self.firecracker_bin.name:
-            raise ConfigError("the jailer needs 'firecracker' in the Firecracker binary's file name")
+        if self.use_jailer and "firecracker" not in self.firecracker_bin.resolve().name:
+            raise ConfigError(
+                f"the jailer needs 'firecracker' in the Firecracker binary's file name ({self.firecracker_bin} "
+                f"is {self.firecracker_bin.resolve()}: the jailer goes by the file a link points to)"
+            )
         if not self.prefix or not all(c.isalnum() or c == "-" for c in self.prefix):
             raise ConfigError("the VM name prefix must be letters, digits and hyphens")
+        if self.use_jailer:
+            problem = chroot_base_problem(self.chroot_base)
+            if problem:
+                raise ConfigError(problem)
+
+    @property
+    def initramfs(self) -> bool:
+        """Whether ``rootfs`` is an initramfs (a cpio archive, plain or gzipped) rather than a disk image."""
+        return is_initramfs(self.rootfs)
+
+
+def is_initramfs(path: Path) -> bool:
+    try:
+        with path.open("rb") as f:
+            head = f.read(6)
+    except OSError:
+        return False
+    return head in (b"070701", b"070702") or head[:2] == b"\x1f\x8b"
 
 
 @dataclass(frozen=True)
@@ -126,8 +163,10 @@ class FirecrackerMachine:
         self.cleanup = CleanupStack("firecracker")
         self.stop_timeout = stop_timeout
         self.process: asyncio.subprocess.Process | None = None
+        self.console: Console | None = None
         self.client: FirecrackerClient | None = None
         self.slot: Slot | None = None
+        self.net: dict[str, str] = {}  # the guest's network identity, handed over again in assign() (clones)
         self.command: list[str] = []
         self.jailer_command: list[str] = []
         self.boot_args = ""
@@ -135,6 +174,8 @@ class FirecrackerMachine:
         self.payload_limit = payload_limit  # the API's and MMDS's size limit (FirecrackerConfig.api_payload_limit)
         self._assigned = False
         self._stopped = False
+        self._clearing: asyncio.Task[None] | None = None
+        self._done = False  # the guest reported its exit: its init reboots and Firecracker exits by itself
 
     @property
     def api(self) -> FirecrackerClient:
@@ -146,13 +187,31 @@ class FirecrackerMachine:
         """Firecracker's own log and its metrics (JSON lines, one per flush), in the chroot."""
         return {"firecracker": self.jail.host(LOG), "firecracker-metrics": self.jail.host(METRICS)}
 
+    def alive(self) -> bool:
+        return self.process is not None and self.process.returncode is None
+
+    def died(self, what: str) -> VMError:
+        """The error for a VM whose Firecracker is gone, with the console's last lines (a panic, usually)."""
+        code = self.process.returncode if self.process is not None else None
+        tail = self.console.tail() if self.console is not None else ""
+        return VMError(f"VM {self.id} {what} (Firecracker exited with {code}); console: {tail or '(nothing)'}")
+
     async def assign(self, config: GuestConfig) -> None:
-        """Put the job's config into MMDS, where the guest agent polls for it."""
+        """Put the job's config into MMDS, where the guest agent polls for it, with the host's clock and a seed."""
         if self._stopped:
             raise VMError(f"VM {self.id} is stopped")
         if self._assigned:
             raise VMError(f"VM {self.id} already has a job")
-        data = {"smith": {"config": config.model_dump(mode="json")}}
+        if self.process is not None and self.process.returncode is not None:
+            raise self.died("is gone")
+        envelope: dict[str, object] = {
+            "config": config.model_dump(mode="json"),
+            "now": time.time(),
+            "seed": os.urandom(32).hex(),
+        }
+        if self.net:  # a clone restored from a snapshot has its template's address and MAC until it takes these
+            envelope["net"] = self.net
+        data = {"smith": {"config": envelope}}
         size = len(orjson.dumps(data))
         if size > self.payload_limit:
             raise PayloadTooLarge(
@@ -161,49 +220,45 @@ class FirecrackerMachine:
         self._assigned = True
         await self.api.put_mmds(data)
 
+    def guest_event(self, event: GuestEvent) -> None:
+        """The guest has read its config once it reports ``started``: take the credentials out of MMDS."""
+        if event.type == "exit":
+            self._done = True
+        if event.type == "started" and self._clearing is None and self.client is not None:
+            self._clearing = asyncio.create_task(self._clear_mmds())
+
+    async def _clear_mmds(self) -> None:
+        try:
+            await self.api.put_mmds({})
+        except SmithError as exc:
+            log.warning("firecracker.mmds_clear_failed", vm_id=self.id, error=str(exc))
+
     async def events(self) -> AsyncIterator[GuestEvent]:
         """Serial console lines: GuestEvent JSON from the guest agent, anything else (kernel) as system lines."""
-        if self.process is None or self.process.stdout is None:
+        if self.console is None:
             return
-        stdout = self.process.stdout
-        while True:
-            try:
-                raw = await stdout.readline()
-            except ValueError:  # an over-long line; the guest agent cuts its own, so this is console noise
-                continue
-            if not raw:
-                return
-            text = raw.decode("utf-8", "replace").strip("\r\n")
-            event = _guest_event(text)
-            if event is not None:
-                yield event
-                if event.type == "exit":
-                    return
-            elif text.strip():
-                yield GuestEvent(type="line", ts=time.time(), stream="system", line=text)
+        async for event in self.console.events():
+            yield event
 
     async def stop(self) -> None:
-        """Ctrl+Alt+Del, wait up to ``stop_timeout``, then kill; remove everything made for it. Idempotent."""
+        """Wait for a guest that is done to exit (its init reboots), else Ctrl+Alt+Del, then kill after
+        ``stop_timeout``; remove everything made for it. Idempotent."""
         if self._stopped:
             return
         self._stopped = True
         proc = self.process
+        if self._done and proc is not None and proc.returncode is None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(proc.wait(), self.stop_timeout)
         if self.started and proc is not None and proc.returncode is None and self.client is not None:
             try:
                 await self.client.send_ctrl_alt_del()
                 await asyncio.wait_for(proc.wait(), self.stop_timeout)
             except (SmithError, TimeoutError):
                 pass  # not started, or not listening: the kill below settles it
+        if self._clearing is not None:
+            self._clearing.cancel()
         await self.cleanup.unwind()
-
-
-def _guest_event(text: str) -> GuestEvent | None:
-    if not text.startswith("{"):
-        return None
-    try:
-        return GuestEvent.model_validate(orjson.loads(text))
-    except (orjson.JSONDecodeError, ValidationError):
-        return None
 
 
 class FirecrackerVMM:
@@ -228,6 +283,8 @@ class FirecrackerVMM:
 
     def __init__(self, config: FirecrackerConfig, network: Network) -> None:
         config.validate()
+        # The jailer canonicalises --exec-file: a linked binary's chroot and cgroup are named after its target.
+        config = dataclasses.replace(config, firecracker_bin=config.firecracker_bin.resolve())
         self.config = config
         self.network = network
         self.jails_dir = config.chroot_base / config.firecracker_bin.name
@@ -311,8 +368,9 @@ class FirecrackerVMM:
         cgroups: dict[str, str] = {}
         if shape is not None:
             extra = c.extra_mib or 64 + shape.memory_mib * 3 // 100
+            quota = int((shape.vcpus + c.cpu_headroom) * c.cpu_period_us)
             cgroups = {
-                "cpu.max": f"{shape.vcpus * c.cpu_period_us} {c.cpu_period_us}",
+                "cpu.max": f"{quota} {c.cpu_period_us}",
                 "memory.max": str((shape.memory_mib + extra) * 1024 * 1024),
             }
         return Jail(
@@ -390,7 +448,7 @@ class _Boot:
         else:
             jail.link(self.snapshot.vmstate, VMSTATE)
             jail.link(self.snapshot.mem, MEMFILE)
-        jail.link(self.config.rootfs, ROOTFS)
+        jail.link(self.config.rootfs, INITRD if self.config.initramfs else ROOTFS)
         jail.new_file(SCRATCH, size=self.shape.disk_mib * 1024 * 1024)
         jail.new_file(LOG)
         jail.new_file(METRICS)
@@ -404,6 +462,8 @@ class _Boot:
             await network.release(slot)
 
         self.cleanup.push("network", release)
+        dns = guest_resolver(self.config.dns)
+        self.machine.net = {"ip": f"{slot.guest_ip}/{slot.prefix}", "gw": slot.gateway_ip, "mac": slot.mac, "dns": dns}
         self.state["slot"] = asdict(slot)
         self.save_state()
 
@@ -421,20 +481,22 @@ class _Boot:
             argv = [str(c.firecracker_bin), "--api-sock", sock, "--id", machine.name, *self.vmm._limits()]
         machine.command = argv
         stderr = (self.jail.dir / "stderr.log").open("ab")
+        read_fd, write_fd = console_pipe()  # the serial console; Firecracker drops what nobody reads
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv,
                 stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
+                stdout=write_fd,
                 stderr=stderr,
                 start_new_session=True,
-                limit=1 << 20,
                 env=minimal_env(),  # never the agent's credentials (the jailer passes its env on to firecracker)
             )
         except OSError as exc:
+            os.close(read_fd)
             raise VMError(f"cannot start {argv[0]}: {exc}") from exc
         finally:
             stderr.close()
+            os.close(write_fd)
         machine.process = proc
 
         async def kill() -> None:
@@ -442,10 +504,18 @@ class _Boot:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(proc.pid, signal.SIGKILL)
             await proc.wait()
+            if machine.console is not None:
+                await machine.console.close()
 
         self.cleanup.push("process", kill)
         self.state["pid"] = proc.pid
         self.save_state()
+        try:
+            machine.console = await open_console(read_fd, on_event=machine.guest_event)  # drained from now on
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.close(read_fd)
+            raise
 
     async def socket(self) -> None:
         machine = self.machine
@@ -478,16 +548,21 @@ class _Boot:
     async def boot_source(self) -> None:
         args = self.config.boot_args
         slot = self.machine.slot
-        if slot is not None:  # the kernel configures eth0 itself: ip=<client>::<gateway>:<netmask>::<dev>:off
-            args += f" ip={slot.guest_ip}::{slot.gateway_ip}:{slot.netmask}::{IFACE}:off"
+        if slot is not None:  # the image's init configures eth0 from these (the kernel has no ip= of its own)
+            net = self.machine.net
+            args += f" smith.ip={net['ip']} smith.gw={net['gw']} smith.dns={net['dns']}"
         self.machine.boot_args = args
-        await self.machine.api.put_boot_source(BootSource(kernel_image_path=self.path(KERNEL), boot_args=args))
+        initrd = self.path(INITRD) if self.config.initramfs else None
+        await self.machine.api.put_boot_source(
+            BootSource(kernel_image_path=self.path(KERNEL), boot_args=args, initrd_path=initrd)
+        )
 
     async def drives(self) -> None:
         api = self.machine.api
-        await api.put_drive(
-            Drive(drive_id="rootfs", path_on_host=self.path(ROOTFS), is_root_device=True, is_read_only=True)
-        )
+        if not self.config.initramfs:  # Firecracker then adds root=/dev/vda ro: the kernel must mount it itself
+            await api.put_drive(
+                Drive(drive_id="rootfs", path_on_host=self.path(ROOTFS), is_root_device=True, is_read_only=True)
+            )
         await api.put_drive(
             Drive(drive_id="scratch", path_on_host=self.path(SCRATCH), is_root_device=False, is_read_only=False)
         )
@@ -510,8 +585,30 @@ class _Boot:
             await self.machine.api.put_vsock(Vsock(guest_cid=self.vmm._next_cid(), uds_path=self.path(VSOCK)))
 
     async def start(self) -> None:
-        await self.machine.api.start()
-        self.machine.started = True
+        """InstanceStart answers 204 before the kernel runs: wait for the guest agent's ready line, or the death
+        of the process (a panic with reboot=k, panic=1 exits Firecracker)."""
+        machine = self.machine
+        await machine.api.start()
+        machine.started = True
+        console = machine.console
+        assert console is not None
+        ready = asyncio.ensure_future(console.ready.wait())
+        closed = asyncio.ensure_future(console.closed.wait())
+        try:
+            await asyncio.wait({ready, closed}, timeout=self.config.ready_timeout, return_when="FIRST_COMPLETED")
+        finally:
+            ready.cancel()
+            closed.cancel()
+        if console.ready.is_set():
+            return
+        if console.closed.is_set():
+            if machine.process is not None:
+                await machine.process.wait()
+            raise machine.died("died while booting")
+        raise VMError(
+            f"VM {self.vm_id}: no sign of the guest agent {self.config.ready_timeout:.0f} s after start; "
+            f"console: {console.tail() or '(nothing)'}"
+        )
 
     async def load_snapshot(self) -> None:
         assert self.snapshot is not None
@@ -526,6 +623,8 @@ class _Boot:
             )
         )
         self.machine.started = True
+        if not self.machine.alive():
+            raise self.machine.died("died on restore")
 
 
 def _stderr_tail(path: Path) -> str:

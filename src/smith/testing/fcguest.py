@@ -1,0 +1,218 @@
+"""The fake Firecracker's guest: what a real microVM booted from Smith's image would do, as far as Smith sees it.
+
+* The serial console is Firecracker's stdout, which Firecracker makes non-blocking: bytes that do not fit in
+  the pipe (nobody reading) are dropped, not queued (:class:`Console`).
+* Boot: without an ``initrd_path`` the kernel mounts the root drive (Firecracker adds ``root=/dev/vda``); the
+  Debian kernel of ``smith image build`` has virtio-blk and ext4 as modules, so it cannot mount it and panics
+  (``panic=1``), and with ``reboot=k`` Firecracker exits: after InstanceStart answered 204. An ext4 root drive
+  is taken as mountable; an initramfs (``initrd_path``) always boots.
+* Network: the kernel has no IP autoconfiguration; the image's init reads ``smith.ip=``/``smith.gw=``/
+  ``smith.dns=`` and adds the route to MMDS through eth0. Without ``smith.ip`` the guest has no address and
+  no route, never reaches MMDS, and waits for its job forever.
+* Identity: the guest's MAC (``guest_mac``) and address (``smith.ip=``) are fixed at boot; a VM restored from a
+  snapshot keeps its template's until the image's guest agent (``--set-net``) takes the ones the config's
+  envelope names. The guest prints ``eth0: <mac> <address>`` on the console whenever they are set.
+* Shutdown: when the guest agent is done, init runs its last command (read from the image's ``init.sh``). On
+  x86 ``poweroff -f`` halts the vCPUs and Firecracker keeps running; ``reboot -f`` with ``reboot=k`` exits it.
+  Ctrl+Alt+Del makes the kernel signal PID 1 (SIGINT), which a shell init ignores unless it traps it; a
+  halted guest ignores it altogether.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import fcntl
+import json
+import os
+import re
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+GUEST_AGENT = Path(__file__).resolve().parent.parent / "guest" / "agent.py"
+INIT_SH = Path(__file__).resolve().parent.parent / "images" / "init.sh"
+EXT4_MAGIC_OFFSET = 1080  # the superblock starts at 1024; s_magic is 56 bytes in
+EXT4_MAGIC = b"\x53\xef"
+
+
+class Console:
+    """Firecracker's stdout: non-blocking; what does not fit in the pipe is lost (counted in ``dropped``)."""
+
+    def __init__(self, fd: int = 1) -> None:
+        self.fd = fd
+        self.dropped = 0
+        with contextlib.suppress(OSError):
+            flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+            fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
+
+    def write(self, data: bytes) -> None:
+        while data:
+            try:
+                n = os.write(self.fd, data)
+            except BlockingIOError:
+                self.dropped += len(data)
+                return
+            except OSError:
+                return
+            data = data[n:]
+
+    def line(self, text: str) -> None:
+        self.write(text.encode() + b"\r\n")
+
+
+def init_shutdown() -> tuple[str, bool]:
+    """The image's init: its final shutdown command (``reboot`` or ``poweroff``) and whether it traps SIGINT."""
+    text = INIT_SH.read_text()
+    commands = re.findall(r"^\s*(reboot|poweroff|halt)\b", text, re.MULTILINE)
+    traps = bool(re.search(r"^\s*trap\s.*\bINT\b", text, re.MULTILINE))
+    return (commands[-1] if commands else "poweroff"), traps
+
+
+def root_mountable(path: Path) -> bool:
+    """Whether the kernel could mount this root drive: an ext4 file system (its superblock magic)."""
+    try:
+        with path.open("rb") as f:
+            f.seek(EXT4_MAGIC_OFFSET)
+            return f.read(2) == EXT4_MAGIC
+    except OSError:
+        return False
+
+
+class Guest:
+    """Plays the VM on ``api`` (a FakeFirecracker); sets ``done`` when Firecracker would exit."""
+
+    def __init__(self, api: Any, done: asyncio.Event, console: Console | None = None) -> None:
+        self.api = api
+        self.done = done
+        self.console = console or Console()
+        self.proc: asyncio.subprocess.Process | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.workdir = Path(tempfile.mkdtemp(prefix="fake-guest-"))
+        self.booted = False  # init runs
+        self.networked = False  # eth0 has an address and a route to MMDS
+        self.halted = False
+        self.identity = ("", "")  # eth0's MAC and address/prefix
+        api.on_change = self.changed
+
+    @property
+    def boot_args(self) -> str:
+        return str((self.api.config.get("boot-source") or {}).get("boot_args") or "")
+
+    def changed(self, event: str) -> None:
+        if event == "start":
+            self._boot()
+        if event == "running" and not self.booted:  # restored from a snapshot: as it was when saved
+            self.booted = self.networked = True
+            self._identify(*self._boot_identity())
+        if event == "paused" and self.proc is not None:
+            _signal_group(self.proc, signal.SIGSTOP)
+        if event == "running" and self.proc is not None:
+            _signal_group(self.proc, signal.SIGCONT)
+        if event == "ctrl-alt-del":
+            self._ctrl_alt_del()
+            return
+        config = ((self.api.mmds or {}).get("smith") or {}).get("config")
+        if self.api.state == "Running" and self.networked and config and self.task is None and not self.halted:
+            net = config.get("net") if isinstance(config, dict) else None
+            if isinstance(net, dict) and "--set-net" in INIT_SH.read_text():
+                self._identify(str(net.get("mac", "")), str(net.get("ip", "")))
+            self.task = asyncio.ensure_future(self._run(config))
+
+    def _boot_identity(self) -> tuple[str, str]:
+        mac = str((self.api.ifaces.get("eth0") or {}).get("guest_mac", ""))
+        ip = next((w.split("=", 1)[1] for w in self.boot_args.split() if w.startswith("smith.ip=")), "")
+        return mac, ip
+
+    def _identify(self, mac: str, ip: str) -> None:
+        self.identity = (mac, ip)
+        self.console.line(f"eth0: {mac} {ip}")
+
+    def _boot(self) -> None:
+        c = self.console
+        c.line("[    0.000000] Linux version 6.1.0 (fake firecracker guest)")
+        c.line(f"[    0.000000] Command line: {self.boot_args}")
+        boot = self.api.config.get("boot-source") or {}
+        if not boot.get("initrd_path"):
+            root = next((d for d in self.api.drives.values() if d.get("is_root_device")), None)
+            if root is None or not root_mountable(self.api._host(root["path_on_host"])):
+                c.line('[    0.500000] VFS: Cannot open root device "vda" or unknown-block(0,0): error -6')
+                c.line("[    0.500000] Kernel panic - not syncing: VFS: Unable to mount root fs on unknown-block(0,0)")
+                self._reboot()
+                return
+        self.booted = True
+        c.line("[    0.412000] Run /sbin/init as init process")
+        self.networked = "smith.ip=" in self.boot_args
+        if self.networked:
+            self._identify(*self._boot_identity())
+        c.write(json.dumps({"smith": "ready", "ts": time.time()}).encode() + b"\n")
+
+    def _reboot(self) -> None:
+        """The guest restarts: with reboot=k Firecracker exits; without, the x86 reboot never reaches it."""
+        self.console.line("reboot: Restarting system")
+        if "reboot=k" in self.boot_args.split():
+            self.done.set()
+        else:
+            self.halted = True
+
+    def _shutdown(self) -> None:
+        command, _ = init_shutdown()
+        if command == "reboot":
+            self._reboot()
+        else:  # poweroff/halt on x86: the vCPUs stop, Firecracker keeps running
+            self.console.line("reboot: Power down")
+            self.halted = True
+
+    def _ctrl_alt_del(self) -> None:
+        if self.halted or not self.booted:
+            return  # nothing runs in the guest to act on it
+        _, traps = init_shutdown()
+        if not traps:
+            return  # PID 1 without a handler ignores SIGINT
+        if self.proc is not None:
+            _signal_group(self.proc, signal.SIGCONT)
+            _signal_group(self.proc, signal.SIGTERM)
+        else:
+            self._shutdown()
+
+    async def _run(self, config: dict[str, Any]) -> None:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-I",
+            str(GUEST_AGENT),
+            "--workdir",
+            str(self.workdir),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,  # a SIGKILLed "VMM" takes its guest with it, as a real VM would go
+        )
+        self.proc = proc
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(json.dumps(config).encode())
+        proc.stdin.close()
+        while chunk := await proc.stdout.read(4096):  # the serial port: the guest writes, Firecracker forwards
+            self.console.write(chunk)
+        await proc.wait()
+        self._shutdown()
+
+    def cleanup(self) -> None:
+        if self.proc is not None:
+            _signal_group(self.proc, signal.SIGKILL)
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _die_with_parent() -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def _signal_group(proc: Any, sig: int) -> None:
+    if isinstance(proc, asyncio.subprocess.Process) and proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, sig)
