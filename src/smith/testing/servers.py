@@ -22,19 +22,25 @@ class ThreadedServer:
     """``with ThreadedServer(app) as srv: httpx.get(srv.url + "/healthz")``"""
 
     def __init__(self, app: Any, *, port: int | None = None, **config: Any) -> None:
-        self.port = port or free_port()
+        self.app = app
+        self.fixed_port = port is not None
+        self.extra = config
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._prepare(port or free_port())
+
+    def _prepare(self, port: int) -> None:
+        self.port = port
         self.config = uvicorn.Config(
-            app,
+            self.app,
             host="127.0.0.1",
             port=self.port,
             log_level="warning",
             lifespan="on",
             timeout_graceful_shutdown=2,
-            **config,
+            **self.extra,
         )
         self.server = uvicorn.Server(self.config)
         self.thread = threading.Thread(target=self._run, daemon=True)
-        self.loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def url(self) -> str:
@@ -45,16 +51,26 @@ class ThreadedServer:
             self.loop = asyncio.get_running_loop()
             await self.server.serve()
 
-        with contextlib.suppress(asyncio.CancelledError):  # stop() may have to cancel it (see there)
+        with contextlib.suppress(asyncio.CancelledError, SystemExit):  # stop() may cancel it; a bind error exits
             asyncio.run(main())
 
-    def start(self, timeout: float = 15.0) -> None:
-        self.thread.start()
-        deadline = time.monotonic() + timeout
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("server did not start")
-            time.sleep(0.01)
+    def start(self, timeout: float = 15.0, attempts: int = 5) -> None:
+        """Start and wait until it serves. A port picked by ``free_port`` can be taken by another process before
+        uvicorn binds it (uvicorn then exits): another free port is tried, up to ``attempts`` times."""
+        for attempt in range(attempts):
+            self.thread.start()
+            deadline = time.monotonic() + timeout
+            while not self.server.started:
+                if not self.thread.is_alive():
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError("server did not start")
+                time.sleep(0.01)
+            if self.server.started:
+                return
+            if self.fixed_port or attempt == attempts - 1:
+                raise RuntimeError(f"server did not start on port {self.port}")
+            self._prepare(free_port())
 
     def stop(self) -> None:
         """Stop for sure: a server left running (its background tasks too) would leak into later tests."""
