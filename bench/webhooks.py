@@ -159,6 +159,7 @@ def main() -> None:
         "SMITH_AGENT_TOKEN_SECRET": AGENT_SECRET,
         "SMITH_JWT_SECRET": AGENT_SECRET,
         "SMITH_LOG_LEVEL": "WARNING",
+        "SMITH_WEBHOOK_RATE_PER_SECOND": "0",  # measure the server, not its rate limit
     }
     server = subprocess.Popen(
         [sys.executable, "-m", "smith", "control", "serve", "--port", str(port), "--workers", str(args.workers)],

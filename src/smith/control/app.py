@@ -15,15 +15,17 @@ from smith import tokens
 from smith.adapters.redis import connect
 from smith.adapters.redis.group import Durability
 from smith.adapters.redis.jobs import RedisJobs
+from smith.control.ratelimit import TokenBucket
 from smith.control.service import ControlPlane, job_view
 from smith.control.settings import ControlSettings
 from smith.control.spool import Spool
-from smith.errors import AuthError, InvalidInput, RequestTimeout, SmithError
+from smith.errors import AuthError, InvalidInput, RateLimited, RequestTimeout, SmithError
 from smith.http import (
     ByteBudget,
     add_error_handlers,
     add_health_routes,
     api_docs,
+    error_response,
     json_response,
     read_body,
 )
@@ -139,7 +141,18 @@ def create_app(
         settings.webhook_max_inflight_bytes, settings.webhook_wait_seconds
     )
 
+    bucket = (
+        TokenBucket(settings.webhook_rate_per_second, settings.webhook_burst)
+        if settings.webhook_rate_per_second
+        else None
+    )
+
     async def github_webhook(request: Request) -> Response:
+        if bucket is not None and (wait := bucket.take()):
+            # Refused unread: the connection is closed rather than the body read to keep it alive.
+            refused = error_response(RateLimited("too many webhook deliveries; retry later", retry_after=wait))
+            refused.headers["Connection"] = "close"
+            return refused
         # Everything the headers can refuse is refused before the body is read (413 on a Content-Length over
         # the limit, unread); the signature needs the body, read to at most the limit.
         signature = request.headers.get("x-hub-signature-256")

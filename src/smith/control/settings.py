@@ -34,6 +34,13 @@ class ControlSettings(CommonSettings):
     webhook_body_timeout_seconds: float = Field(
         30.0, gt=0, description="A webhook body must arrive within this (408), so a slow one cannot hold its room"
     )
+    webhook_rate_per_second: float = Field(
+        200.0,
+        ge=0,
+        description="Webhook deliveries admitted per second by each replica on average (token bucket); past it "
+        "429 with Retry-After, before the body is read. 0 = no limit",
+    )
+    webhook_burst: int = Field(1000, ge=1, description="Webhook deliveries a replica admits at once above its rate")
     agent_max_body_bytes: int = Field(
         256 * 1024, gt=0, description="Largest body of an agent API request (read only after its token is checked)"
     )
