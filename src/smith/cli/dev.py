@@ -146,6 +146,7 @@ def _serve_everything(port: int, data: Path, only_control: bool, *, embedded_red
     console.print(f"[bold]smith dev[/bold]  data: {data}")
     console.print(f"  redis:   {os.environ['SMITH_REDIS_URL']}" + ("  (embedded valkey)" if embedded_redis else ""))
     console.print(f"  control: {control_url}  (webhooks: {control_url}/webhooks/github)")
+    console.print(f"  console: {control_url}/ui  (log in with `smith auth operator-token`)")
     tasks: list[Coroutine[Any, Any, None]] = []
     names = []
     try:

@@ -15,6 +15,7 @@ from smith import tokens
 from smith.adapters.redis import connect
 from smith.adapters.redis.group import Durability
 from smith.adapters.redis.jobs import RedisJobs
+from smith.control import console
 from smith.control.ratelimit import TokenBucket
 from smith.control.service import ControlPlane, job_view
 from smith.control.settings import ControlSettings
@@ -111,12 +112,13 @@ def create_app(
     )
 
     @contextlib.asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await plane.start()
         try:
             yield
         finally:
             await plane.stop()
+            await app.state.console.aclose()
             await jobs.r.aclose()
             if jobs.blocking is not jobs.r:
                 await jobs.blocking.aclose()
@@ -258,5 +260,7 @@ def create_app(
     @app.get("/v1/queue", tags=["operators"])
     async def queue(_: Operator) -> dict[str, Any]:
         return await plane.queue_health()
+
+    app.state.console = console.mount(app, settings, plane, jobs)
 
     return app

@@ -118,6 +118,20 @@ class ControlSettings(CommonSettings):
         "ship what it spooled (an agent restart, a log pipeline outage)",
     )
 
+    # Web console (/ui)
+    console_session_ttl_seconds: float = Field(
+        8 * 3600.0, gt=0, description="Life of a console session cookie (never past the operator token's own expiry)"
+    )
+    console_cookie_secure: bool | None = Field(
+        None, description="Mark the session cookie Secure (unset: when the request came over HTTPS)"
+    )
+    console_logs_url: str | None = Field(
+        None, description="Where the control plane reads job logs for the console (default SMITH_LOGS_URL)"
+    )
+    console_cache_url: str | None = Field(
+        None, description="Where the control plane reads cache usage for the console (default SMITH_CACHE_URL)"
+    )
+
     @field_validator("runner_classes", mode="before")
     @classmethod
     def _parse_classes(cls, value: Any) -> Any:
