@@ -118,6 +118,11 @@ class ControlSettings(CommonSettings):
         "ship what it spooled (an agent restart, a log pipeline outage)",
     )
 
+    dev_demo_script: str | None = Field(
+        None,
+        description="`smith dev --demo` only: the script a GitHub job runs when it has no runner credentials (no "
+        "GitHub App configured), so the bundled example shows output. Leave unset elsewhere",
+    )
     # Web console (/ui)
     console_session_ttl_seconds: float = Field(
         8 * 3600.0, gt=0, description="Life of a console session cookie (never past the operator token's own expiry)"
