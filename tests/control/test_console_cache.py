@@ -3,8 +3,8 @@ control plane mints itself; the browser holds none)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 import re
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
