@@ -175,3 +175,24 @@ def test_a_bearer_operator_token_reads_pages_too(control: Control) -> None:
 @pytest.mark.parametrize("path", ["/ui/static/htmx.min.js", "/ui/static/htmx.LICENSE", "/ui/static/console.css"])
 def test_assets_are_vendored(control: Control, path: str) -> None:
     assert httpx.get(control.url + path).status_code == 200
+
+
+def test_the_job_list_filters_by_state_class_and_repository(control: Control) -> None:
+    control.deliver(queued_payload(8501, ["self-hosted", "smith-2vcpu"]))
+    other = queued_payload(8502, ["self-hosted", "smith-4vcpu"])
+    other["repository"]["full_name"] = "octo/other"
+    control.deliver(other)
+    with session_client(control) as c:
+
+        def shown(**params: str) -> set[str]:
+            html = c.get("/ui/jobs/rows", params=params).text
+            return set(re.findall(r'<tr id="job-(\d+)"', html))
+
+        assert shown() == {"8501", "8502"}
+        assert shown(runner_class="smith-4vcpu") == {"8502"}
+        assert shown(repo="octo/other") == {"8502"}
+        assert shown(repo="Codertocat/Hello-World", runner_class="smith-2vcpu") == {"8501"}
+        assert shown(state="running") == set()
+        assert shown(state="no-such-state") == {"8501", "8502"}  # an unknown value filters nothing
+        page = c.get("/ui/jobs", params={"runner_class": "smith-4vcpu"}).text
+        assert 'hx-get="/ui/jobs/rows?state=&amp;runner_class=smith-4vcpu' in page  # the poll keeps the filter
