@@ -151,6 +151,9 @@ def test_the_job_log_is_read_through_the_control_plane(console: Control) -> None
         agent.ship(job, ["bye"], first_seq=3, last=True)
         rest = c.get(f"/ui/jobs/{job}/log", params={"after": 2}).text
         assert "bye" in rest and "hello" not in rest and 'id="log-end"' in rest
+        page = c.get(f"/ui/jobs/{job}").text
+        for html in (page, first, rest):  # no token of any kind reaches the browser (JWTs start "eyJ")
+            assert "eyJ" not in html and agent.leases[job]["logs_token"] not in html
         assert c.get("/ui/jobs/99999/log").status_code == 404
 
 
