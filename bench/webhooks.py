@@ -181,6 +181,7 @@ def main() -> None:
         "SMITH_LOG_LEVEL": "WARNING",
         "SMITH_REDIS_DURABILITY": args.durability,
         "SMITH_SPOOL_DIR": str(tmp / "spool"),
+        "SMITH_WEBHOOK_RATE_PER_SECOND": "0",  # measure the server, not its rate limit
     }
     server = subprocess.Popen(
         [sys.executable, "-m", "smith", "control", "serve", "--port", str(port), "--workers", str(args.workers)],

@@ -109,6 +109,9 @@ def dev(
     port: int = typer.Option(8080, help="Control plane port"),
     data_dir: Path = typer.Option(None, help="Where data lives [env SMITH_DATA_DIR, default ~/.local/share/smith]"),
     only_control: bool = typer.Option(False, "--only-control", help="Run the control plane alone"),
+    demo: bool = typer.Option(
+        False, "--demo", help="Once up, send a signed webhook for a bundled example job and follow it to the end"
+    ),
 ) -> None:
     """Run Smith on this machine with embedded defaults: Valkey, the control plane, and the other services."""
     from smith.adapters.redis.embedded import EmbeddedRedis
@@ -131,21 +134,26 @@ def dev(
         embedded.start()
         os.environ["SMITH_REDIS_URL"] = embedded.url
     try:
-        _serve_everything(port, data, only_control, embedded_redis=embedded is not None)
+        _serve_everything(port, data, only_control, embedded_redis=embedded is not None, demo=demo)
     finally:
         if embedded:
             embedded.stop()
         console.print("smith dev stopped")
 
 
-def _serve_everything(port: int, data: Path, only_control: bool, *, embedded_redis: bool) -> None:
+def _serve_everything(port: int, data: Path, only_control: bool, *, embedded_redis: bool, demo: bool = False) -> None:
     control_url = f"http://127.0.0.1:{port}"
     # Where the control plane tells jobs to find the other services (each starts below if it is installed).
     os.environ.setdefault("SMITH_CACHE_URL", f"http://127.0.0.1:{os.environ.get('SMITH_CACHE_PORT', '8090')}")
     os.environ.setdefault("SMITH_CONTROL_URL", control_url)
+    if demo:
+        from smith.cli.demo import example_script
+
+        os.environ.setdefault("SMITH_DEV_DEMO_SCRIPT", example_script())
     console.print(f"[bold]smith dev[/bold]  data: {data}")
     console.print(f"  redis:   {os.environ['SMITH_REDIS_URL']}" + ("  (embedded valkey)" if embedded_redis else ""))
     console.print(f"  control: {control_url}  (webhooks: {control_url}/webhooks/github)")
+    console.print(f"  console: {control_url}/ui  (log in with `smith auth operator-token`)")
     tasks: list[Coroutine[Any, Any, None]] = []
     names = []
     try:
@@ -159,6 +167,11 @@ def _serve_everything(port: int, data: Path, only_control: bool, *, embedded_red
             if coro is not None:
                 tasks.append(coro)
                 names.append(name)
+        if demo:
+            from smith.cli.demo import demo_service
+
+            tasks.append(demo_service(dict(os.environ)))
+            names.append("demo")
     except BaseException:
         for coro in tasks:  # a later service could not be set up: the earlier ones never run
             coro.close()

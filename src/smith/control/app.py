@@ -15,15 +15,18 @@ from smith import tokens
 from smith.adapters.redis import connect
 from smith.adapters.redis.group import Durability
 from smith.adapters.redis.jobs import RedisJobs
+from smith.control import console
+from smith.control.ratelimit import TokenBucket
 from smith.control.service import ControlPlane, job_view
 from smith.control.settings import ControlSettings
 from smith.control.spool import Spool
-from smith.errors import AuthError, InvalidInput, RequestTimeout, SmithError
+from smith.errors import AuthError, InvalidInput, RateLimited, RequestTimeout, SmithError
 from smith.http import (
     ByteBudget,
     add_error_handlers,
     add_health_routes,
     api_docs,
+    error_response,
     json_response,
     read_body,
 )
@@ -109,12 +112,13 @@ def create_app(
     )
 
     @contextlib.asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await plane.start()
         try:
             yield
         finally:
             await plane.stop()
+            await app.state.console.aclose()
             await jobs.r.aclose()
             if jobs.blocking is not jobs.r:
                 await jobs.blocking.aclose()
@@ -139,7 +143,18 @@ def create_app(
         settings.webhook_max_inflight_bytes, settings.webhook_wait_seconds
     )
 
+    bucket = (
+        TokenBucket(settings.webhook_rate_per_second, settings.webhook_burst)
+        if settings.webhook_rate_per_second
+        else None
+    )
+
     async def github_webhook(request: Request) -> Response:
+        if bucket is not None and (wait := bucket.take()):
+            # Refused unread: the connection is closed rather than the body read to keep it alive.
+            refused = error_response(RateLimited("too many webhook deliveries; retry later", retry_after=wait))
+            refused.headers["Connection"] = "close"
+            return refused
         # Everything the headers can refuse is refused before the body is read (413 on a Content-Length over
         # the limit, unread); the signature needs the body, read to at most the limit.
         signature = request.headers.get("x-hub-signature-256")
@@ -245,5 +260,7 @@ def create_app(
     @app.get("/v1/queue", tags=["operators"])
     async def queue(_: Operator) -> dict[str, Any]:
         return await plane.queue_health()
+
+    app.state.console = console.mount(app, settings, plane, jobs)
 
     return app

@@ -320,7 +320,7 @@ class ControlPlane:
                 workflow=job.workflow,
                 head_sha=job.head_sha,
                 head_branch=job.head_branch,
-                run=job.run,
+                run=job.run or (s.dev_demo_script or "" if job.source == "github" and runner is None else ""),
                 attempt=job.attempts,
             ),
             runner=runner,

@@ -34,6 +34,13 @@ class ControlSettings(CommonSettings):
     webhook_body_timeout_seconds: float = Field(
         30.0, gt=0, description="A webhook body must arrive within this (408), so a slow one cannot hold its room"
     )
+    webhook_rate_per_second: float = Field(
+        200.0,
+        ge=0,
+        description="Webhook deliveries admitted per second by each replica on average (token bucket); past it "
+        "429 with Retry-After, before the body is read. 0 = no limit",
+    )
+    webhook_burst: int = Field(1000, ge=1, description="Webhook deliveries a replica admits at once above its rate")
     agent_max_body_bytes: int = Field(
         256 * 1024, gt=0, description="Largest body of an agent API request (read only after its token is checked)"
     )
@@ -109,6 +116,25 @@ class ControlSettings(CommonSettings):
         gt=0,
         description="Life of the per-job log token handed with a lease: the agent's job timeout plus time to "
         "ship what it spooled (an agent restart, a log pipeline outage)",
+    )
+
+    dev_demo_script: str | None = Field(
+        None,
+        description="`smith dev --demo` only: the script a GitHub job runs when it has no runner credentials (no "
+        "GitHub App configured), so the bundled example shows output. Leave unset elsewhere",
+    )
+    # Web console (/ui)
+    console_session_ttl_seconds: float = Field(
+        8 * 3600.0, gt=0, description="Life of a console session cookie (never past the operator token's own expiry)"
+    )
+    console_cookie_secure: bool | None = Field(
+        None, description="Mark the session cookie Secure (unset: when the request came over HTTPS)"
+    )
+    console_logs_url: str | None = Field(
+        None, description="Where the control plane reads job logs for the console (default SMITH_LOGS_URL)"
+    )
+    console_cache_url: str | None = Field(
+        None, description="Where the control plane reads cache usage for the console (default SMITH_CACHE_URL)"
     )
 
     @field_validator("runner_classes", mode="before")
