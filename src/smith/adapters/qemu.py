@@ -46,6 +46,7 @@ from pydantic import ValidationError
 
 from smith import loadscale
 from smith.adapters.childenv import minimal_env
+from smith.adapters.resolver import guest_resolver
 from smith.asyncutil import CleanupStack
 from smith.domain.vms import Backend, VMShape
 from smith.errors import VMError
@@ -96,6 +97,7 @@ class QemuConfig:
     # QEMU drops to ``run_as`` (uid:gid) inside an empty, read-only chroot once its devices are open.
     confine: bool = True
     run_as: str = "65534:65534"
+    dns: str | None = None  # the guests' resolver (smith.adapters.resolver.guest_resolver); None: none
 
 
 class QMP:
@@ -253,7 +255,10 @@ class QemuVMM:
             if image is None:
                 raise VMError("QEMU backend: set SMITH_AGENT_KERNEL, or build a guest image with `smith image build`")
             kernel, initrd = image.vmlinux, image.initrd
-        config = QemuConfig(kernel=kernel, initrd=initrd, rootfs=rootfs, qemu_bin=settings.agent_qemu_bin)
+        dns = guest_resolver(settings.agent_network_dns)
+        if network is not None and dns is None:
+            log.warning("no DNS resolver for the guests: set SMITH_AGENT_NETWORK_DNS")
+        config = QemuConfig(kernel=kernel, initrd=initrd, rootfs=rootfs, qemu_bin=settings.agent_qemu_bin, dns=dns)
         return cls(base_dir, config, network)
 
     # -- acceleration ------------------------------------------------------------------------------------------
@@ -300,6 +305,8 @@ class QemuVMM:
         append = c.append
         if slot is not None:  # the guest's init configures eth0 from these
             append += f" smith.ip={slot.guest_ip}/{_prefix(slot.netmask)} smith.gw={slot.gateway_ip}"
+            if c.dns:
+                append += f" smith.dns={c.dns}"
         khz = host_tsc_khz() if accel == "tcg" else None
         if khz:  # see host_tsc_khz: without it a loaded host's guest stalls before its first console line
             append += f" tsc_early_khz={khz}"

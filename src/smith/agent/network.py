@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from urllib.parse import urlsplit
 
 from smith.adapters.network import HostNetwork, NetworkConfig, uid_of
+from smith.adapters.resolver import blocked, guest_resolver, usable_by_guest
 from smith.agent.settings import AgentSettings
 from smith.errors import SmithError
 from smith.logging import get_logger
@@ -45,10 +46,26 @@ def network_problems(settings: AgentSettings) -> list[str]:
         found.append("SMITH_AGENT_NETWORK needs root (CAP_NET_ADMIN) to create the bridge, taps and nftables rules")
     if not settings.agent_network_host_ports:
         found.append("SMITH_AGENT_NETWORK_HOST_PORTS is empty: VMs cannot reach the cache on this host")
+    found += resolver_problems(settings)
     for port, what in forbidden_ports(settings).items():
         if port in settings.agent_network_host_ports or port in settings.agent_network_host_udp_ports:
             found.append(f"host port {port} is {what}: a job must never reach it; take it out of the host ports")
     return found
+
+
+def resolver_problems(settings: AgentSettings) -> list[str]:
+    """The guests' resolver: there is one, a guest can reach it, and the egress rules let its queries out."""
+    dns = guest_resolver(settings.agent_network_dns)
+    if dns is None:
+        return ["no DNS resolver for the VMs: the host names only a local stub; set SMITH_AGENT_NETWORK_DNS"]
+    try:
+        if not usable_by_guest(dns):
+            return [f"SMITH_AGENT_NETWORK_DNS={dns} is on the host's loopback: a VM cannot reach it"]
+        if blocked(dns, settings.agent_network_deny, settings.agent_network_allow):
+            return [f"the VMs' resolver {dns} is in a denied range: add SMITH_AGENT_NETWORK_ALLOW={dns}/32"]
+    except ValueError:
+        return [f"SMITH_AGENT_NETWORK_DNS={dns!r} is not an IP address"]
+    return []
 
 
 def forbidden_ports(settings: AgentSettings) -> dict[int, str]:

@@ -91,6 +91,10 @@ class AgentSettings(CommonSettings):
     agent_network_allow: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Holes in the deny list VMs may reach anyway (e.g. a LAN resolver/32)"
     )
+    agent_network_dns: str | None = Field(
+        None,
+        description="Resolver the VMs use; default: the host's upstream from /etc/resolv.conf or systemd-resolved's",
+    )
     agent_network_netns: str | None = Field(None, description="Build the network inside this named netns")
     agent_network_tap_user: str | None = Field(None, description="User (name or uid) allowed to open the taps")
 
