@@ -105,6 +105,18 @@ async def test_cold_boot_runs_a_job_and_snapshots_restore_it(image: GuestImage, 
     assert outputs[0][2] != outputs[1][2]
     assert not list(base_dir.glob("qemu-*"))
 
+    # A template that no longer restores (another QEMU build wrote it): the VM boots cold, a new one is made.
+    snapshot.path.write_bytes(b"QEVM from another qemu" + bytes(4096))
+    fallback = await vmm.boot(SHAPE, "stale")
+    assert not fallback.restored
+    await fallback.stop()
+    await asyncio.wait_for(asyncio.gather(*vmm._retemplating.values()), patient(120))
+    remade = vmm.snapshots[(SHAPE.vcpus, SHAPE.memory_mib)]
+    assert remade is not snapshot and remade.path.stat().st_size > 4096
+    again = await vmm.boot(SHAPE, "again")
+    assert again.restored
+    await again.stop()
+
 
 @dataclass
 class RecordingNetwork:

@@ -11,9 +11,10 @@ Channels (no vsock: ``/dev/vhost-vsock`` is often missing, and it is here):
 - the serial console goes to ``console.log`` in the VM's directory (kernel messages, for diagnosis).
 - QMP on a Unix socket: quit, and migrate for snapshots.
 
-Acceleration: ``-accel kvm`` only when KVM can boot this guest, which is checked once (a real boot of the
-image under KVM with a short deadline) and remembered in ``<base_dir>/accel.json``; otherwise ``-accel tcg``,
-software emulation. A nested KVM (PVM) may open /dev/kvm fine and still fail to boot a normal kernel.
+Acceleration: ``-accel kvm`` only when KVM can boot this guest, which is checked by a real boot of the
+image under KVM with a short deadline; a success is remembered in ``<base_dir>/accel.json``, a failure never
+(it is probed again later). Otherwise ``-accel tcg``, software emulation, with a loud warning. A nested KVM (PVM)
+may open /dev/kvm fine and still fail to boot a normal kernel.
 
 Snapshots: ``prepare_snapshot(shape)`` boots a template guest until its agent waits for a config, saves it
 with QMP ``migrate`` to a file and stops it. ``boot()`` then starts each VM of that shape from the file with
@@ -91,6 +92,8 @@ class QemuConfig:
     life_timeout: float = 15.0  # a cold guest whose console is still empty by then is stuck: boot it again
     boot_attempts: int = 3
     kvm_probe_timeout: float = 20.0
+    kvm_retry_seconds: float = 600.0  # a failed KVM probe is tried again this much later (never cached)
+    kvm_device: Path = Path("/dev/kvm")
     stop_timeout: float = 5.0
     # Confinement of every job's QEMU (not of a template's, whose QMP migrate spawns `cat`): a seccomp filter
     # (-sandbox: no spawning, no privilege or resource changes, no obsolete calls) and, when the agent is root,
@@ -236,6 +239,10 @@ class QemuVMM:
         self.network = network
         self.snapshots: dict[tuple[int, int], Snapshot] = {}
         self._accel: str | None = None if config.accel == "auto" else config.accel
+        self._tcg_until = 0.0  # a failed KVM probe: emulation until then, then KVM is probed again
+        self._qemu_version: str | None = None
+        self._retemplating: dict[tuple[int, int], asyncio.Future[None]] = {}
+        self._accel_lock = asyncio.Lock()  # one KVM probe at a time; the others wait for its verdict
         for path in (config.kernel, config.initrd, config.rootfs):
             if path is not None and not Path(path).is_file():
                 raise VMError(f"QEMU backend: {path} does not exist (build one with `smith image build`)")
@@ -264,29 +271,48 @@ class QemuVMM:
     # -- acceleration ------------------------------------------------------------------------------------------
 
     async def accel(self) -> str:
-        """kvm if KVM boots this guest (checked once, remembered per kernel), else tcg."""
+        """kvm if KVM boots this guest, else tcg (software emulation, said loudly each time it is chosen).
+
+        Only a positive verdict is remembered (per image, in ``accel.json``): a failed probe (the user not yet
+        in the kvm group, a unit hiding /dev/kvm, a slow first boot) is tried again ``kvm_retry_seconds`` later,
+        and by the next agent, instead of leaving the host on emulation for good."""
         if self._accel is not None:
             return self._accel
+        if self._tcg_until > time.monotonic():
+            return "tcg"
+        async with self._accel_lock:
+            if self._accel is None and self._tcg_until <= time.monotonic():
+                await self._probe_accel()
+            return self._accel or "tcg"
+
+    async def _probe_accel(self) -> None:
         verdict_file = self.base_dir / "accel.json"
         key = self._image_key()
         with contextlib.suppress(OSError, ValueError):
             saved = json.loads(verdict_file.read_text())
-            if saved.get("key") == key and saved.get("accel") in ("kvm", "tcg"):
-                self._accel = str(saved["accel"])
-                return self._accel
-        accel, why = "tcg", "/dev/kvm is missing or not usable by this user"
-        if os.access("/dev/kvm", os.R_OK | os.W_OK):
-            try:
+            if saved.get("key") == key and saved.get("accel") == "kvm":
                 self._accel = "kvm"
-                machine = await self._boot(VMShape("kvm-probe", 1, 256), "kvm-probe", self.config.kvm_probe_timeout)
+                return
+        why = f"{self.config.kvm_device} is missing or not usable by this user (is it in the kvm group?)"
+        if os.access(self.config.kvm_device, os.R_OK | os.W_OK):
+            try:
+                probe = VMShape("kvm-probe", 1, 256)
+                machine = await self._boot(probe, "kvm-probe", self.config.kvm_probe_timeout, accel="kvm")
                 await machine.stop()
-                accel, why = "kvm", "a probe guest booted under KVM"
             except VMError as exc:
                 why = f"KVM is present but a guest did not boot under it ({exc.message[:200]})"
-        self._accel = accel
-        verdict_file.write_text(json.dumps({"key": key, "accel": accel, "why": why}))
-        log.info("qemu acceleration chosen", accel=accel, why=why)
-        return accel
+            else:
+                self._accel = "kvm"
+                verdict_file.write_text(json.dumps({"key": key, "accel": "kvm", "why": "a probe guest booted"}))
+                log.info("qemu acceleration chosen", accel="kvm", why="a probe guest booted under KVM")
+                return
+        verdict_file.unlink(missing_ok=True)
+        self._tcg_until = time.monotonic() + self.config.kvm_retry_seconds
+        log.warning(
+            "QEMU RUNS UNDER SOFTWARE EMULATION (tcg): jobs are 10-50x slower; KVM is probed again later",
+            why=why,
+            retry_seconds=self.config.kvm_retry_seconds,
+        )
 
     def _image_key(self) -> str:
         h = hashlib.sha256()
@@ -386,26 +412,44 @@ class QemuVMM:
         return await self._boot(shape, vm_id, self.config.boot_timeout)
 
     async def _boot(
-        self, shape: VMShape, vm_id: str, wait_s: float, *, snapshot: Snapshot | bool | None = None
+        self,
+        shape: VMShape,
+        vm_id: str,
+        wait_s: float,
+        *,
+        snapshot: Snapshot | bool | None = None,
+        accel: str | None = None,
     ) -> QemuMachine:
         """Under software emulation an early kernel now and then stalls before it prints anything (seen here
         under heavy host load): such a boot is thrown away and tried again, a bounded number of times."""
+        if snapshot is None and self.network is None:  # a template's guest has no NIC: networked VMs boot cold
+            snapshot = self.snapshots.get((shape.vcpus, shape.memory_mib))
+        if isinstance(snapshot, Snapshot):
+            try:
+                return await self._boot_once(shape, vm_id, wait_s, snapshot=snapshot, accel=accel)
+            except VMError as exc:  # a stale or broken template: this VM boots cold, the template is remade
+                self._restore_failed(snapshot, exc)
+                snapshot = None
         for attempt in range(1, self.config.boot_attempts + 1):
             try:
-                return await self._boot_once(shape, vm_id, wait_s, snapshot=snapshot)
+                return await self._boot_once(shape, vm_id, wait_s, snapshot=snapshot, accel=accel)
             except _NoSignOfLife as exc:
                 log.warning("qemu guest showed no sign of life; booting again", vm_id=vm_id, attempt=attempt)
                 last = exc
         raise VMError(f"VM {vm_id}: {last}", retryable=True)
 
     async def _boot_once(
-        self, shape: VMShape, vm_id: str, wait_s: float, *, snapshot: Snapshot | bool | None = None
+        self,
+        shape: VMShape,
+        vm_id: str,
+        wait_s: float,
+        *,
+        snapshot: Snapshot | bool | None = None,
+        accel: str | None = None,
     ) -> QemuMachine:
         """Boot steps with a cleanup stack; ``snapshot=False`` forces a cold boot (to make a template)."""
-        if snapshot is None and self.network is None:  # a template's guest has no NIC: networked VMs boot cold
-            snapshot = self.snapshots.get((shape.vcpus, shape.memory_mib))
         snap = snapshot if isinstance(snapshot, Snapshot) else None
-        accel = await self.accel()
+        accel = accel or await self.accel()
         started = time.monotonic()
         cleanup = CleanupStack("qemu")
         vm_dir = self.base_dir / f"{PREFIX}{vm_id}"
@@ -579,12 +623,45 @@ class QemuVMM:
 
     # -- snapshots -------------------------------------------------------------------------------------------
 
+    async def snapshot_key(self, shape: VMShape, accel: str) -> str:
+        """A template restores only into what saved it: the same image, shape, accelerator, QEMU build, host
+        kernel and CPU model (a QEMU or kernel upgrade, or another CPU, makes a new template)."""
+        if self._qemu_version is None:
+            self._qemu_version = await qemu_version(self.config.qemu_bin)
+        host = f"{self._qemu_version}:{os.uname().release}:{cpu_model()}"
+        return hashlib.sha256(
+            f"{self._image_key()}:{shape.vcpus}:{shape.memory_mib}:{accel}:{host}".encode()
+        ).hexdigest()
+
+    def _restore_failed(self, snap: Snapshot, error: VMError) -> None:
+        """Forget a template that did not restore, and make a new one in the background."""
+        log.warning("qemu restore failed; cold boot, new template", snapshot=snap.path.name, error=error.message[:300])
+        shape_key = (snap.shape.vcpus, snap.shape.memory_mib)
+        if self.snapshots.get(shape_key) is snap:
+            del self.snapshots[shape_key]
+        snap.path.unlink(missing_ok=True)
+        if shape_key not in self._retemplating:
+            task = asyncio.ensure_future(self._retemplate(snap.shape))
+            self._retemplating[shape_key] = task
+            task.add_done_callback(lambda _: self._retemplating.pop(shape_key, None))
+
+    async def _retemplate(self, shape: VMShape) -> None:
+        try:
+            await self.prepare_snapshot(shape)
+        except VMError as exc:
+            log.warning(
+                "qemu template could not be made again",
+                vcpus=shape.vcpus,
+                memory_mib=shape.memory_mib,
+                error=exc.message[:300],
+            )
+
     async def prepare_snapshot(self, shape: VMShape) -> Snapshot:
         """Boot a template guest of this shape until it waits for a config, and save it for warm starts."""
         if self.network is not None:
             raise VMError("QEMU snapshots are for VMs without network (a NIC's addresses would be baked in)")
         accel = await self.accel()
-        key = hashlib.sha256(f"{self._image_key()}:{shape.vcpus}:{shape.memory_mib}:{accel}".encode()).hexdigest()
+        key = await self.snapshot_key(shape, accel)
         snap_dir = self.base_dir / "snapshots"
         snap_dir.mkdir(exist_ok=True)
         path = snap_dir / f"{key[:16]}.state"
@@ -645,6 +722,33 @@ def _exists(path: Path) -> bool:
 
 def _cmdline(pid: int) -> bytes:
     return Path(f"/proc/{pid}/cmdline").read_bytes()
+
+
+async def qemu_version(qemu_bin: str) -> str:
+    """The first line of ``qemu --version`` (e.g. "QEMU emulator version 8.2.2 (Debian 1:8.2.2+ds-0ubuntu1)")."""
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            shutil.which(qemu_bin) or qemu_bin,
+            "--version",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+            env=minimal_env(),
+        )
+        out, _ = await proc.communicate()
+    except OSError as exc:
+        raise VMError(f"cannot run {qemu_bin} --version: {exc}") from exc
+    return out.decode(errors="replace").strip().split("\n", 1)[0]
+
+
+def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The host CPU's model name and its flags' digest: a template saved on one CPU may not restore on another."""
+    try:
+        first = cpuinfo.read_text().split("\n\n", 1)[0]
+    except OSError:
+        return "unknown"
+    fields = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in first.splitlines())}
+    flags = hashlib.sha256(fields.get("flags", "").encode()).hexdigest()[:12]
+    return f"{fields.get('model name', 'unknown')}/{flags}"
 
 
 def host_tsc_khz(cpuinfo: Path = Path("/proc/cpuinfo")) -> int | None:
