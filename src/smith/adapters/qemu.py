@@ -256,11 +256,9 @@ class QemuVMM:
         if rootfs is not None and _is_cpio(Path(rootfs)):
             initrd, rootfs = rootfs, None
         if kernel is None:
-            from smith.images.build import cached_image
+            from smith.images.refresh import current_image
 
-            image = cached_image(settings.data_dir)
-            if image is None:
-                raise VMError("QEMU backend: set SMITH_AGENT_KERNEL, or build a guest image with `smith image build`")
+            image = current_image(settings.data_dir)
             kernel, initrd = image.vmlinux, image.initrd
         dns = guest_resolver(settings.agent_network_dns)
         if network is not None and dns is None:

@@ -8,9 +8,11 @@ import subprocess
 from typing import Any
 
 from smith.adapters.childenv import minimal_env
-from smith.errors import ConfigError
+from smith.errors import ConfigError, SmithError
+from smith.logging import get_logger
 from smith.ports import VMM, Network
 
+log = get_logger("smith.agent.backends")
 ORDER = ("firecracker", "qemu", "sandbox")
 
 
@@ -91,7 +93,14 @@ def select_backend(settings: Any, network: Network | None = None) -> tuple[VMM, 
     if not info["available"]:
         raise ConfigError(f"backend {name} is not available here: {info['reason']}")
     why = info["reason"] if settings.agent_backend != "auto" else f"auto: {info['reason']}"
-    return build(name, settings, network), why
+    try:
+        return build(name, settings, network), why
+    except SmithError as exc:  # auto: a VM backend that cannot start here (no guest image) yields to the sandbox
+        fallback = found["backends"]["sandbox"]
+        if settings.agent_backend != "auto" or name == "sandbox" or not fallback["available"]:
+            raise
+        log.warning("backend cannot start; using the sandbox", backend=name, error=exc.message)
+        return build("sandbox", settings, network), f"auto: {name} cannot start ({exc.message}); {fallback['reason']}"
 
 
 def build(name: str, settings: Any, network: Network | None = None) -> VMM:
