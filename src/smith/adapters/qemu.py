@@ -173,6 +173,9 @@ class QemuMachine:
     _stopped: bool = False
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
+    def alive(self) -> bool:
+        return self.proc.returncode is None
+
     async def assign(self, config: GuestConfig) -> None:
         if self._assigned:
             raise VMError(f"VM {self.id} already has a job")

@@ -98,6 +98,9 @@ class Agent:
         removed = await self.vmm.cleanup_leftovers()
         if removed:
             log.warning("removed leftovers of an earlier agent", removed=removed)
+        probe = getattr(self.vmm, "probe", None)
+        if probe is not None:  # a backend this host refuses fails the start in its own words, not every job
+            await probe()
         reg = await self.control.register(self._registration())
         self.heartbeat_interval = reg.heartbeat_interval_seconds
         shapes = {rc.name: VMShape(rc.name, rc.vcpus, rc.memory_mib, rc.disk_mib) for rc in reg.runner_classes}

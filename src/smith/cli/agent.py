@@ -102,6 +102,19 @@ async def serve_with_network(settings: Any) -> None:
         await serve_agent(build_agent(settings, network))
 
 
+HOST_FILES = {"apparmor": "smith-bwrap.apparmor", "systemd": "smith-agent.service"}
+
+
+@app.command("host-file")
+def host_file(name: str = typer.Argument(..., help="apparmor (bwrap's profile) or systemd (the agent's unit)")) -> None:
+    """Print a file this host needs (docs/hosts.md says where it goes)."""
+    from importlib.resources import files
+
+    if name not in HOST_FILES:
+        fail(f"no host file {name!r}: choose one of {', '.join(HOST_FILES)}")
+    typer.echo(files("smith.agent").joinpath("hostfiles", HOST_FILES[name]).read_text(), nl=False)
+
+
 @app.command()
 def backends(json_out: bool = typer.Option(False, "--json", help="Print JSON")) -> None:
     """Which VM backends this machine can run, and which one `auto` picks, with the reasons."""
