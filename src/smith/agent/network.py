@@ -7,11 +7,13 @@ backends acquire slots from, and tears everything down on every exit path.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from urllib.parse import urlsplit
 
+from smith.adapters.firewall import Firewall
 from smith.adapters.network import HostNetwork, NetworkConfig, uid_of
 from smith.adapters.resolver import blocked, guest_resolver, usable_by_guest
 from smith.agent.settings import AgentSettings
@@ -86,7 +88,12 @@ async def host_network(settings: AgentSettings) -> AsyncIterator[HostNetwork | N
         return
     net = HostNetwork(network_config(settings))
     async with net:
+        firewall = Firewall(net, settings.agent_network_host_ports)
+        await firewall.ensure()  # Docker's accepts in; ufw/firewalld/other drops refuse the start, with the fix
+        watch = asyncio.ensure_future(firewall.watch(settings.agent_network_check_seconds))
         try:
             yield net
         finally:
+            watch.cancel()
+            await asyncio.gather(watch, return_exceptions=True)
             log.info("network_stopping", live_slots=len(net.live()))

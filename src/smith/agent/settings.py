@@ -95,6 +95,9 @@ class AgentSettings(CommonSettings):
         None,
         description="Resolver the VMs use; default: the host's upstream from /etc/resolv.conf or systemd-resolved's",
     )
+    agent_network_check_seconds: float = Field(
+        30.0, gt=0, description="How often Smith's nftables tables and firewall accepts are checked and put back"
+    )
     agent_network_netns: str | None = Field(None, description="Build the network inside this named netns")
     agent_network_tap_user: str | None = Field(None, description="User (name or uid) allowed to open the taps")
 
