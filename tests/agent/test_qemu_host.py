@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 from structlog.testing import capture_logs
 
+from smith.adapters import cgroups
 from smith.adapters import qemu as qemu_module
 from smith.adapters.qemu import QemuConfig, QemuVMM
+from smith.agent.backends import jailer_parent_cgroup
 from smith.domain.vms import VMShape
+from smith.errors import VMError
 
 
 def counting_qemu(tmp_path: Path) -> tuple[Path, Path]:
@@ -83,3 +88,51 @@ async def test_snapshot_keys_name_the_qemu_build_kernel_and_cpu(
     mp.setattr(os, "uname", lambda: type("U", (), {"release": "6.8.0-49-generic"})())
     assert await upgraded.snapshot_key(shape, "kvm") != on_epyc
     assert real_cpu_model(cpuinfo).startswith("AMD EPYC 7B13/")
+
+
+def test_a_second_detection_finds_the_delegated_unit_not_the_agents_leaf(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    unit = "system.slice/smith-agent.service"
+    base = tmp_path / unit
+    (base / "agent").mkdir(parents=True)
+    (tmp_path / "cgroup.controllers").write_text("cpu memory pids\n")
+    for d in (base, base / "agent"):
+        (d / "cgroup.controllers").write_text("cpu memory pids\n")
+        (d / "cgroup.procs").write_text("")
+        (d / "cgroup.subtree_control").write_text("")
+    monkeypatch.setattr(cgroups, "_own_cgroups", lambda: {"": f"/{unit}/agent"})  # moved there by a first detect
+    found = cgroups.Cgroups.detect(None, root=tmp_path)
+    assert found is not None and found.parents == (base,)
+    assert found.delegated() == unit  # what the jailer gets as --parent-cgroup
+    monkeypatch.setattr(cgroups.Cgroups, "detect", classmethod(lambda cls, parent=None, root=None: found))
+    if os.geteuid() == 0:
+        assert jailer_parent_cgroup(object()) == unit
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: makes cgroups")
+async def test_each_qemu_runs_in_a_cgroup_of_its_own(tmp_path: Path) -> None:
+    groups = cgroups.Cgroups.detect()
+    if groups is None:
+        pytest.skip("no writable cgroup hierarchy here")
+    seen = Path(tempfile.mkdtemp(prefix="smith-qcg-", dir="/tmp")) / "seen"
+    qemu = tmp_path / "qemu-tells-its-cgroup"
+    controller = "memory" if groups.version == 1 else ""
+    limit = "memory.limit_in_bytes" if groups.version == 1 else "memory.max"
+    mount = f"/sys/fs/cgroup/{controller}".rstrip("/")
+    qemu.write_text(
+        "#!/bin/sh\n"
+        f"cg=$(grep ':{controller}:' /proc/self/cgroup | cut -d: -f3)\n"
+        f'echo "$cg $(cat {mount}$cg/{limit})" > {seen}\n'
+        "exit 1\n"
+    )
+    qemu.chmod(0o755)
+    vmm = make_vmm(tmp_path, qemu_bin=str(qemu), accel="tcg")
+    vmm.cgroups = groups
+    with pytest.raises(VMError):
+        await vmm.boot(VMShape("c", 1, 256), "cg1")
+    where, limit_bytes = seen.read_text().split()
+    assert where.endswith(f"/{vmm.cgroup_prefix}cg1")
+    assert int(limit_bytes) == (256 + 256 + 512) << 20  # the guest, QEMU, and its translation cache under tcg
+    assert groups.find(vmm.cgroup_prefix) == []  # removed with the VM
+    shutil.rmtree(seen.parent)

@@ -46,6 +46,7 @@ import orjson
 from pydantic import ValidationError
 
 from smith import loadscale
+from smith.adapters.cgroups import Cgroups, JobCgroup, Limits
 from smith.adapters.childenv import minimal_env
 from smith.adapters.resolver import guest_resolver
 from smith.asyncutil import CleanupStack
@@ -234,8 +235,11 @@ class QemuVMM:
         network: NetworkLike | None = None,
         *,
         slowness: Callable[[], float] = loadscale.slowness,
+        cgroups: Cgroups | None = None,
     ) -> None:
         self.base_dir = Path(base_dir)
+        self.cgroups = cgroups  # each VM's QEMU in a cgroup of its own (memory incl. swap, pids, cpu)
+        self.cgroup_prefix = f"smith-{hashlib.sha256(str(self.base_dir).encode()).hexdigest()[:8]}-"
         self.slowness = slowness
         self.base_dir.mkdir(parents=True, exist_ok=True)
         self.config = config
@@ -267,7 +271,8 @@ class QemuVMM:
         if network is not None and dns is None:
             log.warning("no DNS resolver for the guests: set SMITH_AGENT_NETWORK_DNS")
         config = QemuConfig(kernel=kernel, initrd=initrd, rootfs=rootfs, qemu_bin=settings.agent_qemu_bin, dns=dns)
-        return cls(base_dir, config, network)
+        cgroups = Cgroups.detect(settings.agent_cgroup_parent) if os.geteuid() == 0 else None
+        return cls(base_dir, config, network, cgroups=cgroups)
 
     # -- acceleration ------------------------------------------------------------------------------------------
 
@@ -469,7 +474,12 @@ class QemuVMM:
                 slot = await self.network.acquire(vm_id)
                 net = self.network
                 cleanup.push("network slot", lambda: net.release(slot))
-            # 3. qemu (a restored VM reads its state from an inherited descriptor: a confined QEMU cannot spawn)
+            # 3. its cgroup, then qemu (a restored VM reads its state from an inherited descriptor: a confined QEMU
+            # cannot spawn)
+            group = await self._cgroup(vm_id, shape, accel)
+            if group is not None:
+                cgroup = group
+                cleanup.push("cgroup", lambda: asyncio.to_thread(cgroup.remove))
             state_fd = os.open(snap.path, os.O_RDONLY | os.O_CLOEXEC) if snap else None
             incoming = f"fd:{state_fd}" if state_fd is not None else None
             argv = self.command(vm_dir, shape, accel, slot, incoming, confined=snapshot is not False)
@@ -483,6 +493,7 @@ class QemuVMM:
                     start_new_session=True,
                     env=minimal_env(),  # never the agent's credentials
                     pass_fds=(state_fd,) if state_fd is not None else (),
+                    preexec_fn=group.enter if group is not None else None,
                 )
             except OSError as exc:
                 raise VMError(f"cannot start {self.config.qemu_bin}: {exc}") from exc
@@ -520,6 +531,15 @@ class QemuVMM:
         machine.boot_seconds = time.monotonic() - started
         log.info("qemu vm ready", vm_id=vm_id, accel=accel, restored=snap is not None, seconds=machine.boot_seconds)
         return machine
+
+    async def _cgroup(self, vm_id: str, shape: VMShape, accel: str) -> JobCgroup | None:
+        """A cgroup for this VM's QEMU: the guest's memory plus QEMU's own (more under emulation: its translation
+        cache), no swap, a bounded thread count, and its vCPUs plus headroom for QEMU's own threads."""
+        if self.cgroups is None:
+            return None
+        overhead = 256 + (512 if accel == "tcg" else 0)
+        limits = Limits((shape.memory_mib + overhead) << 20, 1024, shape.vcpus + 0.5)
+        return await asyncio.to_thread(self.cgroups.create, self.cgroup_prefix + vm_id, limits)
 
     async def _wait_socket(self, path: Path, proc: asyncio.subprocess.Process, vm_dir: Path) -> None:
         for _ in range(1000):
@@ -707,6 +727,8 @@ class QemuVMM:
                         await asyncio.sleep(0.02)
             shutil.rmtree(vm_dir, ignore_errors=True)
             removed.append(vm_dir.name)
+        for group in self.cgroups.find(self.cgroup_prefix) if self.cgroups is not None else []:
+            await asyncio.to_thread(group.remove)
         for partial in (self.base_dir / "snapshots").glob("*.partial"):
             partial.unlink(missing_ok=True)
             removed.append(partial.name)

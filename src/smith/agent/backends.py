@@ -103,6 +103,17 @@ def select_backend(settings: Any, network: Network | None = None) -> tuple[VMM, 
         return build("sandbox", settings, network), f"auto: {name} cannot start ({exc.message}); {fallback['reason']}"
 
 
+def jailer_parent_cgroup(settings: Any) -> str:
+    """The agent's own delegated cgroup (v2), so the jailer's per-VM cgroups live inside the agent's unit; ""
+    (the jailer's default, named after the binary) where there is none."""
+    from smith.adapters.cgroups import Cgroups
+
+    if os.geteuid() != 0:
+        return ""
+    found = Cgroups.detect(getattr(settings, "agent_cgroup_parent", None))
+    return found.delegated() if found is not None else ""
+
+
 def build(name: str, settings: Any, network: Network | None = None) -> VMM:
     """The backend ``name``; VMs get their taps from ``network`` (the host bridge, SMITH_AGENT_NETWORK=true)."""
     work = settings.work_dir / name
@@ -133,6 +144,7 @@ def build(name: str, settings: Any, network: Network | None = None) -> VMM:
             firecracker_bin=Path(shutil.which(settings.agent_firecracker_bin) or settings.agent_firecracker_bin),
             jailer_bin=Path(shutil.which(settings.agent_jailer_bin) or settings.agent_jailer_bin),
             use_jailer=os.geteuid() == 0,  # the jailer needs root (chroot, cgroups, setuid)
+            parent_cgroup=jailer_parent_cgroup(settings),
         )
         return FirecrackerVMM(config, network or TapNetwork())
     raise ConfigError(f"unknown backend {name}")
