@@ -14,10 +14,11 @@ from contextlib import asynccontextmanager
 from urllib.parse import urlsplit
 
 from smith.adapters.firewall import Firewall
+from smith.adapters.netcheck import parse_routes, pool_findings
 from smith.adapters.network import HostNetwork, NetworkConfig, uid_of
 from smith.adapters.resolver import blocked, guest_resolver, usable_by_guest
 from smith.agent.settings import AgentSettings
-from smith.errors import SmithError
+from smith.errors import ConfigError, SmithError
 from smith.logging import get_logger
 
 log = get_logger("smith.agent.network")
@@ -80,6 +81,22 @@ def forbidden_ports(settings: AgentSettings) -> dict[int, str]:
     return ports
 
 
+def docker_installed() -> bool:
+    return any(os.path.exists(p) for p in ("/var/run/docker.sock", "/etc/docker"))
+
+
+async def check_pool(net: HostNetwork) -> None:
+    """Refuse a pool over one of the host's routes; warn when it lies in Docker's default pools."""
+    routes = parse_routes(await net.commands.ip("-j", "route", "show"))
+    found = pool_findings(net.config.pool, net.config.bridge, routes, docker_installed())
+    for finding in found:
+        if finding.level == "warn":
+            log.warning(finding.message, fix=finding.fix)
+    failing = [f"{f.message} ({f.fix})" for f in found if f.level == "fail"]
+    if failing:
+        raise ConfigError("; ".join(failing))
+
+
 @asynccontextmanager
 async def host_network(settings: AgentSettings) -> AsyncIterator[HostNetwork | None]:
     """Clean leftovers, set the host network up, yield it, tear it down. Yields None when networking is off."""
@@ -87,6 +104,7 @@ async def host_network(settings: AgentSettings) -> AsyncIterator[HostNetwork | N
         yield None
         return
     net = HostNetwork(network_config(settings))
+    await check_pool(net)
     async with net:
         firewall = Firewall(net, settings.agent_network_host_ports)
         await firewall.ensure()  # Docker's accepts in; ufw/firewalld/other drops refuse the start, with the fix

@@ -102,11 +102,15 @@ async def serve_with_network(settings: Any) -> None:
         await serve_agent(build_agent(settings, network))
 
 
-HOST_FILES = {"apparmor": "smith-bwrap.apparmor", "systemd": "smith-agent.service"}
+HOST_FILES = {
+    "apparmor": "smith-bwrap.apparmor",
+    "systemd": "smith-agent.service",
+    "networkmanager": "smith-unmanaged.nmconf",
+}
 
 
 @app.command("host-file")
-def host_file(name: str = typer.Argument(..., help="apparmor (bwrap's profile) or systemd (the agent's unit)")) -> None:
+def host_file(name: str = typer.Argument(..., help="apparmor, systemd or networkmanager")) -> None:
     """Print a file this host needs (docs/hosts.md says where it goes)."""
     from importlib.resources import files
 

@@ -1,22 +1,26 @@
-"""Items 8 and 16: other firewalls on the host and a flushed ruleset, with real packets in namespaces (root only).
+"""Items 8, 16 and 20: other firewalls, a flushed ruleset and a lower uplink MTU, with real packets (root only).
 
 Runs on test_network's world (a host namespace with Smith's bridge, an "internet" behind its uplink, two VMs):
 each test adds what Docker, ufw or firewalld would add to the host namespace's ruleset, and removes it after.
-Run under the shared lock: ``flock /tmp/smith-net.lock uv run pytest tests/agent/test_network_firewall.py``.
+Run under the shared lock: ``flock /tmp/smith-net.lock uv run pytest tests/agent/test_network_host.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import socket
 import subprocess
+import threading
 from collections.abc import Iterator
 
 import pytest
 
 from smith.adapters.firewall import Firewall, Ruleset, check
+from smith.adapters.netcheck import pool_findings
 from smith.errors import ConfigError
-from tests.agent.netns import sh, skip_unless_root, tcp_connect
+from tests.agent.netns import run_in, sh, skip_unless_root, socket_in, tcp_connect
 from tests.agent.test_network import ALLOWED, INTERNET_IP, UPLINK_IP, World, world  # noqa: F401  (the fixture)
 
 pytestmark = skip_unless_root()
@@ -146,3 +150,77 @@ def test_findings_on_a_clean_host_are_empty() -> None:
         )
     )
     assert check(ruleset, "smithbr0", (8090,)) == []
+
+
+def serve_bulk(ns: str, port: int, size: int) -> threading.Thread:
+    """One connection in ``ns`` on ``port``: sends ``size`` bytes and closes."""
+    listener = run_in(ns, lambda: socket.create_server((INTERNET_IP, port)))
+
+    def serve() -> None:
+        with listener:
+            listener.settimeout(10)
+            with contextlib.suppress(OSError):
+                conn, _ = listener.accept()
+                with conn:
+                    conn.sendall(b"x" * size)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return thread
+
+
+def download(ns: str, port: int) -> int:
+    sock = socket_in(ns)
+    sock.settimeout(3)
+    got = 0
+    try:
+        sock.connect((INTERNET_IP, port))
+        while chunk := sock.recv(65536):
+            got += len(chunk)
+    except OSError:
+        pass
+    finally:
+        sock.close()
+    return got
+
+
+def test_a_lower_uplink_mtu_does_not_black_hole_downloads(foreign: World) -> None:
+    # The host's uplink takes 1400-byte packets while the far side sends 1500: a path MTU black hole (no ICMP).
+    # Veth passes GSO bursts of any size: the far side sends plain frames, which veth drops when too big.
+    sh("ip", "-n", foreign.host, "link", "set", "up0", "mtu", "1400")
+    sh("ip", "-n", foreign.internet, "link", "set", "wan0", "gso_max_size", "1500", "gso_max_segs", "1")
+    try:
+        asyncio.run(foreign.net.setup())
+        bridge = json.loads(sh("ip", "-n", foreign.host, "-j", "link", "show", "dev", "smithbr0"))[0]
+        assert bridge["mtu"] == 1400  # copied from the uplink
+        server = serve_bulk(foreign.internet, 8081, 200_000)
+        assert download(foreign.vm_a, 8081) == 200_000  # the VM's SYN had its MSS clamped to the route's MTU
+        server.join()
+    finally:
+        sh("ip", "-n", foreign.host, "link", "set", "up0", "mtu", "1500")
+        sh("ip", "-n", foreign.internet, "link", "set", "wan0", "gso_max_size", "65536", "gso_max_segs", "65535")
+
+
+def test_a_pool_over_a_host_route_is_refused_and_dockers_pools_are_named() -> None:
+    routes = [
+        {"dst": "default", "gateway": "10.0.0.1", "dev": "eth0"},
+        {"dst": "10.0.0.0/16", "dev": "eth0"},
+        {"dst": "172.30.0.0/24", "dev": "smithbr0"},  # our own bridge's, from an earlier run
+    ]
+    assert pool_findings("172.30.0.0/24", "smithbr0", routes, docker=False) == []
+    clash = pool_findings("10.0.8.0/24", "smithbr0", routes, docker=False)
+    assert [f.level for f in clash] == ["fail"] and "10.0.0.0/16 on eth0" in clash[0].message
+    docker = pool_findings("172.30.0.0/24", "smithbr0", routes, docker=True)
+    assert [f.level for f in docker] == ["warn"] and "172.30.0.0/16" in docker[0].message
+
+
+def test_the_agent_refuses_a_pool_over_a_route_of_its_namespace(foreign: World) -> None:
+    from smith.agent.network import check_pool
+
+    sh("ip", "-n", foreign.host, "route", "add", "172.30.0.128/25", "via", INTERNET_IP)
+    try:
+        with pytest.raises(ConfigError) as err:
+            asyncio.run(check_pool(foreign.net))
+        assert "overlaps the host's route 172.30.0.128/25 on up0" in err.value.message
+    finally:
+        sh("ip", "-n", foreign.host, "route", "del", "172.30.0.128/25")
