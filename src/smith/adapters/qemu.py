@@ -32,6 +32,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import secrets
 import shlex
 import shutil
@@ -101,6 +102,8 @@ class QemuConfig:
     # QEMU drops to ``run_as`` (uid:gid) inside an empty, read-only chroot once its devices are open.
     confine: bool = True
     run_as: str = "65534:65534"
+    console_max_bytes: int = 8 << 20  # a VM's console.log is cut when it grows past this (checked every second)
+    console_check_seconds: float = 1.0
     dns: str | None = None  # the guests' resolver (smith.adapters.resolver.guest_resolver); None: none
 
 
@@ -217,6 +220,11 @@ class QemuMachine:
                 return
             self._stopped = True
             await self.cleanup.unwind()
+
+
+async def _cancel(task: asyncio.Future[None]) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
 
 
 async def _close(writer: asyncio.StreamWriter) -> None:
@@ -362,8 +370,10 @@ class QemuVMM:
             str(c.kernel),
             "-append",
             append,
+            "-chardev",
+            f"file,id=console,path={vm_dir / 'console.log'},append=on",  # append: the agent may cut it (see _cap)
             "-serial",
-            f"file:{vm_dir / 'console.log'}",
+            "chardev:console",
             "-device",
             "virtio-serial-device",
             "-chardev",
@@ -528,6 +538,8 @@ class QemuVMM:
         machine = QemuMachine(
             vm_id, vm_dir, proc, qmp, reader, writer, config_writer, cleanup, restored=snap is not None
         )
+        watcher = asyncio.ensure_future(self._cap_console(vm_dir / "console.log", vm_id))
+        cleanup.push("console cap", lambda: _cancel(watcher))
         machine.boot_seconds = time.monotonic() - started
         log.info("qemu vm ready", vm_id=vm_id, accel=accel, restored=snap is not None, seconds=machine.boot_seconds)
         return machine
@@ -540,6 +552,18 @@ class QemuVMM:
         overhead = 256 + (512 if accel == "tcg" else 0)
         limits = Limits((shape.memory_mib + overhead) << 20, 1024, shape.vcpus + 0.5)
         return await asyncio.to_thread(self.cgroups.create, self.cgroup_prefix + vm_id, limits)
+
+    async def _cap_console(self, path: Path, vm_id: str) -> None:
+        """The guest writes the console (a job can too): cut it whenever it grows past ``console_max_bytes``."""
+        cut = 0
+        while True:
+            await asyncio.sleep(self.config.console_check_seconds)
+            with contextlib.suppress(OSError):
+                if os.stat(path).st_size > self.config.console_max_bytes:
+                    os.truncate(path, 0)
+                    cut += 1
+                    if cut == 1:
+                        log.warning("qemu console log cut: the guest writes too much", vm_id=vm_id)
 
     async def _wait_socket(self, path: Path, proc: asyncio.subprocess.Process, vm_dir: Path) -> None:
         for _ in range(1000):
@@ -685,7 +709,7 @@ class QemuVMM:
         key = await self.snapshot_key(shape, accel)
         snap_dir = self.base_dir / "snapshots"
         snap_dir.mkdir(exist_ok=True)
-        path = snap_dir / f"{key[:16]}.state"
+        path = snap_dir / f"{shape.vcpus}x{shape.memory_mib}-{key[:16]}.state"
         if not path.exists():
             tmp = path.with_suffix(".partial")
             machine = await self._boot(shape, f"template-{key[:12]}", self.config.boot_timeout, snapshot=False)
@@ -705,6 +729,9 @@ class QemuVMM:
             finally:
                 await machine.stop()
             tmp.rename(path)
+            for old in snap_dir.glob(f"{shape.vcpus}x{shape.memory_mib}-*.state"):  # this shape's stale templates
+                if old != path:
+                    old.unlink(missing_ok=True)
         snapshot = Snapshot(path=path, shape=shape, key=key)
         self.snapshots[(shape.vcpus, shape.memory_mib)] = snapshot
         return snapshot
@@ -729,6 +756,10 @@ class QemuVMM:
             removed.append(vm_dir.name)
         for group in self.cgroups.find(self.cgroup_prefix) if self.cgroups is not None else []:
             await asyncio.to_thread(group.remove)
+        for stale in (self.base_dir / "snapshots").glob("*.state"):  # an older agent's naming: unkeyed by shape
+            if not re.fullmatch(r"\d+x\d+-[0-9a-f]{16}\.state", stale.name):
+                stale.unlink(missing_ok=True)
+                removed.append(stale.name)
         for partial in (self.base_dir / "snapshots").glob("*.partial"):
             partial.unlink(missing_ok=True)
             removed.append(partial.name)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from smith import __version__
-from smith.agent.capacity import Ledger
+from smith.agent.capacity import Ledger, disk_room
 from smith.agent.client import ControlClient
 from smith.agent.logsink import JobOutput
 from smith.agent.pool import WarmPool
@@ -66,6 +66,7 @@ class AgentConfig:
     lease_wait_seconds: float = 20.0
     runner_dir: str = "/opt/actions-runner"
     logs_url: str | None = None
+    disk_mib: int = 0  # scratch disk VMs may take (capacity.disk_budget); 0: not counted
 
 
 class Agent:
@@ -74,7 +75,7 @@ class Agent:
         self.control = control
         self.vmm = vmm
         self.output = output
-        self.ledger = Ledger(config.vcpus, config.memory_mib, config.max_vms)
+        self.ledger = Ledger(config.vcpus, config.memory_mib, config.max_vms, disk_mib=config.disk_mib)
         self.jobs: dict[str, RunningJob] = {}
         self.pool: WarmPool | None = None
         self.heartbeat_interval = 5.0
@@ -177,6 +178,8 @@ class Agent:
     def _offer(self) -> tuple[int, int, int]:
         assert self.pool is not None
         idle_cpu, idle_mem, idle_vms = self.pool.idle_capacity()
+        if not disk_room(self.ledger, self.pool):  # no class's scratch disk fits: lease nothing until one ends
+            return (0, 0, 0)
         return (
             self.ledger.free_vcpus + idle_cpu,
             self.ledger.free_memory_mib + idle_mem,

@@ -23,6 +23,7 @@ def register(root: typer.Typer) -> None:
 def build_agent(settings: Any, network: Any = None, backend: tuple[Any, str] | None = None) -> Any:
     """Compose an Agent from settings: control client, chosen backend (or ``backend``, already chosen), job output."""
     from smith.agent.backends import select_backend
+    from smith.agent.capacity import disk_budget
     from smith.agent.client import ControlClient
     from smith.agent.daemon import Agent, AgentConfig
     from smith.agent.logsink import LocalFiles
@@ -44,10 +45,15 @@ def build_agent(settings: Any, network: Any = None, backend: tuple[Any, str] | N
         lease_wait_seconds=settings.agent_lease_wait_seconds,
         runner_dir=settings.agent_runner_dir,
         logs_url=settings.logs_url,
+        disk_mib=disk_budget(settings.work_dir, settings.agent_disk_mib, settings.agent_disk_reserve_mib),
     )
     token = settings.agent_token.get_secret_value()
     control = ControlClient(settings.control_url, token)
-    output: Any = LocalFiles(settings.work_dir / "logs")
+    output: Any = LocalFiles(
+        settings.work_dir / "logs",
+        max_job_bytes=settings.agent_job_log_max_bytes,
+        max_total_bytes=settings.agent_job_logs_max_bytes,
+    )
     if settings.logs_url:  # ship every line to the log pipeline too (spooled on disk while it is unreachable)
         from smith.agent.logship import LogShipper
         from smith.agent.logsink import Fanout

@@ -8,6 +8,9 @@ no static busybox, no Debian kernel layout) gets one error naming what to do.
 
 from __future__ import annotations
 
+import json
+import re
+import shutil
 from pathlib import Path
 
 from smith.errors import ConfigError, VMError
@@ -32,4 +35,28 @@ def current_image(data_dir: Path) -> GuestImage:
         raise VMError(f"QEMU backend: no guest image for this host ({why}); {NO_IMAGE_HINT}") from exc
     if image.built:
         log.info("guest image built for this host", key=image.key, kernel=image.kernel_version)
+    removed = prune_images(data_dir / "images", image.key)
+    if removed:
+        log.info("old guest images removed", removed=removed)
     return image
+
+
+def prune_images(images: Path, current: str, keep: int = 1) -> list[str]:
+    """Remove the guest images of earlier kernels and pythons, but the ``keep`` newest besides ``current``
+    (a template or a running VM may still use the one just replaced). Only this builder's images: a directory
+    named by a 16-hex key whose manifest names a kernel version."""
+    found = []
+    for d in images.glob("*"):
+        if d.name == current or not re.fullmatch(r"[0-9a-f]{16}", d.name):
+            continue
+        try:
+            manifest = json.loads((d / "manifest.json").read_text())
+            if "kernel_version" in manifest:
+                found.append((d.stat().st_mtime, d))
+        except (OSError, ValueError):
+            continue
+    removed = []
+    for _, d in sorted(found, reverse=True)[keep:]:
+        shutil.rmtree(d, ignore_errors=True)
+        removed.append(d.name)
+    return removed
