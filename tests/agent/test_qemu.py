@@ -162,7 +162,8 @@ async def test_a_vms_directory_is_private(image: GuestImage, base_dir: Path) -> 
     fake_qemu = base_dir / "qemu-tells"  # says the mode of the directory its console file is in, and fails
     fake_qemu.write_text(
         "#!/bin/sh\n"
-        'for a; do case "$a" in file,*path=*) p="${a#*path=}"; stat -c "mode=%a" "$(dirname "${p%%,*}")" >&2;; esac; done\n'
+        'for a; do case "$a" in file,*path=*) p="${a#*path=}"; p="${p%%,*}"; '
+        'stat -c "mode=%a" "$(dirname "$p")" >&2;; esac; done\n'
         "exit 1\n"
     )
     fake_qemu.chmod(0o755)

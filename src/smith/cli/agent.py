@@ -108,6 +108,18 @@ async def serve_with_network(settings: Any) -> None:
         await serve_agent(build_agent(settings, network))
 
 
+@app.command()
+def doctor(json_out: bool = typer.Option(False, "--json", help="Print JSON")) -> None:
+    """Check this host for the agent: KVM, QEMU, the image, the sandbox, AppArmor, firewalls, MTU, DNS, systemd,
+    cgroups, disk. One line per check (ok/warn/fail, with a fix); exits 1 when any check fails."""
+    from smith.agent import doctor as checks
+    from smith.agent.settings import AgentSettings
+    from smith.logging import configure
+
+    configure("ERROR", json=False)  # the checks' own findings are the output; log lines would only repeat them
+    raise typer.Exit(checks.main(AgentSettings(), json_out))
+
+
 HOST_FILES = {
     "apparmor": "smith-bwrap.apparmor",
     "systemd": "smith-agent.service",
@@ -116,13 +128,20 @@ HOST_FILES = {
 
 
 @app.command("host-file")
-def host_file(name: str = typer.Argument(..., help="apparmor, systemd or networkmanager")) -> None:
+def host_file(
+    name: str = typer.Argument(..., help="apparmor, systemd or networkmanager"),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON: the file's name and text"),
+) -> None:
     """Print a file this host needs (docs/hosts.md says where it goes)."""
     from importlib.resources import files
 
     if name not in HOST_FILES:
         fail(f"no host file {name!r}: choose one of {', '.join(HOST_FILES)}")
-    typer.echo(files("smith.agent").joinpath("hostfiles", HOST_FILES[name]).read_text(), nl=False)
+    text = files("smith.agent").joinpath("hostfiles", HOST_FILES[name]).read_text()
+    if json_out:
+        print_json({"name": HOST_FILES[name], "text": text})
+        return
+    typer.echo(text, nl=False)
 
 
 @app.command()
