@@ -18,6 +18,10 @@ Port = Annotated[int, Field(ge=1, le=65535)]
 
 
 def default_data_dir() -> Path:
+    """systemd's StateDirectory= (``$STATE_DIRECTORY``, e.g. /var/lib/smith) under a unit, else the XDG data dir."""
+    state = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    if state:
+        return Path(state)
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "smith"
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from smith.adapters.qemu import QemuConfig, QemuVMM
 from smith.domain.vms import VMShape
@@ -105,6 +106,21 @@ async def test_cold_boot_runs_a_job_and_snapshots_restore_it(image: GuestImage, 
     assert outputs[0][2] != outputs[1][2]
     assert not list(base_dir.glob("qemu-*"))
 
+    # A template that no longer restores (another QEMU build wrote it): the VM boots cold, a new one is made.
+    snapshot.path.write_bytes(b"QEVM from another qemu" + bytes(4096))
+    stale = snapshot.path.with_name(f"{SHAPE.vcpus}x{SHAPE.memory_mib}-0000000000000000.state")
+    stale.write_bytes(b"a template of a QEMU since upgraded")
+    fallback = await vmm.boot(SHAPE, "stale")
+    assert not fallback.restored
+    await fallback.stop()
+    await asyncio.wait_for(asyncio.gather(*vmm._retemplating.values()), patient(120))
+    remade = vmm.snapshots[(SHAPE.vcpus, SHAPE.memory_mib)]
+    assert remade is not snapshot and remade.path.stat().st_size > 4096
+    assert not stale.exists()  # the shape's older templates go when a new one is made
+    again = await vmm.boot(SHAPE, "again")
+    assert again.restored
+    await again.stop()
+
 
 @dataclass
 class RecordingNetwork:
@@ -146,7 +162,8 @@ async def test_a_vms_directory_is_private(image: GuestImage, base_dir: Path) -> 
     fake_qemu = base_dir / "qemu-tells"  # says the mode of the directory its console file is in, and fails
     fake_qemu.write_text(
         "#!/bin/sh\n"
-        'for a; do case "$a" in file:*) stat -c "mode=%a" "$(dirname "${a#file:}")" >&2;; esac; done\n'
+        'for a; do case "$a" in file,*path=*) p="${a#*path=}"; p="${p%%,*}"; '
+        'stat -c "mode=%a" "$(dirname "$p")" >&2;; esac; done\n'
         "exit 1\n"
     )
     fake_qemu.chmod(0o755)
@@ -273,3 +290,18 @@ async def test_a_job_vm_is_sized_and_its_channel_cannot_speak_as_the_host(image:
     kept = [from_guest(e) for e in events]
     assert ("line", "stderr", "smith: job stopped (cancel)") in [(e.type, e.stream, e.line) for e in kept]
     assert kept[-1].type == "exit" and kept[-1].line == ""  # its exit code is the job's own; its words are not
+
+
+@pytest.mark.slow
+async def test_a_guest_cannot_fill_the_disk_through_its_console(image: GuestImage, base_dir: Path) -> None:
+    vmm = vmm_for(image, base_dir, console_max_bytes=16 << 10, console_check_seconds=0.05)
+    machine = await vmm.boot(SHAPE, "chatty")
+    console = machine.dir / "console.log"
+    with capture_logs() as logs:
+        await machine.assign(job("head -c 120000 /dev/zero | tr '\\0' x > /dev/ttyS0; echo wrote"))
+        events = await asyncio.wait_for(collect(machine), patient(120))
+        size = console.stat().st_size
+    await machine.stop()
+    assert events[-1].exit_code == 0 and lines(events) == ["wrote"], events
+    assert any(e["event"].startswith("qemu console log cut") for e in logs)
+    assert size < 120_000

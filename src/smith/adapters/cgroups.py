@@ -3,7 +3,8 @@ count and CPU limits that hold for the whole job, however many processes it star
 
 Two layouts:
 
-- cgroup v2 (the unified hierarchy, what systemd hosts have): job cgroups are made under a delegated parent,
+- cgroup v2 (the unified hierarchy, what systemd hosts have): job cgroups (a sandbox's, a QEMU's; Firecracker's
+  jailer makes its own under ``delegated()``) are made under a delegated parent,
   ``SMITH_AGENT_CGROUP_PARENT`` (e.g. the agent's own unit with ``Delegate=yes``), else the agent's own cgroup.
   A v2 cgroup with processes cannot hand controllers to children, so when the parent holds processes (the
   agent itself) they are moved into ``<parent>/agent`` first; ``+memory +pids +cpu`` is then enabled in the
@@ -32,6 +33,7 @@ log = get_logger("smith.cgroups")
 
 ROOT = Path("/sys/fs/cgroup")
 V1_CONTROLLERS = ("memory", "pids", "cpu")
+LEAF = "agent"  # v2: the leaf the agent moves itself into, so its cgroup can hand controllers to the VMs' cgroups
 CPU_PERIOD_US = 100_000
 
 
@@ -100,6 +102,14 @@ class Cgroups:
     def __init__(self, version: int, parents: tuple[Path, ...]) -> None:
         self.version = version
         self.parents = parents
+        self.root = ROOT
+
+    def delegated(self) -> str:
+        """v2: the parent cgroup relative to the hierarchy's root (e.g. ``system.slice/smith-agent.service``),
+        what Firecracker's jailer takes as ``--parent-cgroup``; "" on v1."""
+        if self.version != 2:
+            return ""
+        return str(self.parents[0].relative_to(self.root))
 
     @classmethod
     def detect(cls, parent: str | None = None, root: Path = ROOT) -> Cgroups | None:
@@ -107,8 +117,13 @@ class Cgroups:
         own = _own_cgroups()
         try:
             if (root / "cgroup.controllers").exists():  # pure v2
-                base = root / (parent or own.get("", "/")).lstrip("/")
-                return cls._v2(base)
+                here = own.get("", "/")
+                if parent is None and here.endswith(f"/{LEAF}"):  # detected before: the agent is in its leaf
+                    here = here[: -len(LEAF) - 1] or "/"
+                base = root / (parent or here).lstrip("/")
+                found = cls._v2(base)
+                found.root = root
+                return found
             if all((root / c / "cgroup.procs").exists() for c in V1_CONTROLLERS):
                 dirs = tuple(root / c / (parent or own.get(c, "/")).lstrip("/") for c in V1_CONTROLLERS)
                 probe = cls(1, dirs)
@@ -124,10 +139,10 @@ class Cgroups:
         base.mkdir(parents=True, exist_ok=True)
         held = (base / "cgroup.procs").read_text().split()
         if held:  # the agent lives here: move it (and anything else here) to a leaf of its own
-            (base / "agent").mkdir(exist_ok=True)
+            (base / LEAF).mkdir(exist_ok=True)
             for pid in held:
                 with contextlib.suppress(ProcessLookupError, OSError):
-                    (base / "agent" / "cgroup.procs").write_text(pid)
+                    (base / LEAF / "cgroup.procs").write_text(pid)
         wanted = set(V1_CONTROLLERS) & set((base / "cgroup.controllers").read_text().split())
         (base / "cgroup.subtree_control").write_text(" ".join(f"+{c}" for c in sorted(wanted)))
         found = cls(2, (base,))

@@ -289,6 +289,8 @@ table inet {TABLE} {{
   }}
   chain forward {{
     type filter hook forward priority filter; policy accept;
+    iifname "{br}" tcp flags & (syn | rst) == syn tcp option maxseg size set rt mtu
+    oifname "{br}" tcp flags & (syn | rst) == syn tcp option maxseg size set rt mtu
     iifname "{br}" jump guest_out
     oifname "{br}" ct state established,related accept
     oifname "{br}" drop
@@ -364,11 +366,12 @@ class HostNetwork:
         async with self._lock:
             if br not in await cmd.links():
                 await cmd.ip("link", "add", "name", br, "address", self.plan.gateway_mac, "type", "bridge")
+            mtu = await self.uplink_mtu()
             await cmd.ip_batch(
                 [
                     f"addr flush dev {br}",
                     f"addr add {self.plan.gateway}/{self.plan.pool.prefixlen} dev {br}",
-                    f"link set dev {br} up",
+                    f"link set dev {br} mtu {min(mtu, 1500)} up",
                 ]
             )
             # arp_ignore=1: on the bridge the host answers ARP only for the bridge's own address, so a guest
@@ -393,6 +396,19 @@ class HostNetwork:
             netns=self.config.netns,
             host_tcp_ports=list(self.config.host_tcp_ports),
         )
+
+    async def uplink_mtu(self) -> int:
+        """The uplink's MTU (the configured one, else the default route's device), 1500 if unknown. The bridge
+        takes it when lower (a 1460/1450/1420 cloud or tunnel uplink), and the forward chain clamps every
+        guest connection's MSS to the route's MTU, so no full-size segment is lost in a path MTU black hole."""
+        dev = self.config.uplink
+        if dev is None:
+            routes = json.loads(await self.commands.ip("-j", "route", "show", "default") or "[]")
+            dev = next((str(r["dev"]) for r in routes if r.get("dev")), None)
+        if dev is None:
+            return 1500
+        found = json.loads(await self.commands.ip("-j", "link", "show", "dev", dev) or "[]")
+        return int(found[0].get("mtu", 1500)) if found else 1500
 
     async def teardown(self) -> None:
         """Remove every tap, both tables and the bridge. Tries every step; raises the first failure."""

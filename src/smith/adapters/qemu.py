@@ -11,9 +11,10 @@ Channels (no vsock: ``/dev/vhost-vsock`` is often missing, and it is here):
 - the serial console goes to ``console.log`` in the VM's directory (kernel messages, for diagnosis).
 - QMP on a Unix socket: quit, and migrate for snapshots.
 
-Acceleration: ``-accel kvm`` only when KVM can boot this guest, which is checked once (a real boot of the
-image under KVM with a short deadline) and remembered in ``<base_dir>/accel.json``; otherwise ``-accel tcg``,
-software emulation. A nested KVM (PVM) may open /dev/kvm fine and still fail to boot a normal kernel.
+Acceleration: ``-accel kvm`` only when KVM can boot this guest, which is checked by a real boot of the
+image under KVM with a short deadline; a success is remembered in ``<base_dir>/accel.json``, a failure never
+(it is probed again later). Otherwise ``-accel tcg``, software emulation, with a loud warning. A nested KVM (PVM)
+may open /dev/kvm fine and still fail to boot a normal kernel.
 
 Snapshots: ``prepare_snapshot(shape)`` boots a template guest until its agent waits for a config, saves it
 with QMP ``migrate`` to a file and stops it. ``boot()`` then starts each VM of that shape from the file with
@@ -31,6 +32,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import secrets
 import shlex
 import shutil
@@ -45,7 +47,9 @@ import orjson
 from pydantic import ValidationError
 
 from smith import loadscale
+from smith.adapters.cgroups import Cgroups, JobCgroup, Limits
 from smith.adapters.childenv import minimal_env
+from smith.adapters.resolver import FALLBACK, guest_resolver
 from smith.asyncutil import CleanupStack
 from smith.domain.vms import Backend, VMShape
 from smith.errors import VMError
@@ -90,12 +94,17 @@ class QemuConfig:
     life_timeout: float = 15.0  # a cold guest whose console is still empty by then is stuck: boot it again
     boot_attempts: int = 3
     kvm_probe_timeout: float = 20.0
+    kvm_retry_seconds: float = 600.0  # a failed KVM probe is tried again this much later (never cached)
+    kvm_device: Path = Path("/dev/kvm")
     stop_timeout: float = 5.0
     # Confinement of every job's QEMU (not of a template's, whose QMP migrate spawns `cat`): a seccomp filter
     # (-sandbox: no spawning, no privilege or resource changes, no obsolete calls) and, when the agent is root,
     # QEMU drops to ``run_as`` (uid:gid) inside an empty, read-only chroot once its devices are open.
     confine: bool = True
     run_as: str = "65534:65534"
+    console_max_bytes: int = 8 << 20  # a VM's console.log is cut when it grows past this (checked every second)
+    console_check_seconds: float = 1.0
+    dns: str | None = None  # the guests' resolver (smith.adapters.resolver.guest_resolver); None: none
 
 
 class QMP:
@@ -168,6 +177,9 @@ class QemuMachine:
     _stopped: bool = False
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
+    def alive(self) -> bool:
+        return self.proc.returncode is None
+
     async def assign(self, config: GuestConfig) -> None:
         if self._assigned:
             raise VMError(f"VM {self.id} already has a job")
@@ -210,6 +222,11 @@ class QemuMachine:
             await self.cleanup.unwind()
 
 
+async def _cancel(task: asyncio.Future[None]) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
 async def _close(writer: asyncio.StreamWriter) -> None:
     writer.close()
     with contextlib.suppress(Exception):
@@ -226,14 +243,21 @@ class QemuVMM:
         network: NetworkLike | None = None,
         *,
         slowness: Callable[[], float] = loadscale.slowness,
+        cgroups: Cgroups | None = None,
     ) -> None:
         self.base_dir = Path(base_dir)
+        self.cgroups = cgroups  # each VM's QEMU in a cgroup of its own (memory incl. swap, pids, cpu)
+        self.cgroup_prefix = f"smith-{hashlib.sha256(str(self.base_dir).encode()).hexdigest()[:8]}-"
         self.slowness = slowness
         self.base_dir.mkdir(parents=True, exist_ok=True)
         self.config = config
         self.network = network
         self.snapshots: dict[tuple[int, int], Snapshot] = {}
         self._accel: str | None = None if config.accel == "auto" else config.accel
+        self._tcg_until = 0.0  # a failed KVM probe: emulation until then, then KVM is probed again
+        self._qemu_version: str | None = None
+        self._retemplating: dict[tuple[int, int], asyncio.Future[None]] = {}
+        self._accel_lock = asyncio.Lock()  # one KVM probe at a time; the others wait for its verdict
         for path in (config.kernel, config.initrd, config.rootfs):
             if path is not None and not Path(path).is_file():
                 raise VMError(f"QEMU backend: {path} does not exist (build one with `smith image build`)")
@@ -247,41 +271,63 @@ class QemuVMM:
         if rootfs is not None and _is_cpio(Path(rootfs)):
             initrd, rootfs = rootfs, None
         if kernel is None:
-            from smith.images.build import cached_image
+            from smith.images.refresh import current_image
 
-            image = cached_image(settings.data_dir)
-            if image is None:
-                raise VMError("QEMU backend: set SMITH_AGENT_KERNEL, or build a guest image with `smith image build`")
+            image = current_image(settings.data_dir)
             kernel, initrd = image.vmlinux, image.initrd
-        config = QemuConfig(kernel=kernel, initrd=initrd, rootfs=rootfs, qemu_bin=settings.agent_qemu_bin)
-        return cls(base_dir, config, network)
+        dns = guest_resolver(settings.agent_network_dns)
+        if network is not None and dns is None:
+            dns = FALLBACK
+            log.warning("the host names no resolver a guest can reach; set SMITH_AGENT_NETWORK_DNS", using=FALLBACK)
+        config = QemuConfig(kernel=kernel, initrd=initrd, rootfs=rootfs, qemu_bin=settings.agent_qemu_bin, dns=dns)
+        cgroups = Cgroups.detect(settings.agent_cgroup_parent) if os.geteuid() == 0 else None
+        return cls(base_dir, config, network, cgroups=cgroups)
 
     # -- acceleration ------------------------------------------------------------------------------------------
 
     async def accel(self) -> str:
-        """kvm if KVM boots this guest (checked once, remembered per kernel), else tcg."""
+        """kvm if KVM boots this guest, else tcg (software emulation, said loudly each time it is chosen).
+
+        Only a positive verdict is remembered (per image, in ``accel.json``): a failed probe (the user not yet
+        in the kvm group, a unit hiding /dev/kvm, a slow first boot) is tried again ``kvm_retry_seconds`` later,
+        and by the next agent, instead of leaving the host on emulation for good."""
         if self._accel is not None:
             return self._accel
+        if self._tcg_until > time.monotonic():
+            return "tcg"
+        async with self._accel_lock:
+            if self._accel is None and self._tcg_until <= time.monotonic():
+                await self._probe_accel()
+            return self._accel or "tcg"
+
+    async def _probe_accel(self) -> None:
         verdict_file = self.base_dir / "accel.json"
         key = self._image_key()
         with contextlib.suppress(OSError, ValueError):
             saved = json.loads(verdict_file.read_text())
-            if saved.get("key") == key and saved.get("accel") in ("kvm", "tcg"):
-                self._accel = str(saved["accel"])
-                return self._accel
-        accel, why = "tcg", "/dev/kvm is missing or not usable by this user"
-        if os.access("/dev/kvm", os.R_OK | os.W_OK):
-            try:
+            if saved.get("key") == key and saved.get("accel") == "kvm":
                 self._accel = "kvm"
-                machine = await self._boot(VMShape("kvm-probe", 1, 256), "kvm-probe", self.config.kvm_probe_timeout)
+                return
+        why = f"{self.config.kvm_device} is missing or not usable by this user (is it in the kvm group?)"
+        if os.access(self.config.kvm_device, os.R_OK | os.W_OK):
+            try:
+                probe = VMShape("kvm-probe", 1, 256)
+                machine = await self._boot(probe, "kvm-probe", self.config.kvm_probe_timeout, accel="kvm")
                 await machine.stop()
-                accel, why = "kvm", "a probe guest booted under KVM"
             except VMError as exc:
                 why = f"KVM is present but a guest did not boot under it ({exc.message[:200]})"
-        self._accel = accel
-        verdict_file.write_text(json.dumps({"key": key, "accel": accel, "why": why}))
-        log.info("qemu acceleration chosen", accel=accel, why=why)
-        return accel
+            else:
+                self._accel = "kvm"
+                verdict_file.write_text(json.dumps({"key": key, "accel": "kvm", "why": "a probe guest booted"}))
+                log.info("qemu acceleration chosen", accel="kvm", why="a probe guest booted under KVM")
+                return
+        verdict_file.unlink(missing_ok=True)
+        self._tcg_until = time.monotonic() + self.config.kvm_retry_seconds
+        log.warning(
+            "QEMU RUNS UNDER SOFTWARE EMULATION (tcg): jobs are 10-50x slower; KVM is probed again later",
+            why=why,
+            retry_seconds=self.config.kvm_retry_seconds,
+        )
 
     def _image_key(self) -> str:
         h = hashlib.sha256()
@@ -300,6 +346,8 @@ class QemuVMM:
         append = c.append
         if slot is not None:  # the guest's init configures eth0 from these
             append += f" smith.ip={slot.guest_ip}/{_prefix(slot.netmask)} smith.gw={slot.gateway_ip}"
+            if c.dns:
+                append += f" smith.dns={c.dns}"
         khz = host_tsc_khz() if accel == "tcg" else None
         if khz:  # see host_tsc_khz: without it a loaded host's guest stalls before its first console line
             append += f" tsc_early_khz={khz}"
@@ -323,8 +371,10 @@ class QemuVMM:
             str(c.kernel),
             "-append",
             append,
+            "-chardev",
+            f"file,id=console,path={vm_dir / 'console.log'},append=on",  # append: the agent may cut it (see _cap)
             "-serial",
-            f"file:{vm_dir / 'console.log'}",
+            "chardev:console",
             "-device",
             "virtio-serial-device",
             "-chardev",
@@ -379,26 +429,44 @@ class QemuVMM:
         return await self._boot(shape, vm_id, self.config.boot_timeout)
 
     async def _boot(
-        self, shape: VMShape, vm_id: str, wait_s: float, *, snapshot: Snapshot | bool | None = None
+        self,
+        shape: VMShape,
+        vm_id: str,
+        wait_s: float,
+        *,
+        snapshot: Snapshot | bool | None = None,
+        accel: str | None = None,
     ) -> QemuMachine:
         """Under software emulation an early kernel now and then stalls before it prints anything (seen here
         under heavy host load): such a boot is thrown away and tried again, a bounded number of times."""
+        if snapshot is None and self.network is None:  # a template's guest has no NIC: networked VMs boot cold
+            snapshot = self.snapshots.get((shape.vcpus, shape.memory_mib))
+        if isinstance(snapshot, Snapshot):
+            try:
+                return await self._boot_once(shape, vm_id, wait_s, snapshot=snapshot, accel=accel)
+            except VMError as exc:  # a stale or broken template: this VM boots cold, the template is remade
+                self._restore_failed(snapshot, exc)
+                snapshot = None
         for attempt in range(1, self.config.boot_attempts + 1):
             try:
-                return await self._boot_once(shape, vm_id, wait_s, snapshot=snapshot)
+                return await self._boot_once(shape, vm_id, wait_s, snapshot=snapshot, accel=accel)
             except _NoSignOfLife as exc:
                 log.warning("qemu guest showed no sign of life; booting again", vm_id=vm_id, attempt=attempt)
                 last = exc
         raise VMError(f"VM {vm_id}: {last}", retryable=True)
 
     async def _boot_once(
-        self, shape: VMShape, vm_id: str, wait_s: float, *, snapshot: Snapshot | bool | None = None
+        self,
+        shape: VMShape,
+        vm_id: str,
+        wait_s: float,
+        *,
+        snapshot: Snapshot | bool | None = None,
+        accel: str | None = None,
     ) -> QemuMachine:
         """Boot steps with a cleanup stack; ``snapshot=False`` forces a cold boot (to make a template)."""
-        if snapshot is None and self.network is None:  # a template's guest has no NIC: networked VMs boot cold
-            snapshot = self.snapshots.get((shape.vcpus, shape.memory_mib))
         snap = snapshot if isinstance(snapshot, Snapshot) else None
-        accel = await self.accel()
+        accel = accel or await self.accel()
         started = time.monotonic()
         cleanup = CleanupStack("qemu")
         vm_dir = self.base_dir / f"{PREFIX}{vm_id}"
@@ -417,7 +485,12 @@ class QemuVMM:
                 slot = await self.network.acquire(vm_id)
                 net = self.network
                 cleanup.push("network slot", lambda: net.release(slot))
-            # 3. qemu (a restored VM reads its state from an inherited descriptor: a confined QEMU cannot spawn)
+            # 3. its cgroup, then qemu (a restored VM reads its state from an inherited descriptor: a confined QEMU
+            # cannot spawn)
+            group = await self._cgroup(vm_id, shape, accel)
+            if group is not None:
+                cgroup = group
+                cleanup.push("cgroup", lambda: asyncio.to_thread(cgroup.remove))
             state_fd = os.open(snap.path, os.O_RDONLY | os.O_CLOEXEC) if snap else None
             incoming = f"fd:{state_fd}" if state_fd is not None else None
             argv = self.command(vm_dir, shape, accel, slot, incoming, confined=snapshot is not False)
@@ -431,6 +504,7 @@ class QemuVMM:
                     start_new_session=True,
                     env=minimal_env(),  # never the agent's credentials
                     pass_fds=(state_fd,) if state_fd is not None else (),
+                    preexec_fn=group.enter if group is not None else None,
                 )
             except OSError as exc:
                 raise VMError(f"cannot start {self.config.qemu_bin}: {exc}") from exc
@@ -465,9 +539,32 @@ class QemuVMM:
         machine = QemuMachine(
             vm_id, vm_dir, proc, qmp, reader, writer, config_writer, cleanup, restored=snap is not None
         )
+        watcher = asyncio.ensure_future(self._cap_console(vm_dir / "console.log", vm_id))
+        cleanup.push("console cap", lambda: _cancel(watcher))
         machine.boot_seconds = time.monotonic() - started
         log.info("qemu vm ready", vm_id=vm_id, accel=accel, restored=snap is not None, seconds=machine.boot_seconds)
         return machine
+
+    async def _cgroup(self, vm_id: str, shape: VMShape, accel: str) -> JobCgroup | None:
+        """A cgroup for this VM's QEMU: the guest's memory plus QEMU's own (more under emulation: its translation
+        cache), no swap, a bounded thread count, and its vCPUs plus headroom for QEMU's own threads."""
+        if self.cgroups is None:
+            return None
+        overhead = 256 + (512 if accel == "tcg" else 0)
+        limits = Limits((shape.memory_mib + overhead) << 20, 1024, shape.vcpus + 0.5)
+        return await asyncio.to_thread(self.cgroups.create, self.cgroup_prefix + vm_id, limits)
+
+    async def _cap_console(self, path: Path, vm_id: str) -> None:
+        """The guest writes the console (a job can too): cut it whenever it grows past ``console_max_bytes``."""
+        cut = 0
+        while True:
+            await asyncio.sleep(self.config.console_check_seconds)
+            with contextlib.suppress(OSError):
+                if os.stat(path).st_size > self.config.console_max_bytes:
+                    os.truncate(path, 0)
+                    cut += 1
+                    if cut == 1:
+                        log.warning("qemu console log cut: the guest writes too much", vm_id=vm_id)
 
     async def _wait_socket(self, path: Path, proc: asyncio.subprocess.Process, vm_dir: Path) -> None:
         for _ in range(1000):
@@ -572,15 +669,48 @@ class QemuVMM:
 
     # -- snapshots -------------------------------------------------------------------------------------------
 
+    async def snapshot_key(self, shape: VMShape, accel: str) -> str:
+        """A template restores only into what saved it: the same image, shape, accelerator, QEMU build, host
+        kernel and CPU model (a QEMU or kernel upgrade, or another CPU, makes a new template)."""
+        if self._qemu_version is None:
+            self._qemu_version = await qemu_version(self.config.qemu_bin)
+        host = f"{self._qemu_version}:{os.uname().release}:{cpu_model()}"
+        return hashlib.sha256(
+            f"{self._image_key()}:{shape.vcpus}:{shape.memory_mib}:{accel}:{host}".encode()
+        ).hexdigest()
+
+    def _restore_failed(self, snap: Snapshot, error: VMError) -> None:
+        """Forget a template that did not restore, and make a new one in the background."""
+        log.warning("qemu restore failed; cold boot, new template", snapshot=snap.path.name, error=error.message[:300])
+        shape_key = (snap.shape.vcpus, snap.shape.memory_mib)
+        if self.snapshots.get(shape_key) is snap:
+            del self.snapshots[shape_key]
+        snap.path.unlink(missing_ok=True)
+        if shape_key not in self._retemplating:
+            task = asyncio.ensure_future(self._retemplate(snap.shape))
+            self._retemplating[shape_key] = task
+            task.add_done_callback(lambda _: self._retemplating.pop(shape_key, None))
+
+    async def _retemplate(self, shape: VMShape) -> None:
+        try:
+            await self.prepare_snapshot(shape)
+        except VMError as exc:
+            log.warning(
+                "qemu template could not be made again",
+                vcpus=shape.vcpus,
+                memory_mib=shape.memory_mib,
+                error=exc.message[:300],
+            )
+
     async def prepare_snapshot(self, shape: VMShape) -> Snapshot:
         """Boot a template guest of this shape until it waits for a config, and save it for warm starts."""
         if self.network is not None:
             raise VMError("QEMU snapshots are for VMs without network (a NIC's addresses would be baked in)")
         accel = await self.accel()
-        key = hashlib.sha256(f"{self._image_key()}:{shape.vcpus}:{shape.memory_mib}:{accel}".encode()).hexdigest()
+        key = await self.snapshot_key(shape, accel)
         snap_dir = self.base_dir / "snapshots"
         snap_dir.mkdir(exist_ok=True)
-        path = snap_dir / f"{key[:16]}.state"
+        path = snap_dir / f"{shape.vcpus}x{shape.memory_mib}-{key[:16]}.state"
         if not path.exists():
             tmp = path.with_suffix(".partial")
             machine = await self._boot(shape, f"template-{key[:12]}", self.config.boot_timeout, snapshot=False)
@@ -600,6 +730,9 @@ class QemuVMM:
             finally:
                 await machine.stop()
             tmp.rename(path)
+            for old in snap_dir.glob(f"{shape.vcpus}x{shape.memory_mib}-*.state"):  # this shape's stale templates
+                if old != path:
+                    old.unlink(missing_ok=True)
         snapshot = Snapshot(path=path, shape=shape, key=key)
         self.snapshots[(shape.vcpus, shape.memory_mib)] = snapshot
         return snapshot
@@ -622,6 +755,12 @@ class QemuVMM:
                         await asyncio.sleep(0.02)
             shutil.rmtree(vm_dir, ignore_errors=True)
             removed.append(vm_dir.name)
+        for group in self.cgroups.find(self.cgroup_prefix) if self.cgroups is not None else []:
+            await asyncio.to_thread(group.remove)
+        for stale in (self.base_dir / "snapshots").glob("*.state"):  # an older agent's naming: unkeyed by shape
+            if not re.fullmatch(r"\d+x\d+-[0-9a-f]{16}\.state", stale.name):
+                stale.unlink(missing_ok=True)
+                removed.append(stale.name)
         for partial in (self.base_dir / "snapshots").glob("*.partial"):
             partial.unlink(missing_ok=True)
             removed.append(partial.name)
@@ -638,6 +777,33 @@ def _exists(path: Path) -> bool:
 
 def _cmdline(pid: int) -> bytes:
     return Path(f"/proc/{pid}/cmdline").read_bytes()
+
+
+async def qemu_version(qemu_bin: str) -> str:
+    """The first line of ``qemu --version`` (e.g. "QEMU emulator version 8.2.2 (Debian 1:8.2.2+ds-0ubuntu1)")."""
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            shutil.which(qemu_bin) or qemu_bin,
+            "--version",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+            env=minimal_env(),
+        )
+        out, _ = await proc.communicate()
+    except OSError as exc:
+        raise VMError(f"cannot run {qemu_bin} --version: {exc}") from exc
+    return out.decode(errors="replace").strip().split("\n", 1)[0]
+
+
+def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The host CPU's model name and its flags' digest: a template saved on one CPU may not restore on another."""
+    try:
+        first = cpuinfo.read_text().split("\n\n", 1)[0]
+    except OSError:
+        return "unknown"
+    fields = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in first.splitlines())}
+    flags = hashlib.sha256(fields.get("flags", "").encode()).hexdigest()[:12]
+    return f"{fields.get('model name', 'unknown')}/{flags}"
 
 
 def host_tsc_khz(cpuinfo: Path = Path("/proc/cpuinfo")) -> int | None:

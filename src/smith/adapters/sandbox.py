@@ -51,6 +51,7 @@ log = get_logger("smith.sandbox")
 GUEST_AGENT = Path(__file__).resolve().parent.parent / "guest" / "agent.py"
 PREFIX = "sbx-"
 
+READY = b'"smith": "ready"'
 NOBODY = 65534
 RUNNER_MOUNT = "/runner"
 
@@ -115,6 +116,9 @@ class SandboxMachine:
     def host_logs(self) -> dict[str, Path]:
         return {}
 
+    def alive(self) -> bool:
+        return self.proc.returncode is None
+
     async def stop(self) -> None:
         if self._stopped:
             return
@@ -177,6 +181,7 @@ class SandboxVMM:
             raise VMError(f"sandbox root {root_dir} has no /bin/sh: not a root filesystem")
         if root_dir is not None and launcher == "unshare" and not (Path(root_dir) / "usr/bin/setpriv").exists():
             raise VMError(f"sandbox root {root_dir} has no /usr/bin/setpriv: the unshare launcher needs it")
+        self.ready_timeout = 30.0
         log.warning("sandbox backend: jobs share the host kernel; isolation is weaker than a VM")
 
     def layout(self, root: Path, vm_id: str, tmp_bytes: int | None = None) -> Layout:
@@ -215,7 +220,7 @@ class SandboxVMM:
             tmp_bytes=tmp_bytes,
             network=self.network == "host",
             env={"HOME": "/work", "TMPDIR": "/tmp", "PATH": SAFE_PATH},
-            argv=[python, "-I", "-S", "/smith-guest/agent.py", "--workdir", "/work"],
+            argv=[python, "-I", "-S", "/smith-guest/agent.py", "--workdir", "/work", "--announce"],
             new_root=str(root / "newroot"),
         )
 
@@ -285,12 +290,40 @@ class SandboxVMM:
                 env=minimal_env(),  # bwrap is the sandbox's pid 1: its environ is readable inside
             )
             (root / "pid").write_text(str(proc.pid))
+            undo.append(lambda: _kill(proc))
+            await self._wait_ready(proc, vm_id)
         except BaseException as exc:
             await asyncio.to_thread(release)
             if isinstance(exc, OSError):
                 raise VMError(f"cannot start sandbox {vm_id}: {exc}") from exc
             raise
         return SandboxMachine(vm_id, root, proc, RUNNER_MOUNT if self.runner_dir else None, release)
+
+    async def _wait_ready(self, proc: asyncio.subprocess.Process, vm_id: str) -> None:
+        """The guest agent says it is ready once it waits for its job; a sandbox that never gets there (bwrap
+        refused by AppArmor, no user namespaces) fails here, with what the launcher said, not at its job."""
+        assert proc.stdout is not None
+        said: list[bytes] = []
+        try:
+            async with asyncio.timeout(self.ready_timeout):
+                while True:
+                    line = await proc.stdout.readline()
+                    if not line:
+                        break
+                    if READY in line:
+                        return
+                    said.append(line)
+        except TimeoutError:
+            raise VMError(f"sandbox {vm_id} not ready within {self.ready_timeout:.0f}s", retryable=True) from None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(proc.wait(), 5)
+        text = b"".join(said).decode("utf-8", "replace").strip()[-800:] or "no output"
+        raise VMError(f"sandbox {vm_id} did not start ({self.launcher} exited {proc.returncode}): {text}{hint(text)}")
+
+    async def probe(self) -> None:
+        """Start a real sandbox and stop it: VMError with the launcher's own words if this host refuses it."""
+        machine = await self.boot(VMShape("probe", 1, 256, 64), f"probe-{os.getpid()}")
+        await machine.stop()
 
     def _take_uid(self) -> int:
         slot = next(n for n in range(len(self._uids) + 1) if n not in self._uids)
@@ -330,6 +363,23 @@ def _reachable_dir(wanted: Path) -> Path:
         path.parent.chmod(0o711)
     path.chmod(0o711)
     return path
+
+
+def hint(said: str) -> str:
+    """What to do about a launcher's refusal to make namespaces (Ubuntu 23.10+ restricts them with AppArmor)."""
+    words = ("uid map", "No permissions to create new namespace", "Operation not permitted", "Permission denied")
+    if any(w in said for w in words):
+        return (
+            "; unprivileged user namespaces are refused here: on Ubuntu 23.10+ install Smith's AppArmor profile "
+            "for bwrap (`smith agent doctor` names it; docs/hosts.md), elsewhere set kernel.unprivileged_userns_clone=1"
+        )
+    return ""
+
+
+def _kill(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def _is_bwrap(pid: int) -> bool:

@@ -8,9 +8,11 @@ import subprocess
 from typing import Any
 
 from smith.adapters.childenv import minimal_env
-from smith.errors import ConfigError
+from smith.errors import ConfigError, SmithError
+from smith.logging import get_logger
 from smith.ports import VMM, Network
 
+log = get_logger("smith.agent.backends")
 ORDER = ("firecracker", "qemu", "sandbox")
 
 
@@ -91,7 +93,25 @@ def select_backend(settings: Any, network: Network | None = None) -> tuple[VMM, 
     if not info["available"]:
         raise ConfigError(f"backend {name} is not available here: {info['reason']}")
     why = info["reason"] if settings.agent_backend != "auto" else f"auto: {info['reason']}"
-    return build(name, settings, network), why
+    try:
+        return build(name, settings, network), why
+    except SmithError as exc:  # auto: a VM backend that cannot start here (no guest image) yields to the sandbox
+        fallback = found["backends"]["sandbox"]
+        if settings.agent_backend != "auto" or name == "sandbox" or not fallback["available"]:
+            raise
+        log.warning("backend cannot start; using the sandbox", backend=name, error=exc.message)
+        return build("sandbox", settings, network), f"auto: {name} cannot start ({exc.message}); {fallback['reason']}"
+
+
+def jailer_parent_cgroup(settings: Any) -> str:
+    """The agent's own delegated cgroup (v2), so the jailer's per-VM cgroups live inside the agent's unit; ""
+    (the jailer's default, named after the binary) where there is none."""
+    from smith.adapters.cgroups import Cgroups
+
+    if os.geteuid() != 0:
+        return ""
+    found = Cgroups.detect(getattr(settings, "agent_cgroup_parent", None))
+    return found.delegated() if found is not None else ""
 
 
 def build(name: str, settings: Any, network: Network | None = None) -> VMM:
@@ -124,6 +144,8 @@ def build(name: str, settings: Any, network: Network | None = None) -> VMM:
             firecracker_bin=Path(shutil.which(settings.agent_firecracker_bin) or settings.agent_firecracker_bin),
             jailer_bin=Path(shutil.which(settings.agent_jailer_bin) or settings.agent_jailer_bin),
             use_jailer=os.geteuid() == 0,  # the jailer needs root (chroot, cgroups, setuid)
+            parent_cgroup=jailer_parent_cgroup(settings),
+            dns=settings.agent_network_dns or "",
         )
         return FirecrackerVMM(config, network or TapNetwork())
     raise ConfigError(f"unknown backend {name}")

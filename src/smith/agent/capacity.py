@@ -1,8 +1,14 @@
-"""What a host has promised to VMs: vCPUs, memory and VM slots, never more than it has."""
+"""What a host has promised to VMs: vCPUs, memory, VM slots and disk, never more than it has.
+
+Disk is each VM's scratch space (its class's ``disk_mib``: a sandbox's /work, a VM's scratch drive), counted
+when ``disk_mib`` is set (> 0): sparse files would otherwise promise the same free space to every VM."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from smith.domain.vms import VMShape
 
@@ -15,12 +21,15 @@ class Ledger:
     used_vcpus: int = 0
     used_memory_mib: int = 0
     used_vms: int = 0
+    disk_mib: int = 0  # 0: disk is not counted
+    used_disk_mib: int = 0
 
     def fits(self, shape: VMShape) -> bool:
         return (
             self.used_vms + 1 <= self.max_vms
             and self.used_vcpus + shape.vcpus <= self.vcpus
             and self.used_memory_mib + shape.memory_mib <= self.memory_mib
+            and (not self.disk_mib or self.used_disk_mib + shape.disk_mib <= self.disk_mib)
         )
 
     def reserve(self, shape: VMShape) -> bool:
@@ -30,13 +39,15 @@ class Ledger:
         self.used_vcpus += shape.vcpus
         self.used_memory_mib += shape.memory_mib
         self.used_vms += 1
+        self.used_disk_mib += shape.disk_mib
         return True
 
     def release(self, shape: VMShape) -> None:
         self.used_vcpus -= shape.vcpus
         self.used_memory_mib -= shape.memory_mib
         self.used_vms -= 1
-        if min(self.used_vcpus, self.used_memory_mib, self.used_vms) < 0:
+        self.used_disk_mib -= shape.disk_mib
+        if min(self.used_vcpus, self.used_memory_mib, self.used_vms, self.used_disk_mib) < 0:
             raise AssertionError("capacity released twice")
 
     @property
@@ -50,3 +61,27 @@ class Ledger:
     @property
     def free_vms(self) -> int:
         return self.max_vms - self.used_vms
+
+    @property
+    def free_disk_mib(self) -> int | None:
+        return self.disk_mib - self.used_disk_mib if self.disk_mib else None
+
+
+def disk_budget(path: Path, configured: int | None, reserve_mib: int) -> int:
+    """Disk (MiB) VMs may take: ``configured``, else the free space under ``path`` now less ``reserve_mib``
+    (at least 1 MiB, so a full disk counts as full rather than as not counted)."""
+    if configured is not None:
+        return configured
+    path.mkdir(parents=True, exist_ok=True)
+    st = os.statvfs(path)
+    return max(1, st.f_bavail * st.f_frsize // (1 << 20) - reserve_mib)
+
+
+def disk_room(ledger: Ledger, pool: Any) -> bool:
+    """Whether the largest scratch disk of the served classes fits in what is free (idle warm VMs' included):
+    the control plane leases by vCPUs and memory, so a job is leased only when its disk surely fits too."""
+    free = ledger.free_disk_mib
+    if free is None or not pool.shapes:
+        return True
+    idle = sum(pool.shapes[cls].disk_mib for cls, _ in pool.idle())
+    return bool(free + idle >= max(shape.disk_mib for shape in pool.shapes.values()))

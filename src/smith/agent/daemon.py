@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from smith import __version__
-from smith.agent.capacity import Ledger
+from smith.agent.capacity import Ledger, disk_room
 from smith.agent.client import ControlClient
 from smith.agent.logsink import JobOutput
 from smith.agent.pool import WarmPool
@@ -66,6 +66,7 @@ class AgentConfig:
     lease_wait_seconds: float = 20.0
     runner_dir: str = "/opt/actions-runner"
     logs_url: str | None = None
+    disk_mib: int = 0  # scratch disk VMs may take (capacity.disk_budget); 0: not counted
 
 
 class Agent:
@@ -74,7 +75,7 @@ class Agent:
         self.control = control
         self.vmm = vmm
         self.output = output
-        self.ledger = Ledger(config.vcpus, config.memory_mib, config.max_vms)
+        self.ledger = Ledger(config.vcpus, config.memory_mib, config.max_vms, disk_mib=config.disk_mib)
         self.jobs: dict[str, RunningJob] = {}
         self.pool: WarmPool | None = None
         self.heartbeat_interval = 5.0
@@ -98,6 +99,9 @@ class Agent:
         removed = await self.vmm.cleanup_leftovers()
         if removed:
             log.warning("removed leftovers of an earlier agent", removed=removed)
+        probe = getattr(self.vmm, "probe", None)
+        if probe is not None:  # a backend this host refuses fails the start in its own words, not every job
+            await probe()
         reg = await self.control.register(self._registration())
         self.heartbeat_interval = reg.heartbeat_interval_seconds
         shapes = {rc.name: VMShape(rc.name, rc.vcpus, rc.memory_mib, rc.disk_mib) for rc in reg.runner_classes}
@@ -174,6 +178,8 @@ class Agent:
     def _offer(self) -> tuple[int, int, int]:
         assert self.pool is not None
         idle_cpu, idle_mem, idle_vms = self.pool.idle_capacity()
+        if not disk_room(self.ledger, self.pool):  # no class's scratch disk fits: lease nothing until one ends
+            return (0, 0, 0)
         return (
             self.ledger.free_vcpus + idle_cpu,
             self.ledger.free_memory_mib + idle_mem,

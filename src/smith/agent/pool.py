@@ -41,8 +41,28 @@ class WarmPool:
         vms = self.idle()
         return (sum(self.shapes[c].vcpus for c, _ in vms), sum(self.shapes[c].memory_mib for c, _ in vms), len(vms))
 
+    def prune(self) -> int:
+        """Drop warm VMs that died while they waited (a sandbox killed or refused, a QEMU that crashed): given a
+        job, each would fail it. Their room is freed at once; the reconcile loop boots replacements."""
+        dropped = 0
+        for cls, machine in self.idle():
+            alive = getattr(machine, "alive", None)
+            if alive is None or alive():
+                continue
+            self.ready[cls].remove(machine)
+            self.ledger.release(self.shapes[cls])
+            task = asyncio.ensure_future(machine.stop())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            log.warning("warm VM died while idle; dropped", runner_class=cls, machine=machine.id)
+            dropped += 1
+        if dropped:
+            self.changed.set()
+        return dropped
+
     def take(self, runner_class: str) -> Machine | None:
-        """A warm VM for this class; its capacity reservation passes to the caller."""
+        """A warm VM for this class (a live one); its capacity reservation passes to the caller."""
+        self.prune()
         ms = self.ready.get(runner_class)
         if ms:
             machine = ms.pop(0)
@@ -89,6 +109,7 @@ class WarmPool:
     def reconcile(self) -> int:
         """Start boots until ready + booting reaches the desired size (capacity permitting). Returns boots started."""
         started = 0
+        self.prune()
         if self.held:
             return 0
         for cls, want in self.desired.items():

@@ -57,6 +57,16 @@ class AgentSettings(CommonSettings):
     agent_log_spool_min_free_bytes: int = Field(
         1 << 30, ge=0, description="Stop spooling job logs when the disk has less free than this (a marker says so)"
     )
+    agent_job_log_max_bytes: int = Field(64 << 20, gt=0, description="Most bytes of one job's log kept on this host")
+    agent_job_logs_max_bytes: int = Field(
+        1 << 30, gt=0, description="Most bytes of job logs kept on this host; the oldest go first"
+    )
+    agent_disk_mib: int | None = Field(
+        None,
+        ge=0,
+        description="Disk (MiB) for VMs' scratch space; default: free space at start less the reserve; 0: not counted",
+    )
+    agent_disk_reserve_mib: int = Field(4096, ge=0, description="Disk kept free for images, snapshots and logs")
     # Backend specifics
     agent_kernel: Path | None = Field(None, description="Guest kernel (Firecracker: uncompressed vmlinux)")
     agent_rootfs: Path | None = Field(None, description="Guest root filesystem image")
@@ -90,6 +100,13 @@ class AgentSettings(CommonSettings):
     )
     agent_network_allow: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Holes in the deny list VMs may reach anyway (e.g. a LAN resolver/32)"
+    )
+    agent_network_dns: str | None = Field(
+        None,
+        description="Resolver the VMs use; default: the host's upstream from /etc/resolv.conf or systemd-resolved's",
+    )
+    agent_network_check_seconds: float = Field(
+        30.0, gt=0, description="How often Smith's nftables tables and firewall accepts are checked and put back"
     )
     agent_network_netns: str | None = Field(None, description="Build the network inside this named netns")
     agent_network_tap_user: str | None = Field(None, description="User (name or uid) allowed to open the taps")

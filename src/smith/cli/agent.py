@@ -23,6 +23,7 @@ def register(root: typer.Typer) -> None:
 def build_agent(settings: Any, network: Any = None, backend: tuple[Any, str] | None = None) -> Any:
     """Compose an Agent from settings: control client, chosen backend (or ``backend``, already chosen), job output."""
     from smith.agent.backends import select_backend
+    from smith.agent.capacity import disk_budget
     from smith.agent.client import ControlClient
     from smith.agent.daemon import Agent, AgentConfig
     from smith.agent.logsink import LocalFiles
@@ -44,10 +45,15 @@ def build_agent(settings: Any, network: Any = None, backend: tuple[Any, str] | N
         lease_wait_seconds=settings.agent_lease_wait_seconds,
         runner_dir=settings.agent_runner_dir,
         logs_url=settings.logs_url,
+        disk_mib=disk_budget(settings.work_dir, settings.agent_disk_mib, settings.agent_disk_reserve_mib),
     )
     token = settings.agent_token.get_secret_value()
     control = ControlClient(settings.control_url, token)
-    output: Any = LocalFiles(settings.work_dir / "logs")
+    output: Any = LocalFiles(
+        settings.work_dir / "logs",
+        max_job_bytes=settings.agent_job_log_max_bytes,
+        max_total_bytes=settings.agent_job_logs_max_bytes,
+    )
     if settings.logs_url:  # ship every line to the log pipeline too (spooled on disk while it is unreachable)
         from smith.agent.logship import LogShipper
         from smith.agent.logsink import Fanout
@@ -100,6 +106,42 @@ async def serve_with_network(settings: Any) -> None:
         if network is not None:
             console.print(f"network: bridge {network.config.bridge}, pool {network.plan.pool}")
         await serve_agent(build_agent(settings, network))
+
+
+@app.command()
+def doctor(json_out: bool = typer.Option(False, "--json", help="Print JSON")) -> None:
+    """Check this host for the agent: KVM, QEMU, the image, the sandbox, AppArmor, firewalls, MTU, DNS, systemd,
+    cgroups, disk. One line per check (ok/warn/fail, with a fix); exits 1 when any check fails."""
+    from smith.agent import doctor as checks
+    from smith.agent.settings import AgentSettings
+    from smith.logging import configure
+
+    configure("ERROR", json=False)  # the checks' own findings are the output; log lines would only repeat them
+    raise typer.Exit(checks.main(AgentSettings(), json_out))
+
+
+HOST_FILES = {
+    "apparmor": "smith-bwrap.apparmor",
+    "systemd": "smith-agent.service",
+    "networkmanager": "smith-unmanaged.nmconf",
+}
+
+
+@app.command("host-file")
+def host_file(
+    name: str = typer.Argument(..., help="apparmor, systemd or networkmanager"),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON: the file's name and text"),
+) -> None:
+    """Print a file this host needs (docs/hosts.md says where it goes)."""
+    from importlib.resources import files
+
+    if name not in HOST_FILES:
+        fail(f"no host file {name!r}: choose one of {', '.join(HOST_FILES)}")
+    text = files("smith.agent").joinpath("hostfiles", HOST_FILES[name]).read_text()
+    if json_out:
+        print_json({"name": HOST_FILES[name], "text": text})
+        return
+    typer.echo(text, nl=False)
 
 
 @app.command()

@@ -59,7 +59,7 @@ from smith.adapters.firecracker.models import (
     SnapshotLoadParams,
     Vsock,
 )
-from smith.adapters.resolver import guest_resolver
+from smith.adapters.resolver import FALLBACK, guest_resolver
 from smith.asyncutil import CleanupStack
 from smith.domain.vms import Backend, Slot, VMShape
 from smith.errors import ConfigError, PayloadTooLarge, SmithError, VMError
@@ -95,7 +95,7 @@ class FirecrackerConfig:
     cpu_period_us: int = 100_000
     cpu_headroom: float = 0.5  # CPUs above the vCPUs in cpu.max: Firecracker's API, VMM and I/O threads need room
     boot_args: str = DEFAULT_BOOT_ARGS
-    dns: str = ""  # the guest's resolver (smith.dns=); "" = the host's first public one (adapters.resolver)
+    dns: str = ""  # the guest's resolver (smith.dns=); "" = the host's upstream, else a fallback (adapters.resolver)
     ready_timeout: float = 60.0  # from InstanceStart to the guest agent's ready line
     vsock: bool = False
     prefix: str = "smith-"
@@ -462,7 +462,7 @@ class _Boot:
             await network.release(slot)
 
         self.cleanup.push("network", release)
-        dns = guest_resolver(self.config.dns)
+        dns = guest_resolver(self.config.dns) or FALLBACK
         self.machine.net = {"ip": f"{slot.guest_ip}/{slot.prefix}", "gw": slot.gateway_ip, "mac": slot.mac, "dns": dns}
         self.state["slot"] = asdict(slot)
         self.save_state()
