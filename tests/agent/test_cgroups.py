@@ -44,3 +44,18 @@ def test_a_tree_that_is_not_writable_gives_no_cgroups(tmp_path: Path) -> None:
     base = v2_tree(tmp_path, "ro")
     base.chmod(0o555)
     assert Cgroups.detect("/ro", root=tmp_path) is None
+
+
+def test_an_agent_in_the_root_cgroup_moves_nobody(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In the root cgroup (a container's, or a host's without systemd) the processes there are everyone's: none
+    is moved (the root group may hold processes beside controlled children)."""
+    import smith.adapters.cgroups as cg
+
+    (tmp_path / "cgroup.controllers").write_text("cpu memory pids\n")
+    (tmp_path / "cgroup.procs").write_text("1\n4242\n")
+    (tmp_path / "cgroup.subtree_control").write_text("")
+    monkeypatch.setattr(cg, "_own_cgroups", lambda: {"": "/"})
+    found = Cgroups.detect(None, root=tmp_path)
+    assert found is not None and found.parents == (tmp_path,)
+    assert not (tmp_path / "agent").exists()
+    assert (tmp_path / "cgroup.subtree_control").read_text() == "+cpu +memory +pids"

@@ -121,7 +121,7 @@ class Cgroups:
                 if parent is None and here.endswith(f"/{LEAF}"):  # detected before: the agent is in its leaf
                     here = here[: -len(LEAF) - 1] or "/"
                 base = root / (parent or here).lstrip("/")
-                found = cls._v2(base)
+                found = cls._v2(base, move=base != root)
                 found.root = root
                 return found
             if all((root / c / "cgroup.procs").exists() for c in V1_CONTROLLERS):
@@ -135,9 +135,12 @@ class Cgroups:
         return None
 
     @classmethod
-    def _v2(cls, base: Path) -> Cgroups:
+    def _v2(cls, base: Path, *, move: bool = True) -> Cgroups:
+        """``move``: the processes in ``base`` go to a leaf (cgroup v2 has no processes beside child groups with
+        controllers). Not in the root cgroup, which is exempt from that rule: there they would be every process
+        of the host (or of the container) that is not in a group of its own."""
         base.mkdir(parents=True, exist_ok=True)
-        held = (base / "cgroup.procs").read_text().split()
+        held = (base / "cgroup.procs").read_text().split() if move else []
         if held:  # the agent lives here: move it (and anything else here) to a leaf of its own
             (base / LEAF).mkdir(exist_ok=True)
             for pid in held:
