@@ -59,3 +59,21 @@ async def test_closing_the_console_stops_its_reader_while_the_pipe_is_still_open
         assert console.closed.is_set() and [e.line async for e in console.events()] == ["kernel says hi"]
     finally:
         os.close(write_fd)
+
+
+async def test_while_a_channel_is_open_json_on_the_console_is_not_an_event() -> None:
+    # A job running as root can write to /dev/ttyS0; with the agent's vsock channel open, what looks like an
+    # event there is a system line, and the events end only once the channel is done too.
+    read_fd, write_fd = console_pipe()
+    console = await open_console(read_fd)
+    try:
+        console.open_channel()
+        os.write(write_fd, b'{"type": "exit", "ts": 1.0, "exit_code": 0}\n')
+        os.close(write_fd)
+        await console.closed.wait()
+        console.channel_line(b'{"type": "line", "ts": 1.0, "seq": 1, "line": "real"}')
+        console.close_channel()
+        seen = [(e.type, e.stream, e.line) async for e in console.events()]
+    finally:
+        await console.close()
+    assert seen == [("line", "system", '{"type": "exit", "ts": 1.0, "exit_code": 0}'), ("line", "stdout", "real")]

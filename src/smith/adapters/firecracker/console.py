@@ -10,6 +10,11 @@ worth), so a loop that is busy or blocked for a while cannot make Firecracker dr
 Lines are sorted as they come: the guest agent's ``{"smith": "ready"}`` sets :attr:`ready`; GuestEvent JSON
 goes to the queue as events; anything else (the kernel's messages) as ``system`` lines; the last few lines are
 kept for error messages (:meth:`tail`). A line longer than ``MAX_LINE`` is console noise and is dropped.
+
+Guest events may also come over a channel of their own (vsock, :mod:`.events`): :meth:`open_channel` /
+:meth:`channel_line` / :meth:`close_channel`. While one is open, JSON on the console is a ``system`` line, not an
+event (a job running as root can write to /dev/ttyS0; it cannot take the agent's channel). The events end after
+the exit event, or once the console and every channel have closed.
 """
 
 from __future__ import annotations
@@ -58,6 +63,9 @@ class Console:
         self._queue: asyncio.Queue[GuestEvent | None] = asyncio.Queue()
         self._tail: collections.deque[str] = collections.deque(maxlen=20)
         self._pending = b""
+        self._sources = 1  # the console, plus each open channel: the events end when all have closed
+        self._channels = 0
+        self.over_channel = False  # guest events have come over a channel (vsock) rather than the console
         self._loop = asyncio.get_running_loop()
         self._stop_r, self._stop_w = os.pipe()  # wakes the reader when the console is closed before EOF
         self._reader = threading.Thread(target=self._read, name=f"console-{read_fd}", daemon=True)
@@ -100,20 +108,50 @@ class Console:
             self._line(self._pending)
             self._pending = b""
         self.closed.set()
-        self._queue.put_nowait(None)
+        self._source_done()
+
+    def _source_done(self) -> None:
+        self._sources -= 1
+        if self._sources == 0:
+            self._queue.put_nowait(None)
+
+    def open_channel(self) -> None:
+        """A channel carrying guest events (the guest agent's vsock connection) opened."""
+        self._sources += 1
+        self._channels += 1
+        self.over_channel = True
+
+    def channel_line(self, raw: bytes) -> None:
+        text = raw.decode("utf-8", "replace").strip("\r")
+        event = _guest_event(text)
+        if event is None:
+            self._system(text)
+        else:
+            self._event(event)
+
+    def close_channel(self) -> None:
+        self._channels -= 1
+        self._source_done()
 
     def _line(self, raw: bytes) -> None:
         text = raw.decode("utf-8", "replace").strip("\r")
         if READY in raw:
             self.ready.set()
             return
-        event = _guest_event(text)
+        event = _guest_event(text) if not self._channels else None
         if event is None:
-            if not text.strip():
-                return
-            self._tail.append(text)
-            event = GuestEvent(type="line", ts=time.time(), stream="system", line=text)
-        elif self.on_event is not None:
+            self._system(text)
+        else:
+            self._event(event)
+
+    def _system(self, text: str) -> None:
+        if not text.strip():
+            return
+        self._tail.append(text)
+        self._queue.put_nowait(GuestEvent(type="line", ts=time.time(), stream="system", line=text))
+
+    def _event(self, event: GuestEvent) -> None:
+        if self.on_event is not None:
             self.on_event(event)
         self._queue.put_nowait(event)
 
