@@ -274,3 +274,38 @@ def test_the_console_drops_what_does_not_fit_in_the_pipe() -> None:
     finally:
         os.close(read_end)
         os.close(write_end)
+
+
+def test_vsock_binds_its_socket_inside_the_jail(spec: Spec, tmp_path: Path) -> None:
+    # Jailed, Firecracker sees only its chroot: uds_path names a file there (".." stops at the chroot's root),
+    # and a host path names a directory the chroot does not have.
+    chroot = tmp_path / "root"
+    chroot.mkdir()
+    fc = FakeFirecracker(spec, chroot=chroot)
+    outside = str(tmp_path / "v.sock")
+    assert "Error binding to the host-side Unix socket" in fault(
+        call(fc, "PUT", "/vsock", {"guest_cid": 3, "uds_path": outside})
+    )
+    assert not Path(outside).exists()
+    assert call(fc, "PUT", "/vsock", {"guest_cid": 3, "uds_path": "../../v.sock"})[0] == 204
+    assert (chroot / "v.sock").is_socket() and not (tmp_path.parent / "v.sock").exists()
+
+
+def test_a_restored_vsock_device_binds_its_socket_again_and_a_stale_one_is_refused(spec: Spec, tmp_path: Path) -> None:
+    # Firecracker binds the snapshot's uds_path (or the override) on restore; a file already there: EADDRINUSE.
+    (tmp_path / "state").write_text(
+        json.dumps(
+            {"config": {"vsock": {"guest_cid": 3, "uds_path": str(tmp_path / "old.sock")}}, "drives": {}, "ifaces": {}}
+        )
+    )
+    (tmp_path / "mem").write_bytes(b"")
+    (tmp_path / "stale.sock").write_bytes(b"")
+    load = {
+        "snapshot_path": str(tmp_path / "state"),
+        "mem_backend": {"backend_type": "File", "backend_path": str(tmp_path / "mem")},
+        "vsock_override": {"uds_path": str(tmp_path / "stale.sock")},
+    }
+    assert "Address already in use" in fault(call(FakeFirecracker(spec), "PUT", "/snapshot/load", load))
+    load["vsock_override"] = {"uds_path": str(tmp_path / "new.sock")}
+    assert call(FakeFirecracker(spec), "PUT", "/snapshot/load", load)[0] == 204
+    assert (tmp_path / "new.sock").is_socket() and not (tmp_path / "old.sock").exists()

@@ -35,6 +35,7 @@ BOOT_SEQUENCE = [
     ("PUT", "/drives/scratch"),  # no root drive: the image is an initramfs
     ("PUT", "/network-interfaces/eth0"),
     ("PUT", "/mmds/config"),
+    ("PUT", "/vsock"),  # guest events over vsock (the host listens on <uds_path>_<port> first)
     ("PUT", "/actions"),
 ]
 
@@ -137,7 +138,8 @@ async def test_a_failure_at_any_step_unwinds_everything_before_it(
     with pytest.raises(VMError, match=f"injected failure at {step}"):
         await rig.vmm.boot(SHAPE, "vm3")
     done = FirecrackerVMM.STEPS[: FirecrackerVMM.STEPS.index(step)]
-    expected_undo = [s for s in ("chroot", "network", "process", "socket") if s in done]
+    makers = {"chroot": "chroot", "network": "network", "process": "process", "socket": "socket", "vsock": "events"}
+    expected_undo = [undo for made_by, undo in makers.items() if made_by in done]
     assert seen["undo"] == expected_undo
     assert_nothing_left(rig, seen["pid"])
 
@@ -311,10 +313,12 @@ async def test_snapshot_then_restore_a_warm_vm(rig: Rig) -> None:
         load = body(rig, "smith-clone1", "PUT", "/snapshot/load")
         assert load["resume_vm"] is True and load["mem_backend"]["backend_type"] == "File"
         assert load["network_overrides"] == [{"iface_id": "eth0", "host_dev_name": rig.network.in_use["clone1"].tap}]
+        assert load["vsock_override"] == {"uds_path": str(clone.jail.host("v.sock"))}  # not the template's
         assert (await clone.api.describe_instance()).state == "Running"
         await clone.assign(guest_config("echo from-the-clone"))
         events = [e async for e in clone.events()]
         assert ("stdout", "from-the-clone") in [(e.stream, e.line) for e in events]
+        assert clone.console is not None and clone.console.over_channel  # the clone's events came over vsock
     finally:
         await clone.stop()
     assert snap.vmstate.exists()  # the snapshot outlives its clones
@@ -514,7 +518,7 @@ async def test_a_jailer_that_fails_leaves_nothing() -> None:
 
 
 async def test_vsock_is_configured_before_start_when_enabled() -> None:
-    for rig in make_rig(vsock=True):
+    for rig in make_rig():
         machine = await rig.vmm.boot(SHAPE, "vs")
         try:
             calls = sequence(rig, "smith-vs")

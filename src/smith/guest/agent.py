@@ -16,6 +16,12 @@ other copy, so the agent sets its clock (or offsets its timestamps) and mixes th
 kernel's entropy pool before it starts the job. It sets the clock only with ``--set-clock`` (a VM's init
 passes it): a sandbox shares the host's clock and must never move it. With ``--announce`` it writes
 ``{"smith": "ready"}`` once it waits for its config, so the host knows the guest is booted.
+
+Under Firecracker (``--mmds``) the events go over vsock when the guest kernel has it: a stream to the host (CID 2)
+on ``EVENTS_PORT``, which Firecracker forwards to a Unix socket the host agent listens on. It is flow-controlled
+(the serial console drops what the host does not read in time); at the end the agent waits for the host to close
+its end, so the exit event is known to have arrived. Without vsock (no module, no device, nobody listening) or if
+the channel breaks, events go to ``--out`` (the console). ``--events-socket PATH`` is the same over a Unix socket.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import contextlib
 import json
 import os
 import queue
+import socket
 import subprocess
 import sys
 import threading
@@ -36,11 +43,14 @@ from typing import IO, Any
 MAX_LINE = 64 * 1024
 MMDS_IP = "169.254.169.254"
 SCRIPT = ".smith-job.sh"  # the job's script, written into the work dir (no argv size limit)
+EVENTS_PORT = 1024  # vsock port of the host's event channel (smith.adapters.firecracker.events)
+VMADDR_CID_HOST = 2
 
 
 class Output:
-    def __init__(self, stream: IO[str], secrets: list[str]) -> None:
+    def __init__(self, stream: IO[str], secrets: list[str], fallback: IO[str] | None = None) -> None:
         self.stream = stream
+        self.fallback = fallback  # where events go if ``stream`` (the vsock channel) breaks
         self.secrets = [s for s in secrets if s and len(s) >= 4]
         self.seq = 0
         self.lock = threading.Lock()
@@ -57,8 +67,16 @@ class Output:
             event = {"type": type_, "ts": now(), "seq": self.seq, **fields}
             if "line" in event:
                 event["line"] = self.mask(event["line"])
-            self.stream.write(json.dumps(event, ensure_ascii=False) + "\n")
-            self.stream.flush()
+            text = json.dumps(event, ensure_ascii=False) + "\n"
+            try:
+                self.stream.write(text)
+                self.stream.flush()
+            except OSError:
+                if self.fallback is None:
+                    raise
+                self.stream, self.fallback = self.fallback, None
+                self.stream.write(text)
+                self.stream.flush()
 
 
 CLOCK_OFFSET = 0.0  # added to every timestamp when the guest cannot set its own clock
@@ -330,6 +348,40 @@ def run(config: dict[str, Any], out: Output, workdir: str) -> int:
     return proc.wait()
 
 
+def events_channel(args: argparse.Namespace) -> socket.socket | None:
+    """The host's event channel: vsock to the host under Firecracker, or ``--events-socket``; None when there is
+    none (the kernel has no vsock, the VM no vsock device, or nobody listens)."""
+    sock = None
+    try:
+        if args.events_socket:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.connect(args.events_socket)
+        elif args.mmds and hasattr(socket, "AF_VSOCK"):
+            sock = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
+            sock.settimeout(10)
+            sock.connect((VMADDR_CID_HOST, EVENTS_PORT))
+            sock.settimeout(None)
+    except OSError:
+        if sock is not None:
+            sock.close()
+        return None
+    return sock
+
+
+def close_channel(sock: socket.socket, stream: IO[str]) -> None:
+    """Send the end and wait (bounded) for the host to close its end: then everything sent has arrived."""
+    try:
+        stream.flush()
+        sock.shutdown(socket.SHUT_WR)
+        sock.settimeout(10)
+        while sock.recv(4096):
+            pass
+    except OSError:
+        pass
+    finally:
+        sock.close()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description="Smith guest agent")
     ap.add_argument("--config-file", help="Read the config from this file (waits until it exists)")
@@ -341,6 +393,7 @@ def main() -> int:
     ap.add_argument("--announce", action="store_true", help='Write {"smith": "ready"} while waiting for the config')
     ap.add_argument("--mmds", nargs="?", const=MMDS_IP, help="Read the config from Firecracker's MMDS")
     ap.add_argument("--out", default="-", help="Where events go: a path (e.g. a virtio serial port) or - for stdout")
+    ap.add_argument("--events-socket", help="Send events over this Unix socket (else vsock under --mmds, else --out)")
     ap.add_argument("--workdir", default=os.getcwd())
     args = ap.parse_args()
     stream: IO[str] = sys.stdout if args.out == "-" else open(args.out, "w", encoding="utf-8")  # noqa: SIM115
@@ -349,9 +402,13 @@ def main() -> int:
         stream.flush()
     config = unwrap(read_config(args), set_clock=args.set_clock, set_net=args.set_net)
     _, secrets = command(config)
-    out = Output(stream, secrets)
+    channel = events_channel(args)
+    events = channel.makefile("w", encoding="utf-8") if channel is not None else stream
+    out = Output(events, secrets, fallback=stream if channel is not None else None)
     code = run(config, out, args.workdir)
     out.emit("exit", stream="system", exit_code=code)
+    if channel is not None:
+        close_channel(channel, events)
     return 0
 
 

@@ -50,6 +50,7 @@ MODULES = (
     "virtio_net",
     "crc32c_generic",
     "ext4",
+    "vmw_vsock_virtio_transport",  # guest events over Firecracker's vsock (Debian: CONFIG_VIRTIO_VSOCKETS=m)
 )
 # Standard-library modules in the image besides what the guest agent imports: a few a job script may use.
 PY_MODULES = (

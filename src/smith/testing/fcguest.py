@@ -12,6 +12,9 @@
 * Identity: the guest's MAC (``guest_mac``) and address (``smith.ip=``) are fixed at boot; a VM restored from a
   snapshot keeps its template's until the image's guest agent (``--set-net``) takes the ones the config's
   envelope names. The guest prints ``eth0: <mac> <address>`` on the console whenever they are set.
+* Vsock: with a vsock device configured (and ``vsock``: the kernel has it) the guest agent's connection to the
+  host's port reaches the Unix socket ``<uds_path>_<port>`` on the host, as Firecracker forwards it; nobody
+  listening there fails the connection, and the agent falls back to the console.
 * Shutdown: when the guest agent is done, init runs its last command (read from the image's ``init.sh``). On
   x86 ``poweroff -f`` halts the vCPUs and Firecracker keeps running; ``reboot -f`` with ``reboot=k`` exits it.
   Ctrl+Alt+Del makes the kernel signal PID 1 (SIGINT), which a shell init ignores unless it traps it; a
@@ -87,8 +90,9 @@ def root_mountable(path: Path) -> bool:
 class Guest:
     """Plays the VM on ``api`` (a FakeFirecracker); sets ``done`` when Firecracker would exit."""
 
-    def __init__(self, api: Any, done: asyncio.Event, console: Console | None = None) -> None:
+    def __init__(self, api: Any, done: asyncio.Event, console: Console | None = None, vsock: bool = True) -> None:
         self.api = api
+        self.vsock = vsock  # the guest kernel has vsock
         self.done = done
         self.console = console or Console()
         self.proc: asyncio.subprocess.Process | None = None
@@ -180,6 +184,15 @@ class Guest:
         else:
             self._shutdown()
 
+    def _events_args(self) -> list[str]:
+        """Where the guest agent's vsock connection to the host would land: ``<uds_path>_<port>``."""
+        device = self.api.config.get("vsock")
+        if not device or not self.vsock:
+            return []
+        port = re.search(r"^EVENTS_PORT = (\d+)", GUEST_AGENT.read_text(), re.MULTILINE)
+        assert port is not None
+        return ["--events-socket", f"{self.api._host(device['uds_path'])}_{port.group(1)}"]
+
     async def _run(self, config: dict[str, Any]) -> None:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
@@ -187,6 +200,7 @@ class Guest:
             str(GUEST_AGENT),
             "--workdir",
             str(self.workdir),
+            *self._events_args(),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             start_new_session=True,

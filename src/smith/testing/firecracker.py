@@ -10,11 +10,12 @@ Run it in place of the firecracker binary::
 
     python -m smith.testing.firecracker --api-sock /tmp/fc.sock [--record calls.jsonl] [--fail 'PUT /drives/scratch']
 
-It also plays the guest (``smith.testing.fcguest``): it boots only what the real kernel could boot, reaches
-MMDS only with the addresses the image's init reads from the command line, runs Smith's guest agent on the
-config MMDS holds, forwards its events to a non-blocking stdout (the serial console) that drops what nobody
-reads, and exits only as the real one does (the guest rebooting with ``reboot=k``; a ``poweroff`` leaves it
-running). Network interfaces need their tap in the process's network namespace (``--taps check``).
+It also plays the guest (``smith.testing.fcguest``): it boots only what the real kernel could boot, reaches MMDS
+only with the addresses the image's init reads from the command line, runs Smith's guest agent on the config MMDS
+holds, forwards its output to a non-blocking stdout (the serial console) that drops what nobody reads, lets the
+guest agent reach ``<uds_path>_<port>`` when a vsock device is configured (``--guest-vsock no``: a guest kernel
+without vsock), and exits only as the real one does (the guest rebooting with ``reboot=k``; a ``poweroff`` leaves
+it running). Network interfaces need their tap in the process's network namespace (``--taps check``).
 """
 
 from __future__ import annotations
@@ -305,11 +306,20 @@ class FakeFirecracker:
         self.config["mmds-config"] = body
 
     def _put_vsock(self, body: Any) -> None:
-        uds = self._host(body["uds_path"])
-        with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as s:
-            uds.unlink(missing_ok=True)
-            s.bind(str(uds))  # Firecracker binds and listens on it
+        self._bind_vsock(body["uds_path"])
         self.config["vsock"] = body
+
+    def _bind_vsock(self, uds_path: str) -> None:
+        """Firecracker binds and listens on ``uds_path`` itself (host-initiated connections); jailed, the path
+        is inside the chroot (an absolute host path then names a directory the chroot does not have)."""
+        uds = self._host(uds_path)
+        try:
+            with socket.socket(socket.AF_UNIX) as s:
+                s.bind(str(uds))
+        except OSError as exc:
+            raise Refused(
+                f"Cannot create backend for vsock device: Error binding to the host-side Unix socket: {exc}"
+            ) from exc
 
     def _put_logger(self, body: Any) -> None:
         if body.get("log_path"):
@@ -399,6 +409,10 @@ class FakeFirecracker:
         self.config.update(saved["config"])
         self.drives = saved["drives"]
         self.ifaces = saved["ifaces"]
+        if "vsock_override" in body and "vsock" in self.config:
+            self.config["vsock"] = {**self.config["vsock"], "uds_path": body["vsock_override"]["uds_path"]}
+        if "vsock" in self.config:  # restored: Firecracker binds the device's socket again (an existing file: refused)
+            self._bind_vsock(self.config["vsock"]["uds_path"])
         for override in body.get("network_overrides", []):
             if override["iface_id"] not in self.ifaces:
                 raise Refused(f"Invalid network override: unknown interface {override['iface_id']}")
@@ -407,8 +421,11 @@ class FakeFirecracker:
         self._changed(self.state.lower())
 
     def _host(self, path: str) -> Path:
-        """A path as the (possibly jailed) process sees it, on the host: under the chroot when there is one."""
-        return self.chroot / path.lstrip("/") if self.chroot is not None else Path(path)
+        """A path as the (possibly jailed) process sees it, on the host: under the chroot when there is one
+        (where ``..`` stops at the root, as in a real chroot)."""
+        if self.chroot is None:
+            return Path(path)
+        return self.chroot / os.path.normpath("/" + path).lstrip("/")
 
     def _must_exist(self, path: str, what: str) -> None:
         if not self._host(path).exists():
@@ -535,7 +552,7 @@ async def run_binary(args: argparse.Namespace) -> int:
         api.record = Path(args.record_dir) / f"{args.id}.jsonl"
     api.check_taps = args.taps == "check"
     done = asyncio.Event()
-    guest = Guest(api, done) if not args.no_guest else None
+    guest = Guest(api, done, vsock=args.guest_vsock == "yes") if not args.no_guest else None
     if guest is None:  # an idle guest: it says it is ready and reboots on Ctrl+Alt+Del (reboot=k), nothing more
         console = Console()
 
@@ -578,6 +595,13 @@ def main(argv: list[str] | None = None) -> int:
         default="check",
         help="check (as Firecracker): a network interface's tap must exist in this process's network namespace; "
         "ignore: for tests on an in-memory network that makes no devices",
+    )
+    ap.add_argument(
+        "--guest-vsock",
+        choices=["yes", "no"],
+        default="yes",
+        help="yes: the guest kernel has vsock (the guest agent connects to <uds_path>_<port> when a vsock device is "
+        "configured); no: it has not (events stay on the console)",
     )
     ap.add_argument("--chroot", help="Act as if chrooted here (set by the fake jailer): body paths are under it")
     argv = sys.argv[1:] if argv is None else argv

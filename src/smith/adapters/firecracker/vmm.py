@@ -13,15 +13,16 @@ without modules). The guest's address, gateway and resolver go on the kernel com
 autoconfiguration). ``start`` waits for the guest agent's ``{"smith": "ready"}`` on the console, so a guest
 that panicked after InstanceStart (which answers 204 at once) fails the boot with the console's last lines.
 
-A booted machine waits for its job: ``assign()`` PUTs the GuestConfig into MMDS at ``/smith/config`` (never
-on the kernel command line, which any process in the guest can read in /proc/cmdline and which Firecracker
-logs), wrapped with the host's clock and a random seed (a restored clone has the snapshot's). Once the guest
-reports ``started`` the config is removed from MMDS, so the runner credential and cache token are not
-readable for the rest of the job. The serial console (Firecracker's stdout, which drops bytes nobody reads)
-is drained from process start (:mod:`.console`). The guest's init ends with ``reboot -f`` and the kernel has
-``reboot=k``, so Firecracker exits as soon as the job is done (``poweroff`` would leave it running on x86);
-``stop()`` waits for that, else sends Ctrl+Alt+Del (init traps it and reboots), kills after a bound, and
-unwinds the stack.
+A booted machine waits for its job: ``assign()`` PUTs the GuestConfig into MMDS at ``/smith/config`` (never on
+the kernel command line, which any process in the guest can read in /proc/cmdline and which Firecracker logs),
+wrapped with the host's clock and a random seed (a restored clone has the snapshot's). Once the guest reports
+``started`` the config is removed from MMDS, so the runner credential and cache token are not readable for the
+rest of the job. The serial console (Firecracker's stdout, which drops bytes nobody reads) is drained from
+process start (:mod:`.console`); the guest agent's events come over vsock where the guest kernel has it
+(:mod:`.events`, listening in the chroot before InstanceStart), else on the console. The guest's init ends with
+``reboot -f`` and the kernel has ``reboot=k``, so Firecracker exits as soon as the job is done (``poweroff``
+would leave it running on x86); ``stop()`` waits for that, else sends Ctrl+Alt+Del (init traps it and reboots),
+kills after a bound, and unwinds the stack.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ import orjson
 from smith.adapters.childenv import minimal_env
 from smith.adapters.firecracker.client import FirecrackerClient, wait_for_socket
 from smith.adapters.firecracker.console import Console, console_pipe, open_console
+from smith.adapters.firecracker.events import EventListener, events_socket
 from smith.adapters.firecracker.jailer import API_SOCKET, Jail, JailSpec, chroot_base_problem, jail_name
 from smith.adapters.firecracker.models import (
     BootSource,
@@ -58,6 +60,7 @@ from smith.adapters.firecracker.models import (
     SnapshotCreateParams,
     SnapshotLoadParams,
     Vsock,
+    VsockOverride,
 )
 from smith.adapters.resolver import FALLBACK, guest_resolver
 from smith.asyncutil import CleanupStack
@@ -97,7 +100,7 @@ class FirecrackerConfig:
     boot_args: str = DEFAULT_BOOT_ARGS
     dns: str = ""  # the guest's resolver (smith.dns=); "" = the host's upstream, else a fallback (adapters.resolver)
     ready_timeout: float = 60.0  # from InstanceStart to the guest agent's ready line
-    vsock: bool = False
+    vsock: bool = True  # guest events over vsock (the console is the fallback for a guest kernel without it)
     prefix: str = "smith-"
     log_level: LogLevel = "Warning"
     socket_timeout: float = 5.0
@@ -582,7 +585,16 @@ class _Boot:
 
     async def vsock(self) -> None:
         if self.config.vsock:
+            await self._listen_for_events()
             await self.machine.api.put_vsock(Vsock(guest_cid=self.vmm._next_cid(), uds_path=self.path(VSOCK)))
+
+    async def _listen_for_events(self) -> None:
+        """Listen on ``<uds_path>_<port>`` (in the chroot) before the guest can connect: events come over vsock."""
+        console = self.machine.console
+        assert console is not None
+        listener = EventListener(events_socket(self.jail.host(VSOCK)), console)
+        await listener.start(owner=(self.config.uid, self.config.gid) if self.config.use_jailer else None)
+        self.cleanup.push("events", listener.close)
 
     async def start(self) -> None:
         """InstanceStart answers 204 before the kernel runs: wait for the guest agent's ready line, or the death
@@ -614,11 +626,16 @@ class _Boot:
         assert self.snapshot is not None
         slot = self.machine.slot
         overrides = [NetworkOverride(iface_id=IFACE, host_dev_name=slot.tap)] if slot else None
+        vsock = None
+        if self.config.vsock:  # the template's device, its socket moved into this VM's chroot
+            await self._listen_for_events()
+            vsock = VsockOverride(uds_path=self.path(VSOCK))
         await self.machine.api.load_snapshot(
             SnapshotLoadParams(
                 snapshot_path=self.path(VMSTATE),
                 mem_backend=MemoryBackend(backend_type="File", backend_path=self.path(MEMFILE)),
                 network_overrides=overrides,
+                vsock_override=vsock,
                 resume_vm=True,
             )
         )
