@@ -1,0 +1,268 @@
+"""``uses`` steps: local actions (``./path``), composite and JavaScript actions, ``actions/checkout`` done
+natively, ``actions/cache`` (its mirrored copy against Smith's cache server, else a no-op miss), other remote
+actions from a local mirror (``<mirror>/owner/repo@ref``); ``docker://`` and anything unresolved is an error
+naming the step, raised before the job's first step runs."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from smith.workflows.errors import WorkflowError
+from smith.workflows.expressions import evaluate_if, interpolate_tree, to_str
+from smith.workflows.model import Step
+from smith.workflows.parser import _Ctx, parse_step
+from smith.workflows.yamlload import LineDict, load
+
+if TYPE_CHECKING:
+    from smith.workflows.runner import Frame, JobRunner
+
+NODE = ("node12", "node16", "node20", "node24")
+USES = re.compile(r"^(?P<owner>[^/@]+)/(?P<repo>[^/@]+)(?:/(?P<sub>[^@]+))?@(?P<ref>.+)$")
+NATIVE_CACHE = ("actions/cache", "actions/cache/restore", "actions/cache/save")
+
+
+@dataclass
+class Action:
+    """A resolved action: its metadata, where it lives on the host and in the guest."""
+
+    uses: str
+    meta: LineDict
+    host_dir: Path
+    guest_dir: str  # relative to the guest's work dir
+    repository: str = ""
+
+    @property
+    def runs(self) -> dict[str, Any]:
+        runs = self.meta.get("runs")
+        return runs if isinstance(runs, dict) else {}
+
+
+def read_metadata(directory: Path, uses: str) -> LineDict:
+    for name in ("action.yml", "action.yaml"):
+        path = directory / name
+        if path.is_file():
+            meta = load(path.read_text(encoding="utf-8"), str(path))
+            if not isinstance(meta, LineDict) or not isinstance(meta.get("runs"), dict):
+                raise WorkflowError(f"action {uses}: {name} has no 'runs' mapping", file=str(path))
+            return meta
+    raise WorkflowError(f"action {uses}: no action.yml or action.yaml in {directory}")
+
+
+class Actions:
+    def __init__(self, runner: JobRunner) -> None:
+        self.runner = runner
+        self.uploaded: set[str] = set()
+
+    # ------------------------------------------------------------ resolution
+
+    def where(self, step: Step) -> str:
+        return f"step {step.display!r} (line {step.line})"
+
+    def kind(self, step: Step) -> str:
+        uses = (step.uses or "").strip()
+        if uses.startswith("docker://"):
+            raise WorkflowError(f"{self.where(step)}: docker:// actions are not supported by Smith's executor")
+        if uses.startswith("./") or uses.startswith("../"):
+            return "local"
+        m = USES.match(uses)
+        if not m:
+            raise WorkflowError(f"{self.where(step)}: 'uses: {uses}' is not ./path, owner/repo@ref or docker://")
+        name = f"{m['owner']}/{m['repo']}" + (f"/{m['sub']}" if m["sub"] else "")
+        if name.lower() == "actions/checkout":
+            return "checkout"
+        if self.mirrored(uses) is not None:
+            return "mirror"
+        if name.lower() in NATIVE_CACHE:
+            return "cache"
+        mirror = self.runner.info.action_mirror
+        hint = f" (looked in {mirror}/{m['owner']}/{m['repo']}@{m['ref']})" if mirror else " (no action mirror set)"
+        raise WorkflowError(f"{self.where(step)}: remote action {uses} is not available{hint}")
+
+    def mirrored(self, uses: str) -> Path | None:
+        mirror = self.runner.info.action_mirror
+        m = USES.match(uses)
+        if mirror is None or not m:
+            return None
+        base = mirror / m["owner"] / f"{m['repo']}@{m['ref']}"
+        return base if base.is_dir() else None
+
+    async def prepare(self, steps: list[Step]) -> None:
+        """Check every ``uses`` of the job before its first step; run the ``pre`` of JavaScript actions."""
+        for step in steps:
+            if step.uses:
+                self.kind(step)
+        for step in steps:
+            if step.uses and self.kind(step) == "mirror":
+                action = await self.resolve(step)
+                await self.js_phase(self.runner_frame(), step, action, "pre")
+
+    def runner_frame(self) -> Frame:
+        from smith.workflows.runner import Frame
+
+        return Frame(inputs=dict(self.runner.info.inputs))
+
+    async def resolve(self, step: Step) -> Action:
+        uses = (step.uses or "").strip()
+        if uses.startswith(("./", "../")):
+            rel = uses[2:].strip("/") if uses.startswith("./") else uses
+            host = (self.runner.host_workspace() / rel).resolve()
+            return Action(uses, read_metadata(host, uses), host, f"{self.runner.info.repo_name}/{rel}")
+        base = self.mirrored(uses)
+        m = USES.match(uses)
+        if base is None or not m:
+            raise WorkflowError(f"{self.where(step)}: remote action {uses} is not available")
+        guest = f"_actions/{m['owner']}/{m['repo']}/{m['ref']}"
+        if guest not in self.uploaded:
+            await self.runner.session.upload(base, guest, exclude=(".git",))
+            self.uploaded.add(guest)
+        sub = m["sub"] or ""
+        host = base / sub if sub else base
+        return Action(
+            uses, read_metadata(host, uses), host, f"{guest}/{sub}" if sub else guest, f"{m['owner']}/{m['repo']}"
+        )
+
+    # ------------------------------------------------------------ running
+
+    async def run(self, frame: Frame, step: Step, name: str) -> tuple[bool, dict[str, str]]:
+        kind = self.kind(step)
+        if kind == "checkout":
+            return await self.checkout(frame, step)
+        if kind == "cache":
+            self.runner.reporter.line(
+                self.runner.key,
+                "annotation",
+                f"Notice: {step.uses}: no cache server configured and no mirrored copy of the action: cache miss",
+            )
+            return True, {"cache-hit": "false"}
+        action = await self.resolve(step)
+        using = str(action.runs.get("using", ""))
+        if using == "composite":
+            return await self.composite(frame, step, action)
+        if using in NODE:
+            return await self.javascript(frame, step, action)
+        if using == "docker":
+            raise WorkflowError(f"{self.where(step)}: docker actions ({step.uses}) are not supported")
+        raise WorkflowError(f"{self.where(step)}: action {step.uses} uses {using!r}, which Smith cannot run")
+
+    def inputs(self, frame: Frame, step: Step, action: Action) -> dict[str, str]:
+        scope = self.runner.scope(frame)
+        given = {str(k).lower(): to_str(interpolate_tree(v, scope)) for k, v in step.with_.items()}
+        declared = action.meta.get("inputs") or {}
+        out: dict[str, str] = {}
+        for key, spec in declared.items():
+            spec = spec if isinstance(spec, dict) else {}
+            if key.lower() in given:
+                out[key] = given.pop(key.lower())
+            elif "default" in spec:
+                out[key] = to_str(interpolate_tree(spec["default"], scope))
+            elif spec.get("required"):
+                raise WorkflowError(f"{self.where(step)}: input {key!r} of {step.uses} is required")
+            else:
+                out[key] = ""
+        out.update(given)  # undeclared inputs still reach the action (GitHub warns)
+        return out
+
+    async def composite(self, frame: Frame, step: Step, action: Action) -> tuple[bool, dict[str, str]]:
+        from smith.workflows.runner import Frame
+
+        inputs = self.inputs(frame, step, action)
+        step_env = self.runner.evaluate_env(step.env, frame, {**self.runner.env, **frame.env})
+        inner = Frame(
+            inputs=inputs,
+            env={**frame.env, **step_env},
+            action_path=f"{self.runner.session.workdir}/{action.guest_dir}",
+            action_repository=action.repository,
+        )
+        c = _Ctx(str(action.host_dir / "action.yml"))
+        raw_steps = action.runs.get("steps") or []
+        if not isinstance(raw_steps, list):
+            raise WorkflowError(f"action {step.uses}: runs.steps must be a list")
+        steps = [parse_step(c, f"action {step.uses}", i, s, action.meta) for i, s in enumerate(raw_steps)]
+        inner_frame_status = frame.status
+        inner.status = "success" if inner_frame_status == "success" else inner_frame_status
+        prefix = f"{step.display} > "
+        await self.runner.run_steps(inner, steps, prefix)
+        outputs: dict[str, str] = {}
+        for key, spec in (action.meta.get("outputs") or {}).items():
+            value = spec.get("value") if isinstance(spec, dict) else None
+            outputs[key] = to_str(interpolate_tree(value, self.runner.scope(inner))) if value is not None else ""
+        return inner.status == "success", outputs
+
+    async def javascript(self, frame: Frame, step: Step, action: Action) -> tuple[bool, dict[str, str]]:
+        ok, outputs, state = await self.js_phase(frame, step, action, "main")
+        post = action.runs.get("post")
+        if post:
+            saved_status = frame
+
+            async def run_post() -> None:
+                await self.js_phase(saved_status, step, action, "post", state)
+
+            self.runner.posts.append(run_post)
+        return ok, outputs
+
+    async def js_phase(
+        self, frame: Frame, step: Step, action: Action, phase: str, state: dict[str, str] | None = None
+    ) -> tuple[bool, dict[str, str], dict[str, str]]:
+        runs = action.runs
+        entry = runs.get(phase)
+        if not entry:
+            return True, {}, {}
+        using = str(runs.get("using", ""))
+        if using not in NODE:
+            return True, {}, {}
+        if phase != "main":
+            condition = runs.get(f"{phase}-if", "always()")
+            if not evaluate_if(condition, self.runner.scope(frame)):
+                return True, {}, {}
+        node = self.runner.session.tools.get("node")
+        if not node:
+            raise WorkflowError(f"{self.where(step)}: {step.uses} needs node ({using}), which the guest does not have")
+        inputs = self.inputs(frame, step, action)
+        env = {f"INPUT_{k.replace(' ', '_').upper()}": v for k, v in inputs.items()}
+        env.update(self.runner.evaluate_env(step.env, frame, {**self.runner.env, **frame.env}))
+        from smith.workflows.runner import Frame as F
+
+        inner = F(
+            steps=frame.steps,
+            inputs=frame.inputs,
+            env=frame.env,
+            action_path=f"{self.runner.session.workdir}/{action.guest_dir}",
+            action_repository=action.repository,
+            status=frame.status,
+        )
+        state_env = {f"STATE_{k}": v for k, v in (state or {}).items()}
+        if phase != "main":
+            self.runner.reporter.step_started(self.runner.key, f"{phase.capitalize()} {step.display}")
+        ex = await self.runner.execute(
+            inner,
+            [node, f"{self.runner.session.workdir}/{action.guest_dir}/{entry}"],
+            env,
+            "",
+            None,
+            None,
+            step.id,
+            state_env,
+        )
+        if ex.code != 0:
+            self.runner.reporter.line(self.runner.key, "error", f"Error: {phase} of {step.uses} exited {ex.code}")
+            if phase != "main":
+                frame.status = "failure"
+        return ex.code == 0, ex.out.outputs, ex.state
+
+    async def checkout(self, frame: Frame, step: Step) -> tuple[bool, dict[str, str]]:
+        """actions/checkout, natively: this run's repository copied into the workspace (or ``path``)."""
+        scope = self.runner.scope(frame)
+        inputs = {str(k).lower(): to_str(interpolate_tree(v, scope)) for k, v in step.with_.items()}
+        repository = inputs.get("repository") or self.runner.info.repository
+        if repository.lower() != self.runner.info.repository.lower():
+            raise WorkflowError(f"{self.where(step)}: checkout of another repository ({repository}) is not supported")
+        path = inputs.get("path", "").strip("/")
+        dest = f"{self.runner.info.repo_name}/{path}" if path else self.runner.info.repo_name
+        await self.runner.session.upload(self.runner.info.repo_dir, dest)
+        self.runner.reporter.line(
+            self.runner.key, "line", f"Checked out {repository} at {self.runner.info.sha[:12] or 'the working tree'}"
+        )
+        return True, {"ref": self.runner.info.ref, "commit": self.runner.info.sha}
