@@ -53,7 +53,10 @@ def run(
 ) -> None:
     """Run a workflow of a local repository in fresh sandboxes or VMs. Exit 0: every job succeeded; 1: a job
     failed; 2: an invalid workflow or command line."""
+    from smith.logging import configure
     from smith.workflows.local import find_workflows, read_event, run_info, selected
+
+    configure("ERROR", json=False)  # service log lines (the sandbox's isolation notice) stay out of the output
 
     if backend not in ("auto", "sandbox", "qemu", "firecracker"):
         errors.say(f"--backend must be auto, sandbox, qemu or firecracker, not {backend!r}")

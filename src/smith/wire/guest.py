@@ -24,7 +24,8 @@ class GuestConfig(BaseModel):
 
 
 class GuestEvent(BaseModel):
-    """One line of output, the end of a steps-mode command (``step``), or the end of the job. ``ts`` is seconds since the epoch, taken in the guest."""
+    """One line of output, the end of a steps-mode command (``step``), or the end of the job. ``ts`` is
+    seconds since the epoch, taken in the guest."""
 
     type: Literal["started", "line", "exit", "step"]
     ts: float

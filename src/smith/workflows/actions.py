@@ -55,6 +55,7 @@ class Actions:
     def __init__(self, runner: JobRunner) -> None:
         self.runner = runner
         self.uploaded: set[str] = set()
+        self.pre_state: dict[int, dict[str, str]] = {}  # what each step's pre saved (GITHUB_STATE)
 
     # ------------------------------------------------------------ resolution
 
@@ -97,7 +98,7 @@ class Actions:
         for step in steps:
             if step.uses and self.kind(step) == "mirror":
                 action = await self.resolve(step)
-                await self.js_phase(self.runner_frame(), step, action, "pre")
+                _, _, self.pre_state[step.index] = await self.js_phase(self.runner_frame(), step, action, "pre")
 
     def runner_frame(self) -> Frame:
         from smith.workflows.runner import Frame
@@ -192,7 +193,11 @@ class Actions:
         return inner.status == "success", outputs
 
     async def javascript(self, frame: Frame, step: Step, action: Action) -> tuple[bool, dict[str, str]]:
-        ok, outputs, state = await self.js_phase(frame, step, action, "main")
+        state = self.pre_state.get(step.index)
+        if state is None and action.runs.get("pre"):  # a local action is there only now: its pre runs now
+            _, _, state = await self.js_phase(frame, step, action, "pre")
+        ok, outputs, main_state = await self.js_phase(frame, step, action, "main", state)
+        state = {**(state or {}), **main_state}
         post = action.runs.get("post")
         if post:
             saved_status = frame

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from smith.workflows.errors import WorkflowError
 
-COMMAND = re.compile(r"^::([A-Za-z-]+)(?: ([^:]*))?::(.*)$")
+COMMAND = re.compile(r"^::([A-Za-z0-9_.-]+)(?: ([^:]*))?::(.*)$")
 
 
 def unescape_data(text: str) -> str:

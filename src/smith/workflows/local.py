@@ -66,22 +66,8 @@ def run_info(
     inputs: dict[str, str],
     action_mirror: Path | None,
 ) -> RunInfo:
-    repository = repository_name(repo)
-    sha = git(repo, "rev-parse", "HEAD") or "0" * 40
-    ref = git(repo, "symbolic-ref", "-q", "HEAD") or "refs/heads/main"
-    payload = dict(event or {})
-    payload.setdefault("repository", {"full_name": repository, "name": repository.split("/")[-1]})
-    if event_name == "push":
-        payload.setdefault("ref", ref)
-        payload.setdefault("after", sha)
-    if event_name in ("pull_request", "pull_request_target"):
-        payload.setdefault("action", "opened")
-        payload.setdefault(
-            "pull_request", {"head": {"ref": ref.split("/", 2)[-1], "sha": sha}, "base": {"ref": "main"}}
-        )
-        ref = f"refs/pull/{payload.get('number', 1)}/merge"
-    elif isinstance(payload.get("ref"), str):
-        ref = payload["ref"]
+    payload, sha, ref = default_event(repo, event_name, event)
+    repository = payload["repository"]["full_name"]
     declared = workflow.on.get("workflow_dispatch")
     all_inputs: dict[str, Any] = {}
     if declared is not None:
@@ -109,6 +95,27 @@ def run_info(
     )
 
 
+def default_event(repo: Path, event_name: str, event: dict[str, Any] | None) -> tuple[dict[str, Any], str, str]:
+    """The payload (what --eventpath gave, completed from git the way GitHub would send it), the sha, the ref."""
+    repository = repository_name(repo)
+    sha = git(repo, "rev-parse", "HEAD") or "0" * 40
+    ref = git(repo, "symbolic-ref", "-q", "HEAD") or "refs/heads/main"
+    payload = dict(event or {})
+    payload.setdefault("repository", {"full_name": repository, "name": repository.split("/")[-1]})
+    if event_name == "push":
+        payload.setdefault("ref", ref)
+        payload.setdefault("after", sha)
+    if event_name in ("pull_request", "pull_request_target"):
+        payload.setdefault("action", "opened")
+        payload.setdefault(
+            "pull_request", {"head": {"ref": ref.split("/", 2)[-1], "sha": sha}, "base": {"ref": "main"}}
+        )
+        ref = f"refs/pull/{payload.get('number', 1)}/merge"
+    elif isinstance(payload.get("ref"), str):
+        ref = payload["ref"]
+    return payload, sha, ref
+
+
 def read_event(path: Path | None) -> dict[str, Any] | None:
     if path is None:
         return None
@@ -130,6 +137,6 @@ def selected(
         wf = parse_file(path, display_path(path, repo))
         if explicit and event_name not in wf.on:
             raise WorkflowError(f"{wf.file} does not run on {event_name} (on: {', '.join(wf.on)}); pass --event")
-        if explicit or triggered(wf, event_name, event or {}, None):
+        if explicit or triggered(wf, event_name, default_event(repo, event_name, event)[0], None):
             out.append(wf)
     return out

@@ -1,0 +1,151 @@
+"""The corpus (tests/fixtures/workflows), each run with `smith run` on the sandbox backend."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.workflows.conftest import BWRAP, Ran, copy_repo, smith_run
+
+pytestmark = BWRAP
+
+
+def test_python_matrix(tmp_path: Path) -> None:
+    ran = smith_run(str(copy_repo("python", tmp_path)))
+    assert ran.code == 0, ran.log
+    assert ran.results() == {"test (3, fast)": "success", "test (3, full)": "success"}
+    assert "python 3" in ran.log and "test_full (test_calc.CalcTest" in ran.log
+    assert "skipped 'full mode only'" in ran.log  # MODE reached the step from matrix through env
+    assert "modules: __init__.py,calc.py" in ran.log
+
+
+def test_node_with_a_javascript_action(tmp_path: Path) -> None:
+    ran = smith_run(str(copy_repo("node", tmp_path)))
+    assert ran.code == 0, ran.log
+    log = ran.log
+    assert "node tests passed" in log and "v20." in log
+    assert log.index("pre: preparing") < log.index("Hello, push!") < log.index("post: cleaning up (state 42)")
+    assert "state in main: yes" in log
+    assert "action said 'Hello, push!'" in log
+
+
+def test_go_like_build(tmp_path: Path) -> None:
+    ran = smith_run(str(copy_repo("build", tmp_path)))
+    assert ran.code == 0, ran.log
+    assert "ok  \tcorpus/hello" in ran.log and "vet: no issues" in ran.log
+    assert "go version go1.22" in ran.log  # GITHUB_PATH reached the next step
+    assert "main.txt" in ran.log and "+ echo traced" in ran.log
+
+
+def test_matrix_include_exclude_dynamic_and_fail_fast_off(tmp_path: Path) -> None:
+    ran = smith_run(str(copy_repo("matrix", tmp_path)))
+    assert ran.code == 1  # the bsd combination fails
+    results = ran.results()
+    assert results["dynamic (alpha)"] == results["dynamic (beta)"] == "success"
+    assert "dynamic alpha 0/2" in ran.log and "dynamic beta 1/2" in ran.log
+    grid = {k: v for k, v in results.items() if k.startswith("grid")}
+    assert grid == {
+        "grid (linux, 1, true)": "success",
+        "grid (linux, 2, true)": "success",
+        "grid (mac, 2)": "success",
+        "grid (bsd, 9)": "failure",
+    }
+    assert "grid linux-1 experimental=true" in ran.log and "grid mac-2 experimental=false" in ran.log
+
+
+def test_matrix_filter_and_single_job(tmp_path: Path) -> None:
+    repo = copy_repo("matrix", tmp_path)
+    ran = smith_run(str(repo), "--job", "grid", "--matrix", "os=mac")
+    assert ran.code == 0, ran.log
+    assert ran.results() == {"grid (mac, 2)": "success"}
+
+
+def test_caching_falls_back_to_a_miss_without_a_cache_server(tmp_path: Path) -> None:
+    ran = smith_run(str(copy_repo("caching", tmp_path)))
+    assert ran.code == 0, ran.log
+    assert "hit=false" in ran.log and "installing dependencies" in ran.log
+    key = next(line for line in ran.log.splitlines() if "key=Linux-pip-" in line)
+    assert len(key.split("key=Linux-pip-")[1].split()[0]) == 64  # hashFiles of requirements.txt
+
+
+def test_outputs_env_files_commands_and_masking(tmp_path: Path) -> None:
+    ran = smith_run(str(copy_repo("outputs", tmp_path)), "--secret", "API_TOKEN=s3cr3t-value")
+    assert ran.code == 0, ran.log
+    log = ran.log
+    assert "s3cr3t-value" not in log and "token is ***" in log
+    assert "dynamic-value-77" not in log and "masked: ***" in log
+    assert "env file: set-by-step" in log and "multi: a,b," in log
+    assert "Warning: app.py:3: Careful: something odd" in log
+    assert "::warning::not a command now" in log and "Notice: commands back" in log
+    assert "version 1.2.3 / success" in log and "legacy old-style" in log and "notes 2" in log
+    produce = ran.job("produce")
+    assert produce["outputs"]["notes"] == "line one\nline two"
+    assert "ref=refs/heads/main" in log and "event=push" in log
+
+
+def test_composite_actions_nested_with_defaults_and_outputs(tmp_path: Path) -> None:
+    ran = smith_run(str(copy_repo("composite", tmp_path)))
+    assert ran.code == 0, ran.log
+    log = ran.log
+    assert "outer got number=5 label=default-push OUTER=from-step-env" in log
+    assert "outer got number=21 label=given OUTER=" in log
+    assert "inner sees INNER_ENV=inner-env and action path inner" in log
+    assert "python inside a composite" in log
+    assert "results 10 42" in log
+
+
+def test_continue_on_error_failure_always_timeouts_and_needs(tmp_path: Path) -> None:
+    ran = smith_run(str(copy_repo("failing", tmp_path)))
+    assert ran.code == 1
+    assert ran.results() == {"tolerant": "success", "strict": "failure", "after": "skipped", "report": "success"}
+    log = ran.log
+    assert "flaky outcome=failure conclusion=success" in log
+    assert "]     must not run" not in log  # as output; the skipped steps are still listed
+    assert "cleanup after failure" in log and "always runs" in log
+    assert "slow outcome=failure" in log and "timed out" in log
+    assert "tolerant=success strict=failure" in log
+
+
+def run_text(tmp_path: Path, text: str, *args: str, repo: Path | None = None, name: str = "w.yml") -> Ran:
+    """`smith run` of a workflow written outside the repository (tmp_path/name)."""
+    wf = tmp_path / name
+    wf.write_text("on: push\njobs:\n  a:\n    runs-on: x\n" + text)
+    return smith_run(str(repo or tmp_path), "--workflow", str(wf), *args)
+
+
+def test_repo_dir_elsewhere_and_workflow_outside_github_dir(tmp_path: Path) -> None:
+    repo = copy_repo("failing", tmp_path, git=False)
+    ran = run_text(tmp_path, '    steps:\n      - run: echo "in $(basename $PWD)"\n', repo=repo)
+    assert ran.code == 0, ran.log
+    assert "in failing" in ran.log
+
+
+def test_invalid_workflow_exits_2_with_a_located_error(tmp_path: Path) -> None:
+    ran = run_text(tmp_path, "    services:\n      db: {image: postgres}\n    steps:\n      - run: x\n", name="bad.yml")
+    assert ran.code == 2
+    assert "bad.yml:5: job 'a': 'services' is not supported" in ran.log
+
+
+def test_unknown_remote_action_is_an_early_error_naming_the_step(tmp_path: Path) -> None:
+    steps = "    steps:\n      - run: echo first-step-ran\n"
+    steps += "      - name: Setup thing\n        uses: someone/setup-thing@v1\n"
+    ran = run_text(tmp_path, steps)
+    assert ran.code == 1
+    assert "step 'Setup thing' (line 7): remote action someone/setup-thing@v1 is not available" in ran.log
+    assert "first-step-ran" not in ran.log
+
+
+def test_remote_action_from_a_mirror(tmp_path: Path) -> None:
+    mirror = tmp_path / "mirror" / "acme" / "greet@v2"
+    mirror.mkdir(parents=True)
+    (mirror / "action.yml").write_text(
+        "name: greet\ninputs:\n  name: {default: world}\nruns:\n  using: composite\n  steps:\n"
+        '    - shell: sh\n      run: echo "mirrored hello ${{ inputs.name }}"\n'
+    )
+    ran = run_text(tmp_path, "    steps:\n      - uses: acme/greet@v2\n", "--action-mirror", str(tmp_path / "mirror"))
+    assert ran.code == 0, ran.log
+    assert "mirrored hello world" in ran.log
+
+
+def test_docker_actions_are_refused(tmp_path: Path) -> None:
+    ran = run_text(tmp_path, "    steps:\n      - uses: docker://alpine:3\n")
+    assert ran.code == 1 and "docker:// actions are not supported" in ran.log
