@@ -47,7 +47,9 @@ def run(
     memory_mib: int = typer.Option(8192, "--memory-mib", min=256, help="Memory per job"),
     network: bool = typer.Option(True, "--network/--no-network", help="Sandbox: share the host's network"),
     action_mirror: Path | None = typer.Option(
-        None, "--action-mirror", help="A directory of owner/repo@ref checkouts for remote actions"
+        None,
+        "--action-mirror",
+        help="A directory of owner/repo@ref checkouts for remote actions [env SMITH_ACTION_MIRROR]",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON (live output goes to stderr)"),
 ) -> None:
@@ -57,6 +59,12 @@ def run(
     from smith.workflows.local import find_workflows, read_event, run_info, selected
 
     configure("ERROR", json=False)  # service log lines (the sandbox's isolation notice) stay out of the output
+    from smith.cli.settings import ClientSettings
+    from smith.workflows.llm import LLM
+
+    settings = ClientSettings()
+    action_mirror = action_mirror or settings.action_mirror
+    llm = LLM(settings.llm_url, settings.llm_model, settings.llm_enabled) if settings.llm_url else None
 
     if backend not in ("auto", "sandbox", "qemu", "firecracker"):
         errors.say(f"--backend must be auto, sandbox, qemu or firecracker, not {backend!r}")
@@ -84,6 +92,8 @@ def run(
             for wf in workflows
         ]
         matrix_filter = _pairs(matrix, "matrix")
+        for info in infos:
+            info.llm = llm
     except WorkflowError as exc:
         errors.say(exc.message)
         raise typer.Exit(errors.USAGE) from None

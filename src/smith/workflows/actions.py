@@ -78,9 +78,18 @@ class Actions:
             return "mirror"
         if name.lower() in NATIVE_CACHE:
             return "cache"
+        if self.runner.info.llm is not None:
+            return "llm"
+        raise WorkflowError(self.unavailable(step))
+
+    def unavailable(self, step: Step) -> str:
+        uses = (step.uses or "").strip()
+        m = USES.match(uses)
         mirror = self.runner.info.action_mirror
-        hint = f" (looked in {mirror}/{m['owner']}/{m['repo']}@{m['ref']})" if mirror else " (no action mirror set)"
-        raise WorkflowError(f"{self.where(step)}: remote action {uses} is not available{hint}")
+        hint = " (no action mirror set)"
+        if mirror and m:
+            hint = f" (looked in {mirror}/{m['owner']}/{m['repo']}@{m['ref']})"
+        return f"{self.where(step)}: remote action {uses} is not available{hint}"
 
     def mirrored(self, uses: str) -> Path | None:
         mirror = self.runner.info.action_mirror
@@ -138,6 +147,8 @@ class Actions:
                 f"Notice: {step.uses}: no cache server configured and no mirrored copy of the action: cache miss",
             )
             return True, {"cache-hit": "false"}
+        if kind == "llm":
+            return await self.ask_llm(frame, step)
         action = await self.resolve(step)
         using = str(action.runs.get("using", ""))
         if using == "composite":
@@ -256,6 +267,25 @@ class Actions:
             if phase != "main":
                 frame.status = "failure"
         return ex.code == 0, ex.out.outputs, ex.state
+
+    async def ask_llm(self, frame: Frame, step: Step) -> tuple[bool, dict[str, str]]:
+        """A step Smith cannot run: show what the LLM proposes; run it only when enabled."""
+        llm = self.runner.info.llm
+        scope = self.runner.scope(frame)
+        inputs = {str(k): self.runner.masker.mask(to_str(interpolate_tree(v, scope))) for k, v in step.with_.items()}
+        commands = await llm.propose(step.uses or "", inputs)
+        say = self.runner.reporter.line
+        say(self.runner.key, "group", f"LLM proposal ({llm.model}) for {step.uses}")
+        for line in commands.splitlines():
+            say(self.runner.key, "line", self.runner.masker.mask(line))
+        say(self.runner.key, "endgroup", "")
+        if not llm.enabled:
+            raise WorkflowError(self.unavailable(step) + "; the LLM's proposal is not run (SMITH_LLM_ENABLED is off)")
+        rel = f"_temp/llm-{step.index}.sh"
+        argv = self.runner.shell_argv("bash", f"{self.runner.session.workdir}/{rel}")
+        step_env = self.runner.evaluate_env(step.env, frame, {**self.runner.env, **frame.env})
+        ex = await self.runner.execute(frame, argv, step_env, "", None, {rel: commands}, step.id)
+        return ex.code == 0, ex.out.outputs
 
     async def checkout(self, frame: Frame, step: Step) -> tuple[bool, dict[str, str]]:
         """actions/checkout, natively: this run's repository copied into the workspace (or ``path``)."""

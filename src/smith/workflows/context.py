@@ -30,6 +30,7 @@ class RunInfo:
     run_id: int = field(default_factory=lambda: next(_RUN_IDS))
     run_number: int = 1
     action_mirror: Path | None = None
+    llm: Any = None  # an llm.LLM asked for steps Smith cannot run; None: off
 
     @property
     def repo_name(self) -> str:
