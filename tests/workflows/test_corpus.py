@@ -13,7 +13,7 @@ def test_python_matrix(tmp_path: Path) -> None:
     ran = smith_run(str(copy_repo("python", tmp_path)))
     assert ran.code == 0, ran.log
     assert ran.results() == {"test (3, fast)": "success", "test (3, full)": "success"}
-    assert "python 3" in ran.log and "test_full (test_calc.CalcTest" in ran.log
+    assert "python 3" in ran.log and "setup said 3." in ran.log and "test_full (test_calc.CalcTest" in ran.log
     assert "skipped 'full mode only'" in ran.log  # MODE reached the step from matrix through env
     assert "modules: __init__.py,calc.py" in ran.log
 
@@ -149,3 +149,10 @@ def test_remote_action_from_a_mirror(tmp_path: Path) -> None:
 def test_docker_actions_are_refused(tmp_path: Path) -> None:
     ran = run_text(tmp_path, "    steps:\n      - uses: docker://alpine:3\n")
     assert ran.code == 1 and "docker:// actions are not supported" in ran.log
+
+
+def test_setup_actions_check_the_guest_version(tmp_path: Path) -> None:
+    ran = run_text(
+        tmp_path, "    steps:\n      - uses: actions/setup-node@v4\n        with:\n          node-version: 8\n"
+    )
+    assert ran.code == 1 and "actions/setup-node@v4: node 8 asked for, the guest has" in ran.log

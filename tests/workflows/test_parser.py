@@ -179,3 +179,24 @@ def test_trigger_filters() -> None:
     assert not triggered(w, "pull_request", {**pr, "action": "closed"})  # default types
     assert not triggered(w, "pull_request", {**pr, "pull_request": {"base": {"ref": "wip/x"}}})
     assert not triggered(w, "issues", {})
+
+
+@pytest.mark.parametrize(
+    ("wanted", "have", "ok"),
+    [
+        ("3.11", "3.11.2", True),
+        ("3.x", "3.11.2", True),
+        ("3.1", "3.11.2", False),
+        ("3.12", "3.11.2", False),
+        (">=3.9", "3.11.2", True),
+        (">=3.12", "3.11.2", False),
+        ("20.x", "20.20.2", True),
+        ("lts/*", "20.20.2", True),
+        ("18", "20.20.2", False),
+        ("", "1.0", True),
+    ],
+)
+def test_setup_version_matching(wanted: str, have: str, ok: bool) -> None:
+    from smith.workflows.actions import version_matches
+
+    assert version_matches(wanted, have) is ok

@@ -6,6 +6,7 @@ naming the step, raised before the job's first step runs."""
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +23,18 @@ if TYPE_CHECKING:
 NODE = ("node12", "node16", "node20", "node24")
 USES = re.compile(r"^(?P<owner>[^/@]+)/(?P<repo>[^/@]+)(?:/(?P<sub>[^@]+))?@(?P<ref>.+)$")
 NATIVE_CACHE = ("actions/cache", "actions/cache/restore", "actions/cache/save")
+# setup-* actions Smith does natively: it installs nothing, it checks that the guest's tool matches the version
+# asked for (input, the command printing the version, the outputs named after it).
+SETUP = {
+    "actions/setup-python": ("python-version", "python3 -c \"import sys; print('%d.%d.%d' % sys.version_info[:3])\""),
+    "actions/setup-node": ("node-version", "node -p process.versions.node"),
+    "actions/setup-go": ("go-version", "go env GOVERSION | sed s/^go//"),
+    "actions/setup-java": ("java-version", 'java -version 2>&1 | sed -n \'s/.*version "\\([^"]*\\)".*/\\1/p\''),
+}
+SHIMS = (  # `python` and `pip` for the guest's python3, as setup-python leaves them on PATH
+    'mkdir -p "$1" && cd "$1" && ln -sf "$(command -v python3)" python && '
+    "printf '#!/bin/sh\\nexec python3 -m pip \"$@\"\\n' > pip && chmod +x pip"
+)
 
 
 @dataclass
@@ -78,6 +91,8 @@ class Actions:
             return "mirror"
         if name.lower() in NATIVE_CACHE:
             return "cache"
+        if name.lower() in SETUP:
+            return "setup"
         if self.runner.info.llm is not None:
             return "llm"
         raise WorkflowError(self.unavailable(step))
@@ -149,6 +164,8 @@ class Actions:
             return True, {"cache-hit": "false"}
         if kind == "llm":
             return await self.ask_llm(frame, step)
+        if kind == "setup":
+            return await self.setup_tool(frame, step)
         action = await self.resolve(step)
         using = str(action.runs.get("using", ""))
         if using == "composite":
@@ -250,8 +267,10 @@ class Actions:
             status=frame.status,
         )
         state_env = {f"STATE_{k}": v for k, v in (state or {}).items()}
+        title = f"{phase.capitalize()} {step.display}"
+        started = time.monotonic()
         if phase != "main":
-            self.runner.reporter.step_started(self.runner.key, f"{phase.capitalize()} {step.display}")
+            self.runner.reporter.step_started(self.runner.key, title)
         ex = await self.runner.execute(
             inner,
             [node, f"{self.runner.session.workdir}/{action.guest_dir}/{entry}"],
@@ -266,7 +285,39 @@ class Actions:
             self.runner.reporter.line(self.runner.key, "error", f"Error: {phase} of {step.uses} exited {ex.code}")
             if phase != "main":
                 frame.status = "failure"
+        if phase != "main":
+            result = "success" if ex.code == 0 else "failure"
+            self.runner.reporter.step_finished(self.runner.key, title, result, time.monotonic() - started)
         return ex.code == 0, ex.out.outputs, ex.state
+
+    async def setup_tool(self, frame: Frame, step: Step) -> tuple[bool, dict[str, str]]:
+        """actions/setup-{python,node,go,java}, natively: the guest's own tool, if it is the version asked for."""
+        m = USES.match((step.uses or "").strip())
+        assert m is not None
+        name = f"{m['owner']}/{m['repo']}".lower()
+        key, probe = SETUP[name]
+        scope = self.runner.scope(frame)
+        wanted = to_str(interpolate_tree(step.with_.get(key, ""), scope)).strip()
+        lines: list[str] = []
+        code, _ = await self.runner.session.command(
+            {"argv": ["/bin/sh", "-c", probe], "env": {"PATH": self.runner.session.path}},
+            lambda _s, t: lines.append(t),
+        )
+        have = lines[0].strip() if code == 0 and lines else ""
+        tool = name.split("-", 1)[1]
+        if not have:
+            raise WorkflowError(f"{self.where(step)}: {step.uses}: the guest has no {tool} (Smith installs no tools)")
+        if not version_matches(wanted, have):
+            raise WorkflowError(
+                f"{self.where(step)}: {step.uses}: {tool} {wanted} asked for, the guest has {have} "
+                "(Smith installs no tools: use a guest image with it)"
+            )
+        if tool == "python":
+            shims = f"{self.runner.session.workdir}/_tool/smith-shims"
+            await self.runner.session.command({"argv": ["/bin/sh", "-c", SHIMS, "shims", shims]})
+            self.runner.path_prepend.insert(0, shims)
+        self.runner.reporter.line(self.runner.key, "line", f"Using the guest's {tool} {have}")
+        return True, {key: have, f"{tool}-version": have}
 
     async def ask_llm(self, frame: Frame, step: Step) -> tuple[bool, dict[str, str]]:
         """A step Smith cannot run: show what the LLM proposes; run it only when enabled."""
@@ -301,3 +352,16 @@ class Actions:
             self.runner.key, "line", f"Checked out {repository} at {self.runner.info.sha[:12] or 'the working tree'}"
         )
         return True, {"ref": self.runner.info.ref, "commit": self.runner.info.sha}
+
+
+def version_matches(wanted: str, have: str) -> bool:
+    """``3.11`` / ``3.x`` / ``20`` / ``>=3.9`` / ``lts/*`` against the guest's version (empty or a list: first)."""
+    wanted = wanted.splitlines()[0].strip() if wanted.strip() else ""
+    if not wanted or wanted in ("*", "x", "latest", "stable", "node") or wanted.startswith("lts"):
+        return True
+    if wanted.startswith(">="):
+        want = [int(p) for p in re.findall(r"\d+", wanted)]
+        got = [int(p) for p in re.findall(r"\d+", have)][: len(want)]
+        return got >= want
+    prefix = re.sub(r"(\.[x*])+$", "", wanted.lstrip("v^~"))
+    return have == prefix or have.startswith(prefix + ".")

@@ -130,8 +130,14 @@ class JobRunner:
         return self.info.repo_dir
 
     def contexts(self, frame: Frame, extra_env: dict[str, str] | None = None) -> dict[str, Any]:
+        github = self.info.github(self.job.id, self.workspace)
+        github.update(
+            event_path=f"{self.temp}/_github_workflow/event.json",
+            action_path=frame.action_path,
+            action_repository=frame.action_repository,
+        )
         return {
-            "github": self.info.github(self.job.id, self.workspace, frame.action_repository),
+            "github": github,
             "env": {**self.env, **self.file_env, **frame.env, **(extra_env or {})},
             "vars": dict(self.info.vars),
             "secrets": {"GITHUB_TOKEN": "", **self.info.secrets},
