@@ -156,3 +156,14 @@ def test_setup_actions_check_the_guest_version(tmp_path: Path) -> None:
         tmp_path, "    steps:\n      - uses: actions/setup-node@v4\n        with:\n          node-version: 8\n"
     )
     assert ran.code == 1 and "actions/setup-node@v4: node 8 asked for, the guest has" in ran.log
+
+
+def test_fail_fast_cancels_the_other_matrix_jobs(tmp_path: Path) -> None:
+    steps = (
+        "    strategy:\n      max-parallel: 1\n      matrix:\n        n: [1, 2, 3]\n"
+        "    steps:\n      - run: echo run-${{ matrix.n }} && test ${{ matrix.n }} != 1\n"
+    )
+    ran = run_text(tmp_path, steps)
+    assert ran.code == 1
+    assert ran.results() == {"a (1)": "failure", "a (2)": "cancelled", "a (3)": "cancelled"}
+    assert "run-2" not in ran.log

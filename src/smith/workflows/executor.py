@@ -122,8 +122,10 @@ class Executor:
         instances: list[JobResult] = []
         tasks: list[asyncio.Task[JobResult]] = []
 
+        keys = [f"{jid} ({label(c)})" if c and strategy and strategy.matrix is not None else jid for c in combos]
+
         async def one(index: int, combo: dict[str, Any]) -> JobResult:
-            key = f"{jid} ({label(combo)})" if combo and (strategy and strategy.matrix is not None) else jid
+            key = keys[index]
             strat = {
                 "fail-fast": fail_fast,
                 "job-index": index,
@@ -131,7 +133,9 @@ class Executor:
                 "max-parallel": int(float(max_parallel)) if max_parallel else len(combos),
             }
             async with limit, self.capacity:
-                return await self._instance(job, key, combo, strat, needs)
+                result = await self._instance(job, key, combo, strat, needs)
+                result.index = index
+                return result
 
         for i, combo in enumerate(combos):
             tasks.append(asyncio.create_task(one(i, combo)))
@@ -146,9 +150,11 @@ class Executor:
                 if r.result == "failure" and fail_fast and pending:
                     for p in pending:
                         p.cancel()
-        for t in tasks:
+        for i, t in enumerate(tasks):
             if t.cancelled():
-                instances.append(JobResult(jid, jid, "cancelled", {}, 0.0))
+                instances.append(JobResult(keys[i], jid, "cancelled", {}, 0.0, index=i))
+                self.reporter.job_finished(keys[i], "cancelled", 0.0)
+        instances.sort(key=lambda r: r.index)
         self._finish(jid, run, instances, job)
 
     def _combos(self, job: Job, ctx: dict[str, Any]) -> list[dict[str, Any]]:

@@ -63,6 +63,7 @@ class JobResult:
     steps: list[tuple[str, str, float]] = field(default_factory=list)  # (name, conclusion, seconds)
     summary: str = ""
     error: str = ""
+    index: int = 0  # the matrix combination's place, for listing in GitHub's order
 
 
 @dataclass
