@@ -167,3 +167,26 @@ def test_fail_fast_cancels_the_other_matrix_jobs(tmp_path: Path) -> None:
     assert ran.code == 1
     assert ran.results() == {"a (1)": "failure", "a (2)": "cancelled", "a (3)": "cancelled"}
     assert "run-2" not in ran.log
+
+
+def test_eventpath_and_workflow_dispatch_inputs(tmp_path: Path) -> None:
+    event = tmp_path / "event.json"
+    event.write_text('{"number": 7, "pull_request": {"head": {"ref": "feat"}, "base": {"ref": "main"}}}')
+    wf = tmp_path / "pr.yml"
+    wf.write_text(
+        "on:\n  pull_request:\n  workflow_dispatch:\n    inputs:\n      level: {default: info}\n"
+        "      who: {required: true}\n"
+        "jobs:\n  a:\n    runs-on: x\n    steps:\n"
+        '      - run: echo "pr=${{ github.event.number }} head=${{ github.head_ref }} ref=$GITHUB_REF"\n'
+        '      - run: echo "level=${{ inputs.level }} who=${{ inputs.who }} ev=${{ github.event.inputs.who }}"\n'
+    )
+    pr = smith_run(str(tmp_path), "--workflow", str(wf), "--event", "pull_request", "--eventpath", str(event))
+    assert pr.code == 0, pr.log
+    assert "pr=7 head=feat ref=refs/pull/7/merge" in pr.log and "level= who= ev=" in pr.log
+    missing = smith_run(str(tmp_path), "--workflow", str(wf), "--event", "workflow_dispatch")
+    assert missing.code == 2 and "input 'who' is required" in missing.log
+    dispatch = smith_run(str(tmp_path), "--workflow", str(wf), "--event", "workflow_dispatch", "--input", "who=mona")
+    assert dispatch.code == 0, dispatch.log
+    assert "level=info who=mona ev=mona" in dispatch.log
+    other = smith_run(str(tmp_path), "--workflow", str(wf), "--event", "push")
+    assert other.code == 2 and "does not run on push" in other.log

@@ -70,7 +70,7 @@ def run_info(
     repository = payload["repository"]["full_name"]
     declared = workflow.on.get("workflow_dispatch")
     all_inputs: dict[str, Any] = {}
-    if declared is not None:
+    if declared is not None and event_name == "workflow_dispatch":  # other events have no inputs
         for name, spec in declared.inputs.items():
             if "default" in spec:
                 all_inputs[name] = spec["default"]
