@@ -46,7 +46,8 @@ def copy_repo(name: str, tmp_path: Path, git: bool = True) -> Path:
     return repo
 
 
-def smith_run(*args: str) -> Ran:
-    result = CliRunner().invoke(app, ["run", *args, "--backend", "sandbox", "--no-network", "--json"])
+def smith_run(*args: str, network: bool = False) -> Ran:
+    net = "--network" if network else "--no-network"
+    result = CliRunner().invoke(app, ["run", *args, "--backend", "sandbox", net, "--json"])
     runs = json.loads(result.stdout) if result.stdout.strip().startswith("[") else []
     return Ran(result.exit_code, runs, result.stderr)

@@ -51,6 +51,10 @@ def run(
         "--action-mirror",
         help="A directory of owner/repo@ref checkouts for remote actions [env SMITH_ACTION_MIRROR]",
     ),
+    cache_url: str | None = typer.Option(None, "--cache-url", help="A Smith cache server for actions/cache"),
+    cache_token: str | None = typer.Option(
+        None, "--cache-token", help="Its token (`smith cache token`) [env SMITH_CACHE_TOKEN]"
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON (live output goes to stderr)"),
 ) -> None:
     """Run a workflow of a local repository in fresh sandboxes or VMs. Exit 0: every job succeeded; 1: a job
@@ -92,12 +96,16 @@ def run(
             for wf in workflows
         ]
         matrix_filter = _pairs(matrix, "matrix")
+        cache = _cache_access(cache_url or settings.cache_url, cache_token or settings.cache_token)
         for info in infos:
             info.llm = llm
+            info.cache = cache is not None
     except WorkflowError as exc:
         errors.say(exc.message)
         raise typer.Exit(errors.USAGE) from None
-    code = asyncio.run(_run_all(workflows, infos, backend, parallel, memory_mib, network, job, matrix_filter, as_json))
+    code = asyncio.run(
+        _run_all(workflows, infos, backend, parallel, memory_mib, network, job, matrix_filter, as_json, cache)
+    )
     raise typer.Exit(code)
 
 
@@ -111,6 +119,7 @@ async def _run_all(
     job: str | None,
     matrix_filter: dict[str, str],
     as_json: bool,
+    cache: Any = None,
 ) -> int:
     from smith.domain.vms import VMShape
     from smith.workflows.executor import Executor
@@ -129,7 +138,7 @@ async def _run_all(
                 ex = Executor(
                     info,
                     wf,
-                    vm_sessions(vmm, shape),
+                    vm_sessions(vmm, shape, cache),
                     reporter,
                     capacity=parallel,
                     only_job=job,
@@ -173,6 +182,16 @@ async def _run_all(
             + "\n"
         )
     return code
+
+
+def _cache_access(url: str | None, token: Any) -> Any:
+    """The cache server the jobs' actions/cache steps use, when both its URL and a token are given."""
+    from smith.wire.agent import ServiceAccess
+
+    secret = token.get_secret_value() if hasattr(token, "get_secret_value") else token
+    if not url or not secret:
+        return None
+    return ServiceAccess(url=url, token=secret)
 
 
 def _vmm(backend: str, work: Path, network: bool) -> Any:

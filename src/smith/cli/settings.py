@@ -26,6 +26,9 @@ class ClientSettings(CommonSettings):
     action_mirror: Path | None = Field(
         None, description="`smith run`: a directory of owner/repo@ref checkouts of remote actions"
     )
+    cache_token: SecretStr | None = Field(
+        None, description="`smith run`: a cache token (`smith cache token`) for SMITH_CACHE_URL's actions/cache"
+    )
     llm_url: str | None = Field(
         None, description="`smith run`: an Ollama-API endpoint asked for commands for a step it cannot run (off)"
     )

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from smith.workflows.runner import Frame, JobRunner
 
 NODE = ("node12", "node16", "node20", "node24")
+CACHE_CLIENT = Path(__file__).resolve().parent.parent / "guest" / "cache_client.py"
 USES = re.compile(r"^(?P<owner>[^/@]+)/(?P<repo>[^/@]+)(?:/(?P<sub>[^@]+))?@(?P<ref>.+)$")
 NATIVE_CACHE = ("actions/cache", "actions/cache/restore", "actions/cache/save")
 # setup-* actions Smith does natively: it installs nothing, it checks that the guest's tool matches the version
@@ -155,6 +156,8 @@ class Actions:
         kind = self.kind(step)
         if kind == "checkout":
             return await self.checkout(frame, step)
+        if kind == "cache" and self.runner.info.cache:
+            return await self.native_cache(frame, step)
         if kind == "cache":
             self.runner.reporter.line(
                 self.runner.key,
@@ -289,6 +292,46 @@ class Actions:
             result = "success" if ex.code == 0 else "failure"
             self.runner.reporter.step_finished(self.runner.key, title, result, time.monotonic() - started)
         return ex.code == 0, ex.out.outputs, ex.state
+
+    async def native_cache(self, frame: Frame, step: Step) -> tuple[bool, dict[str, str]]:
+        """actions/cache (and /restore, /save) against the job's cache server, by guest/cache_client.py."""
+        scope = self.runner.scope(frame)
+        given = {str(k).lower(): to_str(interpolate_tree(v, scope)) for k, v in step.with_.items()}
+        for required in ("path", "key"):
+            if not given.get(required, "").strip():
+                raise WorkflowError(f"{self.where(step)}: input {required!r} of {step.uses} is required")
+        python = self.runner.session.tools.get("python3")
+        if not python:
+            raise WorkflowError(f"{self.where(step)}: {step.uses} needs python3 in the guest")
+        script = f"{self.runner.session.workdir}/_temp/smith-cache.py"
+        source = CACHE_CLIENT.read_text(encoding="utf-8")
+        which = (step.uses or "").split("@")[0].lower()
+        key, paths = given["key"], given["path"]
+
+        async def call(action: str, *extra: str) -> tuple[int, dict[str, str]]:
+            argv = [python, script, action, key, paths, *extra]
+            ex = await self.runner.execute(frame, argv, {}, "", None, {"_temp/smith-cache.py": source}, step.id)
+            return ex.code, ex.out.outputs
+
+        if which.endswith("/save"):
+            code, outputs = await call("save")
+            return code == 0, outputs
+        code, outputs = await call("restore", given.get("restore-keys", ""))
+        if which == "actions/cache" and outputs.get("cache-hit") != "true":
+
+            async def post() -> None:
+                if frame.status != "success":  # actions/cache: post-if success()
+                    return
+                self.runner.reporter.step_started(self.runner.key, f"Post {step.display}")
+                started = time.monotonic()
+                done, _ = await call("save")
+                result = "success" if done == 0 else "failure"
+                self.runner.reporter.step_finished(
+                    self.runner.key, f"Post {step.display}", result, time.monotonic() - started
+                )
+
+            self.runner.posts.append(post)
+        return code == 0, outputs
 
     async def setup_tool(self, frame: Frame, step: Step) -> tuple[bool, dict[str, str]]:
         """actions/setup-{python,node,go,java}, natively: the guest's own tool, if it is the version asked for."""
