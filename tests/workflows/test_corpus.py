@@ -13,7 +13,7 @@ def test_python_matrix(tmp_path: Path) -> None:
     ran = smith_run(str(copy_repo("python", tmp_path)))
     assert ran.code == 0, ran.log
     assert ran.results() == {"test (3, fast)": "success", "test (3, full)": "success"}
-    assert "python 3" in ran.log and "setup said 3." in ran.log and "test_full (test_calc.CalcTest" in ran.log
+    assert "python 3" in ran.log and "setup said 3." in ran.log and "test_full (check_calc.CalcTest" in ran.log
     assert "skipped 'full mode only'" in ran.log  # MODE reached the step from matrix through env
     assert "modules: __init__.py,calc.py" in ran.log
 
