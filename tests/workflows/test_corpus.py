@@ -190,3 +190,15 @@ def test_eventpath_and_workflow_dispatch_inputs(tmp_path: Path) -> None:
     assert "level=info who=mona ev=mona" in dispatch.log
     other = smith_run(str(tmp_path), "--workflow", str(wf), "--event", "push")
     assert other.code == 2 and "does not run on push" in other.log
+
+
+def test_job_names_with_expressions_name_the_matrix_jobs(tmp_path: Path) -> None:
+    steps = (
+        "    name: py${{ matrix.V }}${{ matrix.LABEL }}\n    strategy:\n      matrix:\n        V: ['3.9']\n"
+        "        include:\n          - V: '3.8'\n            LABEL: /coverage\n"
+        "    steps:\n      - if: ${{ matrix.LABEL }}\n        run: echo labelled\n"
+    )
+    ran = run_text(tmp_path, steps)
+    assert ran.code == 0, ran.log
+    assert ran.results() == {"py3.9": "success", "py3.8/coverage": "success"}
+    assert "[py3.8/coverage]     labelled" in ran.log and "[py3.9]     labelled" not in ran.log

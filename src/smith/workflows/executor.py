@@ -15,7 +15,15 @@ from smith.errors import SmithError
 from smith.workflows.commands import Masker
 from smith.workflows.context import RunInfo
 from smith.workflows.errors import WorkflowError
-from smith.workflows.expressions import Scope, evaluate_if, interpolate_tree, interpolate_value, to_str, truthy
+from smith.workflows.expressions import (
+    Scope,
+    evaluate_if,
+    interpolate,
+    interpolate_tree,
+    interpolate_value,
+    to_str,
+    truthy,
+)
 from smith.workflows.matrix import expand, label
 from smith.workflows.model import Job, Workflow
 from smith.workflows.runner import JobResult, JobRunner, Reporter
@@ -122,7 +130,7 @@ class Executor:
         instances: list[JobResult] = []
         tasks: list[asyncio.Task[JobResult]] = []
 
-        keys = [f"{jid} ({label(c)})" if c and strategy and strategy.matrix is not None else jid for c in combos]
+        keys = self._keys(job, combos, base_ctx)
 
         async def one(index: int, combo: dict[str, Any]) -> JobResult:
             key = keys[index]
@@ -156,6 +164,25 @@ class Executor:
                 self.reporter.job_finished(keys[i], "cancelled", 0.0)
         instances.sort(key=lambda r: r.index)
         self._finish(jid, run, instances, job)
+
+    def _keys(self, job: Job, combos: list[dict[str, Any]], ctx: dict[str, Any]) -> list[str]:
+        """How GitHub names each instance: the job's name (or id), evaluated, with the matrix values appended
+        unless the name uses an expression; unique within the run."""
+        has_matrix = job.strategy is not None and job.strategy.matrix is not None
+        keys: list[str] = []
+        for combo in combos:
+            name = job.id
+            if job.name:
+                try:
+                    name = interpolate(str(job.name), Scope({**ctx, "matrix": combo})).strip() or job.id
+                except WorkflowError:
+                    name = str(job.name)
+            if has_matrix and combo and not (job.name and "${{" in str(job.name)):
+                name = f"{name} ({label(combo)})"
+            while name in keys or (name != job.id and name in self.workflow.jobs):
+                name += "'"
+            keys.append(name)
+        return keys
 
     def _combos(self, job: Job, ctx: dict[str, Any]) -> list[dict[str, Any]]:
         if job.strategy is None or job.strategy.matrix is None:
