@@ -202,3 +202,16 @@ def test_job_names_with_expressions_name_the_matrix_jobs(tmp_path: Path) -> None
     assert ran.code == 0, ran.log
     assert ran.results() == {"py3.9": "success", "py3.8/coverage": "success"}
     assert "[py3.8/coverage]     labelled" in ran.log and "[py3.9]     labelled" not in ran.log
+
+
+def test_artifacts_between_jobs(tmp_path: Path) -> None:
+    keep = tmp_path / "kept"
+    ran = smith_run(str(copy_repo("artifacts", tmp_path)), "--artifact-path", str(keep))
+    assert ran.code == 0, ran.log
+    assert "binary v1" in ran.log and "]     doc" in ran.log and "log excluded" in ran.log
+    assert "downloaded to out" in ran.log
+    assert "Warning: No files were found with the provided path: no-such-dir/" in ran.log
+    assert sorted(str(p.relative_to(keep)) for p in keep.rglob("*") if p.is_file()) == [
+        "dist/app.bin",
+        "dist/sub/readme.txt",
+    ]

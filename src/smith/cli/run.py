@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -55,6 +56,9 @@ def run(
     cache_token: str | None = typer.Option(
         None, "--cache-token", help="Its token (`smith cache token`) [env SMITH_CACHE_TOKEN]"
     ),
+    artifact_path: Path | None = typer.Option(
+        None, "--artifact-path", help="Keep upload-artifact's artifacts here (default: a temporary directory)"
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON (live output goes to stderr)"),
 ) -> None:
     """Run a workflow of a local repository in fresh sandboxes or VMs. Exit 0: every job succeeded; 1: a job
@@ -103,9 +107,17 @@ def run(
     except WorkflowError as exc:
         errors.say(exc.message)
         raise typer.Exit(errors.USAGE) from None
-    code = asyncio.run(
-        _run_all(workflows, infos, backend, parallel, memory_mib, network, job, matrix_filter, as_json, cache)
-    )
+    root = artifact_path.resolve() if artifact_path else Path(tempfile.mkdtemp(prefix="smith-artifacts-"))
+    for info in infos:
+        info.artifacts = root / str(info.run_id) if len(infos) > 1 else root
+        info.artifacts.mkdir(parents=True, exist_ok=True)
+    try:
+        code = asyncio.run(
+            _run_all(workflows, infos, backend, parallel, memory_mib, network, job, matrix_filter, as_json, cache)
+        )
+    finally:
+        if artifact_path is None:
+            shutil.rmtree(root, ignore_errors=True)
     raise typer.Exit(code)
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from smith.workflows import artifacts
 from smith.workflows.errors import WorkflowError
 from smith.workflows.expressions import evaluate_if, interpolate_tree, to_str
 from smith.workflows.model import Step
@@ -94,6 +95,8 @@ class Actions:
             return "cache"
         if name.lower() in SETUP:
             return "setup"
+        if name.lower() in (artifacts.UPLOAD, artifacts.DOWNLOAD):
+            return "upload" if name.lower() == artifacts.UPLOAD else "download"
         if self.runner.info.llm is not None:
             return "llm"
         raise WorkflowError(self.unavailable(step))
@@ -169,6 +172,10 @@ class Actions:
             return await self.ask_llm(frame, step)
         if kind == "setup":
             return await self.setup_tool(frame, step)
+        if kind == "upload":
+            return await artifacts.upload(self.runner, frame, step)
+        if kind == "download":
+            return await artifacts.download(self.runner, frame, step)
         action = await self.resolve(step)
         using = str(action.runs.get("using", ""))
         if using == "composite":

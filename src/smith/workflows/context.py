@@ -31,6 +31,7 @@ class RunInfo:
     run_number: int = 1
     action_mirror: Path | None = None
     llm: Any = None  # an llm.LLM asked for steps Smith cannot run; None: off
+    artifacts: Path | None = None  # where upload-artifact keeps this run's artifacts (a host directory)
     cache: bool = False  # the jobs' guests have a cache server (GuestConfig.cache): actions/cache uses it
 
     @property
