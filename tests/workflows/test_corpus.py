@@ -215,3 +215,15 @@ def test_artifacts_between_jobs(tmp_path: Path) -> None:
         "dist/app.bin",
         "dist/sub/readme.txt",
     ]
+
+
+def test_list_shows_jobs_in_needs_order_and_runs_nothing() -> None:
+    from typer.testing import CliRunner
+
+    from smith.cli import app
+    from tests.workflows.conftest import CORPUS
+
+    result = CliRunner().invoke(app, ["run", str(CORPUS / "failing"), "--list"])
+    assert result.exit_code == 0
+    stages = [line.split()[2] + ":" + line.split()[3] for line in result.stdout.splitlines()]
+    assert stages == ["0:tolerant", "0:strict", "1:after", "1:report"]

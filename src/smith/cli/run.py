@@ -59,6 +59,7 @@ def run(
     artifact_path: Path | None = typer.Option(
         None, "--artifact-path", help="Keep upload-artifact's artifacts here (default: a temporary directory)"
     ),
+    list_jobs: bool = typer.Option(False, "--list", "-l", help="List the workflows' jobs in needs order; run nothing"),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON (live output goes to stderr)"),
 ) -> None:
     """Run a workflow of a local repository in fresh sandboxes or VMs. Exit 0: every job succeeded; 1: a job
@@ -107,6 +108,9 @@ def run(
     except WorkflowError as exc:
         errors.say(exc.message)
         raise typer.Exit(errors.USAGE) from None
+    if list_jobs:
+        _list(workflows, as_json)
+        return
     root = artifact_path.resolve() if artifact_path else Path(tempfile.mkdtemp(prefix="smith-artifacts-"))
     for info in infos:
         info.artifacts = root / str(info.run_id) if len(infos) > 1 else root
@@ -194,6 +198,22 @@ async def _run_all(
             + "\n"
         )
     return code
+
+
+def _list(workflows: list[Any], as_json: bool) -> None:
+    rows = [
+        {"workflow": wf.file, "stage": n, "job": jid, "name": wf.jobs[jid].name or jid, "needs": wf.jobs[jid].needs}
+        for wf in workflows
+        for n, stage in enumerate(wf.stages())
+        for jid in stage
+    ]
+    if as_json:
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+        return
+    width = max(len(r["job"]) for r in rows)
+    for r in rows:
+        needs = f"  needs {', '.join(r['needs'])}" if r["needs"] else ""
+        sys.stdout.write(f"{r['workflow']}  stage {r['stage']}  {r['job'].ljust(width)}  {r['name']}{needs}\n")
 
 
 def _cache_access(url: str | None, token: Any) -> Any:
