@@ -227,3 +227,28 @@ def test_list_shows_jobs_in_needs_order_and_runs_nothing() -> None:
     assert result.exit_code == 0
     stages = [line.split()[2] + ":" + line.split()[3] for line in result.stdout.splitlines()]
     assert stages == ["0:tolerant", "0:strict", "1:after", "1:report"]
+
+
+def test_path_filters_use_the_push_range_from_git(tmp_path: Path) -> None:
+    import json
+    import subprocess
+
+    repo = copy_repo("build", tmp_path)  # on: push: paths-ignore: ["**.md"]
+    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@e", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@e"}
+
+    def commit(name: str) -> str:
+        (repo / name).write_text("x\n")
+        for args in (["add", "-A"], ["commit", "-qm", name]):
+            subprocess.run(["git", "-C", str(repo), *args], check=True, env={**env, "PATH": "/usr/bin:/bin"})
+        out = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True)
+        return out.stdout.strip()
+
+    base = commit("first.txt")
+    docs = commit("NOTES.md")
+    event = tmp_path / "push.json"
+    event.write_text(json.dumps({"ref": "refs/heads/main", "before": base, "after": docs}))
+    only_docs = smith_run(str(repo), "--eventpath", str(event))
+    assert only_docs.code == 2 and "no workflow" in only_docs.log
+    code = commit("main.go")
+    event.write_text(json.dumps({"ref": "refs/heads/main", "before": base, "after": code}))
+    assert smith_run(str(repo), "--eventpath", str(event), "--list").code == 0

@@ -133,10 +133,37 @@ def selected(
 ) -> list[Workflow]:
     """The parsed workflows to run: the one named, or every one whose ``on`` takes the event."""
     out = []
+    payload = default_event(repo, event_name, event)[0]
+    changes = changed_paths(repo, event_name, payload)
     for path in workflows:
         wf = parse_file(path, display_path(path, repo))
         if explicit and event_name not in wf.on:
             raise WorkflowError(f"{wf.file} does not run on {event_name} (on: {', '.join(wf.on)}); pass --event")
-        if explicit or triggered(wf, event_name, default_event(repo, event_name, event)[0], None):
+        if explicit or triggered(wf, event_name, payload, changes):
             out.append(wf)
     return out
+
+
+ZERO = "0" * 40
+
+
+def changed_paths(repo: Path, event_name: str, payload: dict[str, Any]) -> list[str] | None:
+    """The files the event changed, for ``paths`` filters: a push's ``before..after``, a pull request's
+    ``base.sha...head.sha``, from the repository's git; None when git cannot say (the filters then pass)."""
+    if event_name == "push":
+        before, after = str(payload.get("before") or ""), str(payload.get("after") or "")
+        if not before or before == ZERO or not after:
+            return None
+        span = f"{before}..{after}"
+    elif event_name in ("pull_request", "pull_request_target"):
+        pr = payload.get("pull_request") or {}
+        base, head = (pr.get("base") or {}).get("sha"), (pr.get("head") or {}).get("sha")
+        if not base or not head:
+            return None
+        span = f"{base}...{head}"
+    else:
+        return None
+    out = git(repo, "diff", "--name-only", span)
+    if not out and not git(repo, "rev-parse", "--verify", "-q", span.split(".")[0]):
+        return None  # a commit git does not have
+    return [line for line in out.splitlines() if line]
