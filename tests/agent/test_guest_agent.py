@@ -152,3 +152,37 @@ def test_bad_config_line_fails_loudly(tmp_path: Path) -> None:
         timeout=30,
     )
     assert res.returncode != 0 and "JSONDecodeError" in res.stderr
+
+
+def test_steps_mode_runs_commands_one_at_a_time_and_returns_collected_files(tmp_path: Path) -> None:
+    import base64
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        data = b"from the host\n"
+        info = tarfile.TarInfo("src/file.txt")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    commands = [
+        {"untar": {"dest": "repo", "data": base64.b64encode(buf.getvalue()).decode()}},
+        {
+            "argv": ["/bin/sh", "-e", "s.sh"],
+            "write": {"repo/s.sh": 'cat src/file.txt; echo "k=v" >> "$OUT"; echo "$MINE"'},
+            "cwd": "repo",
+            "env": {"OUT": str(tmp_path / "o"), "MINE": "x"},
+            "collect": ["o"],
+        },
+        {"argv": ["/bin/sh", "-c", "sleep 30"], "timeout": 0.5},
+        {"end": True},
+        {"argv": ["/bin/sh", "-c", "echo never"]},
+    ]
+    stdin = json.dumps(cfg("", steps=True)) + "\n" + "".join(json.dumps(c) + "\n" for c in commands)
+    events = agent([], stdin, tmp_path)
+    parsed = [GuestEvent.model_validate(e) for e in events]
+    steps = [e for e in parsed if e.type == "step"]
+    assert [s.exit_code for s in steps] == [0, 0, 124]
+    assert steps[1].files == {"o": "k=v\n"}
+    assert out(events) == ["from the host", "x"]
+    assert "never" not in str(events) and parsed[-1].type == "exit" and parsed[-1].exit_code == 0

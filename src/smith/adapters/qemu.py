@@ -191,6 +191,14 @@ class QemuMachine:
         except OSError as exc:
             raise VMError(f"VM {self.id} died before it got its job") from exc
 
+    async def send(self, message: dict[str, object]) -> None:
+        """One steps-mode command to the guest agent, on the config port."""
+        try:
+            self.config_writer.write(orjson.dumps(message) + b"\n")
+            await self.config_writer.drain()
+        except OSError as exc:
+            raise VMError(f"VM {self.id} is gone") from exc
+
     async def events(self) -> AsyncIterator[GuestEvent]:
         while True:
             try:

@@ -88,11 +88,21 @@ class SandboxMachine:
         if self.runner_dir:
             config = config.model_copy(update={"runner_dir": self.runner_dir})
         try:
-            self.proc.stdin.write(config.model_dump_json().encode())
+            self.proc.stdin.write(config.model_dump_json().encode() + b"\n")
             await self.proc.stdin.drain()
-            self.proc.stdin.close()
+            if not config.steps:  # steps mode: commands follow on stdin (send)
+                self.proc.stdin.close()
         except (BrokenPipeError, ConnectionResetError) as exc:
             raise VMError(f"sandbox {self.id} died before it got its job") from exc
+
+    async def send(self, message: dict[str, object]) -> None:
+        """One steps-mode command to the guest agent."""
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(orjson.dumps(message) + b"\n")
+            await self.proc.stdin.drain()
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            raise VMError(f"sandbox {self.id} is gone") from exc
 
     async def events(self) -> AsyncIterator[GuestEvent]:
         assert self.proc.stdout is not None

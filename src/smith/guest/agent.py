@@ -22,22 +22,35 @@ on ``EVENTS_PORT``, which Firecracker forwards to a Unix socket the host agent l
 (the serial console drops what the host does not read in time); at the end the agent waits for the host to close
 its end, so the exit event is known to have arrived. Without vsock (no module, no device, nobody listening) or if
 the channel breaks, events go to ``--out`` (the console). ``--events-socket PATH`` is the same over a Unix socket.
+
+Steps mode (``"steps": true`` in the config; stdin or a port): the host drives a job one command at a time, as
+Smith's workflow executor does. After the config, each further JSON line is a command, ``{"argv": [...],
+"env": {...}, "cwd": ..., "timeout": s, "write": {path: text}, "untar": {"dest": ..., "data": base64},
+"collect": [paths]}``: the agent writes the files, unpacks the archive, empties the ``collect`` files, runs
+``argv`` (its ``line`` events as usual), then sends ``{"type": "step", "exit_code": n, "files": {path: text}}``
+with what the command left in the ``collect`` files. ``{"end": true}`` or the end of input ends the job
+(``exit`` 0). Everything else (expressions, workflow commands, masking of workflow secrets) stays on the host.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
+import io
 import json
 import os
 import queue
+import signal
 import socket
 import subprocess
 import sys
+import tarfile
 import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterator
 from typing import IO, Any
 
 MAX_LINE = 64 * 1024
@@ -98,28 +111,44 @@ def read_config(args: argparse.Namespace) -> dict[str, Any]:
                 time.sleep(0.01)
     if args.mmds:
         return read_mmds(args.mmds)
-    return dict(json.loads(sys.stdin.read()))
+    first = sys.stdin.readline()  # one line, so that (steps mode) the commands after it stay unread
+    try:
+        return dict(json.loads(first))
+    except ValueError:  # a config spread over several lines (a person typing it, or an older host)
+        return dict(json.loads(first + sys.stdin.read()))
+
+
+PORT_LINES: Iterator[bytes] | None = None  # the rest of the config port, for steps mode
 
 
 def read_port(path: str) -> dict[str, Any]:
-    """One JSON line from a virtio-serial port. A read returns EOF while the host side is not connected: retry."""
+    """One JSON line from a virtio-serial port (the lines after it stay for steps mode)."""
+    global PORT_LINES
+    PORT_LINES = port_lines(path)
+    return dict(json.loads(next(PORT_LINES)))
+
+
+def port_lines(path: str) -> Iterator[bytes]:
+    """Lines from a virtio-serial port. A read returns EOF while the host side is not connected: retry."""
     buf = b""
-    while b"\n" not in buf:
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except OSError:
-            time.sleep(0.05)
-            continue
-        try:
-            while b"\n" not in buf:
-                chunk = os.read(fd, 65536)
-                if not chunk:
-                    time.sleep(0.02)
-                    break
-                buf += chunk
-        finally:
-            os.close(fd)
-    return dict(json.loads(buf.split(b"\n", 1)[0]))
+    while True:
+        while b"\n" not in buf:
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except OSError:
+                time.sleep(0.05)
+                continue
+            try:
+                while b"\n" not in buf:
+                    chunk = os.read(fd, 65536)
+                    if not chunk:
+                        time.sleep(0.02)
+                        break
+                    buf += chunk
+            finally:
+                os.close(fd)
+        line, buf = buf.split(b"\n", 1)
+        yield line
 
 
 def unwrap(message: dict[str, Any], set_clock: bool = False, set_net: bool = False) -> dict[str, Any]:
@@ -317,11 +346,16 @@ def run(config: dict[str, Any], out: Output, workdir: str) -> int:
             f.write(str((config.get("job") or {}).get("run") or ""))
         os.chmod(path, 0o700)
     out.emit("started", stream="system", line=f"job {(config.get('job') or {}).get('id', '')} starting")
+    return execute(argv, workdir, environment(config, workdir), out)
+
+
+def execute(argv: list[str], cwd: str, env: dict[str, str], out: Output, timeout: float | None = None) -> int:
+    """Run one command, its output as ``line`` events; killed (exit 124) once ``timeout`` seconds have passed."""
     try:
         proc = subprocess.Popen(
             argv,
-            cwd=workdir,
-            env=environment(config, workdir),
+            cwd=cwd,
+            env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -331,6 +365,17 @@ def run(config: dict[str, Any], out: Output, workdir: str) -> int:
     except OSError as exc:
         out.emit("line", stream="system", line=f"smith: cannot start the job: {exc}")
         return 127
+    timed_out = threading.Event()
+
+    def kill() -> None:
+        timed_out.set()
+        with contextlib.suppress(OSError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+    timer = threading.Timer(timeout, kill) if timeout else None
+    if timer is not None:
+        timer.daemon = True
+        timer.start()
     q: queue.Queue[tuple[str, str] | None] = queue.Queue()
     threads = [
         threading.Thread(target=pump, args=(p, n, q), daemon=True)
@@ -345,7 +390,84 @@ def run(config: dict[str, Any], out: Output, workdir: str) -> int:
             open_pipes -= 1
             continue
         out.emit("line", stream=item[0], line=item[1])
-    return proc.wait()
+    code = proc.wait()
+    if timer is not None:
+        timer.cancel()
+    if timed_out.is_set():
+        out.emit("line", stream="system", line=f"smith: timed out after {timeout:g} s")
+        return 124
+    return code
+
+
+MAX_COLLECT = 1 << 20  # bytes read back per collected file
+
+
+def serve_steps(config: dict[str, Any], out: Output, workdir: str, inbox: Callable[[], dict[str, Any] | None]) -> int:
+    """Steps mode: run the host's commands one at a time until it says end (see the module docstring)."""
+    out.emit("started", stream="system", line=f"job {(config.get('job') or {}).get('id', '')} starting (steps)")
+    base = environment(config, workdir)
+    while True:
+        msg = inbox()
+        if msg is None or msg.get("end"):
+            return 0
+        try:
+            for path, text in (msg.get("write") or {}).items():
+                full = os.path.join(workdir, path)
+                os.makedirs(os.path.dirname(full), exist_ok=True)
+                with open(full, "w", encoding="utf-8") as f:
+                    f.write(text)
+            untar = msg.get("untar")
+            if untar:
+                dest = os.path.join(workdir, untar["dest"])
+                os.makedirs(dest, exist_ok=True)
+                unpack(base64.b64decode(untar["data"]), dest)
+            collect = [os.path.join(workdir, p) for p in msg.get("collect") or []]
+            for path in collect:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                open(path, "w").close()
+        except (OSError, ValueError, KeyError, tarfile.TarError) as exc:
+            out.emit("line", stream="system", line=f"smith: cannot prepare the step: {exc}")
+            out.emit("step", stream="system", exit_code=126, files={})
+            continue
+        code = 0
+        if msg.get("argv"):
+            env = dict(base, **{str(k): str(v) for k, v in (msg.get("env") or {}).items()})
+            cwd = os.path.join(workdir, msg.get("cwd") or "")
+            code = execute([str(a) for a in msg["argv"]], cwd, env, out, msg.get("timeout"))
+        files = {}
+        for rel, path in zip(msg.get("collect") or [], collect, strict=True):
+            with contextlib.suppress(OSError), open(path, encoding="utf-8", errors="replace") as f:
+                files[rel] = f.read(MAX_COLLECT)
+        out.emit("step", stream="system", exit_code=code, files=files)
+
+
+def unpack(data: bytes, dest: str) -> None:
+    """The host's archive into ``dest``, refusing members that would land outside it."""
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        try:
+            tar.extractall(dest, filter="tar")
+        except TypeError:  # a Python without extraction filters (before 3.11.4)
+            root = os.path.realpath(dest)
+            for m in tar.getmembers():
+                target = os.path.realpath(os.path.join(dest, m.name))
+                if not (target == root or target.startswith(root + os.sep)) or m.isdev():
+                    raise ValueError(f"archive member {m.name!r} outside the destination") from None
+            tar.extractall(dest)  # noqa: S202
+
+
+def inbox_for(args: argparse.Namespace) -> Callable[[], dict[str, Any] | None]:
+    """Where steps-mode commands come from: the config's own channel (stdin or the port)."""
+
+    def next_message() -> dict[str, Any] | None:
+        if args.config_port:
+            line = next(PORT_LINES) if PORT_LINES is not None else b""
+        else:
+            line = sys.stdin.readline().encode()
+        if not line.strip():
+            return None if not args.config_port else {"end": True}
+        return dict(json.loads(line))
+
+    return next_message
 
 
 def events_channel(args: argparse.Namespace) -> socket.socket | None:
@@ -405,7 +527,10 @@ def main() -> int:
     channel = events_channel(args)
     events = channel.makefile("w", encoding="utf-8") if channel is not None else stream
     out = Output(events, secrets, fallback=stream if channel is not None else None)
-    code = run(config, out, args.workdir)
+    if config.get("steps") and not (args.config_file or args.mmds):
+        code = serve_steps(config, out, args.workdir, inbox_for(args))
+    else:
+        code = run(config, out, args.workdir)
     out.emit("exit", stream="system", exit_code=code)
     if channel is not None:
         close_channel(channel, events)

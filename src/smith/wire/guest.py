@@ -20,14 +20,17 @@ class GuestConfig(BaseModel):
     cache: ServiceAccess | None = None
     env: dict[str, str] = Field(default_factory=dict, description="Extra environment for the job")
     runner_dir: str = Field("/opt/actions-runner", description="Where GitHub's runner lives in the image")
+    steps: bool = Field(False, description="Steps mode: the host sends one command per line after the config")
 
 
 class GuestEvent(BaseModel):
-    """One line of output, or the end of the job. ``ts`` is seconds since the epoch, taken in the guest."""
+    """One line of output, the end of a steps-mode command (``step``), or the end of the job. ``ts`` is
+    seconds since the epoch, taken in the guest."""
 
-    type: Literal["started", "line", "exit"]
+    type: Literal["started", "line", "exit", "step"]
     ts: float
     stream: Literal["stdout", "stderr", "system"] = "stdout"
     line: str = ""
     seq: int = 0
     exit_code: int | None = None
+    files: dict[str, str] | None = None  # a steps-mode command's collected files

@@ -1,0 +1,249 @@
+"""A whole workflow run: jobs in ``needs`` order (independent ones in parallel within capacity), matrix
+expansion, ``fail-fast`` and ``max-parallel``, outputs between jobs; each job in a fresh VM or sandbox."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from typing import Any
+
+from smith.errors import SmithError
+from smith.workflows.commands import Masker
+from smith.workflows.context import RunInfo
+from smith.workflows.errors import WorkflowError
+from smith.workflows.expressions import (
+    Scope,
+    evaluate_if,
+    interpolate,
+    interpolate_tree,
+    interpolate_value,
+    to_str,
+    truthy,
+)
+from smith.workflows.matrix import expand, label
+from smith.workflows.model import Job, Workflow
+from smith.workflows.runner import JobResult, JobRunner, Reporter
+from smith.workflows.session import GuestSession
+
+SessionFactory = Callable[[str], AbstractAsyncContextManager[GuestSession]]
+
+
+@dataclass
+class RunResult:
+    workflow: str
+    jobs: list[JobResult] = field(default_factory=list)
+    conclusion: str = "success"
+    seconds: float = 0.0
+
+
+class Executor:
+    def __init__(
+        self,
+        info: RunInfo,
+        workflow: Workflow,
+        sessions: SessionFactory,
+        reporter: Reporter,
+        *,
+        capacity: int = 2,
+        only_job: str | None = None,
+        matrix_filter: dict[str, str] | None = None,
+    ) -> None:
+        self.info = info
+        self.workflow = workflow
+        self.sessions = sessions
+        self.reporter = reporter
+        self.capacity = asyncio.Semaphore(max(1, capacity))
+        self.matrix_filter = matrix_filter or {}
+        self.masker = Masker(list(info.secrets.values()))
+        self.selected = self._select(only_job)
+        self.done: dict[str, asyncio.Future[dict[str, Any]]] = {}
+
+    def _select(self, only_job: str | None) -> list[str]:
+        if only_job is None:
+            return list(self.workflow.jobs)
+        if only_job not in self.workflow.jobs:
+            raise WorkflowError(f"no job {only_job!r} in {self.workflow.file} (jobs: {', '.join(self.workflow.jobs)})")
+        wanted: set[str] = set()
+        todo = [only_job]
+        while todo:
+            j = todo.pop()
+            if j not in wanted:
+                wanted.add(j)
+                todo.extend(self.workflow.jobs[j].needs)
+        return [j for j in self.workflow.jobs if j in wanted]
+
+    async def run(self) -> RunResult:
+        started = time.monotonic()
+        loop = asyncio.get_running_loop()
+        self.done = {j: loop.create_future() for j in self.selected}
+        result = RunResult(self.workflow.name)
+        tasks = [asyncio.create_task(self._job(j, result)) for j in self.selected]
+        await asyncio.gather(*tasks)
+        result.seconds = time.monotonic() - started
+        if any(j.result in ("failure", "cancelled") for j in result.jobs):
+            result.conclusion = "failure"
+        return result
+
+    async def _job(self, jid: str, run: RunResult) -> None:
+        job = self.workflow.jobs[jid]
+        needs = {n: await self.done[n] for n in job.needs}
+        results = [n["result"] for n in needs.values()]
+        status = "success"
+        if "failure" in results:
+            status = "failure"
+        elif "cancelled" in results:
+            status = "cancelled"
+        elif "skipped" in results:
+            status = "skipped"
+        base_ctx = {
+            "github": self.info.github(jid, ""),
+            "needs": needs,
+            "vars": dict(self.info.vars),
+            "inputs": dict(self.info.inputs),
+            "secrets": dict(self.info.secrets),
+            "env": {},
+            "matrix": {},
+            "strategy": {},
+            "job": {},
+            "steps": {},
+            "runner": {},
+        }
+        try:
+            go = evaluate_if(job.if_, Scope(base_ctx, status=status))
+            combos = self._combos(job, base_ctx) if go else []
+        except WorkflowError as exc:
+            self.reporter.line(jid, "error", f"Error: job {jid}: {exc.message}")
+            self._finish(jid, run, [JobResult(jid, jid, "failure", {}, 0.0, error=exc.message)])
+            return
+        if not go:
+            self.reporter.job_finished(jid, "skipped", 0.0)
+            self._finish(jid, run, [JobResult(jid, jid, "skipped", {}, 0.0)])
+            return
+        strategy = job.strategy
+        fail_fast = truthy(interpolate_tree(strategy.fail_fast, Scope(base_ctx))) if strategy else True
+        max_parallel = interpolate_tree(strategy.max_parallel, Scope(base_ctx)) if strategy else None
+        limit = asyncio.Semaphore(int(float(max_parallel)) if max_parallel else len(combos) or 1)
+        instances: list[JobResult] = []
+        tasks: list[asyncio.Task[JobResult]] = []
+
+        keys = self._keys(job, combos, base_ctx)
+
+        async def one(index: int, combo: dict[str, Any]) -> JobResult:
+            key = keys[index]
+            strat = {
+                "fail-fast": fail_fast,
+                "job-index": index,
+                "job-total": len(combos),
+                "max-parallel": int(float(max_parallel)) if max_parallel else len(combos),
+            }
+            async with limit, self.capacity:
+                result = await self._instance(job, key, combo, strat, needs)
+                result.index = index
+                return result
+
+        for i, combo in enumerate(combos):
+            tasks.append(asyncio.create_task(one(i, combo)))
+        pending = set(tasks)
+        while pending:
+            finished, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for t in finished:
+                if t.cancelled():
+                    continue
+                r = t.result()
+                instances.append(r)
+                if r.result == "failure" and fail_fast and pending:
+                    for p in pending:
+                        p.cancel()
+        for i, t in enumerate(tasks):
+            if t.cancelled():
+                instances.append(JobResult(keys[i], jid, "cancelled", {}, 0.0, index=i))
+                self.reporter.job_finished(keys[i], "cancelled", 0.0)
+        instances.sort(key=lambda r: r.index)
+        self._finish(jid, run, instances, job)
+
+    def _keys(self, job: Job, combos: list[dict[str, Any]], ctx: dict[str, Any]) -> list[str]:
+        """How GitHub names each instance: the job's name (or id), evaluated, with the matrix values appended
+        unless the name uses an expression; unique within the run."""
+        has_matrix = job.strategy is not None and job.strategy.matrix is not None
+        keys: list[str] = []
+        for combo in combos:
+            name = job.id
+            if job.name:
+                try:
+                    name = interpolate(str(job.name), Scope({**ctx, "matrix": combo})).strip() or job.id
+                except WorkflowError:
+                    name = str(job.name)
+            if has_matrix and combo and not (job.name and "${{" in str(job.name)):
+                name = f"{name} ({label(combo)})"
+            while name in keys or (name != job.id and name in self.workflow.jobs):
+                name += "'"
+            keys.append(name)
+        return keys
+
+    def _combos(self, job: Job, ctx: dict[str, Any]) -> list[dict[str, Any]]:
+        if job.strategy is None or job.strategy.matrix is None:
+            return [{}]
+        scope = Scope(ctx)
+        matrix = job.strategy.matrix
+        value = interpolate_value(matrix, scope) if isinstance(matrix, str) else interpolate_tree(dict(matrix), scope)
+        combos = expand(value, f"job {job.id!r}: ")
+        for k, v in self.matrix_filter.items():
+            combos = [c for c in combos if k in c and to_str(c[k]) == v]
+        return combos
+
+    async def _instance(
+        self, job: Job, key: str, combo: dict[str, Any], strategy: dict[str, Any], needs: dict[str, Any]
+    ) -> JobResult:
+        started = time.monotonic()
+        try:
+            async with self.sessions(key) as session:
+                runner = JobRunner(
+                    self.info,
+                    self.workflow.env,
+                    self.workflow.defaults_run,
+                    job,
+                    key,
+                    session,
+                    self.reporter,
+                    matrix=combo,
+                    strategy=strategy,
+                    needs=needs,
+                    masker=Masker(list(self.masker.values)),
+                )
+                minutes = float(to_str(interpolate_tree(job.timeout_minutes, Scope({"matrix": combo}))) or 360)
+                try:
+                    result = await asyncio.wait_for(runner.run(), minutes * 60)
+                except TimeoutError:
+                    self.reporter.line(key, "error", f"Error: the job exceeded its timeout of {minutes:g} minutes")
+                    self.reporter.job_finished(key, "failure", time.monotonic() - started)
+                    return JobResult(key, job.id, "failure", {}, time.monotonic() - started, error="timed out")
+                await session.end()
+        except SmithError as exc:
+            self.reporter.line(key, "error", f"Error: {exc.message}")
+            self.reporter.job_finished(key, "failure", time.monotonic() - started)
+            return JobResult(key, job.id, "failure", {}, time.monotonic() - started, error=exc.message)
+        if result.result == "failure" and truthy(interpolate_tree(job.continue_on_error, Scope({"matrix": combo}))):
+            result.result = "success"
+        result.outputs = {k: self.masker.mask(v) for k, v in result.outputs.items()}
+        return result
+
+    def _finish(self, jid: str, run: RunResult, instances: list[JobResult], job: Job | None = None) -> None:
+        run.jobs.extend(instances)
+        results = {r.result for r in instances}
+        overall = "success"
+        for state in ("failure", "cancelled", "skipped"):
+            if state in results and (state != "skipped" or results == {"skipped"}):
+                overall = state
+                break
+        outputs: dict[str, str] = {}
+        for r in instances:
+            outputs.update({k: v for k, v in r.outputs.items() if v != "" or k not in outputs})
+        self.done[jid].set_result({"result": overall, "outputs": outputs})
+
+
+def new_vm_id() -> str:
+    return uuid.uuid4().hex[:12]

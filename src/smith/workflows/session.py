@@ -1,0 +1,82 @@
+"""One job's guest: a booted VM or sandbox in steps mode, driven one command at a time (see guest/agent.py)."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import io
+import tarfile
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+from smith.errors import VMError
+from smith.wire.guest import GuestEvent
+
+OnLine = Callable[[str, str], None]  # (stream, text)
+
+
+class SteppedMachine(Protocol):
+    id: str
+
+    def events(self) -> AsyncIterator[GuestEvent]: ...
+
+    async def send(self, message: dict[str, Any]) -> None: ...
+
+
+class GuestSession:
+    """Commands to one guest agent in steps mode; ``host_workdir``: the guest's work dir seen from the host
+    where the backend shares it (the sandbox), else None."""
+
+    def __init__(self, machine: SteppedMachine, host_workdir: Path | None = None) -> None:
+        if not hasattr(machine, "send"):
+            raise VMError(f"this backend cannot drive a job step by step ({type(machine).__name__} has no send)")
+        self.machine = machine
+        self.host_workdir = host_workdir
+        self._events = machine.events().__aiter__()
+        self.workdir = ""  # the guest's absolute work dir, from probe()
+        self.path = ""
+        self.tools: dict[str, str] = {}
+
+    async def command(self, message: dict[str, Any], on_line: OnLine | None = None) -> tuple[int, dict[str, str]]:
+        await self.machine.send(message)
+        while True:
+            try:
+                event = await self._events.__anext__()
+            except StopAsyncIteration:
+                raise VMError(f"the guest of {self.machine.id} ended in the middle of a step") from None
+            if event.type == "line":
+                if on_line is not None:
+                    on_line(event.stream, event.line)
+            elif event.type == "step":
+                return event.exit_code or 0, event.files or {}
+            elif event.type == "exit":
+                raise VMError(f"the guest of {self.machine.id} ended in the middle of a step")
+
+    async def probe(self) -> None:
+        """The guest's work dir, PATH and which interpreters it has."""
+        script = 'pwd; echo "$PATH"; for t in bash sh python3 python node; do command -v $t || echo; done'
+        lines: list[str] = []
+        code, _ = await self.command({"argv": ["/bin/sh", "-c", script]}, lambda s, t: lines.append(t))
+        if code != 0 or len(lines) < 7:
+            raise VMError(f"cannot probe the guest: {lines}")
+        self.workdir, self.path = lines[0], lines[1]
+        self.tools = {t: p for t, p in zip(("bash", "sh", "python3", "python", "node"), lines[2:7], strict=True) if p}
+
+    async def upload(self, source: Path, dest: str, exclude: tuple[str, ...] = ()) -> None:
+        """A host directory copied into the guest at ``dest`` (relative to its work dir)."""
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w:gz", compresslevel=1) as tar:
+            tar.add(str(source), arcname=".", filter=lambda m: None if _excluded(m.name, exclude) else m)
+        code, _ = await self.command({"untar": {"dest": dest, "data": base64.b64encode(buf.getvalue()).decode()}})
+        if code != 0:
+            raise VMError(f"cannot copy {source} into the guest")
+
+    async def end(self) -> None:
+        with contextlib.suppress(VMError):
+            await self.machine.send({"end": True})
+
+
+def _excluded(name: str, exclude: tuple[str, ...]) -> bool:
+    parts = Path(name).parts
+    return bool(parts) and parts[1 if parts[0] == "." and len(parts) > 1 else 0] in exclude

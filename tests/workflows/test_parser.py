@@ -1,0 +1,202 @@
+"""Workflow files into models: the three `on` syntaxes, filters, located errors, matrix, needs."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from smith.workflows.errors import WorkflowError
+from smith.workflows.globs import matches
+from smith.workflows.matrix import expand
+from smith.workflows.parser import parse
+from smith.workflows.triggers import triggered
+
+
+def wf(text: str) -> str:
+    return textwrap.dedent(text).lstrip()
+
+
+JOB = "jobs:\n  a:\n    runs-on: ubuntu-latest\n    steps:\n      - run: echo hi\n"
+
+
+@pytest.mark.parametrize(
+    ("on", "events"),
+    [
+        ("on: push\n", ["push"]),
+        ("on: [push, pull_request]\n", ["push", "pull_request"]),
+        ("on:\n  push:\n    branches: [main]\n  workflow_dispatch:\n", ["push", "workflow_dispatch"]),
+    ],
+)
+def test_on_in_all_three_syntaxes(on: str, events: list[str]) -> None:
+    assert list(parse(on + JOB).on) == events
+
+
+def test_full_model() -> None:
+    w = parse(
+        wf("""
+        name: CI
+        on:
+          push:
+            branches: [main, 'releases/**']
+            paths-ignore: ['docs/**']
+          workflow_dispatch:
+            inputs:
+              level: {type: choice, default: info, options: [info, debug]}
+        env: {A: "1"}
+        defaults:
+          run: {shell: bash}
+        permissions: read-all
+        concurrency: ci-${{ github.ref }}
+        jobs:
+          build:
+            runs-on: [self-hosted, linux]
+            outputs: {v: "${{ steps.s.outputs.v }}"}
+            strategy:
+              fail-fast: false
+              max-parallel: 2
+              matrix: {py: ["3.11", "3.12"]}
+            steps:
+              - id: s
+                name: Set
+                run: echo "v=1" >> "$GITHUB_OUTPUT"
+                shell: sh
+                working-directory: sub
+                continue-on-error: true
+                timeout-minutes: 5
+          test:
+            needs: build
+            if: github.event_name == 'push'
+            runs-on: ubuntu-latest
+            steps:
+              - uses: ./.github/actions/x
+                with: {a: b}
+        """)
+    )
+    assert w.name == "CI" and w.env == {"A": "1"} and w.defaults_run == {"shell": "bash"}
+    assert w.permissions == "read-all" and w.concurrency == "ci-${{ github.ref }}"
+    assert w.on["push"].branches == ["main", "releases/**"] and w.on["push"].paths_ignore == ["docs/**"]
+    assert w.on["workflow_dispatch"].inputs["level"]["default"] == "info"
+    b = w.jobs["build"]
+    assert b.strategy is not None and b.strategy.fail_fast is False and b.strategy.max_parallel == 2
+    s = b.steps[0]
+    assert (s.id, s.shell, s.working_directory, s.continue_on_error, s.timeout_minutes) == ("s", "sh", "sub", True, 5)
+    assert w.jobs["test"].needs == ["build"] and w.jobs["test"].steps[0].with_ == {"a": "b"}
+    assert w.stages() == [["build"], ["test"]]
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "what"),
+    [
+        ("on: push\njobs:\n  a:\n    steps:\n      - run: x\n", 3, "missing 'runs-on'"),
+        ("on: push\njobs:\n  a:\n    runs-on: x\n    steps:\n      - run: x\n        uses: y\n", 6, "exactly one"),
+        ("on: push\njobs:\n  a:\n    runs-on: x\n    needs: b\n    steps:\n      - run: x\n", 3, "needs 'b'"),
+        ("on: push\njobs:\n  a:\n    runs-on: x\n    services: {}\n    steps:\n      - run: x\n", 5, "'services'"),
+        ("on: push\njobs:\n  a:\n    runs-on: x\n    container: x\n    steps:\n      - run: x\n", 5, "'container'"),
+        ("on: push\njobs:\n  a:\n    uses: o/r/.github/workflows/x.yml@v1\n", 3, "reusable workflows"),
+        ("on: push\njobs:\n  a:\n    runs-on: x\n    stepz: []\n", 5, "unknown key 'stepz'"),
+        ("on: push\njobs:\n  a: [\n", 4, "invalid YAML"),
+        ("jobs: {}\n", 1, "missing 'on'"),
+    ],
+)
+def test_located_errors(text: str, line: int, what: str) -> None:
+    with pytest.raises(WorkflowError) as err:
+        parse(text, "ci.yml")
+    assert err.value.file == "ci.yml" and err.value.line == line and what in err.value.what, err.value.message
+
+
+def test_needs_cycle_is_an_error() -> None:
+    text = "on: push\njobs:\n" + "".join(
+        f"  {j}:\n    runs-on: x\n    needs: [{n}]\n    steps:\n      - run: x\n"
+        for j, n in (("a", "c"), ("b", "a"), ("c", "b"))
+    )
+    with pytest.raises(WorkflowError, match="cycle: a -> c -> b -> a"):
+        parse(text)
+
+
+def test_matrix_include_exclude_as_documented() -> None:
+    # GitHub docs "Expanding or adding matrix configurations"
+    combos = expand(
+        {
+            "fruit": ["apple", "pear"],
+            "animal": ["cat", "dog"],
+            "include": [
+                {"color": "green"},
+                {"color": "pink", "animal": "cat"},
+                {"fruit": "apple", "shape": "circle"},
+                {"fruit": "banana"},
+                {"fruit": "banana", "animal": "cat"},
+            ],
+        }
+    )
+    assert combos == [
+        {"fruit": "apple", "animal": "cat", "color": "pink", "shape": "circle"},
+        {"fruit": "apple", "animal": "dog", "color": "green", "shape": "circle"},
+        {"fruit": "pear", "animal": "cat", "color": "pink"},
+        {"fruit": "pear", "animal": "dog", "color": "green"},
+        {"fruit": "banana"},
+        {"fruit": "banana", "animal": "cat"},
+    ]
+    ex = expand({"os": ["a", "b"], "v": [1, 2], "exclude": [{"os": "a", "v": 2}]})
+    assert ex == [{"os": "a", "v": 1}, {"os": "b", "v": 1}, {"os": "b", "v": 2}]
+
+
+@pytest.mark.parametrize(
+    ("value", "patterns", "expected"),
+    [
+        ("main", ["main"], True),
+        ("feature/x", ["feature/*"], True),
+        ("feature/x/y", ["feature/*"], False),
+        ("feature/x/y", ["feature/**"], True),
+        ("releases/10", ["releases/**", "!releases/**-alpha"], True),
+        ("releases/10-alpha", ["releases/**", "!releases/**-alpha"], False),
+        ("docs/a/b.md", ["**.md"], True),
+        ("README.md", ["*.md"], True),
+        ("a/README.md", ["*.md"], False),
+        ("v2", ["v[12]"], True),
+        ("v3", ["v[12]"], False),
+        ("v1.0", ["v1.?0"], True),  # ? : zero or one of the preceding character
+        ("v100", ["v1+"], False),
+        ("v111", ["v1+"], True),
+    ],
+)
+def test_glob_rules(value: str, patterns: list[str], expected: bool) -> None:
+    assert matches(value, patterns) is expected
+
+
+def test_trigger_filters() -> None:
+    w = parse(
+        "on:\n  push:\n    branches: [main]\n    paths: ['src/**']\n  pull_request:\n    branches-ignore: [wip/**]\n"
+        + JOB
+    )
+    push = {"ref": "refs/heads/main"}
+    assert triggered(w, "push", push, ["src/a.py"])
+    assert not triggered(w, "push", push, ["docs/a.md"])
+    assert not triggered(w, "push", {"ref": "refs/heads/dev"}, None)
+    assert not triggered(w, "push", {"ref": "refs/tags/v1"}, None)  # branch filters only: tags do not run
+    pr = {"action": "opened", "pull_request": {"base": {"ref": "main"}}}
+    assert triggered(w, "pull_request", pr)
+    assert not triggered(w, "pull_request", {**pr, "action": "closed"})  # default types
+    assert not triggered(w, "pull_request", {**pr, "pull_request": {"base": {"ref": "wip/x"}}})
+    assert not triggered(w, "issues", {})
+
+
+@pytest.mark.parametrize(
+    ("wanted", "have", "ok"),
+    [
+        ("3.11", "3.11.2", True),
+        ("3.x", "3.11.2", True),
+        ("3.1", "3.11.2", False),
+        ("3.12", "3.11.2", False),
+        (">=3.9", "3.11.2", True),
+        (">=3.12", "3.11.2", False),
+        ("20.x", "20.20.2", True),
+        ("lts/*", "20.20.2", True),
+        ("18", "20.20.2", False),
+        ("", "1.0", True),
+    ],
+)
+def test_setup_version_matching(wanted: str, have: str, ok: bool) -> None:
+    from smith.workflows.actions import version_matches
+
+    assert version_matches(wanted, have) is ok
