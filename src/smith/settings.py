@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Port = Annotated[int, Field(ge=1, le=65535)]
@@ -40,6 +40,9 @@ class CommonSettings(BaseSettings):
     )
     http_keepalive_seconds: float = Field(5.0, gt=0, description="An idle keep-alive connection is closed after")
     http_backlog: int = Field(2048, gt=0, description="Listen backlog (connections the kernel queues)")
+    metrics_token: SecretStr | None = Field(
+        None, description="Bearer token /metrics asks for (unset: /metrics is open, like /healthz)"
+    )
     api_docs: bool = Field(
         False, description="Serve /docs, /redoc and /openapi.json (unauthenticated): off in production"
     )

@@ -18,6 +18,7 @@ from smith import __version__
 from smith.agent.capacity import Ledger
 from smith.agent.client import ControlClient
 from smith.agent.logsink import JobOutput
+from smith.agent.metrics import metered
 from smith.agent.pool import WarmPool
 from smith.asyncutil import ready_batches, supervise
 from smith.domain.vms import VMShape
@@ -72,7 +73,7 @@ class Agent:
     def __init__(self, config: AgentConfig, control: ControlClient, vmm: VMM, output: JobOutput) -> None:
         self.config = config
         self.control = control
-        self.vmm = vmm
+        self.vmm = metered(vmm)  # boot and restore times for /metrics
         self.output = output
         self.ledger = Ledger(config.vcpus, config.memory_mib, config.max_vms)
         self.jobs: dict[str, RunningJob] = {}

@@ -99,7 +99,18 @@ async def serve_with_network(settings: Any) -> None:
     async with host_network(settings) as network:
         if network is not None:
             console.print(f"network: bridge {network.config.bridge}, pool {network.plan.pool}")
-        await serve_agent(build_agent(settings, network))
+        agent = build_agent(settings, network)
+        metrics = None
+        if settings.agent_metrics_port:
+            from smith.agent.metrics import serve
+
+            metrics = asyncio.create_task(serve(agent, settings))
+            console.print(f"metrics: http://{settings.agent_metrics_host}:{settings.agent_metrics_port}/metrics")
+        try:
+            await serve_agent(agent)
+        finally:
+            if metrics is not None:
+                metrics.cancel()
 
 
 @app.command()

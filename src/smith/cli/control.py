@@ -46,6 +46,10 @@ def serve(
     if workers > 1:
         from uvicorn.supervisors import Multiprocess
 
+        from smith.metrics import prepare_multiprocess
+
+        prepare_multiprocess(settings.data_dir / "metrics" / f"control-{p}")  # the workers' counters, summed
+
         config = serving.config("smith.control.asgi:app", settings, host=h, port=p, workers=workers)
         sock = config.bind_socket()
         Multiprocess(config, sockets=[sock]).run()

@@ -14,7 +14,7 @@ from smith import tokens
 from smith.adapters.redis.connect import StoreFailure
 from smith.adapters.redis.jobs import Lease, RedisJobs, runner_classes_for
 from smith.asyncutil import supervise
-from smith.control import webhooks
+from smith.control import metrics, webhooks
 from smith.control.settings import ControlSettings
 from smith.control.spool import Spool
 from smith.domain.cache import job_cache_claims
@@ -122,7 +122,9 @@ class ControlPlane:
                 log.warning("reclaim failed", error=exc.message)
 
     async def reclaim(self) -> dict[str, int]:
-        return await self.jobs.reclaim(self._by_name, self.settings.lease_ttl_seconds, self.settings.max_attempts)
+        counts = await self.jobs.reclaim(self._by_name, self.settings.lease_ttl_seconds, self.settings.max_attempts)
+        metrics.reclaimed(counts)
+        return counts
 
     # -- webhooks -----------------------------------------------------------------------------------------
 
@@ -228,6 +230,7 @@ class ControlPlane:
         released = await self.jobs.release_agent(
             agent_id, self._by_name, self.settings.max_attempts, keep=set(req.running)
         )
+        metrics.reclaimed(released)
         if released:
             log.info("agent restarted; its leases were released", agent_id=agent_id, **released)
         return wire.RegisterResponse(
@@ -344,6 +347,7 @@ class ControlPlane:
     async def report(self, agent_id: str, job_id: str, req: wire.StatusReport) -> wire.JobView:
         job = await self.jobs.report(agent_id, job_id, JobState(req.state), reason=req.reason, exit_code=req.exit_code)
         log.info("job state", job_id=job_id, agent_id=agent_id, state=req.state, exit_code=req.exit_code)
+        metrics.job_reported(job)
         if req.state in ("cancelled", "failed") and job.source == "github" and self.credentials is not None:
             # An ephemeral runner that never finished a job stays registered (offline) on GitHub: remove it.
             task = asyncio.create_task(self._release_runner(job))

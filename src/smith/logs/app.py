@@ -18,10 +18,11 @@ from smith.asyncutil import supervise
 from smith.errors import InvalidInput, NotFound, PayloadTooLarge, SmithError
 from smith.http import add_error_handlers, add_health_routes, api_docs, dumps, json_response, read_body
 from smith.logging import get_logger
-from smith.logs import ingest
+from smith.logs import ingest, metrics
 from smith.logs.batcher import Batcher
 from smith.logs.settings import LogsSettings
 from smith.logs.store import LogStore
+from smith.metrics import add_metrics_route
 from smith.ports import ClickHouse
 from smith.wire.logs import JOB_ID_RE, IngestResponse, LogPage, parse_time
 
@@ -177,6 +178,7 @@ def create_app(settings: LogsSettings, *, clickhouse: ClickHouse | None = None) 
         return {"pending": batcher.pending}
 
     add_health_routes(app, clickhouse_ready, "error")
+    add_metrics_route(app, settings.metrics_token)
 
     # -- ingestion ------------------------------------------------------------------------------------------
 
@@ -185,11 +187,13 @@ def create_app(settings: LogsSettings, *, clickhouse: ClickHouse | None = None) 
         """NDJSON of LogLine, all of the job the ``logs`` token names (403 otherwise; the host is the token's).
         Answered once the lines are stored; 400 lists bad lines and writes none."""
         body = await _body(request, settings.logs_max_body_bytes)
-        batch = ingest.parse(
-            body,
-            max_line_bytes=settings.logs_max_line_bytes,
-            max_lines=settings.logs_max_batch_lines,
-        )
+        with metrics.parsing() as parsed:
+            batch = ingest.parse(
+                body,
+                max_line_bytes=settings.logs_max_line_bytes,
+                max_lines=settings.logs_max_batch_lines,
+            )
+            parsed.append(batch)
         ingest.bind(batch, *writer)
         accepted, duplicates = await batcher.submit(batch.lines, batch.spans)
         return json_response({"accepted": accepted, "duplicates": duplicates, "truncated": batch.truncated})
