@@ -23,7 +23,7 @@ from smith.agent.pool import WarmPool
 from smith.asyncutil import ready_batches, supervise
 from smith.domain.vms import VMShape
 from smith.errors import Conflict, SmithError
-from smith.logging import get_logger
+from smith.logging import bind, bound, get_logger
 from smith.ports import VMM, Machine
 from smith.retry import RetryPolicy
 from smith.wire import agent as wire
@@ -127,6 +127,10 @@ class Agent:
 
     async def run(self) -> None:
         """Serve until shutdown() is called."""
+        with bound(agent_id=self.config.agent_id):  # on every line of the agent's tasks
+            await self._serve()
+
+    async def _serve(self) -> None:
         await self.start()
         assert self.pool is not None
         tasks = [
@@ -270,10 +274,12 @@ class Agent:
         state, reason, exit_code = "failed", "", None
         warm = job.machine is not None
         running_report: asyncio.Task[None] | None = None
+        bind(job_id=spec.id)  # this task's lines (its own context: nothing leaks to the lease loop)
         try:
             await self.output.start_job(spec.id, job.lease.logs_token)
             if job.machine is None:
                 job.machine = await self.vmm.boot(job.shape, f"job-{spec.id}-{spec.attempt}")
+            bind(vm_id=job.machine.id)
             await job.machine.assign(self.guest_config(job.lease))
             await self.output.follow_files(spec.id, job.machine.host_logs())
             # Tell the control plane while the guest starts, not before it may.
@@ -294,12 +300,12 @@ class Agent:
                 reason = "" if exit_code == 0 else f"exit code {exit_code}"
         except SmithError as exc:
             reason = f"VM failed: {exc.message}"
-            log.warning("job failed in the VM layer", job_id=spec.id, error=exc.message)
+            log.warning("job failed in the VM layer", error=exc.message)
         except OSError as exc:
             reason = f"VM failed: {exc}"
         except Exception as exc:  # a bug or a job we cannot handle: report it failed rather than leave it running
             reason = f"agent error: {type(exc).__name__}: {exc}"
-            log.exception("job failed in the agent", job_id=spec.id)
+            log.exception("job failed in the agent")
         finally:
             if job.machine is not None:
                 with contextlib.suppress(Exception):
@@ -321,7 +327,7 @@ class Agent:
                 "warm": float(warm),
             }
         )
-        log.info("job finished", job_id=spec.id, state=state, exit_code=exit_code, reason=reason or None, warm=warm)
+        log.info("job finished", state=state, exit_code=exit_code, reason=reason or None, warm=warm)
 
     async def _follow(self, job: RunningJob) -> int | None:
         """Stream the guest's events until its exit event, a stop request, or the job timeout."""

@@ -28,7 +28,7 @@ from smith.http import (
     json_response,
     read_body,
 )
-from smith.logging import get_logger
+from smith.logging import bind, get_logger
 from smith.metrics import add_metrics_route
 from smith.ports import RunnerCredentials
 from smith.wire import agent as wire
@@ -46,10 +46,13 @@ class CancelRequest(BaseModel):
     reason: str = Field("cancelled by operator", max_length=500)
 
 
-def _agent_id(request: Request) -> str:
+async def _agent_id(request: Request) -> str:
+    """The caller's agent id; bound to the request's log lines (async: it runs in the request's own task)."""
     settings: ControlSettings = request.app.state.settings
     secret = settings.agent_token_secret.get_secret_value() if settings.agent_token_secret else None
-    return tokens.agent_id(secret, request.headers.get("authorization"))
+    agent_id = tokens.agent_id(secret, request.headers.get("authorization"))
+    bind(agent_id=agent_id)
+    return agent_id
 
 
 def _operator(request: Request) -> str:

@@ -20,7 +20,7 @@ from smith.control.spool import Spool
 from smith.domain.cache import job_cache_claims
 from smith.domain.jobs import Job, JobState, match_runner_class
 from smith.errors import ConfigError, Conflict, InvalidInput, SmithError, Unavailable
-from smith.logging import get_logger
+from smith.logging import bind, get_logger
 from smith.ports import RunnerCredentials
 from smith.wire import agent as wire
 
@@ -232,7 +232,7 @@ class ControlPlane:
         )
         metrics.reclaimed(released)
         if released:
-            log.info("agent restarted; its leases were released", agent_id=agent_id, **released)
+            log.info("agent restarted; its leases were released", **released)
         return wire.RegisterResponse(
             agent_id=agent_id,
             heartbeat_interval_seconds=max(1.0, self.settings.lease_ttl_seconds / 4),
@@ -276,6 +276,7 @@ class ControlPlane:
 
     async def _hand_over(self, agent_id: str, lease: Lease) -> wire.LeaseResponse:
         job = lease.job
+        bind(job_id=job.id)
         rc = self._by_name.get(job.runner_class)
         runner = None
         if job.source == "github" and not job.run and self.credentials is not None:
@@ -288,7 +289,7 @@ class ControlPlane:
                     self.settings.max_attempts,
                     f"could not get runner credentials from GitHub: {exc.message}",
                 )
-                log.warning("runner credentials failed; job re-queued", job_id=job.id, error=exc.message)
+                log.warning("runner credentials failed; job re-queued", error=exc.message)
                 raise Unavailable(
                     "GitHub did not give runner credentials; the job was re-queued", retry_after=exc.retry_after or 2.0
                 ) from exc
@@ -307,7 +308,7 @@ class ControlPlane:
                     **claims,
                 ),
             )
-        log.info("job leased", job_id=job.id, agent_id=agent_id, attempt=job.attempts)
+        log.info("job leased", attempt=job.attempts)
         return wire.LeaseResponse(
             job=wire.JobSpec(
                 id=job.id,
@@ -345,8 +346,9 @@ class ControlPlane:
         )
 
     async def report(self, agent_id: str, job_id: str, req: wire.StatusReport) -> wire.JobView:
+        bind(job_id=job_id)
         job = await self.jobs.report(agent_id, job_id, JobState(req.state), reason=req.reason, exit_code=req.exit_code)
-        log.info("job state", job_id=job_id, agent_id=agent_id, state=req.state, exit_code=req.exit_code)
+        log.info("job state", state=req.state, exit_code=req.exit_code)
         metrics.job_reported(job)
         if req.state in ("cancelled", "failed") and job.source == "github" and self.credentials is not None:
             # An ephemeral runner that never finished a job stays registered (offline) on GitHub: remove it.
@@ -360,9 +362,9 @@ class ControlPlane:
         name = webhooks.runner_name(job)
         try:
             removed = await self.credentials.release(job, name)
-            log.info("runner released on GitHub", job_id=job.id, runner=name, removed=removed)
+            log.info("runner released on GitHub", runner=name, removed=removed)
         except SmithError as exc:
-            log.warning("could not remove the job's runner on GitHub", job_id=job.id, runner=name, error=exc.message)
+            log.warning("could not remove the job's runner on GitHub", runner=name, error=exc.message)
 
     # -- operators ----------------------------------------------------------------------------------------
 
