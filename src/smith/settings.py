@@ -43,6 +43,15 @@ class CommonSettings(BaseSettings):
     metrics_token: SecretStr | None = Field(
         None, description="Bearer token /metrics asks for (unset: /metrics is open, like /healthz)"
     )
+    # Tracing (smith.tracing): off unless an endpoint is set
+    otel_exporter_endpoint: str | None = Field(
+        None, description="OTLP endpoint for traces (http://collector:4318, or host:4317 with grpc); unset: off"
+    )
+    otel_exporter_protocol: Literal["http/protobuf", "grpc"] = Field("http/protobuf", description="OTLP transport")
+    otel_exporter_headers: SecretStr | None = Field(
+        None, description="Headers sent to the OTLP endpoint: key=value pairs separated by commas"
+    )
+    otel_sampler_ratio: float = Field(1.0, ge=0.0, le=1.0, description="Share of new traces kept (0..1)")
     api_docs: bool = Field(
         False, description="Serve /docs, /redoc and /openapi.json (unauthenticated): off in production"
     )

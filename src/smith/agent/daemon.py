@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from smith import __version__
+from smith import __version__, tracing
 from smith.agent.capacity import Ledger
 from smith.agent.client import ControlClient
 from smith.agent.logsink import JobOutput
@@ -232,7 +232,10 @@ class Agent:
             await self._report(spec.id, "failed", reason="host had no room for the VM (capacity changed)")
             return
         self.jobs[spec.id] = job
-        job.task = asyncio.create_task(self._run_job(job), name=f"job-{spec.id}")
+        run = tracing.within(
+            self._run_job(job), "job", lease.traceparent, job_id=spec.id, runner_class=spec.runner_class
+        )
+        job.task = asyncio.create_task(run, name=f"job-{spec.id}")
 
     async def _room_for(self, job: RunningJob, shape: VMShape) -> bool:
         """A warm VM of the job's class, else room for a new one: idle warm VMs are evicted and warm boots in
@@ -345,6 +348,7 @@ class Agent:
                     batch = [from_guest(e) for e in said]
                     if job.first_line_at is None and any(e.type == "line" for e in batch):
                         job.first_line_at = time.monotonic()
+                        tracing.record("guest first line", time.time() - (job.first_line_at - job.leased_at))
                     ends = next((i for i, e in enumerate(batch) if e.type == "exit"), None)
                     await self.output.emit_many(spec_id, batch if ends is None else batch[: ends + 1])
                     if ends is not None:
@@ -377,7 +381,9 @@ class Agent:
         try:
             await self.control.report(
                 job_id,
-                wire.StatusReport.model_validate({"state": state, "reason": reason, "exit_code": exit_code}),
+                wire.StatusReport.model_validate(
+                    {"state": state, "reason": reason, "exit_code": exit_code, "traceparent": tracing.traceparent()}
+                ),
             )
         except SmithError as exc:
             log.warning("could not report job state", job_id=job_id, state=state, error=exc.message)

@@ -13,6 +13,7 @@ from typing import Any
 
 from prometheus_client import Histogram
 
+from smith import tracing
 from smith.domain.vms import VMShape
 from smith.metrics import FAST_BUCKETS, WAIT_BUCKETS, Family, add_metrics_route
 from smith.ports import VMM, Machine
@@ -53,7 +54,8 @@ class Metered:
         self.booting[shape.runner_class] += 1
         started = time.monotonic()
         try:
-            machine = await self.inner.boot(shape, vm_id)
+            with tracing.span("vm boot", child_only=True, backend=backend, runner_class=shape.runner_class):
+                machine = await self.inner.boot(shape, vm_id)
         except BaseException:
             BOOT_FAILURES.labels(backend=backend).observe(time.monotonic() - started)
             raise

@@ -29,6 +29,9 @@ def build_agent(settings: Any, network: Any = None, backend: tuple[Any, str] | N
 
     if settings.agent_token is None:
         fail("SMITH_AGENT_TOKEN is not set: mint one with `smith auth agent-token --agent-id ...`")
+    from smith import tracing
+
+    tracing.setup(settings, "agent")  # nothing unless SMITH_OTEL_EXPORTER_ENDPOINT is set
     vmm, why = backend or select_backend(settings, network)
     console.print(f"backend: [bold]{vmm.backend}[/bold] ({why})")
     config = AgentConfig(

@@ -11,7 +11,7 @@ import orjson
 from fastapi import Depends, FastAPI, Query, Request, Response
 from pydantic import BaseModel, Field
 
-from smith import tokens
+from smith import tokens, tracing
 from smith.adapters.redis import connect
 from smith.adapters.redis.group import Durability
 from smith.adapters.redis.jobs import RedisJobs
@@ -111,6 +111,7 @@ def create_app(
                 settings.redis_durability, settings.redis_min_replicas, settings.redis_wait_timeout_ms
             ),
         )
+    tracing.setup(settings, "control")  # nothing unless SMITH_OTEL_EXPORTER_ENDPOINT is set
     spool = Spool(settings.spool_dir) if settings.spool_dir else None
     plane = ControlPlane(settings, jobs, credentials, spool)
     webhook_secret = (

@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from smith import tokens
+from smith import tokens, tracing
 from smith.adapters.redis.connect import StoreFailure
 from smith.adapters.redis.jobs import Lease, RedisJobs, runner_classes_for
 from smith.asyncutil import supervise
@@ -171,7 +171,8 @@ class ControlPlane:
             base |= {"action": d.action, "job_id": d.job_id, **(d.summary or {})}
             if d.job is not None:
                 outcome = {**base, "outcome": "queued", "runner_class": d.job.runner_class}
-                res = await self.jobs.record_queued(delivery, d.job, outcome, base)
+                with tracing.span("webhook", delivery=delivery, runner_class=d.job.runner_class, job_id=d.job.id):
+                    res = await self.jobs.record_queued(delivery, tracing.stamp(d.job), outcome, base)
             elif d.action == "queued" or d.reason:
                 outcome = {**base, "outcome": "ignored", "reason": d.reason}
                 res = await self.jobs.record_queued(delivery, None, outcome, outcome)
@@ -272,7 +273,9 @@ class ControlPlane:
         lease = await self.jobs.lease(agent_id, names, wait)
         if lease is None:
             return None
-        return await self._hand_over(agent_id, lease)
+        job = lease.job
+        tracing.record("queue", job.created_at, job.assigned_at, job.trace or None, runner_class=job.runner_class)
+        return await tracing.within(self._hand_over(agent_id, lease), "lease", job.trace or None, agent_id=agent_id)
 
     async def _hand_over(self, agent_id: str, lease: Lease) -> wire.LeaseResponse:
         job = lease.job
@@ -331,6 +334,7 @@ class ControlPlane:
             logs_url=s.logs_url,
             logs_token=self._logs_token(job.id, agent_id),
             lease_ttl_seconds=s.lease_ttl_seconds,
+            traceparent=tracing.traceparent(),
         )
 
     def _logs_token(self, job_id: str, agent_id: str) -> str | None:
@@ -347,7 +351,10 @@ class ControlPlane:
 
     async def report(self, agent_id: str, job_id: str, req: wire.StatusReport) -> wire.JobView:
         bind(job_id=job_id)
-        job = await self.jobs.report(agent_id, job_id, JobState(req.state), reason=req.reason, exit_code=req.exit_code)
+        with tracing.span("report", req.traceparent, child_only=True, state=req.state):
+            job = await self.jobs.report(
+                agent_id, job_id, JobState(req.state), reason=req.reason, exit_code=req.exit_code
+            )
         log.info("job state", state=req.state, exit_code=req.exit_code)
         metrics.job_reported(job)
         if req.state in ("cancelled", "failed") and job.source == "github" and self.credentials is not None:
@@ -386,7 +393,8 @@ class ControlPlane:
             org=repo.split("/")[0] if repo else "",
             run=run,
         )
-        return job_view(await self.jobs.submit(job))
+        with tracing.span("submit", job_id=job.id, runner_class=rc.name):
+            return job_view(await self.jobs.submit(tracing.stamp(job)))
 
     async def queue_health(self) -> dict[str, Any]:
         classes = await self.jobs.queue_health(self._by_name)
