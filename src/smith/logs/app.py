@@ -290,6 +290,18 @@ def create_app(settings: LogsSettings, *, clickhouse: ClickHouse | None = None) 
         hits, limited = found
         return json_response({"hits": hits, "limited": limited, "since": t0, "until": t1})
 
+    @app.get("/v1/logs/volume", tags=["read"])
+    async def volume(
+        _: Operator,
+        since: str | None = Query(None, description="1h, 30m, 2d... ago, or epoch seconds; default: the last day"),
+        limit: int = Query(20, ge=1, le=1000),
+    ) -> Response:
+        """Log volume per job: the jobs with the most bytes of log lines since ``since``."""
+        t0 = _time("since", since)
+        if t0 is None:
+            t0 = time.time() - settings.logs_search_default_window_seconds
+        return json_response({"since": t0, "jobs": await store.volume(t0, limit)})
+
     @app.get("/v1/logs/stats", tags=["read"])
     async def stats(_: Operator) -> Response:
         s = batcher.stats

@@ -33,20 +33,25 @@ OPERATOR_SECRET = "fleet-operator-secret-0123456789abcdef"
 
 
 class InstantVM:
-    """Boots at once; its guest says one line and exits 0 once it has its job."""
+    """Boots at once; its guest says one line and exits once it has its job: 0, or N for a script job whose
+    script is ``exit N`` (a failure, for tests)."""
 
     def __init__(self, vm_id: str) -> None:
         self.id = vm_id
         self.job_id = ""
+        self.exit_code = 0
 
     async def assign(self, config: GuestConfig) -> None:
         self.job_id = config.job.id
+        word, _, code = config.job.run.strip().partition(" ")
+        if word == "exit" and code.isdigit():
+            self.exit_code = int(code)
 
     async def events(self) -> AsyncIterator[GuestEvent]:
         now = time.time()
         yield GuestEvent(type="started", ts=now)
         yield GuestEvent(type="line", ts=now, line=f"hello from {self.job_id}")
-        yield GuestEvent(type="exit", ts=now, exit_code=0)
+        yield GuestEvent(type="exit", ts=now, exit_code=self.exit_code)
 
     async def stop(self) -> None:
         return None
