@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,6 +67,7 @@ class AgentConfig:
     lease_wait_seconds: float = 20.0
     runner_dir: str = "/opt/actions-runner"
     logs_url: str | None = None
+    cache_fallback: Callable[[wire.JobSpec], wire.ServiceAccess] | None = None  # agent/cachetoken.py
 
 
 class Agent:
@@ -270,7 +271,9 @@ class Agent:
     # -- one job ------------------------------------------------------------------------------------------
 
     def guest_config(self, lease: wire.LeaseResponse) -> GuestConfig:
-        return GuestConfig(job=lease.job, runner=lease.runner, cache=lease.cache, runner_dir=self.config.runner_dir)
+        fallback = self.config.cache_fallback
+        cache = lease.cache or (fallback(lease.job) if fallback else None)
+        return GuestConfig(job=lease.job, runner=lease.runner, cache=cache, runner_dir=self.config.runner_dir)
 
     async def _run_job(self, job: RunningJob) -> None:
         spec = job.lease.job

@@ -23,6 +23,7 @@ def register(root: typer.Typer) -> None:
 def build_agent(settings: Any, network: Any = None, backend: tuple[Any, str] | None = None) -> Any:
     """Compose an Agent from settings: control client, chosen backend (or ``backend``, already chosen), job output."""
     from smith.agent.backends import select_backend
+    from smith.agent.cachetoken import fallback
     from smith.agent.client import ControlClient
     from smith.agent.daemon import Agent, AgentConfig
     from smith.agent.logsink import LocalFiles
@@ -47,6 +48,7 @@ def build_agent(settings: Any, network: Any = None, backend: tuple[Any, str] | N
         lease_wait_seconds=settings.agent_lease_wait_seconds,
         runner_dir=settings.agent_runner_dir,
         logs_url=settings.logs_url,
+        cache_fallback=fallback(settings),
     )
     token = settings.agent_token.get_secret_value()
     control = ControlClient(settings.control_url, token)

@@ -10,7 +10,7 @@ if TYPE_CHECKING:
     from smith.control.settings import ControlSettings
     from smith.ports import RunnerCredentials
 
-app = typer.Typer(
+app: typer.Typer = typer.Typer(
     help="The control plane: GitHub webhooks, the job queue, agent and operator APIs.", no_args_is_help=True
 )
 

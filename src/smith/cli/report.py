@@ -19,9 +19,17 @@ import typer
 from rich.table import Table
 
 from smith.cli import reportdata
-from smith.cli.common import client_settings, console, fail, local_control_url, local_operator_token, print_json
+from smith.cli.common import (
+    client_settings,
+    console,
+    fail,
+    local_control_url,
+    local_operator_token,
+    print_json,
+    secret_on_command_line,
+)
 
-app = typer.Typer(
+app: typer.Typer = typer.Typer(
     help="Reports: jobs (queue wait, duration, failures, hosts), cache, logs, overview.", no_args_is_help=True
 )
 
@@ -215,6 +223,10 @@ def _sections(o: Options) -> dict[str, tuple[Callable[[], Any], Callable[[Any], 
 def report(names: tuple[str, ...], o: Options, *, json_out: bool, plot: Path | None = None) -> None:
     """Gather and show each section. One section that does not answer fails the command; in an overview it is
     noted and the others are shown (it fails only when none answers)."""
+    if o.token:
+        secret_on_command_line("--token", "SMITH_OPERATOR_TOKEN")
+    if o.cache_token:
+        secret_on_command_line("--cache-token", "SMITH_CACHE_SHARED_SECRET (a token is minted from it)")
     out: dict[str, Any] = {}
     jobs: list[dict[str, Any]] = []
     for name in names:
@@ -299,3 +311,9 @@ def overview_cmd(
 
 def register(root: typer.Typer) -> None:
     root.add_typer(app, name="report")
+
+
+if __name__ == "__main__":  # python -m smith.cli.report ...: the same commands as `smith report ...`
+    from smith.cli.root import run
+
+    run(app, "python -m smith.cli.report")

@@ -17,7 +17,6 @@ from smith.asyncutil import supervise
 from smith.control import metrics, webhooks
 from smith.control.settings import ControlSettings
 from smith.control.spool import Spool
-from smith.domain.cache import job_cache_claims
 from smith.domain.jobs import Job, JobState, match_runner_class
 from smith.errors import ConfigError, Conflict, InvalidInput, SmithError, Unavailable
 from smith.logging import bind, get_logger
@@ -25,8 +24,6 @@ from smith.ports import RunnerCredentials
 from smith.wire import agent as wire
 
 log = get_logger("smith.control")
-
-CACHE_TOKEN_TTL = 6 * 3600  # a GitHub job runs for at most 6 hours
 
 
 def job_view(job: Job) -> wire.JobView:
@@ -299,18 +296,8 @@ class ControlPlane:
         cache = None
         s = self.settings
         if s.cache_url and s.cache_shared_secret:
-            claims = job_cache_claims(job)
-            cache = wire.ServiceAccess(
-                url=s.cache_url,
-                token=tokens.mint(
-                    s.cache_shared_secret.get_secret_value(),
-                    scope="cache",
-                    subject=claims["org"],
-                    ttl_seconds=CACHE_TOKEN_TTL,
-                    job_id=job.id,
-                    **claims,
-                ),
-            )
+            token = tokens.mint_job_cache(s.cache_shared_secret.get_secret_value(), job)
+            cache = wire.ServiceAccess(url=s.cache_url, token=token)
         log.info("job leased", attempt=job.attempts)
         return wire.LeaseResponse(
             job=wire.JobSpec(
