@@ -35,7 +35,10 @@ from smith.errors import AuthError
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 # Seconds: from a few milliseconds (a warm VM, a snapshot restore) to hours (a queue that nothing serves).
-WAIT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 4 * 3600)
+WAIT_BUCKETS = (
+    *(0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 45, 60, 90, 120, 180, 300, 600, 1200, 1800),
+    *(3600, 2 * 3600, 4 * 3600),
+)
 DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 2 * 3600, 4 * 3600, 6 * 3600)
 FAST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -134,3 +137,20 @@ class Bounded:
 
 STORE_ERRORS = Counter("smith_s3_errors_total", "Failed object store calls, by error code", ["code"])
 CIRCUIT_STATES = {"closed": 0.0, "half-open": 1.0, "open": 2.0}
+
+
+def histogram_quantile(buckets: Iterable[tuple[float, float]], q: float) -> float | None:
+    """The ``q`` quantile (0..1) of a histogram from its cumulative ``(le, count)`` buckets, as Prometheus's
+    ``histogram_quantile`` estimates it: linear within the bucket it falls in (the last finite bound if in +Inf)."""
+    pairs = sorted(buckets)
+    if not pairs or pairs[-1][1] <= 0:
+        return None
+    rank = q * pairs[-1][1]
+    lower, below = 0.0, 0.0
+    for le, count in pairs:
+        if count >= rank:
+            if le == float("inf"):
+                return lower
+            return lower + (le - lower) * ((rank - below) / (count - below) if count > below else 1.0)
+        lower, below = le, count
+    return lower
