@@ -21,6 +21,7 @@ def test_one_job_run_shows_in_metrics(control: Control) -> None:
     queued = scrape(control.url)
     assert value(queued, "smith_queue_depth", runner_class=CLS) == 1
     assert value(queued, "smith_queue_oldest_age_seconds", runner_class=CLS) >= 0
+    assert value(queued, "smith_redis_up") == 1
     a = control.agent("metrics-agent")
     assert lease(a) is not None
     leased = scrape(control.url)
@@ -69,3 +70,11 @@ def test_metrics_token_is_required_when_set(control_factory: Callable[..., Contr
     assert r.status_code == 401 and r.json()["error"] == "unauthorized"
     assert httpx.get(control.url + "/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 401
     assert "smith_queue_depth" in str(scrape(control.url, "scrape-token-0123456789"))
+
+
+def test_metrics_answer_while_redis_is_down(control_factory: Callable[..., Control]) -> None:
+    from smith.adapters.redis.embedded import free_port
+
+    control = control_factory(redis_url=f"redis://127.0.0.1:{free_port()}", redis_timeout_seconds=0.5)
+    got = scrape(control.url)
+    assert value(got, "smith_redis_up") == 0 and ("smith_queue_depth", frozenset()) not in got

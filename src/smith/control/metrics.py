@@ -95,8 +95,11 @@ def reclaimed(counts: Mapping[str, int]) -> None:
                 COMPLETED.labels(job_result="failed").inc(counts[outcome])
 
 
-def families(health: Mapping[str, Any]) -> Iterable[Family]:
-    """Scrape-time gauges from ``ControlPlane.queue_health()``."""
+def families(health: Mapping[str, Any] | None) -> Iterable[Family]:
+    """Scrape-time gauges from ``ControlPlane.queue_health()`` (None: Redis did not answer)."""
+    yield Family("smith_redis_up", "Whether Redis answered this scrape", (), {(): 0.0 if health is None else 1.0})
+    if health is None:
+        return
     classes: Mapping[str, Mapping[str, Any]] = health["classes"]
     per_class = (
         ("smith_queue_depth", "Jobs queued and not yet leased", "depth"),
