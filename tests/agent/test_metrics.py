@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -98,3 +99,26 @@ class _Secret:
 
     def get_secret_value(self) -> str:
         return self.value
+
+
+async def test_served_on_its_own_port() -> None:
+    from smith.adapters.redis.embedded import free_port
+    from smith.agent.settings import AgentSettings
+
+    settings = AgentSettings(agent_metrics_port=free_port(), metrics_token="port-token")
+    task = asyncio.create_task(metrics.serve(_Idle(), settings))
+    url = f"http://127.0.0.1:{settings.agent_metrics_port}/metrics"
+    try:
+        async with httpx.AsyncClient() as c:
+            for _ in range(200):
+                try:
+                    r = await c.get(url, headers={"Authorization": "Bearer port-token"})
+                    break
+                except httpx.ConnectError:
+                    await asyncio.sleep(0.05)
+            assert r.status_code == 200 and "gha_idle_runners 0.0" in r.text
+            assert (await c.get(url)).status_code == 401
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
