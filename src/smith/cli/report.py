@@ -98,14 +98,14 @@ def gather_jobs(url: str | None, token: str | None, limit: int, since: str | Non
 
 
 def gather_cache(url: str | None, token: str | None, limit: int) -> dict[str, Any]:
-    url = url or client_settings().cache_url
-    if not url:
-        raise Unreachable("no cache server address: pass --cache-url or set SMITH_CACHE_URL")
+    from smith.cache.settings import CacheSettings
+
+    cache = CacheSettings()
+    url = url or client_settings().cache_url or f"http://{cache.cache_host}:{cache.cache_port}"  # as `cache usage`
     if not token:
         from smith import tokens
-        from smith.cache.settings import CacheSettings
 
-        secret = CacheSettings().secret()
+        secret = cache.secret()
         if not secret:
             raise Unreachable("no cache admin token: pass --cache-token or set SMITH_CACHE_SHARED_SECRET")
         token = tokens.mint(secret, scope="cache-admin", subject="report", ttl_seconds=300)
