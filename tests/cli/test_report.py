@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -138,14 +139,15 @@ def cache_srv(redis_url: str, tmp_path: Path) -> Any:
 
 
 @pytest.fixture
-def logs_srv(tmp_path: Path) -> Any:
+def logs_srv(chdb_dir: Path) -> Any:
+    """The log pipeline on chdb (the session's one directory: chdb opens one per process), its own database."""
     settings = LogsSettings(
         agent_token_secret=LOGS_AGENT_SECRET,
         jwt_secret=OPERATOR_SECRET,
-        clickhouse_database="report_logs",
+        clickhouse_database=f"report_{uuid.uuid4().hex[:8]}",
         logs_batch_delay_seconds=0.02,
     )
-    with ThreadedServer(logs_app(settings, clickhouse=ChdbClickHouse(tmp_path / "chdb"))) as srv:
+    with ThreadedServer(logs_app(settings, clickhouse=ChdbClickHouse(chdb_dir))) as srv:
         yield srv
 
 
