@@ -2,13 +2,18 @@
 
 ``configure(level)`` is called once by each composition root. Values of keys that look like secrets are
 redacted by a processor, so a token passed by mistake never reaches a log line.
+
+Context (``job_id``, ``agent_id``, ``vm_id``) is bound once where it becomes known (``bind``, ``bound``) and
+travels with the task through contextvars: every line logged in it, by Smith or by a library, carries it. A task
+started from a bound one inherits the context; binding inside a task never leaks to its parent.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Iterator, MutableMapping
 from typing import Any
 
 import structlog
@@ -57,3 +62,15 @@ def configure(level: str = "INFO", *, json: bool = True) -> None:
 
 def get_logger(name: str) -> Any:
     return structlog.get_logger(name)
+
+
+def bind(**fields: Any) -> None:
+    """Add ``fields`` (those not None) to every later line of this task (and of tasks it starts)."""
+    structlog.contextvars.bind_contextvars(**{k: v for k, v in fields.items() if v is not None})
+
+
+@contextlib.contextmanager
+def bound(**fields: Any) -> Iterator[None]:
+    """``fields`` on every line logged inside the block."""
+    with structlog.contextvars.bound_contextvars(**{k: v for k, v in fields.items() if v is not None}):
+        yield

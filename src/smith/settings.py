@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Port = Annotated[int, Field(ge=1, le=65535)]
@@ -44,6 +44,18 @@ class CommonSettings(BaseSettings):
     )
     http_keepalive_seconds: float = Field(5.0, gt=0, description="An idle keep-alive connection is closed after")
     http_backlog: int = Field(2048, gt=0, description="Listen backlog (connections the kernel queues)")
+    metrics_token: SecretStr | None = Field(
+        None, description="Bearer token /metrics asks for (unset: /metrics is open, like /healthz)"
+    )
+    # Tracing (smith.tracing): off unless an endpoint is set
+    otel_exporter_endpoint: str | None = Field(
+        None, description="OTLP endpoint for traces (http://collector:4318, or host:4317 with grpc); unset: off"
+    )
+    otel_exporter_protocol: Literal["http/protobuf", "grpc"] = Field("http/protobuf", description="OTLP transport")
+    otel_exporter_headers: SecretStr | None = Field(
+        None, description="Headers sent to the OTLP endpoint: key=value pairs separated by commas"
+    )
+    otel_sampler_ratio: float = Field(1.0, ge=0.0, le=1.0, description="Share of new traces kept (0..1)")
     api_docs: bool = Field(
         False, description="Serve /docs, /redoc and /openapi.json (unauthenticated): off in production"
     )

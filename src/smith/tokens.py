@@ -17,7 +17,8 @@ from typing import Any
 
 import jwt
 
-from smith.domain.jobs import check_agent_id
+from smith.domain.cache import job_cache_claims
+from smith.domain.jobs import Job, check_agent_id
 from smith.errors import AuthError, Forbidden
 
 ALGORITHM = "HS256"
@@ -86,6 +87,15 @@ def agent_id(secret: str | None, header: str | None) -> str:
 def mint_logs(secret: str, *, job_id: str, agent_id: str, ttl_seconds: float) -> str:
     """A token that lets the holder write the lines of one job (``POST /v1/logs``), as host ``agent_id``."""
     return mint(secret, scope="logs", subject=job_id, ttl_seconds=ttl_seconds, job_id=job_id, agent_id=agent_id)
+
+
+CACHE_TOKEN_TTL = 6 * 3600  # a GitHub job runs for at most 6 hours
+
+
+def mint_job_cache(secret: str, job: Job) -> str:
+    """A job's cache token: its org, repository and branches (``job_cache_claims``), for 6 hours."""
+    claims = job_cache_claims(job)
+    return mint(secret, scope="cache", subject=claims["org"], ttl_seconds=CACHE_TOKEN_TTL, job_id=job.id, **claims)
 
 
 def verify_logs(secret: str | None, header: str | None) -> tuple[str, str]:

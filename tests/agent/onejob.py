@@ -28,6 +28,7 @@ class OneJob:
     reports: dict[str, dict[str, Any]] = field(default_factory=dict)
     done: asyncio.Event = field(default_factory=asyncio.Event)
     leased: bool = False
+    agent: Agent | None = None  # while it runs
 
     async def answer(self, request: httpx.Request) -> httpx.Response:
         path = request.url.path
@@ -46,11 +47,14 @@ class OneJob:
         await asyncio.sleep(0.05)
         return httpx.Response(204) if path == "/v1/agents/lease" else httpx.Response(200, json={"jobs": {}})
 
-    async def run(self, vmm: VMM, output: JobOutput) -> Agent:
-        """An agent on ``vmm`` and ``output`` until the job's final report; returns it, shut down."""
+    async def run(self, vmm: VMM, output: JobOutput, **config_fields: Any) -> Agent:
+        """An agent on ``vmm`` and ``output`` (and any other ``AgentConfig`` fields) until the job's final report;
+        returns it, shut down."""
         control = ControlClient("http://control", "t", transport=httpx.MockTransport(self.answer))
-        config = AgentConfig(agent_id="h", hostname="h", vcpus=2, memory_mib=1024, max_vms=1, drain_seconds=1)
-        agent = Agent(config, control, vmm, output)
+        config = AgentConfig(
+            agent_id="h", hostname="h", vcpus=2, memory_mib=1024, max_vms=1, drain_seconds=1, **config_fields
+        )
+        agent = self.agent = Agent(config, control, vmm, output)
         task = asyncio.create_task(agent.run())
         try:
             await asyncio.wait_for(self.done.wait(), 30)

@@ -96,14 +96,19 @@ async def test_retries_then_succeeds_and_does_not_retry_bad_requests() -> None:
     assert io.breaker.state == "closed"
 
 
-async def test_dead_endpoint_opens_circuit_and_fails_fast(tmp_path: Path) -> None:
-    store = make_s3(
+def dead_store(spool: Path) -> S3BlobStore:
+    """An S3 store whose endpoint nothing listens on; its circuit opens after two failed calls."""
+    return make_s3(
         f"http://127.0.0.1:{free_port()}",
         "nope",
-        tmp_path,
+        spool,
         policy=RetryPolicy(1, 0.001, 0.002),
         breaker=CircuitBreaker(2, 60),
     )
+
+
+async def test_dead_endpoint_opens_circuit_and_fails_fast(tmp_path: Path) -> None:
+    store = dead_store(tmp_path)
     for _ in range(2):
         with pytest.raises(Unavailable):
             await store.check()

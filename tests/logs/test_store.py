@@ -342,3 +342,14 @@ def test_chdb_is_reached_only_through_the_typed_connect() -> None:
             if any(n == "chdb" or n.startswith("chdb.") for n in names):
                 importers.append(str(path.relative_to(src)))
     assert importers == []
+
+
+async def test_volume_per_job_biggest_first(store: LogStore) -> None:
+    await put(store, rows("vol-small", range(1, 4)))
+    await put(store, rows("vol-big", range(1, 21), text="a longer line number {seq}"))
+    await put(store, rows("vol-old", range(1, 100), ts=NOW - 7200))
+    got = await store.volume(NOW - 60, limit=10)
+    assert [j["job_id"] for j in got] == ["vol-big", "vol-small"]
+    assert got[0]["lines"] == 20 and got[0]["bytes"] == sum(len(f"a longer line number {i}") for i in range(1, 21))
+    assert got[1]["first_ts"] <= got[1]["last_ts"]
+    assert [j["job_id"] for j in await store.volume(NOW - 60, limit=1)] == ["vol-big"]

@@ -20,6 +20,7 @@ from concurrent.futures import Executor
 from typing import TypeVar
 
 from smith.errors import SmithError, Unavailable
+from smith.metrics import STORE_ERRORS
 from smith.retry import RetryPolicy
 
 T = TypeVar("T")
@@ -113,6 +114,7 @@ class Resilient:
                 result = await self.run(functools.partial(fn, *args, **kwargs))
             except Exception as exc:
                 err = exc if isinstance(exc, SmithError) else self.translate(exc)
+                STORE_ERRORS.labels(code=err.code).inc()
                 if not err.retryable:
                     self.breaker.success()  # the store answered; the request was wrong
                     raise err from exc

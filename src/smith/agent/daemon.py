@@ -10,19 +10,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from smith import __version__
+from smith import __version__, tracing
 from smith.agent.capacity import Ledger, disk_room
 from smith.agent.client import ControlClient
 from smith.agent.logsink import JobOutput
+from smith.agent.metrics import metered
 from smith.agent.pool import WarmPool
 from smith.asyncutil import ready_batches, supervise
 from smith.domain.vms import VMShape
 from smith.errors import Conflict, SmithError
-from smith.logging import get_logger
+from smith.logging import bind, bound, get_logger
 from smith.ports import VMM, Machine
 from smith.retry import RetryPolicy
 from smith.wire import agent as wire
@@ -67,13 +68,14 @@ class AgentConfig:
     runner_dir: str = "/opt/actions-runner"
     logs_url: str | None = None
     disk_mib: int = 0  # scratch disk VMs may take (capacity.disk_budget); 0: not counted
+    cache_fallback: Callable[[wire.JobSpec], wire.ServiceAccess] | None = None  # agent/cachetoken.py
 
 
 class Agent:
     def __init__(self, config: AgentConfig, control: ControlClient, vmm: VMM, output: JobOutput) -> None:
         self.config = config
         self.control = control
-        self.vmm = vmm
+        self.vmm = metered(vmm)  # boot and restore times for /metrics
         self.output = output
         self.ledger = Ledger(config.vcpus, config.memory_mib, config.max_vms, disk_mib=config.disk_mib)
         self.jobs: dict[str, RunningJob] = {}
@@ -130,6 +132,10 @@ class Agent:
 
     async def run(self) -> None:
         """Serve until shutdown() is called."""
+        with bound(agent_id=self.config.agent_id):  # on every line of the agent's tasks
+            await self._serve()
+
+    async def _serve(self) -> None:
         await self.start()
         assert self.pool is not None
         tasks = [
@@ -233,7 +239,10 @@ class Agent:
             await self._report(spec.id, "failed", reason="host had no room for the VM (capacity changed)")
             return
         self.jobs[spec.id] = job
-        job.task = asyncio.create_task(self._run_job(job), name=f"job-{spec.id}")
+        run = tracing.within(
+            self._run_job(job), "job", lease.traceparent, job_id=spec.id, runner_class=spec.runner_class
+        )
+        job.task = asyncio.create_task(run, name=f"job-{spec.id}")
 
     async def _room_for(self, job: RunningJob, shape: VMShape) -> bool:
         """A warm VM of the job's class, else room for a new one: idle warm VMs are evicted and warm boots in
@@ -268,17 +277,21 @@ class Agent:
     # -- one job ------------------------------------------------------------------------------------------
 
     def guest_config(self, lease: wire.LeaseResponse) -> GuestConfig:
-        return GuestConfig(job=lease.job, runner=lease.runner, cache=lease.cache, runner_dir=self.config.runner_dir)
+        fallback = self.config.cache_fallback
+        cache = lease.cache or (fallback(lease.job) if fallback else None)
+        return GuestConfig(job=lease.job, runner=lease.runner, cache=cache, runner_dir=self.config.runner_dir)
 
     async def _run_job(self, job: RunningJob) -> None:
         spec = job.lease.job
         state, reason, exit_code = "failed", "", None
         warm = job.machine is not None
         running_report: asyncio.Task[None] | None = None
+        bind(job_id=spec.id)  # this task's lines (its own context: nothing leaks to the lease loop)
         try:
             await self.output.start_job(spec.id, job.lease.logs_token)
             if job.machine is None:
                 job.machine = await self.vmm.boot(job.shape, f"job-{spec.id}-{spec.attempt}")
+            bind(vm_id=job.machine.id)
             await job.machine.assign(self.guest_config(job.lease))
             await self.output.follow_files(spec.id, job.machine.host_logs())
             # Tell the control plane while the guest starts, not before it may.
@@ -299,12 +312,12 @@ class Agent:
                 reason = "" if exit_code == 0 else f"exit code {exit_code}"
         except SmithError as exc:
             reason = f"VM failed: {exc.message}"
-            log.warning("job failed in the VM layer", job_id=spec.id, error=exc.message)
+            log.warning("job failed in the VM layer", error=exc.message)
         except OSError as exc:
             reason = f"VM failed: {exc}"
         except Exception as exc:  # a bug or a job we cannot handle: report it failed rather than leave it running
             reason = f"agent error: {type(exc).__name__}: {exc}"
-            log.exception("job failed in the agent", job_id=spec.id)
+            log.exception("job failed in the agent")
         finally:
             if job.machine is not None:
                 with contextlib.suppress(Exception):
@@ -326,7 +339,7 @@ class Agent:
                 "warm": float(warm),
             }
         )
-        log.info("job finished", job_id=spec.id, state=state, exit_code=exit_code, reason=reason or None, warm=warm)
+        log.info("job finished", state=state, exit_code=exit_code, reason=reason or None, warm=warm)
 
     async def _follow(self, job: RunningJob) -> int | None:
         """Stream the guest's events until its exit event, a stop request, or the job timeout."""
@@ -344,6 +357,7 @@ class Agent:
                     batch = [from_guest(e) for e in said]
                     if job.first_line_at is None and any(e.type == "line" for e in batch):
                         job.first_line_at = time.monotonic()
+                        tracing.record("guest first line", time.time() - (job.first_line_at - job.leased_at))
                     ends = next((i for i, e in enumerate(batch) if e.type == "exit"), None)
                     await self.output.emit_many(spec_id, batch if ends is None else batch[: ends + 1])
                     if ends is not None:
@@ -376,7 +390,9 @@ class Agent:
         try:
             await self.control.report(
                 job_id,
-                wire.StatusReport.model_validate({"state": state, "reason": reason, "exit_code": exit_code}),
+                wire.StatusReport.model_validate(
+                    {"state": state, "reason": reason, "exit_code": exit_code, "traceparent": tracing.traceparent()}
+                ),
             )
         except SmithError as exc:
             log.warning("could not report job state", job_id=job_id, state=state, error=exc.message)

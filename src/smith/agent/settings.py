@@ -51,6 +51,15 @@ class AgentSettings(CommonSettings):
         validation_alias=AliasChoices("SMITH_AGENT_LOGS_URL", "SMITH_LOGS_URL"),
         description="Log pipeline URL; overrides what the control plane hands out",
     )
+    cache_url: str | None = Field(None, description="Cache server given to jobs whose lease carries none")
+    cache_token_secret: SecretStr | None = Field(
+        None, description="Fallback cache tokens: minted per job with this secret (the cache's shared secret)"
+    )
+    cache_token_value: SecretStr | None = Field(
+        None, description="Fallback cache token used as is for every job (when no SMITH_CACHE_TOKEN_SECRET)"
+    )
+    agent_metrics_port: Port | None = Field(None, description="Serve the agent's /metrics on this port (unset: off)")
+    agent_metrics_host: str = Field("127.0.0.1", description="Address the agent's /metrics listens on")
     agent_log_spool_max_bytes: int = Field(
         0, ge=0, description="Most bytes of job logs spooled for the pipeline (0: no limit besides free space)"
     )

@@ -19,7 +19,7 @@ from fastapi.exceptions import RequestValidationError
 
 from smith.adapters.redis import connect
 from smith.asyncutil import supervise
-from smith.cache import blob, legacy, signing, twirp
+from smith.cache import blob, legacy, metrics, signing, twirp
 from smith.cache.auth import admin, tenant_or_admin
 from smith.cache.metadata import Metadata
 from smith.cache.service import CacheService, RangeNotSatisfiable
@@ -29,6 +29,7 @@ from smith.domain.cache import Tenant, check_name
 from smith.errors import ConfigError, InvalidInput, SmithError
 from smith.http import add_error_handlers
 from smith.logging import get_logger
+from smith.metrics import add_metrics_route
 from smith.ports import BlobStore
 
 log = get_logger("smith.cache.http")
@@ -95,6 +96,11 @@ def _error_response(request: Request, exc: SmithError) -> Response:
     return resp
 
 
+async def _store_families(app: FastAPI) -> Any:
+    service = getattr(app.state, "service", None)
+    return list(metrics.families(service.store)) if service is not None else []
+
+
 def create_app(
     settings: CacheSettings,
     *,
@@ -156,6 +162,7 @@ def create_app(
         where = ".".join(str(p) for p in first.get("loc", ()))
         return error_response(request, InvalidInput(f"{where}: {first.get('msg', 'invalid request')}"))
 
+    add_metrics_route(app, settings.metrics_token, lambda: _store_families(app))
     app.include_router(twirp.router)
     app.include_router(legacy.router)
     app.include_router(blob.router)

@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from smith.cache import metrics
 from smith.cache.metadata import Metadata
 from smith.cache.settings import CacheSettings
 from smith.domain.cache import (
@@ -107,8 +108,10 @@ class CacheService:
                 if found and found.state is EntryState.FINAL:
                     await self.meta.touch(found)
                     await self.meta.count(tenant.org, "hits")
+                    metrics.lookup(tenant.org, hit=True)
                     return found
             await self.meta.count(tenant.org, "misses")
+            metrics.lookup(tenant.org, hit=False)
         except Unavailable as exc:
             log.warning("cache lookup answered miss: metadata unavailable", org=tenant.org, error=exc.message)
         return None
@@ -120,6 +123,7 @@ class CacheService:
         rng = parse_range(range_header, entry.size)
         start, end = rng if rng else (0, entry.size - 1)
         body = await _primed(self.store.read(entry.blob_key, start, end)) if entry.size else _empty()
+        metrics.moved(entry.org, "download", end - start + 1 if entry.size else 0)
         return Download(entry, start, end, body, partial=rng is not None)
 
     # -- save ------------------------------------------------------------------------------------------
@@ -270,6 +274,7 @@ class CacheService:
         if state != "ok":
             raise Conflict(f"entry cannot be finalized ({state})")
         log.info("cache entry saved", org=entry.org, repo=entry.repo, entry=entry.id, size=size)
+        metrics.moved(entry.org, "upload", size)
         await self.enforce_quota(entry.org)
         return entry.id
 

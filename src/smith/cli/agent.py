@@ -23,6 +23,7 @@ def register(root: typer.Typer) -> None:
 def build_agent(settings: Any, network: Any = None, backend: tuple[Any, str] | None = None) -> Any:
     """Compose an Agent from settings: control client, chosen backend (or ``backend``, already chosen), job output."""
     from smith.agent.backends import select_backend
+    from smith.agent.cachetoken import fallback
     from smith.agent.capacity import disk_budget
     from smith.agent.client import ControlClient
     from smith.agent.daemon import Agent, AgentConfig
@@ -30,6 +31,9 @@ def build_agent(settings: Any, network: Any = None, backend: tuple[Any, str] | N
 
     if settings.agent_token is None:
         fail("SMITH_AGENT_TOKEN is not set: mint one with `smith auth agent-token --agent-id ...`")
+    from smith import tracing
+
+    tracing.setup(settings, "agent")  # nothing unless SMITH_OTEL_EXPORTER_ENDPOINT is set
     vmm, why = backend or select_backend(settings, network)
     console.print(f"backend: [bold]{vmm.backend}[/bold] ({why})")
     config = AgentConfig(
@@ -46,6 +50,7 @@ def build_agent(settings: Any, network: Any = None, backend: tuple[Any, str] | N
         runner_dir=settings.agent_runner_dir,
         logs_url=settings.logs_url,
         disk_mib=disk_budget(settings.work_dir, settings.agent_disk_mib, settings.agent_disk_reserve_mib),
+        cache_fallback=fallback(settings),
     )
     token = settings.agent_token.get_secret_value()
     control = ControlClient(settings.control_url, token)
@@ -105,7 +110,18 @@ async def serve_with_network(settings: Any) -> None:
     async with host_network(settings) as network:
         if network is not None:
             console.print(f"network: bridge {network.config.bridge}, pool {network.plan.pool}")
-        await serve_agent(build_agent(settings, network))
+        agent = build_agent(settings, network)
+        metrics = None
+        if settings.agent_metrics_port:
+            from smith.agent.metrics import serve
+
+            metrics = asyncio.create_task(serve(agent, settings))
+            console.print(f"metrics: http://{settings.agent_metrics_host}:{settings.agent_metrics_port}/metrics")
+        try:
+            await serve_agent(agent)
+        finally:
+            if metrics is not None:
+                metrics.cancel()
 
 
 @app.command()

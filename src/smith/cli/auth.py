@@ -5,10 +5,15 @@ from __future__ import annotations
 import typer
 
 from smith import tokens
-from smith.cli.common import fail, print_json
+from smith.cli.common import fail, print_json, secret_on_command_line
 from smith.domain.jobs import check_agent_id
 
-app = typer.Typer(help="Mint signed tokens (agent, operator).", no_args_is_help=True)
+app: typer.Typer = typer.Typer(
+    help="Mint signed tokens (agent, operator). `--agent-id ID` without a command mints an agent token.",
+    no_args_is_help=True,
+    invoke_without_command=True,
+)
+SECRET = typer.Option(None, "--secret", help="Signing secret [env SMITH_AGENT_TOKEN_SECRET; prefer the env]")
 
 
 def parse_ttl(text: str) -> int:
@@ -27,21 +32,41 @@ def parse_ttl(text: str) -> int:
     return int(value)
 
 
-def _secret(env: str) -> str:
+def _secret(env: str, given: str | None = None) -> str:
     from smith.cli.common import _dev_secret
 
+    if given:
+        secret_on_command_line("--secret", env)
+        return given
     value = _dev_secret(env)
     if not value:
         fail(f"{env} is not set: the token must be signed with the same secret the server uses")
     return value
 
 
-@app.command("agent-token")
-def agent_token(
-    agent_id: str = typer.Option(..., "--agent-id", help="The host agent's id (e.g. the machine's hostname)"),
-    ttl: str = typer.Option("30d", "--ttl", help="Lifetime: 90s, 15m, 12h, 30d"),
-    json_out: bool = typer.Option(False, "--json", help="Print the token and its expiry as JSON"),
+AGENT_ID = typer.Option(..., "--agent-id", help="The host agent's id (e.g. the machine's hostname)")
+AGENT_TTL = typer.Option("30d", "--ttl", help="Lifetime: 90s, 15m, 12h, 30d, or seconds")
+JSON = typer.Option(False, "--json", help="Print the token and its expiry as JSON")
+
+
+@app.callback()
+def default(
+    ctx: typer.Context,
+    agent_id: str = typer.Option(None, "--agent-id", help="Mint an agent token for this id (as agent-token)"),
+    secret: str = SECRET,
+    ttl: str = AGENT_TTL,
+    json_out: bool = JSON,
 ) -> None:
+    """`--agent-id ID [--secret S] [--ttl 3600]` with no command: an agent token, as `agent-token` mints it."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if not agent_id:
+        fail("give a command (agent-token, operator-token) or --agent-id")
+    agent_token(agent_id, ttl, json_out, secret)
+
+
+@app.command("agent-token")
+def agent_token(agent_id: str = AGENT_ID, ttl: str = AGENT_TTL, json_out: bool = JSON, secret: str = SECRET) -> None:
     """Mint a bearer token for a host agent, signed with SMITH_AGENT_TOKEN_SECRET."""
     seconds = parse_ttl(ttl)
     try:
@@ -49,7 +74,11 @@ def agent_token(
     except ValueError as exc:
         fail(str(exc))
     tok = tokens.mint(
-        _secret("SMITH_AGENT_TOKEN_SECRET"), scope="agent", subject=agent_id, ttl_seconds=seconds, agent_id=agent_id
+        _secret("SMITH_AGENT_TOKEN_SECRET", secret),
+        scope="agent",
+        subject=agent_id,
+        ttl_seconds=seconds,
+        agent_id=agent_id,
     )
     if json_out:
         print_json({"token": tok, "agent_id": agent_id, "expires_in": seconds})
@@ -70,3 +99,9 @@ def operator_token(
         print_json({"token": tok, "name": name, "expires_in": seconds})
     else:
         print(tok)
+
+
+if __name__ == "__main__":  # python -m smith.cli.auth ...: the same commands as `smith auth ...`
+    from smith.cli.root import run
+
+    run(app, "python -m smith.cli.auth")

@@ -11,20 +11,57 @@ import httpx
 import typer
 from rich.table import Table
 
-from smith.cli.common import can_listen, check, client_settings, console, fail, print_json, whole
-
-app = typer.Typer(
-    help="The artifact cache next to the runners: speaks the protocol of the unmodified actions/cache step.",
-    no_args_is_help=True,
+from smith.cli.common import (
+    can_listen,
+    check,
+    client_settings,
+    console,
+    fail,
+    print_json,
+    secret_on_command_line,
+    whole,
 )
+
+app: typer.Typer = typer.Typer(
+    help=(
+        "The artifact cache next to the runners: speaks the protocol of the unmodified actions/cache step. "
+        "`--org-id ORG [--secret S] [--ttl N]` without a command mints a cache token (as `token`)."
+    ),
+    no_args_is_help=True,
+    invoke_without_command=True,
+)
+SECRET = typer.Option(None, "--secret", help="Signing secret [env SMITH_CACHE_SHARED_SECRET; prefer the env]")
+TTL = typer.Option(6 * 3600, "--ttl", help="Lifetime in seconds")
+AS_JSON = typer.Option(False, "--json", help="Print the token, its scope and lifetime as JSON")
 
 
 def register(root: typer.Typer) -> None:
     root.add_typer(app, name="cache")
 
 
-def _secret() -> str:
+@app.callback()
+def default(
+    ctx: typer.Context,
+    org_id: str = typer.Option(None, "--org-id", help="Mint a cache token for this org (as `token`)"),
+    repo: str = typer.Option("", help="Repository inside the org, or owner/name"),
+    secret: str = SECRET,
+    ttl: int = TTL,
+    as_json: bool = AS_JSON,
+) -> None:
+    """`--org-id ORG [--secret S] [--ttl N]` with no command: a cache token, as `token` mints it."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if not org_id:
+        fail("give a command (serve, token, usage, purge) or --org-id")
+    token(org_id, repo, "", "", "", ttl, False, as_json, secret)
+
+
+def _secret(given: str | None = None) -> str:
     from smith.cache.settings import CacheSettings
+
+    if given:
+        secret_on_command_line("--secret", "SMITH_CACHE_SHARED_SECRET")
+        return given
 
     settings = CacheSettings()
     secret = settings.secret()
@@ -72,16 +109,16 @@ def token(
     ref: str = typer.Option("", help="Git ref the job runs on (writes go there; reads also see the two below)"),
     base_ref: str = typer.Option("", help="For a pull request: the ref it merges into (readable)"),
     default_ref: str = typer.Option("", help="The repository's default branch ref, readable from every ref"),
-    ttl: int = typer.Option(6 * 3600, help="Lifetime in seconds"),
+    ttl: int = TTL,
     admin: bool = typer.Option(False, "--admin", help="An admin token for /usage of every org and purge"),
-    as_json: bool = typer.Option(False, "--json", help="Print the token, its scope and lifetime as JSON"),
+    as_json: bool = AS_JSON,
+    secret: str = SECRET,
 ) -> None:
     """Mint a cache token (HS256, SMITH_CACHE_SHARED_SECRET). Jobs get it as ACTIONS_RUNTIME_TOKEN."""
     from smith import tokens
     from smith.domain.cache import check_name, check_ref
     from smith.errors import InvalidInput
 
-    secret = _secret()
     if ttl <= 0:
         fail("--ttl must be positive")
     owner, _, repo = repo.rpartition("/")
@@ -100,7 +137,7 @@ def token(
         if value and not admin:
             claims[claim] = value
     scope = "cache-admin" if admin else "cache"
-    tok = tokens.mint(secret, scope=scope, subject=org_id, ttl_seconds=ttl, **claims)
+    tok = tokens.mint(_secret(secret), scope=scope, subject=org_id, ttl_seconds=ttl, **claims)
     if as_json:
         print_json({"token": tok, "scope": scope, "org": org_id, "expires_in": ttl})
     else:
@@ -172,3 +209,9 @@ def dev_service(env: dict[str, str]) -> Coroutine[Any, Any, None] | None:
         return None
     can_listen(settings.cache_host, settings.cache_port)
     return serve_app(create_app(settings), settings, settings.cache_host, settings.cache_port)
+
+
+if __name__ == "__main__":  # python -m smith.cli.cache ...: the same commands as `smith cache ...`
+    from smith.cli.root import run
+
+    run(app, "python -m smith.cli.cache")

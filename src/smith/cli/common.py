@@ -37,6 +37,16 @@ def fail(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
+def secret_on_command_line(option: str, setting: str) -> None:
+    """One line on stderr when a secret or a token came as a command-line option (the source design's form
+    works, but other users see it in ps and it stays in shell history)."""
+    typer.echo(
+        f"hint: {option} is visible to other users (ps, /proc) and kept in your shell history; "
+        f"set {setting} in the environment or an .env file instead",
+        err=True,
+    )
+
+
 def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 

@@ -12,7 +12,9 @@ from pydantic_settings import SettingsError
 from smith.cli.common import console, fail, print_json
 from smith.cli.errors import setting_errors
 
-app = typer.Typer(help="Inspect and validate settings (SMITH_* environment variables).", no_args_is_help=True)
+app: typer.Typer = typer.Typer(
+    help="Inspect and validate settings (SMITH_* environment variables).", no_args_is_help=True
+)
 
 SERVICES = {
     "control": "smith.control.settings:ControlSettings",

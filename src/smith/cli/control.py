@@ -10,7 +10,7 @@ if TYPE_CHECKING:
     from smith.control.settings import ControlSettings
     from smith.ports import RunnerCredentials
 
-app = typer.Typer(
+app: typer.Typer = typer.Typer(
     help="The control plane: GitHub webhooks, the job queue, agent and operator APIs.", no_args_is_help=True
 )
 
@@ -45,6 +45,10 @@ def serve(
     can_listen(h, p)
     if workers > 1:
         from uvicorn.supervisors import Multiprocess
+
+        from smith.metrics import prepare_multiprocess
+
+        prepare_multiprocess(settings.data_dir / "metrics" / f"control-{p}")  # the workers' counters, summed
 
         config = serving.config("smith.control.asgi:app", settings, host=h, port=p, workers=workers)
         sock = config.bind_socket()

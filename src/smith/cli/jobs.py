@@ -16,18 +16,21 @@ from smith.cli.common import (
     local_control_url,
     local_operator_token,
     print_json,
+    secret_on_command_line,
     whole,
 )
 
-app = typer.Typer(help="Jobs: recent, show, status (queue health), cancel, submit.", no_args_is_help=True)
+app: typer.Typer = typer.Typer(help="Jobs: recent, show, status (queue health), cancel, submit.", no_args_is_help=True)
 
-URL = typer.Option(None, "--url", help="Control plane URL [env SMITH_CONTROL_URL]")
+URL = typer.Option(None, "--url", "--base-url", help="Control plane URL [env SMITH_CONTROL_URL]")
 TOKEN = typer.Option(None, "--token", help="Operator token [env SMITH_OPERATOR_TOKEN]")
 JSON = typer.Option(False, "--json", help="Print JSON instead of a table")
 JOB_ID = typer.Argument(..., help="The job's id, as `smith jobs recent` shows it")
 
 
 def _client(url: str | None, token: str | None) -> Any:
+    if token:
+        secret_on_command_line("--token", "SMITH_OPERATOR_TOKEN")
     return api_client(
         url or local_control_url(),
         token or local_operator_token(),
@@ -150,3 +153,9 @@ def submit(
         print_json(job)
     else:
         console.print(f"queued {job['id']} on {job['runner_class']}")
+
+
+if __name__ == "__main__":  # python -m smith.cli.jobs ...: the same commands as `smith jobs ...`
+    from smith.cli.root import run
+
+    run(app, "python -m smith.cli.jobs")

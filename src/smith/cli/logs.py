@@ -20,9 +20,10 @@ from smith.cli.common import (
     fail,
     local_operator_token,
     print_json,
+    secret_on_command_line,
 )
 
-app = typer.Typer(
+app: typer.Typer = typer.Typer(
     help=(
         "Job logs from the log pipeline. `smith logs --job-id ID` prints a job's lines (--tail N for the last N, "
         "--follow to stream until the job ends); `search`, `summary` and `serve` are subcommands."
@@ -30,7 +31,9 @@ app = typer.Typer(
     invoke_without_command=True,
 )
 
-URL = typer.Option(None, "--url", help="Log pipeline URL [env SMITH_LOGS_URL, default http://127.0.0.1:8070]")
+URL = typer.Option(
+    None, "--url", "--logs-url", help="Log pipeline URL [env SMITH_LOGS_URL, default http://127.0.0.1:8070]"
+)
 TOKEN = typer.Option(None, "--token", help="Operator token [env SMITH_OPERATOR_TOKEN]")
 JSON = typer.Option(False, "--json", help="Print JSON (NDJSON with --follow) instead of text")
 
@@ -41,6 +44,8 @@ def _url(url: str | None) -> str:
 
 
 def _client(url: str | None, token: str | None, timeout: float = 30.0) -> Any:
+    if token:
+        secret_on_command_line("--token", "SMITH_OPERATOR_TOKEN")
     return api_client(
         _url(url),
         token or local_operator_token(),
@@ -249,3 +254,9 @@ def dev_service(env: dict[str, str]) -> Coroutine[Any, Any, None] | None:
 
 def register(root: typer.Typer) -> None:
     root.add_typer(app, name="logs")
+
+
+if __name__ == "__main__":  # python -m smith.cli.logs ...: the same commands as `smith logs ...`
+    from smith.cli.root import run
+
+    run(app, "python -m smith.cli.logs")

@@ -10,23 +10,20 @@ from typing import Any
 
 import orjson
 
-from smith import tokens
+from smith import tokens, tracing
 from smith.adapters.redis.connect import StoreFailure
 from smith.adapters.redis.jobs import Lease, RedisJobs, runner_classes_for
 from smith.asyncutil import supervise
-from smith.control import webhooks
+from smith.control import metrics, webhooks
 from smith.control.settings import ControlSettings
 from smith.control.spool import Spool
-from smith.domain.cache import job_cache_claims
 from smith.domain.jobs import Job, JobState, match_runner_class
 from smith.errors import ConfigError, Conflict, InvalidInput, SmithError, Unavailable
-from smith.logging import get_logger
+from smith.logging import bind, get_logger
 from smith.ports import RunnerCredentials
 from smith.wire import agent as wire
 
 log = get_logger("smith.control")
-
-CACHE_TOKEN_TTL = 6 * 3600  # a GitHub job runs for at most 6 hours
 
 
 def job_view(job: Job) -> wire.JobView:
@@ -123,7 +120,9 @@ class ControlPlane:
                 log.warning("reclaim failed", error=exc.message)
 
     async def reclaim(self) -> dict[str, int]:
-        return await self.jobs.reclaim(self._by_name, self.settings.lease_ttl_seconds, self.settings.max_attempts)
+        counts = await self.jobs.reclaim(self._by_name, self.settings.lease_ttl_seconds, self.settings.max_attempts)
+        metrics.reclaimed(counts)
+        return counts
 
     # -- webhooks -----------------------------------------------------------------------------------------
 
@@ -170,7 +169,8 @@ class ControlPlane:
             base |= {"action": d.action, "job_id": d.job_id, **(d.summary or {})}
             if d.job is not None:
                 outcome = {**base, "outcome": "queued", "runner_class": d.job.runner_class}
-                res = await self.jobs.record_queued(delivery, d.job, outcome, base)
+                with tracing.span("webhook", delivery=delivery, runner_class=d.job.runner_class, job_id=d.job.id):
+                    res = await self.jobs.record_queued(delivery, tracing.stamp(d.job), outcome, base)
             elif d.action == "queued" or d.reason:
                 outcome = {**base, "outcome": "ignored", "reason": d.reason}
                 res = await self.jobs.record_queued(delivery, None, outcome, outcome)
@@ -229,8 +229,9 @@ class ControlPlane:
         released = await self.jobs.release_agent(
             agent_id, self._by_name, self.settings.max_attempts, keep=set(req.running)
         )
+        metrics.reclaimed(released)
         if released:
-            log.info("agent restarted; its leases were released", agent_id=agent_id, **released)
+            log.info("agent restarted; its leases were released", **released)
         return wire.RegisterResponse(
             agent_id=agent_id,
             heartbeat_interval_seconds=max(1.0, self.settings.lease_ttl_seconds / 4),
@@ -270,10 +271,13 @@ class ControlPlane:
         lease = await self.jobs.lease(agent_id, names, wait)
         if lease is None:
             return None
-        return await self._hand_over(agent_id, lease)
+        job = lease.job
+        tracing.record("queue", job.created_at, job.assigned_at, job.trace or None, runner_class=job.runner_class)
+        return await tracing.within(self._hand_over(agent_id, lease), "lease", job.trace or None, agent_id=agent_id)
 
     async def _hand_over(self, agent_id: str, lease: Lease) -> wire.LeaseResponse:
         job = lease.job
+        bind(job_id=job.id)
         rc = self._by_name.get(job.runner_class)
         runner = None
         if job.source == "github" and not job.run and self.credentials is not None:
@@ -286,26 +290,16 @@ class ControlPlane:
                     self.settings.max_attempts,
                     f"could not get runner credentials from GitHub: {exc.message}",
                 )
-                log.warning("runner credentials failed; job re-queued", job_id=job.id, error=exc.message)
+                log.warning("runner credentials failed; job re-queued", error=exc.message)
                 raise Unavailable(
                     "GitHub did not give runner credentials; the job was re-queued", retry_after=exc.retry_after or 2.0
                 ) from exc
         cache = None
         s = self.settings
         if s.cache_url and s.cache_shared_secret:
-            claims = job_cache_claims(job)
-            cache = wire.ServiceAccess(
-                url=s.cache_url,
-                token=tokens.mint(
-                    s.cache_shared_secret.get_secret_value(),
-                    scope="cache",
-                    subject=claims["org"],
-                    ttl_seconds=CACHE_TOKEN_TTL,
-                    job_id=job.id,
-                    **claims,
-                ),
-            )
-        log.info("job leased", job_id=job.id, agent_id=agent_id, attempt=job.attempts)
+            token = tokens.mint_job_cache(s.cache_shared_secret.get_secret_value(), job)
+            cache = wire.ServiceAccess(url=s.cache_url, token=token)
+        log.info("job leased", attempt=job.attempts)
         return wire.LeaseResponse(
             job=wire.JobSpec(
                 id=job.id,
@@ -328,6 +322,7 @@ class ControlPlane:
             logs_url=s.logs_url,
             logs_token=self._logs_token(job.id, agent_id),
             lease_ttl_seconds=s.lease_ttl_seconds,
+            traceparent=tracing.traceparent(),
         )
 
     def _logs_token(self, job_id: str, agent_id: str) -> str | None:
@@ -343,8 +338,13 @@ class ControlPlane:
         )
 
     async def report(self, agent_id: str, job_id: str, req: wire.StatusReport) -> wire.JobView:
-        job = await self.jobs.report(agent_id, job_id, JobState(req.state), reason=req.reason, exit_code=req.exit_code)
-        log.info("job state", job_id=job_id, agent_id=agent_id, state=req.state, exit_code=req.exit_code)
+        bind(job_id=job_id)
+        with tracing.span("report", req.traceparent, child_only=True, state=req.state):
+            job = await self.jobs.report(
+                agent_id, job_id, JobState(req.state), reason=req.reason, exit_code=req.exit_code
+            )
+        log.info("job state", state=req.state, exit_code=req.exit_code)
+        metrics.job_reported(job)
         if req.state in ("cancelled", "failed") and job.source == "github" and self.credentials is not None:
             # An ephemeral runner that never finished a job stays registered (offline) on GitHub: remove it.
             task = asyncio.create_task(self._release_runner(job))
@@ -357,9 +357,9 @@ class ControlPlane:
         name = webhooks.runner_name(job)
         try:
             removed = await self.credentials.release(job, name)
-            log.info("runner released on GitHub", job_id=job.id, runner=name, removed=removed)
+            log.info("runner released on GitHub", runner=name, removed=removed)
         except SmithError as exc:
-            log.warning("could not remove the job's runner on GitHub", job_id=job.id, runner=name, error=exc.message)
+            log.warning("could not remove the job's runner on GitHub", runner=name, error=exc.message)
 
     # -- operators ----------------------------------------------------------------------------------------
 
@@ -381,7 +381,8 @@ class ControlPlane:
             org=repo.split("/")[0] if repo else "",
             run=run,
         )
-        return job_view(await self.jobs.submit(job))
+        with tracing.span("submit", job_id=job.id, runner_class=rc.name):
+            return job_view(await self.jobs.submit(tracing.stamp(job)))
 
     async def queue_health(self) -> dict[str, Any]:
         classes = await self.jobs.queue_health(self._by_name)

@@ -144,3 +144,4 @@ class Job:
     started_at: float | None = None
     finished_at: float | None = None
     updated_at: float = 0.0
+    trace: str = ""  # W3C traceparent of the job's trace (smith.tracing); empty when tracing is off

@@ -18,10 +18,11 @@ from smith.asyncutil import supervise
 from smith.errors import InvalidInput, NotFound, PayloadTooLarge, SmithError
 from smith.http import add_error_handlers, add_health_routes, api_docs, dumps, json_response, read_body
 from smith.logging import get_logger
-from smith.logs import ingest
+from smith.logs import ingest, metrics
 from smith.logs.batcher import Batcher
 from smith.logs.settings import LogsSettings
 from smith.logs.store import LogStore
+from smith.metrics import add_metrics_route
 from smith.ports import ClickHouse
 from smith.wire.logs import JOB_ID_RE, IngestResponse, LogPage, parse_time
 
@@ -178,6 +179,7 @@ def create_app(settings: LogsSettings, *, clickhouse: ClickHouse | None = None) 
         return {"pending": batcher.pending}
 
     add_health_routes(app, clickhouse_ready, "error")
+    add_metrics_route(app, settings.metrics_token)
 
     # -- ingestion ------------------------------------------------------------------------------------------
 
@@ -186,11 +188,13 @@ def create_app(settings: LogsSettings, *, clickhouse: ClickHouse | None = None) 
         """NDJSON of LogLine, all of the job the ``logs`` token names (403 otherwise; the host is the token's).
         Answered once the lines are stored; 400 lists bad lines and writes none."""
         body = await _body(request, settings.logs_max_body_bytes)
-        batch = ingest.parse(
-            body,
-            max_line_bytes=settings.logs_max_line_bytes,
-            max_lines=settings.logs_max_batch_lines,
-        )
+        with metrics.parsing() as parsed:
+            batch = ingest.parse(
+                body,
+                max_line_bytes=settings.logs_max_line_bytes,
+                max_lines=settings.logs_max_batch_lines,
+            )
+            parsed.append(batch)
         ingest.bind(batch, *writer)
         accepted, duplicates = await batcher.submit(batch.lines, batch.spans)
         return json_response({"accepted": accepted, "duplicates": duplicates, "truncated": batch.truncated})
@@ -286,6 +290,18 @@ def create_app(settings: LogsSettings, *, clickhouse: ClickHouse | None = None) 
             return Response(status_code=499)  # nobody is listening (nginx's "client closed request")
         hits, limited = found
         return json_response({"hits": hits, "limited": limited, "since": t0, "until": t1})
+
+    @app.get("/v1/logs/volume", tags=["read"])
+    async def volume(
+        _: Operator,
+        since: str | None = Query(None, description="1h, 30m, 2d... ago, or epoch seconds; default: the last day"),
+        limit: int = Query(20, ge=1, le=1000),
+    ) -> Response:
+        """Log volume per job: the jobs with the most bytes of log lines since ``since``."""
+        t0 = _time("since", since)
+        if t0 is None:
+            t0 = time.time() - settings.logs_search_default_window_seconds
+        return json_response({"since": t0, "jobs": await store.volume(t0, limit)})
 
     @app.get("/v1/logs/stats", tags=["read"])
     async def stats(_: Operator) -> Response:

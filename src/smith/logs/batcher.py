@@ -26,6 +26,7 @@ from typing import Literal
 from smith.asyncutil import supervise, wait_event
 from smith.errors import RateLimited, SmithError, Unavailable
 from smith.logging import get_logger
+from smith.logs import metrics
 from smith.logs.ingest import Line, Spans, spans
 from smith.logs.store import LogStore
 
@@ -292,6 +293,7 @@ class Batcher:
         self.stats.duplicates += sum(d for _, d in results)
         self.stats.batches += 1
         self.stats.last_batch_seconds = time.monotonic() - started
+        metrics.written(len(out), sum(d for _, d in results), self.stats.last_batch_seconds)
 
     def _remember(self, job_id: str, seq: int) -> None:
         self._max_seq[job_id] = seq

@@ -427,6 +427,26 @@ class LogStore:
         )
         return [record(r) for r in rows[:limit]], len(rows) > limit
 
+    async def volume(self, since: float, limit: int = 20) -> list[dict[str, Any]]:
+        """The jobs with the most log bytes since ``since`` (epoch seconds): lines, bytes, first and last line
+        time. A line stored twice (a resend not yet merged away) counts twice: this is a report, not an audit."""
+        rows = await self.ch.select(
+            "SELECT job_id, count() AS n, sum(length(line)) AS bytes, min(ts_us) AS first, max(ts_us) AS last_us "
+            f"FROM {self.table} WHERE ts_us >= {int(since * 1e6)} "
+            f"GROUP BY job_id ORDER BY bytes DESC, job_id LIMIT {int(limit)}",
+            self.search_settings,
+        )
+        return [
+            {
+                "job_id": r["job_id"],
+                "lines": int(r["n"]),
+                "bytes": int(r["bytes"]),
+                "first_ts": int(r["first"]) / 1e6,
+                "last_ts": int(r["last_us"]) / 1e6,
+            }
+            for r in rows
+        ]
+
     async def summary(self, job_id: str) -> JobSummary | None:
         rows = await self.ch.select(
             "SELECT count() AS n, sum(length(line)) AS bytes, min(ts_us) AS first, max(ts_us) AS last_us, "

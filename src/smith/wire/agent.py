@@ -119,12 +119,14 @@ class LeaseResponse(BaseModel):
         None, description="Token (scope logs) for POST /v1/logs with this job's lines only; never enters the VM"
     )
     lease_ttl_seconds: float
+    traceparent: str | None = Field(None, max_length=256, description="W3C trace context of the lease (tracing on)")
 
 
 class StatusReport(BaseModel):
     state: Literal["running", "succeeded", "failed", "cancelled"]
     exit_code: int | None = Field(None, ge=-(2**31), le=2**31 - 1)
     reason: str = Field("", max_length=2000)
+    traceparent: str | None = Field(None, max_length=256, description="W3C trace context of the agent's job span")
 
 
 class JobView(BaseModel):

@@ -76,6 +76,7 @@ def job_fields(job: Job) -> dict[str, str]:
         "base_ref",
         "installation_id",
         "run",
+        "trace",
     ):
         out[name] = str(getattr(job, name))
     out["labels"] = orjson.dumps(list(job.labels)).decode()
