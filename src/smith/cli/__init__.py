@@ -37,7 +37,7 @@ app.add_typer(config.app, name="config")
 app.command("dev")(dev.dev)
 
 # Services of later issues register here: agent, cache, logs.
-for _name in ("agent", "cache", "logs", "image"):
+for _name in ("agent", "cache", "logs", "image", "rootfs"):
     try:
         _mod = __import__(f"smith.cli.{_name}", fromlist=["register"])
     except ModuleNotFoundError:
@@ -45,12 +45,12 @@ for _name in ("agent", "cache", "logs", "image"):
     _mod.register(app)
 
 
-def main() -> None:
-    """Run the command line; any failure ends as one ``smith: error: ...`` line and a non-zero exit."""
+def main(command: typer.Typer | None = None) -> None:
+    """Run the command line (or one sub-app of it); a failure ends as one ``smith: error: ...`` line."""
     from smith.cli import errors
 
     try:
-        code = app(standalone_mode=False)
+        code = (command or app)(standalone_mode=False)
     except Exception as exc:  # every command's failures end here
         if errors.debug_requested():
             raise
