@@ -45,11 +45,14 @@ import orjson
 from pydantic import ValidationError
 
 from smith import loadscale
+from smith.adapters import vmdisks
 from smith.adapters.childenv import minimal_env
 from smith.asyncutil import CleanupStack
 from smith.domain.vms import Backend, VMShape
-from smith.errors import VMError
+from smith.errors import SmithError, VMError
 from smith.logging import get_logger
+from smith.rootfs import store as rootfs_store
+from smith.rootfs.store import Built
 from smith.wire.guest import GuestConfig, GuestEvent
 
 log = get_logger("smith.qemu")
@@ -82,6 +85,10 @@ class QemuConfig:
     kernel: Path
     initrd: Path | None = None
     rootfs: Path | None = None  # a virtio-blk disk, read-only (needs a kernel/initrd that mounts it)
+    # `smith rootfs` output_dir: each VM boots the version active when it boots, from its ext4 root disk under
+    # a per-VM qcow2 layer (adapters/vmdisks.py); the initramfs switches to it.
+    rootfs_dir: Path | None = None
+    scratch: bool = True  # with a rootfs version: a per-VM scratch disk of the shape's disk_mib, at /work
     qemu_bin: str = "qemu-system-x86_64"
     accel: str = "auto"  # auto, kvm or tcg
     append: str = DEFAULT_APPEND
@@ -164,6 +171,7 @@ class QemuMachine:
     cleanup: CleanupStack
     restored: bool = False
     boot_seconds: float = 0.0
+    image: str | None = None  # the rootfs version this VM booted (None: the initramfs alone)
     _assigned: bool = False
     _stopped: bool = False
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -253,7 +261,13 @@ class QemuVMM:
             if image is None:
                 raise VMError("QEMU backend: set SMITH_AGENT_KERNEL, or build a guest image with `smith image build`")
             kernel, initrd = image.vmlinux, image.initrd
-        config = QemuConfig(kernel=kernel, initrd=initrd, rootfs=rootfs, qemu_bin=settings.agent_qemu_bin)
+        config = QemuConfig(
+            kernel=kernel,
+            initrd=initrd,
+            rootfs=rootfs,
+            qemu_bin=settings.agent_qemu_bin,
+            rootfs_dir=getattr(settings, "agent_rootfs_dir", None),
+        )
         return cls(base_dir, config, network)
 
     # -- acceleration ------------------------------------------------------------------------------------------
@@ -294,10 +308,22 @@ class QemuVMM:
     # -- the command line ----------------------------------------------------------------------------------------
 
     def command(
-        self, vm_dir: Path, shape: VMShape, accel: str, slot: Any | None, incoming: str | None, *, confined: bool = True
+        self,
+        vm_dir: Path,
+        shape: VMShape,
+        accel: str,
+        slot: Any | None,
+        incoming: str | None,
+        *,
+        confined: bool = True,
+        disks: list[vmdisks.Disk] | None = None,
+        kernel: Path | None = None,
     ) -> list[str]:
         c = self.config
         append = c.append
+        disks = disks or []
+        if any(d.serial == vmdisks.ROOT_SERIAL for d in disks):  # the initramfs switches to this disk
+            append += f" smith.root={vmdisks.ROOT_SERIAL}"
         if slot is not None:  # the guest's init configures eth0 from these
             append += f" smith.ip={slot.guest_ip}/{_prefix(slot.netmask)} smith.gw={slot.gateway_ip}"
         khz = host_tsc_khz() if accel == "tcg" else None
@@ -320,7 +346,7 @@ class QemuVMM:
             "-name",
             f"smith-{vm_dir.name}",
             "-kernel",
-            str(c.kernel),
+            str(kernel or c.kernel),
             "-append",
             append,
             "-serial",
@@ -351,6 +377,8 @@ class QemuVMM:
                 "-device",
                 "virtio-blk-device,drive=root",
             ]
+        for disk in disks:
+            argv += disk.qemu_args()
         if slot is not None:
             argv += [
                 "-netdev",
@@ -397,6 +425,7 @@ class QemuVMM:
         """Boot steps with a cleanup stack; ``snapshot=False`` forces a cold boot (to make a template)."""
         if snapshot is None and self.network is None:  # a template's guest has no NIC: networked VMs boot cold
             snapshot = self.snapshots.get((shape.vcpus, shape.memory_mib))
+        version = self._version()
         snap = snapshot if isinstance(snapshot, Snapshot) else None
         accel = await self.accel()
         started = time.monotonic()
@@ -411,6 +440,8 @@ class QemuVMM:
             except FileExistsError as exc:
                 raise VMError(f"VM {vm_id} exists already") from exc
             cleanup.push("work dir", lambda: asyncio.to_thread(shutil.rmtree, vm_dir, True))
+            # 1b. disks, in the work dir (removed with it)
+            disks = await asyncio.to_thread(self._disks, vm_dir, shape, version)
             # 2. network slot
             slot = None
             if self.network is not None:
@@ -420,7 +451,16 @@ class QemuVMM:
             # 3. qemu (a restored VM reads its state from an inherited descriptor: a confined QEMU cannot spawn)
             state_fd = os.open(snap.path, os.O_RDONLY | os.O_CLOEXEC) if snap else None
             incoming = f"fd:{state_fd}" if state_fd is not None else None
-            argv = self.command(vm_dir, shape, accel, slot, incoming, confined=snapshot is not False)
+            argv = self.command(
+                vm_dir,
+                shape,
+                accel,
+                slot,
+                incoming,
+                confined=snapshot is not False,
+                disks=disks,
+                kernel=version.kernel if version else None,
+            )
             (vm_dir / "cmdline").write_text(shlex.join(argv))
             try:
                 proc = await asyncio.create_subprocess_exec(
@@ -466,8 +506,35 @@ class QemuVMM:
             vm_id, vm_dir, proc, qmp, reader, writer, config_writer, cleanup, restored=snap is not None
         )
         machine.boot_seconds = time.monotonic() - started
-        log.info("qemu vm ready", vm_id=vm_id, accel=accel, restored=snap is not None, seconds=machine.boot_seconds)
+        machine.image = _name(version)
+        log.info(
+            "qemu vm ready",
+            vm_id=vm_id,
+            accel=accel,
+            restored=snap is not None,
+            seconds=machine.boot_seconds,
+            rootfs=machine.image,
+        )
         return machine
+
+    def _version(self) -> Built | None:
+        """The rootfs version active now (resolved once: this VM keeps it whatever is activated later)."""
+        if self.config.rootfs_dir is None:
+            return None
+        try:
+            version = rootfs_store.active(self.config.rootfs_dir)
+        except SmithError as exc:
+            raise VMError(f"QEMU backend: {exc.message}") from exc
+        if version is None:
+            raise VMError(f"QEMU backend: no active rootfs in {self.config.rootfs_dir} (`smith rootfs activate`)")
+        return version
+
+    def _disks(self, vm_dir: Path, shape: VMShape, version: Built | None) -> list[vmdisks.Disk]:
+        """A root layer over the version's image and a scratch disk of ``disk_mib``: VMs of a rootfs version."""
+        if version is None:
+            return []
+        scratch = shape.disk_mib if self.config.scratch else None
+        return vmdisks.qemu_disks(vm_dir, version.rootfs, scratch, self.base_dir / "disks")
 
     async def _wait_socket(self, path: Path, proc: asyncio.subprocess.Process, vm_dir: Path) -> None:
         for _ in range(1000):
@@ -576,6 +643,10 @@ class QemuVMM:
         """Boot a template guest of this shape until it waits for a config, and save it for warm starts."""
         if self.network is not None:
             raise VMError("QEMU snapshots are for VMs without network (a NIC's addresses would be baked in)")
+        if self.config.rootfs_dir is not None:
+            # A restored guest's QEMU reopens its disks by path when it resumes, which its chroot forbids: passing
+            # them as descriptors (-add-fd) is left to do. Until then VMs with disks boot cold.
+            raise VMError("QEMU snapshots of VMs with disks (a rootfs version) are not supported yet")
         accel = await self.accel()
         key = hashlib.sha256(f"{self._image_key()}:{shape.vcpus}:{shape.memory_mib}:{accel}".encode()).hexdigest()
         snap_dir = self.base_dir / "snapshots"
@@ -626,6 +697,10 @@ class QemuVMM:
             partial.unlink(missing_ok=True)
             removed.append(partial.name)
         return removed
+
+
+def _name(version: Built | None) -> str | None:
+    return version.name if version else None
 
 
 def _prefix(netmask: str) -> int:

@@ -274,6 +274,7 @@ class Agent:
             if job.machine is None:
                 job.machine = await self.vmm.boot(job.shape, f"job-{spec.id}-{spec.attempt}")
             await job.machine.assign(self.guest_config(job.lease))
+            log.info("job assigned", job_id=spec.id, vm=job.machine.id, rootfs=getattr(job.machine, "image", None))
             await self.output.follow_files(spec.id, job.machine.host_logs())
             # Tell the control plane while the guest starts, not before it may.
             running_report = asyncio.create_task(self._report(spec.id, "running"))

@@ -60,6 +60,9 @@ class AgentSettings(CommonSettings):
     # Backend specifics
     agent_kernel: Path | None = Field(None, description="Guest kernel (Firecracker: uncompressed vmlinux)")
     agent_rootfs: Path | None = Field(None, description="Guest root filesystem image")
+    agent_rootfs_dir: Path | None = Field(
+        None, description="`smith rootfs` output_dir: QEMU VMs boot its active version (a root disk + overlay)"
+    )
     agent_kvm: Literal["auto", "on", "off"] = Field(
         "auto", description="off: never use /dev/kvm; on: use it even where it looks like PVM"
     )

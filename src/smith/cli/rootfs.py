@@ -86,6 +86,7 @@ def build(
 def activate(
     version: str = typer.Argument(None, help="The version new VMs boot (default: default_version)"),
     config_path: Path = CONFIG,
+    as_json: bool = typer.Option(False, "--json", help="Print the active version as JSON"),
 ) -> None:
     """Switch the active version atomically; running VMs keep the version they booted."""
     from smith.rootfs import store
@@ -96,14 +97,17 @@ def activate(
         fail("name a version (the config has no default_version)")
     try:
         config.version(name)
-        store.activate(config.output_dir, name)
+        built = store.activate(config.output_dir, name)
     except SmithError as exc:
         fail(exc.message)
+    if as_json:
+        print_json({"active": name, "dir": str(built.dir)})
+        return
     console.print(f"active: {name}")
 
 
 @app.command("list")
-def list_(config_path: Path = CONFIG, as_json: bool = typer.Option(False, "--json")) -> None:
+def list_(config_path: Path = CONFIG, as_json: bool = typer.Option(False, "--json", help="Print JSON")) -> None:
     """Versions in the config and on disk: built or not, active, default."""
     from smith.rootfs import store
 
