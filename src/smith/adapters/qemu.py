@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -47,7 +48,9 @@ from pydantic import ValidationError
 from smith import loadscale
 from smith.adapters import vmdisks
 from smith.adapters.childenv import minimal_env
+from smith.adapters.stickydisks import Checkout, StickyDisks
 from smith.asyncutil import CleanupStack
+from smith.domain.sticky import StickyPlan
 from smith.domain.vms import Backend, VMShape
 from smith.errors import SmithError, VMError
 from smith.logging import get_logger
@@ -89,6 +92,9 @@ class QemuConfig:
     # a per-VM qcow2 layer (adapters/vmdisks.py); the initramfs switches to it.
     rootfs_dir: Path | None = None
     scratch: bool = True  # with a rootfs version: a per-VM scratch disk of the shape's disk_mib, at /work
+    sticky_dir: Path | None = None  # sticky disks (adapters/stickydisks.py); None: base_dir/sticky
+    sticky_quota_bytes: int = 50 << 30  # per org, allocated bytes
+    shutdown_timeout: float = 30.0  # a job's guest with sticky disks has this long to power off cleanly
     qemu_bin: str = "qemu-system-x86_64"
     accel: str = "auto"  # auto, kvm or tcg
     append: str = DEFAULT_APPEND
@@ -159,6 +165,18 @@ class Snapshot:
     key: str
 
 
+@dataclass(frozen=True)
+class How:
+    """How to boot: ``snapshot`` None = from the shape's template if there is one, False = cold and unconfined
+    (a template being made); ``sticky`` = with these sticky disks (always cold)."""
+
+    snapshot: Snapshot | bool | None = None
+    sticky: StickyPlan | None = None
+
+
+_COLD_OR_RESTORED = How()
+
+
 @dataclass
 class QemuMachine:
     id: str
@@ -172,6 +190,9 @@ class QemuMachine:
     restored: bool = False
     boot_seconds: float = 0.0
     image: str | None = None  # the rootfs version this VM booted (None: the initramfs alone)
+    sticky: list[Checkout] = field(default_factory=list)
+    sticky_store: StickyDisks | None = None
+    shutdown_timeout: float = 30.0
     _assigned: bool = False
     _stopped: bool = False
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -209,6 +230,28 @@ class QemuMachine:
 
     def host_logs(self) -> dict[str, Path]:
         return {}
+
+    async def finish(self, succeeded: bool) -> list[str]:
+        """After the job: commit its sticky disks if it succeeded and its guest powered off cleanly (it unmounts
+        them first), else discard them. The names committed."""
+        if not self.sticky or self.sticky_store is None:
+            return []
+        store = self.sticky_store
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.proc.wait(), self.shutdown_timeout)
+        clean = self.proc.returncode == 0
+        committed = []
+        for checkout in self.sticky:
+            if succeeded and clean:
+                try:
+                    await asyncio.to_thread(store.commit, checkout)
+                    committed.append(checkout.request.name)
+                    continue
+                except SmithError as exc:
+                    log.warning("sticky disk not committed", vm_id=self.id, disk=checkout.request.name, error=str(exc))
+            await asyncio.to_thread(store.release, checkout)
+        log.info("sticky disks", vm_id=self.id, committed=committed, clean_shutdown=clean, succeeded=succeeded)
+        return committed
 
     async def stop(self) -> None:
         async with self._lock:
@@ -267,6 +310,8 @@ class QemuVMM:
             rootfs=rootfs,
             qemu_bin=settings.agent_qemu_bin,
             rootfs_dir=getattr(settings, "agent_rootfs_dir", None),
+            sticky_dir=getattr(settings, "agent_sticky_dir", None),
+            sticky_quota_bytes=getattr(settings, "agent_sticky_quota_mib", 51200) << 20,
         )
         return cls(base_dir, config, network)
 
@@ -379,6 +424,8 @@ class QemuVMM:
             ]
         for disk in disks:
             argv += disk.qemu_args()
+            if disk.mount:
+                argv[argv.index("-append") + 1] += f" smith.mount.{disk.serial}={disk.mount}"
         if slot is not None:
             argv += [
                 "-netdev",
@@ -403,30 +450,30 @@ class QemuVMM:
 
     # -- boot ------------------------------------------------------------------------------------------------
 
-    async def boot(self, shape: VMShape, vm_id: str) -> QemuMachine:
-        return await self._boot(shape, vm_id, self.config.boot_timeout)
+    async def boot(self, shape: VMShape, vm_id: str, *, sticky: StickyPlan | None = None) -> QemuMachine:
+        """A VM of ``shape``; with ``sticky``, booted cold with those disks (a warm VM cannot grow disks)."""
+        return await self._boot(shape, vm_id, self.config.boot_timeout, How(sticky=sticky))
 
-    async def _boot(
-        self, shape: VMShape, vm_id: str, wait_s: float, *, snapshot: Snapshot | bool | None = None
-    ) -> QemuMachine:
+    async def _boot(self, shape: VMShape, vm_id: str, wait_s: float, how: How = _COLD_OR_RESTORED) -> QemuMachine:
         """Under software emulation an early kernel now and then stalls before it prints anything (seen here
         under heavy host load): such a boot is thrown away and tried again, a bounded number of times."""
         for attempt in range(1, self.config.boot_attempts + 1):
             try:
-                return await self._boot_once(shape, vm_id, wait_s, snapshot=snapshot)
+                return await self._boot_once(shape, vm_id, wait_s, how)
             except _NoSignOfLife as exc:
                 log.warning("qemu guest showed no sign of life; booting again", vm_id=vm_id, attempt=attempt)
                 last = exc
         raise VMError(f"VM {vm_id}: {last}", retryable=True)
 
-    async def _boot_once(
-        self, shape: VMShape, vm_id: str, wait_s: float, *, snapshot: Snapshot | bool | None = None
-    ) -> QemuMachine:
-        """Boot steps with a cleanup stack; ``snapshot=False`` forces a cold boot (to make a template)."""
+    async def _boot_once(self, shape: VMShape, vm_id: str, wait_s: float, how: How) -> QemuMachine:
+        """Boot steps with a cleanup stack; ``how.snapshot=False`` forces a cold boot (to make a template)."""
+        snapshot, sticky = how.snapshot, how.sticky
         if snapshot is None and self.network is None:  # a template's guest has no NIC: networked VMs boot cold
             snapshot = self.snapshots.get((shape.vcpus, shape.memory_mib))
         version = self._version()
         snap = snapshot if isinstance(snapshot, Snapshot) else None
+        if sticky is not None:
+            snap = None  # its disks are its own: never a template's
         accel = await self.accel()
         started = time.monotonic()
         cleanup = CleanupStack("qemu")
@@ -442,6 +489,11 @@ class QemuVMM:
             cleanup.push("work dir", lambda: asyncio.to_thread(shutil.rmtree, vm_dir, True))
             # 1b. disks, in the work dir (removed with it)
             disks = await asyncio.to_thread(self._disks, vm_dir, shape, version)
+            checkouts = await self._checkout(sticky, vm_id, vm_dir, version, cleanup)
+            disks += [
+                vmdisks.Disk(f"smith-sticky-{i}", c.layer, "qcow2", cache="writeback", mount=c.request.path)
+                for i, c in enumerate(checkouts)
+            ]
             # 2. network slot
             slot = None
             if self.network is not None:
@@ -507,6 +559,8 @@ class QemuVMM:
         )
         machine.boot_seconds = time.monotonic() - started
         machine.image = _name(version)
+        machine.sticky, machine.sticky_store = checkouts, self.sticky_store
+        machine.shutdown_timeout = self.config.shutdown_timeout
         log.info(
             "qemu vm ready",
             vm_id=vm_id,
@@ -528,6 +582,26 @@ class QemuVMM:
         if version is None:
             raise VMError(f"QEMU backend: no active rootfs in {self.config.rootfs_dir} (`smith rootfs activate`)")
         return version
+
+    @property
+    def sticky_store(self) -> StickyDisks:
+        return StickyDisks(self.config.sticky_dir or self.base_dir / "sticky", self.config.sticky_quota_bytes)
+
+    async def _checkout(
+        self, sticky: StickyPlan | None, vm_id: str, vm_dir: Path, version: Built | None, cleanup: CleanupStack
+    ) -> list[Checkout]:
+        """Each sticky disk as a layer over its last committed state; released (discarded) on unwind."""
+        if sticky is None or not sticky.disks:
+            return []
+        if version is None:
+            raise VMError("sticky disks need a rootfs version to boot (SMITH_AGENT_ROOTFS_DIR)")
+        store, checkouts = self.sticky_store, []
+        for i, request in enumerate(sticky.disks):
+            layer = vm_dir / f"sticky-{i}.qcow2"
+            checkout = await asyncio.to_thread(store.checkout, sticky.org, sticky.repo, request, vm_id, layer)
+            cleanup.push(f"sticky disk {request.name}", functools.partial(asyncio.to_thread, store.release, checkout))
+            checkouts.append(checkout)
+        return checkouts
 
     def _disks(self, vm_dir: Path, shape: VMShape, version: Built | None) -> list[vmdisks.Disk]:
         """A root layer over the version's image and a scratch disk of ``disk_mib``: VMs of a rootfs version."""
@@ -654,7 +728,7 @@ class QemuVMM:
         path = snap_dir / f"{key[:16]}.state"
         if not path.exists():
             tmp = path.with_suffix(".partial")
-            machine = await self._boot(shape, f"template-{key[:12]}", self.config.boot_timeout, snapshot=False)
+            machine = await self._boot(shape, f"template-{key[:12]}", self.config.boot_timeout, How(snapshot=False))
             try:
                 await machine.qmp.execute("migrate", uri=f"exec:cat > {shlex.quote(str(tmp))}")
                 deadline = time.monotonic() + self.config.boot_timeout
@@ -696,6 +770,7 @@ class QemuVMM:
         for partial in (self.base_dir / "snapshots").glob("*.partial"):
             partial.unlink(missing_ok=True)
             removed.append(partial.name)
+        await asyncio.to_thread(self.sticky_store.clear_refs)  # no VM runs now: every checkout is stale
         return removed
 
 

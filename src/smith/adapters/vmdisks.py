@@ -37,6 +37,7 @@ class Disk:
     format: str  # qcow2 or raw
     read_only: bool = False
     cache: str = "unsafe"  # thrown away with the VM: no flush to the host's disk needed
+    mount: str | None = None  # where the guest mounts it (sticky disks: smith.mount.<serial>=<path>)
 
     def qemu_args(self) -> list[str]:
         ro = ",readonly=on" if self.read_only else ""

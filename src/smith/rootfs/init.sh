@@ -17,12 +17,21 @@ for port in /sys/class/virtio-ports/*; do
     [ -e "$port/name" ] || continue
     $bb ln -sf "/dev/${port##*/}" "/dev/virtio-ports/$($bb cat "$port/name")"
 done
+sticky=""
 # Disks by the serial the host gave them (virtio-blk's order is not the command line's).
 for blk in /sys/block/vd*; do
     [ -e "$blk/serial" ] || continue
     serial=$($bb cat "$blk/serial")
     case "$serial" in
         smith-scratch) $bb mount -t ext4 -o nosuid,nodev,noinit_itable "/dev/${blk##*/}" /work ;;
+        smith-sticky-*)  # a sticky disk: where it goes is on the command line (smith.mount.<serial>=<path>)
+            for word in $($bb cat /proc/cmdline); do
+                case "$word" in
+                    "smith.mount.$serial="*)
+                        $bb mkdir -p "${word#*=}" && $bb mount -t ext4 "/dev/${blk##*/}" "${word#*=}"
+                        sticky="$sticky ${word#*=}" ;;
+                esac
+            done ;;
     esac
 done
 $bb ip link set lo up 2>/dev/null
@@ -44,5 +53,8 @@ else
     $agent --mmds --out /dev/ttyS0 --announce --set-clock
 fi
 $bb sync
+# Sticky disks are committed only after a clean shutdown: unmount them whole before powering off.
+for path in $sticky; do $bb umount "$path" || $bb mount -o remount,ro "$path"; done
 $bb umount /work 2>/dev/null
+$bb sync
 $bb poweroff -f
