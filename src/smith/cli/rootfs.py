@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from pydantic import ValidationError
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
 
@@ -143,3 +144,39 @@ def list_(config_path: Path = CONFIG, as_json: bool = typer.Option(False, "--jso
             r["name"] + (" (default)" if r["default"] else ""), state, r["built_at"] or "", size, r["description"]
         )
     console.print(table)
+
+
+@app.command("base")
+def base(
+    config_path: Path = CONFIG,
+    suite: str = typer.Option(None, help="Debian suite (default: the config's base.suite, else bookworm)"),
+    mirror: str = typer.Option(None, help="Package mirror URL (default: the config's, else deb.debian.org)"),
+    profile: str = typer.Option(None, help="minimal, or docker (adds build-essential and Docker)"),
+    output: Path = typer.Option(None, help="The ext4 image to write (a manifest goes beside it, .json)"),
+    as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON"),
+) -> None:
+    """Build a runner-ready base image from Debian packages (mmdebstrap or debootstrap; needs root).
+
+    Jobs' tools, a `runner` user with sudo, GitHub's runner from the tarball in the config's base.runner
+    (sha256 checked), Smith's guest pieces. Use the image as a version's base_path, with its sha256.
+    """
+    from smith.rootfs.base import make_base
+    from smith.rootfs.config import BaseSpec
+
+    config = _load(config_path)
+    try:
+        spec = config.base or BaseSpec()
+        overrides = {k: v for k, v in {"suite": suite, "mirror": mirror, "profile": profile}.items() if v}
+        spec = BaseSpec.model_validate({**spec.model_dump(), **overrides})
+        out = output or spec.output or config.output_dir / "bases" / f"{spec.suite}-{spec.profile}.ext4"
+        with console.status("building the base") as status:
+            manifest = make_base(spec, out, config.output_dir / "downloads", say=lambda m: status.update(m))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        fail(f"base: {'.'.join(str(p) for p in first['loc'])}: {first['msg']}")
+    except SmithError as exc:
+        fail(exc.message)
+    if as_json:
+        print_json({"image": str(out), **manifest})
+        return
+    console.print(f"[green]{out}[/green] sha256 {manifest['sha256']} runner {manifest['runner_version'] or '-'}")

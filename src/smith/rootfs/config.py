@@ -14,6 +14,13 @@
         kernel: /boot/vmlinux-ci                                # optional: this version's own kernel
         size: 4G                                                # optional: grow the ext4 filesystem to this
 
+    base:                                   # optional: what `smith rootfs base` builds
+      suite: bookworm
+      mirror: http://deb.debian.org/debian
+      profile: minimal                      # or docker (build-essential, docker.io)
+      runner: {path: actions-runner-linux-x64-2.321.0.tar.gz, sha256: 0f3c...}   # or url:
+      output: bases/bookworm.ext4           # default <output_dir>/bases/<suite>-<profile>.ext4
+
 A base is an ext4 image or a tar archive (``.tar``, ``.tar.gz``, ``.tar.xz``, ``.tar.zst``) of a root tree.
 """
 
@@ -86,6 +93,70 @@ class Version(BaseModel):
         return None if self.size is None else parse_size(self.size)
 
 
+JOB_PACKAGES = (
+    "bash", "coreutils", "git", "curl", "ca-certificates", "python3", "nodejs", "tar", "zstd", "gzip", "sudo",
+    "iproute2", "procps",
+)  # fmt: skip
+# What the runner (.NET) loads, by suite: the ICU and OpenSSL packages are renamed between releases.
+RUNNER_PACKAGES = {
+    "bookworm": ("libicu72", "libssl3", "libkrb5-3", "zlib1g", "liblttng-ust1"),
+    "trixie": ("libicu76", "libssl3t64", "libkrb5-3", "zlib1g", "liblttng-ust1t64"),
+}
+PROFILES: dict[str, tuple[str, ...]] = {"minimal": (), "docker": ("build-essential", "docker.io")}
+
+
+class RunnerTarball(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: str | None = None
+    path: Path | None = None
+    sha256: str
+    version: str | None = None  # default: from the file name (actions-runner-linux-x64-2.321.0.tar.gz)
+
+    @model_validator(mode="after")
+    def _one(self) -> RunnerTarball:
+        if (self.url is None) == (self.path is None):
+            raise ValueError("give exactly one of url and path for the runner tarball")
+        if not re.fullmatch(r"[0-9a-f]{64}", self.sha256):
+            raise ValueError("the runner tarball's sha256 is 64 hex digits")
+        return self
+
+    @property
+    def source(self) -> str | Path:
+        return self.url or self.path or ""
+
+    def runner_version(self) -> str:
+        if self.version:
+            return self.version
+        match = re.search(r"(\d+\.\d+\.\d+)", Path(str(self.source)).name)
+        return match.group(1) if match else "unknown"
+
+
+class BaseSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    suite: str = "bookworm"
+    mirror: str = "http://deb.debian.org/debian"
+    profile: str = "minimal"
+    runner: RunnerTarball | None = None
+    output: Path | None = None  # default: <output_dir>/bases/<suite>-<profile>.ext4
+    size: str | None = None
+
+    @model_validator(mode="after")
+    def _known(self) -> BaseSpec:
+        if self.profile not in PROFILES:
+            raise ValueError(f"profile is one of {', '.join(PROFILES)}")
+        if self.suite not in RUNNER_PACKAGES:
+            raise ValueError(
+                f"suite is one of {', '.join(RUNNER_PACKAGES)} (the runner's libraries are named per suite)"
+            )
+        return self
+
+    def packages(self) -> list[str]:
+        runner = RUNNER_PACKAGES[self.suite] if self.runner else ()
+        return sorted({*JOB_PACKAGES, *PROFILES[self.profile], *runner})
+
+
 class Output(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -98,6 +169,7 @@ class RootfsConfig(BaseModel):
     rootfs: Output
     default_version: str | None = None
     versions: list[Version] = Field(default_factory=list)
+    base: BaseSpec | None = None  # `smith rootfs base`
 
     @model_validator(mode="after")
     def _names(self) -> RootfsConfig:
@@ -140,8 +212,15 @@ def load(path: Path) -> RootfsConfig:
     def rel(p: Path | None) -> Path | None:
         return None if p is None else (p if p.is_absolute() else here / p)
 
+    base = config.base
+    if base is not None:
+        runner = base.runner
+        if runner is not None and runner.path is not None:
+            runner = runner.model_copy(update={"path": rel(runner.path)})
+        base = base.model_copy(update={"output": rel(base.output), "runner": runner})
     versions = [
         v.model_copy(update={"base_path": rel(v.base_path), "overlay_dir": rel(v.overlay_dir), "kernel": rel(v.kernel)})
         for v in config.versions
     ]
-    return config.model_copy(update={"rootfs": Output(output_dir=rel(config.output_dir) or here), "versions": versions})
+    out = Output(output_dir=rel(config.output_dir) or here)
+    return config.model_copy(update={"rootfs": out, "versions": versions, "base": base})

@@ -27,7 +27,7 @@ def run(*argv: str, timeout: float = 600) -> str:
     except FileNotFoundError as exc:
         raise ConfigError(f"{argv[0]} is missing (apt-get install e2fsprogs)") from exc
     if done.returncode:
-        err = done.stderr.decode(errors="replace").strip() or done.stdout.decode(errors="replace").strip()
+        err = (done.stderr.decode(errors="replace") + done.stdout.decode(errors="replace")).strip()
         raise ConfigError(f"{' '.join(argv[:2])} failed: {err[-500:]}")
     return done.stdout.decode(errors="replace")
 
@@ -74,7 +74,7 @@ def write_tree(image: Path, tree: Path) -> int:
     """Copy ``tree`` over the image's root with debugfs; the number of entries.
 
     Files and links replace the base's, owned by root with the overlay's mode; new folders are root's, 0755."""
-    script = []
+    removals, script = [], []
     count = 0
     for dirpath, dirnames, filenames in os.walk(tree):
         dirnames.sort()
@@ -93,17 +93,22 @@ def write_tree(image: Path, tree: Path) -> int:
                 target = os.readlink(host)
                 if not _SAFE.match(target):
                     raise ConfigError(f"overlay symlink {guest} -> {target!r}: unsupported characters")
-                script += [f"rm {guest}", f"symlink {guest} {target}"]
+                removals.append(f"rm {guest}")
+                script.append(f"symlink {guest} {target}")
             elif stat.S_ISREG(st.st_mode):
-                script += [f"rm {guest}", f"write {host} {guest}"]
+                removals.append(f"rm {guest}")
+                script.append(f"write {host} {guest}")
             else:
                 raise ConfigError(f"overlay {host}: only files, folders and symlinks are supported")
             if not stat.S_ISLNK(st.st_mode):
                 script.append(f"sif {guest} mode 0{st.st_mode:o}")
             script += [f"sif {guest} uid 0", f"sif {guest} gid 0"]
             count += 1
-    if script:
-        debugfs(image, script)
+    # Removals in a session of their own: debugfs reusing a just-freed inode in the same session leaves it
+    # unmarked in the inode bitmap (e2fsck: "Inode bitmap differences").
+    for commands in (removals, script):
+        if commands:
+            debugfs(image, commands)
     return count
 
 
