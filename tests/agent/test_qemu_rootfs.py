@@ -151,3 +151,40 @@ def test_the_manifest_records_what_went_in(rootfs: tuple[Path, Path]) -> None:
     manifest = json.loads((out / "versions" / "v1" / "manifest.json").read_text())
     assert manifest["base"]["format"] == "tar" and manifest["inputs"]["overlay_sha256"]
     assert set(manifest["inputs"]["guest"]) == {"agent.py", "init", "busybox"}
+
+
+@pytest.mark.slow
+async def test_vms_with_disks_restore_from_a_template_of_the_active_version(
+    image: GuestImage,  # noqa: F811  (the fixture imported above)
+    rootfs: tuple[Path, Path],
+    base_dir: Path,
+) -> None:
+    _, out = rootfs
+    store.activate(out, "v1")
+    vmm = QemuVMM(base_dir, QemuConfig(kernel=image.vmlinux, initrd=image.initrd, accel="tcg", rootfs_dir=out))
+    snapshot = await vmm.prepare_snapshot(SHAPE)
+    assert snapshot.rootfs == "v1" and set(snapshot.layers) == {"smith-root", "smith-scratch"}
+    machines = [await vmm.boot(SHAPE, f"r{i}") for i in range(2)]
+    try:
+        assert [m.restored for m in machines] == [True, True]
+        for m in machines:
+            await m.assign(job("cat /etc/smith-version; test ! -e /work/f; echo mine > /work/f; cat /work/f"))
+        results = await asyncio.gather(*(output(m) for m in machines))
+    finally:
+        for m in machines:
+            await m.stop()
+    for lines, code in results:  # each restored VM has its own root and scratch layers
+        assert code == 0 and lines[:2] == ["v1", "mine"], lines
+    # Another version activated: the template is not used for it, VMs boot cold from the new one, and a
+    # template of the new version is started in the background.
+    store.activate(out, "v2")
+    machine = await vmm.boot(SHAPE, "after")
+    try:
+        assert not machine.restored and machine.image == "v2"
+        key = (SHAPE.vcpus, SHAPE.memory_mib)
+        assert key in vmm._refreshing or vmm.snapshots[key].rootfs == "v2"  # started (or, racing us, done)
+    finally:
+        await machine.stop()
+        await vmm.close()
+    assert not vmm._refreshing and not list(base_dir.glob("qemu-*"))
+    assert sha256(store.built(out, "v1").rootfs) == store.built(out, "v1").manifest["rootfs"]["sha256"]  # type: ignore[union-attr]

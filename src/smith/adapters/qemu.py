@@ -163,6 +163,8 @@ class Snapshot:
     path: Path
     shape: VMShape
     key: str
+    rootfs: str | None = None  # the rootfs version the template booted: restored only while it is active
+    layers: dict[str, Path] = field(default_factory=dict)  # the template's disk layers at the save, by serial
 
 
 @dataclass(frozen=True)
@@ -284,6 +286,7 @@ class QemuVMM:
         self.config = config
         self.network = network
         self.snapshots: dict[tuple[int, int], Snapshot] = {}
+        self._refreshing: dict[tuple[int, int], asyncio.Future[None]] = {}
         self._accel: str | None = None if config.accel == "auto" else config.accel
         for path in (config.kernel, config.initrd, config.rootfs):
             if path is not None and not Path(path).is_file():
@@ -474,6 +477,9 @@ class QemuVMM:
         snap = snapshot if isinstance(snapshot, Snapshot) else None
         if sticky is not None:
             snap = None  # its disks are its own: never a template's
+        if snap is not None and (snap.rootfs != _name(version) or snap.shape.disk_mib != shape.disk_mib):
+            self._refresh_template(snap.shape)  # another version was activated since: this one boots cold
+            snap = None
         accel = await self.accel()
         started = time.monotonic()
         cleanup = CleanupStack("qemu")
@@ -488,7 +494,7 @@ class QemuVMM:
                 raise VMError(f"VM {vm_id} exists already") from exc
             cleanup.push("work dir", lambda: asyncio.to_thread(shutil.rmtree, vm_dir, True))
             # 1b. disks, in the work dir (removed with it)
-            disks = await asyncio.to_thread(self._disks, vm_dir, shape, version)
+            disks = await asyncio.to_thread(self._disks, vm_dir, shape, version, snap)
             checkouts = await self._checkout(sticky, vm_id, vm_dir, version, cleanup)
             disks += [
                 vmdisks.Disk(f"smith-sticky-{i}", c.layer, "qcow2", cache="writeback", mount=c.request.path)
@@ -503,15 +509,22 @@ class QemuVMM:
             # 3. qemu (a restored VM reads its state from an inherited descriptor: a confined QEMU cannot spawn)
             state_fd = os.open(snap.path, os.O_RDONLY | os.O_CLOEXEC) if snap else None
             incoming = f"fd:{state_fd}" if state_fd is not None else None
-            argv = self.command(
-                vm_dir,
-                shape,
-                accel,
-                slot,
-                incoming,
-                confined=snapshot is not False,
-                disks=disks,
-                kernel=version.kernel if version else None,
+            disk_fds: list[int] = []
+            fd_args: list[str] = []
+            if snap is not None and disks:  # see vmdisks.as_fdsets
+                disks, disk_fds, fd_args = vmdisks.as_fdsets(disks)
+            argv = (
+                self.command(
+                    vm_dir,
+                    shape,
+                    accel,
+                    slot,
+                    incoming,
+                    confined=snapshot is not False,
+                    disks=disks,
+                    kernel=version.kernel if version else None,
+                )
+                + fd_args
             )
             (vm_dir / "cmdline").write_text(shlex.join(argv))
             try:
@@ -522,13 +535,13 @@ class QemuVMM:
                     stderr=(vm_dir / "qemu.err").open("wb"),
                     start_new_session=True,
                     env=minimal_env(),  # never the agent's credentials
-                    pass_fds=(state_fd,) if state_fd is not None else (),
+                    pass_fds=((state_fd,) if state_fd is not None else ()) + tuple(disk_fds),
                 )
             except OSError as exc:
                 raise VMError(f"cannot start {self.config.qemu_bin}: {exc}") from exc
             finally:
-                if state_fd is not None:
-                    os.close(state_fd)
+                for fd in ([state_fd] if state_fd is not None else []) + disk_fds:
+                    os.close(fd)
             (vm_dir / "pid").write_text(str(proc.pid))
             cleanup.push("qemu process", lambda: self._kill(proc, vm_dir))
             # 4. event channel: connected before the guest can write, so nothing it says is lost
@@ -583,6 +596,30 @@ class QemuVMM:
             raise VMError(f"QEMU backend: no active rootfs in {self.config.rootfs_dir} (`smith rootfs activate`)")
         return version
 
+    async def close(self) -> None:
+        """Stop template refreshes still running (their boot unwinds: no QEMU is left)."""
+        tasks = list(self._refreshing.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _refresh_template(self, shape: VMShape) -> None:
+        """Make a template of the now active version in the background (once at a time per shape)."""
+        key = (shape.vcpus, shape.memory_mib)
+        if key in self._refreshing:
+            return
+
+        async def refresh() -> None:
+            try:
+                await self.prepare_snapshot(shape)
+                log.info("qemu template of the active rootfs ready", vcpus=shape.vcpus, memory_mib=shape.memory_mib)
+            except (SmithError, OSError) as exc:
+                log.warning("qemu template refresh failed; VMs boot cold", error=str(exc))
+            finally:
+                self._refreshing.pop(key, None)
+
+        self._refreshing[key] = asyncio.ensure_future(refresh())
+
     @property
     def sticky_store(self) -> StickyDisks:
         return StickyDisks(self.config.sticky_dir or self.base_dir / "sticky", self.config.sticky_quota_bytes)
@@ -603,12 +640,17 @@ class QemuVMM:
             checkouts.append(checkout)
         return checkouts
 
-    def _disks(self, vm_dir: Path, shape: VMShape, version: Built | None) -> list[vmdisks.Disk]:
-        """A root layer over the version's image and a scratch disk of ``disk_mib``: VMs of a rootfs version."""
+    def _disks(self, vm_dir: Path, shape: VMShape, version: Built | None, snap: Snapshot | None) -> list[vmdisks.Disk]:
+        """A root layer over the version's image and a scratch disk of ``disk_mib``: VMs of a rootfs version.
+        A restored VM's layers start as copies of its template's (its guest has them mounted already)."""
         if version is None:
             return []
         scratch = shape.disk_mib if self.config.scratch else None
-        return vmdisks.qemu_disks(vm_dir, version.rootfs, scratch, self.base_dir / "disks")
+        disks = vmdisks.qemu_disks(vm_dir, version.rootfs, scratch, self.base_dir / "disks")
+        if snap is not None:
+            for disk in disks:
+                shutil.copyfile(snap.layers[disk.serial], disk.path)
+        return disks
 
     async def _wait_socket(self, path: Path, proc: asyncio.subprocess.Process, vm_dir: Path) -> None:
         for _ in range(1000):
@@ -717,19 +759,25 @@ class QemuVMM:
         """Boot a template guest of this shape until it waits for a config, and save it for warm starts."""
         if self.network is not None:
             raise VMError("QEMU snapshots are for VMs without network (a NIC's addresses would be baked in)")
-        if self.config.rootfs_dir is not None:
-            # A restored guest's QEMU reopens its disks by path when it resumes, which its chroot forbids: passing
-            # them as descriptors (-add-fd) is left to do. Until then VMs with disks boot cold.
-            raise VMError("QEMU snapshots of VMs with disks (a rootfs version) are not supported yet")
         accel = await self.accel()
-        key = hashlib.sha256(f"{self._image_key()}:{shape.vcpus}:{shape.memory_mib}:{accel}".encode()).hexdigest()
+        rootfs = _name(self._version())
+        scratch = shape.disk_mib if rootfs and self.config.scratch else 0
+        ident = f"{self._image_key()}:{shape.vcpus}:{shape.memory_mib}:{accel}" + (
+            f":{rootfs}:{scratch}" if rootfs else ""
+        )
+        key = hashlib.sha256(ident.encode()).hexdigest()
         snap_dir = self.base_dir / "snapshots"
         snap_dir.mkdir(exist_ok=True)
         path = snap_dir / f"{key[:16]}.state"
+        names = {vmdisks.ROOT_SERIAL: "root.qcow2", vmdisks.SCRATCH_SERIAL: "scratch.qcow2"}
+        wanted = [vmdisks.ROOT_SERIAL] * bool(rootfs) + [vmdisks.SCRATCH_SERIAL] * bool(scratch)
+        layers = {serial: snap_dir / f"{key[:16]}.{serial}.qcow2" for serial in wanted}
         if not path.exists():
             tmp = path.with_suffix(".partial")
             machine = await self._boot(shape, f"template-{key[:12]}", self.config.boot_timeout, How(snapshot=False))
             try:
+                if machine.image != rootfs:
+                    raise VMError("another rootfs version was activated while the template booted; try again")
                 await machine.qmp.execute("migrate", uri=f"exec:cat > {shlex.quote(str(tmp))}")
                 deadline = time.monotonic() + self.config.boot_timeout
                 while True:
@@ -739,13 +787,16 @@ class QemuVMM:
                     if info.get("status") in ("failed", "cancelled") or time.monotonic() > deadline:
                         raise VMError(f"saving the template failed: {info}")
                     await asyncio.sleep(0.02)
+                # The migration flushed the disks and left the guest paused: its layers are what the state knows.
+                for serial, layer in layers.items():
+                    await asyncio.to_thread(shutil.copyfile, machine.dir / names[serial], layer)
             except BaseException:
                 tmp.unlink(missing_ok=True)
                 raise
             finally:
                 await machine.stop()
             tmp.rename(path)
-        snapshot = Snapshot(path=path, shape=shape, key=key)
+        snapshot = Snapshot(path=path, shape=shape, key=key, rootfs=rootfs, layers=layers)
         self.snapshots[(shape.vcpus, shape.memory_mib)] = snapshot
         return snapshot
 

@@ -17,6 +17,7 @@ crash) removes its disks. Disks are found in the guest by their serial (``smith-
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import secrets
 import subprocess
@@ -47,6 +48,27 @@ class Disk:
             "-device",
             f"virtio-blk-device,drive={self.serial},serial={self.serial}",
         ]
+
+
+def as_fdsets(disks: list[Disk], first_set: int = 1) -> tuple[list[Disk], list[int], list[str]]:
+    """The disks opened here and handed to QEMU as fd sets (``-add-fd``, ``/dev/fdset/N``), read-write and
+    read-only descriptors each: a restored QEMU reopens its images when it resumes, by then in its empty chroot
+    where no path resolves. Returns the disks to give QEMU, the descriptors to pass (close them after the
+    spawn) and the ``-add-fd`` arguments."""
+    out, fds, args = [], [], []
+    try:
+        for i, disk in enumerate(disks, start=first_set):
+            modes = (os.O_RDONLY,) if disk.read_only else (os.O_RDWR, os.O_RDONLY)
+            for mode in modes:
+                fd = os.open(disk.path, mode | os.O_CLOEXEC)
+                fds.append(fd)
+                args += ["-add-fd", f"fd={fd},set={i}"]
+            out.append(dataclasses.replace(disk, path=Path(f"/dev/fdset/{i}")))
+    except OSError:
+        for fd in fds:
+            os.close(fd)
+        raise
+    return out, fds, args
 
 
 def _run(*argv: str) -> None:
