@@ -88,6 +88,12 @@ def base_dir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
+@pytest.fixture
+def vmm(image: GuestImage, rootfs: tuple[Path, Path], base_dir: Path) -> QemuVMM:  # noqa: F811
+    """QEMU VMs booting the active version of the test's rootfs."""
+    return QemuVMM(base_dir, QemuConfig(kernel=image.vmlinux, initrd=image.initrd, accel="tcg", rootfs_dir=rootfs[1]))
+
+
 def job(run: str) -> GuestConfig:
     return GuestConfig(job=JobSpec(id="r1", runner_class="rootfs-test", vcpus=1, memory_mib=512, run=run))
 
@@ -112,12 +118,10 @@ echo scribble > /usr/bin/git
 
 @pytest.mark.slow
 async def test_a_built_rootfs_boots_runs_git_and_node_and_activation_spares_running_vms(
-    image: GuestImage,  # noqa: F811  (the fixture imported above)
-    rootfs: tuple[Path, Path],
-    base_dir: Path,
+    vmm: QemuVMM, rootfs: tuple[Path, Path], base_dir: Path
 ) -> None:
     cfg, out = rootfs
-    vmm = QemuVMM(base_dir, QemuConfig(kernel=image.vmlinux, initrd=image.initrd, accel="tcg", rootfs_dir=out))
+    store.activate(out, "v1")
     first = await vmm.boot(SHAPE, "a")
     try:
         assert first.image == "v1"
@@ -155,13 +159,10 @@ def test_the_manifest_records_what_went_in(rootfs: tuple[Path, Path]) -> None:
 
 @pytest.mark.slow
 async def test_vms_with_disks_restore_from_a_template_of_the_active_version(
-    image: GuestImage,  # noqa: F811  (the fixture imported above)
-    rootfs: tuple[Path, Path],
-    base_dir: Path,
+    vmm: QemuVMM, rootfs: tuple[Path, Path], base_dir: Path
 ) -> None:
     _, out = rootfs
     store.activate(out, "v1")
-    vmm = QemuVMM(base_dir, QemuConfig(kernel=image.vmlinux, initrd=image.initrd, accel="tcg", rootfs_dir=out))
     snapshot = await vmm.prepare_snapshot(SHAPE)
     assert snapshot.rootfs == "v1" and set(snapshot.layers) == {"smith-root", "smith-scratch"}
     machines = [await vmm.boot(SHAPE, f"r{i}") for i in range(2)]

@@ -7,25 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from smith.adapters.qemu import QemuConfig, QemuMachine, QemuVMM
+from smith.adapters.qemu import QemuMachine, QemuVMM
 from smith.domain.sticky import StickyPlan, StickyRequest
-from smith.images.build import GuestImage
-from tests.agent.test_qemu_rootfs import SHAPE, base_dir, image, job, output, pytestmark, rootfs  # noqa: F401
-
-
-@pytest.fixture
-def vmm(image: GuestImage, rootfs: tuple[Path, Path], base_dir: Path) -> QemuVMM:  # noqa: F811
-    """QEMU VMs booting the test's rootfs (v1 or v2, whichever is active: the disks do not care)."""
-    return QemuVMM(base_dir, QemuConfig(kernel=image.vmlinux, initrd=image.initrd, accel="tcg", rootfs_dir=rootfs[1]))
-
+from tests.agent.test_qemu_rootfs import SHAPE, base_dir, image, job, output, pytestmark, rootfs, vmm  # noqa: F401
 
 PLAN = StickyPlan("acme", "acme/app", (StickyRequest("deps", "/cache", 64),))
 
 
-async def run(
-    vmm: QemuVMM, vm_id: str, script: str, plan: StickyPlan = PLAN
-) -> tuple[list[str], int | None, list[str]]:
-    machine: QemuMachine = await vmm.boot(SHAPE, vm_id, sticky=PLAN)
+async def run(qemu: QemuVMM, vm_id: str, script: str) -> tuple[list[str], int | None, list[str]]:
+    machine: QemuMachine = await qemu.boot(SHAPE, vm_id, sticky=PLAN)
     try:
         await machine.assign(job(script))
         lines, code = await output(machine)
@@ -35,8 +25,8 @@ async def run(
     return lines, code, committed
 
 
-def current(vmm: QemuVMM, name: str = "deps") -> Path:
-    disk = vmm.sticky_store.disk_dir("acme", "acme/app", name)
+def current(qemu: QemuVMM, name: str = "deps") -> Path:
+    disk = qemu.sticky_store.disk_dir("acme", "acme/app", name)
     return (disk / "current").resolve()
 
 
