@@ -11,6 +11,7 @@ import pytest
 
 from smith.adapters import vmdisks
 from smith.adapters.qemu import QemuConfig, QemuVMM
+from smith.errors import VMError
 
 pytestmark = pytest.mark.skipif(
     any(shutil.which(t) is None for t in ("qemu-img", "mkfs.ext4", "debugfs", "qemu-system-x86_64")),
@@ -76,5 +77,13 @@ async def test_the_leftover_cleanup_removes_a_crashed_vms_disks(tmp_path: Path) 
     vm.mkdir()
     vmdisks.qemu_disks(vm, big_base(tmp_path / "r.ext4", 1), 64, tmp_path / "q" / "disks")
     (vm / "pid").write_text("999999")
-    assert await vmm.cleanup_leftovers() == ["qemu-job-1"]
-    assert not vm.exists()
+    (tmp_path / "q" / "disks" / ".scratch-64.ab12").write_bytes(b"half")
+    assert await vmm.cleanup_leftovers() == ["qemu-job-1", ".scratch-64.ab12"]
+    assert not vm.exists() and [p.name for p in (tmp_path / "q" / "disks").iterdir()] == ["scratch-64.ext4"]
+
+
+def test_a_rootfs_version_needs_the_initramfs(tmp_path: Path) -> None:
+    kernel = tmp_path / "vmlinux"
+    kernel.write_bytes(b"\x7fELF")
+    with pytest.raises(VMError, match="initramfs"):
+        QemuVMM(tmp_path / "q", QemuConfig(kernel=kernel, rootfs_dir=tmp_path / "rootfs"))

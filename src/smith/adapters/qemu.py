@@ -291,6 +291,10 @@ class QemuVMM:
         for path in (config.kernel, config.initrd, config.rootfs):
             if path is not None and not Path(path).is_file():
                 raise VMError(f"QEMU backend: {path} does not exist (build one with `smith image build`)")
+        if config.rootfs_dir is not None and config.initrd is None:
+            raise VMError(
+                "QEMU backend: a rootfs version boots through the initramfs of `smith image build` (no initrd)"
+            )
         if shutil.which(config.qemu_bin) is None:
             raise VMError(f"QEMU backend: no {config.qemu_bin} on PATH (apt-get install qemu-system-x86)")
 
@@ -822,6 +826,9 @@ class QemuVMM:
             partial.unlink(missing_ok=True)
             removed.append(partial.name)
         await asyncio.to_thread(self.sticky_store.clear_refs)  # no VM runs now: every checkout is stale
+        for half in (self.base_dir / "disks").glob(".scratch-*"):  # a scratch template a crash cut short
+            half.unlink(missing_ok=True)
+            removed.append(half.name)
         return removed
 
 
