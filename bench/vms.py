@@ -6,6 +6,9 @@
 - sandbox warm: boot() done beforehand (a warm pool); assign() -> first output line
 - qemu cold:    boot() (software emulation unless KVM boots guests here) + assign() -> first line
 - qemu restore: boot() from a saved template + assign() -> first line
+- qemu disks:   cold boot from a rootfs version (ext4 root under a per-VM qcow2 layer, scratch disk at /work),
+                with the image at its own size and grown to 2 GiB: start cost must not depend on it
+- disk clones:  per-VM qcow2 layers and a Firecracker raw clone (reflink or sparse copy) of a 2 GiB image
 Bounded: a handful of runs each; prints p50/p95 in milliseconds.
 """
 
@@ -15,6 +18,7 @@ import argparse
 import asyncio
 import shutil
 import statistics
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -24,7 +28,7 @@ from smith.adapters.qemu import QemuConfig, QemuVMM
 from smith.adapters.sandbox import SandboxVMM
 from smith.domain.vms import VMShape
 from smith.errors import ConfigError
-from smith.images.build import build_image, find_inputs
+from smith.images.build import GuestImage, build_image, find_inputs, unpack_cpio
 from smith.wire.agent import JobSpec
 from smith.wire.guest import GuestConfig
 
@@ -65,20 +69,25 @@ async def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sandbox", type=int, default=20, help="runs per sandbox figure")
     ap.add_argument("--qemu", type=int, default=3, help="runs per QEMU figure (cold boots are seconds each)")
+    ap.add_argument("--disks", type=int, default=3, help="runs per rootfs-disk figure (0: skip)")
     args = ap.parse_args()
     base = Path(tempfile.mkdtemp(prefix="sb", dir="/tmp"))
     try:
-        if shutil.which("bwrap"):
+        if shutil.which("bwrap") and args.sandbox > 0:
             sbx = SandboxVMM(base / "sandbox")
             report("sandbox cold -> first line", [await timed(sbx, i, False) for i in range(args.sandbox)])
             report("sandbox warm -> first line", [await timed(sbx, i, True) for i in range(args.sandbox)])
-        else:
+        elif args.sandbox > 0:
             print("sandbox: no bwrap, skipped")
-        if shutil.which("qemu-system-x86_64") and args.qemu > 0:
+        if shutil.which("qemu-system-x86_64") and (args.qemu > 0 or args.disks > 0):
             try:
                 image = build_image(base / "data", find_inputs())
             except ConfigError as exc:
                 print(f"qemu: skipped ({exc.message})")
+                return
+            if args.disks > 0:
+                await disks(image, base, args.disks)
+            if args.qemu == 0:
                 return
             vmm = QemuVMM(base / "q", QemuConfig(kernel=image.vmlinux, initrd=image.initrd))
             accel = await vmm.accel()
@@ -93,6 +102,62 @@ async def main() -> None:
             print("qemu: no qemu-system-x86_64, skipped")
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def rootfs_versions(image: GuestImage, base: Path) -> Path:
+    """Two versions of a tiny rootfs (the initramfs's tree: busybox, python3, the agent): as is, and 2 GiB."""
+    from smith.rootfs import store
+    from smith.rootfs.build import build_version
+    from smith.rootfs.config import RootfsConfig
+    from smith.rootfs.fetch import sha256_file
+
+    tree = base / "tree"
+    tree.mkdir()
+    unpack_cpio(image.initrd, tree)
+    tarball = base / "base.tar"
+    subprocess.run(["tar", "-C", str(tree), "-cf", str(tarball), "."], check=True)
+    sha = sha256_file(tarball)
+    config = RootfsConfig.model_validate(
+        {
+            "rootfs": {"output_dir": str(base / "rootfs")},
+            "versions": [
+                {"name": "small", "base_path": str(tarball), "sha256": sha},
+                {"name": "big", "base_path": str(tarball), "sha256": sha, "size": "2G"},
+            ],
+        }
+    )
+    for version in config.versions:
+        build_version(config, version)
+    store.activate(config.output_dir, "small")
+    return config.output_dir
+
+
+async def disks(image: GuestImage, base: Path, runs: int) -> None:
+    from smith.adapters import vmdisks
+    from smith.rootfs import store
+
+    out = rootfs_versions(image, base)
+    big = store.built(out, "big")
+    assert big is not None
+    print(f"{'rootfs 2 GiB image':<28} allocated {big.rootfs.stat().st_blocks * 512 / 2**20:.0f} MiB")
+    vmm = QemuVMM(base / "qd", QemuConfig(kernel=image.vmlinux, initrd=image.initrd, rootfs_dir=out))
+    accel = await vmm.accel()
+    for name in ("small", "big"):
+        store.activate(out, name)
+        samples = [await timed(vmm, 200 + i, False) for i in range(runs)]
+        report(f"qemu disks {name} ({accel}) -> first", samples)
+    layers, clones = [], []
+    for i in range(max(runs, 5)):
+        vm = base / f"clone{i}"
+        vm.mkdir()
+        start = time.perf_counter()
+        vmdisks.qemu_disks(vm, big.rootfs, SHAPE.disk_mib, base / "cache")
+        layers.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        how = vmdisks.raw_clone(big.rootfs, vm / "raw.ext4")
+        clones.append(time.perf_counter() - start)
+    report("qcow2 root+scratch, 2 GiB", layers)
+    report(f"raw clone ({how}), 2 GiB", clones)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -39,7 +40,7 @@ import shutil
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -47,13 +48,18 @@ import orjson
 from pydantic import ValidationError
 
 from smith import loadscale
+from smith.adapters import vmdisks
 from smith.adapters.cgroups import Cgroups, JobCgroup, Limits
 from smith.adapters.childenv import minimal_env
 from smith.adapters.resolver import FALLBACK, guest_resolver
+from smith.adapters.stickydisks import Checkout, StickyDisks
 from smith.asyncutil import CleanupStack
+from smith.domain.sticky import StickyPlan
 from smith.domain.vms import Backend, VMShape
-from smith.errors import VMError
+from smith.errors import SmithError, VMError
 from smith.logging import get_logger
+from smith.rootfs import store as rootfs_store
+from smith.rootfs.store import Built
 from smith.wire.guest import GuestConfig, GuestEvent
 
 log = get_logger("smith.qemu")
@@ -86,6 +92,13 @@ class QemuConfig:
     kernel: Path
     initrd: Path | None = None
     rootfs: Path | None = None  # a virtio-blk disk, read-only (needs a kernel/initrd that mounts it)
+    # `smith rootfs` output_dir: each VM boots the version active when it boots, from its ext4 root disk under
+    # a per-VM qcow2 layer (adapters/vmdisks.py); the initramfs switches to it.
+    rootfs_dir: Path | None = None
+    scratch: bool = True  # with a rootfs version: a per-VM scratch disk of the shape's disk_mib, at /work
+    sticky_dir: Path | None = None  # sticky disks (adapters/stickydisks.py); None: base_dir/sticky
+    sticky_quota_bytes: int = 50 << 30  # per org, allocated bytes
+    shutdown_timeout: float = 30.0  # a job's guest with sticky disks has this long to power off cleanly
     qemu_bin: str = "qemu-system-x86_64"
     accel: str = "auto"  # auto, kvm or tcg
     append: str = DEFAULT_APPEND
@@ -159,6 +172,22 @@ class Snapshot:
     path: Path
     shape: VMShape
     key: str
+    rootfs: str | None = None  # the rootfs version the template booted: restored only while it is active
+    layers: dict[str, Path] = field(default_factory=dict)  # the template's disk layers at the save, by serial
+
+
+@dataclass(frozen=True)
+class How:
+    """How to boot: ``snapshot`` None = from the shape's template if there is one, False = cold and unconfined
+    (a template being made); ``sticky`` = with these sticky disks (always cold); ``accel`` = under this
+    accelerator."""
+
+    snapshot: Snapshot | bool | None = None
+    sticky: StickyPlan | None = None
+    accel: str | None = None  # this accelerator, not the chosen one (the KVM probe)
+
+
+_COLD_OR_RESTORED = How()
 
 
 @dataclass
@@ -173,6 +202,10 @@ class QemuMachine:
     cleanup: CleanupStack
     restored: bool = False
     boot_seconds: float = 0.0
+    image: str | None = None  # the rootfs version this VM booted (None: the initramfs alone)
+    sticky: list[Checkout] = field(default_factory=list)
+    sticky_store: StickyDisks | None = None
+    shutdown_timeout: float = 30.0
     _assigned: bool = False
     _stopped: bool = False
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -222,6 +255,28 @@ class QemuMachine:
     def host_logs(self) -> dict[str, Path]:
         return {}
 
+    async def finish(self, succeeded: bool) -> list[str]:
+        """After the job: commit its sticky disks if it succeeded and its guest powered off cleanly (it unmounts
+        them first), else discard them. The names committed."""
+        if not self.sticky or self.sticky_store is None:
+            return []
+        store = self.sticky_store
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.proc.wait(), self.shutdown_timeout)
+        clean = self.proc.returncode == 0
+        committed = []
+        for checkout in self.sticky:
+            if succeeded and clean:
+                try:
+                    await asyncio.to_thread(store.commit, checkout)
+                    committed.append(checkout.request.name)
+                    continue
+                except SmithError as exc:
+                    log.warning("sticky disk not committed", vm_id=self.id, disk=checkout.request.name, error=str(exc))
+            await asyncio.to_thread(store.release, checkout)
+        log.info("sticky disks", vm_id=self.id, committed=committed, clean_shutdown=clean, succeeded=succeeded)
+        return committed
+
     async def stop(self) -> None:
         async with self._lock:
             if self._stopped:
@@ -261,6 +316,7 @@ class QemuVMM:
         self.config = config
         self.network = network
         self.snapshots: dict[tuple[int, int], Snapshot] = {}
+        self._refreshing: dict[tuple[int, int], asyncio.Future[None]] = {}
         self._accel: str | None = None if config.accel == "auto" else config.accel
         self._tcg_until = 0.0  # a failed KVM probe: emulation until then, then KVM is probed again
         self._qemu_version: str | None = None
@@ -269,6 +325,10 @@ class QemuVMM:
         for path in (config.kernel, config.initrd, config.rootfs):
             if path is not None and not Path(path).is_file():
                 raise VMError(f"QEMU backend: {path} does not exist (build one with `smith image build`)")
+        if config.rootfs_dir is not None and config.initrd is None:
+            raise VMError(
+                "QEMU backend: a rootfs version boots through the initramfs of `smith image build` (no initrd)"
+            )
         if shutil.which(config.qemu_bin) is None:
             raise VMError(f"QEMU backend: no {config.qemu_bin} on PATH (apt-get install qemu-system-x86)")
 
@@ -287,7 +347,16 @@ class QemuVMM:
         if network is not None and dns is None:
             dns = FALLBACK
             log.warning("the host names no resolver a guest can reach; set SMITH_AGENT_NETWORK_DNS", using=FALLBACK)
-        config = QemuConfig(kernel=kernel, initrd=initrd, rootfs=rootfs, qemu_bin=settings.agent_qemu_bin, dns=dns)
+        config = QemuConfig(
+            kernel=kernel,
+            initrd=initrd,
+            rootfs=rootfs,
+            qemu_bin=settings.agent_qemu_bin,
+            dns=dns,
+            rootfs_dir=getattr(settings, "agent_rootfs_dir", None),
+            sticky_dir=getattr(settings, "agent_sticky_dir", None),
+            sticky_quota_bytes=getattr(settings, "agent_sticky_quota_mib", 51200) << 20,
+        )
         cgroups = Cgroups.detect(settings.agent_cgroup_parent) if os.geteuid() == 0 else None
         return cls(base_dir, config, network, cgroups=cgroups)
 
@@ -320,7 +389,7 @@ class QemuVMM:
         if os.access(self.config.kvm_device, os.R_OK | os.W_OK):
             try:
                 probe = VMShape("kvm-probe", 1, 256)
-                machine = await self._boot(probe, "kvm-probe", self.config.kvm_probe_timeout, accel="kvm")
+                machine = await self._boot(probe, "kvm-probe", self.config.kvm_probe_timeout, How(accel="kvm"))
                 await machine.stop()
             except VMError as exc:
                 why = f"KVM is present but a guest did not boot under it ({exc.message[:200]})"
@@ -348,10 +417,22 @@ class QemuVMM:
     # -- the command line ----------------------------------------------------------------------------------------
 
     def command(
-        self, vm_dir: Path, shape: VMShape, accel: str, slot: Any | None, incoming: str | None, *, confined: bool = True
+        self,
+        vm_dir: Path,
+        shape: VMShape,
+        accel: str,
+        slot: Any | None,
+        incoming: str | None,
+        *,
+        confined: bool = True,
+        disks: list[vmdisks.Disk] | None = None,
+        kernel: Path | None = None,
     ) -> list[str]:
         c = self.config
         append = c.append
+        disks = disks or []
+        if any(d.serial == vmdisks.ROOT_SERIAL for d in disks):  # the initramfs switches to this disk
+            append += f" smith.root={vmdisks.ROOT_SERIAL}"
         if slot is not None:  # the guest's init configures eth0 from these
             append += f" smith.ip={slot.guest_ip}/{_prefix(slot.netmask)} smith.gw={slot.gateway_ip}"
             if c.dns:
@@ -376,7 +457,7 @@ class QemuVMM:
             "-name",
             f"smith-{vm_dir.name}",
             "-kernel",
-            str(c.kernel),
+            str(kernel or c.kernel),
             "-append",
             append,
             "-chardev",
@@ -409,6 +490,10 @@ class QemuVMM:
                 "-device",
                 "virtio-blk-device,drive=root",
             ]
+        for disk in disks:
+            argv += disk.qemu_args()
+            if disk.mount:
+                argv[argv.index("-append") + 1] += f" smith.mount.{disk.serial}={disk.mount}"
         if slot is not None:
             argv += [
                 "-netdev",
@@ -433,48 +518,44 @@ class QemuVMM:
 
     # -- boot ------------------------------------------------------------------------------------------------
 
-    async def boot(self, shape: VMShape, vm_id: str) -> QemuMachine:
-        return await self._boot(shape, vm_id, self.config.boot_timeout)
+    async def boot(self, shape: VMShape, vm_id: str, *, sticky: StickyPlan | None = None) -> QemuMachine:
+        """A VM of ``shape``; with ``sticky``, booted cold with those disks (a warm VM cannot grow disks)."""
+        return await self._boot(shape, vm_id, self.config.boot_timeout, How(sticky=sticky))
 
-    async def _boot(
-        self,
-        shape: VMShape,
-        vm_id: str,
-        wait_s: float,
-        *,
-        snapshot: Snapshot | bool | None = None,
-        accel: str | None = None,
-    ) -> QemuMachine:
-        """Under software emulation an early kernel now and then stalls before it prints anything (seen here
-        under heavy host load): such a boot is thrown away and tried again, a bounded number of times."""
-        if snapshot is None and self.network is None:  # a template's guest has no NIC: networked VMs boot cold
+    async def _boot(self, shape: VMShape, vm_id: str, wait_s: float, how: How = _COLD_OR_RESTORED) -> QemuMachine:
+        """Restore from the shape's template when there is one (a failed restore boots this VM cold and remakes
+        the template), else boot cold. Under software emulation an early kernel now and then stalls before it
+        prints anything (seen here under heavy host load): such a boot is thrown away and tried again, a bounded
+        number of times."""
+        snapshot = how.snapshot
+        if snapshot is None and self.network is None and how.sticky is None:  # networked VMs boot cold
             snapshot = self.snapshots.get((shape.vcpus, shape.memory_mib))
         if isinstance(snapshot, Snapshot):
             try:
-                return await self._boot_once(shape, vm_id, wait_s, snapshot=snapshot, accel=accel)
+                return await self._boot_once(shape, vm_id, wait_s, replace(how, snapshot=snapshot))
             except VMError as exc:  # a stale or broken template: this VM boots cold, the template is remade
                 self._restore_failed(snapshot, exc)
-                snapshot = None
+            how = replace(how, snapshot=None)
         for attempt in range(1, self.config.boot_attempts + 1):
             try:
-                return await self._boot_once(shape, vm_id, wait_s, snapshot=snapshot, accel=accel)
+                return await self._boot_once(shape, vm_id, wait_s, how)
             except _NoSignOfLife as exc:
                 log.warning("qemu guest showed no sign of life; booting again", vm_id=vm_id, attempt=attempt)
                 last = exc
         raise VMError(f"VM {vm_id}: {last}", retryable=True)
 
-    async def _boot_once(
-        self,
-        shape: VMShape,
-        vm_id: str,
-        wait_s: float,
-        *,
-        snapshot: Snapshot | bool | None = None,
-        accel: str | None = None,
-    ) -> QemuMachine:
-        """Boot steps with a cleanup stack; ``snapshot=False`` forces a cold boot (to make a template)."""
+    async def _boot_once(self, shape: VMShape, vm_id: str, wait_s: float, how: How) -> QemuMachine:
+        """Boot steps with a cleanup stack. ``how.snapshot``: a template to restore (``_boot`` chose it), None =
+        cold, False = cold and unconfined (a template being made)."""
+        snapshot, sticky = how.snapshot, how.sticky
+        version = self._version()
         snap = snapshot if isinstance(snapshot, Snapshot) else None
-        accel = accel or await self.accel()
+        if sticky is not None:
+            snap = None  # its disks are its own: never a template's
+        if snap is not None and (snap.rootfs != _name(version) or snap.shape.disk_mib != shape.disk_mib):
+            self._refresh_template(snap.shape)  # another version was activated since: this one boots cold
+            snap = None
+        accel = how.accel or await self.accel()
         started = time.monotonic()
         cleanup = CleanupStack("qemu")
         vm_dir = self.base_dir / f"{PREFIX}{vm_id}"
@@ -487,6 +568,13 @@ class QemuVMM:
             except FileExistsError as exc:
                 raise VMError(f"VM {vm_id} exists already") from exc
             cleanup.push("work dir", lambda: asyncio.to_thread(shutil.rmtree, vm_dir, True))
+            # 1b. disks, in the work dir (removed with it)
+            disks = await asyncio.to_thread(self._disks, vm_dir, shape, version, snap)
+            checkouts = await self._checkout(sticky, vm_id, vm_dir, version, cleanup)
+            disks += [
+                vmdisks.Disk(f"smith-sticky-{i}", c.layer, "qcow2", cache="writeback", mount=c.request.path)
+                for i, c in enumerate(checkouts)
+            ]
             # 2. network slot
             slot = None
             if self.network is not None:
@@ -501,7 +589,23 @@ class QemuVMM:
                 cleanup.push("cgroup", lambda: asyncio.to_thread(cgroup.remove))
             state_fd = os.open(snap.path, os.O_RDONLY | os.O_CLOEXEC) if snap else None
             incoming = f"fd:{state_fd}" if state_fd is not None else None
-            argv = self.command(vm_dir, shape, accel, slot, incoming, confined=snapshot is not False)
+            disk_fds: list[int] = []
+            fd_args: list[str] = []
+            if snap is not None and disks:  # see vmdisks.as_fdsets
+                disks, disk_fds, fd_args = vmdisks.as_fdsets(disks)
+            argv = (
+                self.command(
+                    vm_dir,
+                    shape,
+                    accel,
+                    slot,
+                    incoming,
+                    confined=snapshot is not False,
+                    disks=disks,
+                    kernel=version.kernel if version else None,
+                )
+                + fd_args
+            )
             (vm_dir / "cmdline").write_text(shlex.join(argv))
             try:
                 proc = await asyncio.create_subprocess_exec(
@@ -511,14 +615,14 @@ class QemuVMM:
                     stderr=(vm_dir / "qemu.err").open("wb"),
                     start_new_session=True,
                     env=minimal_env(),  # never the agent's credentials
-                    pass_fds=(state_fd,) if state_fd is not None else (),
+                    pass_fds=((state_fd,) if state_fd is not None else ()) + tuple(disk_fds),
                     preexec_fn=group.enter if group is not None else None,
                 )
             except OSError as exc:
                 raise VMError(f"cannot start {self.config.qemu_bin}: {exc}") from exc
             finally:
-                if state_fd is not None:
-                    os.close(state_fd)
+                for fd in ([state_fd] if state_fd is not None else []) + disk_fds:
+                    os.close(fd)
             (vm_dir / "pid").write_text(str(proc.pid))
             cleanup.push("qemu process", lambda: self._kill(proc, vm_dir))
             # 4. event channel: connected before the guest can write, so nothing it says is lost
@@ -550,7 +654,17 @@ class QemuVMM:
         watcher = asyncio.ensure_future(self._cap_console(vm_dir / "console.log", vm_id))
         cleanup.push("console cap", lambda: _cancel(watcher))
         machine.boot_seconds = time.monotonic() - started
-        log.info("qemu vm ready", vm_id=vm_id, accel=accel, restored=snap is not None, seconds=machine.boot_seconds)
+        machine.image = _name(version)
+        machine.sticky, machine.sticky_store = checkouts, self.sticky_store
+        machine.shutdown_timeout = self.config.shutdown_timeout
+        log.info(
+            "qemu vm ready",
+            vm_id=vm_id,
+            accel=accel,
+            restored=snap is not None,
+            seconds=machine.boot_seconds,
+            rootfs=machine.image,
+        )
         return machine
 
     async def _cgroup(self, vm_id: str, shape: VMShape, accel: str) -> JobCgroup | None:
@@ -573,6 +687,74 @@ class QemuVMM:
                     cut += 1
                     if cut == 1:
                         log.warning("qemu console log cut: the guest writes too much", vm_id=vm_id)
+
+    def _version(self) -> Built | None:
+        """The rootfs version active now (resolved once: this VM keeps it whatever is activated later)."""
+        if self.config.rootfs_dir is None:
+            return None
+        try:
+            version = rootfs_store.active(self.config.rootfs_dir)
+        except SmithError as exc:
+            raise VMError(f"QEMU backend: {exc.message}") from exc
+        if version is None:
+            raise VMError(f"QEMU backend: no active rootfs in {self.config.rootfs_dir} (`smith rootfs activate`)")
+        return version
+
+    async def close(self) -> None:
+        """Stop template refreshes still running (their boot unwinds: no QEMU is left)."""
+        tasks = list(self._refreshing.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _refresh_template(self, shape: VMShape) -> None:
+        """Make a template of the now active version in the background (once at a time per shape)."""
+        key = (shape.vcpus, shape.memory_mib)
+        if key in self._refreshing:
+            return
+
+        async def refresh() -> None:
+            try:
+                await self.prepare_snapshot(shape)
+                log.info("qemu template of the active rootfs ready", vcpus=shape.vcpus, memory_mib=shape.memory_mib)
+            except (SmithError, OSError) as exc:
+                log.warning("qemu template refresh failed; VMs boot cold", error=str(exc))
+            finally:
+                self._refreshing.pop(key, None)
+
+        self._refreshing[key] = asyncio.ensure_future(refresh())
+
+    @property
+    def sticky_store(self) -> StickyDisks:
+        return StickyDisks(self.config.sticky_dir or self.base_dir / "sticky", self.config.sticky_quota_bytes)
+
+    async def _checkout(
+        self, sticky: StickyPlan | None, vm_id: str, vm_dir: Path, version: Built | None, cleanup: CleanupStack
+    ) -> list[Checkout]:
+        """Each sticky disk as a layer over its last committed state; released (discarded) on unwind."""
+        if sticky is None or not sticky.disks:
+            return []
+        if version is None:
+            raise VMError("sticky disks need a rootfs version to boot (SMITH_AGENT_ROOTFS_DIR)")
+        store, checkouts = self.sticky_store, []
+        for i, request in enumerate(sticky.disks):
+            layer = vm_dir / f"sticky-{i}.qcow2"
+            checkout = await asyncio.to_thread(store.checkout, sticky.org, sticky.repo, request, vm_id, layer)
+            cleanup.push(f"sticky disk {request.name}", functools.partial(asyncio.to_thread, store.release, checkout))
+            checkouts.append(checkout)
+        return checkouts
+
+    def _disks(self, vm_dir: Path, shape: VMShape, version: Built | None, snap: Snapshot | None) -> list[vmdisks.Disk]:
+        """A root layer over the version's image and a scratch disk of ``disk_mib``: VMs of a rootfs version.
+        A restored VM's layers start as copies of its template's (its guest has them mounted already)."""
+        if version is None:
+            return []
+        scratch = shape.disk_mib if self.config.scratch else None
+        disks = vmdisks.qemu_disks(vm_dir, version.rootfs, scratch, self.base_dir / "disks")
+        if snap is not None:
+            for disk in disks:
+                shutil.copyfile(snap.layers[disk.serial], disk.path)
+        return disks
 
     async def _wait_socket(self, path: Path, proc: asyncio.subprocess.Process, vm_dir: Path) -> None:
         for _ in range(1000):
@@ -677,14 +859,15 @@ class QemuVMM:
 
     # -- snapshots -------------------------------------------------------------------------------------------
 
-    async def snapshot_key(self, shape: VMShape, accel: str) -> str:
+    async def snapshot_key(self, shape: VMShape, accel: str, extra: str = "") -> str:
         """A template restores only into what saved it: the same image, shape, accelerator, QEMU build, host
-        kernel and CPU model (a QEMU or kernel upgrade, or another CPU, makes a new template)."""
+        kernel and CPU model (a QEMU or kernel upgrade, or another CPU, makes a new template), and ``extra`` (the
+        rootfs version and scratch size of VMs with disks)."""
         if self._qemu_version is None:
             self._qemu_version = await qemu_version(self.config.qemu_bin)
         host = f"{self._qemu_version}:{os.uname().release}:{cpu_model()}"
         return hashlib.sha256(
-            f"{self._image_key()}:{shape.vcpus}:{shape.memory_mib}:{accel}:{host}".encode()
+            f"{self._image_key()}:{shape.vcpus}:{shape.memory_mib}:{accel}:{host}{extra}".encode()
         ).hexdigest()
 
     def _restore_failed(self, snap: Snapshot, error: VMError) -> None:
@@ -715,14 +898,22 @@ class QemuVMM:
         if self.network is not None:
             raise VMError("QEMU snapshots are for VMs without network (a NIC's addresses would be baked in)")
         accel = await self.accel()
-        key = await self.snapshot_key(shape, accel)
+        rootfs = _name(self._version())
+        scratch = shape.disk_mib if rootfs and self.config.scratch else 0
+        key = await self.snapshot_key(shape, accel, f":{rootfs}:{scratch}" if rootfs else "")
         snap_dir = self.base_dir / "snapshots"
         snap_dir.mkdir(exist_ok=True)
-        path = snap_dir / f"{shape.vcpus}x{shape.memory_mib}-{key[:16]}.state"
+        stem = f"{shape.vcpus}x{shape.memory_mib}-{key[:16]}"
+        path = snap_dir / f"{stem}.state"
+        names = {vmdisks.ROOT_SERIAL: "root.qcow2", vmdisks.SCRATCH_SERIAL: "scratch.qcow2"}
+        wanted = [vmdisks.ROOT_SERIAL] * bool(rootfs) + [vmdisks.SCRATCH_SERIAL] * bool(scratch)
+        layers = {serial: snap_dir / f"{stem}.{serial}.qcow2" for serial in wanted}
         if not path.exists():
             tmp = path.with_suffix(".partial")
-            machine = await self._boot(shape, f"template-{key[:12]}", self.config.boot_timeout, snapshot=False)
+            machine = await self._boot(shape, f"template-{key[:12]}", self.config.boot_timeout, How(snapshot=False))
             try:
+                if machine.image != rootfs:
+                    raise VMError("another rootfs version was activated while the template booted; try again")
                 await machine.qmp.execute("migrate", uri=f"exec:cat > {shlex.quote(str(tmp))}")
                 deadline = time.monotonic() + self.config.boot_timeout
                 while True:
@@ -732,16 +923,19 @@ class QemuVMM:
                     if info.get("status") in ("failed", "cancelled") or time.monotonic() > deadline:
                         raise VMError(f"saving the template failed: {info}")
                     await asyncio.sleep(0.02)
+                # The migration flushed the disks and left the guest paused: its layers are what the state knows.
+                for serial, layer in layers.items():
+                    await asyncio.to_thread(shutil.copyfile, machine.dir / names[serial], layer)
             except BaseException:
                 tmp.unlink(missing_ok=True)
                 raise
             finally:
                 await machine.stop()
             tmp.rename(path)
-            for old in snap_dir.glob(f"{shape.vcpus}x{shape.memory_mib}-*.state"):  # this shape's stale templates
-                if old != path:
+            for old in snap_dir.glob(f"{shape.vcpus}x{shape.memory_mib}-*"):  # this shape's stale templates
+                if not old.name.startswith(stem):
                     old.unlink(missing_ok=True)
-        snapshot = Snapshot(path=path, shape=shape, key=key)
+        snapshot = Snapshot(path=path, shape=shape, key=key, rootfs=rootfs, layers=layers)
         self.snapshots[(shape.vcpus, shape.memory_mib)] = snapshot
         return snapshot
 
@@ -772,7 +966,15 @@ class QemuVMM:
         for partial in (self.base_dir / "snapshots").glob("*.partial"):
             partial.unlink(missing_ok=True)
             removed.append(partial.name)
+        await asyncio.to_thread(self.sticky_store.clear_refs)  # no VM runs now: every checkout is stale
+        for half in (self.base_dir / "disks").glob(".scratch-*"):  # a scratch template a crash cut short
+            half.unlink(missing_ok=True)
+            removed.append(half.name)
         return removed
+
+
+def _name(version: Built | None) -> str | None:
+    return version.name if version else None
 
 
 def _prefix(netmask: str) -> int:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from smith import __version__, tracing
+from smith.agent import sticky
 from smith.agent.capacity import Ledger, disk_room
 from smith.agent.client import ControlClient
 from smith.agent.logsink import JobOutput
@@ -250,7 +251,7 @@ class Agent:
         assert self.pool is not None
         async with self.pool.hold():
             for _ in range(3):  # a warm boot may finish while it is being cancelled: look again
-                job.machine = self.pool.take(shape.runner_class)
+                job.machine = None if sticky.plan(job.lease.job) else self.pool.take(shape.runner_class)
                 if job.machine is not None or self.ledger.reserve(shape):
                     return True
                 if not await self.pool.evict_for(shape):
@@ -290,9 +291,10 @@ class Agent:
         try:
             await self.output.start_job(spec.id, job.lease.logs_token)
             if job.machine is None:
-                job.machine = await self.vmm.boot(job.shape, f"job-{spec.id}-{spec.attempt}")
+                job.machine = await sticky.boot(self.vmm, job.shape, f"job-{spec.id}-{spec.attempt}", spec)
             bind(vm_id=job.machine.id)
             await job.machine.assign(self.guest_config(job.lease))
+            log.info("job assigned", job_id=spec.id, vm=job.machine.id, rootfs=getattr(job.machine, "image", None))
             await self.output.follow_files(spec.id, job.machine.host_logs())
             # Tell the control plane while the guest starts, not before it may.
             running_report = asyncio.create_task(self._report(spec.id, "running"))
@@ -320,6 +322,8 @@ class Agent:
             log.exception("job failed in the agent")
         finally:
             if job.machine is not None:
+                with contextlib.suppress(Exception):
+                    await sticky.finish(job.machine, state == "succeeded")
                 with contextlib.suppress(Exception):
                     await job.machine.stop()
             self.ledger.release(job.shape)

@@ -79,6 +79,13 @@ class AgentSettings(CommonSettings):
     # Backend specifics
     agent_kernel: Path | None = Field(None, description="Guest kernel (Firecracker: uncompressed vmlinux)")
     agent_rootfs: Path | None = Field(None, description="Guest root filesystem image")
+    agent_rootfs_dir: Path | None = Field(
+        None, description="`smith rootfs` output_dir: QEMU VMs boot its active version (a root disk + overlay)"
+    )
+    agent_sticky_dir: Path | None = Field(
+        None, description="Sticky disks' committed states; default <work>/qemu/sticky"
+    )
+    agent_sticky_quota_mib: int = Field(51200, gt=0, description="Sticky disks: allocated MiB per org, LRU evicted")
     agent_kvm: Literal["auto", "on", "off"] = Field(
         "auto", description="off: never use /dev/kvm; on: use it even where it looks like PVM"
     )

@@ -41,7 +41,7 @@ app.add_typer(config.app, name="config")
 app.command("dev")(dev.dev)
 
 # Services of later issues register here: agent, cache, logs.
-for _name in ("agent", "cache", "logs", "image", "report", "run"):
+for _name in ("agent", "cache", "logs", "image", "report", "run", "rootfs", "assets"):
     try:
         _mod = __import__(f"smith.cli.{_name}", fromlist=["register"])
     except ModuleNotFoundError:

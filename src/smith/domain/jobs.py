@@ -79,7 +79,7 @@ def match_runner_class(labels: Iterable[str], classes: Iterable[RunnerClass]) ->
     matches when the job's labels are a subset of the class's. Among several matches the smallest (fewest
     vCPUs, then least memory, then name) wins, so ``runs-on: self-hosted`` lands on the cheapest class.
     """
-    wanted = {label.lower() for label in labels}
+    wanted = {label.lower() for label in labels if not label.lower().startswith("sticky:")}  # domain/sticky.py
     if not wanted:
         return None
     fits = [c for c in classes if wanted <= c.all_labels]

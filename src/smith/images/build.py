@@ -111,7 +111,7 @@ def find_inputs(kernel: Path | None = None, python: Path | None = None) -> Image
     modules_dir = Path("/lib/modules") / (kernel.name.removeprefix("vmlinuz-") if kernel else "")
     if kernel is not None and not (modules_dir / "modules.dep").is_file():
         missing.append(f"kernel modules in {modules_dir} (they come with the kernel's package)")
-    busybox = next((Path(p) for p in ("/bin/busybox", "/usr/bin/busybox") if _is_static(Path(p))), None)
+    busybox = static_busybox()
     if busybox is None:
         missing.append("a static busybox (apt-get install busybox-static)")
     python = python or Path("/usr/bin/python3")
@@ -297,6 +297,11 @@ def image_key(inputs: ImageInputs, modules: list[Path], py_files: list[Path]) ->
 def _file_digest(path: Path) -> bytes:
     with path.open("rb") as f:
         return hashlib.file_digest(f, "sha256").digest()
+
+
+def static_busybox() -> Path | None:
+    """The host's static busybox (``busybox-static``), or None."""
+    return next((Path(p) for p in ("/bin/busybox", "/usr/bin/busybox") if _is_static(Path(p))), None)
 
 
 def _is_static(path: Path) -> bool:

@@ -45,6 +45,34 @@ if ip link set eth0 up 2>/dev/null; then  # a NIC: addresses from the command li
 fi
 hostname smith-guest
 
+# Disks by serial (virtio-blk's order is not the command line's): a root disk to switch to (a `smith rootfs`
+# version, smith.root=<serial>), and the job's scratch disk, mounted at /work.
+root_serial=""
+for word in $cmdline; do
+    case "$word" in smith.root=*) root_serial=${word#smith.root=} ;; esac
+done
+root_dev=""
+for blk in /sys/block/vd*; do
+    [ -e "$blk/serial" ] || continue
+    serial=$(cat "$blk/serial")
+    if [ -n "$root_serial" ] && [ "$serial" = "$root_serial" ]; then
+        root_dev=/dev/${blk##*/}
+    elif [ "$serial" = smith-scratch ] && [ -z "$root_serial" ]; then
+        mount -t ext4 -o nosuid,nodev,noinit_itable "/dev/${blk##*/}" /work
+    fi
+done
+if [ -n "$root_serial" ]; then
+    mkdir -p /newroot
+    if [ -n "$root_dev" ] && mount -t ext4 -o noatime "$root_dev" /newroot && [ -x /newroot/smith/init ]; then
+        umount /dev/pts /dev/shm /tmp 2>/dev/null
+        mount --move /dev /newroot/dev 2>/dev/null || umount /dev
+        umount /proc /sys
+        exec switch_root /newroot /smith/init
+    fi
+    echo "<3>smith: root disk $root_serial not found or not a smith rootfs" > /dev/kmsg
+    poweroff -f
+fi
+
 agent="/usr/bin/python3 -I -S /smith/agent.py --workdir /work"
 # Ctrl+Alt+Del makes the kernel send PID 1 SIGINT, which a shell as PID 1 ignores unless it traps it: trap it
 # and reboot (the agent runs in the background so that `wait` returns to the trap at once).
