@@ -191,8 +191,8 @@ async def test_jit_config_for_a_repository(client: GitHubApp, fake: FakeGitHub) 
     assert cred.kind == "jit"
     assert cred.runner_name == "smith-j1-1"
     assert cred.url == "https://github.com/octo-org/app"
-    decoded = json.loads(base64.b64decode(cred.value))
-    assert decoded[".runner"]["agentName"] == "smith-j1-1"
+    files = json.loads(base64.b64decode(cred.value))  # GitHub's encoding: each runner file, base64
+    assert json.loads(base64.b64decode(files[".runner"]))["agentName"] == "smith-j1-1"
     [runner] = fake.runners_in("repo:octo-org/app")
     assert runner["name"] == "smith-j1-1" and runner["ephemeral"]
 
@@ -252,7 +252,8 @@ async def test_a_stale_runner_of_the_same_name_is_replaced(client: GitHubApp, fa
     assert [c.status for c in fake.calls("POST", "generate-jitconfig")] == [201, 409, 201]
     assert len(fake.calls("DELETE")) == 1
     [runner] = fake.runners_in("repo:octo-org/app")
-    assert json.loads(base64.b64decode(second.value))[".runner"]["agentId"] == runner["id"]
+    files = json.loads(base64.b64decode(second.value))
+    assert json.loads(base64.b64decode(files[".runner"]))["agentId"] == runner["id"]
     assert first.value != second.value
 
 

@@ -39,7 +39,8 @@ def test_a_leased_github_job_carries_a_jit_config(github_and_control: tuple[Fake
     [registered] = fake.runners_in("repo:codertocat/hello-world")
     assert registered["name"] == runner["runner_name"]
     assert [label["name"] for label in registered["labels"]] == ["self-hosted", "smith-2vcpu"]
-    assert json.loads(base64.b64decode(runner["value"]))[".runner"]["agentId"] == registered["id"]
+    files = json.loads(base64.b64decode(runner["value"]))  # GitHub's encoding: each runner file, base64
+    assert json.loads(base64.b64decode(files[".runner"]))["agentId"] == registered["id"]
     assert [c.path for c in fake.token_requests()] == [f"/app/installations/{INSTALLATION}/access_tokens"]
 
 

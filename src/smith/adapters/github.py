@@ -352,6 +352,13 @@ class GitHubApp:
         log.info("runner removed", scope=scope.name, runner_id=runner_id)
         return True
 
+    async def workflow_job(self, repo: str, job_id: int | str, installation_id: int) -> dict[str, Any]:
+        """GitHub's view of one job (``GET /repos/{o}/{r}/actions/jobs/{id}``): status, conclusion, runner."""
+        scope = RunnerScope.repo(repo)
+        return dict(
+            _json(await self._request("GET", f"{scope.api_prefix}/actions/jobs/{int(job_id)}", installation_id))
+        )
+
     async def remove_runner_named(self, scope: RunnerScope, installation_id: int, name: str) -> bool:
         runner_id = await self.find_runner(scope, installation_id, name)
         if runner_id is None:
