@@ -38,7 +38,10 @@ pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bwrap is 
 def make_runner(base: Path) -> Path:
     runner = base / "runner"
     runner.mkdir(parents=True)
-    (runner / "run.sh").write_text('#!/bin/sh\necho "runner: $1 $2"\necho "job: $SMITH_JOB_ID"\nexit 0\n')
+    (runner / "run.sh").write_text(
+        '#!/bin/sh\necho "runner: $# args, config $ACTIONS_RUNNER_INPUT_JITCONFIG"\necho "job: $SMITH_JOB_ID"\n'
+        'echo "Running job: build"\necho "Job build completed with result: Succeeded"\nexit 0\n'
+    )
     (runner / "run.sh").chmod(0o755)
     runner.chmod(0o755)
     return runner
@@ -106,7 +109,9 @@ async def test_webhook_to_sandbox_and_back(running_agent: tuple[Control, Agent, 
     assert runner["name"] == "smith-8001-1"  # one ephemeral runner registered for this job's attempt
     events = [json.loads(line) for line in output.path("8001").read_text().splitlines()]
     lines = [e["line"] for e in events if e["type"] == "line"]
-    assert lines == ["runner: --jitconfig ***", "job: 8001"]  # the JIT config itself never leaves the VM
+    stdout = [e["line"] for e in events if e["type"] == "line" and e["stream"] == "stdout"]
+    assert stdout[:2] == ["runner: 0 args, config ***", "job: 8001"]  # the JIT config itself never leaves the VM
+    assert not any("Must not run" in line for line in lines)
     assert events[0]["type"] == "started" and events[-1] == {**events[-1], "type": "exit", "exit_code": 0}
 
 

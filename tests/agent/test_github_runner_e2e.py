@@ -14,7 +14,6 @@ from tests.agent.github_world import REPO, world
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bwrap is not installed (apt install bubblewrap)")
 
 
-@pytest.mark.xfail(strict=True, reason="bug (issue 12): run.sh exits 0 although the runner never started")
 async def test_a_runner_job_ends_as_github_ran_it(redis_url: str, tmp_path: Path) -> None:
     async with world(redis_url, tmp_path) as w:
         await w.add_agent("h1")
@@ -27,7 +26,6 @@ async def test_a_runner_job_ends_as_github_ran_it(redis_url: str, tmp_path: Path
         assert final["state"] == "succeeded", final
 
 
-@pytest.mark.xfail(strict=True, reason="bug (issue 12): run.sh exits 0 although the runner never started")
 async def test_a_runner_that_never_starts_is_not_reported_succeeded(redis_url: str, tmp_path: Path) -> None:
     """The listener exits 1 at once (as when it cannot write its directory); run-helper.sh maps that to 0 and so
     does run.sh: the exit code says nothing."""
@@ -35,8 +33,11 @@ async def test_a_runner_that_never_starts_is_not_reported_succeeded(redis_url: s
         await w.add_agent("h1", listener="#!/bin/sh\necho 'An error occurred: cannot start'\nexit 1\n")
         job = w.fake.actions.queue_job(REPO, ["self-hosted", "smith-2vcpu"])
         final = await w.until(lambda: _final(w, job.id), message="job never ended in Smith")
-        assert final["state"] != "succeeded", final
+        assert final["state"] == "failed" and "runners in a row ran no job" in final["reason"], final
+        assert final["attempts"] == 0  # each runner that ran nothing gave its attempt back
         assert w.fake.actions.job(job.id).status == "queued"
+        # Every runner minted for it, registered but never used, was removed again.
+        await w.until(lambda: not w.fake.runners_in("repo:codertocat/hello-world"), message="runners left behind")
 
 
 async def _final(w: object, job_id: int) -> dict[str, object] | None:

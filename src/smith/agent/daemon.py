@@ -18,6 +18,7 @@ from smith import __version__
 from smith.agent.capacity import Ledger
 from smith.agent.client import ControlClient
 from smith.agent.logsink import JobOutput
+from smith.agent.outcome import judge
 from smith.agent.pool import WarmPool
 from smith.asyncutil import ready_batches, supervise
 from smith.domain.vms import VMShape
@@ -50,6 +51,7 @@ class RunningJob:
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     leased_at: float = field(default_factory=time.monotonic)
     first_line_at: float | None = None
+    outcome: str | None = None  # a runner job's outcome as its guest read it (outcome.judge)
 
 
 @dataclass(frozen=True)
@@ -289,8 +291,7 @@ class Agent:
             elif exit_code is None:
                 reason = "the VM ended without reporting an exit status"
             else:
-                state = "succeeded" if exit_code == 0 else "failed"
-                reason = "" if exit_code == 0 else f"exit code {exit_code}"
+                state, reason = judge(exit_code, job.outcome)
         except SmithError as exc:
             reason = f"VM failed: {exc.message}"
             log.warning("job failed in the VM layer", job_id=spec.id, error=exc.message)
@@ -342,6 +343,7 @@ class Agent:
                     await self.output.emit_many(spec_id, batch if ends is None else batch[: ends + 1])
                     if ends is not None:
                         exit_code = batch[ends].exit_code
+                        job.outcome = batch[ends].outcome
                         return
 
         reader = asyncio.create_task(consume())

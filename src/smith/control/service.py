@@ -342,6 +342,8 @@ class ControlPlane:
         )
 
     async def report(self, agent_id: str, job_id: str, req: wire.StatusReport) -> wire.JobView:
+        if req.state == "released":
+            return await self._released(agent_id, job_id, req.reason)
         job = await self.jobs.report(agent_id, job_id, JobState(req.state), reason=req.reason, exit_code=req.exit_code)
         log.info("job state", job_id=job_id, agent_id=agent_id, state=req.state, exit_code=req.exit_code)
         if req.state in ("cancelled", "failed") and job.source == "github" and self.credentials is not None:
@@ -350,6 +352,18 @@ class ControlPlane:
             self._background.add(task)
             task.add_done_callback(self._background.discard)
         return job_view(job)
+
+    async def _released(self, agent_id: str, job_id: str, reason: str) -> wire.JobView:
+        """GitHub's runner ran no job: the job is queued again (attempt not counted) and the runner, registered
+        but never used, removed."""
+        job = await self.jobs.get(job_id)
+        outcome = await self.jobs.release_unused(agent_id, job_id, self.settings.max_runner_releases, reason)
+        log.warning("runner ran no job; job released", job_id=job_id, agent_id=agent_id, outcome=outcome)
+        if job.source == "github" and self.credentials is not None:
+            task = asyncio.create_task(self._release_runner(job))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+        return job_view(await self.jobs.get(job_id))
 
     async def _release_runner(self, job: Job) -> None:
         assert self.credentials is not None

@@ -50,6 +50,9 @@ class ControlSettings(CommonSettings):
     lease_ttl_seconds: float = Field(60.0, gt=0, description="A lease not renewed by heartbeat for this long expires")
     reclaim_interval_seconds: float = Field(5.0, gt=0)
     max_attempts: int = Field(3, ge=1, description="Leases a job may get before it fails")
+    max_runner_releases: int = Field(
+        5, ge=1, description="GitHub runners in a row that may exit without running a job before the job fails"
+    )
     host_ttl_seconds: float = Field(30.0, gt=0, description="A host with no heartbeat for this long is dead")
     agent_forget_seconds: float = Field(
         24 * 3600.0, gt=0, description="An agent silent this long (no lease held) leaves the hosts index and queues"

@@ -122,7 +122,10 @@ class LeaseResponse(BaseModel):
 
 
 class StatusReport(BaseModel):
-    state: Literal["running", "succeeded", "failed", "cancelled"]
+    """``released``: GitHub's runner exited without running a job; the job goes back to its queue, the attempt
+    not counted."""
+
+    state: Literal["running", "succeeded", "failed", "cancelled", "released"]
     exit_code: int | None = Field(None, ge=-(2**31), le=2**31 - 1)
     reason: str = Field("", max_length=2000)
 

@@ -20,6 +20,7 @@ class GuestConfig(BaseModel):
     cache: ServiceAccess | None = None
     env: dict[str, str] = Field(default_factory=dict, description="Extra environment for the job")
     runner_dir: str = Field("/opt/actions-runner", description="Where GitHub's runner lives in the image")
+    runner_user: str = Field("runner", description="The unprivileged user a root guest runs GitHub's runner as")
 
 
 class GuestEvent(BaseModel):
@@ -31,3 +32,5 @@ class GuestEvent(BaseModel):
     line: str = ""
     seq: int = 0
     exit_code: int | None = None
+    # On the exit event of a runner job: what GitHub's runner did, read from its output ("no_job": it ran none).
+    outcome: Literal["succeeded", "failed", "cancelled", "no_job"] | None = None

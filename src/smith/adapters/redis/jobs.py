@@ -144,6 +144,7 @@ class RedisJobs:
         self._handback = redis.register_script(scripts.HANDBACK)
         self._renew = redis.register_script(scripts.RENEW)
         self._report = redis.register_script(scripts.REPORT)
+        self._release_unused = redis.register_script(scripts.RELEASE_UNUSED)
         self._cancel = redis.register_script(scripts.CANCEL)
         self._drop_consumer = redis.register_script(scripts.DROP_CONSUMER)
         self._groups_ready: set[str] = set()
@@ -366,31 +367,28 @@ class RedisJobs:
                 out[job_id] = str(await self._renew(keys=[keys.job(job_id), keys.queue(cls)], args=[agent_id, now]))
         return out
 
-    async def report(
-        self, agent_id: str, job_id: str, state: JobState, *, reason: str = "", exit_code: int | None = None
-    ) -> Job:
+    async def _as_owner(self, script: Any, agent_id: str, job_id: str, args: list[Any], new_state: str) -> str:
+        """Run a script only the lease's holder may (KEYS: job, stream, reply); its outcome, or the refusal."""
         _consumer(agent_id)
         cls = await self._class_of(job_id)
         if cls is None:
             raise NotFound(f"job {job_id} not found")
         async with errors(self.reach):
-            res = await self._report(
-                keys=[keys.job(job_id), keys.queue(cls), _reply()],
-                args=[
-                    agent_id,
-                    state.value,
-                    repr(time.time()),
-                    reason,
-                    "" if exit_code is None else exit_code,
-                    self.retention,
-                ],
-            )
+            res = await script(keys=[keys.job(job_id), keys.queue(cls), _reply()], args=args)
         if res[0] == "missing":
             raise NotFound(f"job {job_id} not found")
         if res[0] == "not_owner":
             raise Conflict(f"job {job_id} is not leased to agent {agent_id} (state {res[1]})")
         if res[0] == "bad_transition":
-            raise Conflict(f"job {job_id} cannot go from {res[1]} to {state.value}")
+            raise Conflict(f"job {job_id} cannot go from {res[1]} to {new_state}")
+        return str(res[0])
+
+    async def report(
+        self, agent_id: str, job_id: str, state: JobState, *, reason: str = "", exit_code: int | None = None
+    ) -> Job:
+        code = "" if exit_code is None else exit_code
+        args = [agent_id, state.value, repr(time.time()), reason, code, self.retention]
+        await self._as_owner(self._report, agent_id, job_id, args, state.value)
         return await self.get(job_id)
 
     async def reclaim(self, classes: Iterable[str], lease_ttl: float, max_attempts: int) -> dict[str, int]:
@@ -429,6 +427,12 @@ class RedisJobs:
                 if start in ("0-0", b"0-0"):
                     break
         return counts
+
+    async def release_unused(self, agent_id: str, job_id: str, max_releases: int, reason: str) -> str:
+        """GitHub's runner ran no job: back on the queue without counting the attempt ('requeued'), or 'failed'
+        past ``max_releases`` such releases in a row."""
+        args = [agent_id, repr(time.time()), max_releases, reason, self.retention]
+        return await self._as_owner(self._release_unused, agent_id, job_id, args, "queued (released)")
 
     async def requeue(self, job_id: str, entry: str, max_attempts: int, reason: str) -> str:
         """Put a leased job back on its queue (counts as an attempt; fails it past ``max_attempts``)."""

@@ -182,6 +182,35 @@ redis.call('EXPIRE', KEYS[1], ARGV[6])
 return {'ok', s}
 """)
 
+# The agent holding the lease says GitHub's runner exited without running any job (it never started, or got
+# none): the job goes back to the end of its queue WITHOUT counting the attempt (the lease's HINCRBY is undone).
+# ``releases`` counts these; past max_releases the job fails (an image whose runner never starts must not loop).
+# KEYS: job, stream, reply   ARGV: agent_id, now, max_releases, reason, retention
+RELEASE_UNUSED = replayable("""
+local f = redis.call('HMGET', KEYS[1], 'state', 'entry', 'agent_id', 'attempts', 'releases')
+if not f[1] then return {'missing', ''} end
+if f[3] ~= ARGV[1] then return {'not_owner', f[1]} end
+if f[1] ~= 'assigned' and f[1] ~= 'running' then return {'bad_transition', f[1]} end
+if f[2] then
+  redis.call('XACK', KEYS[2], 'smith-agents', f[2])
+  redis.call('XDEL', KEYS[2], f[2])
+end
+local releases = tonumber(f[5] or '0') + 1
+local attempts = math.max(tonumber(f[4] or '0') - 1, 0)
+redis.call('HDEL', KEYS[1], 'entry', 'agent_id', 'assigned_at', 'started_at')
+if releases > tonumber(ARGV[3]) then
+  redis.call('HSET', KEYS[1], 'state', 'failed', 'releases', releases, 'attempts', attempts, 'finished_at', ARGV[2],
+    'updated_at', ARGV[2], 'reason', ARGV[4] .. '; ' .. releases .. ' runners in a row ran no job')
+  redis.call('EXPIRE', KEYS[1], ARGV[5])
+  return {'failed', f[1]}
+end
+local job_id = redis.call('HGET', KEYS[1], 'id')
+local entry = redis.call('XADD', KEYS[2], '*', 'job', job_id)
+redis.call('HSET', KEYS[1], 'state', 'queued', 'entry', entry, 'attempts', attempts, 'releases', releases,
+  'updated_at', ARGV[2], 'reason', ARGV[4])
+return {'requeued', f[1]}
+""")
+
 # Operator cancel. A queued job leaves the queue at once; a leased one is flagged for its agent.
 # KEYS: job, stream, reply   ARGV: now, reason, retention
 CANCEL = replayable("""
