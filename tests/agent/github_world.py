@@ -50,7 +50,9 @@ class World:
         vmm.runner_dir = install_runner(vmm.base_dir / "runner", listener=listener)
         output = LocalFiles(self.base / f"{name}-logs")
         agent = Agent(
-            AgentConfig(name, name, vcpus, 16384, 4, **({"drain_seconds": 2, "lease_wait_seconds": 2} | config)),
+            AgentConfig(
+                name, name, vcpus, 16384, **({"max_vms": 4, "drain_seconds": 2, "lease_wait_seconds": 2} | config)
+            ),
             ControlClient(self.control.url, agent_token(name)),
             vmm,
             output,

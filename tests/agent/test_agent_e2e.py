@@ -38,8 +38,9 @@ pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bwrap is 
 def make_runner(base: Path) -> Path:
     runner = base / "runner"
     runner.mkdir(parents=True)
-    (runner / "run.sh").write_text(
+    (runner / "run.sh").write_text(  # runs its job once the test, playing GitHub, said it gave it one
         '#!/bin/sh\necho "runner: $# args, config $ACTIONS_RUNNER_INPUT_JITCONFIG"\necho "job: $SMITH_JOB_ID"\n'
+        "while [ ! -e /runner/go ]; do sleep 0.05; done\n"
         'echo "Running job: build"\necho "Job build completed with result: Succeeded"\nexit 0\n'
     )
     (runner / "run.sh").chmod(0o755)
@@ -102,6 +103,12 @@ async def test_webhook_to_sandbox_and_back(running_agent: tuple[Control, Agent, 
     control, agent, fake, output = running_agent
     r = await asyncio.to_thread(control.deliver, queued_payload(8001, ["self-hosted", "smith-2vcpu"]))
     assert r.status_code == 202 and r.json()["outcome"] == "queued"
+    await wait_state(control, "8001", {"running"})
+    started = queued_payload(8001, ["self-hosted", "smith-2vcpu"], action="in_progress")
+    started["workflow_job"]["runner_name"] = "smith-8001-1"  # GitHub gave this job to the runner minted for it
+    assert (await asyncio.to_thread(control.deliver, started)).status_code == 202
+    assert isinstance(agent.vmm, SandboxVMM) and agent.vmm.runner_dir is not None
+    (agent.vmm.runner_dir / "go").touch()
     job = await wait_state(control, "8001", {"succeeded", "failed"})
     assert job["state"] == "succeeded", job
     assert job["exit_code"] == 0 and job["agent_id"] == "e2e-host"

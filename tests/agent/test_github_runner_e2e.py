@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.agent.github_world import REPO, world
+from smith.testing.github_actions import WorkflowJob
+from tests.agent.github_world import REPO, World, world
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bwrap is not installed (apt install bubblewrap)")
 
@@ -40,9 +41,97 @@ async def test_a_runner_that_never_starts_is_not_reported_succeeded(redis_url: s
         await w.until(lambda: not w.fake.runners_in("repo:codertocat/hello-world"), message="runners left behind")
 
 
-async def _final(w: object, job_id: int) -> dict[str, object] | None:
-    from tests.agent.github_world import World
-
-    assert isinstance(w, World)
+async def _final(w: World, job_id: int) -> dict[str, object] | None:
     view = await w.job(job_id)
     return view if view.get("state") in ("succeeded", "failed", "cancelled") else None
+
+
+async def test_jobs_with_overlapping_labels_in_two_classes_all_run_once_with_githubs_result(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """A runner made for a big job has every label of a small one, so GitHub may give it the small job: whatever
+    GitHub does, every job runs once, and Smith ends each as GitHub did."""
+    async with world(redis_url, tmp_path) as w:
+        w.fake.actions.assign_order = "random"
+        await w.add_agent("h1", vcpus=8, runner_idle_seconds=3)
+        small = [w.fake.actions.queue_job(REPO, ["self-hosted"], script="true") for _ in range(2)]
+        big = [w.fake.actions.queue_job(REPO, ["self-hosted", "smith-4vcpu"], script="true") for _ in range(2)]
+        failing = w.fake.actions.queue_job(REPO, ["self-hosted"], script="exit 1")
+        jobs = [*small, *big, failing]
+        finals = {j.id: await w.until(lambda j=j: _final(w, j.id), timeout=60) for j in jobs}  # type: ignore[misc]
+        for j in jobs:
+            gh = w.fake.actions.job(j.id)
+            assert gh.status == "completed", gh
+            started = [d for d in w.fake.actions.deliveries if d.job_id == j.id and d.action == "in_progress"]
+            assert len(started) == 1  # GitHub ran it once
+            assert finals[j.id]["state"] == ("succeeded" if gh.conclusion == "success" else "failed"), finals[j.id]
+            assert finals[j.id]["github_runner"] == gh.runner_name  # Smith knows where it ran
+        assert finals[failing.id]["state"] == "failed"
+        await w.until(lambda: not w.fake.runners_in("repo:codertocat/hello-world"), message="runners left behind")
+
+
+async def test_a_runner_that_takes_another_job_is_recorded_and_the_first_job_still_gets_a_runner(
+    redis_url: str, tmp_path: Path
+) -> None:
+    async with world(redis_url, tmp_path) as w:
+        actions = w.fake.actions
+        first, second = await _runner_waits_for_first_while_second_is_queued(w)
+        actions.paused = False  # the runner minted for `first` takes `second`, the newest
+        a = await w.until(lambda: _final(w, first.id), timeout=60, message="first never ended")
+        b = await w.until(lambda: _final(w, second.id), timeout=60, message="second never ended")
+        assert actions.job(second.id).runner_name == f"smith-{first.id}-1"
+        assert b["state"] == "succeeded" and b["github_runner"] == f"smith-{first.id}-1", b
+        assert a["state"] == "succeeded" and a["github_runner"] not in ("", f"smith-{first.id}-1"), a
+        assert a["attempts"] == 1  # its first runner running another job cost it no attempt
+        assert actions.job(first.id).status == "completed"
+
+
+async def test_a_runner_github_gives_no_job_is_stopped_and_removed(redis_url: str, tmp_path: Path) -> None:
+    async with world(redis_url, tmp_path, max_runner_releases=1) as w:
+        w.fake.actions.paused = True  # GitHub gives nothing to anyone
+        await w.add_agent("h1", runner_idle_seconds=1)
+        job = w.fake.actions.queue_job(REPO, ["self-hosted"])
+        final = await w.until(lambda: _final(w, job.id), timeout=60, message="never released")
+        assert final["state"] == "failed" and "ran no job" in final["reason"]
+        assert "gave the runner no job in 1s" in w.log_of(job.id)
+        await w.until(lambda: not w.fake.runners_in("repo:codertocat/hello-world"), message="runners left behind")
+
+
+async def test_webhooks_arriving_late_and_out_of_order_still_end_every_job_as_github_did(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """As above, but GitHub's in_progress/completed webhooks arrive only after the first runner's lease ended,
+    newest first: Smith waits for GitHub's word, then puts the first job back and ends both as GitHub did."""
+    async with world(redis_url, tmp_path) as w:
+        actions = w.fake.actions
+        first, second = await _runner_waits_for_first_while_second_is_queued(w)
+        actions.hold()
+        actions.paused = False
+        waiting = await w.until(
+            lambda: _waiting(w, first.id), timeout=60, message="the first lease never ended waiting for GitHub"
+        )
+        assert waiting["state"] == "running" and waiting["agent_id"] == ""
+        actions.flush(reverse=True)
+        a = await w.until(lambda: _final(w, first.id), timeout=60, message="first never ended")
+        b = await w.until(lambda: _final(w, second.id), timeout=60, message="second never ended")
+        assert b["state"] == "succeeded" and b["github_runner"] == f"smith-{first.id}-1", b
+        assert a["state"] == "succeeded" and a["github_runner"] not in ("", f"smith-{first.id}-1"), a
+        assert actions.job(first.id).status == actions.job(second.id).status == "completed"
+
+
+async def _waiting(w: World, job_id: int) -> dict[str, object] | None:
+    view = await w.job(job_id)
+    return view if "waiting for GitHub" in str(view.get("reason")) else None
+
+
+async def _runner_waits_for_first_while_second_is_queued(w: World) -> tuple[WorkflowJob, WorkflowJob]:
+    """One VM at a time; the runner minted for `first` is online when `second` is queued; GitHub gives nothing
+    until the test unpauses it, and then the newest job first."""
+    actions = w.fake.actions
+    actions.paused, actions.assign_order = True, "newest"
+    await w.add_agent("h1", max_vms=1, runner_idle_seconds=5)
+    first = actions.queue_job(REPO, ["self-hosted"], name="first")
+    await w.until(lambda: any(r["status"] == "online" for r in w.fake.runners_in("repo:codertocat/hello-world")))
+    second = actions.queue_job(REPO, ["self-hosted"], name="second")
+    actions.wait_delivered()
+    return first, second

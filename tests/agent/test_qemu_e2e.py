@@ -98,6 +98,13 @@ async def test_webhook_to_qemu_microvm_and_back(redis_url: str, tmp_path: Path, 
                 await asyncio.wait_for(agent.registered.wait(), patient(30))
                 r = await asyncio.to_thread(control.deliver, queued_payload(9001, ["self-hosted", "smith-2vcpu"]))
                 assert r.status_code == 202 and r.json()["outcome"] == "queued"
+                # The runner ran a job: Smith waits for GitHub to say which (here: this one, on its runner).
+                await wait_state(control, "9001", {"running"}, timeout=patient(240))
+                while agent.jobs:
+                    await asyncio.sleep(0.05)
+                done = queued_payload(9001, ["self-hosted", "smith-2vcpu"], action="completed")
+                done["workflow_job"].update(runner_name="smith-9001-1", conclusion="success")
+                assert (await asyncio.to_thread(control.deliver, done)).status_code == 202
                 job = await wait_state(control, "9001", {"succeeded", "failed"}, timeout=patient(240))
             finally:
                 await agent.shutdown()

@@ -206,7 +206,7 @@ async def test_jit_config_for_an_organisation_with_a_runner_group(
     [call] = fake.calls("POST", "generate-jitconfig")
     assert call.path == "/orgs/octo-org/actions/runners/generate-jitconfig"
     assert call.body["runner_group_id"] == 7
-    assert call.body["labels"] == ["self-hosted", "smith-2vcpu"]
+    assert call.body["labels"] == ["self-hosted"]  # the job's labels only: no class name
     assert cred.url == "https://github.com/octo-org"
     assert fake.runners_in("org:octo-org")[0]["runner_group_id"] == 7
     assert fake.runners_in("repo:octo-org/app") == []
@@ -287,10 +287,12 @@ async def test_a_job_with_neither_repo_nor_org_is_refused(client: GitHubApp) -> 
         await client.for_job(job(repo="", org=""), "smith-j1-1")
 
 
-async def test_labels_are_deduplicated_and_bounded(client: GitHubApp) -> None:
-    assert GitHubApp.labels_for(job(labels=("Self-Hosted", "self-hosted", "SMITH-2VCPU"))) == [
+async def test_labels_are_the_jobs_own_deduplicated_and_bounded(client: GitHubApp) -> None:
+    """Exactly the job's runs-on labels: GitHub gives a job to any idle runner that has all its labels, so a
+    runner with its class name added would take the smaller jobs that class's labels also cover."""
+    assert GitHubApp.labels_for(job(labels=("Self-Hosted", "self-hosted", "gpu"), runner_class="smith-8vcpu")) == [
         "Self-Hosted",
-        "SMITH-2VCPU",
+        "gpu",
     ]
     with pytest.raises(InvalidInput, match="1 to 100"):
         await client.generate_jit_config(

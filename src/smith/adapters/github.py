@@ -385,10 +385,12 @@ class GitHubApp:
 
     @staticmethod
     def labels_for(job: Job) -> list[str]:
-        """The job's ``runs-on`` labels plus its runner class, once each (case-insensitively), in order."""
+        """The job's ``runs-on`` labels, once each (case-insensitively), in order: exactly what the job asked
+        for. GitHub gives a queued job to any idle runner whose labels include all of the job's, so a runner with
+        more labels (its class's name, say) would also take smaller jobs and leave the one it was made for."""
         seen: set[str] = set()
         labels = []
-        for label in (*job.labels, job.runner_class):
+        for label in job.labels:
             if label and label.lower() not in seen:
                 seen.add(label.lower())
                 labels.append(label)

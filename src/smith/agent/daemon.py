@@ -67,6 +67,7 @@ class AgentConfig:
     job_timeout_seconds: float = 6 * 3600.0
     lease_wait_seconds: float = 20.0
     runner_dir: str = "/opt/actions-runner"
+    runner_idle_seconds: float = 900.0
     logs_url: str | None = None
 
 
@@ -264,7 +265,13 @@ class Agent:
     # -- one job ------------------------------------------------------------------------------------------
 
     def guest_config(self, lease: wire.LeaseResponse) -> GuestConfig:
-        return GuestConfig(job=lease.job, runner=lease.runner, cache=lease.cache, runner_dir=self.config.runner_dir)
+        return GuestConfig(
+            job=lease.job,
+            runner=lease.runner,
+            cache=lease.cache,
+            runner_dir=self.config.runner_dir,
+            runner_idle_seconds=self.config.runner_idle_seconds,
+        )
 
     async def _run_job(self, job: RunningJob) -> None:
         spec = job.lease.job

@@ -175,7 +175,7 @@ class ControlPlane:
                 res = await self.jobs.record_queued(delivery, None, outcome, outcome)
             else:
                 tomb = None
-                if d.action == "completed" and d.runner_class is not None:
+                if d.action in ("completed", "in_progress") and d.runner_class is not None:
                     tomb = {
                         "id": d.job_id,
                         "runner_class": d.runner_class.name,
@@ -193,6 +193,9 @@ class ControlPlane:
                     base,
                     tomb,
                     d.dequeue_reason,
+                    d.runner_name,
+                    webhooks.is_smith_runner(d.runner_name),
+                    webhooks.minted_for(d.runner_name),
                 )
             result: dict[str, Any] = {"outcome": res.outcome, "job_id": d.job_id}
             if res.outcome == "duplicate":
@@ -342,8 +345,12 @@ class ControlPlane:
         )
 
     async def report(self, agent_id: str, job_id: str, req: wire.StatusReport) -> wire.JobView:
+        if req.state != "running":
+            leased = await self.jobs.get(job_id)
+            if leased.source == "github" and not leased.run and self.credentials is not None:
+                return await self._runner_report(agent_id, leased, req)
         if req.state == "released":
-            return await self._released(agent_id, job_id, req.reason)
+            raise InvalidInput("only a GitHub runner job can be released")
         job = await self.jobs.report(agent_id, job_id, JobState(req.state), reason=req.reason, exit_code=req.exit_code)
         log.info("job state", job_id=job_id, agent_id=agent_id, state=req.state, exit_code=req.exit_code)
         if req.state in ("cancelled", "failed") and job.source == "github" and self.credentials is not None:
@@ -353,17 +360,25 @@ class ControlPlane:
             task.add_done_callback(self._background.discard)
         return job_view(job)
 
-    async def _released(self, agent_id: str, job_id: str, reason: str) -> wire.JobView:
-        """GitHub's runner ran no job: the job is queued again (attempt not counted) and the runner, registered
-        but never used, removed."""
-        job = await self.jobs.get(job_id)
-        outcome = await self.jobs.release_unused(agent_id, job_id, self.settings.max_runner_releases, reason)
-        log.warning("runner ran no job; job released", job_id=job_id, agent_id=agent_id, outcome=outcome)
-        if job.source == "github" and self.credentials is not None:
+    async def _runner_report(self, agent_id: str, job: Job, req: wire.StatusReport) -> wire.JobView:
+        """A GitHub runner job's lease ended. Its runner ran whatever job GitHub gave it, so the job's state
+        follows GitHub's webhooks (REPORT_RUNNER); the runner, if it ran nothing, is removed on GitHub."""
+        outcome = await self.jobs.report_runner(
+            agent_id,
+            job.id,
+            req.state,
+            lease_runner=webhooks.runner_name(job),
+            max_releases=self.settings.max_runner_releases,
+            reason=req.reason,
+            exit_code=req.exit_code,
+        )
+        log.info("runner lease ended", job_id=job.id, agent_id=agent_id, reported=req.state, outcome=outcome)
+        if req.state in ("released", "cancelled", "failed") and self.credentials is not None:
+            # A runner that never took a job stays registered (offline) on GitHub: remove it.
             task = asyncio.create_task(self._release_runner(job))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
-        return job_view(await self.jobs.get(job_id))
+        return job_view(await self.jobs.get(job.id))
 
     async def _release_runner(self, job: Job) -> None:
         assert self.credentials is not None

@@ -24,6 +24,7 @@ class Decision:
     reason: str = ""  # why it is ignored, when it is
     conclusion: str = ""
     dequeue_reason: str = ""
+    runner_name: str = ""  # in_progress/completed: the runner GitHub gave the job to
     summary: Mapping[str, Any] | None = None
 
 
@@ -107,15 +108,36 @@ def workflow_job(payload: Mapping[str, Any], classes: Iterable[RunnerClass]) -> 
         )
         return Decision(action, job_id, rc, job, summary=summary)
     dequeue = ""
-    if action == "completed":
+    runner = str(wj.get("runner_name") or "") if action in ("in_progress", "completed") else ""
+    if action == "completed" and not is_smith_runner(runner):
         dequeue = f"GitHub completed the job ({conclusion or 'no conclusion'}) before an agent leased it"
-    elif action == "in_progress":
-        runner = str(wj.get("runner_name") or "")
-        if runner and not runner.startswith(RUNNER_NAME_PREFIX):
-            dequeue = f"picked up on GitHub by runner {runner!r}, not by Smith"
-    return Decision(action, job_id, rc, None, conclusion=conclusion, dequeue_reason=dequeue, summary=summary)
+    elif action == "in_progress" and runner and not is_smith_runner(runner):
+        dequeue = f"picked up on GitHub by runner {runner!r}, not by Smith"
+    return Decision(
+        action,
+        job_id,
+        rc,
+        None,
+        conclusion=conclusion,
+        dequeue_reason=dequeue,
+        runner_name=runner[:256],
+        summary=summary,
+    )
+
+
+def is_smith_runner(name: str) -> bool:
+    return name.startswith(RUNNER_NAME_PREFIX)
+
+
+def minted_for(name: str) -> str:
+    """The job a Smith runner was minted for (its name ends ``-<job id>-<lease>``), or ''."""
+    if not is_smith_runner(name):
+        return ""
+    parts = name.rsplit("-", 2)
+    return parts[-2] if len(parts) == 3 and parts[-2].isdigit() and parts[-1].isdigit() else ""
 
 
 def runner_name(job: Job) -> str:
-    """The name our ephemeral runner registers with: unique per job and attempt."""
-    return f"{RUNNER_NAME_PREFIX}{job.id}-{job.attempts}"
+    """The name a lease's ephemeral runner registers with: unique per job and lease. GitHub may give that runner
+    another job with the same labels; the webhooks name it, and that is how Smith learns which job ran where."""
+    return f"{RUNNER_NAME_PREFIX}{job.id}-{job.leases or job.attempts}"

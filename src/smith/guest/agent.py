@@ -27,6 +27,7 @@ import os
 import queue
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -351,7 +352,36 @@ def forward_diag(runner_dir: str, out: Output, limit: int = 20_000) -> None:
             continue
 
 
-def run_step(argv: list[str], env: dict[str, str], user: User, workdir: str, out: Output, watch: RunnerWatch) -> int:
+def stop_if_idle(proc: subprocess.Popen[bytes], watch: RunnerWatch, seconds: float, out: Output) -> None:
+    """GitHub's runner waits for a job for ever; one that gets none within ``seconds`` is stopped (SIGTERM, then
+    SIGKILL), so that its VM is freed and its demand goes back to the queue."""
+    try:
+        proc.wait(timeout=seconds)
+        return
+    except subprocess.TimeoutExpired:
+        pass
+    if watch.job:
+        return
+    out.emit("line", stream="system", line=f"smith: GitHub gave the runner no job in {seconds:g}s: stopping it")
+    for sig, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 0.0)):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout=grace or None)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def run_step(
+    argv: list[str],
+    env: dict[str, str],
+    user: User,
+    workdir: str,
+    out: Output,
+    watch: RunnerWatch,
+    idle_seconds: float = 0.0,
+) -> int:
     try:
         proc = subprocess.Popen(
             argv,
@@ -371,9 +401,11 @@ def run_step(argv: list[str], env: dict[str, str], user: User, workdir: str, out
         threading.Thread(target=pump, args=(p, n, q), daemon=True)
         for p, n in ((proc.stdout, "stdout"), (proc.stderr, "stderr"))
     ]
+    if idle_seconds:
+        threads.append(threading.Thread(target=stop_if_idle, args=(proc, watch, idle_seconds, out), daemon=True))
     for t in threads:
         t.start()
-    open_pipes = len(threads)
+    open_pipes = 2
     while open_pipes:
         item = q.get()
         if item is None:
@@ -406,7 +438,8 @@ def run(config: dict[str, Any], out: Output, workdir: str) -> tuple[int, str | N
     code = 0
     env = environment(config, workdir)
     for argv, extra in steps(config, runner_dir):
-        code = run_step(argv, {**env, **extra}, user, workdir, out, watch)
+        idle = float(config.get("runner_idle_seconds") or 0) if argv[0].endswith("/run.sh") else 0.0
+        code = run_step(argv, {**env, **extra}, user, workdir, out, watch, idle)
         if code != 0:
             break
     if not config.get("runner"):

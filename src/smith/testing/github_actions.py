@@ -77,6 +77,7 @@ class Actions:
 
     github: FakeGitHub
     assign_order: str = "oldest"  # oldest | newest | random: which of the matching queued jobs a runner gets
+    paused: bool = False  # no job is given to any runner while set
     jobs: dict[int, WorkflowJob] = field(default_factory=dict)
     deliveries: list[Delivery] = field(default_factory=list)
     credentials: dict[str, tuple[str, int]] = field(default_factory=dict)  # runner secret -> (scope, runner id)
@@ -289,7 +290,7 @@ class Actions:
     def _assign(self, scope: str, runner: dict[str, Any]) -> WorkflowJob | None:
         """GitHub's choice (caller holds the lock): an idle runner takes a queued job of its scope whose labels
         it all has."""
-        if runner["busy"]:
+        if runner["busy"] or self.paused:
             return None
         labels = {label["name"].lower() for label in runner["labels"]}
         fits = [

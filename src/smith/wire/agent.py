@@ -155,6 +155,7 @@ class JobView(BaseModel):
     cancel_requested: bool
     github_status: str
     github_conclusion: str
+    github_runner: str = ""  # the runner GitHub ran it on (maybe one minted for another job)
     created_at: float
     assigned_at: float | None
     started_at: float | None

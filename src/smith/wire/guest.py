@@ -21,6 +21,7 @@ class GuestConfig(BaseModel):
     env: dict[str, str] = Field(default_factory=dict, description="Extra environment for the job")
     runner_dir: str = Field("/opt/actions-runner", description="Where GitHub's runner lives in the image")
     runner_user: str = Field("runner", description="The unprivileged user a root guest runs GitHub's runner as")
+    runner_idle_seconds: float = Field(900.0, gt=0, description="Stop GitHub's runner if it gets no job this long")
 
 
 class GuestEvent(BaseModel):

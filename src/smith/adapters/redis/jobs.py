@@ -25,7 +25,7 @@ from smith.logging import get_logger
 
 log = get_logger("smith.redis.jobs")
 
-_INT_FIELDS = {"vcpus", "memory_mib", "run_id", "run_attempt", "installation_id", "attempts"}
+_INT_FIELDS = {"vcpus", "memory_mib", "run_id", "run_attempt", "installation_id", "attempts", "leases", "releases"}
 _FLOAT_FIELDS = {"created_at", "updated_at"}
 _OPT_FLOAT_FIELDS = {"assigned_at", "started_at", "finished_at"}
 
@@ -144,7 +144,7 @@ class RedisJobs:
         self._handback = redis.register_script(scripts.HANDBACK)
         self._renew = redis.register_script(scripts.RENEW)
         self._report = redis.register_script(scripts.REPORT)
-        self._release_unused = redis.register_script(scripts.RELEASE_UNUSED)
+        self._report_runner = redis.register_script(scripts.REPORT_RUNNER)
         self._cancel = redis.register_script(scripts.CANCEL)
         self._drop_consumer = redis.register_script(scripts.DROP_CONSUMER)
         self._groups_ready: set[str] = set()
@@ -253,6 +253,9 @@ class RedisJobs:
         event: Mapping[str, Any],
         tombstone: Mapping[str, str] | None,
         dequeue_reason: str = "",
+        runner_name: str = "",
+        smith_runner: bool = False,
+        minted_for: str = "",
     ) -> Recorded:
         """Record GitHub's news about a job. With ``dequeue_reason``, a job still queued here leaves the queue.
 
@@ -260,12 +263,17 @@ class RedisJobs:
         record, so a late 'queued' redelivery does not enqueue it."""
         now = time.time()
         stream_class = runner_class or await self._class_of(job_id) or "_none"
+        minted_class = await self._class_of(minted_for) if minted_for and minted_for != job_id else None
+        if minted_class is None:
+            minted_for = ""
         ks = [
             keys.delivery(delivery_id),
             keys.job(job_id),
             keys.queue(stream_class),
             keys.JOBS,
             keys.EVENTS,
+            keys.job(minted_for or job_id),
+            keys.queue(minted_class or stream_class),
             _reply(),
         ]
         argv: list[Any] = [
@@ -281,6 +289,9 @@ class RedisJobs:
             orjson.dumps(dict(tombstone)) if tombstone else b"",
             "1" if dequeue_reason else "0",
             dequeue_reason,
+            runner_name,
+            "1" if smith_runner else "0",
+            minted_for,
         ]
         async with errors(self.reach):
             res, acked = await self._group(self._record_update, ks, argv)
@@ -428,11 +439,22 @@ class RedisJobs:
                     break
         return counts
 
-    async def release_unused(self, agent_id: str, job_id: str, max_releases: int, reason: str) -> str:
-        """GitHub's runner ran no job: back on the queue without counting the attempt ('requeued'), or 'failed'
-        past ``max_releases`` such releases in a row."""
-        args = [agent_id, repr(time.time()), max_releases, reason, self.retention]
-        return await self._as_owner(self._release_unused, agent_id, job_id, args, "queued (released)")
+    async def report_runner(
+        self,
+        agent_id: str,
+        job_id: str,
+        reported: str,
+        *,
+        lease_runner: str,
+        max_releases: int,
+        reason: str = "",
+        exit_code: int | None = None,
+    ) -> str:
+        """The final report of a GitHub runner job's lease, read against what GitHub said (REPORT_RUNNER):
+        'github', 'runner', 'elsewhere', 'requeued' (attempt not counted) or 'failed'."""
+        code = "" if exit_code is None else exit_code
+        args = [agent_id, reported, repr(time.time()), reason, code, self.retention, lease_runner, max_releases]
+        return await self._as_owner(self._report_runner, agent_id, job_id, args, reported)
 
     async def requeue(self, job_id: str, entry: str, max_attempts: int, reason: str) -> str:
         """Put a leased job back on its queue (counts as an attempt; fails it past ``max_attempts``)."""
