@@ -27,6 +27,10 @@ class RunnerCredentials(Protocol):
         """Remove the runner registered for a job that did not finish normally; False if there was none."""
         ...
 
+    async def job_state(self, job: Job) -> tuple[str, str, str] | None:
+        """GitHub's view of the job: (status, conclusion, runner name), or None when it cannot say."""
+        ...
+
     async def aclose(self) -> None: ...
 
 

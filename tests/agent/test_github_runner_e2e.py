@@ -135,3 +135,42 @@ async def _runner_waits_for_first_while_second_is_queued(w: World) -> tuple[Work
     second = actions.queue_job(REPO, ["self-hosted"], name="second")
     actions.wait_delivered()
     return first, second
+
+
+async def test_a_job_cancelled_on_github_while_its_vm_boots_releases_the_vm_at_once(
+    redis_url: str, tmp_path: Path
+) -> None:
+    async with world(redis_url, tmp_path) as w:
+        w.fake.actions.paused = True  # no runner gets it: as if its VM were still booting
+        agent = await w.add_agent("h1")
+        job = w.fake.actions.queue_job(REPO, ["self-hosted"])
+        await w.until(lambda: agent.jobs, message="never leased")
+        w.fake.actions.cancel(job.id)  # on GitHub: completed, cancelled
+        final = await w.until(lambda: _final(w, job.id), timeout=30, message="the VM was kept")
+        assert final["state"] == "cancelled" and final["github_conclusion"] == "cancelled", final
+        await w.until(lambda: not agent.jobs, message="the VM was kept")  # long before any job timeout
+        await w.until(lambda: not w.fake.runners_in("repo:codertocat/hello-world"), message="runner left behind")
+
+
+async def test_a_job_github_already_runs_elsewhere_gets_no_runner(redis_url: str, tmp_path: Path) -> None:
+    """Its in_progress webhook was lost: before minting, the jobs API says GitHub already runs it."""
+    async with world(redis_url, tmp_path) as w:
+        actions = w.fake.actions
+        actions.paused = True
+        job = actions.queue_job(REPO, ["self-hosted"])
+        actions.wait_delivered()
+        with actions.lock:  # another (not Smith's) runner took it; GitHub's webhook never arrived
+            j = actions.jobs[job.id]
+            j.status, j.runner_id, j.runner_name = "in_progress", 1, "someone-else"
+        await w.add_agent("h1")
+        view = await w.until(
+            lambda: _reason_has(w, job.id, "GitHub ran it on runner someone-else"), message="never checked"
+        )
+        assert view["state"] == "running" and view["github_runner"] == "someone-else", view
+        assert not w.fake.runners_in("repo:codertocat/hello-world")  # nothing minted
+        assert w.fake.calls("GET", f"/actions/jobs/{job.id}")
+
+
+async def _reason_has(w: World, job_id: int, text: str) -> dict[str, object] | None:
+    view = await w.job(job_id)
+    return view if text in str(view.get("reason")) else None

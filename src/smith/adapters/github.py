@@ -414,6 +414,14 @@ class GitHubApp:
             kind="jit", value=jit.encoded_jit_config, url=scope.web_url(self.web_url), runner_name=jit.runner_name
         )
 
+    async def job_state(self, job: Job) -> tuple[str, str, str] | None:
+        """GitHub's view of a job from the jobs API (needs "Actions: read"): status, conclusion, runner."""
+        if not job.repo or not job.id.isdigit():
+            return None
+        scope = RunnerScope.repo(job.repo)
+        seen = await self.workflow_job(job.repo, job.id, await self.installation_for_job(job, scope))
+        return str(seen.get("status") or ""), str(seen.get("conclusion") or ""), str(seen.get("runner_name") or "")
+
     async def release(self, job: Job, runner_name: str) -> bool:
         """Remove the runner registered for a job that will not run (cancelled before its VM started)."""
         if self.mode != "jit":

@@ -15,6 +15,7 @@ from smith.adapters.redis.connect import StoreFailure
 from smith.adapters.redis.jobs import Lease, RedisJobs, runner_classes_for
 from smith.asyncutil import supervise
 from smith.control import webhooks
+from smith.control.githubview import already_taken
 from smith.control.settings import ControlSettings
 from smith.control.spool import Spool
 from smith.domain.cache import job_cache_claims
@@ -179,6 +180,8 @@ class ControlPlane:
                     tomb = {
                         "id": d.job_id,
                         "runner_class": d.runner_class.name,
+                        "vcpus": str(d.runner_class.vcpus),
+                        "memory_mib": str(d.runner_class.memory_mib),
                         "repo": str(base.get("repo", "")),
                         "source": "github",
                     }
@@ -272,6 +275,11 @@ class ControlPlane:
         lease = await self.jobs.lease(agent_id, names, wait)
         if lease is None:
             return None
+        job, creds = lease.job, self.credentials
+        if creds is not None and job.source == "github" and not job.run:
+            taken = await already_taken(self.jobs, creds, agent_id, job, self.settings.max_runner_releases)
+            if taken:
+                return None
         return await self._hand_over(agent_id, lease)
 
     async def _hand_over(self, agent_id: str, lease: Lease) -> wire.LeaseResponse:

@@ -157,10 +157,13 @@ return redis.call('HGETALL', KEYS[1])
 """)
 
 # Put a job's entry back at the end of its stream: a lease that expired (count it) or an entry an agent
-# read but did not take (do not count it). Fails the job once it has used max_attempts leases.
+# read but did not take (do not count it). Fails the job once it has used max_attempts leases. GitHub's view
+# wins: a job GitHub shows completed ends with its conclusion, one it shows in progress on a runner stays
+# 'running' (no lease) until GitHub says it completed; neither is queued again.
 # KEYS: job, stream, reply   ARGV: entry, now, max_attempts, reason, retention
-REQUEUE = replayable("""
-local f = redis.call('HMGET', KEYS[1], 'state', 'entry', 'attempts')
+REQUEUE = replayable(FINAL_OF + """
+local f = redis.call('HMGET', KEYS[1], 'state', 'entry', 'attempts', 'github_status', 'github_conclusion',
+  'github_runner')
 if f[2] ~= ARGV[1] or (f[1] ~= 'queued' and f[1] ~= 'assigned' and f[1] ~= 'running') then
   redis.call('XACK', KEYS[2], 'smith-agents', ARGV[1])
   redis.call('XDEL', KEYS[2], ARGV[1])
@@ -168,6 +171,16 @@ if f[2] ~= ARGV[1] or (f[1] ~= 'queued' and f[1] ~= 'assigned' and f[1] ~= 'runn
 end
 redis.call('XACK', KEYS[2], 'smith-agents', ARGV[1])
 redis.call('XDEL', KEYS[2], ARGV[1])
+if f[4] == 'completed' then
+  finish(KEYS[1], final_of(f[5] or ''), ARGV[2], ARGV[4] .. '; GitHub: ' .. (f[5] or 'completed'), ARGV[5])
+  return {'github', f[1]}
+end
+if f[4] == 'in_progress' and (f[6] or '') ~= '' then
+  redis.call('HSET', KEYS[1], 'state', 'running', 'updated_at', ARGV[2],
+    'reason', ARGV[4] .. '; in progress on GitHub (runner ' .. f[6] .. ')')
+  redis.call('HDEL', KEYS[1], 'entry', 'agent_id')
+  return {'github', f[1]}
+end
 if tonumber(f[3] or '0') >= tonumber(ARGV[3]) then
   redis.call('HSET', KEYS[1], 'state', 'failed', 'finished_at', ARGV[2], 'updated_at', ARGV[2],
     'reason', ARGV[4] .. '; gave up after ' .. (f[3] or '0') .. ' attempts')

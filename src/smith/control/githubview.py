@@ -1,0 +1,57 @@
+"""GitHub's view wins for runner jobs: before a runner is minted for a leased job, ask GitHub (the jobs API)
+whether the job still waits for one. A job GitHub already shows in progress or completed (its webhook lost,
+late, or the job cancelled) gets no runner: what GitHub said is recorded, and the lease ends by it."""
+
+from __future__ import annotations
+
+import time
+
+from smith.adapters.redis.jobs import RedisJobs
+from smith.control import webhooks
+from smith.domain.jobs import Job
+from smith.errors import SmithError
+from smith.logging import get_logger
+from smith.ports import RunnerCredentials
+
+log = get_logger("smith.control")
+
+
+async def already_taken(
+    jobs: RedisJobs, credentials: RunnerCredentials, agent_id: str, job: Job, max_releases: int
+) -> bool:
+    """True when GitHub shows ``job`` in progress or completed: the lease has then ended (REPORT_RUNNER)."""
+    try:
+        seen = await credentials.job_state(job)
+    except SmithError as exc:  # the check is a help, not a gate: mint anyway
+        log.warning("could not ask GitHub for the job's state", job_id=job.id, error=exc.message)
+        return False
+    if seen is None:
+        return False
+    status, conclusion, runner = seen
+    if status not in ("in_progress", "completed"):
+        return False
+    base = {"job_id": job.id, "source": "jobs-api", "received_at": time.time()}
+    await jobs.record_update(
+        f"jobs-api:{job.id}:{job.leases}:{status}",
+        job.id,
+        job.runner_class,
+        status,
+        conclusion,
+        {**base, "outcome": "recorded"},
+        {**base, "action": status},
+        None,
+        "",
+        runner,
+        webhooks.is_smith_runner(runner),
+        webhooks.minted_for(runner),
+    )
+    outcome = await jobs.report_runner(
+        agent_id,
+        job.id,
+        "cancelled",
+        lease_runner=webhooks.runner_name(job),
+        max_releases=max_releases,
+        reason=f"GitHub shows it {status} before a runner was made for it",
+    )
+    log.info("job already taken on GitHub: no runner minted", job_id=job.id, status=status, outcome=outcome)
+    return True
