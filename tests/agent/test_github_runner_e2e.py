@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 from smith.testing.github_actions import WorkflowJob
 from tests.agent.github_world import REPO, World, world
+from tests.control.conftest import operator_token
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bwrap is not installed (apt install bubblewrap)")
 
@@ -174,3 +177,25 @@ async def test_a_job_github_already_runs_elsewhere_gets_no_runner(redis_url: str
 async def _reason_has(w: World, job_id: int, text: str) -> dict[str, object] | None:
     view = await w.job(job_id)
     return view if text in str(view.get("reason")) else None
+
+
+async def test_github_down_or_refusing_for_a_while_loses_no_job(redis_url: str, tmp_path: Path) -> None:
+    """5xx bursts, then a 403 (a missing permission: an alarm operators see), then GitHub answers again: the job
+    runs once, with its attempts unspent, and the alarm clears."""
+    async with world(redis_url, tmp_path, max_attempts=1) as w:
+        w.fake.server_errors(4, path="generate-jitconfig")  # two leases' worth (the client tries twice each)
+        w.fake.fail(403, 1, message="Resource not accessible by integration", path="generate-jitconfig")
+        await w.add_agent("h1")
+        job = w.fake.actions.queue_job(REPO, ["self-hosted"])
+        alarm = await w.until(lambda: _github_status(w, alarmed=True), timeout=30, message="no alarm raised")
+        assert alarm["alarm"]["status"] == 403 and alarm["alarm"]["meaning"] == "missing permission"
+        final = await w.until(lambda: _final(w, job.id), timeout=60, message="the job was lost")
+        assert final["state"] == "succeeded" and final["attempts"] == 1, final
+        assert w.fake.actions.job(job.id).conclusion == "success"
+        assert (await _github_status(w, alarmed=False)) is not None  # cleared once GitHub answered
+
+
+async def _github_status(w: World, *, alarmed: bool) -> dict[str, Any] | None:
+    async with httpx.AsyncClient(base_url=w.control.url, headers={"Authorization": f"Bearer {operator_token()}"}) as c:
+        github = (await c.get("/v1/queue")).json()["github"]
+    return github if (github["alarm"] is not None) == alarmed else None

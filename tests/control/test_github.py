@@ -513,3 +513,15 @@ async def test_over_real_http_against_the_threaded_fake(app_key: rsa.RSAPrivateK
             cred = await client.for_job(replace(job(), installation_id=0), "smith-j1-1")
     assert cred.kind == "jit"
     assert [r.status for r in gh.requests] == [200, 201, 201]
+
+
+async def test_jit_configs_are_paced_under_githubs_secondary_limit(
+    make_client: Callable[..., GitHubApp], clock: Clock
+) -> None:
+    client = make_client(jit_per_minute=60)
+    for n in range(3):
+        await client.generate_jit_config(RunnerScope.repo("octo-org/app"), 11, name=f"r{n}", labels=["self-hosted"])
+    assert clock.slept == [1.0, 1.0]  # one a second at 60 a minute; the default is 170 (GitHub allows ~180)
+    assert GitHubApp(APP_ID, _pem(rsa.generate_private_key(public_exponent=65537, key_size=2048))).jit_interval == (
+        60 / 170
+    )

@@ -203,6 +203,7 @@ class GitHubApp:
         max_rate_limit_wait: float = 60.0,
         token_refresh_margin: float = 300.0,
         installation_cache_seconds: float = 600.0,
+        jit_per_minute: float = 170.0,
     ) -> None:
         if mode not in ("jit", "registration"):
             raise ConfigError(f"runner mode must be 'jit' or 'registration', not {mode!r}")
@@ -223,6 +224,9 @@ class GitHubApp:
         self.max_attempts = max_attempts
         self.backoff = RetryPolicy(max_attempts - 1, base=backoff_base, max=backoff_max, jitter=0.5)
         self.max_rate_limit_wait = max_rate_limit_wait
+        # GitHub's secondary limit allows roughly 180 JIT configs a minute: stay under it, per process.
+        self.jit_interval = 60.0 / jit_per_minute if jit_per_minute > 0 else 0.0
+        self._jit_next = 0.0
         self.token_refresh_margin = token_refresh_margin
         self.installation_cache_seconds = installation_cache_seconds
         self._tokens: dict[int, _Token] = {}
@@ -308,6 +312,7 @@ class GitHubApp:
             "work_folder": self.work_folder,
         }
         path = f"{scope.api_prefix}/actions/runners/generate-jitconfig"
+        await self._pace_jit()
         try:
             resp = await self._request("POST", path, installation_id, json=body)
         except GitHubError as exc:
@@ -322,6 +327,14 @@ class GitHubApp:
             return JitConfig(int(runner["id"]), str(runner.get("name", name)), str(data["encoded_jit_config"]))
         except (KeyError, TypeError, ValueError) as exc:
             raise UpstreamError("GitHub's JIT config answer lacks runner.id or encoded_jit_config") from exc
+
+    async def _pace_jit(self) -> None:
+        """Space JIT requests ``jit_interval`` apart (a slot each, taken in call order)."""
+        now = self._clock()
+        slot = max(now, self._jit_next)
+        self._jit_next = slot + self.jit_interval
+        if slot > now:
+            await self._sleep(slot - now)
 
     async def registration_token(self, scope: RunnerScope, installation_id: int) -> RegistrationToken:
         resp = await self._request("POST", f"{scope.api_prefix}/actions/runners/registration-token", installation_id)
@@ -562,6 +575,7 @@ class GitHubAppSettings(Protocol):
     github_runner_mode: Literal["jit", "registration"]
     github_runner_group_id: int
     github_org_runners: bool
+    github_jit_per_minute: float
 
 
 def from_settings(settings: GitHubAppSettings, **kw: Any) -> GitHubApp | None:
@@ -589,6 +603,7 @@ def from_settings(settings: GitHubAppSettings, **kw: Any) -> GitHubApp | None:
         org_runners=settings.github_org_runners,
         runner_group_id=settings.github_runner_group_id,
         default_installation_id=settings.github_installation_id,
+        jit_per_minute=settings.github_jit_per_minute,
         **kw,
     )
 

@@ -15,6 +15,7 @@ from smith.adapters.redis.connect import StoreFailure
 from smith.adapters.redis.jobs import Lease, RedisJobs, runner_classes_for
 from smith.asyncutil import supervise
 from smith.control import webhooks
+from smith.control.githubhealth import GitHubHealth
 from smith.control.githubview import already_taken
 from smith.control.settings import ControlSettings
 from smith.control.spool import Spool
@@ -63,6 +64,7 @@ class ControlPlane:
         self._by_name = {rc.name: rc for rc in self.classes}
         self._reaper: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
+        self.github = GitHubHealth(settings.github_retry_max_seconds)
 
     # -- lifecycle ----------------------------------------------------------------------------------------
 
@@ -272,6 +274,10 @@ class ControlPlane:
             await asyncio.sleep(min(req.wait_seconds, self.settings.lease_wait_max_seconds))
             return None
         wait = min(req.wait_seconds, self.settings.lease_wait_max_seconds)
+        paused = self.github.pause_left() if self.credentials is not None else 0.0
+        if paused > 0:  # GitHub's API failed a moment ago: let it rest before minting again
+            await asyncio.sleep(min(wait, paused))
+            return None
         lease = await self.jobs.lease(agent_id, names, wait)
         if lease is None:
             return None
@@ -290,16 +296,20 @@ class ControlPlane:
             try:
                 runner = await self.credentials.for_job(job, webhooks.runner_name(job))
             except SmithError as exc:
+                # Not the job's fault: back to its queue with its attempt given back, and a pause for GitHub.
                 await self.jobs.requeue(
                     job.id,
                     lease.entry,
                     self.settings.max_attempts,
                     f"could not get runner credentials from GitHub: {exc.message}",
+                    count=False,
                 )
-                log.warning("runner credentials failed; job re-queued", job_id=job.id, error=exc.message)
+                pause = self.github.failed(exc)
+                log.warning("runner credentials failed; job re-queued", job_id=job.id, error=exc.message, pause=pause)
                 raise Unavailable(
-                    "GitHub did not give runner credentials; the job was re-queued", retry_after=exc.retry_after or 2.0
+                    "GitHub did not give runner credentials; the job was re-queued", retry_after=pause
                 ) from exc
+            self.github.ok()
         cache = None
         s = self.settings
         if s.cache_url and s.cache_shared_secret:
@@ -431,4 +441,5 @@ class ControlPlane:
             ),
             "hosts_alive": len(hosts),
             "hosts": hosts,
+            "github": self.github.view() if self.credentials is not None else None,
         }

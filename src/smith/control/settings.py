@@ -100,6 +100,14 @@ class ControlSettings(CommonSettings):
     github_org_runners: bool = Field(
         False, description="Register runners at the organisation instead of the job's repository"
     )
+    github_jit_per_minute: float = Field(
+        170.0,
+        ge=0,
+        description="JIT configs minted per minute at most, per replica (GitHub allows ~180; 0 = no pacing)",
+    )
+    github_retry_max_seconds: float = Field(
+        300.0, gt=0, description="Longest pause after GitHub's API failed before runner jobs are handed out again"
+    )
     # Where the VM reaches the other services (handed to the agent with each job)
     cache_url: str | None = None
     cache_shared_secret: SecretStr | None = None

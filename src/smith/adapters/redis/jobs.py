@@ -456,19 +456,22 @@ class RedisJobs:
         args = [agent_id, reported, repr(time.time()), reason, code, self.retention, lease_runner, max_releases]
         return await self._as_owner(self._report_runner, agent_id, job_id, args, reported)
 
-    async def requeue(self, job_id: str, entry: str, max_attempts: int, reason: str) -> str:
-        """Put a leased job back on its queue (counts as an attempt; fails it past ``max_attempts``)."""
+    async def requeue(self, job_id: str, entry: str, max_attempts: int, reason: str, *, count: bool = True) -> str:
+        """Put a leased job back on its queue (counts as an attempt, failing it past ``max_attempts``; with
+        ``count=False`` the attempt is given back)."""
         cls = await self._class_of(job_id)
         if cls is None:
             return "stale"
-        return await self._requeue_entry(job_id, keys.queue(cls), entry, max_attempts, reason)
+        return await self._requeue_entry(job_id, keys.queue(cls), entry, max_attempts, reason, count=count)
 
-    async def _requeue_entry(self, job_id: str, stream: str, entry: str, max_attempts: int, reason: str) -> str:
-        """One REQUEUE script call: 'requeued', 'failed' (past max_attempts) or 'stale'."""
+    async def _requeue_entry(
+        self, job_id: str, stream: str, entry: str, max_attempts: int, reason: str, *, count: bool = True
+    ) -> str:
+        """One REQUEUE script call: 'requeued', 'failed' (past max_attempts), 'github' or 'stale'."""
         async with errors(self.reach):
             out = await self._requeue(
                 keys=[keys.job(job_id), stream, _reply()],
-                args=[entry, repr(time.time()), max_attempts, reason, self.retention],
+                args=[entry, repr(time.time()), max_attempts, reason, self.retention, "0" if count else "1"],
             )
         return str(out[0])
 

@@ -160,8 +160,12 @@ return redis.call('HGETALL', KEYS[1])
 # read but did not take (do not count it). Fails the job once it has used max_attempts leases. GitHub's view
 # wins: a job GitHub shows completed ends with its conclusion, one it shows in progress on a runner stays
 # 'running' (no lease) until GitHub says it completed; neither is queued again.
-# KEYS: job, stream, reply   ARGV: entry, now, max_attempts, reason, retention
-REQUEUE = replayable(FINAL_OF + """
+# With uncounted = '1' (GitHub's API failed before a runner was made: not the job's fault) the lease's attempt
+# is given back and the job never fails for it.
+# KEYS: job, stream, reply   ARGV: entry, now, max_attempts, reason, retention, uncounted
+REQUEUE = replayable(
+    FINAL_OF
+    + """
 local f = redis.call('HMGET', KEYS[1], 'state', 'entry', 'attempts', 'github_status', 'github_conclusion',
   'github_runner')
 if f[2] ~= ARGV[1] or (f[1] ~= 'queued' and f[1] ~= 'assigned' and f[1] ~= 'running') then
@@ -181,7 +185,9 @@ if f[4] == 'in_progress' and (f[6] or '') ~= '' then
   redis.call('HDEL', KEYS[1], 'entry', 'agent_id')
   return {'github', f[1]}
 end
-if tonumber(f[3] or '0') >= tonumber(ARGV[3]) then
+if ARGV[6] == '1' then
+  redis.call('HSET', KEYS[1], 'attempts', math.max(tonumber(f[3] or '0') - 1, 0))
+elseif tonumber(f[3] or '0') >= tonumber(ARGV[3]) then
   redis.call('HSET', KEYS[1], 'state', 'failed', 'finished_at', ARGV[2], 'updated_at', ARGV[2],
     'reason', ARGV[4] .. '; gave up after ' .. (f[3] or '0') .. ' attempts')
   redis.call('HDEL', KEYS[1], 'entry')
@@ -193,7 +199,8 @@ local entry = redis.call('XADD', KEYS[2], '*', 'job', job_id)
 redis.call('HSET', KEYS[1], 'state', 'queued', 'entry', entry, 'updated_at', ARGV[2], 'reason', ARGV[4])
 redis.call('HDEL', KEYS[1], 'agent_id', 'assigned_at', 'started_at')
 return {'requeued', f[1]}
-""")
+"""
+)
 
 # Same as REQUEUE for an entry an agent read but handed back unused: no attempt is counted.
 # KEYS: job, stream, reply   ARGV: entry, now
