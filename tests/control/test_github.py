@@ -333,7 +333,7 @@ async def test_unknown_repository_is_an_upstream_error_with_githubs_message(
 
 
 async def test_an_unknown_runner_group_is_404(make_client: Callable[..., GitHubApp]) -> None:
-    client = make_client(runner_group_id=99)
+    client = make_client(runner_group_id=99, org_runners=True)  # (a group applies at organisation scope only)
     with pytest.raises(GitHubError) as err:
         await client.for_job(job(), "smith-j1-1")
     assert err.value.status == 404

@@ -227,6 +227,7 @@ class GitHubApp:
         # GitHub's secondary limit allows roughly 180 JIT configs a minute: stay under it, per process.
         self.jit_interval = 60.0 / jit_per_minute if jit_per_minute > 0 else 0.0
         self._jit_next = 0.0
+        self.scopes_used: dict[RunnerScope, int] = {}  # where runners were minted: what the sweep looks at
         self.token_refresh_margin = token_refresh_margin
         self.installation_cache_seconds = installation_cache_seconds
         self._tokens: dict[int, _Token] = {}
@@ -307,7 +308,8 @@ class GitHubApp:
             raise InvalidInput(f"a JIT runner needs 1 to 100 labels, not {len(labels)}")
         body = {
             "name": name,
-            "runner_group_id": self.runner_group_id,
+            # Runner groups are an organisation's: a repository's runners are always in its Default group (1).
+            "runner_group_id": self.runner_group_id if scope.kind == "org" else 1,
             "labels": labels,
             "work_folder": self.work_folder,
         }
@@ -318,8 +320,16 @@ class GitHubApp:
         except GitHubError as exc:
             if exc.status != 409:
                 raise
+            # Our own earlier request whose answer was lost, since names are unique per deployment, job and lease.
+            # Never delete it while it runs a job (it does GitHub's work; GitHub would refuse anyway: 422).
+            found = await self.find_runner_entry(scope, installation_id, name)
+            if found is not None and found.get("busy"):
+                raise GitHubError(
+                    f"a busy runner is already registered as {name} in {scope.name}", status=409, retryable=True
+                ) from exc
             log.warning("runner name already registered: replacing the stale runner", scope=scope.name, name=name)
-            await self.remove_runner_named(scope, installation_id, name)
+            if found is not None:
+                await self.remove_runner(scope, installation_id, int(found["id"]))
             resp = await self._request("POST", path, installation_id, json=body)
         data = _json(resp)
         try:
@@ -346,13 +356,43 @@ class GitHubApp:
 
     async def find_runner(self, scope: RunnerScope, installation_id: int, name: str) -> int | None:
         """The id of the runner registered under this exact name, or None."""
+        found = await self.find_runner_entry(scope, installation_id, name)
+        return None if found is None else int(found["id"])
+
+    async def find_runner_entry(self, scope: RunnerScope, installation_id: int, name: str) -> dict[str, Any] | None:
+        """GitHub's record of the runner registered under this exact name (id, status, busy...), or None."""
         resp = await self._request(
             "GET", f"{scope.api_prefix}/actions/runners", installation_id, params={"name": name, "per_page": 100}
         )
         for runner in _json(resp).get("runners") or []:
             if isinstance(runner, dict) and runner.get("name") == name and isinstance(runner.get("id"), int):
-                return int(runner["id"])
+                return dict(runner)
         return None
+
+    async def list_runners(self, scope: RunnerScope, installation_id: int, max_pages: int = 50) -> list[dict[str, Any]]:
+        """Every runner registered in ``scope`` (100 a page)."""
+        out: list[dict[str, Any]] = []
+        for page in range(1, max_pages + 1):
+            params = {"per_page": 100, "page": page}
+            resp = await self._request("GET", f"{scope.api_prefix}/actions/runners", installation_id, params=params)
+            runners = [r for r in _json(resp).get("runners") or [] if isinstance(r, dict)]
+            out += runners
+            if len(runners) < 100:
+                break
+        return out
+
+    async def minted_runners(self) -> list[dict[str, Any]]:
+        """The runners registered in every scope this client has minted runners in (each with ``scope`` and
+        ``installation_id`` added), for the sweep."""
+        out = []
+        for scope, installation_id in list(self.scopes_used.items()):
+            for runner in await self.list_runners(scope, installation_id):
+                out.append({**runner, "scope": scope, "installation_id": installation_id})
+        return out
+
+    async def remove_listed(self, runner: dict[str, Any]) -> bool:
+        """Remove a runner ``minted_runners`` listed; False if GitHub no longer has it. 422 if it is busy."""
+        return await self.remove_runner(runner["scope"], int(runner["installation_id"]), int(runner["id"]))
 
     async def remove_runner(self, scope: RunnerScope, installation_id: int, runner_id: int) -> bool:
         """Deregister a runner. False when GitHub no longer knows it (it ran its job, or was removed)."""
@@ -421,6 +461,7 @@ class GitHubApp:
                 runner_name=runner_name,
                 expires_at=reg.expires_at,
             )
+        self.scopes_used[scope] = installation_id
         jit = await self.generate_jit_config(scope, installation_id, name=runner_name, labels=self.labels_for(job))
         log.info("jit runner registered", job_id=job.id, scope=scope.name, runner_id=jit.runner_id)
         return RunnerCredential(

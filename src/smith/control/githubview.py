@@ -5,20 +5,21 @@ late, or the job cancelled) gets no runner: what GitHub said is recorded, and th
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
-from smith.adapters.redis.jobs import RedisJobs
 from smith.control import webhooks
 from smith.domain.jobs import Job
 from smith.errors import SmithError
 from smith.logging import get_logger
 from smith.ports import RunnerCredentials
 
+if TYPE_CHECKING:
+    from smith.control.service import ControlPlane
+
 log = get_logger("smith.control")
 
 
-async def already_taken(
-    jobs: RedisJobs, credentials: RunnerCredentials, agent_id: str, job: Job, max_releases: int
-) -> bool:
+async def already_taken(plane: ControlPlane, credentials: RunnerCredentials, agent_id: str, job: Job) -> bool:
     """True when GitHub shows ``job`` in progress or completed: the lease has then ended (REPORT_RUNNER)."""
     try:
         seen = await credentials.job_state(job)
@@ -30,6 +31,7 @@ async def already_taken(
     status, conclusion, runner = seen
     if status not in ("in_progress", "completed"):
         return False
+    jobs, deployment = plane.jobs, plane.settings.deployment_id
     base = {"job_id": job.id, "source": "jobs-api", "received_at": time.time()}
     await jobs.record_update(
         f"jobs-api:{job.id}:{job.leases}:{status}",
@@ -42,15 +44,15 @@ async def already_taken(
         None,
         "",
         runner,
-        webhooks.is_smith_runner(runner),
-        webhooks.minted_for(runner),
+        mine := webhooks.owned(runner, deployment),
+        webhooks.minted_for(runner) if mine else "",
     )
     outcome = await jobs.report_runner(
         agent_id,
         job.id,
         "cancelled",
-        lease_runner=webhooks.runner_name(job),
-        max_releases=max_releases,
+        lease_runner=plane.runner_name(job),
+        max_releases=plane.settings.max_runner_releases,
         reason=f"GitHub shows it {status} before a runner was made for it",
     )
     log.info("job already taken on GitHub: no runner minted", job_id=job.id, status=status, outcome=outcome)

@@ -19,6 +19,7 @@ from smith.control.githubhealth import GitHubHealth
 from smith.control.githubview import already_taken
 from smith.control.settings import ControlSettings
 from smith.control.spool import Spool
+from smith.control.sweep import sweep_runners
 from smith.domain.cache import job_cache_claims
 from smith.domain.jobs import Job, JobState, match_runner_class
 from smith.errors import ConfigError, Conflict, InvalidInput, SmithError, Unavailable
@@ -63,6 +64,7 @@ class ControlPlane:
         self.classes = settings.classes()
         self._by_name = {rc.name: rc for rc in self.classes}
         self._reaper: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
         self.github = GitHubHealth(settings.github_retry_max_seconds)
 
@@ -79,6 +81,8 @@ class ControlPlane:
         except Unavailable:
             log.warning("redis not ready: SMITH_REDIS_DURABILITY not checked")
         self._reaper = asyncio.create_task(supervise("reaper", self._reap_forever), name="smith-reaper")
+        if self.credentials is not None and self.settings.github_runner_sweep_seconds > 0:
+            self._sweeper = asyncio.create_task(supervise("runner-sweep", self._sweep_forever), name="smith-sweep")
 
     async def _check_memory_policy(self) -> None:
         """Refuse to start on a Redis that may evict keys (unless allowed); warn if the policy cannot be read."""
@@ -104,10 +108,11 @@ class ControlPlane:
         for task in list(self._background):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(task, 5)
-        if self._reaper:
-            self._reaper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reaper
+        for loop in (self._reaper, self._sweeper):
+            if loop:
+                loop.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await loop
         if self.credentials:
             await self.credentials.aclose()
 
@@ -123,6 +128,17 @@ class ControlPlane:
                     log.info("leases reclaimed", **counts)
             except SmithError as exc:
                 log.warning("reclaim failed", error=exc.message)
+
+    async def _sweep_forever(self) -> None:
+        if not self.settings.deployment_id:
+            log.warning("runner sweep off: set SMITH_DEPLOYMENT_ID to name this deployment's runners")
+            return
+        while True:
+            await asyncio.sleep(self.settings.github_runner_sweep_seconds)
+            try:
+                await sweep_runners(self)
+            except SmithError as exc:
+                log.warning("runner sweep failed", error=exc.message)
 
     async def reclaim(self) -> dict[str, int]:
         return await self.jobs.reclaim(self._by_name, self.settings.lease_ttl_seconds, self.settings.max_attempts)
@@ -168,7 +184,7 @@ class ControlPlane:
     async def _record(self, event: str, delivery: str, payload: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         base: dict[str, Any] = {"delivery": delivery, "event": event, "received_at": time.time()}
         if event == "workflow_job":
-            d = webhooks.workflow_job(payload, self.classes)
+            d = webhooks.workflow_job(payload, self.classes, self.settings.deployment_id)
             base |= {"action": d.action, "job_id": d.job_id, **(d.summary or {})}
             if d.job is not None:
                 outcome = {**base, "outcome": "queued", "runner_class": d.job.runner_class}
@@ -199,8 +215,8 @@ class ControlPlane:
                     tomb,
                     d.dequeue_reason,
                     d.runner_name,
-                    webhooks.is_smith_runner(d.runner_name),
-                    webhooks.minted_for(d.runner_name),
+                    mine := webhooks.owned(d.runner_name, self.settings.deployment_id),
+                    webhooks.minted_for(d.runner_name) if mine else "",
                 )
             result: dict[str, Any] = {"outcome": res.outcome, "job_id": d.job_id}
             if res.outcome == "duplicate":
@@ -283,10 +299,13 @@ class ControlPlane:
             return None
         job, creds = lease.job, self.credentials
         if creds is not None and job.source == "github" and not job.run:
-            taken = await already_taken(self.jobs, creds, agent_id, job, self.settings.max_runner_releases)
+            taken = await already_taken(self, creds, agent_id, job)
             if taken:
                 return None
         return await self._hand_over(agent_id, lease)
+
+    def runner_name(self, job: Job) -> str:
+        return webhooks.runner_name(job, self.settings.deployment_id)
 
     async def _hand_over(self, agent_id: str, lease: Lease) -> wire.LeaseResponse:
         job = lease.job
@@ -294,7 +313,7 @@ class ControlPlane:
         runner = None
         if job.source == "github" and not job.run and self.credentials is not None:
             try:
-                runner = await self.credentials.for_job(job, webhooks.runner_name(job))
+                runner = await self.credentials.for_job(job, self.runner_name(job))
             except SmithError as exc:
                 # Not the job's fault: back to its queue with its attempt given back, and a pause for GitHub.
                 await self.jobs.requeue(
@@ -385,7 +404,7 @@ class ControlPlane:
             agent_id,
             job.id,
             req.state,
-            lease_runner=webhooks.runner_name(job),
+            lease_runner=self.runner_name(job),
             max_releases=self.settings.max_runner_releases,
             reason=req.reason,
             exit_code=req.exit_code,
@@ -400,11 +419,11 @@ class ControlPlane:
 
     async def _release_runner(self, job: Job) -> None:
         assert self.credentials is not None
-        name = webhooks.runner_name(job)
+        name = self.runner_name(job)
         try:
             removed = await self.credentials.release(job, name)
             log.info("runner released on GitHub", job_id=job.id, runner=name, removed=removed)
-        except SmithError as exc:
+        except SmithError as exc:  # e.g. 422: it is busy (it took a job meanwhile); the sweep removes it later
             log.warning("could not remove the job's runner on GitHub", job_id=job.id, runner=name, error=exc.message)
 
     # -- operators ----------------------------------------------------------------------------------------

@@ -100,6 +100,14 @@ class ControlSettings(CommonSettings):
     github_org_runners: bool = Field(
         False, description="Register runners at the organisation instead of the job's repository"
     )
+    deployment_id: str = Field(
+        "",
+        pattern=r"^[a-z0-9]{0,30}$",
+        description="Names this deployment's GitHub runners (smith-<id>-<job>-<lease>); the runner sweep needs it",
+    )
+    github_runner_sweep_seconds: float = Field(
+        300.0, ge=0, description="How often offline idle runners of this deployment are removed (0 = never)"
+    )
     github_jit_per_minute: float = Field(
         170.0,
         ge=0,
