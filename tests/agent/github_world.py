@@ -45,9 +45,11 @@ class World:
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     outputs: list[LocalFiles] = field(default_factory=list)
 
-    async def add_agent(self, name: str, *, listener: str | None = None, vcpus: int = 4, **config: Any) -> Agent:
+    async def add_agent(
+        self, name: str, *, listener: str | None = None, as_if_root: bool = False, vcpus: int = 4, **config: Any
+    ) -> Agent:
         vmm = SandboxVMM(self.base / f"{name}-sbx", network="host")
-        vmm.runner_dir = install_runner(vmm.base_dir / "runner", listener=listener)
+        vmm.runner_dir = install_runner(vmm.base_dir / "runner", listener=listener, as_if_root=as_if_root)
         output = LocalFiles(self.base / f"{name}-logs")
         agent = Agent(
             AgentConfig(

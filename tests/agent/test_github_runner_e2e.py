@@ -199,3 +199,36 @@ async def _github_status(w: World, *, alarmed: bool) -> dict[str, Any] | None:
     async with httpx.AsyncClient(base_url=w.control.url, headers={"Authorization": f"Bearer {operator_token()}"}) as c:
         github = (await c.get("/v1/queue")).json()["github"]
     return github if (github["alarm"] is not None) == alarmed else None
+
+
+async def test_a_runner_refusing_root_is_never_reported_succeeded(redis_url: str, tmp_path: Path) -> None:
+    """GitHub's run-helper.sh refusing root ("Must not run interactively with sudo", exit 1), which run.sh turns
+    into 0: the job is not reported succeeded, its attempt is not spent, its runners are removed."""
+    async with world(redis_url, tmp_path, max_runner_releases=2) as w:
+        await w.add_agent("h1", as_if_root=True)
+        job = w.fake.actions.queue_job(REPO, ["self-hosted"])
+        final = await w.until(lambda: _final(w, job.id), timeout=60, message="job never ended in Smith")
+        assert final["state"] == "failed" and final["attempts"] == 0, final
+        assert "Must not run interactively with sudo" in w.log_of(job.id)
+        assert w.fake.actions.job(job.id).status == "queued"  # GitHub never got a runner for it
+        await w.until(lambda: not w.fake.runners_in("repo:codertocat/hello-world"), message="runners left behind")
+
+
+async def test_a_deployment_never_deletes_another_deployments_runners(redis_url: str, tmp_path: Path) -> None:
+    scope = "repo:codertocat/hello-world"
+    async with world(redis_url, tmp_path, deployment_id="blue", github_runner_sweep_seconds=0.2) as w:
+        green_idle = w.fake.add_runner(scope, "smith-green-900-1")
+        green_busy = w.fake.add_runner(scope, "smith-green-901-1", status="online", busy=True)
+        unnamed = w.fake.add_runner(scope, "smith-902-1")  # a deployment without an id
+        stale = w.fake.add_runner(scope, "smith-blue-903-1")  # ours, left by a lease long gone
+        await w.add_agent("h1")
+        job = w.fake.actions.queue_job(REPO, ["self-hosted"])  # blue mints (and so sweeps) in this repository
+        final = await w.until(lambda: _final(w, job.id), timeout=60)
+        assert final["state"] == "succeeded" and final["github_runner"].startswith("smith-blue-"), final
+        await w.until(lambda: stale not in w.fake.runners_in(scope), message="blue's stale runner never swept")
+        sweeps = len(w.fake.calls("GET", "/actions/runners"))
+        await w.until(lambda: len(w.fake.calls("GET", "/actions/runners")) > sweeps + 2, message="no more sweeps")
+        left = w.fake.runners_in(scope)
+        assert green_idle in left and green_busy in left and unnamed in left
+        deleted = {c.path.rsplit("/", 1)[-1] for c in w.fake.calls("DELETE")}
+        assert not deleted & {str(green_idle["id"]), str(green_busy["id"]), str(unnamed["id"])}

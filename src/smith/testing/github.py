@@ -178,6 +178,23 @@ class FakeGitHub:
     def token_requests(self) -> list[Recorded]:
         return self.calls("POST", "/access_tokens")
 
+    def add_runner(self, scope: str, name: str, *, status: str = "offline", busy: bool = False) -> dict[str, Any]:
+        """A runner registered by someone else (another deployment, a person) in ``repo:o/r`` / ``org:o``."""
+        with self._lock:
+            runner_id = next(self._ids)
+            runner = {
+                "id": runner_id,
+                "name": name,
+                "os": "linux",
+                "status": status,
+                "busy": busy,
+                "ephemeral": True,
+                "runner_group_id": 1,
+                "labels": [{"id": 1, "name": "self-hosted", "type": "read-only"}],
+            }
+            self.runners.setdefault(scope.lower(), {})[runner_id] = runner
+        return runner
+
     def runners_in(self, scope: str) -> list[dict[str, Any]]:
         """``scope`` is ``repo:owner/name`` or ``org:login``."""
         with self._lock:
