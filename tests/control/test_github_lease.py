@@ -87,3 +87,25 @@ def test_a_succeeded_jobs_runner_is_left_alone(github_and_control: tuple[FakeGit
     assert agent.post("/v1/agents/jobs/7004/status", json={"state": "succeeded", "exit_code": 0}).status_code == 200
     __import__("time").sleep(0.5)  # a release would run in the background: give it the chance to show
     assert not [c for c in fake.requests if c.method == "DELETE"]
+
+
+def test_a_misconfigured_app_raises_an_alarm_operators_see(github_and_control: tuple[FakeGitHub, Control]) -> None:
+    from tests.control.test_operator_cli import smith
+
+    fake, control = github_and_control
+    fake.fail(403, times=1, message="Resource not accessible by integration", path="generate-jitconfig")
+    control.deliver(queued_payload(7009))
+    agent = control.agent("a1")
+    assert agent.post("/v1/agents/lease", json=LEASE).status_code == 503
+    env = {"SMITH_CONTROL_URL": control.url, "SMITH_OPERATOR_TOKEN": operator_token()}
+    code, out = smith("jobs", "status", "--json", env=env)
+    alarm = json.loads(out)["github"]["alarm"]
+    assert code == 0 and alarm["status"] == 403 and alarm["meaning"] == "missing permission"
+    code, out = smith("jobs", "status", env=env)
+    assert "GitHub refuses the App: 403 missing permission" in " ".join(out.split())
+    r = agent.post("/v1/agents/lease", json=LEASE)
+    while r.status_code == 204:  # the pause passes, GitHub answers: the alarm clears
+        r = agent.post("/v1/agents/lease", json=LEASE)
+    assert r.status_code == 200
+    code, out = smith("jobs", "status", "--json", env=env)
+    assert json.loads(out)["github"]["alarm"] is None
