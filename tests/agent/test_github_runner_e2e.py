@@ -232,3 +232,19 @@ async def test_a_deployment_never_deletes_another_deployments_runners(redis_url:
         assert green_idle in left and green_busy in left and unnamed in left
         deleted = {c.path.rsplit("/", 1)[-1] for c in w.fake.calls("DELETE")}
         assert not deleted & {str(green_idle["id"]), str(green_busy["id"]), str(unnamed["id"])}
+
+
+async def test_lost_webhooks_are_made_up_for_by_the_jobs_api(redis_url: str, tmp_path: Path) -> None:
+    """Every in_progress/completed webhook is lost: jobs waiting for GitHub's word are looked up with the jobs
+    API, so the job whose runner ran another one is queued again, and both end as GitHub ran them."""
+    settings = {"github_runner_sweep_seconds": 0.3, "github_resolve_after_seconds": 0.5}
+    async with world(redis_url, tmp_path, **settings) as w:
+        actions = w.fake.actions
+        first, second = await _runner_waits_for_first_while_second_is_queued(w)
+        actions.hold()  # and never flushed
+        actions.paused = False
+        a = await w.until(lambda: _final(w, first.id), timeout=60, message="first never ended")
+        b = await w.until(lambda: _final(w, second.id), timeout=60, message="second never ended")
+        assert b["state"] == "succeeded" and b["github_runner"] == f"smith-{first.id}-1", b
+        assert a["state"] == "succeeded" and a["github_runner"] == actions.job(first.id).runner_name, a
+        assert a["github_runner"] != f"smith-{first.id}-1"

@@ -16,7 +16,7 @@ from smith.adapters.redis.jobs import Lease, RedisJobs, runner_classes_for
 from smith.asyncutil import supervise
 from smith.control import webhooks
 from smith.control.githubhealth import GitHubHealth
-from smith.control.githubview import already_taken
+from smith.control.githubview import already_taken, resolve_waiting
 from smith.control.settings import ControlSettings
 from smith.control.spool import Spool
 from smith.control.sweep import sweep_runners
@@ -130,12 +130,14 @@ class ControlPlane:
                 log.warning("reclaim failed", error=exc.message)
 
     async def _sweep_forever(self) -> None:
+        """Jobs waiting for a lost webhook are resolved from the jobs API; this deployment's stale runners go."""
+        assert self.credentials is not None
         if not self.settings.deployment_id:
             log.warning("runner sweep off: set SMITH_DEPLOYMENT_ID to name this deployment's runners")
-            return
         while True:
             await asyncio.sleep(self.settings.github_runner_sweep_seconds)
             try:
+                await resolve_waiting(self, self.credentials, self.settings.github_resolve_after_seconds)
                 await sweep_runners(self)
             except SmithError as exc:
                 log.warning("runner sweep failed", error=exc.message)

@@ -108,6 +108,9 @@ class ControlSettings(CommonSettings):
     github_runner_sweep_seconds: float = Field(
         300.0, ge=0, description="How often offline idle runners of this deployment are removed (0 = never)"
     )
+    github_resolve_after_seconds: float = Field(
+        300.0, gt=0, description="A job waiting that long for GitHub's webhook is looked up with the jobs API instead"
+    )
     github_jit_per_minute: float = Field(
         170.0,
         ge=0,

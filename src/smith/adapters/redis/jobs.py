@@ -145,6 +145,7 @@ class RedisJobs:
         self._renew = redis.register_script(scripts.RENEW)
         self._report = redis.register_script(scripts.REPORT)
         self._report_runner = redis.register_script(scripts.REPORT_RUNNER)
+        self._reopen = redis.register_script(scripts.REOPEN)
         self._cancel = redis.register_script(scripts.CANCEL)
         self._drop_consumer = redis.register_script(scripts.DROP_CONSUMER)
         self._groups_ready: set[str] = set()
@@ -438,6 +439,17 @@ class RedisJobs:
                 if start in ("0-0", b"0-0"):
                     break
         return counts
+
+    async def reopen(self, job_id: str, reason: str) -> str:
+        """A lease-less 'running' job GitHub still shows queued goes back to its queue: 'reopened' or 'stale'."""
+        cls = await self._class_of(job_id)
+        if cls is None:
+            return "stale"
+        async with errors(self.reach):
+            res = await self._reopen(
+                keys=[keys.job(job_id), keys.queue(cls), _reply()], args=[repr(time.time()), reason]
+            )
+        return str(res[0])
 
     async def report_runner(
         self,

@@ -331,6 +331,20 @@ return {'requeued', f[1]}
 """
 )
 
+# GitHub's jobs API says a job Smith holds as 'running' with no lease (waiting for a webhook that never came) is
+# still queued: put it back on its queue. The lease that ended was not the job's fault: its attempt is given back.
+# KEYS: job, stream, reply   ARGV: now, reason
+REOPEN = replayable("""
+local f = redis.call('HMGET', KEYS[1], 'state', 'agent_id', 'attempts', 'github_status')
+if f[1] ~= 'running' or f[2] or f[4] == 'completed' then return {'stale', f[1] or ''} end
+local job_id = redis.call('HGET', KEYS[1], 'id')
+local entry = redis.call('XADD', KEYS[2], '*', 'job', job_id)
+redis.call('HSET', KEYS[1], 'state', 'queued', 'entry', entry, 'updated_at', ARGV[1], 'reason', ARGV[2],
+  'github_status', 'queued', 'attempts', math.max(tonumber(f[3] or '0') - 1, 0))
+redis.call('HDEL', KEYS[1], 'ran_runner', 'runner_took', 'github_runner', 'started_at')
+return {'reopened', f[1]}
+""")
+
 # Operator cancel. A queued job leaves the queue at once; a leased one is flagged for its agent.
 # KEYS: job, stream, reply   ARGV: now, reason, retention
 CANCEL = replayable("""
