@@ -27,6 +27,18 @@ class RunnerCredentials(Protocol):
         """Remove the runner registered for a job that did not finish normally; False if there was none."""
         ...
 
+    async def minted_runners(self) -> list[dict[str, Any]]:
+        """Runners registered where this deployment mints them (GitHub's runner objects), for the sweep."""
+        ...
+
+    async def remove_listed(self, runner: dict[str, Any]) -> bool:
+        """Remove one runner ``minted_runners`` listed; False if it is gone already."""
+        ...
+
+    async def job_state(self, job: Job) -> tuple[str, str, str] | None:
+        """GitHub's view of the job: (status, conclusion, runner name), or None when it cannot say."""
+        ...
+
     async def aclose(self) -> None: ...
 
 

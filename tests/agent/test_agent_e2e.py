@@ -38,7 +38,11 @@ pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bwrap is 
 def make_runner(base: Path) -> Path:
     runner = base / "runner"
     runner.mkdir(parents=True)
-    (runner / "run.sh").write_text('#!/bin/sh\necho "runner: $1 $2"\necho "job: $SMITH_JOB_ID"\nexit 0\n')
+    (runner / "run.sh").write_text(  # runs its job once the test, playing GitHub, said it gave it one
+        '#!/bin/sh\necho "runner: $# args, config $ACTIONS_RUNNER_INPUT_JITCONFIG"\necho "job: $SMITH_JOB_ID"\n'
+        "while [ ! -e /runner/go ]; do sleep 0.05; done\n"
+        'echo "Running job: build"\necho "Job build completed with result: Succeeded"\nexit 0\n'
+    )
     (runner / "run.sh").chmod(0o755)
     runner.chmod(0o755)
     return runner
@@ -99,6 +103,12 @@ async def test_webhook_to_sandbox_and_back(running_agent: tuple[Control, Agent, 
     control, agent, fake, output = running_agent
     r = await asyncio.to_thread(control.deliver, queued_payload(8001, ["self-hosted", "smith-2vcpu"]))
     assert r.status_code == 202 and r.json()["outcome"] == "queued"
+    await wait_state(control, "8001", {"running"})
+    started = queued_payload(8001, ["self-hosted", "smith-2vcpu"], action="in_progress")
+    started["workflow_job"]["runner_name"] = "smith-8001-1"  # GitHub gave this job to the runner minted for it
+    assert (await asyncio.to_thread(control.deliver, started)).status_code == 202
+    assert isinstance(agent.vmm, SandboxVMM) and agent.vmm.runner_dir is not None
+    (agent.vmm.runner_dir / "go").touch()
     job = await wait_state(control, "8001", {"succeeded", "failed"})
     assert job["state"] == "succeeded", job
     assert job["exit_code"] == 0 and job["agent_id"] == "e2e-host"
@@ -106,7 +116,9 @@ async def test_webhook_to_sandbox_and_back(running_agent: tuple[Control, Agent, 
     assert runner["name"] == "smith-8001-1"  # one ephemeral runner registered for this job's attempt
     events = [json.loads(line) for line in output.path("8001").read_text().splitlines()]
     lines = [e["line"] for e in events if e["type"] == "line"]
-    assert lines == ["runner: --jitconfig ***", "job: 8001"]  # the JIT config itself never leaves the VM
+    stdout = [e["line"] for e in events if e["type"] == "line" and e["stream"] == "stdout"]
+    assert stdout[:2] == ["runner: 0 args, config ***", "job: 8001"]  # the JIT config itself never leaves the VM
+    assert not any("Must not run" in line for line in lines)
     assert events[0]["type"] == "started" and events[-1] == {**events[-1], "type": "exit", "exit_code": 0}
 
 

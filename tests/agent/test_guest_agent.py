@@ -5,13 +5,20 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import pwd
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from smith.testing.standin import install_runner
 from smith.wire.guest import GuestEvent
 
 AGENT = Path(__file__).resolve().parents[2] / "src" / "smith" / "guest" / "agent.py"
@@ -68,33 +75,107 @@ def test_cache_env_and_extra_env_and_secrets_masked(tmp_path: Path) -> None:
     assert "s3cr3t-cache-token" not in json.dumps(events)
 
 
-def test_jit_runner_gets_its_config_which_is_never_echoed(tmp_path: Path) -> None:
-    runner = tmp_path / "runner"
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A directory every user can reach (pytest's tmp_path is under a root-only 0700 directory): a root guest
+    runs GitHub's runner as an unprivileged user, who must reach the work dir."""
+    path = Path(tempfile.mkdtemp(prefix="smith-guest-", dir="/tmp"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def fake_runner(base: Path, run_sh: str, **files: str) -> Path:
+    runner = base / "runner"
     runner.mkdir()
-    (runner / "run.sh").write_text('#!/bin/sh\necho "args: $1 $2"\nexit 3\n')
-    (runner / "run.sh").chmod(0o755)
-    config = cfg("", runner={"kind": "jit", "value": "JITCONFIG-abcdef0123"}, runner_dir=str(runner))
-    events = run(tmp_path, config)
-    assert out(events) == ["args: --jitconfig ***"] and events[-1]["exit_code"] == 3
+    for name, text in {"run.sh": run_sh, **files}.items():
+        (runner / name).write_text(text)
+        (runner / name).chmod(0o755)
+    return runner
+
+
+UNPRIVILEGED = {"runner_user": "nobody"}  # a root guest's runner user, here
+
+
+def test_jit_config_is_handed_over_in_the_environment_never_argv(open_dir: Path) -> None:
+    work = open_dir / "work"
+    work.mkdir()
+    runner = fake_runner(
+        open_dir,
+        '#!/bin/sh\necho "args: $#"\necho "config: $ACTIONS_RUNNER_INPUT_JITCONFIG"\n'
+        'echo "Running job: build"\necho "Job build completed with result: Failed"\nexit 0\n',
+    )
+    config = cfg("", runner={"kind": "jit", "value": "JITCONFIG-abcdef0123"}, runner_dir=str(runner), **UNPRIVILEGED)
+    events = run(work, config)
+    assert out(events) == ["args: 0", "config: ***", "Running job: build", "Job build completed with result: Failed"]
+    assert events[-1]["exit_code"] == 0 and events[-1]["outcome"] == "failed"  # the runner's word, not run.sh's
     assert "JITCONFIG-abcdef0123" not in json.dumps(events)
 
 
-def test_registration_runner_configures_then_runs(tmp_path: Path) -> None:
-    runner = tmp_path / "runner"
-    runner.mkdir()
-    (runner / "config.sh").write_text('#!/bin/sh\necho "config $*"\n')
-    (runner / "run.sh").write_text("#!/bin/sh\necho run\n")
-    for name in ("config.sh", "run.sh"):
-        (runner / name).chmod(0o755)
+def test_a_runner_that_runs_no_job_is_no_job_whatever_its_exit_code(open_dir: Path) -> None:
+    work = open_dir / "work"
+    work.mkdir()
+    runner = fake_runner(open_dir, "#!/bin/sh\necho 'Exiting runner...'\nexit 0\n")
+    config = cfg("", runner={"kind": "jit", "value": "JITCONFIG-abcdef0123"}, runner_dir=str(runner), **UNPRIVILEGED)
+    events = run(work, config)
+    assert events[-1]["exit_code"] == 0 and events[-1]["outcome"] == "no_job"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the guest drops to the runner user only as root")
+def test_a_root_guest_runs_githubs_runner_as_its_unprivileged_user_in_a_dir_it_owns(open_dir: Path) -> None:
+    """GitHub's run-helper.sh refuses root (exit 1) and run.sh turns that into 0: the stand-in's pair, run as
+    root, would end 'succeeded' without running anything. The guest runs them as the runner user instead, in a
+    copy of the runner directory that user owns (this one is root's)."""
+    work = open_dir / "work"
+    work.mkdir()
+    runner = install_runner(open_dir / "runner", listener=LISTENER)
+    config = cfg("", runner={"kind": "jit", "value": "JITCONFIG-abcdef0123"}, runner_dir=str(runner), **UNPRIVILEGED)
+    events = run(work, config)
+    lines = out(events)
+    assert "Must not run interactively with sudo" not in lines
+    assert f"uid {pwd.getpwnam('nobody').pw_uid} wrote .runner" in lines
+    assert events[-1]["outcome"] == "succeeded"
+    assert any(e["line"].startswith("[_diag/Runner_1.log] listener ran") for e in events if e["type"] == "line")
+
+
+LISTENER = """#!/bin/sh
+set -e
+ROOT=$(dirname "$(dirname "$(realpath "$0")")")
+[ -n "$ACTIONS_RUNNER_INPUT_JITCONFIG" ]
+echo x > "$ROOT/.runner" && echo "uid $(id -u) wrote .runner"
+mkdir -p "$ROOT/_diag" && echo "listener ran" > "$ROOT/_diag/Runner_1.log"
+echo "2024-01-01 00:00:00Z: Running job: build"
+echo "2024-01-01 00:00:01Z: Job build completed with result: Succeeded"
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+def test_a_root_guest_without_the_runner_user_fails_clearly(open_dir: Path) -> None:
+    runner = install_runner(open_dir / "runner")
+    config = cfg("", runner={"kind": "jit", "value": "JITCONFIG-abcdef0123"}, runner_dir=str(runner))
+    events = run(open_dir, {**config, "runner_user": "no-such-user-here"})
+    assert events[-1]["exit_code"] == 1 and events[-1]["outcome"] == "failed"
+    assert any("no user 'no-such-user-here'" in e["line"] for e in events if e["type"] == "line")
+
+
+def test_registration_token_reaches_config_sh_only(open_dir: Path) -> None:
+    work = open_dir / "work"
+    work.mkdir()
+    runner = fake_runner(
+        open_dir,
+        '#!/bin/sh\necho "run sees token: [$ACTIONS_RUNNER_INPUT_TOKEN]"\n',
+        **{"config.sh": '#!/bin/sh\necho "config $* $ACTIONS_RUNNER_INPUT_URL $ACTIONS_RUNNER_INPUT_TOKEN"\n'},
+    )
     config = cfg(
         "",
         runner={"kind": "registration", "value": "REGTOKEN-xyz", "url": "https://github.com/o/r", "runner_name": "n1"},
         runner_dir=str(runner),
+        **UNPRIVILEGED,
     )
-    events = run(tmp_path, config)
+    events = run(work, config)
     lines = out(events)
-    assert lines[0].startswith("config --unattended --ephemeral --url https://github.com/o/r --token *** --name n1")
-    assert lines[1] == "run" and events[-1]["exit_code"] == 0
+    assert lines[0] == "config --unattended --ephemeral https://github.com/o/r ***"
+    assert lines[1] == "run sees token: []" and events[-1]["exit_code"] == 0
 
 
 def test_long_lines_are_cut_and_binary_is_replaced(tmp_path: Path) -> None:
@@ -104,10 +185,15 @@ def test_long_lines_are_cut_and_binary_is_replaced(tmp_path: Path) -> None:
     assert lines[1] == "a\ufffdb" and lines[2] == "after"
 
 
-def test_a_missing_command_is_reported_not_crashed(tmp_path: Path) -> None:
-    events = run(tmp_path, cfg("", runner={"kind": "jit", "value": "x" * 8}, runner_dir=str(tmp_path / "none")))
-    assert events[-1]["type"] == "exit" and events[-1]["exit_code"] == 127
+def test_a_missing_command_is_reported_not_crashed(open_dir: Path) -> None:
+    (open_dir / "empty").mkdir()
+    config = cfg("", runner={"kind": "jit", "value": "x" * 8}, runner_dir=str(open_dir / "empty"), **UNPRIVILEGED)
+    events = run(open_dir, config)
+    assert events[-1]["type"] == "exit" and events[-1]["exit_code"] == 127 and events[-1]["outcome"] == "no_job"
     assert any("cannot start the job" in e.get("line", "") for e in events)
+    events = run(open_dir, cfg("", runner={"kind": "jit", "value": "x" * 8}, runner_dir=str(open_dir / "none")))
+    assert events[-1]["exit_code"] == 1 and events[-1]["outcome"] == "failed"
+    assert any("cannot start GitHub's runner" in e.get("line", "") for e in events)
 
 
 def test_config_file_is_waited_for_and_announced(tmp_path: Path) -> None:

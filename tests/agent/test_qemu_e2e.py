@@ -24,7 +24,7 @@ from smith.agent.daemon import Agent, AgentConfig
 from smith.agent.logsink import LocalFiles
 from smith.control.app import create_app
 from smith.errors import ConfigError
-from smith.images.build import DIR, EXEC, build_image, find_inputs, write_cpio
+from smith.images.build import DIR, EXEC, FILE, build_image, find_inputs, write_cpio
 from smith.testing.servers import ThreadedServer
 from tests.agent.test_agent_e2e import wait_state
 from tests.conftest import patient
@@ -36,7 +36,12 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="no qemu-system-x86_64 (qemu-system-x86)"),
 ]
 
-RUNNER = '#!/bin/sh\necho "runner $1 given $(printf %s "$2" | wc -c) bytes"\necho "kernel $(uname -r)"\n'
+RUNNER = (
+    '#!/bin/sh\necho "runner $# args, given $(printf %s "$ACTIONS_RUNNER_INPUT_JITCONFIG" | wc -c) bytes"\n'
+    'echo "kernel $(uname -r)"\necho "Running job: build"\necho "Job build completed with result: Succeeded"\n'
+)
+# The image's users plus GitHub's runner's own (the guest runs the runner as it: the runner refuses root).
+PASSWD = b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\nrunner:x:1001:1001::/work:/bin/sh\n"
 
 
 @pytest.fixture
@@ -53,7 +58,13 @@ def image_with_runner(out: Path) -> tuple[Path, Path]:
         pytest.skip(f"cannot build a guest image here: {exc.message}")
     extra = io.BytesIO()
     write_cpio(
-        extra, [("opt", DIR, None), ("opt/actions-runner", DIR, None), ("opt/actions-runner/run.sh", EXEC, RUNNER)]
+        extra,
+        [
+            ("opt", DIR, None),
+            ("opt/actions-runner", DIR, None),
+            ("opt/actions-runner/run.sh", EXEC, RUNNER),
+            ("etc/passwd", FILE, PASSWD),
+        ],
     )
     initrd = out / "initrd-with-runner.cpio"
     initrd.write_bytes(image.initrd.read_bytes() + extra.getvalue())
@@ -87,6 +98,13 @@ async def test_webhook_to_qemu_microvm_and_back(redis_url: str, tmp_path: Path, 
                 await asyncio.wait_for(agent.registered.wait(), patient(30))
                 r = await asyncio.to_thread(control.deliver, queued_payload(9001, ["self-hosted", "smith-2vcpu"]))
                 assert r.status_code == 202 and r.json()["outcome"] == "queued"
+                # The runner ran a job: Smith waits for GitHub to say which (here: this one, on its runner).
+                await wait_state(control, "9001", {"running"}, timeout=patient(240))
+                while agent.jobs:
+                    await asyncio.sleep(0.05)
+                done = queued_payload(9001, ["self-hosted", "smith-2vcpu"], action="completed")
+                done["workflow_job"].update(runner_name="smith-9001-1", conclusion="success")
+                assert (await asyncio.to_thread(control.deliver, done)).status_code == 202
                 job = await wait_state(control, "9001", {"succeeded", "failed"}, timeout=patient(240))
             finally:
                 await agent.shutdown()
@@ -95,7 +113,7 @@ async def test_webhook_to_qemu_microvm_and_back(redis_url: str, tmp_path: Path, 
     assert job["exit_code"] == 0
     events = [json.loads(line) for line in output.path("9001").read_text().splitlines()]
     lines = [e["line"] for e in events if e["type"] == "line" and e["stream"] == "stdout"]
-    assert lines[0].startswith("runner --jitconfig given ") and int(lines[0].split()[-2]) > 100
+    assert lines[0].startswith("runner 0 args, given ") and int(lines[0].split()[-2]) > 100
     assert lines[1].startswith("kernel ")  # the guest's own kernel answered
     assert events[-1]["type"] == "exit" and events[-1]["exit_code"] == 0
     [runner] = fake.runners_in("repo:codertocat/hello-world")

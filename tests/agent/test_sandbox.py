@@ -146,7 +146,7 @@ async def test_jit_runner_is_started_and_its_config_masked(tmp_path: Path, launc
     (runner / "run.sh").write_text(
         textwrap.dedent("""\
         #!/bin/sh
-        echo "runner got $1 of ${#2} chars: $2"
+        echo "runner got $# args, ${#ACTIONS_RUNNER_INPUT_JITCONFIG} chars: $ACTIONS_RUNNER_INPUT_JITCONFIG"
         """)
     )
     (runner / "run.sh").chmod(0o755)
@@ -154,8 +154,8 @@ async def test_jit_runner_is_started_and_its_config_masked(tmp_path: Path, launc
     vmm = SandboxVMM(tmp_path / "sbx", runner_dir=runner, launcher=launcher)
     cfg = config("", runner=RunnerCredential(kind="jit", value="eyJhIjoiYiJ9-jit-config"))
     events, _ = await run_job(vmm, cfg)
-    assert lines(events) == ["runner got --jitconfig of 23 chars: ***"], events
-    assert events[-1].exit_code == 0
+    assert lines(events) == ["runner got 0 args, 23 chars: ***"], events
+    assert events[-1].exit_code == 0 and events[-1].outcome == "no_job"  # it printed no "Running job"
 
 
 async def test_long_and_binary_lines(vmm: SandboxVMM) -> None:

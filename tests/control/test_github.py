@@ -191,8 +191,8 @@ async def test_jit_config_for_a_repository(client: GitHubApp, fake: FakeGitHub) 
     assert cred.kind == "jit"
     assert cred.runner_name == "smith-j1-1"
     assert cred.url == "https://github.com/octo-org/app"
-    decoded = json.loads(base64.b64decode(cred.value))
-    assert decoded[".runner"]["agentName"] == "smith-j1-1"
+    files = json.loads(base64.b64decode(cred.value))  # GitHub's encoding: each runner file, base64
+    assert json.loads(base64.b64decode(files[".runner"]))["agentName"] == "smith-j1-1"
     [runner] = fake.runners_in("repo:octo-org/app")
     assert runner["name"] == "smith-j1-1" and runner["ephemeral"]
 
@@ -206,7 +206,7 @@ async def test_jit_config_for_an_organisation_with_a_runner_group(
     [call] = fake.calls("POST", "generate-jitconfig")
     assert call.path == "/orgs/octo-org/actions/runners/generate-jitconfig"
     assert call.body["runner_group_id"] == 7
-    assert call.body["labels"] == ["self-hosted", "smith-2vcpu"]
+    assert call.body["labels"] == ["self-hosted"]  # the job's labels only: no class name
     assert cred.url == "https://github.com/octo-org"
     assert fake.runners_in("org:octo-org")[0]["runner_group_id"] == 7
     assert fake.runners_in("repo:octo-org/app") == []
@@ -252,7 +252,8 @@ async def test_a_stale_runner_of_the_same_name_is_replaced(client: GitHubApp, fa
     assert [c.status for c in fake.calls("POST", "generate-jitconfig")] == [201, 409, 201]
     assert len(fake.calls("DELETE")) == 1
     [runner] = fake.runners_in("repo:octo-org/app")
-    assert json.loads(base64.b64decode(second.value))[".runner"]["agentId"] == runner["id"]
+    files = json.loads(base64.b64decode(second.value))
+    assert json.loads(base64.b64decode(files[".runner"]))["agentId"] == runner["id"]
     assert first.value != second.value
 
 
@@ -286,10 +287,12 @@ async def test_a_job_with_neither_repo_nor_org_is_refused(client: GitHubApp) -> 
         await client.for_job(job(repo="", org=""), "smith-j1-1")
 
 
-async def test_labels_are_deduplicated_and_bounded(client: GitHubApp) -> None:
-    assert GitHubApp.labels_for(job(labels=("Self-Hosted", "self-hosted", "SMITH-2VCPU"))) == [
+async def test_labels_are_the_jobs_own_deduplicated_and_bounded(client: GitHubApp) -> None:
+    """Exactly the job's runs-on labels: GitHub gives a job to any idle runner that has all its labels, so a
+    runner with its class name added would take the smaller jobs that class's labels also cover."""
+    assert GitHubApp.labels_for(job(labels=("Self-Hosted", "self-hosted", "gpu"), runner_class="smith-8vcpu")) == [
         "Self-Hosted",
-        "SMITH-2VCPU",
+        "gpu",
     ]
     with pytest.raises(InvalidInput, match="1 to 100"):
         await client.generate_jit_config(
@@ -330,7 +333,7 @@ async def test_unknown_repository_is_an_upstream_error_with_githubs_message(
 
 
 async def test_an_unknown_runner_group_is_404(make_client: Callable[..., GitHubApp]) -> None:
-    client = make_client(runner_group_id=99)
+    client = make_client(runner_group_id=99, org_runners=True)  # (a group applies at organisation scope only)
     with pytest.raises(GitHubError) as err:
         await client.for_job(job(), "smith-j1-1")
     assert err.value.status == 404
@@ -510,3 +513,15 @@ async def test_over_real_http_against_the_threaded_fake(app_key: rsa.RSAPrivateK
             cred = await client.for_job(replace(job(), installation_id=0), "smith-j1-1")
     assert cred.kind == "jit"
     assert [r.status for r in gh.requests] == [200, 201, 201]
+
+
+async def test_jit_configs_are_paced_under_githubs_secondary_limit(
+    make_client: Callable[..., GitHubApp], clock: Clock
+) -> None:
+    client = make_client(jit_per_minute=60)
+    for n in range(3):
+        await client.generate_jit_config(RunnerScope.repo("octo-org/app"), 11, name=f"r{n}", labels=["self-hosted"])
+    assert clock.slept == [1.0, 1.0]  # one a second at 60 a minute; the default is 170 (GitHub allows ~180)
+    assert GitHubApp(APP_ID, _pem(rsa.generate_private_key(public_exponent=65537, key_size=2048))).jit_interval == (
+        60 / 170
+    )

@@ -39,7 +39,8 @@ def test_a_leased_github_job_carries_a_jit_config(github_and_control: tuple[Fake
     [registered] = fake.runners_in("repo:codertocat/hello-world")
     assert registered["name"] == runner["runner_name"]
     assert [label["name"] for label in registered["labels"]] == ["self-hosted", "smith-2vcpu"]
-    assert json.loads(base64.b64decode(runner["value"]))[".runner"]["agentId"] == registered["id"]
+    files = json.loads(base64.b64decode(runner["value"]))  # GitHub's encoding: each runner file, base64
+    assert json.loads(base64.b64decode(files[".runner"]))["agentId"] == registered["id"]
     assert [c.path for c in fake.token_requests()] == [f"/app/installations/{INSTALLATION}/access_tokens"]
 
 
@@ -54,8 +55,10 @@ def test_when_github_refuses_the_job_is_requeued_not_lost(github_and_control: tu
     with control.client(operator_token()) as c:
         job = c.get("/v1/jobs/7002").json()
     assert job["state"] == "queued"
-    assert "Not Found" in job["reason"]
-    r = agent.post("/v1/agents/lease", json=LEASE)  # GitHub answers again: the job goes out
+    assert "Not Found" in job["reason"] and job["attempts"] == 0  # GitHub's failure cost the job no attempt
+    r = agent.post("/v1/agents/lease", json=LEASE)  # nothing while GitHub rests (a second), then the job goes out
+    while r.status_code == 204:
+        r = agent.post("/v1/agents/lease", json=LEASE)
     assert r.status_code == 200 and r.json()["runner"]["kind"] == "jit"
 
 
@@ -84,3 +87,25 @@ def test_a_succeeded_jobs_runner_is_left_alone(github_and_control: tuple[FakeGit
     assert agent.post("/v1/agents/jobs/7004/status", json={"state": "succeeded", "exit_code": 0}).status_code == 200
     __import__("time").sleep(0.5)  # a release would run in the background: give it the chance to show
     assert not [c for c in fake.requests if c.method == "DELETE"]
+
+
+def test_a_misconfigured_app_raises_an_alarm_operators_see(github_and_control: tuple[FakeGitHub, Control]) -> None:
+    from tests.control.test_operator_cli import smith
+
+    fake, control = github_and_control
+    fake.fail(403, times=1, message="Resource not accessible by integration", path="generate-jitconfig")
+    control.deliver(queued_payload(7009))
+    agent = control.agent("a1")
+    assert agent.post("/v1/agents/lease", json=LEASE).status_code == 503
+    env = {"SMITH_CONTROL_URL": control.url, "SMITH_OPERATOR_TOKEN": operator_token()}
+    code, out = smith("jobs", "status", "--json", env=env)
+    alarm = json.loads(out)["github"]["alarm"]
+    assert code == 0 and alarm["status"] == 403 and alarm["meaning"] == "missing permission"
+    code, out = smith("jobs", "status", env=env)
+    assert "GitHub refuses the App: 403 missing permission" in " ".join(out.split())
+    r = agent.post("/v1/agents/lease", json=LEASE)
+    while r.status_code == 204:  # the pause passes, GitHub answers: the alarm clears
+        r = agent.post("/v1/agents/lease", json=LEASE)
+    assert r.status_code == 200
+    code, out = smith("jobs", "status", "--json", env=env)
+    assert json.loads(out)["github"]["alarm"] is None

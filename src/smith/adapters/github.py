@@ -203,6 +203,7 @@ class GitHubApp:
         max_rate_limit_wait: float = 60.0,
         token_refresh_margin: float = 300.0,
         installation_cache_seconds: float = 600.0,
+        jit_per_minute: float = 170.0,
     ) -> None:
         if mode not in ("jit", "registration"):
             raise ConfigError(f"runner mode must be 'jit' or 'registration', not {mode!r}")
@@ -223,6 +224,10 @@ class GitHubApp:
         self.max_attempts = max_attempts
         self.backoff = RetryPolicy(max_attempts - 1, base=backoff_base, max=backoff_max, jitter=0.5)
         self.max_rate_limit_wait = max_rate_limit_wait
+        # GitHub's secondary limit allows roughly 180 JIT configs a minute: stay under it, per process.
+        self.jit_interval = 60.0 / jit_per_minute if jit_per_minute > 0 else 0.0
+        self._jit_next = 0.0
+        self.scopes_used: dict[RunnerScope, int] = {}  # where runners were minted: what the sweep looks at
         self.token_refresh_margin = token_refresh_margin
         self.installation_cache_seconds = installation_cache_seconds
         self._tokens: dict[int, _Token] = {}
@@ -303,18 +308,28 @@ class GitHubApp:
             raise InvalidInput(f"a JIT runner needs 1 to 100 labels, not {len(labels)}")
         body = {
             "name": name,
-            "runner_group_id": self.runner_group_id,
+            # Runner groups are an organisation's: a repository's runners are always in its Default group (1).
+            "runner_group_id": self.runner_group_id if scope.kind == "org" else 1,
             "labels": labels,
             "work_folder": self.work_folder,
         }
         path = f"{scope.api_prefix}/actions/runners/generate-jitconfig"
+        await self._pace_jit()
         try:
             resp = await self._request("POST", path, installation_id, json=body)
         except GitHubError as exc:
             if exc.status != 409:
                 raise
+            # Our own earlier request whose answer was lost, since names are unique per deployment, job and lease.
+            # Never delete it while it runs a job (it does GitHub's work; GitHub would refuse anyway: 422).
+            found = await self.find_runner_entry(scope, installation_id, name)
+            if found is not None and found.get("busy"):
+                raise GitHubError(
+                    f"a busy runner is already registered as {name} in {scope.name}", status=409, retryable=True
+                ) from exc
             log.warning("runner name already registered: replacing the stale runner", scope=scope.name, name=name)
-            await self.remove_runner_named(scope, installation_id, name)
+            if found is not None:
+                await self.remove_runner(scope, installation_id, int(found["id"]))
             resp = await self._request("POST", path, installation_id, json=body)
         data = _json(resp)
         try:
@@ -322,6 +337,14 @@ class GitHubApp:
             return JitConfig(int(runner["id"]), str(runner.get("name", name)), str(data["encoded_jit_config"]))
         except (KeyError, TypeError, ValueError) as exc:
             raise UpstreamError("GitHub's JIT config answer lacks runner.id or encoded_jit_config") from exc
+
+    async def _pace_jit(self) -> None:
+        """Space JIT requests ``jit_interval`` apart (a slot each, taken in call order)."""
+        now = self._clock()
+        slot = max(now, self._jit_next)
+        self._jit_next = slot + self.jit_interval
+        if slot > now:
+            await self._sleep(slot - now)
 
     async def registration_token(self, scope: RunnerScope, installation_id: int) -> RegistrationToken:
         resp = await self._request("POST", f"{scope.api_prefix}/actions/runners/registration-token", installation_id)
@@ -333,13 +356,43 @@ class GitHubApp:
 
     async def find_runner(self, scope: RunnerScope, installation_id: int, name: str) -> int | None:
         """The id of the runner registered under this exact name, or None."""
+        found = await self.find_runner_entry(scope, installation_id, name)
+        return None if found is None else int(found["id"])
+
+    async def find_runner_entry(self, scope: RunnerScope, installation_id: int, name: str) -> dict[str, Any] | None:
+        """GitHub's record of the runner registered under this exact name (id, status, busy...), or None."""
         resp = await self._request(
             "GET", f"{scope.api_prefix}/actions/runners", installation_id, params={"name": name, "per_page": 100}
         )
         for runner in _json(resp).get("runners") or []:
             if isinstance(runner, dict) and runner.get("name") == name and isinstance(runner.get("id"), int):
-                return int(runner["id"])
+                return dict(runner)
         return None
+
+    async def list_runners(self, scope: RunnerScope, installation_id: int, max_pages: int = 50) -> list[dict[str, Any]]:
+        """Every runner registered in ``scope`` (100 a page)."""
+        out: list[dict[str, Any]] = []
+        for page in range(1, max_pages + 1):
+            params = {"per_page": 100, "page": page}
+            resp = await self._request("GET", f"{scope.api_prefix}/actions/runners", installation_id, params=params)
+            runners = [r for r in _json(resp).get("runners") or [] if isinstance(r, dict)]
+            out += runners
+            if len(runners) < 100:
+                break
+        return out
+
+    async def minted_runners(self) -> list[dict[str, Any]]:
+        """The runners registered in every scope this client has minted runners in (each with ``scope`` and
+        ``installation_id`` added), for the sweep."""
+        out = []
+        for scope, installation_id in list(self.scopes_used.items()):
+            for runner in await self.list_runners(scope, installation_id):
+                out.append({**runner, "scope": scope, "installation_id": installation_id})
+        return out
+
+    async def remove_listed(self, runner: dict[str, Any]) -> bool:
+        """Remove a runner ``minted_runners`` listed; False if GitHub no longer has it. 422 if it is busy."""
+        return await self.remove_runner(runner["scope"], int(runner["installation_id"]), int(runner["id"]))
 
     async def remove_runner(self, scope: RunnerScope, installation_id: int, runner_id: int) -> bool:
         """Deregister a runner. False when GitHub no longer knows it (it ran its job, or was removed)."""
@@ -351,6 +404,13 @@ class GitHubApp:
             raise
         log.info("runner removed", scope=scope.name, runner_id=runner_id)
         return True
+
+    async def workflow_job(self, repo: str, job_id: int | str, installation_id: int) -> dict[str, Any]:
+        """GitHub's view of one job (``GET /repos/{o}/{r}/actions/jobs/{id}``): status, conclusion, runner."""
+        scope = RunnerScope.repo(repo)
+        return dict(
+            _json(await self._request("GET", f"{scope.api_prefix}/actions/jobs/{int(job_id)}", installation_id))
+        )
 
     async def remove_runner_named(self, scope: RunnerScope, installation_id: int, name: str) -> bool:
         runner_id = await self.find_runner(scope, installation_id, name)
@@ -378,10 +438,12 @@ class GitHubApp:
 
     @staticmethod
     def labels_for(job: Job) -> list[str]:
-        """The job's ``runs-on`` labels plus its runner class, once each (case-insensitively), in order."""
+        """The job's ``runs-on`` labels, once each (case-insensitively), in order: exactly what the job asked
+        for. GitHub gives a queued job to any idle runner whose labels include all of the job's, so a runner with
+        more labels (its class's name, say) would also take smaller jobs and leave the one it was made for."""
         seen: set[str] = set()
         labels = []
-        for label in (*job.labels, job.runner_class):
+        for label in job.labels:
             if label and label.lower() not in seen:
                 seen.add(label.lower())
                 labels.append(label)
@@ -399,11 +461,20 @@ class GitHubApp:
                 runner_name=runner_name,
                 expires_at=reg.expires_at,
             )
+        self.scopes_used[scope] = installation_id
         jit = await self.generate_jit_config(scope, installation_id, name=runner_name, labels=self.labels_for(job))
         log.info("jit runner registered", job_id=job.id, scope=scope.name, runner_id=jit.runner_id)
         return RunnerCredential(
             kind="jit", value=jit.encoded_jit_config, url=scope.web_url(self.web_url), runner_name=jit.runner_name
         )
+
+    async def job_state(self, job: Job) -> tuple[str, str, str] | None:
+        """GitHub's view of a job from the jobs API (needs "Actions: read"): status, conclusion, runner."""
+        if not job.repo or not job.id.isdigit():
+            return None
+        scope = RunnerScope.repo(job.repo)
+        seen = await self.workflow_job(job.repo, job.id, await self.installation_for_job(job, scope))
+        return str(seen.get("status") or ""), str(seen.get("conclusion") or ""), str(seen.get("runner_name") or "")
 
     async def release(self, job: Job, runner_name: str) -> bool:
         """Remove the runner registered for a job that will not run (cancelled before its VM started)."""
@@ -545,6 +616,7 @@ class GitHubAppSettings(Protocol):
     github_runner_mode: Literal["jit", "registration"]
     github_runner_group_id: int
     github_org_runners: bool
+    github_jit_per_minute: float
 
 
 def from_settings(settings: GitHubAppSettings, **kw: Any) -> GitHubApp | None:
@@ -572,6 +644,7 @@ def from_settings(settings: GitHubAppSettings, **kw: Any) -> GitHubApp | None:
         org_runners=settings.github_org_runners,
         runner_group_id=settings.github_runner_group_id,
         default_installation_id=settings.github_installation_id,
+        jit_per_minute=settings.github_jit_per_minute,
         **kw,
     )
 

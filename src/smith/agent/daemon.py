@@ -20,6 +20,7 @@ from smith.agent.capacity import Ledger, disk_room
 from smith.agent.client import ControlClient
 from smith.agent.logsink import JobOutput
 from smith.agent.metrics import metered
+from smith.agent.outcome import judge
 from smith.agent.pool import WarmPool
 from smith.asyncutil import ready_batches, supervise
 from smith.domain.vms import VMShape
@@ -52,6 +53,7 @@ class RunningJob:
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     leased_at: float = field(default_factory=time.monotonic)
     first_line_at: float | None = None
+    outcome: str | None = None  # a runner job's outcome as its guest read it (outcome.judge)
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,7 @@ class AgentConfig:
     job_timeout_seconds: float = 6 * 3600.0
     lease_wait_seconds: float = 20.0
     runner_dir: str = "/opt/actions-runner"
+    runner_idle_seconds: float = 900.0
     logs_url: str | None = None
     disk_mib: int = 0  # scratch disk VMs may take (capacity.disk_budget); 0: not counted
     cache_fallback: Callable[[wire.JobSpec], wire.ServiceAccess] | None = None  # agent/cachetoken.py
@@ -280,7 +283,13 @@ class Agent:
     def guest_config(self, lease: wire.LeaseResponse) -> GuestConfig:
         fallback = self.config.cache_fallback
         cache = lease.cache or (fallback(lease.job) if fallback else None)
-        return GuestConfig(job=lease.job, runner=lease.runner, cache=cache, runner_dir=self.config.runner_dir)
+        return GuestConfig(
+            job=lease.job,
+            runner=lease.runner,
+            cache=cache,
+            runner_dir=self.config.runner_dir,
+            runner_idle_seconds=self.config.runner_idle_seconds,
+        )
 
     async def _run_job(self, job: RunningJob) -> None:
         spec = job.lease.job
@@ -310,8 +319,7 @@ class Agent:
             elif exit_code is None:
                 reason = "the VM ended without reporting an exit status"
             else:
-                state = "succeeded" if exit_code == 0 else "failed"
-                reason = "" if exit_code == 0 else f"exit code {exit_code}"
+                state, reason = judge(exit_code, job.outcome)
         except SmithError as exc:
             reason = f"VM failed: {exc.message}"
             log.warning("job failed in the VM layer", error=exc.message)
@@ -366,6 +374,7 @@ class Agent:
                     await self.output.emit_many(spec_id, batch if ends is None else batch[: ends + 1])
                     if ends is not None:
                         exit_code = batch[ends].exit_code
+                        job.outcome = batch[ends].outcome
                         return
 
         reader = asyncio.create_task(consume())

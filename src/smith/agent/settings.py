@@ -46,6 +46,9 @@ class AgentSettings(CommonSettings):
     agent_lease_wait_seconds: float = Field(20.0, gt=0, le=60)
     agent_work_dir: Path | None = Field(None, description="Per-VM files; default <data_dir>/agent")
     agent_runner_dir: str = Field("/opt/actions-runner", description="Where GitHub's runner lives in the image")
+    agent_runner_idle_seconds: float = Field(
+        900.0, gt=0, description="A GitHub runner that GitHub gives no job within this time is stopped (and removed)"
+    )
     logs_url: str | None = Field(
         None,
         validation_alias=AliasChoices("SMITH_AGENT_LOGS_URL", "SMITH_LOGS_URL"),

@@ -48,6 +48,7 @@ def build_agent(settings: Any, network: Any = None, backend: tuple[Any, str] | N
         job_timeout_seconds=settings.agent_job_timeout_seconds,
         lease_wait_seconds=settings.agent_lease_wait_seconds,
         runner_dir=settings.agent_runner_dir,
+        runner_idle_seconds=settings.agent_runner_idle_seconds,
         logs_url=settings.logs_url,
         disk_mib=disk_budget(settings.work_dir, settings.agent_disk_mib, settings.agent_disk_reserve_mib),
         cache_fallback=fallback(settings),

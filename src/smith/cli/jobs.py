@@ -118,6 +118,9 @@ def status(url: str = URL, token: str = TOKEN, json_out: bool = JSON) -> None:
         table.add_row(name, str(c_["depth"]), str(c_["leases_in_flight"]), "-" if age is None else f"{age:.1f}")
     console.print(table)
     console.print(f"hosts alive: {health['hosts_alive']}")
+    alarm = (health.get("github") or {}).get("alarm")
+    if alarm:
+        console.print(f"[red]GitHub refuses the App: {alarm['status']} {alarm['meaning']}: {alarm['message']}[/red]")
 
 
 @app.command()

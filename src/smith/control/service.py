@@ -15,8 +15,11 @@ from smith.adapters.redis.connect import StoreFailure
 from smith.adapters.redis.jobs import Lease, RedisJobs, runner_classes_for
 from smith.asyncutil import supervise
 from smith.control import metrics, webhooks
+from smith.control.githubhealth import GitHubHealth
+from smith.control.githubview import already_taken, resolve_waiting
 from smith.control.settings import ControlSettings
 from smith.control.spool import Spool
+from smith.control.sweep import sweep_runners
 from smith.domain.jobs import Job, JobState, match_runner_class
 from smith.errors import ConfigError, Conflict, InvalidInput, SmithError, Unavailable
 from smith.logging import bind, get_logger
@@ -58,7 +61,9 @@ class ControlPlane:
         self.classes = settings.classes()
         self._by_name = {rc.name: rc for rc in self.classes}
         self._reaper: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
+        self.github = GitHubHealth(settings.github_retry_max_seconds)
 
     # -- lifecycle ----------------------------------------------------------------------------------------
 
@@ -74,6 +79,8 @@ class ControlPlane:
         except Unavailable:
             log.warning("redis not ready: SMITH_REDIS_DURABILITY not checked")
         self._reaper = asyncio.create_task(supervise("reaper", self._reap_forever), name="smith-reaper")
+        if self.credentials is not None and self.settings.github_runner_sweep_seconds > 0:
+            self._sweeper = asyncio.create_task(supervise("runner-sweep", self._sweep_forever), name="smith-sweep")
 
     async def _check_memory_policy(self) -> None:
         """Refuse to start on a Redis that may evict keys (unless allowed); warn if the policy cannot be read."""
@@ -99,10 +106,11 @@ class ControlPlane:
         for task in list(self._background):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(task, 5)
-        if self._reaper:
-            self._reaper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reaper
+        for loop in (self._reaper, self._sweeper):
+            if loop:
+                loop.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await loop
         if self.credentials:
             await self.credentials.aclose()
 
@@ -118,6 +126,19 @@ class ControlPlane:
                     log.info("leases reclaimed", **counts)
             except SmithError as exc:
                 log.warning("reclaim failed", error=exc.message)
+
+    async def _sweep_forever(self) -> None:
+        """Jobs waiting for a lost webhook are resolved from the jobs API; this deployment's stale runners go."""
+        assert self.credentials is not None
+        if not self.settings.deployment_id:
+            log.warning("runner sweep off: set SMITH_DEPLOYMENT_ID to name this deployment's runners")
+        while True:
+            await asyncio.sleep(self.settings.github_runner_sweep_seconds)
+            try:
+                await resolve_waiting(self, self.credentials, self.settings.github_resolve_after_seconds)
+                await sweep_runners(self)
+            except SmithError as exc:
+                log.warning("runner sweep failed", error=exc.message)
 
     async def reclaim(self) -> dict[str, int]:
         counts = await self.jobs.reclaim(self._by_name, self.settings.lease_ttl_seconds, self.settings.max_attempts)
@@ -165,7 +186,7 @@ class ControlPlane:
     async def _record(self, event: str, delivery: str, payload: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         base: dict[str, Any] = {"delivery": delivery, "event": event, "received_at": time.time()}
         if event == "workflow_job":
-            d = webhooks.workflow_job(payload, self.classes)
+            d = webhooks.workflow_job(payload, self.classes, self.settings.deployment_id)
             base |= {"action": d.action, "job_id": d.job_id, **(d.summary or {})}
             if d.job is not None:
                 outcome = {**base, "outcome": "queued", "runner_class": d.job.runner_class}
@@ -176,10 +197,12 @@ class ControlPlane:
                 res = await self.jobs.record_queued(delivery, None, outcome, outcome)
             else:
                 tomb = None
-                if d.action == "completed" and d.runner_class is not None:
+                if d.action in ("completed", "in_progress") and d.runner_class is not None:
                     tomb = {
                         "id": d.job_id,
                         "runner_class": d.runner_class.name,
+                        "vcpus": str(d.runner_class.vcpus),
+                        "memory_mib": str(d.runner_class.memory_mib),
                         "repo": str(base.get("repo", "")),
                         "source": "github",
                     }
@@ -194,6 +217,9 @@ class ControlPlane:
                     base,
                     tomb,
                     d.dequeue_reason,
+                    d.runner_name,
+                    mine := webhooks.owned(d.runner_name, self.settings.deployment_id),
+                    webhooks.minted_for(d.runner_name) if mine else "",
                 )
             result: dict[str, Any] = {"outcome": res.outcome, "job_id": d.job_id}
             if res.outcome == "duplicate":
@@ -268,12 +294,23 @@ class ControlPlane:
             await asyncio.sleep(min(req.wait_seconds, self.settings.lease_wait_max_seconds))
             return None
         wait = min(req.wait_seconds, self.settings.lease_wait_max_seconds)
+        paused = self.github.pause_left() if self.credentials is not None else 0.0
+        if paused > 0:  # GitHub's API failed a moment ago: let it rest before minting again
+            await asyncio.sleep(min(wait, paused))
+            return None
         lease = await self.jobs.lease(agent_id, names, wait)
         if lease is None:
             return None
-        job = lease.job
+        job, creds = lease.job, self.credentials
         tracing.record("queue", job.created_at, job.assigned_at, job.trace or None, runner_class=job.runner_class)
+        if creds is not None and job.source == "github" and not job.run:
+            taken = await already_taken(self, creds, agent_id, job)
+            if taken:
+                return None
         return await tracing.within(self._hand_over(agent_id, lease), "lease", job.trace or None, agent_id=agent_id)
+
+    def runner_name(self, job: Job) -> str:
+        return webhooks.runner_name(job, self.settings.deployment_id)
 
     async def _hand_over(self, agent_id: str, lease: Lease) -> wire.LeaseResponse:
         job = lease.job
@@ -282,18 +319,22 @@ class ControlPlane:
         runner = None
         if job.source == "github" and not job.run and self.credentials is not None:
             try:
-                runner = await self.credentials.for_job(job, webhooks.runner_name(job))
+                runner = await self.credentials.for_job(job, self.runner_name(job))
             except SmithError as exc:
+                # Not the job's fault: back to its queue with its attempt given back, and a pause for GitHub.
                 await self.jobs.requeue(
                     job.id,
                     lease.entry,
                     self.settings.max_attempts,
                     f"could not get runner credentials from GitHub: {exc.message}",
+                    count=False,
                 )
-                log.warning("runner credentials failed; job re-queued", error=exc.message)
+                pause = self.github.failed(exc)
+                log.warning("runner credentials failed; job re-queued", error=exc.message, pause=pause)
                 raise Unavailable(
-                    "GitHub did not give runner credentials; the job was re-queued", retry_after=exc.retry_after or 2.0
+                    "GitHub did not give runner credentials; the job was re-queued", retry_after=pause
                 ) from exc
+            self.github.ok()
         cache = None
         s = self.settings
         if s.cache_url and s.cache_shared_secret:
@@ -339,6 +380,12 @@ class ControlPlane:
 
     async def report(self, agent_id: str, job_id: str, req: wire.StatusReport) -> wire.JobView:
         bind(job_id=job_id)
+        if req.state != "running":
+            leased = await self.jobs.get(job_id)
+            if leased.source == "github" and not leased.run and self.credentials is not None:
+                return await self._runner_report(agent_id, leased, req)
+        if req.state == "released":
+            raise InvalidInput("only a GitHub runner job can be released")
         with tracing.span("report", req.traceparent, child_only=True, state=req.state):
             job = await self.jobs.report(
                 agent_id, job_id, JobState(req.state), reason=req.reason, exit_code=req.exit_code
@@ -352,13 +399,36 @@ class ControlPlane:
             task.add_done_callback(self._background.discard)
         return job_view(job)
 
+    async def _runner_report(self, agent_id: str, job: Job, req: wire.StatusReport) -> wire.JobView:
+        """A GitHub runner job's lease ended. Its runner ran whatever job GitHub gave it, so the job's state
+        follows GitHub's webhooks (REPORT_RUNNER); the runner, if it ran nothing, is removed on GitHub."""
+        outcome = await self.jobs.report_runner(
+            agent_id,
+            job.id,
+            req.state,
+            lease_runner=self.runner_name(job),
+            max_releases=self.settings.max_runner_releases,
+            reason=req.reason,
+            exit_code=req.exit_code,
+        )
+        log.info("runner lease ended", reported=req.state, outcome=outcome)
+        if req.state in ("released", "cancelled", "failed") and self.credentials is not None:
+            # A runner that never took a job stays registered (offline) on GitHub: remove it.
+            task = asyncio.create_task(self._release_runner(job))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+        after = await self.jobs.get(job.id)
+        if after.state.terminal:  # (a job GitHub finishes later, by webhook, is not counted here)
+            metrics.job_reported(after)
+        return job_view(after)
+
     async def _release_runner(self, job: Job) -> None:
         assert self.credentials is not None
-        name = webhooks.runner_name(job)
+        name = self.runner_name(job)
         try:
             removed = await self.credentials.release(job, name)
             log.info("runner released on GitHub", runner=name, removed=removed)
-        except SmithError as exc:
+        except SmithError as exc:  # e.g. 422: it is busy (it took a job meanwhile); the sweep removes it later
             log.warning("could not remove the job's runner on GitHub", runner=name, error=exc.message)
 
     # -- operators ----------------------------------------------------------------------------------------
@@ -396,4 +466,5 @@ class ControlPlane:
             ),
             "hosts_alive": len(hosts),
             "hosts": hosts,
+            "github": self.github.view() if self.credentials is not None else None,
         }

@@ -57,6 +57,9 @@ class ControlSettings(CommonSettings):
     lease_ttl_seconds: float = Field(60.0, gt=0, description="A lease not renewed by heartbeat for this long expires")
     reclaim_interval_seconds: float = Field(5.0, gt=0)
     max_attempts: int = Field(3, ge=1, description="Leases a job may get before it fails")
+    max_runner_releases: int = Field(
+        5, ge=1, description="GitHub runners in a row that may exit without running a job before the job fails"
+    )
     host_ttl_seconds: float = Field(30.0, gt=0, description="A host with no heartbeat for this long is dead")
     agent_forget_seconds: float = Field(
         24 * 3600.0, gt=0, description="An agent silent this long (no lease held) leaves the hosts index and queues"
@@ -103,6 +106,25 @@ class ControlSettings(CommonSettings):
     github_runner_group_id: int = Field(1, ge=1, description="Runner group JIT runners join (1 = Default)")
     github_org_runners: bool = Field(
         False, description="Register runners at the organisation instead of the job's repository"
+    )
+    deployment_id: str = Field(
+        "",
+        pattern=r"^[a-z0-9]{0,30}$",
+        description="Names this deployment's GitHub runners (smith-<id>-<job>-<lease>); the runner sweep needs it",
+    )
+    github_runner_sweep_seconds: float = Field(
+        300.0, ge=0, description="How often offline idle runners of this deployment are removed (0 = never)"
+    )
+    github_resolve_after_seconds: float = Field(
+        300.0, gt=0, description="A job waiting that long for GitHub's webhook is looked up with the jobs API instead"
+    )
+    github_jit_per_minute: float = Field(
+        170.0,
+        ge=0,
+        description="JIT configs minted per minute at most, per replica (GitHub allows ~180; 0 = no pacing)",
+    )
+    github_retry_max_seconds: float = Field(
+        300.0, gt=0, description="Longest pause after GitHub's API failed before runner jobs are handed out again"
     )
     # Where the VM reaches the other services (handed to the agent with each job)
     cache_url: str | None = None

@@ -24,6 +24,7 @@ class Decision:
     reason: str = ""  # why it is ignored, when it is
     conclusion: str = ""
     dequeue_reason: str = ""
+    runner_name: str = ""  # in_progress/completed: the runner GitHub gave the job to
     summary: Mapping[str, Any] | None = None
 
 
@@ -52,7 +53,7 @@ def _optional_int(obj: Mapping[str, Any], key: str, where: str) -> int:
     return int(_require(obj, key, int, where))
 
 
-def workflow_job(payload: Mapping[str, Any], classes: Iterable[RunnerClass]) -> Decision:
+def workflow_job(payload: Mapping[str, Any], classes: Iterable[RunnerClass], deployment: str = "") -> Decision:
     """Read a ``workflow_job`` payload; raises ``InvalidInput`` when it lacks what GitHub always sends."""
     action = _require(payload, "action", str, "payload")
     wj = _require(payload, "workflow_job", dict, "payload")
@@ -107,15 +108,43 @@ def workflow_job(payload: Mapping[str, Any], classes: Iterable[RunnerClass]) -> 
         )
         return Decision(action, job_id, rc, job, summary=summary)
     dequeue = ""
-    if action == "completed":
+    runner = str(wj.get("runner_name") or "") if action in ("in_progress", "completed") else ""
+    if action == "completed" and not owned(runner, deployment):
         dequeue = f"GitHub completed the job ({conclusion or 'no conclusion'}) before an agent leased it"
-    elif action == "in_progress":
-        runner = str(wj.get("runner_name") or "")
-        if runner and not runner.startswith(RUNNER_NAME_PREFIX):
-            dequeue = f"picked up on GitHub by runner {runner!r}, not by Smith"
-    return Decision(action, job_id, rc, None, conclusion=conclusion, dequeue_reason=dequeue, summary=summary)
+    elif action == "in_progress" and runner and not owned(runner, deployment):
+        dequeue = f"picked up on GitHub by runner {runner!r}, not by Smith"
+    return Decision(
+        action,
+        job_id,
+        rc,
+        None,
+        conclusion=conclusion,
+        dequeue_reason=dequeue,
+        runner_name=runner[:256],
+        summary=summary,
+    )
 
 
-def runner_name(job: Job) -> str:
-    """The name our ephemeral runner registers with: unique per job and attempt."""
-    return f"{RUNNER_NAME_PREFIX}{job.id}-{job.attempts}"
+def owned(name: str, deployment: str = "") -> bool:
+    """A runner of THIS deployment: ``smith-<deployment>-<job>-<lease>`` (``smith-<job>-<lease>`` without a
+    deployment id). Another deployment's runners (on the same organisation) are never taken for ours."""
+    if not minted_for(name):
+        return False
+    if deployment:
+        return name.startswith(f"{RUNNER_NAME_PREFIX}{deployment}-") and name.count("-") == 3
+    return name.count("-") == 2
+
+
+def minted_for(name: str) -> str:
+    """The job a Smith runner was minted for (its name ends ``-<job id>-<lease>``), or ''."""
+    if not name.startswith(RUNNER_NAME_PREFIX):
+        return ""
+    parts = name.rsplit("-", 2)
+    return parts[-2] if len(parts) == 3 and parts[-2].isdigit() and parts[-1].isdigit() else ""
+
+
+def runner_name(job: Job, deployment: str = "") -> str:
+    """The name a lease's ephemeral runner registers with: unique per job and lease. GitHub may give that runner
+    another job with the same labels; the webhooks name it, and that is how Smith learns which job ran where."""
+    middle = f"{deployment}-" if deployment else ""
+    return f"{RUNNER_NAME_PREFIX}{middle}{job.id}-{job.leases or job.attempts}"

@@ -139,6 +139,9 @@ class Job:
     cancel_requested: bool = False
     github_status: str = ""
     github_conclusion: str = ""
+    github_runner: str = ""  # the runner GitHub says ran it (in_progress/completed): maybe one minted for another job
+    leases: int = 0  # leases so far, counted or not (names each lease's runner)
+    releases: int = 0  # leases whose runner ran no job, in a row
     created_at: float = 0.0
     assigned_at: float | None = None
     started_at: float | None = None

@@ -41,6 +41,8 @@ import io
 import json
 import os
 import queue
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -259,25 +261,62 @@ def read_mmds(address: str, sleep: Any = time.sleep) -> dict[str, Any]:
         delay = min(delay * 2, 1.0)
 
 
-def command(config: dict[str, Any]) -> tuple[list[str], list[str]]:
-    """The command to run and the secrets to mask."""
+def secrets_of(config: dict[str, Any]) -> list[str]:
+    """What every line is masked for: the runner credential and the cache token."""
+    out = [str((config.get("cache") or {}).get("token", ""))]
+    if config.get("runner"):
+        out.append(str(config["runner"].get("value", "")))
+    return out
+
+
+def steps(config: dict[str, Any], runner_dir: str) -> list[tuple[list[str], dict[str, str]]]:
+    """The commands to run, one after the other, each with the environment it adds to the job's.
+
+    A script job is one step. GitHub's runner gets its credential in ``ACTIONS_RUNNER_INPUT_*`` variables, which
+    it reads, removes from its environment and masks: never on a command line (``/proc/*/cmdline`` is readable
+    by every process). In registration mode the token reaches ``config.sh`` only, never ``run.sh`` nor the job's
+    steps (a pull request could otherwise register a runner of its own)."""
     runner = config.get("runner")
-    secrets = []
-    if config.get("cache"):
-        secrets.append(str(config["cache"].get("token", "")))
-    if runner:
-        secrets.append(str(runner.get("value", "")))
-        runner_dir = config.get("runner_dir") or "/opt/actions-runner"
-        if runner.get("kind") == "jit":
-            return [f"{runner_dir}/run.sh", "--jitconfig", runner["value"]], secrets
-        script = (
-            f'cd "{runner_dir}" && ./config.sh --unattended --ephemeral --url "$SMITH_RUNNER_URL" '
-            f'--token "$SMITH_RUNNER_TOKEN" --name "$SMITH_RUNNER_NAME" --labels "$SMITH_RUNNER_LABELS" '
-            f"&& ./run.sh"
-        )
-        return ["/bin/sh", "-c", script], secrets
-    shell = "/bin/bash" if os.path.exists("/bin/bash") else "/bin/sh"
-    return [shell, "-e", SCRIPT], secrets
+    if not runner:
+        shell = "/bin/bash" if os.path.exists("/bin/bash") else "/bin/sh"
+        return [([shell, "-e", SCRIPT], {})]
+    if runner.get("kind") == "jit":
+        return [([f"{runner_dir}/run.sh"], {"ACTIONS_RUNNER_INPUT_JITCONFIG": str(runner["value"])})]
+    labels = ",".join((config.get("job") or {}).get("labels") or [])
+    configure = {
+        "ACTIONS_RUNNER_INPUT_URL": str(runner.get("url", "")),
+        "ACTIONS_RUNNER_INPUT_TOKEN": str(runner["value"]),
+        "ACTIONS_RUNNER_INPUT_NAME": str(runner.get("runner_name", "")),
+        "ACTIONS_RUNNER_INPUT_LABELS": labels,
+    }
+    return [([f"{runner_dir}/config.sh", "--unattended", "--ephemeral"], configure), ([f"{runner_dir}/run.sh"], {})]
+
+
+# What GitHub's runner prints when it takes a job and when the job ends (Runner.Listener's terminal lines).
+RUNNING_JOB = re.compile(r"^(?:\S+ \S+: )?Running job: (.*)$")
+JOB_RESULT = re.compile(r"^(?:\S+ \S+: )?Job (.*) completed with result: (\w+)")
+RESULTS = {"succeeded": "succeeded", "succeededwithissues": "succeeded", "canceled": "cancelled"}
+
+
+class RunnerWatch:
+    """Judges a runner job by what GitHub's runner did, not by its exit code (``run.sh`` exits 0 whenever its
+    helper exits with anything but 2, e.g. when the runner refused to start)."""
+
+    def __init__(self) -> None:
+        self.job = ""
+        self.result = ""
+
+    def see(self, line: str) -> None:
+        if m := RUNNING_JOB.match(line):
+            self.job = m.group(1)
+        elif m := JOB_RESULT.match(line):
+            self.result = m.group(2)
+
+    def outcome(self) -> str:
+        """``no_job`` (the runner never ran one: the job may go to another runner), else the job's result."""
+        if not self.job:
+            return "no_job"
+        return RESULTS.get(self.result.lower(), "failed")
 
 
 BASE_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "TMPDIR": "/tmp"}
@@ -297,16 +336,6 @@ def environment(config: dict[str, Any], workdir: str) -> dict[str, str]:
                 "ACTIONS_RESULTS_URL": url,
                 "ACTIONS_RUNTIME_TOKEN": cache["token"],
                 "ACTIONS_CACHE_SERVICE_V2": "true",
-            }
-        )
-    runner = config.get("runner")
-    if runner and runner.get("kind") == "registration":
-        env.update(
-            {
-                "SMITH_RUNNER_URL": runner.get("url", ""),
-                "SMITH_RUNNER_TOKEN": runner["value"],
-                "SMITH_RUNNER_NAME": runner.get("runner_name", ""),
-                "SMITH_RUNNER_LABELS": ",".join(job.get("labels") or []),
             }
         )
     env.update({str(k): str(v) for k, v in (config.get("env") or {}).items()})
@@ -338,29 +367,124 @@ def pump(pipe: IO[bytes], name: str, q: queue.Queue[tuple[str, str] | None]) -> 
     q.put(None)
 
 
-def run(config: dict[str, Any], out: Output, workdir: str) -> int:
-    argv, _ = command(config)
-    if SCRIPT in argv:
-        path = os.path.join(workdir, SCRIPT)
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(str((config.get("job") or {}).get("run") or ""))
-        os.chmod(path, 0o700)
-    out.emit("started", stream="system", line=f"job {(config.get('job') or {}).get('id', '')} starting")
-    return execute(argv, workdir, environment(config, workdir), out)
+class User:
+    """Who runs the job: this process's own user, or (when the guest runs as root) the image's unprivileged
+    runner user, since GitHub's runner refuses root."""
+
+    def __init__(self, uid: int, gid: int, name: str) -> None:
+        self.uid, self.gid, self.name = uid, gid, name
+
+    def become(self) -> None:
+        """In the child before exec."""
+        oom_first()
+        if self.uid != os.getuid():
+            os.setgroups([])
+            os.setgid(self.gid)
+            os.setuid(self.uid)
 
 
-def execute(argv: list[str], cwd: str, env: dict[str, str], out: Output, timeout: float | None = None) -> int:
-    """Run one command, its output as ``line`` events; killed (exit 124) once ``timeout`` seconds have passed."""
+def runner_user(config: dict[str, Any], workdir: str) -> User:
+    """The user GitHub's runner runs as; it owns the work dir. ``SetupError`` when a root guest has no such user."""
+    if os.getuid() != 0:
+        return User(os.getuid(), os.getgid(), "")
+    import pwd
+
+    name = str(config.get("runner_user") or "runner")
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        raise SetupError(f"this image has no user {name!r} to run GitHub's runner as (it refuses root)") from None
+    if entry.pw_uid == 0:
+        raise SetupError(f"the runner user {name!r} is root: GitHub's runner refuses to run as root")
+    os.chown(workdir, entry.pw_uid, entry.pw_gid)
+    return User(entry.pw_uid, entry.pw_gid, name)
+
+
+class SetupError(Exception):
+    pass
+
+
+def writable_runner_dir(runner_dir: str, user: User, workdir: str, out: Output) -> str:
+    """GitHub's runner writes into its own directory (the JIT config's files, ``_diag``, ``_work``): a directory
+    the runner's user cannot write (a sandbox's read-only /runner, an image installed for root) is copied into the
+    work dir first, owned by that user."""
+    st = os.stat(runner_dir)
+    if st.st_uid == user.uid or (os.getuid() == user.uid and os.access(runner_dir, os.W_OK)):
+        return runner_dir
+    copy = os.path.join(workdir, ".runner")
+    out.emit("line", stream="system", line=f"smith: {runner_dir} is not the runner user's: copying it to {copy}")
+    shutil.copytree(runner_dir, copy, symlinks=True)
+    if user.uid != os.getuid():
+        for root, dirs, files in os.walk(copy):
+            for name in (root, *(os.path.join(root, n) for n in dirs + files)):
+                os.lchown(name, user.uid, user.gid)
+    return copy
+
+
+def forward_diag(runner_dir: str, out: Output, limit: int = 20_000) -> None:
+    """The runner's own logs (``_diag/*.log``) into the job's log, once it has ended: why a runner did not
+    start, or lost its job, is there and nowhere else."""
+    diag = os.path.join(runner_dir, "_diag")
+    try:
+        names = sorted(n for n in os.listdir(diag) if n.endswith(".log"))
+    except OSError:
+        return
+    for name in names:
+        try:
+            with open(os.path.join(diag, name), encoding="utf-8", errors="replace") as f:
+                for line in f:
+                    if limit <= 0:
+                        out.emit("line", stream="system", line="smith: runner _diag logs cut here")
+                        return
+                    limit -= 1
+                    out.emit("line", stream="system", line=f"[_diag/{name}] {line.rstrip()}")
+        except OSError:
+            continue
+
+
+def stop_if_idle(proc: subprocess.Popen[bytes], watch: RunnerWatch, seconds: float, out: Output) -> None:
+    """GitHub's runner waits for a job for ever; one that gets none within ``seconds`` is stopped (SIGTERM, then
+    SIGKILL), so that its VM is freed and its demand goes back to the queue."""
+    try:
+        proc.wait(timeout=seconds)
+        return
+    except subprocess.TimeoutExpired:
+        pass
+    if watch.job:
+        return
+    out.emit("line", stream="system", line=f"smith: GitHub gave the runner no job in {seconds:g}s: stopping it")
+    for sig, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 0.0)):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout=grace or None)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def run_step(
+    argv: list[str],
+    env: dict[str, str],
+    user: User,
+    workdir: str,
+    out: Output,
+    watch: RunnerWatch,
+    idle_seconds: float = 0.0,
+    timeout: float | None = None,
+) -> int:
+    """Run one command as ``user``, its output as ``line`` events (GitHub's runner's lines seen by ``watch``);
+    stopped when idle (``idle_seconds``, a runner with no job) or killed (exit 124) after ``timeout`` seconds."""
     try:
         proc = subprocess.Popen(
             argv,
-            cwd=cwd,
+            cwd=workdir,
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             start_new_session=True,
-            preexec_fn=oom_first,
+            preexec_fn=user.become,
         )
     except OSError as exc:
         out.emit("line", stream="system", line=f"smith: cannot start the job: {exc}")
@@ -381,14 +505,18 @@ def execute(argv: list[str], cwd: str, env: dict[str, str], out: Output, timeout
         threading.Thread(target=pump, args=(p, n, q), daemon=True)
         for p, n in ((proc.stdout, "stdout"), (proc.stderr, "stderr"))
     ]
+    if idle_seconds:
+        threads.append(threading.Thread(target=stop_if_idle, args=(proc, watch, idle_seconds, out), daemon=True))
     for t in threads:
         t.start()
-    open_pipes = len(threads)
+    open_pipes = 2
     while open_pipes:
         item = q.get()
         if item is None:
             open_pipes -= 1
             continue
+        if item[0] == "stdout":
+            watch.see(item[1])
         out.emit("line", stream=item[0], line=item[1])
     code = proc.wait()
     if timer is not None:
@@ -397,6 +525,11 @@ def execute(argv: list[str], cwd: str, env: dict[str, str], out: Output, timeout
         out.emit("line", stream="system", line=f"smith: timed out after {timeout:g} s")
         return 124
     return code
+
+
+def execute(argv: list[str], cwd: str, env: dict[str, str], out: Output, timeout: float | None = None) -> int:
+    """One steps-mode command, as this process's user."""
+    return run_step(argv, env, User(os.getuid(), os.getgid(), ""), cwd, out, RunnerWatch(), 0.0, timeout)
 
 
 MAX_COLLECT = 1 << 20  # bytes read back per collected file
@@ -504,6 +637,37 @@ def close_channel(sock: socket.socket, stream: IO[str]) -> None:
         sock.close()
 
 
+def run(config: dict[str, Any], out: Output, workdir: str) -> tuple[int, str | None]:
+    """Run the job; its exit code and, for a runner job, its outcome as the runner saw it."""
+    job = config.get("job") or {}
+    if not config.get("runner"):
+        path = os.path.join(workdir, SCRIPT)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(str(job.get("run") or ""))
+        os.chmod(path, 0o700)
+    out.emit("started", stream="system", line=f"job {job.get('id', '')} starting")
+    watch = RunnerWatch()
+    runner_dir = str(config.get("runner_dir") or "/opt/actions-runner")
+    try:
+        user = runner_user(config, workdir) if config.get("runner") else User(os.getuid(), os.getgid(), "")
+        if config.get("runner"):
+            runner_dir = writable_runner_dir(runner_dir, user, workdir, out)
+    except (SetupError, OSError) as exc:
+        out.emit("line", stream="system", line=f"smith: cannot start GitHub's runner: {exc}")
+        return 1, "failed" if config.get("runner") else None
+    code = 0
+    env = environment(config, workdir)
+    for argv, extra in steps(config, runner_dir):
+        idle = float(config.get("runner_idle_seconds") or 0) if argv[0].endswith("/run.sh") else 0.0
+        code = run_step(argv, {**env, **extra}, user, workdir, out, watch, idle)
+        if code != 0:
+            break
+    if not config.get("runner"):
+        return code, None
+    forward_diag(runner_dir, out)
+    return code, watch.outcome()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description="Smith guest agent")
     ap.add_argument("--config-file", help="Read the config from this file (waits until it exists)")
@@ -523,15 +687,15 @@ def main() -> int:
         stream.write(json.dumps({"smith": "ready", "ts": time.time()}) + "\n")
         stream.flush()
     config = unwrap(read_config(args), set_clock=args.set_clock, set_net=args.set_net)
-    _, secrets = command(config)
     channel = events_channel(args)
     events = channel.makefile("w", encoding="utf-8") if channel is not None else stream
-    out = Output(events, secrets, fallback=stream if channel is not None else None)
+    out = Output(events, secrets_of(config), fallback=stream if channel is not None else None)
+    outcome = None
     if config.get("steps") and not (args.config_file or args.mmds):
         code = serve_steps(config, out, args.workdir, inbox_for(args))
     else:
-        code = run(config, out, args.workdir)
-    out.emit("exit", stream="system", exit_code=code)
+        code, outcome = run(config, out, args.workdir)
+    out.emit("exit", stream="system", exit_code=code, **({"outcome": outcome} if outcome else {}))
     if channel is not None:
         close_channel(channel, events)
     return 0

@@ -35,6 +35,7 @@ import json
 import secrets
 import threading
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -47,6 +48,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
+from smith.testing.github_actions import Actions
 from smith.testing.openapi import OpenAPI, Operation, github_rest
 
 DOCS = "https://docs.github.com/rest"
@@ -111,8 +113,9 @@ class FakeGitHub:
         self._lock = threading.Lock()
         self._failures: list[_Failure] = []
         self._ids = itertools.count(1000)
+        self.actions = Actions(self)
         self.handlers = self._handlers()
-        routes: list[BaseRoute] = [Route("/{path:path}", self._endpoint, methods=_METHODS)]
+        routes: list[BaseRoute] = [*self.actions.routes(), Route("/{path:path}", self._endpoint, methods=_METHODS)]
         self.app = Starlette(routes=[Mount(self.base_path, routes=routes)] if self.base_path else routes)
 
     # -- set-up ------------------------------------------------------------------------------------------
@@ -175,6 +178,23 @@ class FakeGitHub:
     def token_requests(self) -> list[Recorded]:
         return self.calls("POST", "/access_tokens")
 
+    def add_runner(self, scope: str, name: str, *, status: str = "offline", busy: bool = False) -> dict[str, Any]:
+        """A runner registered by someone else (another deployment, a person) in ``repo:o/r`` / ``org:o``."""
+        with self._lock:
+            runner_id = next(self._ids)
+            runner = {
+                "id": runner_id,
+                "name": name,
+                "os": "linux",
+                "status": status,
+                "busy": busy,
+                "ephemeral": True,
+                "runner_group_id": 1,
+                "labels": [{"id": 1, "name": "self-hosted", "type": "read-only"}],
+            }
+            self.runners.setdefault(scope.lower(), {})[runner_id] = runner
+        return runner
+
     def runners_in(self, scope: str) -> list[dict[str, Any]]:
         """``scope`` is ``repo:owner/name`` or ``org:login``."""
         with self._lock:
@@ -194,6 +214,7 @@ class FakeGitHub:
             handlers[("GET", f"{prefix}{runners}")] = self._list_runners
             handlers[("DELETE", f"{prefix}{runners}/{{runner_id}}")] = self._delete_runner
             handlers[("GET", f"{prefix}/installation")] = self._installation_of
+        handlers[("GET", "/repos/{owner}/{repo}/actions/jobs/{job_id}")] = self._workflow_job
         return handlers
 
     async def _endpoint(self, request: Request) -> Response:
@@ -365,6 +386,7 @@ class FakeGitHub:
                 "token": token,
                 "expires_at": _iso(expires_at),
                 "permissions": {
+                    "actions": "read",
                     "administration": "write",
                     "metadata": "read",
                     "organization_self_hosted_runners": "write",
@@ -434,11 +456,48 @@ class FakeGitHub:
                 "labels": [{"id": i + 1, "name": n, "type": "custom"} for i, n in enumerate(body["labels"])],
             }
             existing[runner_id] = runner
-        config = {
-            ".runner": {"agentId": runner_id, "agentName": body["name"], "workFolder": body.get("work_folder", "_work")}
-        }
-        encoded = base64.b64encode(json.dumps(config).encode()).decode()
+        encoded = self._encoded_jit_config(request, scope, runner)
         return JSONResponse({"runner": runner, "encoded_jit_config": encoded}, status_code=201)
+
+    def _encoded_jit_config(self, request: Request, scope: str, runner: dict[str, Any]) -> str:
+        """As GitHub encodes it: base64 of a JSON object mapping each file the runner writes into its own
+        directory (``.runner``, ``.credentials``, ``.credentials_rsaparams``) to that file's content, base64."""
+        secret = secrets.token_urlsafe(24)
+        with self._lock:
+            self.actions.credentials[secret] = (scope, runner["id"])
+        service = f"{request.url.scheme}://{request.url.netloc}/_actions"
+        name = scope.partition(":")[2]
+        files = {
+            ".runner": {
+                "agentId": runner["id"],
+                "agentName": runner["name"],
+                "poolId": runner["runner_group_id"],
+                "poolName": "Default",
+                "serverUrl": service,
+                "serverUrlV2": service,
+                "useV2Flow": True,
+                "gitHubUrl": f"https://github.com/{name}",
+                "workFolder": request.state.rec.body.get("work_folder", "_work"),
+                "ephemeral": True,
+            },
+            ".credentials": {
+                "scheme": "OAuth",
+                "data": {"clientId": str(uuid.uuid4()), "requireFipsCryptography": "False"},
+            },
+            ".credentials_rsaparams": {"d": secret},
+        }
+        encoded = {k: base64.b64encode(json.dumps(v).encode()).decode() for k, v in files.items()}
+        return base64.b64encode(json.dumps(encoded).encode()).decode()
+
+    async def _workflow_job(self, request: Request) -> Response:
+        scope, denied = self._authorized_scope(request)
+        if denied:
+            return denied
+        with self._lock:
+            job = self.actions.jobs.get(int(request.path_params["job_id"]))
+            if job is None or f"repo:{job.repo.lower()}" != scope:
+                return _error(404, "Not Found")
+            return JSONResponse(self.actions.job_body(job))
 
     async def _registration_token(self, request: Request) -> Response:
         _, denied = self._authorized_scope(request)

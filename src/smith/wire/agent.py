@@ -123,7 +123,10 @@ class LeaseResponse(BaseModel):
 
 
 class StatusReport(BaseModel):
-    state: Literal["running", "succeeded", "failed", "cancelled"]
+    """``released``: GitHub's runner exited without running a job; the job goes back to its queue, the attempt
+    not counted."""
+
+    state: Literal["running", "succeeded", "failed", "cancelled", "released"]
     exit_code: int | None = Field(None, ge=-(2**31), le=2**31 - 1)
     reason: str = Field("", max_length=2000)
     traceparent: str | None = Field(None, max_length=256, description="W3C trace context of the agent's job span")
@@ -154,6 +157,7 @@ class JobView(BaseModel):
     cancel_requested: bool
     github_status: str
     github_conclusion: str
+    github_runner: str = ""  # the runner GitHub ran it on (maybe one minted for another job)
     created_at: float
     assigned_at: float | None
     started_at: float | None

@@ -21,6 +21,8 @@ class GuestConfig(BaseModel):
     env: dict[str, str] = Field(default_factory=dict, description="Extra environment for the job")
     runner_dir: str = Field("/opt/actions-runner", description="Where GitHub's runner lives in the image")
     steps: bool = Field(False, description="Steps mode: the host sends one command per line after the config")
+    runner_user: str = Field("runner", description="The unprivileged user a root guest runs GitHub's runner as")
+    runner_idle_seconds: float = Field(900.0, gt=0, description="Stop GitHub's runner if it gets no job this long")
 
 
 class GuestEvent(BaseModel):
@@ -34,3 +36,5 @@ class GuestEvent(BaseModel):
     seq: int = 0
     exit_code: int | None = None
     files: dict[str, str] | None = None  # a steps-mode command's collected files
+    # On the exit event of a runner job: what GitHub's runner did, read from its output ("no_job": it ran none).
+    outcome: Literal["succeeded", "failed", "cancelled", "no_job"] | None = None

@@ -25,7 +25,7 @@ from smith.logging import get_logger
 
 log = get_logger("smith.redis.jobs")
 
-_INT_FIELDS = {"vcpus", "memory_mib", "run_id", "run_attempt", "installation_id", "attempts"}
+_INT_FIELDS = {"vcpus", "memory_mib", "run_id", "run_attempt", "installation_id", "attempts", "leases", "releases"}
 _FLOAT_FIELDS = {"created_at", "updated_at"}
 _OPT_FLOAT_FIELDS = {"assigned_at", "started_at", "finished_at"}
 
@@ -145,6 +145,8 @@ class RedisJobs:
         self._handback = redis.register_script(scripts.HANDBACK)
         self._renew = redis.register_script(scripts.RENEW)
         self._report = redis.register_script(scripts.REPORT)
+        self._report_runner = redis.register_script(scripts.REPORT_RUNNER)
+        self._reopen = redis.register_script(scripts.REOPEN)
         self._cancel = redis.register_script(scripts.CANCEL)
         self._drop_consumer = redis.register_script(scripts.DROP_CONSUMER)
         self._groups_ready: set[str] = set()
@@ -258,6 +260,9 @@ class RedisJobs:
         event: Mapping[str, Any],
         tombstone: Mapping[str, str] | None,
         dequeue_reason: str = "",
+        runner_name: str = "",
+        smith_runner: bool = False,
+        minted_for: str = "",
     ) -> Recorded:
         """Record GitHub's news about a job. With ``dequeue_reason``, a job still queued here leaves the queue.
 
@@ -265,12 +270,17 @@ class RedisJobs:
         record, so a late 'queued' redelivery does not enqueue it."""
         now = time.time()
         stream_class = runner_class or await self._class_of(job_id) or "_none"
+        minted_class = await self._class_of(minted_for) if minted_for and minted_for != job_id else None
+        if minted_class is None:
+            minted_for = ""
         ks = [
             keys.delivery(delivery_id),
             keys.job(job_id),
             keys.queue(stream_class),
             keys.JOBS,
             keys.EVENTS,
+            keys.job(minted_for or job_id),
+            keys.queue(minted_class or stream_class),
             _reply(),
         ]
         argv: list[Any] = [
@@ -286,6 +296,9 @@ class RedisJobs:
             orjson.dumps(dict(tombstone)) if tombstone else b"",
             "1" if dequeue_reason else "0",
             dequeue_reason,
+            runner_name,
+            "1" if smith_runner else "0",
+            minted_for,
         ]
         async with errors(self.reach):
             res, acked = await self._group(self._record_update, ks, argv)
@@ -372,31 +385,28 @@ class RedisJobs:
                 out[job_id] = str(await self._renew(keys=[keys.job(job_id), keys.queue(cls)], args=[agent_id, now]))
         return out
 
-    async def report(
-        self, agent_id: str, job_id: str, state: JobState, *, reason: str = "", exit_code: int | None = None
-    ) -> Job:
+    async def _as_owner(self, script: Any, agent_id: str, job_id: str, args: list[Any], new_state: str) -> str:
+        """Run a script only the lease's holder may (KEYS: job, stream, reply); its outcome, or the refusal."""
         _consumer(agent_id)
         cls = await self._class_of(job_id)
         if cls is None:
             raise NotFound(f"job {job_id} not found")
         async with errors(self.reach):
-            res = await self._report(
-                keys=[keys.job(job_id), keys.queue(cls), _reply()],
-                args=[
-                    agent_id,
-                    state.value,
-                    repr(time.time()),
-                    reason,
-                    "" if exit_code is None else exit_code,
-                    self.retention,
-                ],
-            )
+            res = await script(keys=[keys.job(job_id), keys.queue(cls), _reply()], args=args)
         if res[0] == "missing":
             raise NotFound(f"job {job_id} not found")
         if res[0] == "not_owner":
             raise Conflict(f"job {job_id} is not leased to agent {agent_id} (state {res[1]})")
         if res[0] == "bad_transition":
-            raise Conflict(f"job {job_id} cannot go from {res[1]} to {state.value}")
+            raise Conflict(f"job {job_id} cannot go from {res[1]} to {new_state}")
+        return str(res[0])
+
+    async def report(
+        self, agent_id: str, job_id: str, state: JobState, *, reason: str = "", exit_code: int | None = None
+    ) -> Job:
+        code = "" if exit_code is None else exit_code
+        args = [agent_id, state.value, repr(time.time()), reason, code, self.retention]
+        await self._as_owner(self._report, agent_id, job_id, args, state.value)
         return await self.get(job_id)
 
     async def reclaim(self, classes: Iterable[str], lease_ttl: float, max_attempts: int) -> dict[str, int]:
@@ -436,19 +446,50 @@ class RedisJobs:
                     break
         return counts
 
-    async def requeue(self, job_id: str, entry: str, max_attempts: int, reason: str) -> str:
-        """Put a leased job back on its queue (counts as an attempt; fails it past ``max_attempts``)."""
+    async def reopen(self, job_id: str, reason: str) -> str:
+        """A lease-less 'running' job GitHub still shows queued goes back to its queue: 'reopened' or 'stale'."""
         cls = await self._class_of(job_id)
         if cls is None:
             return "stale"
-        return await self._requeue_entry(job_id, keys.queue(cls), entry, max_attempts, reason)
+        async with errors(self.reach):
+            res = await self._reopen(
+                keys=[keys.job(job_id), keys.queue(cls), _reply()], args=[repr(time.time()), reason]
+            )
+        return str(res[0])
 
-    async def _requeue_entry(self, job_id: str, stream: str, entry: str, max_attempts: int, reason: str) -> str:
-        """One REQUEUE script call: 'requeued', 'failed' (past max_attempts) or 'stale'."""
+    async def report_runner(
+        self,
+        agent_id: str,
+        job_id: str,
+        reported: str,
+        *,
+        lease_runner: str,
+        max_releases: int,
+        reason: str = "",
+        exit_code: int | None = None,
+    ) -> str:
+        """The final report of a GitHub runner job's lease, read against what GitHub said (REPORT_RUNNER):
+        'github', 'runner', 'elsewhere', 'requeued' (attempt not counted) or 'failed'."""
+        code = "" if exit_code is None else exit_code
+        args = [agent_id, reported, repr(time.time()), reason, code, self.retention, lease_runner, max_releases]
+        return await self._as_owner(self._report_runner, agent_id, job_id, args, reported)
+
+    async def requeue(self, job_id: str, entry: str, max_attempts: int, reason: str, *, count: bool = True) -> str:
+        """Put a leased job back on its queue (counts as an attempt, failing it past ``max_attempts``; with
+        ``count=False`` the attempt is given back)."""
+        cls = await self._class_of(job_id)
+        if cls is None:
+            return "stale"
+        return await self._requeue_entry(job_id, keys.queue(cls), entry, max_attempts, reason, count=count)
+
+    async def _requeue_entry(
+        self, job_id: str, stream: str, entry: str, max_attempts: int, reason: str, *, count: bool = True
+    ) -> str:
+        """One REQUEUE script call: 'requeued', 'failed' (past max_attempts), 'github' or 'stale'."""
         async with errors(self.reach):
             out = await self._requeue(
                 keys=[keys.job(job_id), stream, _reply()],
-                args=[entry, repr(time.time()), max_attempts, reason, self.retention],
+                args=[entry, repr(time.time()), max_attempts, reason, self.retention, "0" if count else "1"],
             )
         return str(out[0])
 
