@@ -46,7 +46,7 @@ def test_dev_demo_follows_the_example_job_to_the_end(tmp_path: Path) -> None:
         assert proc.stdout is not None
         for line in proc.stdout:
             out.append(line)
-            if line.split("│")[1:2] == [" attempts     "]:  # the summary's last row
+            if "log volume per job" in line or "logs: unavailable" in line:  # the overview's last section
                 done.set()
 
     reader = threading.Thread(target=read, daemon=True)
@@ -69,3 +69,6 @@ def test_dev_demo_follows_the_example_job_to_the_end(tmp_path: Path) -> None:
     assert rows["state"] == "succeeded" and rows["exit code"] == "0"
     assert rows["log lines"] == str(len(log))
     assert "Traceback" not in text
+    overview = text[text.index("the report overview") :]
+    assert "unavailable" not in overview, overview  # the control plane, the cache and the logs all answered
+    assert "hosts" in overview and "log volume per job" in overview

@@ -220,6 +220,18 @@ def _sections(o: Options) -> dict[str, tuple[Callable[[], Any], Callable[[Any], 
     }
 
 
+def show_overview(o: Options | None = None) -> None:
+    """Every section of the overview, each shown or noted as unavailable, from the SMITH_* settings in the
+    environment unless ``o`` says otherwise; never fails (``smith dev --demo`` ends with it)."""
+    for name, (gather, show) in _sections(o or Options()).items():
+        try:
+            got = gather()
+        except Unreachable as exc:
+            console.print(f"[yellow]{name}: unavailable[/yellow]: {exc}", highlight=False)
+            continue
+        show(got[1] if name == "jobs" else got)
+
+
 def report(names: tuple[str, ...], o: Options, *, json_out: bool, plot: Path | None = None) -> None:
     """Gather and show each section. One section that does not answer fails the command; in an overview it is
     noted and the others are shown (it fails only when none answers)."""

@@ -161,4 +161,10 @@ async def demo_service(env: dict[str, str], summarize: Callable[[DemoResult], No
         )
     except httpx.HTTPError as exc:
         console.print(f"demo: stopped: {type(exc).__name__}: {exc}")
+    else:
+        from smith.cli.report import Options, show_overview
+
+        console.print("demo: the report overview (`smith report overview`):")
+        opts = Options(base_url=control_url, logs_url=env.get("SMITH_LOGS_URL"), cache_url=env.get("SMITH_CACHE_URL"))
+        await asyncio.to_thread(show_overview, opts)  # its HTTP calls are blocking: off this (the services') loop
     await asyncio.Event().wait()
