@@ -20,7 +20,8 @@ Starts a private Valkey and `smith cache serve` (a separate process, so its peak
 - nginx (Debian's, sendfile on, one worker; ``python -m http.server`` if nginx is missing) serving the same file,
   fetched with curl once per repetition: the raw reference.
 
-Prints MB/s (median and range), each server's RSS (idle, after, peak; summed over its processes), and
+Prints MB/s (median and range), the CPU seconds each server used per client run (what a loaded machine stretches
+less than wall time), each server's RSS (idle, after, peak; summed over its processes), and
 Smith / peer for save and restore per client against the issue's goals (restore >= 3x, save >= 1.5x).
 """
 
@@ -169,8 +170,8 @@ class Server:
     download_host: str | None = None
 
 
-def tree_rss_mib(pid: int) -> tuple[float, float]:
-    """(RSS, peak RSS) in MiB summed over ``pid`` and its descendants (the peer runs a cluster primary + worker)."""
+def tree(pid: int) -> set[int]:
+    """``pid`` and its descendants (the peer runs a cluster primary and a worker)."""
     parents: dict[int, int] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -178,20 +179,38 @@ def tree_rss_mib(pid: int) -> tuple[float, float]:
         except OSError:
             continue
         parents[int(stat.parent.name)] = int(fields[1])
-    tree, frontier = {pid}, [pid]
+    members, frontier = {pid}, [pid]
     while frontier:
         parent = frontier.pop()
-        children = [child for child, ppid in parents.items() if ppid == parent and child not in tree]
-        tree.update(children)
+        children = [child for child, ppid in parents.items() if ppid == parent and child not in members]
+        members.update(children)
         frontier.extend(children)
+    return members
+
+
+def tree_rss_mib(pid: int) -> tuple[float, float]:
+    """(RSS, peak RSS) in MiB summed over ``pid`` and its descendants."""
     rss = peak = 0.0
-    for member in tree:
+    for member in tree(pid):
         try:
             now, hwm = peak_rss_mib(member)
         except (OSError, KeyError):
             continue  # exited meanwhile, or a zombie
         rss, peak = rss + now, peak + hwm
     return rss, peak
+
+
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, with reaped children) used so far by ``pid`` and its descendants: the
+    server's own work, which a loaded machine stretches less than wall time."""
+    total = 0
+    for member in tree(pid):
+        try:
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += sum(int(x) for x in fields[11:15])  # utime, stime, cutime, cstime
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def start_smith(work: Path, size: int, download_host: str | None, stack: contextlib.ExitStack) -> Server:
@@ -408,10 +427,12 @@ def main() -> None:
                 for version in clients:
                     if version == "v3" and server.name == "peer":
                         continue  # the peer has no v1 (ACTIONS_CACHE_URL) API
+                    cpu = tree_cpu_s(server.proc.pid)
                     save_c, restore_c = real_client(version, server, size, work)
-                    runs = results[server.name].setdefault(version, {"save": [], "restore": []})
+                    runs = results[server.name].setdefault(version, {"save": [], "restore": [], "server_cpu_s": []})
                     runs["save"].append(mbps(save_c))
                     runs["restore"].append(mbps(restore_c))
+                    runs["server_cpu_s"].append(tree_cpu_s(server.proc.pid) - cpu)
             results["nginx"].setdefault("curl", {"restore": []})["restore"].append(
                 mbps(curl_download(f"{static_url}/entry.tzst", runs=1))
             )
@@ -443,16 +464,17 @@ def stop_static(proc: subprocess.Popen[bytes]) -> None:
         proc.kill()
 
 
-def spread(values: list[float]) -> str:
+def spread(values: list[float], digits: int = 0) -> str:
     low, high = min(values), max(values)
-    return f"{statistics.median(values):6.0f}" + (f" ({low:.0f}-{high:.0f})" if len(values) > 1 else "")
+    text = f"{statistics.median(values):6.{digits}f}"
+    return text + (f" ({low:.{digits}f}-{high:.{digits}f})" if len(values) > 1 else "")
 
 
 def print_report(report: dict[str, Any]) -> None:
     size = report["size_bytes"]
     print(f"entry {size / 1024**2:,.0f} MiB, {report['storage']} store, loopback, {report['repeat']} repetition(s)")
     print(f"load average before {report['load_before']}, after {report['load_after']}")
-    print("MB/s, median (min-max):")
+    print("MB/s (server_cpu_s: the server's CPU seconds for the save + restore), median (min-max):")
     for name, by_client in report["mb_per_s"].items():
         for client, runs in by_client.items():
             label = {
@@ -460,7 +482,9 @@ def print_report(report: dict[str, Any]) -> None:
                 "curl": f"curl, same file ({report['static_server']})",
             }
             what = label.get(client, f"@actions/cache {client}")
-            ways = "  ".join(f"{way} {spread(values)}" for way, values in runs.items())
+            ways = "  ".join(
+                f"{way} {spread(values, 1 if way == 'server_cpu_s' else 0)}" for way, values in runs.items()
+            )
             print(f"  {name:<6} {what:<34} {ways}")
     for name, r in report["rss"].items():
         print(f"  {name:<6} RSS idle {r['idle_mib']} MiB, after {r['after_mib']} MiB, peak {r['peak_mib']} MiB")
