@@ -85,9 +85,12 @@ def peak_rss_mib(pid: int) -> tuple[float, float]:
     return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
 
 
-def wait_http(url: str, timeout: float = 20.0) -> None:
+def wait_http(url: str, timeout: float = 20.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+    """Wait for ``url`` to answer; give up early when ``proc``, the server behind it, has exited."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise SystemExit(f"the server for {url} exited with status {proc.returncode}")
         try:
             if httpx.get(url, timeout=1).status_code < 500:
                 return
@@ -233,7 +236,7 @@ def start_smith(work: Path, size: int, download_host: str | None, stack: context
     proc = subprocess.Popen([sys.executable, "-m", "smith", "cache", "serve"], env=env, start_new_session=True)
     stack.callback(stop, proc)
     base = f"http://127.0.0.1:{port}"
-    wait_http(base + "/healthz")
+    wait_http(base + "/healthz", proc=proc)
     tok = tokens.mint(SECRET, scope="cache", subject="bench", ttl_seconds=3600, org="bench", repo="r")
     return Server("smith", proc, base, tok, download_host)
 
@@ -281,7 +284,7 @@ def start_peer(command: str, work: Path, stack: contextlib.ExitStack) -> Server:
     )
     stack.callback(stop, proc)
     try:
-        wait_http(base + "/health", timeout=60)
+        wait_http(base + "/health", timeout=60, proc=proc)
     except SystemExit:
         raise SystemExit(f"the peer did not come up; its output: {(work / 'peer.log').read_text()[-2000:]}") from None
     return Server("peer", proc, base, peer_token())
