@@ -404,6 +404,7 @@ def main() -> None:
             raise SystemExit(f"{entry} is missing: build the peer first (pnpm install, pnpm run build)")
         peer_cmd = f"exec node --expose-gc {shlex.quote(str(entry))}"
     clients = args.client or (["v6"] if peer_cmd else [])
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind: the servers run in their own sessions
     load_before = os.getloadavg()
 
     results: dict[str, dict[str, dict[str, list[float]]]] = {"smith": {}, "peer": {}, "nginx": {}}
