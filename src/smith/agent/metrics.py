@@ -48,14 +48,15 @@ class Metered:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
-    async def boot(self, shape: VMShape, vm_id: str) -> Machine:
+    async def boot(self, shape: VMShape, vm_id: str, **how: Any) -> Machine:
+        """The inner backend's boot, timed; ``how`` (e.g. a job's sticky disks) passes through."""
         backend = str(self.inner.backend)
         restore = _restores(self.inner, shape)
         self.booting[shape.runner_class] += 1
         started = time.monotonic()
         try:
             with tracing.span("vm boot", child_only=True, backend=backend, runner_class=shape.runner_class):
-                machine = await self.inner.boot(shape, vm_id)
+                machine = await self.inner.boot(shape, vm_id, **how)
         except BaseException:
             BOOT_FAILURES.labels(backend=backend).observe(time.monotonic() - started)
             raise

@@ -26,7 +26,9 @@ def plan(spec: JobSpec) -> StickyPlan | None:
 
 
 def supported(vmm: VMM) -> bool:
-    return "sticky" in inspect.signature(vmm.boot).parameters
+    """Whether the backend boots with sticky disks (a wrapper, e.g. the metrics' ``Metered``, is looked through)."""
+    inner = getattr(vmm, "inner", vmm)
+    return "sticky" in inspect.signature(inner.boot).parameters
 
 
 async def boot(vmm: VMM, shape: VMShape, vm_id: str, spec: JobSpec) -> Machine:
