@@ -58,7 +58,6 @@ from smith.domain.sticky import StickyPlan
 from smith.domain.vms import Backend, VMShape
 from smith.errors import SmithError, VMError
 from smith.logging import get_logger
-from smith.rootfs import store as rootfs_store
 from smith.rootfs.store import Built
 from smith.wire.guest import GuestConfig, GuestEvent
 
@@ -690,15 +689,7 @@ class QemuVMM:
 
     def _version(self) -> Built | None:
         """The rootfs version active now (resolved once: this VM keeps it whatever is activated later)."""
-        if self.config.rootfs_dir is None:
-            return None
-        try:
-            version = rootfs_store.active(self.config.rootfs_dir)
-        except SmithError as exc:
-            raise VMError(f"QEMU backend: {exc.message}") from exc
-        if version is None:
-            raise VMError(f"QEMU backend: no active rootfs in {self.config.rootfs_dir} (`smith rootfs activate`)")
-        return version
+        return vmdisks.active_version(self.config.rootfs_dir, "QEMU")
 
     async def close(self) -> None:
         """Stop template refreshes still running (their boot unwinds: no QEMU is left)."""

@@ -146,6 +146,7 @@ def build(name: str, settings: Any, network: Network | None = None) -> VMM:
             use_jailer=os.geteuid() == 0,  # the jailer needs root (chroot, cgroups, setuid)
             parent_cgroup=jailer_parent_cgroup(settings),
             dns=settings.agent_network_dns or "",
+            rootfs_dir=settings.agent_rootfs_dir,
         )
         return FirecrackerVMM(config, network or TapNetwork())
     raise ConfigError(f"unknown backend {name}")

@@ -83,7 +83,9 @@ class AgentSettings(CommonSettings):
     agent_kernel: Path | None = Field(None, description="Guest kernel (Firecracker: uncompressed vmlinux)")
     agent_rootfs: Path | None = Field(None, description="Guest root filesystem image")
     agent_rootfs_dir: Path | None = Field(
-        None, description="`smith rootfs` output_dir: QEMU VMs boot its active version (a root disk + overlay)"
+        None,
+        description="`smith rootfs` output_dir: QEMU and Firecracker VMs boot its active version (their own "
+        "copy-on-write root disk; SMITH_AGENT_ROOTFS is then the initramfs that switches to it)",
     )
     agent_sticky_dir: Path | None = Field(
         None, description="Sticky disks' committed states; default <work>/qemu/sticky"
