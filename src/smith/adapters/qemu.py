@@ -52,7 +52,7 @@ from smith.adapters import vmdisks
 from smith.adapters.cgroups import Cgroups, JobCgroup, Limits
 from smith.adapters.childenv import minimal_env
 from smith.adapters.resolver import FALLBACK, guest_resolver
-from smith.adapters.stickydisks import Checkout, StickyDisks
+from smith.adapters.stickydisks import Checkout, StickyDisks, settle
 from smith.asyncutil import CleanupStack
 from smith.domain.sticky import StickyPlan
 from smith.domain.vms import Backend, VMShape
@@ -262,19 +262,7 @@ class QemuMachine:
         store = self.sticky_store
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.proc.wait(), self.shutdown_timeout)
-        clean = self.proc.returncode == 0
-        committed = []
-        for checkout in self.sticky:
-            if succeeded and clean:
-                try:
-                    await asyncio.to_thread(store.commit, checkout)
-                    committed.append(checkout.request.name)
-                    continue
-                except SmithError as exc:
-                    log.warning("sticky disk not committed", vm_id=self.id, disk=checkout.request.name, error=str(exc))
-            await asyncio.to_thread(store.release, checkout)
-        log.info("sticky disks", vm_id=self.id, committed=committed, clean_shutdown=clean, succeeded=succeeded)
-        return committed
+        return await settle(store, self.sticky, succeeded, self.proc.returncode == 0, self.id)
 
     async def stop(self) -> None:
         async with self._lock:

@@ -88,7 +88,7 @@ class AgentSettings(CommonSettings):
         "copy-on-write root disk; SMITH_AGENT_ROOTFS is then the initramfs that switches to it)",
     )
     agent_sticky_dir: Path | None = Field(
-        None, description="Sticky disks' committed states; default <work>/qemu/sticky"
+        None, description="Sticky disks' committed states; default <work>/qemu/sticky or <work>/firecracker/sticky"
     )
     agent_sticky_quota_mib: int = Field(51200, gt=0, description="Sticky disks: allocated MiB per org, LRU evicted")
     agent_kvm: Literal["auto", "on", "off"] = Field(

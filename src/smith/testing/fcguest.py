@@ -206,9 +206,13 @@ class Guest:
                 return False
             self.console.line(f"[    0.450000] EXT4-fs ({found[0]}): mounted filesystem r/w; switching root")
             self.init = ROOTFS_INIT_SH
-        scratch = self._named("smith-scratch")
-        if scratch is not None and root_mountable(self.api._host(scratch[1]["path_on_host"])):
-            self.console.line(f"[    0.460000] EXT4-fs ({scratch[0]}): mounted filesystem r/w on /work")
+        mounts = {"smith-scratch": "/work"} | {
+            k.removeprefix("smith.mount."): v for k, v in args.items() if k.startswith("smith.mount.")
+        }
+        for name, path in mounts.items():  # the rootfs's init mounts sticky disks (smith.mount.<name>=<path>)
+            disk = self._named(name)
+            if disk is not None and root_mountable(self.api._host(disk[1]["path_on_host"])):
+                self.console.line(f"[    0.460000] EXT4-fs ({disk[0]}): mounted filesystem r/w on {path}")
         return True
 
     def _reboot(self) -> None:

@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import shutil
@@ -70,7 +71,9 @@ from smith.adapters.firecracker.models import (
     VsockOverride,
 )
 from smith.adapters.resolver import FALLBACK, guest_resolver
+from smith.adapters.stickydisks import Checkout, StickyDisks, settle
 from smith.asyncutil import CleanupStack
+from smith.domain.sticky import StickyPlan
 from smith.domain.vms import Backend, Slot, VMShape
 from smith.errors import ConfigError, PayloadTooLarge, SmithError, VMError
 from smith.logging import get_logger
@@ -121,6 +124,9 @@ class FirecrackerConfig:
     # initramfs in ``rootfs``); None: the initramfs alone
     rootfs_dir: Path | None = None
     disk_cache: Path | None = None  # scratch templates (one empty ext4 per size); None: <chroot_base>/disks
+    sticky_dir: Path | None = None  # sticky disks (adapters/stickydisks.py); None: <chroot_base>/sticky
+    sticky_quota_bytes: int = 50 << 30  # per org, allocated bytes
+    shutdown_timeout: float = 30.0  # a job's guest with sticky disks has this long to shut down cleanly
 
     def validate(self) -> None:
         """Raise ConfigError naming the first thing that cannot work."""
@@ -193,6 +199,9 @@ class FirecrackerMachine:
         self.boot_args = ""
         self.image: str | None = None  # the rootfs version this VM booted (None: the initramfs alone)
         self.drives: list[disks.FcDrive] = []
+        self.sticky: list[Checkout] = []
+        self.sticky_store: StickyDisks | None = None
+        self.shutdown_timeout = 30.0
         self.started = False  # InstanceStart (or a resumed snapshot load) happened
         self.payload_limit = payload_limit  # the API's and MMDS's size limit (FirecrackerConfig.api_payload_limit)
         self._assigned = False
@@ -263,6 +272,18 @@ class FirecrackerMachine:
         async for event in self.console.events():
             yield event
 
+    async def finish(self, succeeded: bool) -> list[str]:
+        """After the job: commit its sticky disks if it succeeded and its guest shut down cleanly (its init
+        unmounts them and reboots: Firecracker exits with 0), else discard them. The names committed."""
+        if not self.sticky or self.sticky_store is None:
+            return []
+        proc = self.process
+        if proc is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(proc.wait(), self.shutdown_timeout)
+        clean = proc is not None and proc.returncode == 0
+        return await settle(self.sticky_store, self.sticky, succeeded, clean, self.id)
+
     async def stop(self) -> None:
         """Wait for a guest that is done to exit (its init reboots), else Ctrl+Alt+Del, then kill after
         ``stop_timeout``; remove everything made for it. Idempotent."""
@@ -321,8 +342,14 @@ class FirecrackerVMM:
             )
         self._cid = 2
 
-    async def boot(self, shape: VMShape, vm_id: str) -> FirecrackerMachine:
-        return await self._run(_Boot(self, shape, vm_id), self.STEPS)
+    async def boot(self, shape: VMShape, vm_id: str, *, sticky: StickyPlan | None = None) -> FirecrackerMachine:
+        """A VM of ``shape``; with ``sticky``, with those sticky disks (needs a rootfs version)."""
+        return await self._run(_Boot(self, shape, vm_id, sticky=sticky), self.STEPS)
+
+    @property
+    def sticky_store(self) -> StickyDisks:
+        c = self.config
+        return StickyDisks(c.sticky_dir or c.chroot_base / "sticky", c.sticky_quota_bytes)
 
     async def boot_from_snapshot(self, shape: VMShape, vm_id: str, snapshot: Snapshot) -> FirecrackerMachine:
         """A VM restored from ``snapshot`` and resumed (warm pools: ~ms instead of a kernel boot)."""
@@ -369,6 +396,7 @@ class FirecrackerVMM:
     async def cleanup_leftovers(self) -> list[str]:
         """Kill the VMs of a crashed agent (by their recorded PID), free their slots, remove their jails."""
         removed: list[str] = []
+        await asyncio.to_thread(self.sticky_store.clear_refs)  # no VM runs now: every checkout is stale
         if not self.jails_dir.is_dir():
             return removed
         for vm_dir in sorted(self.jails_dir.glob(f"{self.config.prefix}*")):
@@ -443,7 +471,14 @@ class FirecrackerVMM:
 class _Boot:
     """The state of one boot; each public coroutine is one step of FirecrackerVMM.STEPS."""
 
-    def __init__(self, vmm: FirecrackerVMM, shape: VMShape, vm_id: str, snapshot: Snapshot | None = None) -> None:
+    def __init__(
+        self,
+        vmm: FirecrackerVMM,
+        shape: VMShape,
+        vm_id: str,
+        snapshot: Snapshot | None = None,
+        sticky: StickyPlan | None = None,
+    ) -> None:
         self.vmm = vmm
         self.config = vmm.config
         self.shape = shape
@@ -457,6 +492,10 @@ class _Boot:
         )
         self.state: dict[str, object] = {"vm_id": vm_id}
         self.version = vmm._version() if snapshot is None else None
+        self.sticky = sticky if sticky is not None and sticky.disks else None
+        if self.sticky is not None and self.version is None:
+            raise VMError("sticky disks need a rootfs version to boot (SMITH_AGENT_ROOTFS_DIR)")
+        self.machine.shutdown_timeout = c.shutdown_timeout
         self.machine.image = self.version.name if self.version else snapshot.image if snapshot else None
 
     @property
@@ -478,6 +517,26 @@ class _Boot:
 
         self.cleanup.push("chroot", remove)
         await asyncio.to_thread(self._fill_chroot)
+        await self._checkout()
+
+    async def _checkout(self) -> None:
+        """Each sticky disk: a raw clone of its last committed state in the jail, a drive after the others;
+        released (discarded) on unwind."""
+        plan, machine = self.sticky, self.machine
+        if plan is None:
+            return
+        store = machine.sticky_store = self.vmm.sticky_store
+        for i, request in enumerate(plan.disks):
+            name = f"sticky-{i}.ext4"
+            checkout = await asyncio.to_thread(
+                store.checkout, plan.org, plan.repo, request, self.vm_id, self.jail.host(name), raw=True
+            )
+            self.cleanup.push(
+                f"sticky disk {request.name}", functools.partial(asyncio.to_thread, store.release, checkout)
+            )
+            machine.sticky.append(checkout)
+            self.jail.own(name)
+            machine.drives.append(disks.FcDrive(f"sticky_{i}", name, f"smith-sticky-{i}", mount=request.path))
 
     def _fill_chroot(self) -> None:
         """Images linked in (copied across filesystems: may take a while, hence a thread), per-VM files made."""
