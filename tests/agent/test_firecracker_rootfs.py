@@ -148,3 +148,23 @@ async def test_a_version_that_is_no_smith_rootfs_fails_the_boot_at_once(rig: Rig
 
 def test_device_names_follow_the_kernels_scheme() -> None:
     assert [device(i) for i in (0, 1, 25, 26, 27)] == ["vda", "vdb", "vdz", "vdaa", "vdab"]
+
+
+async def test_a_snapshot_of_a_rootfs_vm_carries_its_drives_to_the_clone(rig: Rig) -> None:
+    """The template's guest has its drives mounted: a clone must start from the very same bytes."""
+    source = await rig.vmm.boot(SHAPE, "tpl")
+    try:
+        snap = await rig.vmm.snapshot(source, rig.base / "snap")
+        assert [p.name for p in snap.disks] == ["root.ext4", "scratch.img"] and snap.image == "v1"
+        saved = {p.name: p.read_bytes() for p in snap.disks}
+    finally:
+        await source.stop()
+    clone = await rig.vmm.boot_from_snapshot(SHAPE, "cl", snap)
+    try:
+        assert clone.image == "v1"
+        for name, data in saved.items():
+            copy = clone.jail.host(name)
+            assert copy.read_bytes() == data and copy.stat().st_ino != (rig.base / "snap" / name).stat().st_ino
+    finally:
+        await clone.stop()
+    assert rig.leftovers() == []

@@ -130,3 +130,24 @@ async def test_the_leftover_cleanup_forgets_a_crashed_agents_checkouts(rig: Rig)
     assert await rig.vmm.cleanup_leftovers() == ["smith-c1"]
     assert list(refs.iterdir()) == [] and rig.leftovers() == []
     await machine.stop()
+
+
+async def test_a_jailed_vms_clone_is_the_jail_users_until_it_is_committed(rootfs_dir: Path) -> None:  # noqa: F811
+    store.activate(rootfs_dir, "v1")
+    for rig in make_rig(jailed=True, rootfs_dir=rootfs_dir, shutdown_timeout=10.0):
+        machine = await rig.vmm.boot(SHAPE, "j1", sticky=PLAN)
+        try:
+            paths = [c["body"]["path_on_host"] for c in rig.calls("smith-j1") if c["path"].startswith("/drives/")]
+            assert paths == ["/root.ext4", "/scratch.img", "/sticky-0.ext4"]
+            clone = machine.jail.host("sticky-0.ext4")
+            st = clone.stat()
+            assert (st.st_uid, st.st_mode & 0o777) == (rig.vmm.config.uid, 0o600)
+            write(clone, "/jailed", "yes\n")
+            assert await job(machine, "true") == 0
+            assert await machine.finish(True) == ["deps"]
+        finally:
+            await machine.stop()
+        committed = current(rig.vmm)
+        assert cat(committed, "/jailed") == "yes\n"
+        assert (committed.stat().st_uid, committed.stat().st_mode & 0o777) == (os.geteuid(), 0o600)
+        assert rig.leftovers() == []
