@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from pathlib import Path
@@ -9,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from smith.testing.fcguest import Console
+from smith.testing.fcguest import Console, Guest
 from smith.testing.firecracker import POST_BOOT, PRE_BOOT, FakeFirecracker, Spec
 from tests.agent.firecracker_support import SPEC_PATH
 
@@ -146,6 +147,52 @@ def test_only_one_root_drive(fc: FakeFirecracker, files: dict[str, str]) -> None
     configure(fc, files)
     second = {"drive_id": "other", "path_on_host": files["rootfs"], "is_root_device": True}
     assert "root block device already exists" in fault(call(fc, "PUT", "/drives/other", second))
+
+
+def test_a_drive_put_again_keeps_its_place_and_a_root_device_goes_first(
+    fc: FakeFirecracker, files: dict[str, str]
+) -> None:
+    """Firecracker's BlockBuilder: the same id replaces the drive in place; the root device is vda."""
+    for drive_id in ("a", "b"):
+        body = {"drive_id": drive_id, "path_on_host": files["log"], "is_root_device": False}
+        assert call(fc, "PUT", f"/drives/{drive_id}", body)[0] == 204
+    assert (
+        call(fc, "PUT", "/drives/a", {"drive_id": "a", "path_on_host": files["metrics"], "is_root_device": False})[0]
+        == 204
+    )
+    root = {"drive_id": "r", "path_on_host": files["rootfs"], "is_root_device": True}
+    assert call(fc, "PUT", "/drives/r", root)[0] == 204
+    guest = Guest(fc, asyncio.Event(), console=Console(os.open(os.devnull, os.O_WRONLY)))
+    try:
+        names = {dev: d["drive_id"] for dev, d in guest.devices().items()}
+    finally:
+        guest.cleanup()
+    assert names == {"vda": "r", "vdb": "a", "vdc": "b"}
+
+
+@pytest.mark.parametrize("bad", ["sticky-0", "a.b", "x/"])
+def test_drive_and_interface_ids_are_letters_digits_and_underscores(fc: FakeFirecracker, bad: str) -> None:
+    drive = {"drive_id": bad, "path_on_host": "/x", "is_root_device": False}
+    message = fault(call(fc, "PUT", f"/drives/{bad}", drive))
+    assert "alphanumeric characters and underscores" in message or "Invalid request" in message
+    iface = {"iface_id": bad, "host_dev_name": "tap0"}
+    message = fault(call(fc, "PUT", f"/network-interfaces/{bad}", iface))
+    assert "alphanumeric characters and underscores" in message or "Invalid request" in message
+    assert not fc.drives and not fc.ifaces
+
+
+def test_a_drive_is_opened_as_it_will_be_used(fc: FakeFirecracker, tmp_path: Path) -> None:
+    """Firecracker opens the backing file at PUT: read-write unless is_read_only (a directory cannot be either)."""
+    (tmp_path / "d").mkdir()
+    drive = {"drive_id": "d", "path_on_host": str(tmp_path / "d"), "is_root_device": False, "is_read_only": False}
+    assert "Unable to create the virtio block device" in fault(call(fc, "PUT", "/drives/d", drive))
+    (tmp_path / "ro").write_bytes(b"\0" * 512)
+    (tmp_path / "ro").chmod(0o444)
+    drive = {"drive_id": "d", "path_on_host": str(tmp_path / "ro"), "is_root_device": False, "is_read_only": True}
+    assert call(fc, "PUT", "/drives/d", drive)[0] == 204
+    if os.geteuid() != 0:  # root may write any file
+        drive["is_read_only"] = False
+        assert "Permission denied" in fault(call(fc, "PUT", "/drives/d", drive))
 
 
 def test_mmds_config_needs_known_interfaces(fc: FakeFirecracker) -> None:

@@ -52,13 +52,12 @@ from smith.adapters import vmdisks
 from smith.adapters.cgroups import Cgroups, JobCgroup, Limits
 from smith.adapters.childenv import minimal_env
 from smith.adapters.resolver import FALLBACK, guest_resolver
-from smith.adapters.stickydisks import Checkout, StickyDisks
+from smith.adapters.stickydisks import Checkout, StickyDisks, settle
 from smith.asyncutil import CleanupStack
 from smith.domain.sticky import StickyPlan
 from smith.domain.vms import Backend, VMShape
 from smith.errors import SmithError, VMError
 from smith.logging import get_logger
-from smith.rootfs import store as rootfs_store
 from smith.rootfs.store import Built
 from smith.wire.guest import GuestConfig, GuestEvent
 
@@ -263,19 +262,7 @@ class QemuMachine:
         store = self.sticky_store
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.proc.wait(), self.shutdown_timeout)
-        clean = self.proc.returncode == 0
-        committed = []
-        for checkout in self.sticky:
-            if succeeded and clean:
-                try:
-                    await asyncio.to_thread(store.commit, checkout)
-                    committed.append(checkout.request.name)
-                    continue
-                except SmithError as exc:
-                    log.warning("sticky disk not committed", vm_id=self.id, disk=checkout.request.name, error=str(exc))
-            await asyncio.to_thread(store.release, checkout)
-        log.info("sticky disks", vm_id=self.id, committed=committed, clean_shutdown=clean, succeeded=succeeded)
-        return committed
+        return await settle(store, self.sticky, succeeded, self.proc.returncode == 0, self.id)
 
     async def stop(self) -> None:
         async with self._lock:
@@ -690,15 +677,7 @@ class QemuVMM:
 
     def _version(self) -> Built | None:
         """The rootfs version active now (resolved once: this VM keeps it whatever is activated later)."""
-        if self.config.rootfs_dir is None:
-            return None
-        try:
-            version = rootfs_store.active(self.config.rootfs_dir)
-        except SmithError as exc:
-            raise VMError(f"QEMU backend: {exc.message}") from exc
-        if version is None:
-            raise VMError(f"QEMU backend: no active rootfs in {self.config.rootfs_dir} (`smith rootfs activate`)")
-        return version
+        return vmdisks.active_version(self.config.rootfs_dir, "QEMU")
 
     async def close(self) -> None:
         """Stop template refreshes still running (their boot unwinds: no QEMU is left)."""

@@ -8,16 +8,21 @@
                               /used                      touched at each checkout (eviction is least recently used)
 
 A job's checkout is a qcow2 layer (in the VM's own folder) over the current generation: a copy-on-write clone,
-constant time whatever the disk's size. When the job succeeds and its guest has shut down cleanly, ``commit``
-writes the layer and its generation into a new full image (``qemu-img convert``: time grows with the disk's
-allocated bytes), then renames ``current`` to it: last writer wins, a reader sees the old or the new state,
+constant time whatever the disk's size. Firecracker takes raw files only: its checkout (``raw=True``) is a
+``vmdisks.raw_clone`` of the generation (reflink: constant time; else a sparse copy) in the VM's jail. When the
+job succeeds and its guest has shut down cleanly, ``commit`` makes a new full image of it (QEMU: ``qemu-img
+convert`` of the layer and its generation, time growing with the disk's allocated bytes; Firecracker: the clone
+itself, renamed into the disk's folder, or cloned there from another filesystem), checks it with ``e2fsck``,
+then renames ``current`` to it: last writer wins, a reader sees the old or the new state,
 never a mix. A failed job, or a guest that had to be killed, discards its layer. Generations nobody uses any
 more are deleted; past a quota per org, whole disks are evicted, least recently used first, never one in use.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import errno
 import fcntl
 import os
 import secrets
@@ -29,7 +34,11 @@ from pathlib import Path
 
 from smith.adapters import vmdisks
 from smith.domain.sticky import StickyRequest
+from smith.errors import SmithError
+from smith.logging import get_logger
 from smith.rootfs import ext4
+
+log = get_logger("smith.sticky")
 
 
 @dataclass(frozen=True)
@@ -39,6 +48,7 @@ class Checkout:
     layer: Path  # the VM's qcow2 over it
     vm_id: str
     request: StickyRequest
+    raw: bool = False  # the layer is a whole raw copy (Firecracker), not a qcow2 over the generation
 
 
 def _safe(part: str) -> str:
@@ -53,7 +63,9 @@ class StickyDisks:
     def disk_dir(self, org: str, repo: str, name: str) -> Path:
         return self.root / _safe(org or "-") / _safe(repo or "-") / _safe(name)
 
-    def checkout(self, org: str, repo: str, request: StickyRequest, vm_id: str, layer: Path) -> Checkout:
+    def checkout(
+        self, org: str, repo: str, request: StickyRequest, vm_id: str, layer: Path, *, raw: bool = False
+    ) -> Checkout:
         disk = self.disk_dir(org, repo, request.name)
         (disk / "refs").mkdir(parents=True, exist_ok=True)
         current = disk / "current"
@@ -65,15 +77,23 @@ class StickyDisks:
             generation = (disk / os.readlink(current)).resolve()
             (disk / "refs" / vm_id).write_text(generation.name)
             (disk / "used").touch()
-        vmdisks.qcow2_overlay(generation, layer)
-        return Checkout(disk, generation, layer, vm_id, request)
+        if raw:
+            vmdisks.raw_clone(generation, layer)
+        else:
+            vmdisks.qcow2_overlay(generation, layer)
+        return Checkout(disk, generation, layer, vm_id, request, raw)
 
     def commit(self, checkout: Checkout) -> Path:
         """The layer over its generation as the disk's new current state (whole, then renamed into place)."""
         gen = self._new_gen(checkout.disk)
         tmp = gen.with_name("." + gen.name)
         try:
-            ext4.run("qemu-img", "convert", "-q", "-f", "qcow2", "-O", "raw", "-S", "4k", str(checkout.layer), str(tmp))
+            if checkout.raw:
+                _move(checkout.layer, tmp)
+            else:
+                ext4.run(
+                    "qemu-img", "convert", "-q", "-f", "qcow2", "-O", "raw", "-S", "4k", str(checkout.layer), str(tmp)
+                )
             ext4.run("e2fsck", "-fn", str(tmp))  # a clean, unmounted filesystem or nothing
             with _locked(checkout.disk):
                 os.replace(tmp, gen)
@@ -136,6 +156,35 @@ class StickyDisks:
             for gen in disk.glob("gen-*"):
                 if gen.name not in keep:
                     gen.unlink(missing_ok=True)
+
+
+def _move(clone: Path, dest: Path) -> None:
+    """A VM's raw clone becomes ``dest`` (renamed; cloned when on another filesystem), the agent's file again."""
+    try:
+        os.rename(clone, dest)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        vmdisks.raw_clone(clone, dest)
+    os.chown(dest, os.geteuid(), os.getegid())  # it was the jail user's
+    dest.chmod(0o600)
+
+
+async def settle(store: StickyDisks, checkouts: list[Checkout], succeeded: bool, clean: bool, vm_id: str) -> list[str]:
+    """After a job: commit each disk if the job succeeded and its guest shut down cleanly, else discard it. The
+    names committed (a commit that fails is logged and discarded)."""
+    committed = []
+    for checkout in checkouts:
+        if succeeded and clean:
+            try:
+                await asyncio.to_thread(store.commit, checkout)
+                committed.append(checkout.request.name)
+                continue
+            except SmithError as exc:
+                log.warning("sticky disk not committed", vm_id=vm_id, disk=checkout.request.name, error=str(exc))
+        await asyncio.to_thread(store.release, checkout)
+    log.info("sticky disks", vm_id=vm_id, committed=committed, clean_shutdown=clean, succeeded=succeeded)
+    return committed
 
 
 def _mtime(path: Path) -> float:

@@ -25,7 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from smith.adapters.childenv import minimal_env
-from smith.errors import VMError
+from smith.errors import SmithError, VMError
+from smith.rootfs import store as rootfs_store
+from smith.rootfs.store import Built
 
 ROOT_SERIAL = "smith-root"
 SCRATCH_SERIAL = "smith-scratch"
@@ -69,6 +71,20 @@ def as_fdsets(disks: list[Disk], first_set: int = 1) -> tuple[list[Disk], list[i
             os.close(fd)
         raise
     return out, fds, args
+
+
+def active_version(rootfs_dir: Path | None, backend: str) -> Built | None:
+    """The rootfs version active now, for a VM booting now (resolved once: it keeps it whatever is activated
+    later); None without a rootfs directory."""
+    if rootfs_dir is None:
+        return None
+    try:
+        version = rootfs_store.active(rootfs_dir)
+    except SmithError as exc:
+        raise VMError(f"{backend} backend: {exc.message}") from exc
+    if version is None:
+        raise VMError(f"{backend} backend: no active rootfs in {rootfs_dir} (`smith rootfs activate`)")
+    return version
 
 
 def _run(*argv: str) -> None:

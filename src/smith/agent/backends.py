@@ -146,6 +146,9 @@ def build(name: str, settings: Any, network: Network | None = None) -> VMM:
             use_jailer=os.geteuid() == 0,  # the jailer needs root (chroot, cgroups, setuid)
             parent_cgroup=jailer_parent_cgroup(settings),
             dns=settings.agent_network_dns or "",
+            rootfs_dir=settings.agent_rootfs_dir,
+            sticky_dir=settings.agent_sticky_dir,
+            sticky_quota_bytes=settings.agent_sticky_quota_mib << 20,
         )
         return FirecrackerVMM(config, network or TapNetwork())
     raise ConfigError(f"unknown backend {name}")

@@ -83,10 +83,12 @@ class AgentSettings(CommonSettings):
     agent_kernel: Path | None = Field(None, description="Guest kernel (Firecracker: uncompressed vmlinux)")
     agent_rootfs: Path | None = Field(None, description="Guest root filesystem image")
     agent_rootfs_dir: Path | None = Field(
-        None, description="`smith rootfs` output_dir: QEMU VMs boot its active version (a root disk + overlay)"
+        None,
+        description="`smith rootfs` output_dir: QEMU and Firecracker VMs boot its active version (their own "
+        "copy-on-write root disk; SMITH_AGENT_ROOTFS is then the initramfs that switches to it)",
     )
     agent_sticky_dir: Path | None = Field(
-        None, description="Sticky disks' committed states; default <work>/qemu/sticky"
+        None, description="Sticky disks' committed states; default <work>/qemu/sticky or <work>/firecracker/sticky"
     )
     agent_sticky_quota_mib: int = Field(51200, gt=0, description="Sticky disks: allocated MiB per org, LRU evicted")
     agent_kvm: Literal["auto", "on", "off"] = Field(

@@ -45,16 +45,24 @@ if ip link set eth0 up 2>/dev/null; then  # a NIC: addresses from the command li
 fi
 hostname smith-guest
 
-# Disks by serial (virtio-blk's order is not the command line's): a root disk to switch to (a `smith rootfs`
-# version, smith.root=<serial>), and the job's scratch disk, mounted at /work.
+# Disks by the name the host gave them: a root disk to switch to (a `smith rootfs` version, smith.root=<name>),
+# and the job's scratch disk, mounted at /work. QEMU names a disk by its serial (virtio-blk's order is not the
+# command line's); Firecracker cannot set a serial but attaches drives in order, so its names come as
+# smith.vda=<name> smith.vdb=<name> ... on the command line.
+disk_name() {
+    for word in $cmdline; do
+        case "$word" in "smith.${1##*/}="*) echo "${word#*=}"; return ;; esac
+    done
+    cat "$1/serial" 2>/dev/null
+}
 root_serial=""
 for word in $cmdline; do
     case "$word" in smith.root=*) root_serial=${word#smith.root=} ;; esac
 done
 root_dev=""
 for blk in /sys/block/vd*; do
-    [ -e "$blk/serial" ] || continue
-    serial=$(cat "$blk/serial")
+    [ -e "$blk" ] || continue
+    serial=$(disk_name "$blk")
     if [ -n "$root_serial" ] && [ "$serial" = "$root_serial" ]; then
         root_dev=/dev/${blk##*/}
     elif [ "$serial" = smith-scratch ] && [ -z "$root_serial" ]; then
@@ -70,7 +78,7 @@ if [ -n "$root_serial" ]; then
         exec switch_root /newroot /smith/init
     fi
     echo "<3>smith: root disk $root_serial not found or not a smith rootfs" > /dev/kmsg
-    poweroff -f
+    reboot -f  # Firecracker exits on a reboot (reboot=k), QEMU on either (-no-reboot): the boot fails at once
 fi
 
 agent="/usr/bin/python3 -I -S /smith/agent.py --workdir /work"

@@ -18,10 +18,17 @@ for port in /sys/class/virtio-ports/*; do
     $bb ln -sf "/dev/${port##*/}" "/dev/virtio-ports/$($bb cat "$port/name")"
 done
 sticky=""
-# Disks by the serial the host gave them (virtio-blk's order is not the command line's).
+# Disks by the name the host gave them: QEMU's serials (virtio-blk's order is not the command line's), or
+# Firecracker's smith.vdX=<name> (it cannot set a serial; its drives come in order).
+disk_name() {
+    for word in $($bb cat /proc/cmdline); do
+        case "$word" in "smith.${1##*/}="*) echo "${word#*=}"; return ;; esac
+    done
+    $bb cat "$1/serial" 2>/dev/null
+}
 for blk in /sys/block/vd*; do
-    [ -e "$blk/serial" ] || continue
-    serial=$($bb cat "$blk/serial")
+    [ -e "$blk" ] || continue
+    serial=$(disk_name "$blk")
     case "$serial" in
         smith-scratch) $bb mount -t ext4 -o nosuid,nodev,noinit_itable "/dev/${blk##*/}" /work ;;
         smith-sticky-*)  # a sticky disk: where it goes is on the command line (smith.mount.<serial>=<path>)
@@ -57,4 +64,6 @@ $bb sync
 for path in $sticky; do $bb umount "$path" || $bb mount -o remount,ro "$path"; done
 $bb umount /work 2>/dev/null
 $bb sync
-$bb poweroff -f
+# reboot, not poweroff: on x86 Firecracker keeps running after a guest's poweroff and exits on a reboot (reboot=k
+# on its kernel command line); QEMU exits on either (-no-reboot), with status 0.
+$bb reboot -f

@@ -6,6 +6,13 @@
   Debian kernel of ``smith image build`` has virtio-blk and ext4 as modules, so it cannot mount it and panics
   (``panic=1``), and with ``reboot=k`` Firecracker exits: after InstanceStart answered 204. An ext4 root drive
   is taken as mountable; an initramfs (``initrd_path``) always boots.
+* Disks: Firecracker attaches drives in the order they were PUT (the root device first) and the guest names
+  them vda, vdb, ...; their serial is ``<st_dev><st_rdev><st_ino>`` of the host file, never a name of ours. The
+  image's init finds disks by ``smith.vdX=<name>`` on the command line. With ``smith.root=<name>`` (a
+  ``smith rootfs`` version) the initramfs switches to that disk: it must be an ext4 file system holding
+  ``/smith/init``, else init says so on the console and reboots (the boot fails). After the switch the
+  version's own init (``rootfs/init.sh``) decides how the guest shuts down. A ``smith-scratch`` disk that is an
+  ext4 file system is mounted at /work (the kernel's ``EXT4-fs (vdX): mounted filesystem`` line).
 * Network: the kernel has no IP autoconfiguration; the image's init reads ``smith.ip=``/``smith.gw=``/
   ``smith.dns=`` and adds the route to MMDS through eth0. Without ``smith.ip`` the guest has no address and
   no route, never reaches MMDS, and waits for its job forever.
@@ -32,6 +39,7 @@ import os
 import re
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -40,6 +48,7 @@ from typing import Any
 
 GUEST_AGENT = Path(__file__).resolve().parent.parent / "guest" / "agent.py"
 INIT_SH = Path(__file__).resolve().parent.parent / "images" / "init.sh"
+ROOTFS_INIT_SH = Path(__file__).resolve().parent.parent / "rootfs" / "init.sh"
 EXT4_MAGIC_OFFSET = 1080  # the superblock starts at 1024; s_magic is 56 bytes in
 EXT4_MAGIC = b"\x53\xef"
 
@@ -69,12 +78,18 @@ class Console:
         self.write(text.encode() + b"\r\n")
 
 
-def init_shutdown() -> tuple[str, bool]:
-    """The image's init: its final shutdown command (``reboot`` or ``poweroff``) and whether it traps SIGINT."""
-    text = INIT_SH.read_text()
-    commands = re.findall(r"^\s*(reboot|poweroff|halt)\b", text, re.MULTILINE)
+def init_shutdown(init: Path = INIT_SH) -> tuple[str, bool]:
+    """An init script's final shutdown command (``reboot`` or ``poweroff``) and whether it traps SIGINT."""
+    text = init.read_text()
+    commands = re.findall(r"^\s*(?:\$bb\s+)?(reboot|poweroff|halt)\b", text, re.MULTILINE)
     traps = bool(re.search(r"^\s*trap\s.*\bINT\b", text, re.MULTILINE))
     return (commands[-1] if commands else "poweroff"), traps
+
+
+def root_failure_command() -> str:
+    """What the initramfs does when it cannot switch to the root disk (the command after its message)."""
+    m = re.search(r"not a smith rootfs.*\n\s*(reboot|poweroff|halt)\b", INIT_SH.read_text())
+    return m.group(1) if m else "poweroff"
 
 
 def root_mountable(path: Path) -> bool:
@@ -102,6 +117,7 @@ class Guest:
         self.networked = False  # eth0 has an address and a route to MMDS
         self.halted = False
         self.identity = ("", "")  # eth0's MAC and address/prefix
+        self.init = INIT_SH  # the init that runs (a rootfs version's own after the switch)
         api.on_change = self.changed
 
     @property
@@ -124,7 +140,7 @@ class Guest:
         config = ((self.api.mmds or {}).get("smith") or {}).get("config")
         if self.api.state == "Running" and self.networked and config and self.task is None and not self.halted:
             net = config.get("net") if isinstance(config, dict) else None
-            if isinstance(net, dict) and "--set-net" in INIT_SH.read_text():
+            if isinstance(net, dict) and "--set-net" in self.init.read_text():
                 self._identify(str(net.get("mac", "")), str(net.get("ip", "")))
             self.task = asyncio.ensure_future(self._run(config))
 
@@ -149,12 +165,55 @@ class Guest:
                 c.line("[    0.500000] Kernel panic - not syncing: VFS: Unable to mount root fs on unknown-block(0,0)")
                 self._reboot()
                 return
+        elif not self._disks():
+            return
         self.booted = True
         c.line("[    0.412000] Run /sbin/init as init process")
         self.networked = "smith.ip=" in self.boot_args
         if self.networked:
             self._identify(*self._boot_identity())
         c.write(json.dumps({"smith": "ready", "ts": time.time()}).encode() + b"\n")
+
+    def devices(self) -> dict[str, dict[str, Any]]:
+        """The drives by the guest's device name: Firecracker's order (root device first, then as PUT)."""
+        drives = sorted(self.api.drives.values(), key=lambda d: not d.get("is_root_device"))
+        return {_device(i): d for i, d in enumerate(drives)}
+
+    def _named(self, name: str) -> tuple[str, dict[str, Any]] | None:
+        """The device the command line names ``name`` (``smith.vdX=<name>``) and its drive."""
+        devices = self.devices()
+        for word in self.boot_args.split():
+            key, _, value = word.partition("=")
+            if value == name and key.startswith("smith.vd") and key[6:] in devices:
+                return key[6:], devices[key[6:]]
+        return None
+
+    def _disks(self) -> bool:
+        """The initramfs: switch to the root disk the command line names, mount the scratch disk. False: the
+        root disk is missing or no smith rootfs, and the guest went down."""
+        args = dict(w.split("=", 1) for w in self.boot_args.split() if "=" in w)
+        root = args.get("smith.root")
+        if root is not None:
+            found = self._named(root)
+            image = self.api._host(found[1]["path_on_host"]) if found else None
+            if found is None or image is None or not root_mountable(image) or _read_ext4(image, "/smith/init") is None:
+                self.console.line(f"<3>smith: root disk {root} not found or not a smith rootfs")
+                if root_failure_command() == "reboot":
+                    self._reboot()
+                else:
+                    self.console.line("reboot: Power down")
+                    self.halted = True
+                return False
+            self.console.line(f"[    0.450000] EXT4-fs ({found[0]}): mounted filesystem r/w; switching root")
+            self.init = ROOTFS_INIT_SH
+        mounts = {"smith-scratch": "/work"} | {
+            k.removeprefix("smith.mount."): v for k, v in args.items() if k.startswith("smith.mount.")
+        }
+        for name, path in mounts.items():  # the rootfs's init mounts sticky disks (smith.mount.<name>=<path>)
+            disk = self._named(name)
+            if disk is not None and root_mountable(self.api._host(disk[1]["path_on_host"])):
+                self.console.line(f"[    0.460000] EXT4-fs ({disk[0]}): mounted filesystem r/w on {path}")
+        return True
 
     def _reboot(self) -> None:
         """The guest restarts: with reboot=k Firecracker exits; without, the x86 reboot never reaches it."""
@@ -165,7 +224,7 @@ class Guest:
             self.halted = True
 
     def _shutdown(self) -> None:
-        command, _ = init_shutdown()
+        command, _ = init_shutdown(self.init)
         if command == "reboot":
             self._reboot()
         else:  # poweroff/halt on x86: the vCPUs stop, Firecracker keeps running
@@ -175,7 +234,7 @@ class Guest:
     def _ctrl_alt_del(self) -> None:
         if self.halted or not self.booted:
             return  # nothing runs in the guest to act on it
-        _, traps = init_shutdown()
+        _, traps = init_shutdown(self.init)
         if not traps:
             return  # PID 1 without a handler ignores SIGINT
         if self.proc is not None:
@@ -219,6 +278,22 @@ class Guest:
         if self.proc is not None:
             _signal_group(self.proc, signal.SIGKILL)
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _device(index: int) -> str:
+    name, index = "", index + 1
+    while index:
+        index, rest = divmod(index - 1, 26)
+        name = "abcdefghijklmnopqrstuvwxyz"[rest] + name
+    return "vd" + name
+
+
+def _read_ext4(image: Path, path: str) -> str | None:
+    """A file inside an ext4 image (debugfs: no mount), or None."""
+    done = subprocess.run(["debugfs", "-R", f"cat {path}", str(image)], capture_output=True, check=False, timeout=60)
+    if done.returncode or b"File not found" in done.stderr:
+        return None
+    return done.stdout.decode(errors="replace")
 
 
 def _die_with_parent() -> None:

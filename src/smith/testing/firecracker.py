@@ -269,15 +269,29 @@ class FakeFirecracker:
         self.config["boot-source"] = body
 
     def _put_drives(self, body: Any, drive_id: str) -> None:
+        _checked_id(drive_id)
         if body["drive_id"] != drive_id:
             raise Refused(_id_mismatch(drive_id, body["drive_id"]))
         if "path_on_host" in body:
             self._must_exist(body["path_on_host"], "Unable to create the virtio block device")
+            self._open_drive(body["path_on_host"], bool(body.get("is_read_only")))
         if body["is_root_device"] and any(d["is_root_device"] for i, d in self.drives.items() if i != drive_id):
             raise Refused("A root block device already exists!")
         self.drives[drive_id] = body
 
+    def _open_drive(self, path: str, read_only: bool) -> None:
+        """Firecracker opens the backing file when the drive is PUT: read-only, or for reading and writing (a file
+        the jailed process may not write is refused then, not when the guest first writes)."""
+        try:
+            fd = os.open(self._host(path), os.O_RDONLY if read_only else os.O_RDWR)
+        except OSError as exc:
+            raise Refused(
+                f'Unable to create the virtio block device: VirtioBackend(BackingFile({exc}, "{path}"))'
+            ) from exc
+        os.close(fd)
+
     def _put_network_interfaces(self, body: Any, iface_id: str) -> None:
+        _checked_id(iface_id)
         if body["iface_id"] != iface_id:
             raise Refused(_id_mismatch(iface_id, body["iface_id"]))
         for other in self.ifaces.values():
@@ -451,6 +465,14 @@ class FakeFirecracker:
     def _changed(self, event: str) -> None:
         if self.on_change is not None:
             self.on_change(event)
+
+
+def _checked_id(resource_id: str) -> None:
+    """Firecracker's ``checked_id``: a drive's or an interface's id in the path."""
+    if not resource_id:
+        raise Refused("The ID cannot be empty.")
+    if not all(c == "_" or c.isalnum() for c in resource_id):
+        raise Refused("API Resource IDs can only contain alphanumeric characters and underscores.")
 
 
 def _id_mismatch(in_path: str, in_body: str) -> str:

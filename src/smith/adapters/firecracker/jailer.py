@@ -224,6 +224,11 @@ class Jail:
         self._chown(target)
         return self.inside(name)
 
+    def own(self, name: str) -> str:
+        """A per-VM file made in the chroot by someone else (a disk clone) given to the jail user; its inside path."""
+        self._chown(self.host(name))
+        return self.inside(name)
+
     def remove(self) -> None:
         """Remove the chroot and the VM's cgroup (once its process is gone). Idempotent."""
         shutil.rmtree(self.dir, ignore_errors=True)

@@ -6,9 +6,14 @@ cleanup stack, and a failure at any step unwinds everything done so far, newest 
     chroot -> network -> process -> socket -> logging -> machine_config -> boot_source -> drives
            -> network_interface -> mmds -> vsock -> start
 
-The image's initramfs (a cpio archive, what ``smith image build`` makes) is booted as ``initrd_path`` with no
-root drive; an ext4 root drive is attached only when the root filesystem is one (its kernel must then mount it
-without modules). The guest's address, gateway and resolver go on the kernel command line as ``smith.ip=``,
+The image's initramfs (a cpio archive, what ``smith image build`` makes) is booted as ``initrd_path``. With a
+rootfs directory (``smith rootfs``; ``SMITH_AGENT_ROOTFS_DIR``) each VM boots the version active when it boots:
+its own copy of the version's ext4 image as a read-write drive, which the initramfs switches to, and the
+version's kernel if it has one (:mod:`.disks`); without, the initramfs is the whole system. An ext4 root drive
+given as ``rootfs`` itself is attached as Firecracker's root device (its kernel must then mount it without
+modules). Every VM also gets a scratch drive of its shape's ``disk_mib`` (an empty ext4), mounted at /work.
+
+The guest's address, gateway and resolver go on the kernel command line as ``smith.ip=``,
 ``smith.gw=`` and ``smith.dns=``, which the image's init reads (the Debian kernel has no ``ip=``
 autoconfiguration). ``start`` waits for the guest agent's ``{"smith": "ready"}`` on the console, so a guest
 that panicked after InstanceStart (which answers 204 at once) fails the boot with the console's last lines.
@@ -30,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import shutil
@@ -41,7 +47,9 @@ from pathlib import Path
 
 import orjson
 
+from smith.adapters import vmdisks
 from smith.adapters.childenv import minimal_env
+from smith.adapters.firecracker import disks
 from smith.adapters.firecracker.client import FirecrackerClient, wait_for_socket
 from smith.adapters.firecracker.console import Console, console_pipe, open_console
 from smith.adapters.firecracker.events import EventListener, events_socket
@@ -63,11 +71,14 @@ from smith.adapters.firecracker.models import (
     VsockOverride,
 )
 from smith.adapters.resolver import FALLBACK, guest_resolver
+from smith.adapters.stickydisks import Checkout, StickyDisks, settle
 from smith.asyncutil import CleanupStack
+from smith.domain.sticky import StickyPlan
 from smith.domain.vms import Backend, Slot, VMShape
 from smith.errors import ConfigError, PayloadTooLarge, SmithError, VMError
 from smith.logging import get_logger
 from smith.ports import Network
+from smith.rootfs.store import Built
 from smith.wire.guest import GuestConfig, GuestEvent
 
 log = get_logger("smith.firecracker")
@@ -75,7 +86,7 @@ log = get_logger("smith.firecracker")
 DEFAULT_BOOT_ARGS = "console=ttyS0 reboot=k panic=1 pci=off quiet i8042.noaux"
 IFACE = "eth0"
 MMDS_ADDRESS = "169.254.169.254"
-KERNEL, ROOTFS, INITRD, SCRATCH = "vmlinux", "rootfs.ext4", "initrd.cpio", "scratch.img"
+KERNEL, ROOTFS, INITRD = "vmlinux", "rootfs.ext4", "initrd.cpio"
 LOG, METRICS, VSOCK = "firecracker.log", "metrics.json", "v.sock"
 VMSTATE, MEMFILE = "snapshot.vmstate", "snapshot.mem"
 STATE_FILE = "smith.json"  # beside root/: what cleanup_leftovers needs after a crash
@@ -109,6 +120,13 @@ class FirecrackerConfig:
     # Firecracker's default is 51200 bytes; the control plane accepts scripts of up to 1 MB.
     api_payload_limit: int = 2 * 1024 * 1024
     extra_mib: int = 0  # memory.max headroom above the guest's RAM for Firecracker itself; 0 = 64 MiB + 3%
+    # `smith rootfs` output_dir: each VM boots the version active when it boots (its ext4 image, through the
+    # initramfs in ``rootfs``); None: the initramfs alone
+    rootfs_dir: Path | None = None
+    disk_cache: Path | None = None  # scratch templates (one empty ext4 per size); None: <chroot_base>/disks
+    sticky_dir: Path | None = None  # sticky disks (adapters/stickydisks.py); None: <chroot_base>/sticky
+    sticky_quota_bytes: int = 50 << 30  # per org, allocated bytes
+    shutdown_timeout: float = 30.0  # a job's guest with sticky disks has this long to shut down cleanly
 
     def validate(self) -> None:
         """Raise ConfigError naming the first thing that cannot work."""
@@ -121,6 +139,10 @@ class FirecrackerConfig:
                     f"kernel {self.kernel} is not an uncompressed ELF vmlinux; Firecracker 1.16 on x86_64 boots "
                     "only that (extract it from a bzImage with the kernel's scripts/extract-vmlinux)"
                 )
+        if self.rootfs_dir is not None and not self.initramfs:
+            raise ConfigError(
+                f"a rootfs version boots through the initramfs of `smith image build`; {self.rootfs} is not one"
+            )
         if self.use_jailer and "firecracker" not in self.firecracker_bin.resolve().name:
             raise ConfigError(
                 f"the jailer needs 'firecracker' in the Firecracker binary's file name ({self.firecracker_bin} "
@@ -152,6 +174,8 @@ def is_initramfs(path: Path) -> bool:
 class Snapshot:
     vmstate: Path
     mem: Path
+    disks: tuple[Path, ...] = ()  # the template's drives as it was paused (a restore boots with clones of them)
+    image: str | None = None  # the rootfs version the template booted
 
 
 class FirecrackerMachine:
@@ -173,6 +197,11 @@ class FirecrackerMachine:
         self.command: list[str] = []
         self.jailer_command: list[str] = []
         self.boot_args = ""
+        self.image: str | None = None  # the rootfs version this VM booted (None: the initramfs alone)
+        self.drives: list[disks.FcDrive] = []
+        self.sticky: list[Checkout] = []
+        self.sticky_store: StickyDisks | None = None
+        self.shutdown_timeout = 30.0
         self.started = False  # InstanceStart (or a resumed snapshot load) happened
         self.payload_limit = payload_limit  # the API's and MMDS's size limit (FirecrackerConfig.api_payload_limit)
         self._assigned = False
@@ -243,6 +272,18 @@ class FirecrackerMachine:
         async for event in self.console.events():
             yield event
 
+    async def finish(self, succeeded: bool) -> list[str]:
+        """After the job: commit its sticky disks if it succeeded and its guest shut down cleanly (its init
+        unmounts them and reboots: Firecracker exits with 0), else discard them. The names committed."""
+        if not self.sticky or self.sticky_store is None:
+            return []
+        proc = self.process
+        if proc is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(proc.wait(), self.shutdown_timeout)
+        clean = proc is not None and proc.returncode == 0
+        return await settle(self.sticky_store, self.sticky, succeeded, clean, self.id)
+
     async def stop(self) -> None:
         """Wait for a guest that is done to exit (its init reboots), else Ctrl+Alt+Del, then kill after
         ``stop_timeout``; remove everything made for it. Idempotent."""
@@ -301,8 +342,14 @@ class FirecrackerVMM:
             )
         self._cid = 2
 
-    async def boot(self, shape: VMShape, vm_id: str) -> FirecrackerMachine:
-        return await self._run(_Boot(self, shape, vm_id), self.STEPS)
+    async def boot(self, shape: VMShape, vm_id: str, *, sticky: StickyPlan | None = None) -> FirecrackerMachine:
+        """A VM of ``shape``; with ``sticky``, with those sticky disks (needs a rootfs version)."""
+        return await self._run(_Boot(self, shape, vm_id, sticky=sticky), self.STEPS)
+
+    @property
+    def sticky_store(self) -> StickyDisks:
+        c = self.config
+        return StickyDisks(c.sticky_dir or c.chroot_base / "sticky", c.sticky_quota_bytes)
 
     async def boot_from_snapshot(self, shape: VMShape, vm_id: str, snapshot: Snapshot) -> FirecrackerMachine:
         """A VM restored from ``snapshot`` and resumed (warm pools: ~ms instead of a kernel boot)."""
@@ -325,18 +372,23 @@ class FirecrackerVMM:
         return boot.machine
 
     async def snapshot(self, machine: FirecrackerMachine, directory: Path) -> Snapshot:
-        """Pause, write a full snapshot into ``directory``, resume. The guest must not have its scratch mounted."""
+        """Pause, write a full snapshot into ``directory`` with a copy of each drive as it is then (the guest has
+        them mounted: a restore must see the very same bytes), resume."""
         await asyncio.to_thread(directory.mkdir, parents=True, exist_ok=True)
         jail = machine.jail
         state, mem = self._api_path(jail, VMSTATE), self._api_path(jail, MEMFILE)
+        saved = tuple(directory / d.file for d in machine.drives)
         await machine.api.pause()
         try:
             await machine.api.create_snapshot(
                 SnapshotCreateParams(snapshot_path=state, mem_file_path=mem, snapshot_type="Full")
             )
+            for drive, copy in zip(machine.drives, saved, strict=True):
+                copy.unlink(missing_ok=True)
+                await asyncio.to_thread(vmdisks.raw_clone, jail.host(drive.file), copy)
         finally:
             await machine.api.resume()
-        result = Snapshot(directory / VMSTATE, directory / MEMFILE)
+        result = Snapshot(directory / VMSTATE, directory / MEMFILE, saved, machine.image)
         for name, target in ((VMSTATE, result.vmstate), (MEMFILE, result.mem)):  # the memory file is guest-RAM big
             await asyncio.to_thread(shutil.move, jail.host(name), target)
         return result
@@ -344,6 +396,7 @@ class FirecrackerVMM:
     async def cleanup_leftovers(self) -> list[str]:
         """Kill the VMs of a crashed agent (by their recorded PID), free their slots, remove their jails."""
         removed: list[str] = []
+        await asyncio.to_thread(self.sticky_store.clear_refs)  # no VM runs now: every checkout is stale
         if not self.jails_dir.is_dir():
             return removed
         for vm_dir in sorted(self.jails_dir.glob(f"{self.config.prefix}*")):
@@ -400,6 +453,16 @@ class FirecrackerVMM:
         """The path Firecracker is given: inside the chroot when jailed, the host path otherwise."""
         return jail.inside(name) if self.config.use_jailer else str(jail.host(name))
 
+    def _version(self) -> Built | None:
+        """The rootfs version active now (resolved once per boot: a VM keeps it whatever is activated later)."""
+        version = vmdisks.active_version(self.config.rootfs_dir, "Firecracker")
+        if version is None:
+            return None
+        kernel = version.kernel
+        if kernel is not None and kernel.read_bytes()[:4] != b"\x7fELF":
+            raise VMError(f"rootfs version {version.name}: its kernel is not an uncompressed ELF vmlinux (Firecracker)")
+        return version
+
     def _next_cid(self) -> int:
         self._cid += 1
         return self._cid
@@ -408,7 +471,14 @@ class FirecrackerVMM:
 class _Boot:
     """The state of one boot; each public coroutine is one step of FirecrackerVMM.STEPS."""
 
-    def __init__(self, vmm: FirecrackerVMM, shape: VMShape, vm_id: str, snapshot: Snapshot | None = None) -> None:
+    def __init__(
+        self,
+        vmm: FirecrackerVMM,
+        shape: VMShape,
+        vm_id: str,
+        snapshot: Snapshot | None = None,
+        sticky: StickyPlan | None = None,
+    ) -> None:
         self.vmm = vmm
         self.config = vmm.config
         self.shape = shape
@@ -421,6 +491,12 @@ class _Boot:
             vm_id, name, self.jail, stop_timeout=c.stop_timeout, payload_limit=c.api_payload_limit
         )
         self.state: dict[str, object] = {"vm_id": vm_id}
+        self.version = vmm._version() if snapshot is None else None
+        self.sticky = sticky if sticky is not None and sticky.disks else None
+        if self.sticky is not None and self.version is None:
+            raise VMError("sticky disks need a rootfs version to boot (SMITH_AGENT_ROOTFS_DIR)")
+        self.machine.shutdown_timeout = c.shutdown_timeout
+        self.machine.image = self.version.name if self.version else snapshot.image if snapshot else None
 
     @property
     def cleanup(self) -> CleanupStack:
@@ -441,18 +517,46 @@ class _Boot:
 
         self.cleanup.push("chroot", remove)
         await asyncio.to_thread(self._fill_chroot)
+        await self._checkout()
+
+    async def _checkout(self) -> None:
+        """Each sticky disk: a raw clone of its last committed state in the jail, a drive after the others;
+        released (discarded) on unwind."""
+        plan, machine = self.sticky, self.machine
+        if plan is None:
+            return
+        store = machine.sticky_store = self.vmm.sticky_store
+        for i, request in enumerate(plan.disks):
+            name = f"sticky-{i}.ext4"
+            checkout = await asyncio.to_thread(
+                store.checkout, plan.org, plan.repo, request, self.vm_id, self.jail.host(name), raw=True
+            )
+            self.cleanup.push(
+                f"sticky disk {request.name}", functools.partial(asyncio.to_thread, store.release, checkout)
+            )
+            machine.sticky.append(checkout)
+            self.jail.own(name)
+            machine.drives.append(disks.FcDrive(f"sticky_{i}", name, f"smith-sticky-{i}", mount=request.path))
 
     def _fill_chroot(self) -> None:
         """Images linked in (copied across filesystems: may take a while, hence a thread), per-VM files made."""
         jail = self.jail
         self.save_state()
+        version = self.version
         if self.snapshot is None:
-            jail.link(self.config.kernel, KERNEL)
+            jail.link((version.kernel if version else None) or self.config.kernel, KERNEL)
         else:
             jail.link(self.snapshot.vmstate, VMSTATE)
             jail.link(self.snapshot.mem, MEMFILE)
         jail.link(self.config.rootfs, INITRD if self.config.initramfs else ROOTFS)
-        jail.new_file(SCRATCH, size=self.shape.disk_mib * 1024 * 1024)
+        if self.snapshot is None:
+            cache = self.config.disk_cache or self.config.chroot_base / "disks"
+            root = version.rootfs if version else None
+            self.machine.drives = disks.make_drives(jail, root, self.shape.disk_mib, cache)
+        else:  # the template's drives, where it had them (a restored guest has them mounted already)
+            for saved in self.snapshot.disks:
+                vmdisks.raw_clone(saved, jail.host(saved.name))
+                jail.own(saved.name)
         jail.new_file(LOG)
         jail.new_file(METRICS)
 
@@ -554,6 +658,7 @@ class _Boot:
         if slot is not None:  # the image's init configures eth0 from these (the kernel has no ip= of its own)
             net = self.machine.net
             args += f" smith.ip={net['ip']} smith.gw={net['gw']} smith.dns={net['dns']}"
+        args += disks.boot_args(self.machine.drives, first=0 if self.config.initramfs else 1)
         self.machine.boot_args = args
         initrd = self.path(INITRD) if self.config.initramfs else None
         await self.machine.api.put_boot_source(
@@ -566,9 +671,15 @@ class _Boot:
             await api.put_drive(
                 Drive(drive_id="rootfs", path_on_host=self.path(ROOTFS), is_root_device=True, is_read_only=True)
             )
-        await api.put_drive(
-            Drive(drive_id="scratch", path_on_host=self.path(SCRATCH), is_root_device=False, is_read_only=False)
-        )
+        for drive in self.machine.drives:  # in the guest's order: vda, vdb, ...
+            await api.put_drive(
+                Drive(
+                    drive_id=drive.drive_id,
+                    path_on_host=self.path(drive.file),
+                    is_root_device=False,
+                    is_read_only=drive.read_only,
+                )
+            )
 
     async def network_interface(self) -> None:
         slot = self.machine.slot
