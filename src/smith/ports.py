@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
+from smith.domain.cache import RunOrigin
 from smith.domain.jobs import Job
 from smith.domain.vms import Backend, Slot, VMShape
 from smith.wire.agent import RunnerCredential
@@ -37,6 +38,10 @@ class RunnerCredentials(Protocol):
 
     async def job_state(self, job: Job) -> tuple[str, str, str] | None:
         """GitHub's view of the job: (status, conclusion, runner name), or None when it cannot say."""
+        ...
+
+    async def run_origin(self, job: Job) -> RunOrigin | None:
+        """What GitHub says about the job's workflow run (event, fork, pull request), or None without a run."""
         ...
 
     async def aclose(self) -> None: ...

@@ -15,6 +15,7 @@ from smith.adapters.redis.connect import StoreFailure
 from smith.adapters.redis.jobs import Lease, RedisJobs, runner_classes_for
 from smith.asyncutil import supervise
 from smith.control import metrics, webhooks
+from smith.control.cachescope import lease_cache_claims
 from smith.control.githubhealth import GitHubHealth
 from smith.control.githubview import already_taken, resolve_waiting
 from smith.control.settings import ControlSettings
@@ -338,7 +339,8 @@ class ControlPlane:
         cache = None
         s = self.settings
         if s.cache_url and s.cache_shared_secret:
-            token = tokens.mint_job_cache(s.cache_shared_secret.get_secret_value(), job)
+            claims = await lease_cache_claims(self.credentials, job)  # a fork's PR never writes a branch's scope
+            token = tokens.mint_job_cache(s.cache_shared_secret.get_secret_value(), job, claims)
             cache = wire.ServiceAccess(url=s.cache_url, token=token)
         log.info("job leased", attempt=job.attempts)
         return wire.LeaseResponse(
