@@ -85,6 +85,11 @@ class AgentSettings(CommonSettings):
     agent_rootfs_dir: Path | None = Field(
         None, description="`smith rootfs` output_dir: QEMU VMs boot its active version (a root disk + overlay)"
     )
+    runner_min_version: str | None = Field(
+        None,
+        description="Warn (agent start, `smith rootfs list`) when an image's GitHub runner is older than this, "
+        "e.g. the newest actions/runner release you track",
+    )
     agent_sticky_dir: Path | None = Field(
         None, description="Sticky disks' committed states; default <work>/qemu/sticky"
     )
