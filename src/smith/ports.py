@@ -28,8 +28,12 @@ class RunnerCredentials(Protocol):
         """Remove the runner registered for a job that did not finish normally; False if there was none."""
         ...
 
-    async def minted_runners(self) -> list[dict[str, Any]]:
-        """Runners registered where this deployment mints them (GitHub's runner objects), for the sweep."""
+    def minted_scopes(self) -> dict[str, int]:
+        """Where this client minted runners (``repo:owner/name`` / ``org:login`` -> installation id)."""
+        ...
+
+    async def minted_runners(self, scopes: Mapping[str, int] | None = None) -> list[dict[str, Any]]:
+        """Runners registered in ``scopes`` (default: this client's own), GitHub's runner objects, for the sweep."""
         ...
 
     async def remove_listed(self, runner: dict[str, Any]) -> bool:

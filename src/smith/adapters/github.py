@@ -66,7 +66,7 @@ from pydantic import SecretStr
 from smith import __version__ as _smith_version
 from smith.domain.cache import RunOrigin
 from smith.domain.jobs import Job
-from smith.errors import ConfigError, InvalidInput, RateLimited, Unavailable, UpstreamError
+from smith.errors import ConfigError, InvalidInput, RateLimited, SmithError, Unavailable, UpstreamError
 from smith.logging import get_logger
 from smith.retry import RetryPolicy, retry_after
 from smith.wire.agent import RunnerCredential
@@ -387,13 +387,23 @@ class GitHubApp:
                 break
         return out
 
-    async def minted_runners(self) -> list[dict[str, Any]]:
-        """The runners registered in every scope this client has minted runners in (each with ``scope`` and
-        ``installation_id`` added), for the sweep."""
+    def minted_scopes(self) -> dict[str, int]:
+        """Where this client minted runners: ``repo:owner/name`` or ``org:login`` -> installation id."""
+        return {f"{scope.kind}:{scope.name}": inst for scope, inst in self.scopes_used.items()}
+
+    async def minted_runners(self, scopes: Mapping[str, int] | None = None) -> list[dict[str, Any]]:
+        """The runners registered in ``scopes`` (``minted_scopes``' form; default: this client's own), each with
+        ``scope`` and ``installation_id`` added, for the sweep. A scope GitHub will not list is skipped."""
         out = []
-        for scope, installation_id in list(self.scopes_used.items()):
-            for runner in await self.list_runners(scope, installation_id):
-                out.append({**runner, "scope": scope, "installation_id": installation_id})
+        for key, installation_id in (self.minted_scopes() if scopes is None else scopes).items():
+            kind, _, name = key.partition(":")
+            try:
+                scope = RunnerScope.repo(name) if kind == "repo" else RunnerScope.org(name)
+                runners = await self.list_runners(scope, installation_id)
+            except SmithError as exc:
+                log.warning("could not list a scope's runners", scope=key, error=exc.message)
+                continue
+            out += [{**runner, "scope": scope, "installation_id": installation_id} for runner in runners]
         return out
 
     async def remove_listed(self, runner: dict[str, Any]) -> bool:

@@ -64,7 +64,7 @@ class ControlPlane:
         self._reaper: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
-        self.github = GitHubHealth(settings.github_retry_max_seconds)
+        self.github = GitHubHealth(settings.github_retry_max_seconds, redis=jobs.r)
 
     # -- lifecycle ----------------------------------------------------------------------------------------
 
@@ -295,7 +295,7 @@ class ControlPlane:
             await asyncio.sleep(min(req.wait_seconds, self.settings.lease_wait_max_seconds))
             return None
         wait = min(req.wait_seconds, self.settings.lease_wait_max_seconds)
-        paused = self.github.pause_left() if self.credentials is not None else 0.0
+        paused = await self.github.pause_left() if self.credentials is not None else 0.0
         if paused > 0:  # GitHub's API failed a moment ago: let it rest before minting again
             await asyncio.sleep(min(wait, paused))
             return None
@@ -330,12 +330,12 @@ class ControlPlane:
                     f"could not get runner credentials from GitHub: {exc.message}",
                     count=False,
                 )
-                pause = self.github.failed(exc)
+                pause = await self.github.failed(exc)
                 log.warning("runner credentials failed; job re-queued", error=exc.message, pause=pause)
                 raise Unavailable(
                     "GitHub did not give runner credentials; the job was re-queued", retry_after=pause
                 ) from exc
-            self.github.ok()
+            await self.github.ok(self.credentials.minted_scopes())
         cache = None
         s = self.settings
         if s.cache_url and s.cache_shared_secret:
@@ -468,5 +468,5 @@ class ControlPlane:
             ),
             "hosts_alive": len(hosts),
             "hosts": hosts,
-            "github": self.github.view() if self.credentials is not None else None,
+            "github": await self.github.view() if self.credentials is not None else None,
         }
