@@ -13,7 +13,7 @@ from pydantic_settings import NoDecode
 
 from smith.domain.jobs import check_agent_id
 from smith.domain.network import DENY_BY_DEFAULT
-from smith.settings import CommonSettings, Port
+from smith.settings import DOWNLOAD_HOST, CommonSettings, Port
 
 
 def _total_memory_mib() -> int:
@@ -55,6 +55,9 @@ class AgentSettings(CommonSettings):
         description="Log pipeline URL; overrides what the control plane hands out",
     )
     cache_url: str | None = Field(None, description="Cache server given to jobs whose lease carries none")
+    cache_download_host: str | None = Field(
+        None, pattern=DOWNLOAD_HOST, description="With the fallback cache: the cache's SMITH_CACHE_DOWNLOAD_HOST"
+    )
     cache_token_secret: SecretStr | None = Field(
         None, description="Fallback cache tokens: minted per job with this secret (the cache's shared secret)"
     )

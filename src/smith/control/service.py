@@ -341,7 +341,7 @@ class ControlPlane:
         if s.cache_url and s.cache_shared_secret:
             claims = await lease_cache_claims(self.credentials, job)  # a fork's PR never writes a branch's scope
             token = tokens.mint_job_cache(s.cache_shared_secret.get_secret_value(), job, claims)
-            cache = wire.ServiceAccess(url=s.cache_url, token=token)
+            cache = wire.ServiceAccess(url=s.cache_url, token=token, download_host=s.cache_download_host)
         log.info("job leased", attempt=job.attempts)
         return wire.LeaseResponse(
             job=wire.JobSpec(
