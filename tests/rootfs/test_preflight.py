@@ -122,3 +122,20 @@ def test_the_stand_in_runner_answers_version() -> None:
 
     done = subprocess.run([sys.executable, str(STANDIN / "bin/Runner.Listener"), "--version"], capture_output=True)
     assert done.returncode == 0 and done.stdout.decode().strip() == "2.321.0"
+
+
+def test_the_agent_warns_at_start_when_its_images_runner_is_too_old(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An image from `smith rootfs base` (its manifest beside it) booted directly (SMITH_AGENT_ROOTFS)."""
+    from smith.agent.settings import AgentSettings
+    from smith.cli.agent import _warn_old_runner
+
+    image = tmp_path / "bookworm.ext4"
+    image.write_bytes(b"")
+    (tmp_path / "bookworm.ext4.json").write_text(json.dumps({"runner_version": "2.321.0"}))
+    _warn_old_runner(AgentSettings(agent_rootfs=image, runner_min_version="2.330.0"))
+    said = " ".join(capsys.readouterr().out.split())
+    assert f"image {image} carries GitHub's runner 2.321.0, older than SMITH_RUNNER_MIN_VERSION 2.330.0" in said
+    _warn_old_runner(AgentSettings(agent_rootfs=image, runner_min_version="2.321.0"))
+    assert "older than" not in capsys.readouterr().out
