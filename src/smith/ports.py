@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
+from smith.domain.cache import RunOrigin
 from smith.domain.jobs import Job
 from smith.domain.vms import Backend, Slot, VMShape
 from smith.wire.agent import RunnerCredential
@@ -27,8 +28,12 @@ class RunnerCredentials(Protocol):
         """Remove the runner registered for a job that did not finish normally; False if there was none."""
         ...
 
-    async def minted_runners(self) -> list[dict[str, Any]]:
-        """Runners registered where this deployment mints them (GitHub's runner objects), for the sweep."""
+    def minted_scopes(self) -> dict[str, int]:
+        """Where this client minted runners (``repo:owner/name`` / ``org:login`` -> installation id)."""
+        ...
+
+    async def minted_runners(self, scopes: Mapping[str, int] | None = None) -> list[dict[str, Any]]:
+        """Runners registered in ``scopes`` (default: this client's own), GitHub's runner objects, for the sweep."""
         ...
 
     async def remove_listed(self, runner: dict[str, Any]) -> bool:
@@ -37,6 +42,10 @@ class RunnerCredentials(Protocol):
 
     async def job_state(self, job: Job) -> tuple[str, str, str] | None:
         """GitHub's view of the job: (status, conclusion, runner name), or None when it cannot say."""
+        ...
+
+    async def run_origin(self, job: Job) -> RunOrigin | None:
+        """What GitHub says about the job's workflow run (event, fork, pull request), or None without a run."""
         ...
 
     async def aclose(self) -> None: ...

@@ -14,6 +14,8 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Port = Annotated[int, Field(ge=1, le=65535)]
+# SMITH_CACHE_DOWNLOAD_HOST, read by the cache, the control plane and the agent alike: a DNS host name.
+DOWNLOAD_HOST = r"^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*$"
 """A TCP or UDP port number."""
 
 

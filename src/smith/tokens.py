@@ -92,9 +92,10 @@ def mint_logs(secret: str, *, job_id: str, agent_id: str, ttl_seconds: float) ->
 CACHE_TOKEN_TTL = 6 * 3600  # a GitHub job runs for at most 6 hours
 
 
-def mint_job_cache(secret: str, job: Job) -> str:
-    """A job's cache token: its org, repository and branches (``job_cache_claims``), for 6 hours."""
-    claims = job_cache_claims(job)
+def mint_job_cache(secret: str, job: Job, claims: dict[str, Any] | None = None) -> str:
+    """A job's cache token: its org, repository and branches (``claims``, by default ``job_cache_claims``), for
+    6 hours."""
+    claims = claims if claims is not None else job_cache_claims(job)
     return mint(secret, scope="cache", subject=claims["org"], ttl_seconds=CACHE_TOKEN_TTL, job_id=job.id, **claims)
 
 

@@ -272,3 +272,20 @@ def test_steps_mode_runs_commands_one_at_a_time_and_returns_collected_files(tmp_
     assert steps[1].files == {"o": "k=v\n"}
     assert out(events) == ["from the host", "x"]
     assert "never" not in str(events) and parsed[-1].type == "exit" and parsed[-1].exit_code == 0
+
+
+def test_in_a_vm_the_caches_download_host_resolves_to_the_cache_before_the_job(tmp_path: Path) -> None:
+    """``--set-hosts`` (a VM's init passes it): the lease's cache download host goes into /etc/hosts, mapped to
+    the cache URL's host address, once, before the job starts."""
+    hosts = tmp_path / "hosts"
+    hosts.write_text("127.0.0.1 localhost")
+    cache = {"url": "http://10.9.8.7:8090", "token": "t", "download_host": "smith.blob.core.windows.net"}
+    args = ["--set-hosts", "--hosts-file", str(hosts)]
+    for n in (1, 2, 3):
+        (tmp_path / f"w{n}").mkdir()
+    events = agent(args, json.dumps(cfg(f"cat {hosts}", cache=cache)), tmp_path / "w1")
+    assert out(events) == ["127.0.0.1 localhost", "10.9.8.7 smith.blob.core.windows.net"]
+    agent(args, json.dumps(cfg("true", cache=cache)), tmp_path / "w2")  # a second job on the same image
+    assert hosts.read_text().count("smith.blob.core.windows.net") == 1
+    agent([], json.dumps(cfg("true", cache={**cache, "url": "http://10.1.1.1:8090"})), tmp_path / "w3")
+    assert "10.1.1.1" not in hosts.read_text()  # without --set-hosts (a sandbox) the agent never writes it

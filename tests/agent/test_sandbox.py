@@ -139,6 +139,19 @@ async def test_secrets_are_masked_and_cache_env_is_set(vmm: SandboxVMM) -> None:
     assert lines(events) == ["token is ***", "url http://10.0.0.1:9000/"]
 
 
+async def test_a_job_resolves_the_caches_download_host_to_the_cache(vmm: SandboxVMM) -> None:
+    """The sandbox's /etc/hosts is a copy of the system's the host writes the lease's download host into."""
+    resolve = (
+        "import socket\ntry: print(socket.gethostbyname('smith.blob.core.windows.net'))\nexcept OSError: print('-')"
+    )
+    script = f'python3 -c "{resolve}"; grep -c localhost /etc/hosts'
+    cache = ServiceAccess(url="http://10.9.8.7:8090", token="t", download_host="smith.blob.core.windows.net")
+    events, _ = await run_job(vmm, config(script, cache=cache))
+    assert lines(events)[0] == "10.9.8.7" and int(lines(events)[1]) >= 1, events  # the system's entries kept
+    events, _ = await run_job(vmm, config(script, cache=ServiceAccess(url="http://10.9.8.7:8090", token="t")))
+    assert lines(events)[0] == "-", events  # another sandbox, no download host: not resolved
+
+
 async def test_jit_runner_is_started_and_its_config_masked(tmp_path: Path, launcher: str) -> None:
     probe = SandboxVMM(tmp_path / "sbx", launcher=launcher)
     runner = probe.base_dir / "runner"  # somewhere the sandbox user (nobody) can reach, like /opt

@@ -50,6 +50,22 @@ def write_config(path: Path, output_dir: Path, versions: list[dict[str, Any]], d
     return path
 
 
+def build_tree(tmp_path: Path, tree: Path, name: str = "ci") -> tuple[Path, Path]:
+    """``tree`` made into an ext4 base and built as version ``name`` with `smith rootfs build`: (config, output)."""
+    from typer.testing import CliRunner
+
+    from smith.cli import app
+
+    image = ext4_base(tmp_path / "base.ext4", tree, 64)
+    out = tmp_path / "out"
+    cfg = write_config(
+        tmp_path / "rootfs.yaml", out, [{"name": name, "base_path": str(image), "sha256": sha256(image)}]
+    )
+    result = CliRunner().invoke(app, ["rootfs", "build", "--config", str(cfg)])
+    assert result.exit_code == 0, result.output
+    return cfg, out
+
+
 def debugfs_cat(image: Path, path: str) -> bytes:
     done = subprocess.run(["debugfs", "-R", f"cat {path}", str(image)], capture_output=True, check=True)
     return done.stdout

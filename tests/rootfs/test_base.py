@@ -18,7 +18,7 @@ from smith.rootfs import store
 from smith.rootfs.base import finish, make_base
 from smith.rootfs.config import BaseSpec, RunnerTarball
 from smith.rootfs.fetch import ChecksumMismatch
-from tests.rootfs.support import debugfs_cat, ext4_base, sha256, write_config
+from tests.rootfs.support import build_tree, debugfs_cat, sha256
 
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (files owned by the runner user)")
 RUN_SH = b"#!/bin/bash\necho 'stand-in runner' \"$@\"\n"
@@ -47,7 +47,7 @@ def test_finish_adds_the_runner_user_and_githubs_runner_and_the_version_reaches_
     tarball = stand_in_runner(tmp_path / "actions-runner-linux-x64-2.321.0.tar.gz")
     spec = BaseSpec(runner=RunnerTarball(path=tarball, sha256=sha256(tarball)))
     tree = tiny_tree(tmp_path / "tree")
-    assert finish(tree, spec, tmp_path / "downloads") == {"runner_version": "2.321.0"}
+    assert finish(tree, spec, tmp_path / "downloads")["runner_version"] == "2.321.0"
     assert "runner:x:1001:1001::/home/runner:/bin/bash" in (tree / "etc/passwd").read_text()
     assert "runner:x:1001:" in (tree / "etc/group").read_text() and "runner:!" in (tree / "etc/shadow").read_text()
     assert (tree / "etc/sudoers.d/runner").stat().st_mode & 0o777 == 0o440
@@ -57,13 +57,7 @@ def test_finish_adds_the_runner_user_and_githubs_runner_and_the_version_reaches_
         assert (path.stat().st_uid, path.stat().st_gid) == (1001, 1001), path
     assert (tree / "smith/init").is_file() and (tree / "smith/agent.py").is_file()
     # Made into an image and built as a version: the manifest says which runner it has.
-    image = ext4_base(tmp_path / "base.ext4", tree, 64)
-    out = tmp_path / "out"
-    cfg = write_config(
-        tmp_path / "rootfs.yaml", out, [{"name": "ci", "base_path": str(image), "sha256": sha256(image)}]
-    )
-    result = CliRunner().invoke(app, ["rootfs", "build", "--config", str(cfg)])
-    assert result.exit_code == 0, result.output
+    _, out = build_tree(tmp_path, tree)
     built = store.built(out, "ci")
     assert built is not None and built.manifest["runner_version"] == "2.321.0"
     assert debugfs_cat(built.rootfs, "/opt/actions-runner/run.sh") == RUN_SH

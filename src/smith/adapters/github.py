@@ -29,6 +29,10 @@ What GitHub's REST API (version ``2022-11-28``) says, and what this module does 
   ``DELETE /orgs/{org}/actions/runners/{runner_id}`` -> 204 (404 if gone, 422 if it is busy). Finding one by
   name: ``GET .../actions/runners?name=<name>`` -> ``200 {total_count, runners: [...]}``. A job cancelled before
   its VM ran leaves a registered offline JIT runner otherwise.
+* **Workflow runs.** ``GET /repos/{owner}/{repo}/actions/runs/{run_id}`` (needs "Actions: read") -> ``200`` a
+  workflow run: ``event``, ``head_branch``, ``repository`` and ``head_repository`` (a fork's for a fork's pull
+  request) and ``pull_requests`` (``[]`` for a fork's; for other events, open pull requests that merely share the
+  head). What the cache scope of a job needs (``run_origin``); cached per run id, since none of it changes.
 * **Errors and limits.** Error bodies are ``{message, documentation_url[, status, errors]}``. The primary rate
   limit answers 403 or 429 with ``x-ratelimit-remaining: 0`` and ``x-ratelimit-reset`` (epoch seconds); a
   secondary limit answers 403/429 with ``retry-after`` (seconds), or with neither header (wait >= 60 s). We wait
@@ -60,8 +64,9 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from pydantic import SecretStr
 
 from smith import __version__ as _smith_version
+from smith.domain.cache import RunOrigin
 from smith.domain.jobs import Job
-from smith.errors import ConfigError, InvalidInput, RateLimited, Unavailable, UpstreamError
+from smith.errors import ConfigError, InvalidInput, RateLimited, SmithError, Unavailable, UpstreamError
 from smith.logging import get_logger
 from smith.retry import RetryPolicy, retry_after
 from smith.wire.agent import RunnerCredential
@@ -233,6 +238,7 @@ class GitHubApp:
         self._tokens: dict[int, _Token] = {}
         self._token_locks: dict[int, asyncio.Lock] = {}
         self._installations: dict[RunnerScope, tuple[int, float]] = {}
+        self._runs: dict[int, RunOrigin] = {}  # run id -> its origin (never changes), the newest RUNS_CACHED
         self._http = httpx.AsyncClient(
             base_url=self.api_url,
             transport=transport,
@@ -381,13 +387,23 @@ class GitHubApp:
                 break
         return out
 
-    async def minted_runners(self) -> list[dict[str, Any]]:
-        """The runners registered in every scope this client has minted runners in (each with ``scope`` and
-        ``installation_id`` added), for the sweep."""
+    def minted_scopes(self) -> dict[str, int]:
+        """Where this client minted runners: ``repo:owner/name`` or ``org:login`` -> installation id."""
+        return {f"{scope.kind}:{scope.name}": inst for scope, inst in self.scopes_used.items()}
+
+    async def minted_runners(self, scopes: Mapping[str, int] | None = None) -> list[dict[str, Any]]:
+        """The runners registered in ``scopes`` (``minted_scopes``' form; default: this client's own), each with
+        ``scope`` and ``installation_id`` added, for the sweep. A scope GitHub will not list is skipped."""
         out = []
-        for scope, installation_id in list(self.scopes_used.items()):
-            for runner in await self.list_runners(scope, installation_id):
-                out.append({**runner, "scope": scope, "installation_id": installation_id})
+        for key, installation_id in (self.minted_scopes() if scopes is None else scopes).items():
+            kind, _, name = key.partition(":")
+            try:
+                scope = RunnerScope.repo(name) if kind == "repo" else RunnerScope.org(name)
+                runners = await self.list_runners(scope, installation_id)
+            except SmithError as exc:
+                log.warning("could not list a scope's runners", scope=key, error=exc.message)
+                continue
+            out += [{**runner, "scope": scope, "installation_id": installation_id} for runner in runners]
         return out
 
     async def remove_listed(self, runner: dict[str, Any]) -> bool:
@@ -411,6 +427,25 @@ class GitHubApp:
         return dict(
             _json(await self._request("GET", f"{scope.api_prefix}/actions/jobs/{int(job_id)}", installation_id))
         )
+
+    async def workflow_run(self, repo: str, run_id: int, installation_id: int) -> dict[str, Any]:
+        """GitHub's view of one workflow run (``GET /repos/{o}/{r}/actions/runs/{id}``)."""
+        scope = RunnerScope.repo(repo)
+        return _json(await self._request("GET", f"{scope.api_prefix}/actions/runs/{int(run_id)}", installation_id))
+
+    async def run_origin(self, job: Job) -> RunOrigin | None:
+        """Why the job's run ran and where its code comes from (cached per run id); None without a run id."""
+        if not job.repo or not job.run_id:
+            return None
+        hit = self._runs.get(job.run_id)
+        if hit is not None:
+            return hit
+        scope = RunnerScope.repo(job.repo)
+        body = await self.workflow_run(job.repo, job.run_id, await self.installation_for_job(job, scope))
+        origin = self._runs[job.run_id] = run_origin_of(body, job)
+        while len(self._runs) > RUNS_CACHED:
+            del self._runs[next(iter(self._runs))]
+        return origin
 
     async def remove_runner_named(self, scope: RunnerScope, installation_id: int, name: str) -> bool:
         runner_id = await self.find_runner(scope, installation_id, name)
@@ -564,6 +599,29 @@ class GitHubApp:
 
 
 # -- helpers -------------------------------------------------------------------------------------------------
+
+
+RUNS_CACHED = 4096
+
+
+def run_origin_of(run: dict[str, Any], job: Job) -> RunOrigin:
+    """A workflow run's origin from GitHub's answer. ``pull_requests`` counts only for pull_request* events, and
+    then the one whose head is the run's branch (GitHub lists every open pull request from that head)."""
+    repo = _full_name(run.get("repository")) or job.repo
+    head_branch = str(run.get("head_branch") or job.head_branch)
+    event = str(run.get("event") or "")
+    number, base = 0, ""
+    if event.startswith("pull_request"):
+        prs = [p for p in run.get("pull_requests") or [] if isinstance(p, dict) and isinstance(p.get("number"), int)]
+        mine = [p for p in prs if (p.get("head") or {}).get("ref") == head_branch] or prs
+        if mine:
+            number, base = int(mine[0]["number"]), str((mine[0].get("base") or {}).get("ref") or "")
+    head_repo = _full_name(run.get("head_repository")) or repo
+    return RunOrigin(event, repo, head_repo, head_branch, number, base)
+
+
+def _full_name(repository: Any) -> str:
+    return str(repository.get("full_name") or "") if isinstance(repository, dict) else ""
 
 
 def _json(resp: httpx.Response) -> dict[str, Any]:

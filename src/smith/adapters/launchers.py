@@ -18,7 +18,8 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Layout:
     """A sandbox's contents, the policy both launchers share. ``mounts``: ``(kind, source, target)`` in order,
-    kind ``ro`` (read-only bind), ``rw`` (bind) or ``symlink`` (source is the link's target). Besides those:
+    kind ``ro`` (read-only bind), ``rw`` (bind), ``file`` (a read-only bind of a file over one the root has) or
+    ``symlink`` (source is the link's target). Besides those:
     /dev (a few device nodes), /proc (its own pid namespace), /tmp (a tmpfs of ``tmp_bytes``), /run; the
     environment is ``env`` and nothing else; no capabilities; only loopback unless ``network``."""
 
@@ -44,7 +45,7 @@ def bwrap_argv(plan: Layout, bwrap: str) -> list[str]:
     ]
     if not plan.network:
         argv.append("--unshare-net")
-    flags = {"ro": "--ro-bind", "rw": "--bind", "symlink": "--symlink"}
+    flags = {"ro": "--ro-bind", "rw": "--bind", "symlink": "--symlink", "file": "--ro-bind"}
     mounts = [m for m in plan.mounts if m[2] not in ("/work", "/smith-guest")]
     for kind, source, target in mounts:
         argv += [flags[kind], source, target]
@@ -73,6 +74,7 @@ while [ "$1" != -- ]; do
         symlink) ln -s "$src" "$dst" ;;
         ro) mkdir -p "$dst"; mount --rbind -o ro "$src" "$dst" ;;
         rw) mkdir -p "$dst"; mount --bind "$src" "$dst" ;;
+        file) mount --bind "$src" "$dst"; mount -o remount,bind,ro "$dst" ;;
     esac
 done
 shift

@@ -43,6 +43,7 @@ from smith.adapters.childenv import SAFE_PATH, minimal_env
 from smith.adapters.launchers import Layout, bwrap_argv, unshare_argv
 from smith.domain.vms import Backend, VMShape
 from smith.errors import VMError
+from smith.guest.agent import add_hosts_entry
 from smith.logging import get_logger
 from smith.wire.guest import GuestConfig, GuestEvent
 
@@ -87,6 +88,10 @@ class SandboxMachine:
         assert self.proc.stdin is not None
         if self.runner_dir:
             config = config.model_copy(update={"runner_dir": self.runner_dir})
+        hosts = self.root / "guest" / "hosts"
+        if config.cache is not None and config.cache.download_host and hosts.exists():
+            # The guest agent is no root here: the host writes the line into the file bound over /etc/hosts.
+            await asyncio.to_thread(add_hosts_entry, config.model_dump(), str(hosts))
         try:
             self.proc.stdin.write(config.model_dump_json().encode() + b"\n")
             await self.proc.stdin.drain()
@@ -217,6 +222,8 @@ class SandboxVMM:
                     mounts.append(("symlink", os.readlink(path), f"/{top}"))
                 elif path.is_dir():
                     mounts.append(("ro", f"/{top}", f"/{top}"))
+        if (root / "guest" / "hosts").exists():  # the job's /etc/hosts: the system's, plus the cache's download host
+            mounts.append(("file", str(root / "guest" / "hosts"), "/etc/hosts"))
         if self.runner_dir is not None:
             mounts.append(("ro", str(self.runner_dir), RUNNER_MOUNT))
         python = guest_python() if self.root_dir is None else "/usr/bin/python3"
@@ -263,6 +270,10 @@ class SandboxVMM:
             (root / "newroot").mkdir(mode=0o755)  # where the unshare launcher mounts the sandbox's root
             shutil.copy2(GUEST_AGENT, root / "guest" / "agent.py")
             (root / "guest" / "agent.py").chmod(0o644)
+            hosts = Path(self.root_dir or "/") / "etc" / "hosts"
+            if hosts.is_file():  # written in place at assign (bound over the sandbox's /etc/hosts, read-only inside)
+                shutil.copyfile(hosts, root / "guest" / "hosts")
+                (root / "guest" / "hosts").chmod(0o644)
             mem = shape.memory_mib * 1024 * 1024
             procs = self.max_procs
             uid = self._take_uid() if self.as_root else None

@@ -24,13 +24,13 @@ Fallback = Callable[[JobSpec], ServiceAccess]
 def fallback(settings: Any) -> Fallback | None:
     """The fallback from an agent's settings, or None when it has no cache URL or no token setting."""
     secret, value = settings.cache_token_secret, settings.cache_token_value
-    url = settings.cache_url
+    url, host = settings.cache_url, settings.cache_download_host
     if not url or (secret is None and value is None):
         return None
 
     def access(spec: JobSpec) -> ServiceAccess:
         if secret is None:
-            return ServiceAccess(url=url, token=value.get_secret_value())
+            return ServiceAccess(url=url, token=value.get_secret_value(), download_host=host)
         job = Job(
             id=spec.id,
             state=JobState.ASSIGNED,
@@ -42,6 +42,6 @@ def fallback(settings: Any) -> Fallback | None:
             head_branch=spec.head_branch,
         )
         token = tokens.mint_job_cache(secret.get_secret_value(), job)
-        return ServiceAccess(url=url, token=token)
+        return ServiceAccess(url=url, token=token, download_host=host)
 
     return access

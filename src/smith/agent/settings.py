@@ -13,7 +13,7 @@ from pydantic_settings import NoDecode
 
 from smith.domain.jobs import check_agent_id
 from smith.domain.network import DENY_BY_DEFAULT
-from smith.settings import CommonSettings, Port
+from smith.settings import DOWNLOAD_HOST, CommonSettings, Port
 
 
 def _total_memory_mib() -> int:
@@ -55,6 +55,9 @@ class AgentSettings(CommonSettings):
         description="Log pipeline URL; overrides what the control plane hands out",
     )
     cache_url: str | None = Field(None, description="Cache server given to jobs whose lease carries none")
+    cache_download_host: str | None = Field(
+        None, pattern=DOWNLOAD_HOST, description="With the fallback cache: the cache's SMITH_CACHE_DOWNLOAD_HOST"
+    )
     cache_token_secret: SecretStr | None = Field(
         None, description="Fallback cache tokens: minted per job with this secret (the cache's shared secret)"
     )
@@ -86,6 +89,11 @@ class AgentSettings(CommonSettings):
         None,
         description="`smith rootfs` output_dir: QEMU and Firecracker VMs boot its active version (their own "
         "copy-on-write root disk; SMITH_AGENT_ROOTFS is then the initramfs that switches to it)",
+    )
+    runner_min_version: str | None = Field(
+        None,
+        description="Warn (agent start, `smith rootfs list`) when an image's GitHub runner is older than this, "
+        "e.g. the newest actions/runner release you track",
     )
     agent_sticky_dir: Path | None = Field(
         None, description="Sticky disks' committed states; default <work>/qemu/sticky or <work>/firecracker/sticky"

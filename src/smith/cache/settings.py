@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, SecretStr
 
-from smith.settings import CommonSettings, Port
+from smith.settings import DOWNLOAD_HOST, CommonSettings, Port
 
 GiB = 1024**3
 
@@ -22,7 +22,7 @@ class CacheSettings(CommonSettings):
     )
     cache_download_host: str | None = Field(
         None,
-        pattern=r"^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*$",
+        pattern=DOWNLOAD_HOST,
         description="Host name put in download URLs instead of the public URL's (port and scheme kept), e.g. "
         "`cache.blob.core.windows.net`: the @actions/cache client downloads in parallel (8 x 4 MiB ranges) only "
         "from a host ending in `.blob.core.windows.net`. Set it only where the runners resolve that name to this "

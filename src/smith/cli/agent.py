@@ -36,6 +36,7 @@ def build_agent(settings: Any, network: Any = None, backend: tuple[Any, str] | N
     tracing.setup(settings, "agent")  # nothing unless SMITH_OTEL_EXPORTER_ENDPOINT is set
     vmm, why = backend or select_backend(settings, network)
     console.print(f"backend: [bold]{vmm.backend}[/bold] ({why})")
+    _warn_old_runner(settings)
     config = AgentConfig(
         agent_id=settings.agent_id,
         hostname=socket.gethostname(),
@@ -75,6 +76,16 @@ def build_agent(settings: Any, network: Any = None, backend: tuple[Any, str] | N
         output = Fanout(output, shipper)
         console.print(f"logs: {settings.logs_url}")
     return Agent(config, control, vmm, output)
+
+
+def _warn_old_runner(settings: Any) -> None:
+    from smith.logging import get_logger
+    from smith.rootfs.runnerversion import agent_warning
+
+    old = agent_warning(settings.agent_rootfs_dir, settings.agent_rootfs, settings.runner_min_version)
+    if old:
+        console.print(f"[yellow]warning:[/yellow] {old}")
+        get_logger("smith.agent").warning(old)
 
 
 async def serve_agent(agent: Any) -> None:

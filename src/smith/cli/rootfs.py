@@ -108,9 +108,16 @@ def activate(
 
 
 @app.command("list")
-def list_(config_path: Path = CONFIG, as_json: bool = typer.Option(False, "--json", help="Print JSON")) -> None:
-    """Versions in the config and on disk: built or not, active, default."""
+def list_(
+    config_path: Path = CONFIG,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON"),
+    runner_min_version: str = typer.Option(
+        None, envvar="SMITH_RUNNER_MIN_VERSION", help="Warn about versions whose GitHub runner is older than this"
+    ),
+) -> None:
+    """Versions in the config and on disk: built or not, active, default, GitHub's runner in each."""
     from smith.rootfs import store
+    from smith.rootfs.runnerversion import too_old, warning
 
     config = _load(config_path)
     try:
@@ -131,19 +138,24 @@ def list_(config_path: Path = CONFIG, as_json: bool = typer.Option(False, "--jso
                 "built_at": m.get("built_at"),
                 "rootfs_bytes": m.get("rootfs", {}).get("bytes"),
                 "runner_version": m.get("runner_version"),
+                "runner_too_old": too_old(m.get("runner_version"), runner_min_version),
             }
         )
     if as_json:
         print_json(rows)
         return
-    table = Table("name", "state", "built at", "size", "description")
+    table = Table("name", "state", "built at", "size", "runner", "description")
     for r in rows:
         state = ("active " if r["active"] else "") + ("built" if r["built"] else "not built")
         size = f"{r['rootfs_bytes'] >> 20} MiB" if r["rootfs_bytes"] else ""
-        table.add_row(
-            r["name"] + (" (default)" if r["default"] else ""), state, r["built_at"] or "", size, r["description"]
-        )
+        runner = (r["runner_version"] or "") + (" (too old)" if r["runner_too_old"] else "")
+        name = r["name"] + (" (default)" if r["default"] else "")
+        table.add_row(name, state, r["built_at"] or "", size, runner, r["description"])
     console.print(table)
+    for r in rows:
+        old = warning(f"version {r['name']}", r["runner_version"], runner_min_version)
+        if old:
+            console.print(f"[yellow]warning:[/yellow] {old}")
 
 
 @app.command("base")

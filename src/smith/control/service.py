@@ -15,6 +15,7 @@ from smith.adapters.redis.connect import StoreFailure
 from smith.adapters.redis.jobs import Lease, RedisJobs, runner_classes_for
 from smith.asyncutil import supervise
 from smith.control import metrics, webhooks
+from smith.control.cachescope import lease_cache_claims
 from smith.control.githubhealth import GitHubHealth
 from smith.control.githubview import already_taken, resolve_waiting
 from smith.control.settings import ControlSettings
@@ -63,7 +64,7 @@ class ControlPlane:
         self._reaper: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
-        self.github = GitHubHealth(settings.github_retry_max_seconds)
+        self.github = GitHubHealth(settings.github_retry_max_seconds, redis=jobs.r)
 
     # -- lifecycle ----------------------------------------------------------------------------------------
 
@@ -294,7 +295,7 @@ class ControlPlane:
             await asyncio.sleep(min(req.wait_seconds, self.settings.lease_wait_max_seconds))
             return None
         wait = min(req.wait_seconds, self.settings.lease_wait_max_seconds)
-        paused = self.github.pause_left() if self.credentials is not None else 0.0
+        paused = await self.github.pause_left() if self.credentials is not None else 0.0
         if paused > 0:  # GitHub's API failed a moment ago: let it rest before minting again
             await asyncio.sleep(min(wait, paused))
             return None
@@ -329,17 +330,18 @@ class ControlPlane:
                     f"could not get runner credentials from GitHub: {exc.message}",
                     count=False,
                 )
-                pause = self.github.failed(exc)
+                pause = await self.github.failed(exc)
                 log.warning("runner credentials failed; job re-queued", error=exc.message, pause=pause)
                 raise Unavailable(
                     "GitHub did not give runner credentials; the job was re-queued", retry_after=pause
                 ) from exc
-            self.github.ok()
+            await self.github.ok(self.credentials.minted_scopes())
         cache = None
         s = self.settings
         if s.cache_url and s.cache_shared_secret:
-            token = tokens.mint_job_cache(s.cache_shared_secret.get_secret_value(), job)
-            cache = wire.ServiceAccess(url=s.cache_url, token=token)
+            claims = await lease_cache_claims(self.credentials, job)  # a fork's PR never writes a branch's scope
+            token = tokens.mint_job_cache(s.cache_shared_secret.get_secret_value(), job, claims)
+            cache = wire.ServiceAccess(url=s.cache_url, token=token, download_host=s.cache_download_host)
         log.info("job leased", attempt=job.attempts)
         return wire.LeaseResponse(
             job=wire.JobSpec(
@@ -466,5 +468,5 @@ class ControlPlane:
             ),
             "hosts_alive": len(hosts),
             "hosts": hosts,
-            "github": self.github.view() if self.credentials is not None else None,
+            "github": await self.github.view() if self.credentials is not None else None,
         }

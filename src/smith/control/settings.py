@@ -10,7 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 
 from smith.domain.jobs import RunnerClass, default_runner_classes
-from smith.settings import CommonSettings, Port
+from smith.settings import DOWNLOAD_HOST, CommonSettings, Port
 
 
 class RunnerClassSpec(BaseModel):
@@ -129,6 +129,12 @@ class ControlSettings(CommonSettings):
     # Where the VM reaches the other services (handed to the agent with each job)
     cache_url: str | None = None
     cache_shared_secret: SecretStr | None = None
+    cache_download_host: str | None = Field(
+        None,
+        pattern=DOWNLOAD_HOST,
+        description="The cache's SMITH_CACHE_DOWNLOAD_HOST (one deployment-wide setting): leases name it, and "
+        "Smith's guests resolve it to the cache",
+    )
     logs_url: str | None = None
     logs_token_secret: SecretStr | None = Field(
         None, description="Signs the per-job log tokens (default: SMITH_AGENT_TOKEN_SECRET); the log pipeline's too"

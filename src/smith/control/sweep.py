@@ -2,7 +2,9 @@
 lease is waiting for (a runner minted for a lease that expired, for a lease cancelled after minting, one whose
 delete was refused while it was busy, or one left by a crash). Runners of other deployments, busy or online
 ones, and the runner of a lease still booting its VM are never touched. Needs ``SMITH_DEPLOYMENT_ID``: without
-it two deployments on one organisation could not tell their runners apart, so nothing is swept."""
+it two deployments on one organisation could not tell their runners apart, so nothing is swept. The scopes it
+lists are every replica's (kept in Redis: ``GitHubHealth.scopes``), not only those this one minted in since it
+started."""
 
 from __future__ import annotations
 
@@ -24,7 +26,8 @@ async def sweep_runners(plane: ControlPlane) -> dict[str, int]:
     deployment, creds = plane.settings.deployment_id, plane.credentials
     if not deployment or creds is None:
         return counts
-    for runner in await creds.minted_runners():
+    scopes = await plane.github.scopes(creds.minted_scopes())  # every replica's, since any restart
+    for runner in await creds.minted_runners(scopes):
         name = str(runner.get("name", ""))
         if not webhooks.owned(name, deployment) or runner.get("busy") or runner.get("status") != "offline":
             continue

@@ -125,6 +125,57 @@ def job_cache_claims(job: Job) -> dict[str, Any]:
     return claims
 
 
+@dataclass(frozen=True)
+class RunOrigin:
+    """What GitHub says about a job's workflow run (``GET /repos/{o}/{r}/actions/runs/{id}``): the event that
+    started it, and where its code comes from. The ``workflow_job`` webhook says neither."""
+
+    event: str
+    repo: str  # the run's repository, owner/name
+    head_repo: str  # the repository its head commit comes from: a fork's full name for a fork's pull request
+    head_branch: str = ""
+    pull_number: int = 0  # for a pull_request* run: its pull request (GitHub lists none for a fork's)
+    base_branch: str = ""  # that pull request's base branch
+
+    @property
+    def from_fork(self) -> bool:
+        return bool(self.head_repo) and self.head_repo.lower() != self.repo.lower()
+
+
+def run_cache_claims(job: Job, origin: RunOrigin | None) -> dict[str, Any]:
+    """A GitHub job's cache claims once its run is known (``origin``; None: GitHub could not say).
+
+    * a fork's run (its head repository is not the run's): writes go to ``refs/smith/forks/<fork>/<branch>``,
+      which no branch or pull request of the repository can be, so a fork's ``main`` never writes into ``main``;
+      it reads the default branch (and the base, if GitHub named its pull request);
+    * a pull_request* run with its pull request: ``refs/pull/N/merge``, reading the base branch and the default;
+    * a pull_request* run without one, or no answer from GitHub: a scope of the run's own
+      (``refs/smith/runs/<run_id>``), reading what it read before (its branch, the default);
+    * anything else (a push, a schedule...): its branch, as ``job_cache_claims``.
+    """
+    claims = job_cache_claims(job)
+    head = claims.pop("ref", "")
+    own = f"refs/smith/runs/{job.run_id}" if job.run_id else f"refs/smith/jobs/{job.id}"
+    if origin is None:
+        return _scoped(claims, own, head)
+    if origin.from_fork:
+        branch = origin.head_branch or job.head_branch
+        return _scoped(claims, f"refs/smith/forks/{origin.head_repo}/{branch}", branch_ref(origin.base_branch))
+    if origin.event.startswith("pull_request"):
+        if origin.pull_number > 0:
+            return _scoped(claims, f"refs/pull/{origin.pull_number}/merge", branch_ref(origin.base_branch))
+        return _scoped(claims, own, head)
+    return {**claims, "ref": head} if head else claims
+
+
+def _scoped(claims: dict[str, Any], ref: str, readable: str) -> dict[str, Any]:
+    out = {k: v for k, v in claims.items() if k != "base_ref"}
+    out["ref"] = ref
+    if readable and readable not in (ref, out.get("default_ref")):
+        out["base_ref"] = readable
+    return out
+
+
 def lookup_order(tenant: Tenant, key: str, restore_keys: list[str]) -> list[tuple[str, str, bool]]:
     """``(scope, key, prefix?)`` in the order GitHub tries them for a restore."""
     keys = [key, *[k for k in restore_keys if k]]

@@ -51,6 +51,7 @@ import tarfile
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from typing import IO, Any
@@ -340,6 +341,38 @@ def environment(config: dict[str, Any], workdir: str) -> dict[str, str]:
         )
     env.update({str(k): str(v) for k, v in (config.get("env") or {}).items()})
     return env
+
+
+def hosts_entry(cache: dict[str, Any]) -> str | None:
+    """The ``/etc/hosts`` line that sends the cache's download host (``download_host``, e.g.
+    ``smith.blob.core.windows.net``: the cache client downloads in parallel only from such a host) to the cache
+    URL's host address; None without one, or when that host does not resolve."""
+    name = str(cache.get("download_host") or "")
+    host = urllib.parse.urlsplit(str(cache.get("url") or "")).hostname
+    if not name or not host:
+        return None
+    try:
+        address = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)[0][4][0]
+    except (OSError, IndexError):
+        return None
+    return f"{address} {name}\n"
+
+
+def add_hosts_entry(config: dict[str, Any], path: str = "/etc/hosts") -> str | None:
+    """Before the job starts (VMs: ``--set-hosts``): the cache's download host resolves to the cache. The line
+    added, or None."""
+    line = hosts_entry(config.get("cache") or {})
+    if line is None:
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        text = ""
+    if line.split() not in [row.split() for row in text.splitlines()]:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(("" if not text or text.endswith("\n") else "\n") + line)
+    return line
 
 
 def oom_first() -> None:
@@ -676,6 +709,10 @@ def main() -> int:
     ap.add_argument(
         "--set-net", action="store_true", help="Take the network identity the host's envelope names (VM only)"
     )
+    ap.add_argument(
+        "--set-hosts", action="store_true", help="Map the cache's download host to the cache in /etc/hosts (VM only)"
+    )
+    ap.add_argument("--hosts-file", default="/etc/hosts", help=argparse.SUPPRESS)
     ap.add_argument("--announce", action="store_true", help='Write {"smith": "ready"} while waiting for the config')
     ap.add_argument("--mmds", nargs="?", const=MMDS_IP, help="Read the config from Firecracker's MMDS")
     ap.add_argument("--out", default="-", help="Where events go: a path (e.g. a virtio serial port) or - for stdout")
@@ -690,6 +727,11 @@ def main() -> int:
     channel = events_channel(args)
     events = channel.makefile("w", encoding="utf-8") if channel is not None else stream
     out = Output(events, secrets_of(config), fallback=stream if channel is not None else None)
+    if args.set_hosts:
+        try:
+            add_hosts_entry(config, args.hosts_file)
+        except OSError as exc:
+            out.emit("line", stream="system", line=f"smith: cannot map the cache's download host: {exc}")
     outcome = None
     if config.get("steps") and not (args.config_file or args.mmds):
         code = serve_steps(config, out, args.workdir, inbox_for(args))

@@ -87,12 +87,12 @@ agent="/usr/bin/python3 -I -S /smith/agent.py --workdir /work"
 trap 'sync; reboot -f' INT
 if [ -e /dev/virtio-ports/smith.config ]; then
     # QEMU: config arrives on one virtio-serial port, events leave on another.
-    $agent --config-port /dev/virtio-ports/smith.config --out /dev/virtio-ports/smith.events --announce --set-clock &
+    $agent --config-port /dev/virtio-ports/smith.config --out /dev/virtio-ports/smith.events --announce --set-clock --set-hosts &
 else
     # Firecracker: config from MMDS over eth0, events on the serial console.
     ip route add 169.254.169.254 dev eth0 2>/dev/null
     # --set-net: a clone restored from a snapshot takes its own address and MAC from the config's envelope.
-    $agent --mmds --out /dev/ttyS0 --announce --set-clock --set-net &
+    $agent --mmds --out /dev/ttyS0 --announce --set-clock --set-hosts --set-net &
 fi
 wait $!
 sync

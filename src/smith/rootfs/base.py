@@ -5,7 +5,9 @@ What a job expects: bash, coreutils, git, curl, ca-certificates, python3, node, 
 runner (``actions/runner``) is unpacked from a tarball (URL or path, sha256 required) into
 ``/opt/actions-runner``, owned by ``runner``, with its libraries (ICU, OpenSSL, Kerberos, zlib, LTTng); its
 version goes to ``/opt/actions-runner/.smith-runner-version``, which ``smith rootfs build`` copies into the
-version's manifest. Smith's guest pieces are added too (``/smith``), so the base boots as it is.
+version's manifest. The runner is checked in the tree (``smith.rootfs.preflight``: its libraries resolve, and
+``bin/Runner.Listener --version`` runs and prints that version), else the base is refused. Smith's guest
+pieces are added too (``/smith``), so the base boots as it is.
 
 Out comes an ext4 image (``mkfs.ext4 -d``, no loop mount) and, beside it, ``<image>.json``: suite, mirror,
 profile, packages with versions, runner version, sha256, build time. Needs root (the bootstrap does).
@@ -22,6 +24,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from smith.adapters.childenv import minimal_env
 from smith.errors import ConfigError
@@ -29,6 +32,7 @@ from smith.rootfs import ext4
 from smith.rootfs.build import RUNNER_VERSION_FILE, guest_pieces
 from smith.rootfs.config import BaseSpec, parse_size
 from smith.rootfs.fetch import fetch, sha256_file
+from smith.rootfs.preflight import preflight
 
 RUNNER_UID = 1001
 RUNNER_DIR = "opt/actions-runner"
@@ -58,17 +62,18 @@ def bootstrap(spec: BaseSpec, tree: Path) -> None:
         raise ConfigError("neither mmdebstrap nor debootstrap is installed (apt-get install mmdebstrap)")
 
 
-def finish(tree: Path, spec: BaseSpec, downloads: Path) -> dict[str, str | None]:
-    """The runner user, its sudo rule, GitHub's runner, Smith's pieces; what went in."""
+def finish(tree: Path, spec: BaseSpec, downloads: Path) -> dict[str, Any]:
+    """The runner user, its sudo rule, GitHub's runner (checked: ``preflight``), Smith's pieces; what went in."""
     add_user(tree, "runner", RUNNER_UID)
     sudoers = tree / "etc/sudoers.d/runner"
     sudoers.parent.mkdir(parents=True, exist_ok=True)
     sudoers.write_text("runner ALL=(ALL) NOPASSWD:ALL\n")
     sudoers.chmod(0o440)
-    version = None
+    version, checked = None, None
     if spec.runner is not None:
         tarball = fetch(spec.runner.source, downloads / spec.runner.sha256, spec.runner.sha256)
         version = install_runner(tree, tarball, spec.runner.runner_version())
+        checked = preflight(tree, version)
     smith_dir = tree / "smith"
     smith_dir.mkdir(exist_ok=True)
     for name, src in guest_pieces().items():
@@ -78,7 +83,7 @@ def finish(tree: Path, spec: BaseSpec, downloads: Path) -> dict[str, str | None]
         for path in (tree / junk).glob("*"):
             if path.is_file() and path.name != "lock":
                 path.unlink()
-    return {"runner_version": version}
+    return {"runner_version": version, "runner_preflight": checked}
 
 
 def add_user(tree: Path, name: str, uid: int) -> None:
@@ -136,6 +141,7 @@ def make_base(spec: BaseSpec, output: Path, downloads: Path, say: Say | None = N
             "profile": spec.profile,
             "packages": sorted(packages.split()),
             "runner_version": info["runner_version"],
+            "runner_preflight": info["runner_preflight"],
             "sha256": sha256_file(image),
             "bytes": image.stat().st_size,
             "built_at": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -119,6 +119,8 @@ def build_version(
             ext4.write_tree(image, Path(staging))
         overlay_entries = ext4.write_tree(image, version.overlay_dir) if version.overlay_dir else 0
         ext4.check(image)
+        runner_version = (ext4.read_file(image, RUNNER_VERSION_FILE) or "").strip() or None
+        checked = _preflight(image, runner_version, tmp, say, version.name) if runner_version else None
         if version.kernel is not None:
             shutil.copyfile(version.kernel, tmp / store.KERNEL)
         say(f"{version.name}: checksumming")
@@ -137,7 +139,8 @@ def build_version(
                 "sha256": sha256_file(image),
             },
             "kernel": {"file": store.KERNEL, "sha256": inputs["kernel_sha256"]} if version.kernel else None,
-            "runner_version": (ext4.read_file(image, RUNNER_VERSION_FILE) or "").strip() or None,
+            "runner_version": runner_version,
+            "runner_preflight": checked,
         }
         (tmp / store.MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         tmp.chmod(0o755)
@@ -149,6 +152,20 @@ def build_version(
     built = store.built(out, version.name)
     assert built is not None
     return built, True
+
+
+def _preflight(image: Path, runner_version: str, tmp: Path, say: Say, name: str) -> dict[str, Any]:
+    """GitHub's runner checked in a copy of the image's tree (``smith.rootfs.preflight``)."""
+    from smith.rootfs.preflight import preflight
+
+    say(f"{name}: checking GitHub's runner {runner_version} in the image")
+    tree = tmp / "preflight"
+    tree.mkdir()
+    try:
+        ext4.run("debugfs", "-R", f"rdump / {tree}", str(image))
+        return preflight(tree, runner_version)
+    finally:
+        shutil.rmtree(tree, ignore_errors=True)
 
 
 def _make_image(base: Path, image: Path, size: int | None, tmp: Path, say: Say, name: str) -> str:

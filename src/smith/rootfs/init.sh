@@ -54,10 +54,10 @@ fi
 $bb hostname smith-guest
 agent="python3 -I -S /smith/agent.py --workdir /work"
 if [ -e /dev/virtio-ports/smith.config ]; then
-    $agent --config-port /dev/virtio-ports/smith.config --out /dev/virtio-ports/smith.events --announce --set-clock
+    $agent --config-port /dev/virtio-ports/smith.config --out /dev/virtio-ports/smith.events --announce --set-clock --set-hosts
 else
     $bb ip route add 169.254.169.254 dev eth0 2>/dev/null
-    $agent --mmds --out /dev/ttyS0 --announce --set-clock
+    $agent --mmds --out /dev/ttyS0 --announce --set-clock --set-hosts
 fi
 $bb sync
 # Sticky disks are committed only after a clean shutdown: unmount them whole before powering off.

@@ -29,7 +29,6 @@ Serve it with ``smith.testing.servers.ThreadedServer(fake.app)`` or talk to it i
 from __future__ import annotations
 
 import base64
-import hashlib
 import itertools
 import json
 import secrets
@@ -49,6 +48,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
 from smith.testing.github_actions import Actions
+from smith.testing.github_runs import account as _account
+from smith.testing.github_runs import id_of as _id_of
+from smith.testing.github_runs import run_body
 from smith.testing.openapi import OpenAPI, Operation, github_rest
 
 DOCS = "https://docs.github.com/rest"
@@ -215,6 +217,7 @@ class FakeGitHub:
             handlers[("DELETE", f"{prefix}{runners}/{{runner_id}}")] = self._delete_runner
             handlers[("GET", f"{prefix}/installation")] = self._installation_of
         handlers[("GET", "/repos/{owner}/{repo}/actions/jobs/{job_id}")] = self._workflow_job
+        handlers[("GET", "/repos/{owner}/{repo}/actions/runs/{run_id}")] = self._workflow_run
         return handlers
 
     async def _endpoint(self, request: Request) -> Response:
@@ -499,6 +502,17 @@ class FakeGitHub:
                 return _error(404, "Not Found")
             return JSONResponse(self.actions.job_body(job))
 
+    async def _workflow_run(self, request: Request) -> Response:
+        scope, denied = self._authorized_scope(request)
+        if denied:
+            return denied
+        exclude = request.query_params.get("exclude_pull_requests") == "true"
+        with self._lock:
+            run = self.actions.runs.get(int(request.path_params["run_id"]))
+            if run is None or f"repo:{run.repo.lower()}" != scope:
+                return _error(404, "Not Found")
+            return JSONResponse(run_body(run, status=self.actions.run_status(run), exclude_pull_requests=exclude))
+
     async def _registration_token(self, request: Request) -> Response:
         _, denied = self._authorized_scope(request)
         if denied:
@@ -532,35 +546,6 @@ class FakeGitHub:
 
 
 _METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
-
-
-def _id_of(login: str) -> int:
-    return int.from_bytes(hashlib.sha256(login.lower().encode()).digest()[:4]) % 10**8
-
-
-def _account(login: str, kind: str) -> dict[str, Any]:
-    """A ``simple-user`` (what GitHub gives for users and organisations alike in an installation)."""
-    api, url = "https://api.github.com", f"https://api.github.com/users/{login}"
-    return {
-        "login": login,
-        "id": _id_of(login),
-        "node_id": base64.b64encode(f"04:{kind}{_id_of(login)}".encode()).decode(),
-        "avatar_url": f"https://avatars.githubusercontent.com/u/{_id_of(login)}?v=4",
-        "gravatar_id": "",
-        "url": url,
-        "html_url": f"https://github.com/{login}",
-        "followers_url": f"{url}/followers",
-        "following_url": f"{url}/following{{/other_user}}",
-        "gists_url": f"{url}/gists{{/gist_id}}",
-        "starred_url": f"{url}/starred{{/owner}}{{/repo}}",
-        "subscriptions_url": f"{url}/subscriptions",
-        "organizations_url": f"{url}/orgs",
-        "repos_url": f"{url}/repos",
-        "events_url": f"{url}/events{{/privacy}}",
-        "received_events_url": f"{api}/users/{login}/received_events",
-        "type": kind,
-        "site_admin": False,
-    }
 
 
 def _iso(epoch: float) -> str:

@@ -39,6 +39,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from smith.testing.github_runs import WorkflowRun
+
 if TYPE_CHECKING:
     from smith.testing.github import FakeGitHub
 
@@ -81,6 +83,7 @@ class Actions:
     jobs: dict[int, WorkflowJob] = field(default_factory=dict)
     deliveries: list[Delivery] = field(default_factory=list)
     credentials: dict[str, tuple[str, int]] = field(default_factory=dict)  # runner secret -> (scope, runner id)
+    runs: dict[int, WorkflowRun] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._ids = itertools.count(4_000_000_001)
@@ -118,9 +121,44 @@ class Actions:
             self._sender.join(10)
             self._sender = None
 
-    def queue_job(self, repo: str, labels: list[str], *, name: str = "build", script: str = "true") -> WorkflowJob:
+    def start_run(
+        self,
+        repo: str,
+        *,
+        event: str = "push",
+        head_branch: str = "main",
+        head_repo: str = "",
+        pull_number: int = 0,
+        base_branch: str = "main",
+    ) -> WorkflowRun:
+        """A workflow run of ``repo``: a push (the default), or a pull request's (``event="pull_request"``, its
+        ``pull_number``; ``head_repo`` a fork's ``owner/name`` for a fork's)."""
         with self.lock:
-            job = WorkflowJob(next(self._ids), repo, list(labels), name, script, next(self._ids), self.github.clock())
+            run = WorkflowRun(next(self._ids), repo, event, head_branch, head_repo, pull_number, base_branch)
+            run.created_at = self.github.clock()
+            self.runs[run.id] = run
+        return run
+
+    def run_status(self, run: WorkflowRun) -> str:
+        """queued, in_progress or completed, from its jobs' (caller holds the lock)."""
+        states = {j.status for j in self.jobs.values() if j.run_id == run.id}
+        if states and states <= {"completed"}:
+            return "completed"
+        return "in_progress" if "in_progress" in states or "completed" in states else "queued"
+
+    def queue_job(
+        self,
+        repo: str,
+        labels: list[str],
+        *,
+        name: str = "build",
+        script: str = "true",
+        run: WorkflowRun | None = None,
+    ) -> WorkflowJob:
+        """A queued job of ``run`` (by default a push run of its own on ``main``)."""
+        run = run or self.start_run(repo)
+        with self.lock:
+            job = WorkflowJob(next(self._ids), repo, list(labels), name, script, run.id, self.github.clock())
             self.jobs[job.id] = job
             self._webhook("queued", job)
         return job
@@ -191,7 +229,7 @@ class Actions:
             "runner_group_id": 1 if job.runner_id else None,
             "runner_group_name": "Default" if job.runner_id else None,
             "workflow_name": "CI",
-            "head_branch": "main",
+            "head_branch": self.runs[job.run_id].head_branch if job.run_id in self.runs else "main",
         }
 
     # -- webhooks ----------------------------------------------------------------------------------------

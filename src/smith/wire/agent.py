@@ -108,6 +108,11 @@ class RunnerCredential(BaseModel):
 class ServiceAccess(BaseModel):
     url: str
     token: str
+    download_host: str | None = Field(
+        None,
+        description="The cache's download URLs name this host (SMITH_CACHE_DOWNLOAD_HOST): the guest maps it to "
+        "the cache (url's host) before the job starts",
+    )
 
 
 class LeaseResponse(BaseModel):

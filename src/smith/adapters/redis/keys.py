@@ -11,6 +11,10 @@ key                               type    what
 {smith}:hosts                     zset    agent ids by last heartbeat time
 {smith}:events                    stream  webhook events received, capped (audit trail)
 {smith}:reply:<token>             string  a script's reply, kept 2 min so a replayed call answers the same
+{smith}:github:scopes             hash    where runners were minted ("repo:o/r", "org:o") -> installation id
+{smith}:github:pause              string  GitHub's API failed: no runner is minted while it lives (PX)
+{smith}:github:failures           string  GitHub API failures in a row (for the pause's backoff), with TTL
+{smith}:github:alarm              string  a 401/403/404 from GitHub (JSON), with TTL, until GitHub answers
 ================================  ======  ==========================================================
 
 Every key starts with the hash tag ``{smith}``, so on a Redis Cluster they all hash to one slot: scripts and
@@ -56,3 +60,10 @@ EVENTS = f"{PREFIX}events"
 def reply(token: str) -> str:
     """Where a replayable script keeps its reply (replay.py)."""
     return f"{PREFIX}reply:{token}"
+
+
+# GitHub's state shared by the control plane's replicas (smith.adapters.redis.github).
+GITHUB_SCOPES = f"{PREFIX}github:scopes"
+GITHUB_PAUSE = f"{PREFIX}github:pause"
+GITHUB_FAILURES = f"{PREFIX}github:failures"
+GITHUB_ALARM = f"{PREFIX}github:alarm"
