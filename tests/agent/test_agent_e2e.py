@@ -107,8 +107,9 @@ async def test_webhook_to_sandbox_and_back(running_agent: tuple[Control, Agent, 
     started = queued_payload(8001, ["self-hosted", "smith-2vcpu"], action="in_progress")
     started["workflow_job"]["runner_name"] = "smith-8001-1"  # GitHub gave this job to the runner minted for it
     assert (await asyncio.to_thread(control.deliver, started)).status_code == 202
-    assert isinstance(agent.vmm, SandboxVMM) and agent.vmm.runner_dir is not None
-    (agent.vmm.runner_dir / "go").touch()
+    vmm = getattr(agent.vmm, "inner", agent.vmm)  # (the metrics wrap the backend)
+    assert isinstance(vmm, SandboxVMM) and vmm.runner_dir is not None
+    (vmm.runner_dir / "go").touch()
     job = await wait_state(control, "8001", {"succeeded", "failed"})
     assert job["state"] == "succeeded", job
     assert job["exit_code"] == 0 and job["agent_id"] == "e2e-host"
