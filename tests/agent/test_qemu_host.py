@@ -136,3 +136,26 @@ async def test_each_qemu_runs_in_a_cgroup_of_its_own(tmp_path: Path) -> None:
     assert int(limit_bytes) == (256 + 256 + 512) << 20  # the guest, QEMU, and its translation cache under tcg
     assert groups.find(vmm.cgroup_prefix) == []  # removed with the VM
     shutil.rmtree(seen.parent)
+
+
+async def test_a_probe_guest_that_shows_no_sign_of_life_is_booted_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A KVM that runs guests but never lets them print (this machine's PVM) answers the probe at the first boot:
+    booting it again (as a job's stalled boot is) cost two more probe timeouts at every agent start."""
+    calls: list[object] = []
+
+    async def silent(self: QemuVMM, shape: VMShape, vm_id: str, wait_s: float, how: object) -> None:
+        calls.append(how)
+        raise qemu_module._NoSignOfLife("no console output")
+
+    monkeypatch.setattr(QemuVMM, "_boot_once", silent)
+    kvm = tmp_path / "kvm"
+    kvm.write_text("")
+    vmm = make_vmm(tmp_path, kvm_device=kvm, kvm_retry_seconds=0.0, boot_attempts=3)
+    with capture_logs():
+        assert await vmm.accel() == "tcg"
+    assert len(calls) == 1
+    with pytest.raises(VMError):  # a job's boot still gets its retries
+        await vmm.boot(VMShape("c", 1, 256), "job-1")
+    assert len(calls) == 1 + 3

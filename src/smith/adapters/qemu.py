@@ -184,6 +184,7 @@ class How:
     snapshot: Snapshot | bool | None = None
     sticky: StickyPlan | None = None
     accel: str | None = None  # this accelerator, not the chosen one (the KVM probe)
+    retry: bool = True  # boot again after a boot with no sign of life (not for the probe: one answer is enough)
 
 
 _COLD_OR_RESTORED = How()
@@ -376,7 +377,9 @@ class QemuVMM:
         if os.access(self.config.kvm_device, os.R_OK | os.W_OK):
             try:
                 probe = VMShape("kvm-probe", 1, 256)
-                machine = await self._boot(probe, "kvm-probe", self.config.kvm_probe_timeout, How(accel="kvm"))
+                machine = await self._boot(
+                    probe, "kvm-probe", self.config.kvm_probe_timeout, How(accel="kvm", retry=False)
+                )
                 await machine.stop()
             except VMError as exc:
                 why = f"KVM is present but a guest did not boot under it ({exc.message[:200]})"
@@ -523,7 +526,7 @@ class QemuVMM:
             except VMError as exc:  # a stale or broken template: this VM boots cold, the template is remade
                 self._restore_failed(snapshot, exc)
             how = replace(how, snapshot=None)
-        for attempt in range(1, self.config.boot_attempts + 1):
+        for attempt in range(1, (self.config.boot_attempts if how.retry else 1) + 1):
             try:
                 return await self._boot_once(shape, vm_id, wait_s, how)
             except _NoSignOfLife as exc:
