@@ -35,7 +35,6 @@ with what the command left in the ``collect`` files. ``{"end": true}`` or the en
 from __future__ import annotations
 
 import argparse
-import base64
 import contextlib
 import io
 import json
@@ -47,12 +46,8 @@ import signal
 import socket
 import subprocess
 import sys
-import tarfile
 import threading
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Callable, Iterator
 from typing import IO, Any
 
@@ -234,6 +229,9 @@ def read_mmds(address: str, sleep: Any = time.sleep) -> dict[str, Any]:
     """MMDS V2: PUT a session token once (renewed before it expires or when refused), then GET the config; poll
     until the host has put it there, backing off from 50 ms to 1 s (a warm VM may wait for minutes, and
     Firecracker's MMDS serves at most 30 connections)."""
+    import urllib.error  # here, not at the top: every guest's start pays for imports (20x under emulation)
+    import urllib.request
+
     base = f"http://{address}"
     token, expires, delay = "", 0.0, 0.05
     while True:
@@ -347,6 +345,8 @@ def hosts_entry(cache: dict[str, Any]) -> str | None:
     """The ``/etc/hosts`` line that sends the cache's download host (``download_host``, e.g.
     ``smith.blob.core.windows.net``: the cache client downloads in parallel only from such a host) to the cache
     URL's host address; None without one, or when that host does not resolve."""
+    import urllib.parse
+
     name = str(cache.get("download_host") or "")
     host = urllib.parse.urlsplit(str(cache.get("url") or "")).hostname
     if not name or not host:
@@ -570,6 +570,9 @@ MAX_COLLECT = 1 << 20  # bytes read back per collected file
 
 def serve_steps(config: dict[str, Any], out: Output, workdir: str, inbox: Callable[[], dict[str, Any] | None]) -> int:
     """Steps mode: run the host's commands one at a time until it says end (see the module docstring)."""
+    import base64
+    import tarfile
+
     out.emit("started", stream="system", line=f"job {(config.get('job') or {}).get('id', '')} starting (steps)")
     base = environment(config, workdir)
     while True:
@@ -609,6 +612,8 @@ def serve_steps(config: dict[str, Any], out: Output, workdir: str, inbox: Callab
 
 def unpack(data: bytes, dest: str) -> None:
     """The host's archive into ``dest``, refusing members that would land outside it."""
+    import tarfile
+
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         try:
             tar.extractall(dest, filter="tar")
