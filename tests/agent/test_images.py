@@ -111,3 +111,18 @@ def test_the_image_holds_nothing_of_the_hosts_secrets(tmp_path: Path, monkeypatc
     for row in files["etc/passwd"][1].decode().splitlines():
         assert row.split(":")[1] in ("x", "*", "!"), row  # no password hash; no shadow file to hold one
     assert not [name for name in files if name.startswith(("root/", "home/"))]
+
+
+def test_the_image_holds_every_module_the_guest_agent_imports_even_inside_functions() -> None:
+    """The guest agent imports some modules only where it uses them (a faster start); the image must still hold
+    them, or a job that needs one (the cache's hosts entry, a steps-mode archive, MMDS) crashes the agent."""
+    import shutil as sh
+    import sys
+
+    from smith.images.build import guest_imports, python_files
+
+    assert {"urllib.parse", "urllib.request", "tarfile", "base64"} <= set(guest_imports())
+    python = Path(sh.which("python3") or sys.executable)
+    names = {(p.parent.name, p.name) for p in python_files(python)}
+    assert ("urllib", "parse.py") in names and ("", "tarfile.py") not in names
+    assert any(n == "tarfile.py" for _, n in names)

@@ -233,13 +233,28 @@ def _mod_name(rel: str) -> str:
     return name.replace("-", "_")
 
 
+def guest_imports(path: Path = GUEST_AGENT) -> list[str]:
+    """Every module the guest agent imports anywhere, at the top or inside a function (it imports some only
+    where they are used, to start faster): the image must hold them all."""
+    import ast
+
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.add(node.module)
+    return sorted(found - {"__future__"})
+
+
 def python_files(python: Path) -> list[Path]:
-    """Files python needs to import PY_MODULES in isolated mode: sources, their .pyc, extension modules."""
+    """Files python needs to import PY_MODULES and every module of the guest agent in isolated mode: sources,
+    their .pyc, extension modules."""
     code = (
         "import importlib, importlib.util, json, sys\n"
         f"spec = importlib.util.spec_from_file_location('smith_guest_agent', {str(GUEST_AGENT)!r})\n"
         "spec.loader.exec_module(importlib.util.module_from_spec(spec))\n"
-        f"for m in {list(PY_MODULES)!r}: importlib.import_module(m)\n"
+        f"for m in {[*PY_MODULES, *guest_imports()]!r}: importlib.import_module(m)\n"
         "files = {getattr(m, '__file__', None) for m in list(sys.modules.values())}\n"
         "print(json.dumps(sorted(f for f in files if f)))\n"
     )
