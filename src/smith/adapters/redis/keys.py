@@ -11,6 +11,8 @@ key                               type    what
 {smith}:hosts                     zset    agent ids by last heartbeat time
 {smith}:events                    stream  webhook events received, capped (audit trail)
 {smith}:reply:<token>             string  a script's reply, kept 2 min so a replayed call answers the same
+{smith}:wfrun:<run_id>            hash    a built-in workflow run: workflow, event, its jobs' state/outputs
+{smith}:wfruns                    zset    unfinished workflow runs by creation time: advanced on every sweep
 ================================  ======  ==========================================================
 
 Every key starts with the hash tag ``{smith}``, so on a Redis Cluster they all hash to one slot: scripts and
@@ -56,3 +58,11 @@ EVENTS = f"{PREFIX}events"
 def reply(token: str) -> str:
     """Where a replayable script keeps its reply (replay.py)."""
     return f"{PREFIX}reply:{token}"
+
+
+def wf_run(run_id: str) -> str:
+    """A built-in workflow run's record (adapters/redis/wfruns.py)."""
+    return f"{PREFIX}wfrun:{run_id}"
+
+
+WF_RUNS = f"{PREFIX}wfruns"
