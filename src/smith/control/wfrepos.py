@@ -1,12 +1,12 @@
 """The repositories configured for built-in workflow execution (SMITH_WORKFLOW_REPOS: a YAML or JSON file).
 
-    repositories:
-      - repository: octo/app          # owner/name, as webhooks name it
-        source: /srv/git/app.git      # a local git directory, or a clone URL the control plane and agents reach
-        labels: [self-hosted]         # the runner class for jobs whose runs-on matches none (ubuntu-latest ...)
-        installation_id: 123          # optional: the GitHub App installation for commit statuses
-        secrets: {TOKEN: "..."}
-        vars: {REGION: eu}
+repositories:
+  - repository: octo/app          # owner/name, as webhooks name it
+    source: /srv/git/app.git      # a local git directory, or a clone URL the control plane and agents reach
+    labels: [self-hosted]         # the runner class for jobs whose runs-on matches none (ubuntu-latest ...)
+    installation_id: 123          # optional: the GitHub App installation for commit statuses
+    secrets: {TOKEN: "..."}
+    vars: {REGION: eu}
 """
 
 from __future__ import annotations

@@ -342,7 +342,8 @@ class WorkflowRuns:
                 continue
             if job.state.terminal:
                 result = RESULT_OF_STATE[job.state]
-                changed |= await self.runs.instance_done(run_id, jid, i, _result(result, {}, job.reason))
+                why = job.reason or f"its Smith job {smith_id} ended {job.state.value} without a report"
+                changed |= await self.runs.instance_done(run_id, jid, i, _result(result, {}, why))
         if total and len(results) == total:
             overall, outputs = conclude(results)
             return await self.runs.job_done(run_id, jid, _result(overall, outputs)) or changed
