@@ -17,6 +17,7 @@ from smith.control.wfrepos import RepoConfig
 from smith.control.workflows import WorkflowRuns
 from smith.domain.jobs import JobState, default_runner_classes
 from smith.wire.agent import StatusReport
+from tests.control.conftest import control_factory  # noqa: F401  (fixture)
 from tests.workflows.test_platform import REPO, make_repo, pull_request_payload
 
 MATRIX = """\
@@ -124,3 +125,66 @@ async def test_a_redelivered_webhook_starts_no_second_run(redis_url: str, tmp_pa
     assert first and len(first["runs"]) == 1 and again == {"outcome": "runs", "runs": []}
     closed = await wr.webhook("pull_request", "d-3", pull_request_payload(3, base, head, action="closed"))
     assert closed == {"outcome": "ignored", "reason": "pull_request action 'closed'"}
+
+
+PUSH = """\
+name: Push
+on:
+  push:
+    branches: [feature]
+  workflow_dispatch:
+    inputs:
+      level:
+        default: info
+jobs:
+  only:
+    runs-on: ubuntu-latest
+    steps:
+      - run: echo "${{ inputs.level }}"
+"""
+
+PUSH_FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "github-webhooks" / "push" / "payload.json"
+
+
+async def test_push_webhooks_start_runs_whose_filters_match(redis_url: str, tmp_path: Path) -> None:
+    repo, base, head = make_repo(tmp_path, {"push.yml": PUSH})
+    wr, _ = plane(redis_url, repo, Statuses())
+    real = orjson.loads(PUSH_FIXTURE.read_bytes())  # GitHub's own delivery: a deleted tag
+    assert real["repository"]["full_name"] == REPO
+    assert await wr.webhook("push", "p-1", real) == {"outcome": "ignored", "reason": "a deleted ref runs nothing"}
+    pushed = {**real, "ref": "refs/heads/feature", "before": base, "after": head, "deleted": False, "created": False}
+    got = await wr.webhook("push", "p-2", pushed)
+    assert got is not None and len(got["runs"]) == 1
+    view = await wr.view(got["runs"][0])
+    assert (view["event_name"], view["sha"], view["ref"]) == ("push", head, "refs/heads/feature")
+    other = await wr.webhook("push", "p-3", {**pushed, "ref": "refs/heads/main"})
+    assert other == {"outcome": "runs", "runs": []}  # branches: [feature]
+
+
+async def test_workflow_dispatch_through_the_operator_api(redis_url: str, tmp_path: Path, control_factory: Any) -> None:  # noqa: F811
+    from tests.control.conftest import operator_token
+
+    repo, _, head = make_repo(tmp_path, {"push.yml": PUSH})
+    config = tmp_path / "repos.yml"
+    config.write_text(f"repositories:\n  - repository: {REPO}\n    source: {repo}\n    vars: {{REGION: eu}}\n")
+    control = control_factory(workflow_repos=config)
+    body = {
+        "repository": REPO,
+        "workflow": ".github/workflows/push.yml",
+        "ref": "feature",
+        "inputs": {"level": "debug"},
+    }
+    with control.client() as anonymous:
+        assert anonymous.post("/v1/workflows/dispatch", json=body).status_code == 401
+    with control.client(operator_token()) as c:
+        r = c.post("/v1/workflows/dispatch", json=body)
+        assert r.status_code == 201, r.text
+        [run_id] = r.json()["runs"]
+        run = c.get(f"/v1/workflows/runs/{run_id}").json()
+        assert (run["event_name"], run["sha"], run["ref"]) == ("workflow_dispatch", head, "refs/heads/feature")
+        [smith_id] = run["jobs"]["only"]["smith_jobs"]
+        assert c.get(f"/v1/jobs/{smith_id}").json()["state"] == "queued"
+        missing = c.post("/v1/workflows/dispatch", json={**body, "workflow": ".github/workflows/nope.yml"})
+        assert missing.status_code == 400 and "no workflow_dispatch trigger" in missing.json()["message"]
+        unknown = c.post("/v1/workflows/dispatch", json={**body, "repository": "octo/other"})
+        assert unknown.status_code == 404
