@@ -16,6 +16,7 @@ from smith.adapters.redis.wfruns import RedisRuns
 from smith.control.wfrepos import RepoConfig
 from smith.control.workflows import WorkflowRuns
 from smith.domain.jobs import JobState, default_runner_classes
+from smith.errors import NotFound
 from smith.wire.agent import StatusReport
 from tests.control.conftest import control_factory  # noqa: F401  (fixture)
 from tests.workflows.test_platform import REPO, make_repo, pull_request_payload
@@ -188,3 +189,60 @@ async def test_workflow_dispatch_through_the_operator_api(redis_url: str, tmp_pa
         assert missing.status_code == 400 and "no workflow_dispatch trigger" in missing.json()["message"]
         unknown = c.post("/v1/workflows/dispatch", json={**body, "repository": "octo/other"})
         assert unknown.status_code == 404
+
+
+def strategy_workflow(fail_fast: bool, max_parallel: int) -> str:
+    return f"""\
+name: Strategy
+on: pull_request
+jobs:
+  build:
+    runs-on: ubuntu-latest
+    strategy:
+      fail-fast: {str(fail_fast).lower()}
+      max-parallel: {max_parallel}
+      matrix:
+        n: [1, 2, 3]
+    steps:
+      - run: echo ${{{{ matrix.n }}}}
+"""
+
+
+async def queued(jobs: RedisJobs, ids: list[str]) -> list[bool]:
+    out = []
+    for job_id in ids:
+        try:
+            out.append((await jobs.get(job_id)).state == JobState.QUEUED)
+        except NotFound:
+            out.append(False)
+    return out
+
+
+async def test_max_parallel_queues_instances_as_others_finish(redis_url: str, tmp_path: Path) -> None:
+    repo, base, head = make_repo(tmp_path, {"s.yml": strategy_workflow(False, 2)})
+    wr, jobs = plane(redis_url, repo, Statuses())
+    got = await wr.webhook("pull_request", "m-1", pull_request_payload(4, base, head))
+    assert got is not None
+    [run_id] = got["runs"]
+    ids = (await wr.view(run_id))["jobs"]["build"]["smith_jobs"]
+    assert await queued(jobs, ids) == [True, True, False]  # max-parallel: 2
+    await report(wr, jobs, ids[0], "a-0", state="failed", conclusion="failure")
+    await wr.sweep()
+    assert await queued(jobs, ids) == [False, True, True]  # fail-fast off: the third one goes on
+
+
+async def test_fail_fast_cancels_the_instances_not_run_yet(redis_url: str, tmp_path: Path) -> None:
+    repo, base, head = make_repo(tmp_path, {"s.yml": strategy_workflow(True, 1)})
+    statuses = Statuses()
+    wr, jobs = plane(redis_url, repo, statuses)
+    got = await wr.webhook("pull_request", "f-1", pull_request_payload(5, base, head))
+    assert got is not None
+    [run_id] = got["runs"]
+    ids = (await wr.view(run_id))["jobs"]["build"]["smith_jobs"]
+    assert await queued(jobs, ids) == [True, False, False]
+    await report(wr, jobs, ids[0], "a-0", state="failed", conclusion="failure")
+    await wr.sweep()
+    view = await wr.view(run_id)
+    assert view["state"] == "completed" and view["jobs"]["build"]["result"] == "failure"
+    assert await queued(jobs, ids) == [False, False, False]  # the others never ran
+    assert [s[0] for s in statuses.posted] == ["pending", "failure"]

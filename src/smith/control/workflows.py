@@ -282,7 +282,7 @@ class WorkflowRuns:
             spec = {"job": jid, "index": i, "key": key, "matrix": combo, "strategy": plan.strategies[i]}
             specs[instance_id(run_id, jid, i)] = orjson.dumps({**spec, "needs": needs}).decode()
         if await self.runs.start_job(run_id, jid, specs):
-            for smith_id, spec_json in specs.items():
+            for smith_id, spec_json in list(specs.items())[: plan.max_parallel or len(specs)]:
                 await self._submit(rec, wf, run_id, smith_id, orjson.loads(spec_json))
 
     async def _submit(
@@ -323,42 +323,45 @@ class WorkflowRuns:
 
     async def _collect(self, run_id: str, rec: dict[str, str], jid: str) -> bool:
         """Conclude a started job whose instances all have results; give results to instances whose Smith job
-        ended without one. True if the record changed."""
+        ended without one; queue instances up to ``max-parallel``; with ``fail-fast``, once one failed, cancel
+        the rest. True if the record changed."""
         total = int(rec.get(f"n:{jid}") or 0)
-        results: list[tuple[str, dict[str, str]]] = []
-        changed = False
+        strategy = orjson.loads(rec.get(f"s:{instance_id(run_id, jid, 0)}") or "{}").get("strategy") or {}
+        limit = int(strategy.get("max-parallel") or total) or total
+        done = [orjson.loads(rec[f"i:{jid}:{i}"]) for i in range(total) if f"i:{jid}:{i}" in rec]
+        stopping = bool(strategy.get("fail-fast", True)) and any(d["result"] == "failure" for d in done)
+        changed, running, missing = False, 0, []
         for i in range(total):
-            raw = rec.get(f"i:{jid}:{i}")
-            if raw is not None:
-                got = orjson.loads(raw)
-                results.append((got["result"], got["outputs"]))
+            if f"i:{jid}:{i}" in rec:
                 continue
             smith_id = instance_id(run_id, jid, i)
             try:
                 job = await self.jobs.get(smith_id)
             except NotFound:
-                spec = orjson.loads(rec[f"s:{smith_id}"])
-                await self._submit(rec, parse(rec["workflow"], rec["file"]), run_id, smith_id, spec)
+                missing.append(i)
                 continue
             if job.state.terminal:
                 result = RESULT_OF_STATE[job.state]
                 why = job.reason or f"its Smith job {smith_id} ended {job.state.value} without a report"
                 changed |= await self.runs.instance_done(run_id, jid, i, _result(result, {}, why))
-        if total and len(results) == total:
-            overall, outputs = conclude(results)
+            else:
+                running += 1
+                if stopping:
+                    with contextlib.suppress(Conflict, NotFound):
+                        await self.jobs.cancel(smith_id, "fail-fast: another matrix job failed")
+        for i in missing:
+            if stopping:
+                why = "fail-fast: another matrix job failed"
+                changed |= await self.runs.instance_done(run_id, jid, i, _result("cancelled", {}, why))
+            elif running < limit:
+                smith_id = instance_id(run_id, jid, i)
+                spec = orjson.loads(rec[f"s:{smith_id}"])
+                await self._submit(rec, parse(rec["workflow"], rec["file"]), run_id, smith_id, spec)
+                running += 1
+        if total and len(done) == total:
+            overall, outputs = conclude([(d["result"], d["outputs"]) for d in done])
             return await self.runs.job_done(run_id, jid, _result(overall, outputs)) or changed
-        if any(r == "failure" for r, _ in results):
-            await self._fail_fast(run_id, rec, jid, total)
         return changed
-
-    async def _fail_fast(self, run_id: str, rec: dict[str, str], jid: str, total: int) -> None:
-        spec = orjson.loads(rec.get(f"s:{instance_id(run_id, jid, 0)}") or b"{}")
-        if not (spec.get("strategy") or {}).get("fail-fast", True):
-            return
-        for i in range(total):
-            if f"i:{jid}:{i}" not in rec:
-                with contextlib.suppress(Conflict, NotFound):
-                    await self.jobs.cancel(instance_id(run_id, jid, i), "fail-fast: another matrix job failed")
 
     async def view(self, run_id: str) -> dict[str, Any]:
         """A run as the operator API shows it: its state and each job's state, result and outputs."""
