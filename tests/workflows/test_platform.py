@@ -13,6 +13,7 @@ import asyncio
 import json
 import shutil
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -25,12 +26,15 @@ import pytest
 
 from smith.adapters.chdb import ChdbClickHouse
 from smith.adapters.github import GitHubApp
+from smith.adapters.qemu import QemuConfig, QemuVMM
 from smith.adapters.sandbox import SandboxVMM
 from smith.agent.client import ControlClient
 from smith.agent.daemon import Agent, AgentConfig
 from smith.agent.logship import LogShipper
 from smith.agent.logsink import Fanout, LocalFiles
 from smith.control.app import create_app
+from smith.errors import ConfigError
+from smith.images.build import build_image, find_inputs
 from smith.logs.app import create_app as create_logs_app
 from smith.logs.settings import LogsSettings
 from smith.testing.github import FakeGitHub
@@ -211,7 +215,10 @@ class Platform:
 async def platform(
     redis_url: str, tmp_path: Path, chdb_dir: Path, request: pytest.FixtureRequest
 ) -> AsyncIterator[Platform]:
-    workflows: dict[str, str] = request.param
+    workflows: dict[str, str] = request.param["workflows"]
+    vmm: Any = SandboxVMM(tmp_path / "sbx")
+    if request.param.get("backend") == "qemu":
+        vmm = qemu_vmm(tmp_path)
     repo, base_sha, head_sha = make_repo(tmp_path, workflows)
     config = tmp_path / "workflow-repos.yml"
     config.write_text(json.dumps({"repositories": [{"repository": REPO, "source": str(repo)}]}))
@@ -245,7 +252,7 @@ async def platform(
                 agent_id="wf-host", hostname="wf-host", vcpus=4, memory_mib=8192, max_vms=2, lease_wait_seconds=2
             ),
             ControlClient(control.url, agent_token("wf-host")),
-            SandboxVMM(tmp_path / "sbx"),
+            vmm,
             output,
         )
         task = asyncio.create_task(agent.run())
@@ -260,7 +267,33 @@ async def platform(
             p.control.stop()
 
 
-@pytest.mark.parametrize("platform", [{"ci.yml": CI}], indirect=True)
+def qemu_vmm(tmp_path: Path) -> Any:
+    """A QEMU microvm backend on a guest image built here (TCG: no KVM needed); skips where none can be built."""
+    if shutil.which("qemu-system-x86_64") is None:
+        pytest.skip("no qemu-system-x86_64 (qemu-system-x86)")
+    try:
+        image = build_image(tmp_path / "image", find_inputs())
+    except ConfigError as exc:
+        pytest.skip(f"cannot build a guest image here: {exc.message}")
+    short = Path(tempfile.mkdtemp(prefix="sq", dir="/tmp"))  # Unix socket paths must stay short
+    return QemuVMM(short, QemuConfig(kernel=image.vmlinux, initrd=image.initrd, accel="tcg"))
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("platform", [{"workflows": {"ci.yml": CI}, "backend": "qemu"}], indirect=True)
+async def test_pull_request_jobs_on_qemu(platform: Platform) -> None:
+    """The same run on the QEMU backend: checkout copied into the VM, the output passed, logs, statuses."""
+    p = platform
+    r = await asyncio.to_thread(p.deliver, pull_request_payload(9, p.base_sha, p.head_sha))  # type: ignore[attr-defined]
+    [run_id] = r.json()["runs"]
+    run = await p.wait_run(run_id, lambda run: run["state"] == "completed", timeout=180)
+    assert run["conclusion"] == "success", run
+    [test_id] = run["jobs"]["test"]["smith_jobs"]
+    assert "testing version 1.2.3" in await p.log_lines(test_id)
+    assert [s["state"] for s in await p.statuses(2)] == ["pending", "success"]
+
+
+@pytest.mark.parametrize("platform", [{"workflows": {"ci.yml": CI}}], indirect=True)
 async def test_pull_request_runs_jobs_in_needs_order_through_a_restart(platform: Platform) -> None:
     p = platform
     payload = pull_request_payload(7, p.base_sha, p.head_sha)  # type: ignore[attr-defined]
@@ -292,7 +325,7 @@ async def test_pull_request_runs_jobs_in_needs_order_through_a_restart(platform:
     assert again.json()["outcome"] == "duplicate"
 
 
-@pytest.mark.parametrize("platform", [{"lint.yml": FAILING}], indirect=True)
+@pytest.mark.parametrize("platform", [{"workflows": {"lint.yml": FAILING}}], indirect=True)
 async def test_a_failing_workflow_reports_failure(platform: Platform) -> None:
     p = platform
     r = await asyncio.to_thread(p.deliver, pull_request_payload(8, p.base_sha, p.head_sha))  # type: ignore[attr-defined]
