@@ -83,6 +83,7 @@ async def drive(machine: Machine, lease: wire.LeaseResponse, output: JobOutput) 
     """Run the lease's workflow job in ``machine`` (assigned in steps mode)."""
     spec = lease.job.steps
     assert spec is not None
+    session = GuestSession(machine, host_workdir(machine))  # type: ignore[arg-type]  # (refuses a VM without steps)
     reporter = LogReporter(output, lease.job.id)
     pump = asyncio.create_task(reporter.pump())
     tmp = Path(tempfile.mkdtemp(prefix="smith-wf-"))
@@ -112,7 +113,6 @@ async def drive(machine: Machine, lease: wire.LeaseResponse, output: JobOutput) 
             run_number=spec.run_number,
             cache=lease.cache is not None,
         )
-        session = GuestSession(machine, host_workdir(machine))  # type: ignore[arg-type]
         executor = Executor(info, wf, lambda key: contextlib.nullcontext(session), reporter)
         result = await executor.run_instance(wf.jobs[spec.job], spec.key, spec.matrix, spec.strategy, spec.needs)
         ok = result.result in ("success", "skipped")
