@@ -285,7 +285,7 @@ class Agent:
         fallback = self.config.cache_fallback
         cache = lease.cache or (fallback(lease.job) if fallback else None)
         return GuestConfig(
-            job=lease.job,
+            job=lease.job.model_copy(update={"steps": None}),  # a workflow job's secrets stay on the host
             runner=lease.runner,
             cache=cache,
             runner_dir=self.config.runner_dir,
