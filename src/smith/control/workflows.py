@@ -4,7 +4,7 @@ Smith job (same queue, agents, VMs, log pipeline, cache) once its ``needs`` are 
 job's result and outputs back; the run ends with a commit status.
 
 The run record lives in Redis (adapters/redis/wfruns.py), so ``needs``, outputs and matrix expansion survive a
-restart: every state change is idempotent and ``sweep`` (each reaper tick, and at start) advances every
+restart: every state change is idempotent and ``sweep`` (each reaper tick) advances every
 unfinished run from its record alone."""
 
 from __future__ import annotations
