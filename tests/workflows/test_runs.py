@@ -246,3 +246,25 @@ async def test_fail_fast_cancels_the_instances_not_run_yet(redis_url: str, tmp_p
     assert view["state"] == "completed" and view["jobs"]["build"]["result"] == "failure"
     assert await queued(jobs, ids) == [False, False, False]  # the others never ran
     assert [s[0] for s in statuses.posted] == ["pending", "failure"]
+
+
+def test_smith_jobs_dispatch(tmp_path: Path, control_factory: Any) -> None:  # noqa: F811
+    from typer.testing import CliRunner
+
+    from smith.cli import app
+    from tests.control.conftest import operator_token
+
+    repo, _, head = make_repo(tmp_path, {"push.yml": PUSH})
+    config = tmp_path / "repos.json"
+    config.write_text(orjson.dumps({"repositories": [{"repository": REPO, "source": str(repo)}]}).decode())
+    control = control_factory(workflow_repos=config)
+    env = {"SMITH_OPERATOR_TOKEN": operator_token()}
+    args = ["jobs", "dispatch", REPO, ".github/workflows/push.yml", "--ref", "feature", "--url", control.url]
+    res = CliRunner().invoke(app, [*args, "--input", "level=debug", "--json"], env=env)
+    assert res.exit_code == 0, res.output
+    out = res.stdout[res.stdout.index("{\n") :]  # (the in-process control plane logs to the same stdout)
+    [run_id] = orjson.loads(out)["runs"]
+    with control.client(operator_token()) as c:
+        assert c.get(f"/v1/workflows/runs/{run_id}").json()["sha"] == head
+    bad = CliRunner().invoke(app, [*args, "--input", "novalue"], env=env)
+    assert bad.exit_code == 2 and "use KEY=VALUE" in bad.output
