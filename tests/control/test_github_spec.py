@@ -77,7 +77,13 @@ def test_every_route_the_fake_serves_is_an_operation_of_githubs_description(fake
 async def test_every_route_checks_its_request_before_answering(fake: FakeGitHub, http: httpx.AsyncClient) -> None:
     """An unknown query parameter is refused on every route, before authentication or the handler runs."""
     for method, template in fake.handlers:
-        ids = {"installation_id": 11, "runner_id": 1, "job_id": 1, "run_id": 1}
+        ids = {
+            "installation_id": 11,
+            "runner_id": 1,
+            "job_id": 1,
+            "run_id": 1,
+            "sha": "6dcb09b5b57875f334f61aebed695e2e4193db5e",
+        }
         path = template.format(owner="octo-org", repo="app", org="octo-org", **ids)
         r = await http.request(method, path, params={"nmae": "x"})
         assert "'nmae' is not a query parameter" in refusal(r, 422)
@@ -132,6 +138,9 @@ async def test_the_clients_real_requests_pass(client: GitHubApp, fake: FakeGitHu
     assert (await client.workflow_run("octo-org/app", pr.id, 11))["pull_requests"][0]["base"]["ref"] == "d"
     seen = await client.workflow_run("octo-org/app", fork.id, 11)
     assert (seen["pull_requests"], seen["head_repository"]["full_name"]) == ([], "eve/app")  # as GitHub: none
+    sha = "6dcb09b5b57875f334f61aebed695e2e4193db5e"
+    await client.commit_status("octo-org/app", sha, "pending", "smith/CI", "queued", 11)
+    assert [(s["state"], s["context"], s["sha"]) for s in fake.statuses] == [("pending", "smith/CI", sha)]
     used = set()
     for rec in fake.requests:
         op, _ = spec.match(rec.method, rec.path)

@@ -36,10 +36,12 @@ def test_no_module_but_the_keys_modules_spells_a_redis_key() -> None:
 def test_no_script_builds_a_key_of_its_own() -> None:
     """Every key a script touches is passed in KEYS (Redis Cluster and Dragonfly refuse undeclared keys): no
     script concatenates a key name."""
-    from smith.adapters.redis import scripts
+    from smith.adapters.redis import scripts, wfscripts
     from smith.cache import metadata
 
-    bodies = [v for m in (scripts, metadata) for v in vars(m).values() if isinstance(v, str) and "redis.call" in v]
+    bodies = [
+        v for m in (scripts, wfscripts, metadata) for v in vars(m).values() if isinstance(v, str) and "redis.call" in v
+    ]
     assert len(bodies) >= 10
     calls = [c for body in bodies for c in re.findall(r"redis\.call\('(\w+)',\s*([^,)]+)", body)]
     assert len(calls) > 50

@@ -447,6 +447,16 @@ class GitHubApp:
             del self._runs[next(iter(self._runs))]
         return origin
 
+    async def commit_status(
+        self, repo: str, sha: str, state: str, context: str, description: str, installation_id: int = 0
+    ) -> None:
+        """``POST /repos/{o}/{r}/statuses/{sha}``: a commit status (pending, success, failure, error)."""
+        scope = RunnerScope.repo(repo)
+        installation = installation_id or await self.installation_for(scope)
+        body = {"state": state, "context": context, "description": description}
+        await self._request("POST", f"{scope.api_prefix}/statuses/{sha}", installation, json=body)
+        log.info("commit status", repo=repo, sha=sha[:12], state=state, context=context)
+
     async def remove_runner_named(self, scope: RunnerScope, installation_id: int, name: str) -> bool:
         runner_id = await self.find_runner(scope, installation_id, name)
         if runner_id is None:

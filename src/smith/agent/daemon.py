@@ -10,12 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from smith import __version__, tracing
-from smith.agent import sticky
+from smith.agent import sticky, workflowjob
 from smith.agent.capacity import Ledger, disk_room
 from smith.agent.client import ControlClient
 from smith.agent.logsink import JobOutput
@@ -54,6 +54,7 @@ class RunningJob:
     leased_at: float = field(default_factory=time.monotonic)
     first_line_at: float | None = None
     outcome: str | None = None  # a runner job's outcome as its guest read it (outcome.judge)
+    workflow: workflowjob.Outcome | None = None  # a built-in workflow job's result (agent/workflowjob.py)
 
 
 @dataclass(frozen=True)
@@ -284,11 +285,12 @@ class Agent:
         fallback = self.config.cache_fallback
         cache = lease.cache or (fallback(lease.job) if fallback else None)
         return GuestConfig(
-            job=lease.job,
+            job=lease.job.model_copy(update={"steps": None}),  # a workflow job's secrets stay on the host
             runner=lease.runner,
             cache=cache,
             runner_dir=self.config.runner_dir,
             runner_idle_seconds=self.config.runner_idle_seconds,
+            steps=lease.job.steps is not None,
         )
 
     async def _run_job(self, job: RunningJob) -> None:
@@ -307,7 +309,9 @@ class Agent:
             await self.output.follow_files(spec.id, job.machine.host_logs())
             # Tell the control plane while the guest starts, not before it may.
             running_report = asyncio.create_task(self._report(spec.id, "running"))
-            exit_code = await self._follow(job)
+            exit_code = await self._follow(
+                job, workflowjob.drive(job.machine, job.lease, self.output) if spec.steps else None
+            )
             if job.stop_reason:
                 state = "cancelled" if job.stop_reason == "cancel" else "failed"
                 reason = {
@@ -342,7 +346,9 @@ class Agent:
         if running_report is not None:
             await running_report  # the final state must not overtake "running"
         if job.stop_reason != "lost":
-            await self._report(spec.id, state, reason=reason, exit_code=exit_code)
+            wf = job.workflow if job.workflow is not None and not job.stop_reason else None
+            extra = {"conclusion": wf.conclusion, "outputs": wf.outputs} if wf else {}
+            await self._report(spec.id, state, reason=reason, exit_code=exit_code, **extra)
         done = time.monotonic()
         self.stats.append(
             {
@@ -353,8 +359,11 @@ class Agent:
         )
         log.info("job finished", state=state, exit_code=exit_code, reason=reason or None, warm=warm)
 
-    async def _follow(self, job: RunningJob) -> int | None:
-        """Stream the guest's events until its exit event, a stop request, or the job timeout."""
+    async def _follow(
+        self, job: RunningJob, steps: Coroutine[Any, Any, workflowjob.Outcome] | None = None
+    ) -> int | None:
+        """Stream the guest's events until its exit event, a stop request, or the job timeout; or, for a
+        built-in workflow job, drive its ``steps`` until they end, a stop request, or the job timeout."""
         assert job.machine is not None
         exit_code: int | None = None
         spec_id = job.lease.job.id
@@ -377,7 +386,7 @@ class Agent:
                         job.outcome = batch[ends].outcome
                         return
 
-        reader = asyncio.create_task(consume())
+        reader: asyncio.Task[Any] = asyncio.create_task(consume() if steps is None else steps)
         stopper = asyncio.create_task(job.stop.wait())
         done, _ = await asyncio.wait(
             {reader, stopper}, timeout=self.config.job_timeout_seconds, return_when=asyncio.FIRST_COMPLETED
@@ -390,6 +399,9 @@ class Agent:
                 await t
         if reader in done and reader.exception():
             raise reader.exception()  # type: ignore[misc]
+        if steps is not None and reader in done:
+            job.workflow = reader.result()
+            exit_code = job.workflow.exit_code
         if job.stop_reason:
             await self.output.emit(
                 spec_id,
@@ -399,12 +411,20 @@ class Agent:
             )
         return exit_code
 
-    async def _report(self, job_id: str, state: str, *, reason: str = "", exit_code: int | None = None) -> None:
+    async def _report(
+        self, job_id: str, state: str, *, reason: str = "", exit_code: int | None = None, **extra: Any
+    ) -> None:
         try:
             await self.control.report(
                 job_id,
                 wire.StatusReport.model_validate(
-                    {"state": state, "reason": reason, "exit_code": exit_code, "traceparent": tracing.traceparent()}
+                    {
+                        "state": state,
+                        "reason": reason,
+                        "exit_code": exit_code,
+                        "traceparent": tracing.traceparent(),
+                        **extra,
+                    }
                 ),
             )
         except SmithError as exc:

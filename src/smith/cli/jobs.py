@@ -20,7 +20,9 @@ from smith.cli.common import (
     whole,
 )
 
-app: typer.Typer = typer.Typer(help="Jobs: recent, show, status (queue health), cancel, submit.", no_args_is_help=True)
+app: typer.Typer = typer.Typer(
+    help="Jobs: recent, show, status (queue health), cancel, submit, dispatch (a workflow).", no_args_is_help=True
+)
 
 URL = typer.Option(None, "--url", "--base-url", help="Control plane URL [env SMITH_CONTROL_URL]")
 TOKEN = typer.Option(None, "--token", help="Operator token [env SMITH_OPERATOR_TOKEN]")
@@ -156,6 +158,32 @@ def submit(
         print_json(job)
     else:
         console.print(f"queued {job['id']} on {job['runner_class']}")
+
+
+@app.command()
+def dispatch(
+    repository: str = typer.Argument(..., help="owner/name, as configured in SMITH_WORKFLOW_REPOS"),
+    workflow: str = typer.Argument(..., help="The workflow file's path, e.g. .github/workflows/ci.yml"),
+    ref: str = typer.Option("main", help="Branch, tag or commit to run"),
+    inputs: list[str] = typer.Option([], "--input", help="A workflow_dispatch input K=V (repeat)"),
+    url: str = URL,
+    token: str = TOKEN,
+    json_out: bool = JSON,
+) -> None:
+    """Run a configured repository's workflow (workflow_dispatch) with Smith's built-in executor."""
+    given = {}
+    for pair in inputs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"--input {pair!r}: use KEY=VALUE")
+        given[key] = value
+    body = {"repository": repository, "workflow": workflow, "ref": ref, "inputs": given}
+    with _client(url, token) as c:
+        out = check(c.post("/v1/workflows/dispatch", json=body))
+    if json_out:
+        print_json(out)
+    else:
+        console.print(f"started run {', '.join(out['runs'])} (GET /v1/workflows/runs/<id> shows it)")
 
 
 if __name__ == "__main__":  # python -m smith.cli.jobs ...: the same commands as `smith jobs ...`

@@ -44,6 +44,15 @@ class SubmitRequest(BaseModel):
     repo: str = Field("", max_length=256)
 
 
+class DispatchRequest(BaseModel):
+    repository: str = Field(max_length=256, description="owner/name, configured in SMITH_WORKFLOW_REPOS")
+    workflow: str = Field(max_length=1024, description="The workflow file's path, e.g. .github/workflows/ci.yml")
+    ref: str = Field("main", max_length=256)
+    inputs: dict[Annotated[str, Field(max_length=256)], Annotated[str, Field(max_length=65536)]] = Field(
+        default_factory=dict, max_length=100
+    )
+
+
 class CancelRequest(BaseModel):
     reason: str = Field("cancelled by operator", max_length=500)
 
@@ -269,6 +278,15 @@ def create_app(
         reason = body.reason + f" ({who})"
         outcome = await jobs.cancel(job_id, reason)
         return {"outcome": outcome, "job": job_view(await jobs.get(job_id)).model_dump()}
+
+    @app.post("/v1/workflows/dispatch", status_code=201, tags=["operators"], openapi_extra=_body_doc(DispatchRequest))
+    async def dispatch(request: Request, _: Operator) -> dict[str, Any]:
+        body = await _json_body(request, DispatchRequest, settings.operator_max_body_bytes)
+        return {"runs": await plane.workflows.dispatch(body.repository, body.workflow, body.ref, body.inputs)}
+
+    @app.get("/v1/workflows/runs/{run_id}", tags=["operators"])
+    async def workflow_run(run_id: str, _: Operator) -> dict[str, Any]:
+        return await plane.workflows.view(run_id)
 
     @app.get("/v1/queue", tags=["operators"])
     async def queue(_: Operator) -> dict[str, Any]:

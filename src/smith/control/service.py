@@ -21,6 +21,7 @@ from smith.control.githubview import already_taken, resolve_waiting
 from smith.control.settings import ControlSettings
 from smith.control.spool import Spool
 from smith.control.sweep import sweep_runners
+from smith.control.workflows import WorkflowRuns
 from smith.domain.jobs import Job, JobState, match_runner_class
 from smith.errors import ConfigError, Conflict, InvalidInput, SmithError, Unavailable
 from smith.logging import bind, get_logger
@@ -65,6 +66,7 @@ class ControlPlane:
         self._sweeper: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
         self.github = GitHubHealth(settings.github_retry_max_seconds, redis=jobs.r)
+        self.workflows = WorkflowRuns.for_plane(settings, jobs, self.classes, credentials)
 
     # -- lifecycle ----------------------------------------------------------------------------------------
 
@@ -122,6 +124,7 @@ class ControlPlane:
                 if self.spool is not None:
                     await self.spool.replay(self.webhook)
                 counts = await self.reclaim()
+                await self.workflows.sweep()
                 await self.jobs.forget_agents(self._by_name, self.settings.agent_forget_seconds)
                 if counts.get("requeued") or counts.get("failed"):
                     log.info("leases reclaimed", **counts)
@@ -240,6 +243,9 @@ class ControlPlane:
                 reason=d.reason or None,
             )
             return result, res.acked
+        if event in ("push", "pull_request") and (ran := await self.workflows.webhook(event, delivery, payload)):
+            res = await self.jobs.record_queued(delivery, None, {**base, **ran}, {**base, **ran})
+            return ({"outcome": "duplicate"} if res.outcome == "duplicate" else ran), res.acked
         reason = "pong" if event == "ping" else f"event {event!r} is not handled"
         outcome = {**base, "outcome": "ignored" if event != "ping" else "pong", "reason": reason}
         res = await self.jobs.record_queued(delivery, None, outcome, outcome)
@@ -359,6 +365,7 @@ class ControlPlane:
                 head_branch=job.head_branch,
                 run=job.run or (s.dev_demo_script or "" if job.source == "github" and runner is None else ""),
                 attempt=job.attempts,
+                steps=await self.workflows.spec_for(job),
             ),
             runner=runner,
             cache=cache,
@@ -386,6 +393,7 @@ class ControlPlane:
             leased = await self.jobs.get(job_id)
             if leased.source == "github" and not leased.run and self.credentials is not None:
                 return await self._runner_report(agent_id, leased, req)
+            await self.workflows.finished(agent_id, leased, req)
         if req.state == "released":
             raise InvalidInput("only a GitHub runner job can be released")
         with tracing.span("report", req.traceparent, child_only=True, state=req.state):
@@ -394,6 +402,7 @@ class ControlPlane:
             )
         log.info("job state", state=req.state, exit_code=req.exit_code)
         metrics.job_reported(job)
+        await self.workflows.reported(job)
         if req.state in ("cancelled", "failed") and job.source == "github" and self.credentials is not None:
             # An ephemeral runner that never finished a job stays registered (offline) on GitHub: remove it.
             task = asyncio.create_task(self._release_runner(job))

@@ -126,6 +126,11 @@ class ControlSettings(CommonSettings):
     github_retry_max_seconds: float = Field(
         300.0, gt=0, description="Longest pause after GitHub's API failed before runner jobs are handed out again"
     )
+    workflow_repos: Path | None = Field(
+        None,
+        description="YAML/JSON file of repositories whose workflows Smith runs itself on push/pull_request "
+        "webhooks and workflow_dispatch (docs/parts/workflows.md)",
+    )
     # Where the VM reaches the other services (handed to the agent with each job)
     cache_url: str | None = None
     cache_shared_secret: SecretStr | None = None

@@ -147,4 +147,5 @@ class Job:
     started_at: float | None = None
     finished_at: float | None = None
     updated_at: float = 0.0
+    wf_run: str = ""  # the built-in workflow run this job is one job of (control/workflows.py); "" for others
     trace: str = ""  # W3C traceparent of the job's trace (smith.tracing); empty when tracing is off

@@ -109,6 +109,7 @@ class FakeGitHub:
     base_path: str = ""  # "/api/v3" to look like GitHub Enterprise Server
     spec: OpenAPI = field(default_factory=github_rest)
     violations: list[str] = field(default_factory=list)  # responses the fake sent against the description
+    statuses: list[dict[str, Any]] = field(default_factory=list)  # commit statuses created, in order
 
     def __post_init__(self) -> None:
         self.app_id = str(self.app_id)
@@ -218,6 +219,7 @@ class FakeGitHub:
             handlers[("GET", f"{prefix}/installation")] = self._installation_of
         handlers[("GET", "/repos/{owner}/{repo}/actions/jobs/{job_id}")] = self._workflow_job
         handlers[("GET", "/repos/{owner}/{repo}/actions/runs/{run_id}")] = self._workflow_run
+        handlers[("POST", "/repos/{owner}/{repo}/statuses/{sha}")] = self._create_status
         return handlers
 
     async def _endpoint(self, request: Request) -> Response:
@@ -512,6 +514,32 @@ class FakeGitHub:
             if run is None or f"repo:{run.repo.lower()}" != scope:
                 return _error(404, "Not Found")
             return JSONResponse(run_body(run, status=self.actions.run_status(run), exclude_pull_requests=exclude))
+
+    async def _create_status(self, request: Request) -> Response:
+        """A commit status, kept in ``statuses`` (GitHub's 422 for a state outside its four is the spec check's)."""
+        _, denied = self._authorized_scope(request)
+        if denied:
+            return denied
+        body = json.loads(await request.body())
+        p = request.path_params
+        now = _iso(self.clock())
+        with self._lock:
+            status_id = next(self._ids)
+            entry = {
+                "url": f"https://api.github.com/repos/{p['owner']}/{p['repo']}/statuses/{p['sha']}",
+                "avatar_url": None,
+                "id": status_id,
+                "node_id": base64.b64encode(f"04:StatusContext{status_id}".encode()).decode(),
+                "state": body["state"],
+                "description": body.get("description"),
+                "target_url": body.get("target_url"),
+                "context": body.get("context") or "default",
+                "created_at": now,
+                "updated_at": now,
+                "creator": _account(f"app-{self.app_id}[bot]", "Bot"),
+            }
+            self.statuses.append({**entry, "repo": f"{p['owner']}/{p['repo']}", "sha": p["sha"]})
+        return JSONResponse(entry, status_code=201)
 
     async def _registration_token(self, request: Request) -> Response:
         _, denied = self._authorized_scope(request)

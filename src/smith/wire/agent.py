@@ -12,7 +12,7 @@ POST /v1/agents/jobs/{job_id}/status   StatusReport            -> JobView (409 i
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -78,6 +78,32 @@ class LeaseRequest(BaseModel):
     wait_seconds: float = Field(20.0, ge=0, le=60, allow_inf_nan=False, description="Long-poll: how long to wait")
 
 
+class WorkflowJobSpec(BaseModel):
+    """One job (one matrix combination) of a built-in workflow run: what the agent's executor needs.
+
+    The control plane evaluated the job's ``if``, its matrix and its ``needs``; the agent parses ``workflow``
+    again (the same parser) and runs job ``job`` with these contexts through the guest agent's steps mode."""
+
+    run_id: str
+    workflow: str = Field(description="The workflow file's text at the event's commit")
+    file: str = Field(description="Its path in the repository, e.g. .github/workflows/ci.yml")
+    job: str = Field(description="The job's id in the workflow")
+    key: str = Field(description="The instance's display name (the job's name, with its matrix values)")
+    matrix: dict[str, Any] = {}
+    strategy: dict[str, Any] = {}
+    needs: dict[str, Any] = {}
+    event_name: str
+    event: dict[str, Any] = {}
+    repository: str
+    sha: str
+    ref: str
+    source: str = Field(description="Where the agent clones the repository from: a local path or a git URL")
+    secrets: dict[str, str] = {}
+    vars: dict[str, str] = {}
+    inputs: dict[str, Any] = {}
+    run_number: int = 1
+
+
 class JobSpec(BaseModel):
     id: str
     runner_class: str
@@ -93,6 +119,7 @@ class JobSpec(BaseModel):
     head_branch: str = ""
     run: str = Field("", description="Shell script to run instead of GitHub's runner (API-submitted jobs)")
     attempt: int = 1
+    steps: WorkflowJobSpec | None = Field(None, description="A built-in workflow job: the agent drives its steps")
 
 
 class RunnerCredential(BaseModel):
@@ -135,6 +162,12 @@ class StatusReport(BaseModel):
     exit_code: int | None = Field(None, ge=-(2**31), le=2**31 - 1)
     reason: str = Field("", max_length=2000)
     traceparent: str | None = Field(None, max_length=256, description="W3C trace context of the agent's job span")
+    conclusion: Literal["success", "failure", "cancelled", "skipped"] | None = Field(
+        None, description="A built-in workflow job's result (continue-on-error applied)"
+    )
+    outputs: dict[Annotated[str, Field(max_length=256)], Annotated[str, Field(max_length=1 << 20)]] = Field(
+        default_factory=dict, max_length=1000, description="A built-in workflow job's outputs"
+    )
 
 
 class JobView(BaseModel):

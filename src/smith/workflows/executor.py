@@ -88,17 +88,11 @@ class Executor:
             result.conclusion = "failure"
         return result
 
-    async def _job(self, jid: str, run: RunResult) -> None:
+    def plan(self, jid: str, needs: dict[str, Any]) -> Plan | None:
+        """A job's instances once its ``needs`` are done (their result and outputs): None when its ``if``
+        says skip; ``WorkflowError`` when its ``if`` or matrix is wrong. The control plane plans built-in runs
+        with this too (control/workflows.py)."""
         job = self.workflow.jobs[jid]
-        needs = {n: await self.done[n] for n in job.needs}
-        results = [n["result"] for n in needs.values()]
-        status = "success"
-        if "failure" in results:
-            status = "failure"
-        elif "cancelled" in results:
-            status = "cancelled"
-        elif "skipped" in results:
-            status = "skipped"
         base_ctx = {
             "github": self.info.github(jid, ""),
             "needs": needs,
@@ -112,36 +106,40 @@ class Executor:
             "steps": {},
             "runner": {},
         }
+        if not evaluate_if(job.if_, Scope(base_ctx, status=needs_status(needs))):
+            return None
+        combos = self._combos(job, base_ctx)
+        strategy = job.strategy
+        fail_fast = truthy(interpolate_tree(strategy.fail_fast, Scope(base_ctx))) if strategy else True
+        max_parallel = interpolate_tree(strategy.max_parallel, Scope(base_ctx)) if strategy else None
+        most = int(float(max_parallel)) if max_parallel else len(combos)
+        strategies = [
+            {"fail-fast": fail_fast, "job-index": i, "job-total": len(combos), "max-parallel": most}
+            for i in range(len(combos))
+        ]
+        return Plan(self._keys(job, combos, base_ctx), combos, strategies, fail_fast, most)
+
+    async def _job(self, jid: str, run: RunResult) -> None:
+        job = self.workflow.jobs[jid]
+        needs = {n: await self.done[n] for n in job.needs}
         try:
-            go = evaluate_if(job.if_, Scope(base_ctx, status=status))
-            combos = self._combos(job, base_ctx) if go else []
+            plan = self.plan(jid, needs)
         except WorkflowError as exc:
             self.reporter.line(jid, "error", f"Error: job {jid}: {exc.message}")
             self._finish(jid, run, [JobResult(jid, jid, "failure", {}, 0.0, error=exc.message)])
             return
-        if not go:
+        if plan is None:
             self.reporter.job_finished(jid, "skipped", 0.0)
             self._finish(jid, run, [JobResult(jid, jid, "skipped", {}, 0.0)])
             return
-        strategy = job.strategy
-        fail_fast = truthy(interpolate_tree(strategy.fail_fast, Scope(base_ctx))) if strategy else True
-        max_parallel = interpolate_tree(strategy.max_parallel, Scope(base_ctx)) if strategy else None
-        limit = asyncio.Semaphore(int(float(max_parallel)) if max_parallel else len(combos) or 1)
+        combos, keys, fail_fast = plan.combos, plan.keys, plan.fail_fast
+        limit = asyncio.Semaphore(plan.max_parallel or 1)
         instances: list[JobResult] = []
         tasks: list[asyncio.Task[JobResult]] = []
 
-        keys = self._keys(job, combos, base_ctx)
-
         async def one(index: int, combo: dict[str, Any]) -> JobResult:
-            key = keys[index]
-            strat = {
-                "fail-fast": fail_fast,
-                "job-index": index,
-                "job-total": len(combos),
-                "max-parallel": int(float(max_parallel)) if max_parallel else len(combos),
-            }
             async with limit, self.capacity:
-                result = await self._instance(job, key, combo, strat, needs)
+                result = await self.run_instance(job, keys[index], combo, plan.strategies[index], needs)
                 result.index = index
                 return result
 
@@ -195,7 +193,7 @@ class Executor:
             combos = [c for c in combos if k in c and to_str(c[k]) == v]
         return combos
 
-    async def _instance(
+    async def run_instance(
         self, job: Job, key: str, combo: dict[str, Any], strategy: dict[str, Any], needs: dict[str, Any]
     ) -> JobResult:
         started = time.monotonic()
@@ -233,16 +231,40 @@ class Executor:
 
     def _finish(self, jid: str, run: RunResult, instances: list[JobResult], job: Job | None = None) -> None:
         run.jobs.extend(instances)
-        results = {r.result for r in instances}
-        overall = "success"
-        for state in ("failure", "cancelled", "skipped"):
-            if state in results and (state != "skipped" or results == {"skipped"}):
-                overall = state
-                break
-        outputs: dict[str, str] = {}
-        for r in instances:
-            outputs.update({k: v for k, v in r.outputs.items() if v != "" or k not in outputs})
+        overall, outputs = conclude([(r.result, r.outputs) for r in instances])
         self.done[jid].set_result({"result": overall, "outputs": outputs})
+
+
+@dataclass
+class Plan:
+    keys: list[str]
+    combos: list[dict[str, Any]]
+    strategies: list[dict[str, Any]]
+    fail_fast: bool
+    max_parallel: int
+
+
+def needs_status(needs: dict[str, Any]) -> str:
+    """The status a job's implicit ``success()`` sees: from the results of the jobs it needs."""
+    results = [n["result"] for n in needs.values()]
+    for state in ("failure", "cancelled", "skipped"):
+        if state in results:
+            return state
+    return "success"
+
+
+def conclude(instances: list[tuple[str, dict[str, str]]]) -> tuple[str, dict[str, str]]:
+    """A job's result and outputs from its instances' (matrix combinations') results and outputs."""
+    results = {r for r, _ in instances}
+    overall = "success"
+    for state in ("failure", "cancelled", "skipped"):
+        if state in results and (state != "skipped" or results == {"skipped"}):
+            overall = state
+            break
+    outputs: dict[str, str] = {}
+    for _, outs in instances:
+        outputs.update({k: v for k, v in outs.items() if v != "" or k not in outputs})
+    return overall, outputs
 
 
 def new_vm_id() -> str:

@@ -29,10 +29,14 @@ def vm_sessions(vmm: VMM, shape: VMShape, cache: ServiceAccess | None = None) ->
                 run="",
             )
             await machine.assign(GuestConfig(job=job, cache=cache, steps=True))
-            root = getattr(machine, "root", None)
-            host_workdir = Path(root) / "work" if root is not None else None
-            yield GuestSession(machine, host_workdir)  # type: ignore[arg-type]
+            yield GuestSession(machine, host_workdir(machine))  # type: ignore[arg-type]
         finally:
             await machine.stop()
 
     return open_session
+
+
+def host_workdir(machine: object) -> Path | None:
+    """The guest's work dir seen from the host, where the backend shares it (the sandbox's root), else None."""
+    root = getattr(machine, "root", None)
+    return Path(root) / "work" if root is not None else None

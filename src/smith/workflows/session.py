@@ -66,11 +66,14 @@ class GuestSession:
     async def upload(self, source: Path, dest: str, exclude: tuple[str, ...] = ()) -> None:
         """A host directory copied into the guest at ``dest`` (relative to its work dir)."""
         buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w:gz", compresslevel=1) as tar:
+        # Plain tar: a guest's Python may lack zlib (the QEMU image's does), and the copy is local anyway.
+        with tarfile.open(fileobj=buf, mode="w") as tar:
             tar.add(str(source), arcname=".", filter=lambda m: None if _excluded(m.name, exclude) else m)
-        code, _ = await self.command({"untar": {"dest": dest, "data": base64.b64encode(buf.getvalue()).decode()}})
+        said: list[str] = []
+        message = {"untar": {"dest": dest, "data": base64.b64encode(buf.getvalue()).decode()}}
+        code, _ = await self.command(message, lambda stream, text: said.append(text))
         if code != 0:
-            raise VMError(f"cannot copy {source} into the guest")
+            raise VMError(f"cannot copy {source} into the guest: {' '.join(said)[-500:] or f'exit {code}'}")
 
     async def end(self) -> None:
         with contextlib.suppress(VMError):

@@ -77,6 +77,7 @@ def job_fields(job: Job) -> dict[str, str]:
         "installation_id",
         "run",
         "trace",
+        "wf_run",
     ):
         out[name] = str(getattr(job, name))
     out["labels"] = orjson.dumps(list(job.labels)).decode()

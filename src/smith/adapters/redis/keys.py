@@ -15,6 +15,8 @@ key                               type    what
 {smith}:github:pause              string  GitHub's API failed: no runner is minted while it lives (PX)
 {smith}:github:failures           string  GitHub API failures in a row (for the pause's backoff), with TTL
 {smith}:github:alarm              string  a 401/403/404 from GitHub (JSON), with TTL, until GitHub answers
+{smith}:wfrun:<run_id>            hash    a built-in workflow run: workflow, event, its jobs' state/outputs
+{smith}:wfruns                    zset    unfinished workflow runs by creation time: advanced on every sweep
 ================================  ======  ==========================================================
 
 Every key starts with the hash tag ``{smith}``, so on a Redis Cluster they all hash to one slot: scripts and
@@ -67,3 +69,11 @@ GITHUB_SCOPES = f"{PREFIX}github:scopes"
 GITHUB_PAUSE = f"{PREFIX}github:pause"
 GITHUB_FAILURES = f"{PREFIX}github:failures"
 GITHUB_ALARM = f"{PREFIX}github:alarm"
+
+
+def wf_run(run_id: str) -> str:
+    """A built-in workflow run's record (adapters/redis/wfruns.py)."""
+    return f"{PREFIX}wfrun:{run_id}"
+
+
+WF_RUNS = f"{PREFIX}wfruns"

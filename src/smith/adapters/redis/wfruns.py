@@ -1,0 +1,68 @@
+"""Built-in workflow runs in Redis: one hash per run (keys.wf_run) beside the job records, and the set of
+unfinished runs (keys.WF_RUNS). Every change is one replayable script (wfscripts.py); reads are plain HGETALLs.
+The control plane's logic (which job is ready, matrix, results) is in smith/control/workflows.py."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from smith.adapters.redis import keys, replay, wfscripts
+from smith.adapters.redis.connect import Reachability, errors
+
+
+def _reply() -> str:
+    return keys.reply(replay.token())
+
+
+class RedisRuns:
+    def __init__(self, redis: aioredis.Redis, *, retention_seconds: int = 7 * 24 * 3600) -> None:
+        self.r: Any = redis
+        self.retention = retention_seconds
+        self.reach = Reachability()
+        self._create = redis.register_script(wfscripts.CREATE)
+        self._start = redis.register_script(wfscripts.START)
+        self._instance = redis.register_script(wfscripts.INSTANCE)
+        self._job_done = redis.register_script(wfscripts.JOB_DONE)
+        self._run_done = redis.register_script(wfscripts.RUN_DONE)
+
+    async def create(self, run_id: str, fields: Mapping[str, str]) -> bool:
+        """A new run (state running); False if a run with this id exists (a redelivered webhook)."""
+        argv: list[str] = [run_id, repr(time.time())]
+        for k, v in {**fields, "id": run_id, "state": "running", "created_at": repr(time.time())}.items():
+            argv += [k, v]
+        async with errors(self.reach):
+            return bool(await self._create(keys=[keys.wf_run(run_id), keys.WF_RUNS, _reply()], args=argv))
+
+    async def get(self, run_id: str) -> dict[str, str]:
+        async with errors(self.reach):
+            return dict(await self.r.hgetall(keys.wf_run(run_id)))
+
+    async def unfinished(self, limit: int = 1000) -> list[str]:
+        async with errors(self.reach):
+            return [str(x) for x in await self.r.zrange(keys.WF_RUNS, 0, limit - 1)]
+
+    async def start_job(self, run_id: str, job: str, instances: Mapping[str, str]) -> bool:
+        """Mark a waiting job started with its instances (smith job id -> spec JSON); False if it was not
+        waiting (another caller started it)."""
+        argv = [job, str(len(instances))]
+        for smith_id, spec in instances.items():
+            argv += [smith_id, spec]
+        async with errors(self.reach):
+            return bool(await self._start(keys=[keys.wf_run(run_id), _reply()], args=argv))
+
+    async def instance_done(self, run_id: str, job: str, index: int, result: str) -> bool:
+        async with errors(self.reach):
+            return bool(await self._instance(keys=[keys.wf_run(run_id), _reply()], args=[job, index, result]))
+
+    async def job_done(self, run_id: str, job: str, result: str) -> bool:
+        async with errors(self.reach):
+            return bool(await self._job_done(keys=[keys.wf_run(run_id), _reply()], args=[job, result]))
+
+    async def run_done(self, run_id: str, conclusion: str) -> bool:
+        args: list[str | int] = [run_id, conclusion, repr(time.time()), self.retention]
+        async with errors(self.reach):
+            return bool(await self._run_done(keys=[keys.wf_run(run_id), keys.WF_RUNS, _reply()], args=args))

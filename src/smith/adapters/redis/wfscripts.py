@@ -1,0 +1,53 @@
+"""Lua scripts of the built-in workflow runs (wfruns.py). Each is one state change of a run record, wrapped by
+``replay.replayable`` (the last of KEYS is its reply key), so a resent call answers as the first did.
+
+The run hash's fields: the run's own (``repo``, ``workflow``, ``event``, ``state``, ``conclusion``, ...), and per
+workflow job ``j:<job>`` (waiting | started | done), ``n:<job>`` (how many instances: matrix combinations),
+``s:<smith job id>`` (one instance's spec, JSON), ``i:<job>:<index>`` (an instance's result, JSON) and
+``r:<job>`` (the job's result and outputs, JSON)."""
+
+from __future__ import annotations
+
+from smith.adapters.redis.replay import replayable
+
+# KEYS: run, runs, reply. ARGV: run id, created_at, then field/value pairs. 1: created; 0: it existed.
+CREATE = replayable("""
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+return 1
+""")
+
+# KEYS: run, reply. ARGV: job, instance count, then smith id/spec pairs. 1: this call started the job.
+START = replayable("""
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local state = redis.call('HGET', KEYS[1], 'j:' .. ARGV[1])
+if state and state ~= 'waiting' then return 0 end
+redis.call('HSET', KEYS[1], 'j:' .. ARGV[1], 'started', 'n:' .. ARGV[1], ARGV[2])
+for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[1], 's:' .. ARGV[i], ARGV[i + 1]) end
+return 1
+""")
+
+# KEYS: run, reply. ARGV: job, index, result JSON. 1: recorded; 0: that instance had a result already.
+INSTANCE = replayable("""
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+return redis.call('HSETNX', KEYS[1], 'i:' .. ARGV[1] .. ':' .. ARGV[2], ARGV[3])
+""")
+
+# KEYS: run, reply. ARGV: job, result JSON. 1: the job is done now; 0: it was already.
+JOB_DONE = replayable("""
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('HGET', KEYS[1], 'j:' .. ARGV[1]) == 'done' then return 0 end
+redis.call('HSET', KEYS[1], 'j:' .. ARGV[1], 'done', 'r:' .. ARGV[1], ARGV[2])
+return 1
+""")
+
+# KEYS: run, runs, reply. ARGV: run id, conclusion, finished_at, retention seconds. 1: this call finished it.
+RUN_DONE = replayable("""
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('HGET', KEYS[1], 'state') == 'completed' then return 0 end
+redis.call('HSET', KEYS[1], 'state', 'completed', 'conclusion', ARGV[2], 'finished_at', ARGV[3])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[4]))
+return 1
+""")
