@@ -53,8 +53,8 @@ def short_dir() -> Iterator[Path]:
 @pytest.mark.xfail(
     strict=False,
     reason="intermittent: under software emulation the guest sometimes never announces ready after its init started "
-    "(seen in 3 full runs of 6, never alone; the agent-driven QEMU workflow test in test_platform.py passes); not "
-    "explained yet",
+    "(in 3 of the last 4 full runs, never when run alone; the agent-driven QEMU workflow test in test_platform.py "
+    "passes); not explained yet",
 )
 async def test_workflow_on_qemu(tmp_path: Path, short_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     try:
