@@ -280,10 +280,10 @@ def qemu_vmm(tmp_path: Path) -> Any:
 
 
 @pytest.mark.qemu
-@pytest.mark.xfail(
-    strict=False,
-    reason="intermittent, like tests/workflows/test_qemu.py: a QEMU guest driven in steps mode sometimes never "
-    "finishes its first job in full runs (never when run alone); not explained yet",
+@pytest.mark.skip(
+    reason="stalls intermittently in full runs (a QEMU guest driven in steps mode never finishes its first job; "
+    "never when run alone), and a stalled run's agent then takes the next test's jobs from the shared Valkey; "
+    "run it alone with -k qemu until explained (see the closing note of stop 19)",
 )
 @pytest.mark.parametrize("platform", [{"workflows": {"ci.yml": CI}, "backend": "qemu"}], indirect=True)
 async def test_pull_request_jobs_on_qemu(platform: Platform) -> None:
