@@ -68,6 +68,21 @@ async def supervise(
             delay = min(delay * 2, max_delay)
 
 
+async def stop_task(task: asyncio.Task[object] | asyncio.Task[None], seconds: float = 5.0) -> bool:
+    """Cancel ``task`` and wait until it has ended, cancelling it again every 50 ms: a library that swallows one
+    cancellation (seen with redis-py's client between a command and its connection's release) would otherwise
+    leave a loop running on, and its owner waiting forever. True if it ended within ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=max(0.0, min(0.05, deadline - time.monotonic())))
+        if time.monotonic() >= deadline:
+            break
+    if task.done() and not task.cancelled():
+        task.exception()  # retrieved: an error it ended with was logged by its supervisor
+    return task.done()
+
+
 async def wait_event(event: asyncio.Event, seconds: float) -> bool:
     """Wait until ``event`` is set or ``seconds`` pass; True if it was set.
 

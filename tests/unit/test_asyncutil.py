@@ -4,11 +4,12 @@ and ``ready_batches`` (what is already read comes together, in order, errors aft
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 import pytest
 
-from smith.asyncutil import EXIT_FATAL, ready_batches, supervise
+from smith.asyncutil import EXIT_FATAL, ready_batches, stop_task, supervise
 
 
 async def test_an_unexpected_error_starts_the_loop_again() -> None:
@@ -46,6 +47,49 @@ async def test_cancel_stops_it() -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+async def swallows_one_cancel(swallowed: list[int]) -> None:
+    """What a client library that eats a cancellation does: the caller's loop goes on as if nothing happened."""
+    try:
+        await asyncio.sleep(3600)
+    except asyncio.CancelledError:
+        swallowed.append(1)
+
+
+async def test_stop_task_ends_a_loop_that_swallowed_a_cancellation() -> None:
+    swallowed: list[int] = []
+    rounds = asyncio.Event()
+
+    async def loop() -> None:
+        await swallows_one_cancel(swallowed)
+        while True:  # the reaper's shape: sleep, work, again
+            rounds.set()
+            await asyncio.sleep(0.01)
+
+    task = asyncio.create_task(supervise("test", loop))
+    await asyncio.sleep(0.01)
+    task.cancel()  # what a plain cancel-and-await did: the loop runs on
+    await asyncio.wait_for(rounds.wait(), 5)
+    assert swallowed == [1] and not task.done()
+    assert await stop_task(task, seconds=5)
+    assert task.cancelled()
+
+
+async def test_stop_task_gives_up_on_a_task_that_never_ends() -> None:
+    give_in = asyncio.Event()
+
+    async def stubborn() -> None:
+        while not give_in.is_set():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(3600)
+
+    task = asyncio.create_task(stubborn())
+    await asyncio.sleep(0)
+    assert not await stop_task(task, seconds=0.2)
+    assert not task.done()
+    give_in.set()
+    assert await stop_task(task, seconds=5)
 
 
 async def test_ready_batches_groups_what_is_already_there_in_order() -> None:

@@ -13,7 +13,7 @@ import orjson
 from smith import tokens, tracing
 from smith.adapters.redis.connect import StoreFailure
 from smith.adapters.redis.jobs import Lease, RedisJobs, runner_classes_for
-from smith.asyncutil import supervise
+from smith.asyncutil import stop_task, supervise
 from smith.control import metrics, webhooks
 from smith.control.cachescope import lease_cache_claims
 from smith.control.githubhealth import GitHubHealth
@@ -110,10 +110,8 @@ class ControlPlane:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(task, 5)
         for loop in (self._reaper, self._sweeper):
-            if loop:
-                loop.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await loop
+            if loop and not await stop_task(loop):
+                log.error("background loop did not stop", loop=loop.get_name())
         if self.credentials:
             await self.credentials.aclose()
 
