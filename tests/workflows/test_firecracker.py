@@ -5,11 +5,15 @@ smith/adapters/firecracker/events.py). Corpus workflows run through the same exe
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from typer.testing import CliRunner
 
+from smith.cli import app
 from smith.domain.vms import VMShape
 from smith.workflows.executor import Executor, RunResult
 from smith.workflows.local import find_workflows, run_info, selected
@@ -86,3 +90,57 @@ async def test_without_vsock_a_workflow_job_is_refused_naming_why(
         assert "workflow steps go over the guest's vsock channel, and the serial console is one-way" in tolerant.error
         assert why in tolerant.error and "about to fail" not in log
         assert rig.leftovers() == [] and rig.network.in_use == {}
+
+
+@pytest.mark.parametrize(
+    ("corpus", "code", "results"),
+    [
+        ("outputs", 0, {"produce": "success", "consume": "success"}),
+        ("failing", 1, {"tolerant": "success", "strict": "failure", "after": "skipped", "report": "success"}),
+    ],
+)
+def test_smith_run_on_the_firecracker_backend(
+    rig: Rig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, corpus: str, code: int, results: dict[str, str]
+) -> None:
+    """`smith run --backend firecracker`: live output, the JSON result and the exit code, on Firecracker VMs (the
+    fake; the backend is built from the agent's settings, which want KVM and root: see the next test)."""
+    asked: list[str] = []
+
+    def backend(name: str, work: Path, network: bool) -> Any:
+        asked.append(name)
+        return rig.vmm
+
+    monkeypatch.setattr("smith.cli.run._vmm", backend)
+    repo = copy_repo(corpus, tmp_path)
+    done = CliRunner().invoke(
+        app, ["run", str(repo), "--backend", "firecracker", "--secret", "API_TOKEN=s3cr3t", "--json"]
+    )
+    assert asked == ["firecracker"]
+    assert done.exit_code == code, done.stderr
+    [run] = json.loads(done.stdout)
+    assert {j["job"]: j["result"] for j in run["jobs"]} == results
+    if corpus == "outputs":
+        assert run["jobs"][0]["outputs"]["version"] == "1.2.3" and "token is ***" in done.stderr
+    else:
+        assert "flaky outcome=failure conclusion=success" in done.stderr
+    assert f"workflow {run['workflow']}: {run['conclusion']}" in done.stderr  # the summary table
+    assert rig.leftovers() == [] and rig.network.in_use == {}
+
+
+def test_smith_run_builds_the_firecracker_backend_from_the_agent_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from smith.adapters.firecracker.vmm import FirecrackerVMM
+    from smith.agent.backends import _kvm_usable
+    from smith.cli.run import _vmm
+
+    usable, why = _kvm_usable("on")
+    if not usable:
+        pytest.skip(f"smith run takes the Firecracker backend only where KVM is usable: {why}")
+    for rig in make_rig():
+        config = rig.vmm.config
+        monkeypatch.setenv("SMITH_AGENT_FIRECRACKER_BIN", str(config.firecracker_bin))
+        monkeypatch.setenv("SMITH_AGENT_KERNEL", str(config.kernel))
+        monkeypatch.setenv("SMITH_AGENT_ROOTFS", str(config.rootfs))
+        monkeypatch.setenv("SMITH_AGENT_KVM", "on")  # a PVM host's /dev/kvm (the development machines) too
+        vmm = _vmm("firecracker", rig.base / "run", network=False)  # short: as smith run's /tmp/smith-run-*
+        assert isinstance(vmm, FirecrackerVMM) and vmm.config.vsock  # workflow steps need the vsock channel
+        assert (vmm.config.firecracker_bin, vmm.config.kernel) == (config.firecracker_bin, config.kernel)
