@@ -4,6 +4,8 @@ smith/adapters/firecracker/events.py). Corpus workflows run through the same exe
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import io
 import json
 from collections.abc import Iterator
@@ -15,6 +17,8 @@ from typer.testing import CliRunner
 
 from smith.cli import app
 from smith.domain.vms import VMShape
+from smith.wire.agent import JobSpec
+from smith.wire.guest import GuestConfig, GuestEvent
 from smith.workflows.executor import Executor, RunResult
 from smith.workflows.local import find_workflows, run_info, selected
 from smith.workflows.machines import vm_sessions
@@ -144,3 +148,71 @@ def test_smith_run_builds_the_firecracker_backend_from_the_agent_settings(monkey
         vmm = _vmm("firecracker", rig.base / "run", network=False)  # short: as smith run's /tmp/smith-run-*
         assert isinstance(vmm, FirecrackerVMM) and vmm.config.vsock  # workflow steps need the vsock channel
         assert (vmm.config.firecracker_bin, vmm.config.kernel) == (config.firecracker_bin, config.kernel)
+
+
+async def test_a_flooding_guest_cannot_deadlock_the_channel(rig: Rig) -> None:
+    """The guest reads commands only between steps, and its writes wait while the host does not read (vsock is
+    flow-controlled). The host sends a second, large command while the first still floods output, and nobody
+    consumes ``events()`` meanwhile: that send can only complete once the guest has read it, i.e. once the host
+    has drained every line of the flood on its own. Both steps then come through whole."""
+    lines, width = 4000, 1000  # ~4 MB each way: far past the socket buffers and the writer's high-water mark
+    machine = await rig.vmm.boot(SHAPE, "flood")
+    try:
+        job = JobSpec(id="flood", runner_class="workflow", vcpus=1, memory_mib=512, run="")
+        await machine.assign(GuestConfig(job=job, steps=True))
+        flood = f"head -c {lines * width} /dev/zero | tr '\\0' x | fold -w {width}"
+        big = "y" * (lines * width)
+
+        async def both() -> None:
+            await machine.send({"argv": ["sh", "-c", flood]})
+            await machine.send({"write": {"big.txt": big}, "argv": ["wc", "-c", "big.txt"]})
+
+        await asyncio.wait_for(both(), 120)  # a liveness bound, not a timing: a deadlock never gets past it
+        seen: list[GuestEvent] = []
+        async for event in machine.events():
+            if event.type in ("line", "step") and event.seq:  # the guest agent's, not the console's
+                seen.append(event)
+            if sum(e.type == "step" for e in seen) == 2:
+                break
+        flooded = [e for e in seen if e.type == "line" and e.stream == "stdout" and e.line == "x" * width]
+        assert len(flooded) == lines
+        assert [e.exit_code for e in seen if e.type == "step"] == [0, 0]
+        assert any(e.line == f"{lines * width} big.txt" for e in seen)
+        await machine.send({"end": True})
+    finally:
+        await machine.stop()
+    assert rig.leftovers() == []
+
+
+async def test_a_guest_that_reads_nothing_holds_up_only_the_send(rig: Rig) -> None:
+    """A guest busy in a long step reads no command: a large send waits (flow control), its output still comes,
+    and the job's end (the send cancelled, the VM stopped) leaves nothing behind."""
+    machine = await rig.vmm.boot(SHAPE, "slow")
+    try:
+        job = JobSpec(id="slow", runner_class="workflow", vcpus=1, memory_mib=512, run="")
+        await machine.assign(GuestConfig(job=job, steps=True))
+        await machine.send({"argv": ["sh", "-c", "echo busy $$; exec sleep 600"]})
+        pending = asyncio.ensure_future(machine.send({"write": {"big.txt": "y" * 4_000_000}}))
+        async for event in machine.events():
+            if event.type == "line" and event.line.startswith("busy "):
+                step = int(event.line.split()[1])
+                break
+        assert not pending.done()  # the guest cannot have read it: it is still in its first step
+        pending.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await pending
+    finally:
+        await machine.stop()
+    assert rig.leftovers() == [] and rig.network.in_use == {}
+    await until_gone(step)  # the step ended with its VM (the fake kills what the guest started, as a VM's end does)
+
+
+async def until_gone(pid: int) -> None:
+    for _ in range(200):
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                return
+        except OSError:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"process {pid} outlived its VM")
