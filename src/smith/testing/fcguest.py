@@ -20,8 +20,9 @@
   snapshot keeps its template's until the image's guest agent (``--set-net``) takes the ones the config's
   envelope names. The guest prints ``eth0: <mac> <address>`` on the console whenever they are set.
 * Vsock: with a vsock device configured (and ``vsock``: the kernel has it) the guest agent's connection to the
-  host's port reaches the Unix socket ``<uds_path>_<port>`` on the host, as Firecracker forwards it; nobody
-  listening there fails the connection, and the agent falls back to the console.
+  host's port reaches the Unix socket ``<uds_path>_<port>`` on the host, as Firecracker forwards it (a stream
+  both ways: workflow steps come back on it); nobody listening there fails the connection, and the agent falls
+  back to the console.
 * Shutdown: when the guest agent is done, init runs its last command (read from the image's ``init.sh``). On
   x86 ``poweroff -f`` halts the vCPUs and Firecracker keeps running; ``reboot -f`` with ``reboot=k`` exits it.
   Ctrl+Alt+Del makes the kernel signal PID 1 (SIGINT), which a shell init ignores unless it traps it; a
