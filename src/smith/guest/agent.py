@@ -661,9 +661,9 @@ def channel_inbox(sock: socket.socket) -> Callable[[], dict[str, Any] | None]:
     def next_message() -> dict[str, Any] | None:
         try:
             line = reader.readline()
-        except OSError:
+            return dict(json.loads(line)) if line.strip() else None
+        except (OSError, ValueError):  # a break, or a line cut short by one: the host is gone
             return None
-        return dict(json.loads(line)) if line.strip() else None
 
     return next_message
 
