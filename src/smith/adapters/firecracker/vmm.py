@@ -26,10 +26,10 @@ rest of the job. The serial console (Firecracker's stdout, which drops bytes nob
 process start (:mod:`.console`); the guest agent's events come over vsock where the guest kernel has it
 (:mod:`.events`, listening in the chroot before InstanceStart), else on the console. A workflow job's steps go
 to the guest on that same vsock connection (:meth:`FirecrackerMachine.send`); without it (vsock off, or a guest
-kernel without vsock: its events come on the console) a steps-mode job is refused, naming why. The guest's init ends with
-``reboot -f`` and the kernel has ``reboot=k``, so Firecracker exits as soon as the job is done (``poweroff``
-would leave it running on x86); ``stop()`` waits for that, else sends Ctrl+Alt+Del (init traps it and reboots),
-kills after a bound, and unwinds the stack.
+kernel without vsock: its events come on the console) a steps-mode job is refused, naming why. The guest's init
+ends with ``reboot -f`` and the kernel has ``reboot=k``, so Firecracker exits as soon as the job is done
+(``poweroff`` would leave it running on x86); ``stop()`` waits for that, else sends Ctrl+Alt+Del (init traps it
+and reboots), kills after a bound, and unwinds the stack.
 """
 
 from __future__ import annotations
