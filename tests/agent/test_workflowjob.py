@@ -1,4 +1,4 @@
-"""A built-in workflow job on a backend that cannot drive steps (Firecracker: no command channel yet) is refused
+"""A built-in workflow job on a machine that cannot drive steps (no way to send the guest a command) is refused
 with a clear message before anything runs."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from smith.wire import agent as wire
 
 
 class NoSteps:
-    """A machine as the Firecracker backend gives: events, but no way to send the guest a command."""
+    """A machine with events but no way to send the guest a command."""
 
     id = "fc-1"
 

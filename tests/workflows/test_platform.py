@@ -39,6 +39,7 @@ from smith.logs.app import create_app as create_logs_app
 from smith.logs.settings import LogsSettings
 from smith.testing.github import FakeGitHub
 from smith.testing.servers import ThreadedServer
+from tests.agent.firecracker_support import make_rig
 from tests.control.conftest import APP_ID, INSTALLATION, agent_token, github_app, make_settings, operator_token, signed
 from tests.logs.conftest import AGENT_SECRET as LOGS_AGENT_SECRET
 from tests.logs.conftest import JWT_SECRET as LOGS_JWT_SECRET
@@ -219,6 +220,8 @@ async def platform(
     vmm: Any = SandboxVMM(tmp_path / "sbx")
     if request.param.get("backend") == "qemu":
         vmm = qemu_vmm(tmp_path)
+    if request.param.get("backend") == "firecracker":
+        vmm = firecracker_vmm(request)
     repo, base_sha, head_sha = make_repo(tmp_path, workflows)
     config = tmp_path / "workflow-repos.yml"
     config.write_text(json.dumps({"repositories": [{"repository": REPO, "source": str(repo)}]}))
@@ -277,6 +280,14 @@ def qemu_vmm(tmp_path: Path) -> Any:
         pytest.skip(f"cannot build a guest image here: {exc.message}")
     short = Path(tempfile.mkdtemp(prefix="sq", dir="/tmp"))  # Unix socket paths must stay short
     return QemuVMM(short, QemuConfig(kernel=image.vmlinux, initrd=image.initrd, accel="tcg"))
+
+
+def firecracker_vmm(request: pytest.FixtureRequest) -> Any:
+    """The Firecracker backend on the fake Firecracker (its guest is the real guest agent; no root or KVM)."""
+    rigs = make_rig()
+    rig = next(rigs)
+    request.addfinalizer(rigs.close)  # after the platform's own teardown (the agent stops its VMs first)
+    return rig.vmm
 
 
 @pytest.mark.qemu
@@ -342,3 +353,27 @@ async def test_a_failing_workflow_reports_failure(platform: Platform) -> None:
     assert "lint found 3 problems" in log and "Error: Process completed with exit code 3." in log
     assert [s["state"] for s in await p.statuses(2)] == ["pending", "failure"]
     assert p.fake.statuses[-1]["description"] == "failed: lint"
+
+
+@pytest.mark.parametrize(
+    "platform", [{"workflows": {"ci.yml": CI, "lint.yml": FAILING}, "backend": "firecracker"}], indirect=True
+)
+async def test_pull_request_jobs_on_firecracker(platform: Platform) -> None:
+    """The runs on the Firecracker backend (the fake): steps over vsock, checkout copied in, the output passed on,
+    a failing step's exit code, step logs in the pipeline, a status per workflow."""
+    p = platform
+    r = await asyncio.to_thread(p.deliver, pull_request_payload(10, p.base_sha, p.head_sha))  # type: ignore[attr-defined]
+    runs = [await p.wait_run(run_id, lambda run: run["state"] == "completed") for run_id in r.json()["runs"]]
+    ci, lint = sorted(runs, key=lambda run: "lint" in run["jobs"])
+    assert ci["conclusion"] == "success", ci
+    assert ci["jobs"]["build"]["outputs"] == {"version": "1.2.3"}
+    [build_id], [test_id] = ci["jobs"]["build"]["smith_jobs"], ci["jobs"]["test"]["smith_jobs"]
+    build_log, test_log = await p.log_lines(build_id), await p.log_lines(test_id)
+    assert "▶ Read the version" in build_log and f"built 1.2.3 at {p.head_sha}" in build_log  # type: ignore[attr-defined]
+    assert "testing version 1.2.3" in test_log and any(x.startswith("✓ job test: success [") for x in test_log)
+    assert lint["conclusion"] == "failure" and lint["jobs"]["lint"]["result"] == "failure"
+    [lint_id] = lint["jobs"]["lint"]["smith_jobs"]
+    lint_log = await p.log_lines(lint_id)
+    assert "lint found 3 problems" in lint_log and "Error: Process completed with exit code 3." in lint_log
+    finals = {s["context"]: s["state"] for s in (await p.statuses(4))[-4:] if s["state"] != "pending"}
+    assert finals == {"smith/CI": "success", "smith/Lint": "failure"}

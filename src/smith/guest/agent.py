@@ -23,8 +23,9 @@ on ``EVENTS_PORT``, which Firecracker forwards to a Unix socket the host agent l
 its end, so the exit event is known to have arrived. Without vsock (no module, no device, nobody listening) or if
 the channel breaks, events go to ``--out`` (the console). ``--events-socket PATH`` is the same over a Unix socket.
 
-Steps mode (``"steps": true`` in the config; stdin or a port): the host drives a job one command at a time, as
-Smith's workflow executor does. After the config, each further JSON line is a command, ``{"argv": [...],
+Steps mode (``"steps": true`` in the config): the host drives a job one command at a time, as Smith's workflow
+executor does. Each JSON line after the config on its stream (stdin, the port), or on the event channel when
+there is one (Firecracker: vsock is two-way; MMDS is no stream), is a command, ``{"argv": [...],
 "env": {...}, "cwd": ..., "timeout": s, "write": {path: text}, "untar": {"dest": ..., "data": base64},
 "collect": [paths]}``: the agent writes the files, unpacks the archive, empties the ``collect`` files, runs
 ``argv`` (its ``line`` events as usual), then sends ``{"type": "step", "exit_code": n, "files": {path: text}}``
@@ -641,6 +642,32 @@ def inbox_for(args: argparse.Namespace) -> Callable[[], dict[str, Any] | None]:
     return next_message
 
 
+def steps_over(config: dict[str, Any], out: Output, args: argparse.Namespace, channel: socket.socket | None) -> int:
+    """Steps mode on a two-way channel: the event channel itself when there is one (vsock under Firecracker:
+    the host writes its commands back on the connection the guest opened), else the config's own stream (stdin,
+    the QEMU config port). MMDS and a config file are no streams: without the event channel, no steps."""
+    if channel is not None:
+        return serve_steps(config, out, args.workdir, channel_inbox(channel))
+    if not (args.config_file or args.mmds):
+        return serve_steps(config, out, args.workdir, inbox_for(args))
+    out.emit("line", stream="system", line="smith: steps mode needs a two-way channel (vsock): the console is one-way")
+    return 125
+
+
+def channel_inbox(sock: socket.socket) -> Callable[[], dict[str, Any] | None]:
+    """Steps-mode commands read from the event channel, one JSON line each; its end (or a break) ends the job."""
+    reader = sock.makefile("rb")
+
+    def next_message() -> dict[str, Any] | None:
+        try:
+            line = reader.readline()
+            return dict(json.loads(line)) if line.strip() else None
+        except (OSError, ValueError):  # a break, or a line cut short by one: the host is gone
+            return None
+
+    return next_message
+
+
 def events_channel(args: argparse.Namespace) -> socket.socket | None:
     """The host's event channel: vsock to the host under Firecracker, or ``--events-socket``; None when there is
     none (the kernel has no vsock, the VM no vsock device, or nobody listens)."""
@@ -738,8 +765,8 @@ def main() -> int:
         except OSError as exc:
             out.emit("line", stream="system", line=f"smith: cannot map the cache's download host: {exc}")
     outcome = None
-    if config.get("steps") and not (args.config_file or args.mmds):
-        code = serve_steps(config, out, args.workdir, inbox_for(args))
+    if config.get("steps"):
+        code = steps_over(config, out, args, channel)
     else:
         code, outcome = run(config, out, args.workdir)
     out.emit("exit", stream="system", exit_code=code, **({"outcome": outcome} if outcome else {}))

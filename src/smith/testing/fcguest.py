@@ -20,12 +20,14 @@
   snapshot keeps its template's until the image's guest agent (``--set-net``) takes the ones the config's
   envelope names. The guest prints ``eth0: <mac> <address>`` on the console whenever they are set.
 * Vsock: with a vsock device configured (and ``vsock``: the kernel has it) the guest agent's connection to the
-  host's port reaches the Unix socket ``<uds_path>_<port>`` on the host, as Firecracker forwards it; nobody
-  listening there fails the connection, and the agent falls back to the console.
+  host's port reaches the Unix socket ``<uds_path>_<port>`` on the host, as Firecracker forwards it (a stream
+  both ways: workflow steps come back on it); nobody listening there fails the connection, and the agent falls
+  back to the console.
 * Shutdown: when the guest agent is done, init runs its last command (read from the image's ``init.sh``). On
   x86 ``poweroff -f`` halts the vCPUs and Firecracker keeps running; ``reboot -f`` with ``reboot=k`` exits it.
   Ctrl+Alt+Del makes the kernel signal PID 1 (SIGINT), which a shell init ignores unless it traps it; a
-  halted guest ignores it altogether.
+  halted guest ignores it altogether. Whatever ran in the guest ends with the VM: processes a job started in
+  sessions of their own (every step does) are killed too when the fake exits (it is their child subreaper).
 """
 
 from __future__ import annotations
@@ -119,6 +121,8 @@ class Guest:
         self.identity = ("", "")  # eth0's MAC and address/prefix
         self.init = INIT_SH  # the init that runs (a rootfs version's own after the switch)
         api.on_change = self.changed
+        with contextlib.suppress(OSError, AttributeError):  # the guest's orphans become ours: see cleanup()
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1)
 
     @property
     def boot_args(self) -> str:
@@ -275,9 +279,35 @@ class Guest:
         self._shutdown()
 
     def cleanup(self) -> None:
+        """Everything the guest ran goes with the VM, as it would: the agent and whatever outlived it."""
         if self.proc is not None:
             _signal_group(self.proc, signal.SIGKILL)
+        for pid in _descendants(os.getpid()):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def _descendants(root: int) -> list[int]:
+    """The processes below ``root`` (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry))
+    found, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
 
 
 def _device(index: int) -> str:

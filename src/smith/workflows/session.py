@@ -37,6 +37,7 @@ class GuestSession:
         self.workdir = ""  # the guest's absolute work dir, from probe()
         self.path = ""
         self.tools: dict[str, str] = {}
+        self._started = False  # the guest agent's ``started`` came: lines before it are the VM's boot (console)
 
     async def command(self, message: dict[str, Any], on_line: OnLine | None = None) -> tuple[int, dict[str, str]]:
         await self.machine.send(message)
@@ -45,8 +46,10 @@ class GuestSession:
                 event = await self._events.__anext__()
             except StopAsyncIteration:
                 raise VMError(f"the guest of {self.machine.id} ended in the middle of a step") from None
-            if event.type == "line":
-                if on_line is not None:
+            if event.type == "started":
+                self._started = True
+            elif event.type == "line":
+                if on_line is not None and self._started:
                     on_line(event.stream, event.line)
             elif event.type == "step":
                 return event.exit_code or 0, event.files or {}
@@ -56,8 +59,10 @@ class GuestSession:
     async def probe(self) -> None:
         """The guest's work dir, PATH and which interpreters it has."""
         script = 'pwd; echo "$PATH"; for t in bash sh python3 python node; do command -v $t || echo; done'
-        lines: list[str] = []
-        code, _ = await self.command({"argv": ["/bin/sh", "-c", script]}, lambda s, t: lines.append(t))
+        lines: list[str] = []  # stdout only: a VM's console (kernel messages) may add system lines
+        code, _ = await self.command(
+            {"argv": ["/bin/sh", "-c", script]}, lambda s, t: lines.append(t) if s == "stdout" else None
+        )
         if code != 0 or len(lines) < 7:
             raise VMError(f"cannot probe the guest: {lines}")
         self.workdir, self.path = lines[0], lines[1]

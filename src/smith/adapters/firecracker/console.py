@@ -66,6 +66,7 @@ class Console:
         self._sources = 1  # the console, plus each open channel: the events end when all have closed
         self._channels = 0
         self.over_channel = False  # guest events have come over a channel (vsock) rather than the console
+        self.on_console = asyncio.Event()  # guest events have come on the console: the guest has no channel
         self._loop = asyncio.get_running_loop()
         self._stop_r, self._stop_w = os.pipe()  # wakes the reader when the console is closed before EOF
         self._reader = threading.Thread(target=self._read, name=f"console-{read_fd}", daemon=True)
@@ -142,6 +143,7 @@ class Console:
         if event is None:
             self._system(text)
         else:
+            self.on_console.set()
             self._event(event)
 
     def _system(self, text: str) -> None:

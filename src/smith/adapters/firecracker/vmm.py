@@ -24,10 +24,12 @@ wrapped with the host's clock and a random seed (a restored clone has the snapsh
 ``started`` the config is removed from MMDS, so the runner credential and cache token are not readable for the
 rest of the job. The serial console (Firecracker's stdout, which drops bytes nobody reads) is drained from
 process start (:mod:`.console`); the guest agent's events come over vsock where the guest kernel has it
-(:mod:`.events`, listening in the chroot before InstanceStart), else on the console. The guest's init ends with
-``reboot -f`` and the kernel has ``reboot=k``, so Firecracker exits as soon as the job is done (``poweroff``
-would leave it running on x86); ``stop()`` waits for that, else sends Ctrl+Alt+Del (init traps it and reboots),
-kills after a bound, and unwinds the stack.
+(:mod:`.events`, listening in the chroot before InstanceStart), else on the console. A workflow job's steps go
+to the guest on that same vsock connection (:meth:`FirecrackerMachine.send`); without it (vsock off, or a guest
+kernel without vsock: its events come on the console) a steps-mode job is refused, naming why. The guest's init
+ends with ``reboot -f`` and the kernel has ``reboot=k``, so Firecracker exits as soon as the job is done
+(``poweroff`` would leave it running on x86); ``stop()`` waits for that, else sends Ctrl+Alt+Del (init traps it
+and reboots), kills after a bound, and unwinds the stack.
 """
 
 from __future__ import annotations
@@ -208,6 +210,7 @@ class FirecrackerMachine:
         self._stopped = False
         self._clearing: asyncio.Task[None] | None = None
         self._done = False  # the guest reported its exit: its init reboots and Firecracker exits by itself
+        self.channel: EventListener | None = None  # the vsock event channel's listener (None: vsock is off)
 
     @property
     def api(self) -> FirecrackerClient:
@@ -236,6 +239,8 @@ class FirecrackerMachine:
             raise VMError(f"VM {self.id} already has a job")
         if self.process is not None and self.process.returncode is not None:
             raise self.died("is gone")
+        if config.steps and self.channel is None:
+            raise VMError(f"VM {self.id} cannot run a workflow job: {NO_CHANNEL} (this backend has vsock turned off)")
         envelope: dict[str, object] = {
             "config": config.model_dump(mode="json"),
             "now": time.time(),
@@ -251,6 +256,14 @@ class FirecrackerMachine:
             )
         self._assigned = True
         await self.api.put_mmds(data)
+
+    async def send(self, message: dict[str, object]) -> None:
+        """One steps-mode command to the guest agent, on its vsock connection (see :mod:`.events`)."""
+        channel = await stepping_channel(self)
+        try:
+            await channel.send(orjson.dumps(message) + b"\n")
+        except OSError as exc:
+            raise VMError(f"VM {self.id}: the guest's vsock channel closed ({exc})") from exc
 
     def guest_event(self, event: GuestEvent) -> None:
         """The guest has read its config once it reports ``started``: take the credentials out of MMDS."""
@@ -706,6 +719,7 @@ class _Boot:
         listener = EventListener(events_socket(self.jail.host(VSOCK)), console)
         await listener.start(owner=(self.config.uid, self.config.gid) if self.config.use_jailer else None)
         self.cleanup.push("events", listener.close)
+        self.machine.channel = listener
 
     async def start(self) -> None:
         """InstanceStart answers 204 before the kernel runs: wait for the guest agent's ready line, or the death
@@ -753,6 +767,33 @@ class _Boot:
         self.machine.started = True
         if not self.machine.alive():
             raise self.machine.died("died on restore")
+
+
+NO_CHANNEL = "workflow steps go over the guest's vsock channel, and the serial console is one-way"
+
+
+async def stepping_channel(machine: FirecrackerMachine) -> EventListener:
+    """The guest agent's vsock connection, once it has made it (after reading its config): the channel steps go
+    over. ``VMError`` when there is none: vsock is off, or the guest's events came on the console (its kernel
+    has no vsock), or the guest is gone."""
+    channel, console = machine.channel, machine.console
+    if channel is None or console is None:
+        raise VMError(f"VM {machine.id} cannot run a workflow job: {NO_CHANNEL} (this backend has vsock turned off)")
+    if not channel.connected.is_set():
+        waits = [asyncio.ensure_future(e.wait()) for e in (channel.connected, console.on_console, console.closed)]
+        try:
+            await asyncio.wait(waits, return_when="FIRST_COMPLETED")
+        finally:
+            for w in waits:
+                w.cancel()
+    if channel.connected.is_set():
+        return channel
+    if console.on_console.is_set():
+        raise VMError(
+            f"VM {machine.id} cannot run a workflow job: {NO_CHANNEL} (the guest sent its events on the console: "
+            "its kernel has no vsock, or it could not connect)"
+        )
+    raise machine.died("ended before its guest agent connected")
 
 
 def _stderr_tail(path: Path) -> str:
