@@ -106,6 +106,22 @@ TABLE: list[tuple[str, Any]] = [
     ("fromJSON('{\"a\": [1, true]}').a[1]", True),
     ("fromJSON('3') == 3", True),
     ("fromJSON('true')", True),
+    # case(): the value of the first true predicate, else the default (GitHub, 2025)
+    ("case(github.event_name == 'push', 'deploy', 'test')", "deploy"),
+    ("case(false, 'a', matrix.node == 20, 'b', 'c')", "b"),
+    ("case(false, 'a', false, 'b', 'c')", "c"),
+    ("case(true, 'first', fromJSON(''))", "first"),  # only the chosen value is evaluated
+    # numbers print as .NET's G15 (toJSON and string conversion alike)
+    ("format('{0}', 1234567890123456)", "1.23456789012346E+15"),
+    ("format('{0}', 1e20)", "1E+20"),
+    ("format('{0}', 0.5)", "0.5"),
+    ("toJSON(fromJSON('[1e20, 2.50, 3]'))", "[\n  1E+20,\n  2.5,\n  3\n]"),
+    ('toJSON(fromJSON(\'{"a": {}, "b": []}\'))', '{\n  "a": {},\n  "b": []\n}'),
+    # objects are never found in, nor searched in, as strings; join of an object is empty
+    ("contains(vegetables, 'Object')", False),
+    ("contains('Object', vegetables)", False),
+    ("join(vegetables)", ""),
+    ("join(fromJSON('[1,2]'), vegetables)", "1,2"),
     ("success()", True),
     ("failure()", False),
     ("always()", True),
@@ -156,7 +172,18 @@ def test_interpolation() -> None:
 
 @pytest.mark.parametrize(
     "bad",
-    ['"double"', "1 +", "foo(", "nosuch.thing", "nosuchfn(1)", "contains('a')", "format('{1}', 'a')", "a..b"],
+    [
+        '"double"',
+        "1 +",
+        "foo(",
+        "nosuch.thing",
+        "nosuchfn(1)",
+        "contains('a')",
+        "format('{1}', 'a')",
+        "a..b",
+        "case(true, 1)",
+        "case('yes', 1, 2)",
+    ],
 )
 def test_errors_are_expression_errors(bad: str) -> None:
     with pytest.raises(ExpressionError):

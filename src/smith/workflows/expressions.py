@@ -233,13 +233,23 @@ def to_str(v: Value) -> str:
 
 
 def format_number(n: float) -> str:
+    """A number as GitHub prints it: .NET's ``G15`` (15 significant digits, exponent form ``1E+20`` when the
+    exponent is below -5 or at least 15)."""
     if math.isnan(n):
         return "NaN"
     if math.isinf(n):
         return "Infinity" if n > 0 else "-Infinity"
-    if n == int(n) and abs(n) < 1e15:
-        return str(int(n))
-    return repr(n)
+    if n == 0:
+        return "0"
+    text = format(n, ".15G")
+    if "E" in text:
+        mantissa, exp = text.split("E")
+        return f"{mantissa}E{exp[0]}{exp[1:].rjust(2, '0')}"
+    return text
+
+
+def is_primitive(v: Value) -> bool:
+    return v is None or isinstance(v, bool | int | float | str)
 
 
 def truthy(v: Value) -> bool:
@@ -379,11 +389,14 @@ def evaluate_node(node: Node, scope: Scope) -> Value:
             return not loose_equal(a, b)
         return compare(node.value, a, b)
     if k == "call":
+        if node.value == "case" and "case" not in scope.extra_functions:
+            return case(node.args, scope)
         return call(node.value, [evaluate_node(a, scope) for a in node.args], scope)
     raise ExpressionError(f"cannot evaluate {k}")  # pragma: no cover
 
 
 ARITY = {
+    "case": (3, 255),
     "contains": (2, 2),
     "startswith": (2, 2),
     "endswith": (2, 2),
@@ -411,6 +424,8 @@ def call(name: str, args: list[Value], scope: Scope) -> Value:
         hay, needle = args
         if isinstance(hay, list):
             return any(loose_equal(item, needle) for item in hay)
+        if not (is_primitive(hay) and is_primitive(needle)):
+            return False  # an object, or a primitive searched for an array or object: never found
         return to_str(needle).upper() in to_str(hay).upper()
     if name == "startswith":
         return to_str(args[0]).upper().startswith(to_str(args[1]).upper())
@@ -419,12 +434,12 @@ def call(name: str, args: list[Value], scope: Scope) -> Value:
     if name == "format":
         return format_string(to_str(args[0]), [to_str(a) for a in args[1:]])
     if name == "join":
-        sep = to_str(args[1]) if len(args) > 1 else ","
+        sep = to_str(args[1]) if len(args) > 1 and is_primitive(args[1]) else ","
         if isinstance(args[0], list):
             return sep.join(to_str(x) for x in args[0])
-        return to_str(args[0])
+        return to_str(args[0]) if is_primitive(args[0]) else ""
     if name == "tojson":
-        return json.dumps(plain(args[0]), indent=2, ensure_ascii=False)
+        return to_json(args[0])
     if name == "fromjson":
         try:
             return from_json(json.loads(to_str(args[0])))
@@ -441,14 +456,35 @@ def call(name: str, args: list[Value], scope: Scope) -> Value:
     return True  # always()
 
 
-def plain(v: Value) -> Any:
-    if isinstance(v, float) and v == int(v) and not math.isinf(v):
-        return int(v)
-    if isinstance(v, list):
-        return [plain(x) for x in v]
-    if isinstance(v, dict):
-        return {k: plain(x) for k, x in v.items()}
-    return v
+def case(nodes: list[Node], scope: Scope) -> Value:
+    """``case(pred1, value1, pred2, value2, ..., default)``: the value of the first predicate that is true,
+    else the default; predicates must be booleans, and only the chosen value is evaluated."""
+    if len(nodes) % 2 == 0:
+        raise ExpressionError("case() takes an odd number of arguments: predicate/value pairs and a default")
+    for pred, value in zip(nodes[:-1:2], nodes[1::2], strict=True):
+        chosen = evaluate_node(pred, scope)
+        if not isinstance(chosen, bool):
+            raise ExpressionError("case(): a predicate must evaluate to a boolean")
+        if chosen:
+            return evaluate_node(value, scope)
+    return evaluate_node(nodes[-1], scope)
+
+
+def to_json(v: Value, level: int = 0) -> str:
+    """GitHub's toJSON: two-space indentation, numbers as GitHub prints them (``1``, ``1.5``, ``1E+20``)."""
+    pad = "  " * (level + 1)
+    if isinstance(v, dict) and v:
+        items = [f"{pad}{json.dumps(str(k), ensure_ascii=False)}: {to_json(x, level + 1)}" for k, x in v.items()]
+        return "{\n" + ",\n".join(items) + "\n" + "  " * level + "}"
+    if isinstance(v, list) and v:
+        return "[\n" + ",\n".join(pad + to_json(x, level + 1) for x in v) + "\n" + "  " * level + "]"
+    if isinstance(v, dict | list):
+        return "{}" if isinstance(v, dict) else "[]"
+    if v is None or isinstance(v, bool):
+        return to_str(v) or "null"
+    if isinstance(v, int | float):
+        return format_number(float(v))
+    return json.dumps(str(v), ensure_ascii=False)
 
 
 def from_json(v: Any) -> Value:
