@@ -93,19 +93,7 @@ class Executor:
         says skip; ``WorkflowError`` when its ``if`` or matrix is wrong. The control plane plans built-in runs
         with this too (control/workflows.py)."""
         job = self.workflow.jobs[jid]
-        base_ctx = {
-            "github": self.info.github(jid, ""),
-            "needs": needs,
-            "vars": dict(self.info.vars),
-            "inputs": dict(self.info.inputs),
-            "secrets": dict(self.info.secrets),
-            "env": {},
-            "matrix": {},
-            "strategy": {},
-            "job": {},
-            "steps": {},
-            "runner": {},
-        }
+        base_ctx = self.job_context(jid, needs)
         if not evaluate_if(job.if_, Scope(base_ctx, status=needs_status(needs))):
             return None
         combos = self._combos(job, base_ctx)
@@ -118,6 +106,29 @@ class Executor:
             for i in range(len(combos))
         ]
         return Plan(self._keys(job, combos, base_ctx), combos, strategies, fail_fast, most)
+
+    def job_context(
+        self,
+        jid: str,
+        needs: dict[str, Any],
+        matrix: dict[str, Any] | None = None,
+        strategy: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """What a job's own keys (``if``, ``strategy``, ``name``, ``runs-on``, ``timeout-minutes``,
+        ``continue-on-error``) see: github, needs, vars, inputs, and once expanded matrix and strategy."""
+        return {
+            "github": self.info.github(jid, ""),
+            "needs": needs,
+            "vars": dict(self.info.vars),
+            "inputs": dict(self.info.inputs),
+            "secrets": dict(self.info.secrets),
+            "env": {},
+            "matrix": matrix or {},
+            "strategy": strategy or {},
+            "job": {},
+            "steps": {},
+            "runner": {},
+        }
 
     async def _job(self, jid: str, run: RunResult) -> None:
         job = self.workflow.jobs[jid]
@@ -197,6 +208,7 @@ class Executor:
         self, job: Job, key: str, combo: dict[str, Any], strategy: dict[str, Any], needs: dict[str, Any]
     ) -> JobResult:
         started = time.monotonic()
+        scope = Scope(self.job_context(job.id, needs, combo, strategy))
         try:
             async with self.sessions(key) as session:
                 runner = JobRunner(
@@ -212,7 +224,7 @@ class Executor:
                     needs=needs,
                     masker=Masker(list(self.masker.values)),
                 )
-                minutes = float(to_str(interpolate_tree(job.timeout_minutes, Scope({"matrix": combo}))) or 360)
+                minutes = job_minutes(job, scope)
                 try:
                     result = await asyncio.wait_for(runner.run(), minutes * 60)
                 except TimeoutError:
@@ -224,7 +236,7 @@ class Executor:
             self.reporter.line(key, "error", f"Error: {exc.message}")
             self.reporter.job_finished(key, "failure", time.monotonic() - started)
             return JobResult(key, job.id, "failure", {}, time.monotonic() - started, error=exc.message)
-        if result.result == "failure" and truthy(interpolate_tree(job.continue_on_error, Scope({"matrix": combo}))):
+        if result.result == "failure" and truthy(interpolate_tree(job.continue_on_error, scope)):
             result.result = "success"
         result.outputs = {k: self.masker.mask(v) for k, v in result.outputs.items()}
         return result
@@ -242,6 +254,15 @@ class Plan:
     strategies: list[dict[str, Any]]
     fail_fast: bool
     max_parallel: int
+
+
+def job_minutes(job: Job, scope: Scope) -> float:
+    """A job's ``timeout-minutes``, which may be an expression (``${{ inputs.minutes }}``)."""
+    value = to_str(interpolate_tree(job.timeout_minutes, scope)) or "360"
+    try:
+        return float(value)
+    except ValueError:
+        raise WorkflowError(f"job {job.id!r}: timeout-minutes must be a number, not {value!r}") from None
 
 
 def needs_status(needs: dict[str, Any]) -> str:

@@ -10,7 +10,6 @@ dereference of a missing key giving null, object filters (``a.*.b``), and the fu
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
@@ -446,7 +445,11 @@ def call(name: str, args: list[Value], scope: Scope) -> Value:
         except ValueError as exc:
             raise ExpressionError(f"fromJSON: invalid JSON {to_str(args[0])[:60]!r}: {exc}") from exc
     if name == "hashfiles":
-        return hash_files(scope.workspace, [to_str(a) for a in args])
+        from smith.workflows.hashfiles import hash_files
+
+        github = scope.contexts.get("github")
+        guest = str(github.get("workspace") or "") if isinstance(github, dict) else ""
+        return hash_files(scope.workspace, [to_str(a) for a in args], guest)
     if name == "success":
         return scope.status == "success"
     if name == "failure":
@@ -525,23 +528,6 @@ def format_string(fmt: str, args: list[str]) -> str:
         out.append(c)
         i += 1
     return "".join(out)
-
-
-def hash_files(workspace: Path | None, patterns: list[str]) -> str:
-    """GitHub's hashFiles: SHA-256 over the SHA-256 of each matching file (sorted paths), '' when none match."""
-    from smith.workflows.globs import match_paths
-
-    if workspace is None:
-        return ""
-    files = [p for p in sorted(workspace.rglob("*")) if p.is_file() and ".git" not in p.relative_to(workspace).parts]
-    rel = [p.relative_to(workspace).as_posix() for p in files]
-    chosen = match_paths(rel, patterns)
-    if not chosen:
-        return ""
-    outer = hashlib.sha256()
-    for r in chosen:
-        outer.update(hashlib.sha256((workspace / r).read_bytes()).digest())
-    return outer.hexdigest()
 
 
 # ---------------------------------------------------------------- entry points
