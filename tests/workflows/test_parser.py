@@ -8,7 +8,7 @@ import pytest
 
 from smith.workflows.errors import WorkflowError
 from smith.workflows.globs import matches
-from smith.workflows.matrix import expand
+from smith.workflows.matrix import expand, named
 from smith.workflows.parser import parse
 from smith.workflows.triggers import triggered
 
@@ -139,6 +139,28 @@ def test_matrix_include_exclude_as_documented() -> None:
     ]
     ex = expand({"os": ["a", "b"], "v": [1, 2], "exclude": [{"os": "a", "v": 2}]})
     assert ex == [{"os": "a", "v": 1}, {"os": "b", "v": 1}, {"os": "b", "v": 2}]
+
+
+def test_matrix_job_names_show_the_axes_values_flattened() -> None:
+    # The suffix of a matrix job's name: the axes' values (objects and lists flattened to scalars, empty values
+    # left out); keys an include adds to existing combinations do not show; a combination an include added
+    # shows all its values.
+    pairs = named(
+        {
+            "platform": [{"name": "linux", "os": "ubuntu-latest"}, {"name": "win", "os": None}],
+            "python": ["3.12", ""],
+            "flags": [["-O", "-g"]],
+            "include": [{"python": "3.12", "coverage": True}, {"platform": "bsd", "python": 3.1, "extra": ""}],
+        }
+    )
+    assert [n for _, n in pairs] == [
+        "linux, ubuntu-latest, 3.12, -O, -g",
+        "linux, ubuntu-latest, -O, -g",
+        "win, 3.12, -O, -g",
+        "win, -O, -g",
+        "bsd, 3.1",
+    ]
+    assert pairs[0][0]["coverage"] is True
 
 
 @pytest.mark.parametrize(

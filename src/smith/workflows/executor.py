@@ -24,7 +24,7 @@ from smith.workflows.expressions import (
     to_str,
     truthy,
 )
-from smith.workflows.matrix import expand, label
+from smith.workflows.matrix import named
 from smith.workflows.model import Job, Workflow
 from smith.workflows.runner import JobResult, JobRunner, Reporter
 from smith.workflows.session import GuestSession
@@ -96,7 +96,7 @@ class Executor:
         base_ctx = self.job_context(jid, needs)
         if not evaluate_if(job.if_, Scope(base_ctx, status=needs_status(needs))):
             return None
-        combos = self._combos(job, base_ctx)
+        combos, names = self._combos(job, base_ctx)
         strategy = job.strategy
         fail_fast = truthy(interpolate_tree(strategy.fail_fast, Scope(base_ctx))) if strategy else True
         max_parallel = interpolate_tree(strategy.max_parallel, Scope(base_ctx)) if strategy else None
@@ -105,7 +105,7 @@ class Executor:
             {"fail-fast": fail_fast, "job-index": i, "job-total": len(combos), "max-parallel": most}
             for i in range(len(combos))
         ]
-        return Plan(self._keys(job, combos, base_ctx), combos, strategies, fail_fast, most)
+        return Plan(self._keys(job, combos, names, base_ctx), combos, strategies, fail_fast, most)
 
     def job_context(
         self,
@@ -174,35 +174,36 @@ class Executor:
         instances.sort(key=lambda r: r.index)
         self._finish(jid, run, instances, job)
 
-    def _keys(self, job: Job, combos: list[dict[str, Any]], ctx: dict[str, Any]) -> list[str]:
+    def _keys(self, job: Job, combos: list[dict[str, Any]], names: list[str], ctx: dict[str, Any]) -> list[str]:
         """How GitHub names each instance: the job's name (or id), evaluated, with the matrix values appended
         unless the name uses an expression; unique within the run."""
         has_matrix = job.strategy is not None and job.strategy.matrix is not None
         keys: list[str] = []
-        for combo in combos:
+        for combo, suffix in zip(combos, names, strict=True):
             name = job.id
             if job.name:
                 try:
                     name = interpolate(str(job.name), Scope({**ctx, "matrix": combo})).strip() or job.id
                 except WorkflowError:
                     name = str(job.name)
-            if has_matrix and combo and not (job.name and "${{" in str(job.name)):
-                name = f"{name} ({label(combo)})"
+            if has_matrix and suffix and not (job.name and "${{" in str(job.name)):
+                name = f"{name} ({suffix})"
             while name in keys or (name != job.id and name in self.workflow.jobs):
                 name += "'"
             keys.append(name)
         return keys
 
-    def _combos(self, job: Job, ctx: dict[str, Any]) -> list[dict[str, Any]]:
+    def _combos(self, job: Job, ctx: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
+        """The job's matrix combinations and the suffix GitHub names each with."""
         if job.strategy is None or job.strategy.matrix is None:
-            return [{}]
+            return [{}], [""]
         scope = Scope(ctx)
         matrix = job.strategy.matrix
         value = interpolate_value(matrix, scope) if isinstance(matrix, str) else interpolate_tree(dict(matrix), scope)
-        combos = expand(value, f"job {job.id!r}: ")
+        pairs = named(value, f"job {job.id!r}: ")
         for k, v in self.matrix_filter.items():
-            combos = [c for c in combos if k in c and to_str(c[k]) == v]
-        return combos
+            pairs = [(c, n) for c, n in pairs if k in c and to_str(c[k]) == v]
+        return [c for c, _ in pairs], [n for _, n in pairs]
 
     async def run_instance(
         self, job: Job, key: str, combo: dict[str, Any], strategy: dict[str, Any], needs: dict[str, Any]
