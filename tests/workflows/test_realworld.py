@@ -60,3 +60,14 @@ def test_powershell_is_a_clear_refusal(tmp_path: Path) -> None:
     assert ran.code == 1
     assert ran.results() == {"ps": "failure"}
     assert "shell 'pwsh' is not available in Smith's Linux guests" in ran.log
+
+
+def test_the_event_payload_smith_run_makes_up_has_what_workflows_read(tmp_path: Path) -> None:
+    repo = copy_repo("realworld", tmp_path)
+    push = smith_run(str(repo), "--workflow", f"{WF}/event.yml", "--event", "push")
+    assert push.code == 0, push.log
+    assert "pr= base= default=main" in push.log and "owner=local fork=true" in push.log
+    assert "msg=corpus labels=" in push.log  # head_commit from git
+    pr = smith_run(str(repo), "--workflow", f"{WF}/event.yml", "--event", "pull_request")
+    assert pr.code == 0, pr.log
+    assert "pr=1 base=main default=main" in pr.log and "owner=local fork=false" in pr.log
