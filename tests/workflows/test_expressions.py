@@ -183,6 +183,9 @@ def test_interpolation() -> None:
         "a..b",
         "case(true, 1)",
         "case('yes', 1, 2)",
+        "True",  # keywords are case-sensitive
+        "NULL == null",
+        "nan",
     ],
 )
 def test_errors_are_expression_errors(bad: str) -> None:

@@ -156,12 +156,13 @@ class Parser:
                         args.append(self.or_())
                 self.take(")")
                 return Node("call", low, args)
-            if low in ("true", "false"):
-                return Node("lit", low == "true")
-            if low == "null":
+            # the keywords are case-sensitive: `True` or `NULL` is a (missing) named value, as on GitHub
+            if tok.text in ("true", "false"):
+                return Node("lit", tok.text == "true")
+            if tok.text == "null":
                 return Node("lit", None)
-            if low in ("nan", "infinity"):
-                return Node("lit", math.nan if low == "nan" else math.inf)
+            if tok.text in ("NaN", "Infinity"):
+                return Node("lit", math.nan if tok.text == "NaN" else math.inf)
             return Node("ctx", low)
         raise ExpressionError(f"unexpected {tok.text!r} in expression {self.text!r}")
 
