@@ -141,6 +141,27 @@ def test_matrix_include_exclude_as_documented() -> None:
     assert ex == [{"os": "a", "v": 1}, {"os": "b", "v": 1}, {"os": "b", "v": 2}]
 
 
+def test_plain_scalars_are_typed_by_the_yaml_1_2_core_schema() -> None:
+    # GitHub reads workflows with the YAML 1.2 core schema: no sexagesimals, dates, underscores or 0-octals
+    # (seen in the wild: `manylinux: 2_17` in a maturin step's `with`, which YAML 1.1 reads as the number 217)
+    w = parse(
+        "on: push\nenv:\n  T: 12:30\n  D: 2024-01-01\n  U: 1_000\n  O: 0777\n  E: 1e3\n  Y: yes\n  H: 0x1F\n"
+        "  Q: '~'\n  N: ~\n  P: 3.10\n" + JOB
+    )
+    assert w.env == {
+        "T": "12:30",
+        "D": "2024-01-01",
+        "U": "1_000",
+        "O": 777,
+        "E": 1000.0,
+        "Y": "yes",
+        "H": 31,
+        "Q": "~",
+        "N": None,
+        "P": 3.1,
+    }
+
+
 def test_matrix_job_names_show_the_axes_values_flattened() -> None:
     # The suffix of a matrix job's name: the axes' values (objects and lists flattened to scalars, empty values
     # left out); keys an include adds to existing combinations do not show; a combination an include added
