@@ -71,3 +71,20 @@ def test_the_event_payload_smith_run_makes_up_has_what_workflows_read(tmp_path: 
     pr = smith_run(str(repo), "--workflow", f"{WF}/event.yml", "--event", "pull_request")
     assert pr.code == 0, pr.log
     assert "pr=1 base=main default=main" in pr.log and "owner=local fork=false" in pr.log
+
+
+def test_workflow_dispatch_inputs_are_typed_as_declared(tmp_path: Path) -> None:
+    repo = copy_repo("realworld", tmp_path)
+    args = ("--workflow", f"{WF}/dispatch.yml", "--event", "workflow_dispatch")
+    ran = smith_run(str(repo), *args, "--input", "dry_run=false", "--input", "shards=3")
+    assert ran.code == 0, ran.log
+    # a boolean input given as "false" is the boolean false in `inputs`, the string "false" in github.event.inputs
+    assert "publishing" in ran.log and "dry run only" not in ran.log and "debugging" not in ran.log
+    assert "typed: dry=false shards+=true event=false" in ran.log
+    assert 'json:{"dry_run":false,"debug_enabled":"false","shards":3}' in ran.log
+    ran = smith_run(str(repo), *args, "--input", "dry_run=true", "--input", "debug_enabled=true")
+    assert ran.code == 0, ran.log
+    assert "dry run only" in ran.log and "publishing" not in ran.log and "debugging" in ran.log
+    assert "typed: dry=true shards+=false event=true" in ran.log
+    bad = smith_run(str(repo), *args, "--input", "dry_run=maybe")
+    assert bad.code == 2 and "input 'dry_run' is a boolean" in bad.log

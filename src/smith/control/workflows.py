@@ -32,6 +32,7 @@ from smith.workflows.context import RunInfo
 from smith.workflows.errors import WorkflowError
 from smith.workflows.executor import Executor, conclude
 from smith.workflows.expressions import Scope, interpolate_tree
+from smith.workflows.inputs import dispatch_inputs
 from smith.workflows.local import changed_paths
 from smith.workflows.model import Workflow
 from smith.workflows.parser import parse
@@ -443,11 +444,4 @@ def _context(wf: Workflow) -> str:
 
 
 def _dispatch_inputs(wf: Workflow, payload: dict[str, Any]) -> dict[str, Any]:
-    declared = wf.on.get("workflow_dispatch")
-    given = dict(payload.get("inputs") or {})
-    out: dict[str, Any] = {}
-    for name, spec in (declared.inputs if declared else {}).items():
-        if "default" in spec:
-            out[name] = spec["default"]
-    out.update(given)
-    return out
+    return dispatch_inputs(wf.on.get("workflow_dispatch"), dict(payload.get("inputs") or {}))

@@ -12,6 +12,7 @@ from typing import Any
 from smith.adapters.childenv import minimal_env
 from smith.workflows.context import RunInfo
 from smith.workflows.errors import WorkflowError
+from smith.workflows.inputs import dispatch_inputs, event_inputs
 from smith.workflows.model import Workflow
 from smith.workflows.parser import parse_file
 from smith.workflows.triggers import triggered
@@ -70,15 +71,12 @@ def run_info(
     repository = payload["repository"]["full_name"]
     declared = workflow.on.get("workflow_dispatch")
     all_inputs: dict[str, Any] = {}
-    if declared is not None and event_name == "workflow_dispatch":  # other events have no inputs
-        for name, spec in declared.inputs.items():
-            if "default" in spec:
-                all_inputs[name] = spec["default"]
-            elif spec.get("required") and name not in inputs:
+    if event_name == "workflow_dispatch":  # other events have no inputs
+        for name, spec in (declared.inputs if declared is not None else {}).items():
+            if "default" not in spec and spec.get("required") and name not in inputs:
                 raise WorkflowError(f"workflow_dispatch input {name!r} is required: pass --input {name}=VALUE")
-    all_inputs.update(inputs)
-    if event_name == "workflow_dispatch":
-        payload.setdefault("inputs", all_inputs)
+        all_inputs = dispatch_inputs(declared, inputs)
+        payload.setdefault("inputs", event_inputs(all_inputs))
     return RunInfo(
         repo_dir=repo.resolve(),
         repository=repository,
