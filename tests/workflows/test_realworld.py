@@ -52,6 +52,7 @@ def test_every_trigger_kind_anchors_and_runner_groups(tmp_path: Path) -> None:
     assert ran.code == 0, ran.log
     assert ran.results() == {"build": "success"}
     assert ran.log.count("hello from smith on push") == 2
+    assert "matrix=null strategy=1/1 name=[]" in ran.log  # a job without a matrix: matrix is null
 
 
 def test_powershell_is_a_clear_refusal(tmp_path: Path) -> None:

@@ -123,7 +123,7 @@ class Executor:
             "inputs": dict(self.info.inputs),
             "secrets": dict(self.info.secrets),
             "env": {},
-            "matrix": matrix or {},
+            "matrix": matrix or None,  # null for a job without a matrix, as on GitHub
             "strategy": strategy or {},
             "job": {},
             "steps": {},

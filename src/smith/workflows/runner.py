@@ -143,7 +143,7 @@ class JobRunner:
             "vars": dict(self.info.vars),
             "secrets": {"GITHUB_TOKEN": "", **self.info.secrets},
             "inputs": frame.inputs,
-            "matrix": self.matrix,
+            "matrix": self.matrix or None,  # null for a job without a matrix, as on GitHub
             "strategy": self.strategy,
             "needs": self.needs,
             "steps": frame.steps,
