@@ -121,6 +121,8 @@ TABLE: list[tuple[str, Any]] = [
     ("contains(vegetables, 'Object')", False),
     ("contains('Object', vegetables)", False),
     ("join(vegetables)", ""),
+    ("startsWith(vegetables, 'Obj')", False),
+    ("endsWith('Object', vegetables)", False),
     ("join(fromJSON('[1,2]'), vegetables)", "1,2"),
     ("success()", True),
     ("failure()", False),

@@ -427,10 +427,11 @@ def call(name: str, args: list[Value], scope: Scope) -> Value:
         if not (is_primitive(hay) and is_primitive(needle)):
             return False  # an object, or a primitive searched for an array or object: never found
         return to_str(needle).upper() in to_str(hay).upper()
-    if name == "startswith":
-        return to_str(args[0]).upper().startswith(to_str(args[1]).upper())
-    if name == "endswith":
-        return to_str(args[0]).upper().endswith(to_str(args[1]).upper())
+    if name in ("startswith", "endswith"):
+        if not (is_primitive(args[0]) and is_primitive(args[1])):
+            return False
+        text, part = to_str(args[0]).upper(), to_str(args[1]).upper()
+        return text.startswith(part) if name == "startswith" else text.endswith(part)
     if name == "format":
         return format_string(to_str(args[0]), [to_str(a) for a in args[1:]])
     if name == "join":
