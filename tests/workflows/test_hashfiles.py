@@ -111,3 +111,11 @@ def test_through_the_expression(ws: Path) -> None:
     assert evaluate("hashFiles('b.txt', 'req.txt')", scope) == expected(ws, "b.txt", "req.txt")
     assert evaluate("hashFiles('/w/r/req.txt')", scope) == expected(ws, "req.txt")
     assert evaluate("hashFiles('none/*')", scope) == ""
+
+
+def test_a_workspace_path_with_glob_characters(tmp_path: Path) -> None:
+    ws = tmp_path / "repo[1]*?"
+    (ws / "src").mkdir(parents=True)
+    (ws / "src" / "a.txt").write_text("a")
+    assert hash_files(ws, ["src/*.txt"]) == expected(ws, "src/a.txt")
+    assert hash_files(ws, ["/g/src/a.txt"], "/g") == expected(ws, "src/a.txt")

@@ -77,17 +77,22 @@ def parse_patterns(text: str, root: str, guest_root: str = "") -> list[Pattern]:
         if any(p == ".." or (p == "." and i > 0) for i, p in enumerate(parts)):
             raise ExpressionError(f"hashFiles: invalid pattern {line!r}: '.' and '..' are not allowed")
         if guest_root and (line == guest_root or line.startswith(guest_root.rstrip("/") + "/")):
-            line = root + line[len(guest_root.rstrip("/")) :]
+            line = escape(root) + line[len(guest_root.rstrip("/")) :]
         elif line == "." or line.startswith("./"):
-            line = root + line[1:]
+            line = escape(root) + line[1:]
         elif not line.startswith("/"):
-            line = f"{root}/{line}"
+            line = f"{escape(root)}/{line}"
         directory_only = line.endswith("/")
         segments = tuple(s for i, s in enumerate(line.rstrip("/").split("/")) if s or i == 0)
         out.append(Pattern(negate, segments))
         if directory_only or segments[-1] != "**":  # a directory stands for everything under it
             out.append(Pattern(negate, (*segments, "**")))
     return out
+
+
+def escape(path: str) -> str:
+    """A literal path inside a pattern (the workspace may hold ``[``, ``*``, ``?``)."""
+    return re.sub(r"([*?\[\]\\])", r"\\\1", path)
 
 
 def walk(patterns: list[Pattern], root: str, follow: bool) -> Iterator[str]:
