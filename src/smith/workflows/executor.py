@@ -105,7 +105,7 @@ class Executor:
             {"fail-fast": fail_fast, "job-index": i, "job-total": len(combos), "max-parallel": most}
             for i in range(len(combos))
         ]
-        return Plan(self._keys(job, combos, names, base_ctx), combos, strategies, fail_fast, most)
+        return Plan(self._keys(job, combos, names, strategies, needs), combos, strategies, fail_fast, most)
 
     def job_context(
         self,
@@ -174,16 +174,24 @@ class Executor:
         instances.sort(key=lambda r: r.index)
         self._finish(jid, run, instances, job)
 
-    def _keys(self, job: Job, combos: list[dict[str, Any]], names: list[str], ctx: dict[str, Any]) -> list[str]:
-        """How GitHub names each instance: the job's name (or id), evaluated, with the matrix values appended
-        unless the name uses an expression; unique within the run."""
+    def _keys(
+        self,
+        job: Job,
+        combos: list[dict[str, Any]],
+        names: list[str],
+        strategies: list[dict[str, Any]],
+        needs: dict[str, Any],
+    ) -> list[str]:
+        """How GitHub names each instance: the job's name (or id), evaluated (github, needs, vars, inputs, matrix,
+        strategy), with the matrix values appended unless the name uses an expression; unique within the run."""
         has_matrix = job.strategy is not None and job.strategy.matrix is not None
         keys: list[str] = []
-        for combo, suffix in zip(combos, names, strict=True):
+        for combo, suffix, strategy in zip(combos, names, strategies, strict=True):
             name = job.id
             if job.name:
                 try:
-                    name = interpolate(str(job.name), Scope({**ctx, "matrix": combo})).strip() or job.id
+                    scope = Scope(self.job_context(job.id, needs, combo, strategy))
+                    name = interpolate(str(job.name), scope).strip() or job.id
                 except WorkflowError:
                     name = str(job.name)
             if has_matrix and suffix and not (job.name and "${{" in str(job.name)):
