@@ -87,6 +87,8 @@ TABLE: list[tuple[str, Any]] = [
     ("github.event.issue.labels.*.name", ["bug", "help wanted"]),
     ("contains(github.event.issue.labels.*.name, 'bug')", True),
     ("contains(fruits.*.name, 'PEAR')", True),
+    ('fromJSON(\'[{"a": null}, {"b": 1}, {"a": 2}, 3]\').*.a', [None, 2.0]),  # present nulls stay
+    ("fromJSON('[[1, 2], [3]]').*[1]", [2.0]),
     # functions (docs examples)
     ("contains('Hello world', 'llo')", True),
     ("contains('Hello world', 'LLO')", True),

@@ -318,32 +318,34 @@ class Scope:
 
 def deref(obj: Value, key: Value) -> Value:
     if isinstance(obj, Filtered):
+        # over a filter's result: each item's value where the item has the key (a null value too, as on GitHub)
         out = Filtered()
         for item in obj:
-            v = deref(item, key)
-            if isinstance(v, Filtered):
-                out.extend(v)
-            elif v is not None:
+            found, v = lookup(item, key)
+            if found:
                 out.append(v)
         return out
+    return lookup(obj, key)[1]
+
+
+def lookup(obj: Value, key: Value) -> tuple[bool, Value]:
+    """Whether ``obj`` (an object or array) has ``key`` (objects: case-insensitively), and its value."""
     if isinstance(obj, dict):
         if not isinstance(key, str):
             key = to_str(key)
         if key in obj:
-            return obj[key]
+            return True, obj[key]
         low = key.lower()
         for k, v in obj.items():
             if isinstance(k, str) and k.lower() == low:
-                return v
-        return None
-    if isinstance(obj, list):
-        if isinstance(key, str):
-            return None
+                return True, v
+        return False, None
+    if isinstance(obj, list) and not isinstance(key, str):
         n = to_number(key)
         if math.isnan(n) or n < 0 or int(n) >= len(obj):
-            return None
-        return obj[int(n)]
-    return None
+            return False, None
+        return True, obj[int(n)]
+    return False, None
 
 
 def star(obj: Value) -> Filtered:
