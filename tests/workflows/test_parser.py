@@ -243,3 +243,35 @@ def test_setup_version_matching(wanted: str, have: str, ok: bool) -> None:
     from smith.workflows.actions import version_matches
 
     assert version_matches(wanted, have) is ok
+
+
+def test_runs_on_labels_see_the_job_contexts() -> None:
+    # seen in the wild: runs-on chosen by github.repository, by a matrix object, or a runner group mapping
+    from pathlib import Path
+
+    from smith.workflows.context import RunInfo
+    from smith.workflows.executor import Executor
+
+    w = parse(
+        wf("""
+        on: push
+        jobs:
+          a:
+            runs-on: ${{ github.repository == 'o/r' && 'big-runner' || 'ubuntu-latest' }}
+            steps: [{run: x}]
+          b:
+            runs-on: ${{ matrix.platform.runs-on }}
+            strategy: {matrix: {platform: [{runs-on: [self-hosted, arm64]}]}}
+            steps: [{run: x}]
+          c:
+            runs-on: {group: large, labels: [self-hosted, "${{ needs.a.outputs.size }}"]}
+            needs: a
+            steps: [{run: x}]
+        """)
+    )
+    info = RunInfo(Path("."), "o/r", "push", {}, "0" * 40, "refs/heads/main", "w", "w.yml")
+    ex = Executor(info, w, lambda key: None, None)  # type: ignore[arg-type,return-value]
+    assert ex.runs_on("a", {}, {}, {}) == ["big-runner"]
+    assert ex.runs_on("b", {}, {"platform": {"runs-on": ["self-hosted", "arm64"]}}, {}) == ["self-hosted", "arm64"]
+    needs = {"a": {"result": "success", "outputs": {"size": "xl"}}}
+    assert ex.runs_on("c", needs, {}, {}) == ["self-hosted", "xl"]

@@ -130,6 +130,16 @@ class Executor:
             "runner": {},
         }
 
+    def runs_on(self, jid: str, needs: dict[str, Any], matrix: dict[str, Any], strategy: dict[str, Any]) -> list[str]:
+        """The labels of a job instance's ``runs-on`` (a label, a list, or a ``{group, labels}`` mapping),
+        evaluated with github, needs, vars, inputs, matrix and strategy as on GitHub."""
+        scope = Scope(self.job_context(jid, needs, matrix, strategy))
+        value = interpolate_tree(self.workflow.jobs[jid].runs_on, scope)
+        if isinstance(value, dict):
+            value = value.get("labels")
+        items = value if isinstance(value, list) else [value]
+        return [to_str(x) for x in items if to_str(x)]
+
     async def _job(self, jid: str, run: RunResult) -> None:
         job = self.workflow.jobs[jid]
         needs = {n: await self.done[n] for n in job.needs}
