@@ -239,8 +239,6 @@ def format_number(n: float) -> str:
         return "NaN"
     if math.isinf(n):
         return "Infinity" if n > 0 else "-Infinity"
-    if n == 0:
-        return "0"
     text = format(n, ".15G")
     if "E" in text:
         mantissa, exp = text.split("E")
