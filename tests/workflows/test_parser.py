@@ -137,6 +137,9 @@ def test_matrix_include_exclude_as_documented() -> None:
         {"fruit": "banana"},
         {"fruit": "banana", "animal": "cat"},
     ]
+    # an include matches loosely (3.10 the number, 'UBUNTU') but never rewrites the original values
+    loose = expand({"py": ["3.10"], "os": ["ubuntu"], "include": [{"py": 3.10, "os": "UBUNTU", "extra": "x"}]})
+    assert loose == [{"py": "3.10", "os": "ubuntu", "extra": "x"}]
     ex = expand({"os": ["a", "b"], "v": [1, 2], "exclude": [{"os": "a", "v": 2}]})
     assert ex == [{"os": "a", "v": 1}, {"os": "b", "v": 1}, {"os": "b", "v": 2}]
 

@@ -52,7 +52,7 @@ def _expand(matrix: dict[str, Any], where: str) -> tuple[list[dict[str, Any]], i
         added = False
         for combo, orig in zip(combos[:base], originals, strict=True):
             if all(k not in orig or _equal(orig[k], v) for k, v in inc.items()):
-                combo.update({k: v for k, v in inc.items()})
+                combo.update({k: v for k, v in inc.items() if k not in orig})  # an original value stays as written
                 added = True
         if not added:
             combos.append(dict(inc))
