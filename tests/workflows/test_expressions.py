@@ -87,6 +87,8 @@ TABLE: list[tuple[str, Any]] = [
     ("github.event.issue.labels.*.name", ["bug", "help wanted"]),
     ("contains(github.event.issue.labels.*.name, 'bug')", True),
     ("contains(fruits.*.name, 'PEAR')", True),
+    ('fromJSON(\'[{"a": null}, {"b": 1}, {"a": 2}, 3]\').*.a', [None, 2.0]),  # present nulls stay
+    ("fromJSON('[[1, 2], [3]]').*[1]", [2.0]),
     # functions (docs examples)
     ("contains('Hello world', 'llo')", True),
     ("contains('Hello world', 'LLO')", True),
@@ -106,6 +108,24 @@ TABLE: list[tuple[str, Any]] = [
     ("fromJSON('{\"a\": [1, true]}').a[1]", True),
     ("fromJSON('3') == 3", True),
     ("fromJSON('true')", True),
+    # case(): the value of the first true predicate, else the default (GitHub, 2025)
+    ("case(github.event_name == 'push', 'deploy', 'test')", "deploy"),
+    ("case(false, 'a', matrix.node == 20, 'b', 'c')", "b"),
+    ("case(false, 'a', false, 'b', 'c')", "c"),
+    ("case(true, 'first', fromJSON(''))", "first"),  # only the chosen value is evaluated
+    # numbers print as .NET's G15 (toJSON and string conversion alike)
+    ("format('{0}', 1234567890123456)", "1.23456789012346E+15"),
+    ("format('{0}', 1e20)", "1E+20"),
+    ("format('{0}', 0.5)", "0.5"),
+    ("toJSON(fromJSON('[1e20, 2.50, 3]'))", "[\n  1E+20,\n  2.5,\n  3\n]"),
+    ('toJSON(fromJSON(\'{"a": {}, "b": []}\'))', '{\n  "a": {},\n  "b": []\n}'),
+    # objects are never found in, nor searched in, as strings; join of an object is empty
+    ("contains(vegetables, 'Object')", False),
+    ("contains('Object', vegetables)", False),
+    ("join(vegetables)", ""),
+    ("startsWith(vegetables, 'Obj')", False),
+    ("endsWith('Object', vegetables)", False),
+    ("join(fromJSON('[1,2]'), vegetables)", "1,2"),
     ("success()", True),
     ("failure()", False),
     ("always()", True),
@@ -156,7 +176,21 @@ def test_interpolation() -> None:
 
 @pytest.mark.parametrize(
     "bad",
-    ['"double"', "1 +", "foo(", "nosuch.thing", "nosuchfn(1)", "contains('a')", "format('{1}', 'a')", "a..b"],
+    [
+        '"double"',
+        "1 +",
+        "foo(",
+        "nosuch.thing",
+        "nosuchfn(1)",
+        "contains('a')",
+        "format('{1}', 'a')",
+        "a..b",
+        "case(true, 1)",
+        "case('yes', 1, 2)",
+        "True",  # keywords are case-sensitive
+        "NULL == null",
+        "nan",
+    ],
 )
 def test_errors_are_expression_errors(bad: str) -> None:
     with pytest.raises(ExpressionError):

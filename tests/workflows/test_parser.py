@@ -8,7 +8,7 @@ import pytest
 
 from smith.workflows.errors import WorkflowError
 from smith.workflows.globs import matches
-from smith.workflows.matrix import expand
+from smith.workflows.matrix import expand, named
 from smith.workflows.parser import parse
 from smith.workflows.triggers import triggered
 
@@ -137,8 +137,54 @@ def test_matrix_include_exclude_as_documented() -> None:
         {"fruit": "banana"},
         {"fruit": "banana", "animal": "cat"},
     ]
+    # an include matches loosely (3.10 the number, 'UBUNTU') but never rewrites the original values
+    loose = expand({"py": ["3.10"], "os": ["ubuntu"], "include": [{"py": 3.10, "os": "UBUNTU", "extra": "x"}]})
+    assert loose == [{"py": "3.10", "os": "ubuntu", "extra": "x"}]
     ex = expand({"os": ["a", "b"], "v": [1, 2], "exclude": [{"os": "a", "v": 2}]})
     assert ex == [{"os": "a", "v": 1}, {"os": "b", "v": 1}, {"os": "b", "v": 2}]
+
+
+def test_plain_scalars_are_typed_by_the_yaml_1_2_core_schema() -> None:
+    # GitHub reads workflows with the YAML 1.2 core schema: no sexagesimals, dates, underscores or 0-octals
+    # (seen in the wild: `manylinux: 2_17` in a maturin step's `with`, which YAML 1.1 reads as the number 217)
+    w = parse(
+        "on: push\nenv:\n  T: 12:30\n  D: 2024-01-01\n  U: 1_000\n  O: 0777\n  E: 1e3\n  Y: yes\n  H: 0x1F\n"
+        "  Q: '~'\n  N: ~\n  P: 3.10\n" + JOB
+    )
+    assert w.env == {
+        "T": "12:30",
+        "D": "2024-01-01",
+        "U": "1_000",
+        "O": 777,
+        "E": 1000.0,
+        "Y": "yes",
+        "H": 31,
+        "Q": "~",
+        "N": None,
+        "P": 3.1,
+    }
+
+
+def test_matrix_job_names_show_the_axes_values_flattened() -> None:
+    # The suffix of a matrix job's name: the axes' values (objects and lists flattened to scalars, empty values
+    # left out); keys an include adds to existing combinations do not show; a combination an include added
+    # shows all its values.
+    pairs = named(
+        {
+            "platform": [{"name": "linux", "os": "ubuntu-latest"}, {"name": "win", "os": None}],
+            "python": ["3.12", ""],
+            "flags": [["-O", "-g"]],
+            "include": [{"python": "3.12", "coverage": True}, {"platform": "bsd", "python": 3.1, "extra": ""}],
+        }
+    )
+    assert [n for _, n in pairs] == [
+        "linux, ubuntu-latest, 3.12, -O, -g",
+        "linux, ubuntu-latest, -O, -g",
+        "win, 3.12, -O, -g",
+        "win, -O, -g",
+        "bsd, 3.1",
+    ]
+    assert pairs[0][0]["coverage"] is True
 
 
 @pytest.mark.parametrize(
@@ -200,3 +246,35 @@ def test_setup_version_matching(wanted: str, have: str, ok: bool) -> None:
     from smith.workflows.actions import version_matches
 
     assert version_matches(wanted, have) is ok
+
+
+def test_runs_on_labels_see_the_job_contexts() -> None:
+    # seen in the wild: runs-on chosen by github.repository, by a matrix object, or a runner group mapping
+    from pathlib import Path
+
+    from smith.workflows.context import RunInfo
+    from smith.workflows.executor import Executor
+
+    w = parse(
+        wf("""
+        on: push
+        jobs:
+          a:
+            runs-on: ${{ github.repository == 'o/r' && 'big-runner' || 'ubuntu-latest' }}
+            steps: [{run: x}]
+          b:
+            runs-on: ${{ matrix.platform.runs-on }}
+            strategy: {matrix: {platform: [{runs-on: [self-hosted, arm64]}]}}
+            steps: [{run: x}]
+          c:
+            runs-on: {group: large, labels: [self-hosted, "${{ needs.a.outputs.size }}"]}
+            needs: a
+            steps: [{run: x}]
+        """)
+    )
+    info = RunInfo(Path("."), "o/r", "push", {}, "0" * 40, "refs/heads/main", "w", "w.yml")
+    ex = Executor(info, w, lambda key: None, None)  # type: ignore[arg-type,return-value]
+    assert ex.runs_on("a", {}, {}, {}) == ["big-runner"]
+    assert ex.runs_on("b", {}, {"platform": {"runs-on": ["self-hosted", "arm64"]}}, {}) == ["self-hosted", "arm64"]
+    needs = {"a": {"result": "success", "outputs": {"size": "xl"}}}
+    assert ex.runs_on("c", needs, {}, {}) == ["self-hosted", "xl"]

@@ -31,7 +31,7 @@ from smith.workflows import sources
 from smith.workflows.context import RunInfo
 from smith.workflows.errors import WorkflowError
 from smith.workflows.executor import Executor, conclude
-from smith.workflows.expressions import Scope, interpolate_tree
+from smith.workflows.inputs import dispatch_inputs
 from smith.workflows.local import changed_paths
 from smith.workflows.model import Workflow
 from smith.workflows.parser import parse
@@ -288,12 +288,11 @@ class WorkflowRuns:
     async def _submit(
         self, rec: dict[str, str], wf: Workflow, run_id: str, smith_id: str, spec: dict[str, Any]
     ) -> None:
-        job = wf.jobs[spec["job"]]
         try:
-            runs_on = interpolate_tree(job.runs_on, Scope({"matrix": spec["matrix"], "inputs": {}, "vars": {}}))
+            executor = Executor(self._info(rec), wf, _no_sessions, _Quiet())
+            labels = executor.runs_on(spec["job"], spec.get("needs") or {}, spec["matrix"], spec["strategy"])
         except WorkflowError:
-            runs_on = None
-        labels = [str(x) for x in (runs_on if isinstance(runs_on, list) else [runs_on] if runs_on else [])]
+            labels = []
         repo = self.repos.get(rec["repo"].lower())
         fallback = list(repo.labels) if repo else ["self-hosted"]
         rc = match_runner_class(labels, self.classes) or match_runner_class(fallback, self.classes)
@@ -443,11 +442,4 @@ def _context(wf: Workflow) -> str:
 
 
 def _dispatch_inputs(wf: Workflow, payload: dict[str, Any]) -> dict[str, Any]:
-    declared = wf.on.get("workflow_dispatch")
-    given = dict(payload.get("inputs") or {})
-    out: dict[str, Any] = {}
-    for name, spec in (declared.inputs if declared else {}).items():
-        if "default" in spec:
-            out[name] = spec["default"]
-    out.update(given)
-    return out
+    return dispatch_inputs(wf.on.get("workflow_dispatch"), dict(payload.get("inputs") or {}))

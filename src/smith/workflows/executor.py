@@ -24,7 +24,7 @@ from smith.workflows.expressions import (
     to_str,
     truthy,
 )
-from smith.workflows.matrix import expand, label
+from smith.workflows.matrix import named
 from smith.workflows.model import Job, Workflow
 from smith.workflows.runner import JobResult, JobRunner, Reporter
 from smith.workflows.session import GuestSession
@@ -93,22 +93,10 @@ class Executor:
         says skip; ``WorkflowError`` when its ``if`` or matrix is wrong. The control plane plans built-in runs
         with this too (control/workflows.py)."""
         job = self.workflow.jobs[jid]
-        base_ctx = {
-            "github": self.info.github(jid, ""),
-            "needs": needs,
-            "vars": dict(self.info.vars),
-            "inputs": dict(self.info.inputs),
-            "secrets": dict(self.info.secrets),
-            "env": {},
-            "matrix": {},
-            "strategy": {},
-            "job": {},
-            "steps": {},
-            "runner": {},
-        }
+        base_ctx = self.job_context(jid, needs)
         if not evaluate_if(job.if_, Scope(base_ctx, status=needs_status(needs))):
             return None
-        combos = self._combos(job, base_ctx)
+        combos, names = self._combos(job, base_ctx)
         strategy = job.strategy
         fail_fast = truthy(interpolate_tree(strategy.fail_fast, Scope(base_ctx))) if strategy else True
         max_parallel = interpolate_tree(strategy.max_parallel, Scope(base_ctx)) if strategy else None
@@ -117,7 +105,40 @@ class Executor:
             {"fail-fast": fail_fast, "job-index": i, "job-total": len(combos), "max-parallel": most}
             for i in range(len(combos))
         ]
-        return Plan(self._keys(job, combos, base_ctx), combos, strategies, fail_fast, most)
+        return Plan(self._keys(job, combos, names, strategies, needs), combos, strategies, fail_fast, most)
+
+    def job_context(
+        self,
+        jid: str,
+        needs: dict[str, Any],
+        matrix: dict[str, Any] | None = None,
+        strategy: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """What a job's own keys (``if``, ``strategy``, ``name``, ``runs-on``, ``timeout-minutes``,
+        ``continue-on-error``) see: github, needs, vars, inputs, and once expanded matrix and strategy."""
+        return {
+            "github": self.info.github(jid, ""),
+            "needs": needs,
+            "vars": dict(self.info.vars),
+            "inputs": dict(self.info.inputs),
+            "secrets": dict(self.info.secrets),
+            "env": {},
+            "matrix": matrix or None,  # null for a job without a matrix, as on GitHub
+            "strategy": strategy or {},
+            "job": {},
+            "steps": {},
+            "runner": {},
+        }
+
+    def runs_on(self, jid: str, needs: dict[str, Any], matrix: dict[str, Any], strategy: dict[str, Any]) -> list[str]:
+        """The labels of a job instance's ``runs-on`` (a label, a list, or a ``{group, labels}`` mapping),
+        evaluated with github, needs, vars, inputs, matrix and strategy as on GitHub."""
+        scope = Scope(self.job_context(jid, needs, matrix, strategy))
+        value = interpolate_tree(self.workflow.jobs[jid].runs_on, scope)
+        if isinstance(value, dict):
+            value = value.get("labels")
+        items = value if isinstance(value, list) else [value]
+        return [to_str(x) for x in items if to_str(x)]
 
     async def _job(self, jid: str, run: RunResult) -> None:
         job = self.workflow.jobs[jid]
@@ -163,40 +184,50 @@ class Executor:
         instances.sort(key=lambda r: r.index)
         self._finish(jid, run, instances, job)
 
-    def _keys(self, job: Job, combos: list[dict[str, Any]], ctx: dict[str, Any]) -> list[str]:
-        """How GitHub names each instance: the job's name (or id), evaluated, with the matrix values appended
-        unless the name uses an expression; unique within the run."""
+    def _keys(
+        self,
+        job: Job,
+        combos: list[dict[str, Any]],
+        names: list[str],
+        strategies: list[dict[str, Any]],
+        needs: dict[str, Any],
+    ) -> list[str]:
+        """How GitHub names each instance: the job's name (or id), evaluated (github, needs, vars, inputs, matrix,
+        strategy), with the matrix values appended unless the name uses an expression; unique within the run."""
         has_matrix = job.strategy is not None and job.strategy.matrix is not None
         keys: list[str] = []
-        for combo in combos:
+        for combo, suffix, strategy in zip(combos, names, strategies, strict=True):
             name = job.id
             if job.name:
                 try:
-                    name = interpolate(str(job.name), Scope({**ctx, "matrix": combo})).strip() or job.id
+                    scope = Scope(self.job_context(job.id, needs, combo, strategy))
+                    name = interpolate(str(job.name), scope).strip() or job.id
                 except WorkflowError:
                     name = str(job.name)
-            if has_matrix and combo and not (job.name and "${{" in str(job.name)):
-                name = f"{name} ({label(combo)})"
+            if has_matrix and suffix and not (job.name and "${{" in str(job.name)):
+                name = f"{name} ({suffix})"
             while name in keys or (name != job.id and name in self.workflow.jobs):
                 name += "'"
             keys.append(name)
         return keys
 
-    def _combos(self, job: Job, ctx: dict[str, Any]) -> list[dict[str, Any]]:
+    def _combos(self, job: Job, ctx: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
+        """The job's matrix combinations and the suffix GitHub names each with."""
         if job.strategy is None or job.strategy.matrix is None:
-            return [{}]
+            return [{}], [""]
         scope = Scope(ctx)
         matrix = job.strategy.matrix
         value = interpolate_value(matrix, scope) if isinstance(matrix, str) else interpolate_tree(dict(matrix), scope)
-        combos = expand(value, f"job {job.id!r}: ")
+        pairs = named(value, f"job {job.id!r}: ")
         for k, v in self.matrix_filter.items():
-            combos = [c for c in combos if k in c and to_str(c[k]) == v]
-        return combos
+            pairs = [(c, n) for c, n in pairs if k in c and to_str(c[k]) == v]
+        return [c for c, _ in pairs], [n for _, n in pairs]
 
     async def run_instance(
         self, job: Job, key: str, combo: dict[str, Any], strategy: dict[str, Any], needs: dict[str, Any]
     ) -> JobResult:
         started = time.monotonic()
+        scope = Scope(self.job_context(job.id, needs, combo, strategy))
         try:
             async with self.sessions(key) as session:
                 runner = JobRunner(
@@ -212,7 +243,7 @@ class Executor:
                     needs=needs,
                     masker=Masker(list(self.masker.values)),
                 )
-                minutes = float(to_str(interpolate_tree(job.timeout_minutes, Scope({"matrix": combo}))) or 360)
+                minutes = job_minutes(job, scope)
                 try:
                     result = await asyncio.wait_for(runner.run(), minutes * 60)
                 except TimeoutError:
@@ -224,7 +255,7 @@ class Executor:
             self.reporter.line(key, "error", f"Error: {exc.message}")
             self.reporter.job_finished(key, "failure", time.monotonic() - started)
             return JobResult(key, job.id, "failure", {}, time.monotonic() - started, error=exc.message)
-        if result.result == "failure" and truthy(interpolate_tree(job.continue_on_error, Scope({"matrix": combo}))):
+        if result.result == "failure" and truthy(interpolate_tree(job.continue_on_error, scope)):
             result.result = "success"
         result.outputs = {k: self.masker.mask(v) for k, v in result.outputs.items()}
         return result
@@ -242,6 +273,15 @@ class Plan:
     strategies: list[dict[str, Any]]
     fail_fast: bool
     max_parallel: int
+
+
+def job_minutes(job: Job, scope: Scope) -> float:
+    """A job's ``timeout-minutes``, which may be an expression (``${{ inputs.minutes }}``)."""
+    value = to_str(interpolate_tree(job.timeout_minutes, scope)) or "360"
+    try:
+        return float(value)
+    except ValueError:
+        raise WorkflowError(f"job {job.id!r}: timeout-minutes must be a number, not {value!r}") from None
 
 
 def needs_status(needs: dict[str, Any]) -> str:

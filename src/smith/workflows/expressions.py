@@ -10,7 +10,6 @@ dereference of a missing key giving null, object filters (``a.*.b``), and the fu
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
@@ -157,12 +156,13 @@ class Parser:
                         args.append(self.or_())
                 self.take(")")
                 return Node("call", low, args)
-            if low in ("true", "false"):
-                return Node("lit", low == "true")
-            if low == "null":
+            # the keywords are case-sensitive: `True` or `NULL` is a (missing) named value, as on GitHub
+            if tok.text in ("true", "false"):
+                return Node("lit", tok.text == "true")
+            if tok.text == "null":
                 return Node("lit", None)
-            if low in ("nan", "infinity"):
-                return Node("lit", math.nan if low == "nan" else math.inf)
+            if tok.text in ("NaN", "Infinity"):
+                return Node("lit", math.nan if tok.text == "NaN" else math.inf)
             return Node("ctx", low)
         raise ExpressionError(f"unexpected {tok.text!r} in expression {self.text!r}")
 
@@ -233,13 +233,21 @@ def to_str(v: Value) -> str:
 
 
 def format_number(n: float) -> str:
+    """A number as GitHub prints it: .NET's ``G15`` (15 significant digits, exponent form ``1E+20`` when the
+    exponent is below -5 or at least 15)."""
     if math.isnan(n):
         return "NaN"
     if math.isinf(n):
         return "Infinity" if n > 0 else "-Infinity"
-    if n == int(n) and abs(n) < 1e15:
-        return str(int(n))
-    return repr(n)
+    text = format(n, ".15G")
+    if "E" in text:
+        mantissa, exp = text.split("E")
+        return f"{mantissa}E{exp[0]}{exp[1:].rjust(2, '0')}"
+    return text
+
+
+def is_primitive(v: Value) -> bool:
+    return v is None or isinstance(v, bool | int | float | str)
 
 
 def truthy(v: Value) -> bool:
@@ -308,32 +316,34 @@ class Scope:
 
 def deref(obj: Value, key: Value) -> Value:
     if isinstance(obj, Filtered):
+        # over a filter's result: each item's value where the item has the key (a null value too, as on GitHub)
         out = Filtered()
         for item in obj:
-            v = deref(item, key)
-            if isinstance(v, Filtered):
-                out.extend(v)
-            elif v is not None:
+            found, v = lookup(item, key)
+            if found:
                 out.append(v)
         return out
+    return lookup(obj, key)[1]
+
+
+def lookup(obj: Value, key: Value) -> tuple[bool, Value]:
+    """Whether ``obj`` (an object or array) has ``key`` (objects: case-insensitively), and its value."""
     if isinstance(obj, dict):
         if not isinstance(key, str):
             key = to_str(key)
         if key in obj:
-            return obj[key]
+            return True, obj[key]
         low = key.lower()
         for k, v in obj.items():
             if isinstance(k, str) and k.lower() == low:
-                return v
-        return None
-    if isinstance(obj, list):
-        if isinstance(key, str):
-            return None
+                return True, v
+        return False, None
+    if isinstance(obj, list) and not isinstance(key, str):
         n = to_number(key)
         if math.isnan(n) or n < 0 or int(n) >= len(obj):
-            return None
-        return obj[int(n)]
-    return None
+            return False, None
+        return True, obj[int(n)]
+    return False, None
 
 
 def star(obj: Value) -> Filtered:
@@ -379,11 +389,14 @@ def evaluate_node(node: Node, scope: Scope) -> Value:
             return not loose_equal(a, b)
         return compare(node.value, a, b)
     if k == "call":
+        if node.value == "case" and "case" not in scope.extra_functions:
+            return case(node.args, scope)
         return call(node.value, [evaluate_node(a, scope) for a in node.args], scope)
     raise ExpressionError(f"cannot evaluate {k}")  # pragma: no cover
 
 
 ARITY = {
+    "case": (3, 255),
     "contains": (2, 2),
     "startswith": (2, 2),
     "endswith": (2, 2),
@@ -411,27 +424,34 @@ def call(name: str, args: list[Value], scope: Scope) -> Value:
         hay, needle = args
         if isinstance(hay, list):
             return any(loose_equal(item, needle) for item in hay)
+        if not (is_primitive(hay) and is_primitive(needle)):
+            return False  # an object, or a primitive searched for an array or object: never found
         return to_str(needle).upper() in to_str(hay).upper()
-    if name == "startswith":
-        return to_str(args[0]).upper().startswith(to_str(args[1]).upper())
-    if name == "endswith":
-        return to_str(args[0]).upper().endswith(to_str(args[1]).upper())
+    if name in ("startswith", "endswith"):
+        if not (is_primitive(args[0]) and is_primitive(args[1])):
+            return False
+        text, part = to_str(args[0]).upper(), to_str(args[1]).upper()
+        return text.startswith(part) if name == "startswith" else text.endswith(part)
     if name == "format":
         return format_string(to_str(args[0]), [to_str(a) for a in args[1:]])
     if name == "join":
-        sep = to_str(args[1]) if len(args) > 1 else ","
+        sep = to_str(args[1]) if len(args) > 1 and is_primitive(args[1]) else ","
         if isinstance(args[0], list):
             return sep.join(to_str(x) for x in args[0])
-        return to_str(args[0])
+        return to_str(args[0]) if is_primitive(args[0]) else ""
     if name == "tojson":
-        return json.dumps(plain(args[0]), indent=2, ensure_ascii=False)
+        return to_json(args[0])
     if name == "fromjson":
         try:
             return from_json(json.loads(to_str(args[0])))
         except ValueError as exc:
             raise ExpressionError(f"fromJSON: invalid JSON {to_str(args[0])[:60]!r}: {exc}") from exc
     if name == "hashfiles":
-        return hash_files(scope.workspace, [to_str(a) for a in args])
+        from smith.workflows.hashfiles import hash_files
+
+        github = scope.contexts.get("github")
+        guest = str(github.get("workspace") or "") if isinstance(github, dict) else ""
+        return hash_files(scope.workspace, [to_str(a) for a in args], guest)
     if name == "success":
         return scope.status == "success"
     if name == "failure":
@@ -441,14 +461,35 @@ def call(name: str, args: list[Value], scope: Scope) -> Value:
     return True  # always()
 
 
-def plain(v: Value) -> Any:
-    if isinstance(v, float) and v == int(v) and not math.isinf(v):
-        return int(v)
-    if isinstance(v, list):
-        return [plain(x) for x in v]
-    if isinstance(v, dict):
-        return {k: plain(x) for k, x in v.items()}
-    return v
+def case(nodes: list[Node], scope: Scope) -> Value:
+    """``case(pred1, value1, pred2, value2, ..., default)``: the value of the first predicate that is true,
+    else the default; predicates must be booleans, and only the chosen value is evaluated."""
+    if len(nodes) % 2 == 0:
+        raise ExpressionError("case() takes an odd number of arguments: predicate/value pairs and a default")
+    for pred, value in zip(nodes[:-1:2], nodes[1::2], strict=True):
+        chosen = evaluate_node(pred, scope)
+        if not isinstance(chosen, bool):
+            raise ExpressionError("case(): a predicate must evaluate to a boolean")
+        if chosen:
+            return evaluate_node(value, scope)
+    return evaluate_node(nodes[-1], scope)
+
+
+def to_json(v: Value, level: int = 0) -> str:
+    """GitHub's toJSON: two-space indentation, numbers as GitHub prints them (``1``, ``1.5``, ``1E+20``)."""
+    pad = "  " * (level + 1)
+    if isinstance(v, dict) and v:
+        items = [f"{pad}{json.dumps(str(k), ensure_ascii=False)}: {to_json(x, level + 1)}" for k, x in v.items()]
+        return "{\n" + ",\n".join(items) + "\n" + "  " * level + "}"
+    if isinstance(v, list) and v:
+        return "[\n" + ",\n".join(pad + to_json(x, level + 1) for x in v) + "\n" + "  " * level + "]"
+    if isinstance(v, dict | list):
+        return "{}" if isinstance(v, dict) else "[]"
+    if v is None or isinstance(v, bool):
+        return to_str(v) or "null"
+    if isinstance(v, int | float):
+        return format_number(float(v))
+    return json.dumps(str(v), ensure_ascii=False)
 
 
 def from_json(v: Any) -> Value:
@@ -489,23 +530,6 @@ def format_string(fmt: str, args: list[str]) -> str:
         out.append(c)
         i += 1
     return "".join(out)
-
-
-def hash_files(workspace: Path | None, patterns: list[str]) -> str:
-    """GitHub's hashFiles: SHA-256 over the SHA-256 of each matching file (sorted paths), '' when none match."""
-    from smith.workflows.globs import match_paths
-
-    if workspace is None:
-        return ""
-    files = [p for p in sorted(workspace.rglob("*")) if p.is_file() and ".git" not in p.relative_to(workspace).parts]
-    rel = [p.relative_to(workspace).as_posix() for p in files]
-    chosen = match_paths(rel, patterns)
-    if not chosen:
-        return ""
-    outer = hashlib.sha256()
-    for r in chosen:
-        outer.update(hashlib.sha256((workspace / r).read_bytes()).digest())
-    return outer.hexdigest()
 
 
 # ---------------------------------------------------------------- entry points

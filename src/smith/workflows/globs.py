@@ -1,4 +1,4 @@
-"""GitHub's filter patterns (branches, tags, paths; hashFiles): ``*`` any characters but ``/``, ``**`` any
+"""GitHub's filter patterns (branches, tags, paths): ``*`` any characters but ``/``, ``**`` any
 characters, ``?`` zero or one of the preceding character, ``+`` one or more of it, ``[...]`` a class, and a
 leading ``!`` that negates a pattern. In a list, patterns apply in order: a later one overrides an earlier one."""
 
@@ -53,9 +53,3 @@ def matches(value: str, patterns: Iterable[str]) -> bool:
         elif not result and compile_glob(p).match(value):
             result = True
     return result
-
-
-def match_paths(paths: Iterable[str], patterns: list[str]) -> list[str]:
-    """The paths the patterns select (hashFiles: a pattern may be a plain directory-relative path)."""
-    cleaned = [p[2:] if p.startswith("./") else p for p in patterns]
-    return [p for p in paths if matches(p, cleaned)]

@@ -12,6 +12,7 @@ from typing import Any
 from smith.adapters.childenv import minimal_env
 from smith.workflows.context import RunInfo
 from smith.workflows.errors import WorkflowError
+from smith.workflows.inputs import dispatch_inputs, event_inputs
 from smith.workflows.model import Workflow
 from smith.workflows.parser import parse_file
 from smith.workflows.triggers import triggered
@@ -70,15 +71,12 @@ def run_info(
     repository = payload["repository"]["full_name"]
     declared = workflow.on.get("workflow_dispatch")
     all_inputs: dict[str, Any] = {}
-    if declared is not None and event_name == "workflow_dispatch":  # other events have no inputs
-        for name, spec in declared.inputs.items():
-            if "default" in spec:
-                all_inputs[name] = spec["default"]
-            elif spec.get("required") and name not in inputs:
+    if event_name == "workflow_dispatch":  # other events have no inputs
+        for name, spec in (declared.inputs if declared is not None else {}).items():
+            if "default" not in spec and spec.get("required") and name not in inputs:
                 raise WorkflowError(f"workflow_dispatch input {name!r} is required: pass --input {name}=VALUE")
-    all_inputs.update(inputs)
-    if event_name == "workflow_dispatch":
-        payload.setdefault("inputs", all_inputs)
+        all_inputs = dispatch_inputs(declared, inputs)
+        payload.setdefault("inputs", event_inputs(all_inputs))
     return RunInfo(
         repo_dir=repo.resolve(),
         repository=repository,
@@ -101,19 +99,51 @@ def default_event(repo: Path, event_name: str, event: dict[str, Any] | None) -> 
     sha = git(repo, "rev-parse", "HEAD") or "0" * 40
     ref = git(repo, "symbolic-ref", "-q", "HEAD") or "refs/heads/main"
     payload = dict(event or {})
-    payload.setdefault("repository", {"full_name": repository, "name": repository.split("/")[-1]})
+    owner, name = repository.split("/", 1)
+    default_branch = git(repo, "symbolic-ref", "-q", "--short", "refs/remotes/origin/HEAD").split("/", 1)[-1]
+    payload.setdefault(
+        "repository",
+        {
+            "full_name": repository,
+            "name": name,
+            "owner": {"login": owner},
+            "default_branch": default_branch or "main",
+            "html_url": f"https://github.com/{repository}",
+        },
+    )
+    payload.setdefault("sender", {"login": "smith"})
     if event_name == "push":
         payload.setdefault("ref", ref)
         payload.setdefault("after", sha)
+        payload.setdefault("head_commit", head_commit(repo, sha))
     if event_name in ("pull_request", "pull_request_target"):
+        number = payload.setdefault("number", 1)
         payload.setdefault("action", "opened")
         payload.setdefault(
-            "pull_request", {"head": {"ref": ref.split("/", 2)[-1], "sha": sha}, "base": {"ref": "main"}}
+            "pull_request",
+            {
+                "number": number,
+                "title": head_commit(repo, sha)["message"].split("\n")[0],
+                "user": {"login": "smith"},
+                "draft": False,
+                "labels": [],
+                "head": {"ref": ref.split("/", 2)[-1], "sha": sha, "repo": {"full_name": repository}},
+                "base": {"ref": default_branch or "main", "repo": {"full_name": repository}},
+            },
         )
-        ref = f"refs/pull/{payload.get('number', 1)}/merge"
+        ref = f"refs/pull/{number}/merge"
     elif isinstance(payload.get("ref"), str):
         ref = payload["ref"]
     return payload, sha, ref
+
+
+def head_commit(repo: Path, sha: str) -> dict[str, Any]:
+    """The ``head_commit`` of a push payload, from git."""
+    fields = git(repo, "log", "-1", "--format=%aI%x00%an%x00%ae%x00%B", sha).split("\0", 3)
+    if len(fields) < 4:
+        return {"id": sha, "message": "", "timestamp": "", "author": {"name": "", "email": ""}}
+    when, name, email, message = fields
+    return {"id": sha, "message": message.strip(), "timestamp": when, "author": {"name": name, "email": email}}
 
 
 def read_event(path: Path | None) -> dict[str, Any] | None:

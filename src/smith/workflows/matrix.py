@@ -24,6 +24,11 @@ def _equal(a: Any, b: Any) -> bool:
 def expand(matrix: dict[str, Any], where: str = "") -> list[dict[str, Any]]:
     """The job's combinations, in GitHub's order: the product of the axes, minus excludes, then includes
     (an include extends every combination whose original values it does not overwrite, else it is added)."""
+    return _expand(matrix, where)[0]
+
+
+def _expand(matrix: dict[str, Any], where: str) -> tuple[list[dict[str, Any]], int]:
+    """The combinations, and how many of them come from the product (the rest an include added)."""
     if not isinstance(matrix, dict):
         raise WorkflowError(f"{where}strategy.matrix must be a mapping")
     include = matrix.get("include") or []
@@ -47,17 +52,41 @@ def expand(matrix: dict[str, Any], where: str = "") -> list[dict[str, Any]]:
         added = False
         for combo, orig in zip(combos[:base], originals, strict=True):
             if all(k not in orig or _equal(orig[k], v) for k, v in inc.items()):
-                combo.update({k: v for k, v in inc.items()})
+                combo.update({k: v for k, v in inc.items() if k not in orig})  # an original value stays as written
                 added = True
         if not added:
             combos.append(dict(inc))
     if len(combos) > MAX_COMBINATIONS:
         raise WorkflowError(f"{where}strategy.matrix expands to {len(combos)} jobs; at most {MAX_COMBINATIONS}")
-    return combos
+    return combos, base
 
 
-def label(combo: dict[str, Any]) -> str:
-    """How GitHub names a matrix job: the values, comma separated."""
+def label(combo: dict[str, Any], keys: list[str] | None = None) -> str:
+    """How GitHub names a matrix job: the values of the matrix's own keys (``keys``; every key for a
+    combination an ``include`` added), objects and lists flattened to their scalar leaves, empty values left out,
+    comma separated. Keys an ``include`` adds to existing combinations do not show."""
     from smith.workflows.expressions import to_str
 
-    return ", ".join(to_str(v) if not isinstance(v, dict | list) else "…" for v in combo.values())
+    parts: list[str] = []
+
+    def leaves(v: Any) -> None:
+        if isinstance(v, dict):
+            for x in v.values():
+                leaves(x)
+        elif isinstance(v, list):
+            for x in v:
+                leaves(x)
+        elif (text := to_str(v)) != "":
+            parts.append(text)
+
+    for k in combo if keys is None else keys:
+        leaves(combo.get(k))
+    return ", ".join(parts)
+
+
+def named(matrix: dict[str, Any], where: str = "") -> list[tuple[dict[str, Any], str]]:
+    """Each combination with the suffix GitHub names its job with: from the matrix's axes, or from all its
+    values for a combination an ``include`` added."""
+    combos, product = _expand(matrix, where)
+    axes = [k for k in matrix if k not in ("include", "exclude")]
+    return [(c, label(c, axes if i < product else None)) for i, c in enumerate(combos)]

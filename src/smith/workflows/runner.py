@@ -143,7 +143,7 @@ class JobRunner:
             "vars": dict(self.info.vars),
             "secrets": {"GITHUB_TOKEN": "", **self.info.secrets},
             "inputs": frame.inputs,
-            "matrix": self.matrix,
+            "matrix": self.matrix or None,  # null for a job without a matrix, as on GitHub
             "strategy": self.strategy,
             "needs": self.needs,
             "steps": frame.steps,
@@ -163,10 +163,10 @@ class JobRunner:
         return Scope(self.contexts(frame, extra_env), status=frame.status, workspace=self.host_workspace())
 
     def evaluate_env(self, env: dict[str, Any], frame: Frame, base: dict[str, str] | None = None) -> dict[str, str]:
-        out: dict[str, str] = {}
-        for k, v in env.items():
-            out[str(k)] = to_str(interpolate_tree(v, self.scope(frame, {**(base or {}), **out})))
-        return out
+        """An ``env`` mapping's values. As on GitHub, ``env.X`` inside the mapping is the value from outside it
+        (``base``), never a sibling key's: a mapping's variables cannot be defined in terms of each other."""
+        scope = self.scope(frame, base)
+        return {str(k): to_str(interpolate_tree(v, scope)) for k, v in env.items()}
 
     # ------------------------------------------------------------ the job
 
