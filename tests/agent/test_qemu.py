@@ -122,6 +122,27 @@ async def test_cold_boot_runs_a_job_and_snapshots_restore_it(image: GuestImage, 
     await again.stop()
 
 
+@pytest.mark.slow
+async def test_steps_commands_sent_back_to_back_all_reach_the_guest(image: GuestImage, base_dir: Path) -> None:
+    """Issue 10: Linux's virtio_console throws away what reached a port its guest had closed (and what was still
+    unread when it closed it), so a guest agent that closed the config port after each line lost the host's next
+    command and the workflow stalled. Here the config and many commands (more than one 4 KiB virtqueue buffer)
+    leave the host before the guest has read any of them: every one must run, in order."""
+    machine = await vmm_for(image, base_dir).boot(SHAPE, "burst")
+    try:
+        await machine.assign(job("", steps=True))
+        pad = "p" * 1500  # several commands per virtqueue buffer, and lines spanning two
+        for i in range(12):
+            await machine.send({"argv": ["/bin/echo", f"command {i}"], "env": {"PAD": pad}})
+        await machine.send({"end": True})
+        events = await asyncio.wait_for(collect(machine), patient(60))
+    finally:
+        await machine.stop()
+    assert lines(events) == [f"command {i}" for i in range(12)]
+    assert [e.exit_code for e in events if e.type == "step"] == [0] * 12
+    assert events[-1].type == "exit" and events[-1].exit_code == 0
+
+
 @dataclass
 class RecordingNetwork:
     """Hands out one made-up slot and records that it got it back (a tap nobody can open: qemu then fails)."""
