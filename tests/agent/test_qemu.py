@@ -10,8 +10,6 @@ import os
 import shutil
 import signal
 import subprocess
-import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,10 +41,8 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> GuestImage:
 
 
 @pytest.fixture
-def base_dir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="sq", dir="/tmp"))  # short: Unix socket paths must fit
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+def base_dir(qemu_base: Path) -> Path:
+    return qemu_base  # short (Unix socket paths must fit), and no qemu may outlive the test (tests/conftest.py)
 
 
 def vmm_for(image: GuestImage, base: Path, **kw: object) -> QemuVMM:
