@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -108,3 +111,33 @@ def chdb_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     _acquire(path)
     yield path
     _release()
+
+
+@pytest.fixture
+def qemu_base() -> Iterator[Path]:
+    """A short base directory for QEMU VMs (Unix socket paths must fit), checked when the test ends: a test that
+    failed, timed out or was interrupted must not leave a qemu-system process behind (any found is killed, and
+    the test fails)."""
+    path = Path(tempfile.mkdtemp(prefix="sq", dir="/tmp"))
+    yield path
+    leaked = qemu_processes(path)
+    for pid in leaked:
+        os.kill(pid, signal.SIGKILL)
+    shutil.rmtree(path, ignore_errors=True)
+    assert not leaked, f"qemu processes left running under {path}: {leaked}"
+
+
+def qemu_processes(base: Path) -> list[int]:
+    """Live qemu-system processes whose command line names ``base`` (this test's VMs, nobody else's)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z" and argv and b"qemu-system" in argv[0] and any(str(base).encode() in a for a in argv):
+            found.append(int(entry.name))
+    return found

@@ -274,6 +274,40 @@ def test_steps_mode_runs_commands_one_at_a_time_and_returns_collected_files(tmp_
     assert "never" not in str(events) and parsed[-1].type == "exit" and parsed[-1].exit_code == 0
 
 
+def test_steps_mode_reads_the_next_command_while_a_step_runs(tmp_path: Path) -> None:
+    """The host's writes never wait for a busy guest (issue 10): the agent reads its command channel in a thread
+    of its own, so a command far bigger than a pipe holds goes through while the step before it still runs. Here
+    that step waits (up to a minute) until the host's write of the next command has returned."""
+    written = tmp_path / "written"
+    wait = f'for i in $(seq 1200); do [ -e "{written}" ] && break; sleep 0.05; done; ls "{written}" >/dev/null'
+    messages = [
+        cfg("", steps=True),
+        {"argv": ["/bin/sh", "-c", wait + " && echo first"]},
+        {"argv": ["/bin/sh", "-c", "wc -c < big.txt"], "write": {"big.txt": "b" * (1 << 20)}},
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-I", "-S", str(AGENT), "--workdir", str(tmp_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    stdin = proc.stdin
+
+    def host() -> None:
+        stdin.write(b"".join(json.dumps(m).encode() + b"\n" for m in messages))
+        stdin.flush()
+        written.touch()
+        stdin.write(b'{"end": true}\n')
+        stdin.close()
+
+    threading.Thread(target=host, daemon=True).start()
+    events = [json.loads(line) for line in proc.stdout]
+    assert proc.wait(30) == 0
+    assert out(events) == ["first", str(1 << 20)]
+    assert [e["exit_code"] for e in events if e["type"] == "step"] == [0, 0]
+
+
 def test_in_a_vm_the_caches_download_host_resolves_to_the_cache_before_the_job(tmp_path: Path) -> None:
     """``--set-hosts`` (a VM's init passes it): the lease's cache download host goes into /etc/hosts, mapped to
     the cache URL's host address, once, before the job starts."""

@@ -13,7 +13,6 @@ import asyncio
 import json
 import shutil
 import subprocess
-import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -33,6 +32,7 @@ from smith.agent.daemon import Agent, AgentConfig
 from smith.agent.logship import LogShipper
 from smith.agent.logsink import Fanout, LocalFiles
 from smith.control.app import create_app
+from smith.control.settings import RunnerClassSpec
 from smith.errors import ConfigError
 from smith.images.build import build_image, find_inputs
 from smith.logs.app import create_app as create_logs_app
@@ -51,6 +51,7 @@ pytestmark = [
 ]
 
 REPO = "Codertocat/Hello-World"  # where the fake GitHub has the App installed
+QEMU_CLASS = "wf-qemu-test"  # the QEMU variant's own runner class (see the platform fixture)
 
 CI = """\
 name: CI
@@ -218,13 +219,19 @@ async def platform(
 ) -> AsyncIterator[Platform]:
     workflows: dict[str, str] = request.param["workflows"]
     vmm: Any = SandboxVMM(tmp_path / "sbx")
+    # The QEMU variant's jobs go to a runner class of its own, and its agent serves that class alone: were it ever
+    # left running, it could take no other test's jobs from the shared Valkey.
+    classes, labels = {}, ()
     if request.param.get("backend") == "qemu":
-        vmm = qemu_vmm(tmp_path)
+        vmm = qemu_vmm(tmp_path, request.getfixturevalue("qemu_base"))
+        classes = {QEMU_CLASS: RunnerClassSpec(vcpus=1, memory_mib=1024, disk_mib=1024)}
+        labels = (QEMU_CLASS,)
     if request.param.get("backend") == "firecracker":
         vmm = firecracker_vmm(request)
     repo, base_sha, head_sha = make_repo(tmp_path, workflows)
     config = tmp_path / "workflow-repos.yml"
-    config.write_text(json.dumps({"repositories": [{"repository": REPO, "source": str(repo)}]}))
+    entry = {"repository": REPO, "source": str(repo), **({"labels": list(labels)} if labels else {})}
+    config.write_text(json.dumps({"repositories": [entry]}))
     logs_settings = LogsSettings(
         agent_token_secret=LOGS_AGENT_SECRET,
         jwt_secret=LOGS_JWT_SECRET,
@@ -241,6 +248,7 @@ async def platform(
             logs_url=logs.url,
             logs_token_secret=LOGS_AGENT_SECRET,
             lease_ttl_seconds=30,  # the restart must not look like a lost agent
+            **({"runner_classes": classes} if classes else {}),
         )
 
         def make_control() -> Any:  # a restarted control plane has a client of its own (stop() closes one)
@@ -252,7 +260,14 @@ async def platform(
         output = Fanout(LocalFiles(tmp_path / "logs"), LogShipper(logs.url, None, tmp_path / "spool", host="wf"))
         agent = Agent(
             AgentConfig(
-                agent_id="wf-host", hostname="wf-host", vcpus=4, memory_mib=8192, max_vms=2, lease_wait_seconds=2
+                agent_id="wf-host",
+                hostname="wf-host",
+                vcpus=4,
+                memory_mib=8192,
+                max_vms=2,
+                lease_wait_seconds=2,
+                labels=labels,
+                drain_seconds=5,  # at the end a job still running (a failed test's) is stopped soon
             ),
             ControlClient(control.url, agent_token("wf-host")),
             vmm,
@@ -265,12 +280,15 @@ async def platform(
         try:
             yield p
         finally:
-            await agent.shutdown()
-            await task
-            p.control.stop()
+            try:
+                await asyncio.wait_for(agent.shutdown(), 90)
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                p.control.stop()
 
 
-def qemu_vmm(tmp_path: Path) -> Any:
+def qemu_vmm(tmp_path: Path, base: Path) -> Any:
     """A QEMU microvm backend on a guest image built here (TCG: no KVM needed); skips where none can be built."""
     if shutil.which("qemu-system-x86_64") is None:
         pytest.skip("no qemu-system-x86_64 (qemu-system-x86)")
@@ -278,8 +296,7 @@ def qemu_vmm(tmp_path: Path) -> Any:
         image = build_image(tmp_path / "image", find_inputs())
     except ConfigError as exc:
         pytest.skip(f"cannot build a guest image here: {exc.message}")
-    short = Path(tempfile.mkdtemp(prefix="sq", dir="/tmp"))  # Unix socket paths must stay short
-    return QemuVMM(short, QemuConfig(kernel=image.vmlinux, initrd=image.initrd, accel="tcg"))
+    return QemuVMM(base, QemuConfig(kernel=image.vmlinux, initrd=image.initrd, accel="tcg"))
 
 
 def firecracker_vmm(request: pytest.FixtureRequest) -> Any:
@@ -291,11 +308,6 @@ def firecracker_vmm(request: pytest.FixtureRequest) -> Any:
 
 
 @pytest.mark.qemu
-@pytest.mark.skip(
-    reason="stalls intermittently in full runs (a QEMU guest driven in steps mode never finishes its first job; "
-    "never when run alone), and a stalled run's agent then takes the next test's jobs from the shared Valkey; "
-    "run it alone with -k qemu until explained (see the closing note of stop 19)",
-)
 @pytest.mark.parametrize("platform", [{"workflows": {"ci.yml": CI}, "backend": "qemu"}], indirect=True)
 async def test_pull_request_jobs_on_qemu(platform: Platform) -> None:
     """The same run on the QEMU backend: checkout copied into the VM, the output passed, logs, statuses."""
@@ -304,7 +316,9 @@ async def test_pull_request_jobs_on_qemu(platform: Platform) -> None:
     [run_id] = r.json()["runs"]
     run = await p.wait_run(run_id, lambda run: run["state"] == "completed", timeout=180)
     assert run["conclusion"] == "success", run
-    [test_id] = run["jobs"]["test"]["smith_jobs"]
+    [build_id], [test_id] = run["jobs"]["build"]["smith_jobs"], run["jobs"]["test"]["smith_jobs"]
+    assert (await p.operator(f"/v1/jobs/{build_id}"))["runner_class"] == QEMU_CLASS
+    assert f"built 1.2.3 at {p.head_sha}" in await p.log_lines(build_id)  # type: ignore[attr-defined]
     assert "testing version 1.2.3" in await p.log_lines(test_id)
     assert [s["state"] for s in await p.statuses(2)] == ["pending", "success"]
 

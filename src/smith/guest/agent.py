@@ -98,9 +98,9 @@ def now() -> float:
     return time.time() + CLOCK_OFFSET
 
 
-def read_config(args: argparse.Namespace) -> dict[str, Any]:
-    if args.config_port:
-        return read_port(args.config_port)
+def read_config(args: argparse.Namespace, port: int | None = None) -> dict[str, Any]:
+    if port is not None:
+        return read_port(port)
     if args.config_file:
         while True:  # the host writes the file atomically (rename), so it is whole once it exists
             try:
@@ -120,33 +120,39 @@ def read_config(args: argparse.Namespace) -> dict[str, Any]:
 PORT_LINES: Iterator[bytes] | None = None  # the rest of the config port, for steps mode
 
 
-def read_port(path: str) -> dict[str, Any]:
+def read_port(fd: int) -> dict[str, Any]:
     """One JSON line from a virtio-serial port (the lines after it stay for steps mode)."""
     global PORT_LINES
-    PORT_LINES = port_lines(path)
+    PORT_LINES = port_lines(fd)
     return dict(json.loads(next(PORT_LINES)))
 
 
-def port_lines(path: str) -> Iterator[bytes]:
-    """Lines from a virtio-serial port. A read returns EOF while the host side is not connected: retry."""
-    buf = b""
+def open_port(path: str) -> int:
     while True:
-        while b"\n" not in buf:
-            try:
-                fd = os.open(path, os.O_RDONLY)
-            except OSError:
-                time.sleep(0.05)
+        try:
+            return os.open(path, os.O_RDONLY)
+        except OSError:
+            time.sleep(0.05)
+
+
+def port_lines(fd: int) -> Iterator[bytes]:
+    """Lines from a virtio-serial port, read unbuffered from one descriptor kept open for good: Linux's
+    virtio_console throws away what reaches a port its guest has closed and what was still unread when it closed
+    it, so closing it between lines loses the host's next command (issue 10). A read returns EOF while the host
+    side is not connected: wait and read the same descriptor again."""
+    buf = bytearray()
+    while True:
+        end = buf.find(b"\n")
+        while end < 0:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                time.sleep(0.02)
                 continue
-            try:
-                while b"\n" not in buf:
-                    chunk = os.read(fd, 65536)
-                    if not chunk:
-                        time.sleep(0.02)
-                        break
-                    buf += chunk
-            finally:
-                os.close(fd)
-        line, buf = buf.split(b"\n", 1)
+            if b"\n" in chunk:
+                end = len(buf) + chunk.index(b"\n")
+            buf += chunk
+        line = bytes(buf[:end])
+        del buf[: end + 1]
         yield line
 
 
@@ -628,13 +634,28 @@ def unpack(data: bytes, dest: str) -> None:
 
 
 def inbox_for(args: argparse.Namespace) -> Callable[[], dict[str, Any] | None]:
-    """Where steps-mode commands come from: the config's own channel (stdin or the port)."""
+    """Where steps-mode commands come from: the config's own channel (stdin or the port), read by a thread of its
+    own so that the channel is drained whatever the agent is doing (running a step, writing events): the host's
+    writes never wait for the guest's."""
+    lines: queue.Queue[bytes | None] = queue.Queue()
+
+    def read() -> None:
+        try:
+            if args.config_port:
+                for line in PORT_LINES or ():
+                    lines.put(line)
+            else:
+                for text in iter(sys.stdin.readline, ""):
+                    lines.put(text.encode())
+        finally:
+            lines.put(None)
+
+    threading.Thread(target=read, name="inbox", daemon=True).start()
 
     def next_message() -> dict[str, Any] | None:
-        if args.config_port:
-            line = next(PORT_LINES) if PORT_LINES is not None else b""
-        else:
-            line = sys.stdin.readline().encode()
+        line = lines.get()
+        if line is None:
+            return None
         if not line.strip():
             return None if not args.config_port else {"end": True}
         return dict(json.loads(line))
@@ -752,10 +773,11 @@ def main() -> int:
     ap.add_argument("--workdir", default=os.getcwd())
     args = ap.parse_args()
     stream: IO[str] = sys.stdout if args.out == "-" else open(args.out, "w", encoding="utf-8")  # noqa: SIM115
+    port = open_port(args.config_port) if args.config_port else None  # open before ready: nothing sent is lost
     if args.announce:
         stream.write(json.dumps({"smith": "ready", "ts": time.time()}) + "\n")
         stream.flush()
-    config = unwrap(read_config(args), set_clock=args.set_clock, set_net=args.set_net)
+    config = unwrap(read_config(args, port), set_clock=args.set_clock, set_net=args.set_net)
     channel = events_channel(args)
     events = channel.makefile("w", encoding="utf-8") if channel is not None else stream
     out = Output(events, secrets_of(config), fallback=stream if channel is not None else None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import io
@@ -40,21 +41,51 @@ class GuestSession:
         self._started = False  # the guest agent's ``started`` came: lines before it are the VM's boot (console)
 
     async def command(self, message: dict[str, Any], on_line: OnLine | None = None) -> tuple[int, dict[str, str]]:
-        await self.machine.send(message)
-        while True:
-            try:
-                event = await self._events.__anext__()
-            except StopAsyncIteration:
-                raise VMError(f"the guest of {self.machine.id} ended in the middle of a step") from None
-            if event.type == "started":
-                self._started = True
-            elif event.type == "line":
-                if on_line is not None and self._started:
-                    on_line(event.stream, event.line)
-            elif event.type == "step":
-                return event.exit_code or 0, event.files or {}
-            elif event.type == "exit":
-                raise VMError(f"the guest of {self.machine.id} ended in the middle of a step")
+        """Send one command and read its events until its ``step`` result. The events are read while the command
+        is still being written: a large command never waits for a guest that waits for its events to be read."""
+        sending = asyncio.ensure_future(self.machine.send(message))
+        try:
+            while True:
+                event = await self._next_event(sending)
+                if event.type == "started":
+                    self._started = True
+                elif event.type == "line":
+                    if on_line is not None and self._started:
+                        on_line(event.stream, event.line)
+                elif event.type == "step":
+                    await sending
+                    return event.exit_code or 0, event.files or {}
+                elif event.type == "exit":
+                    raise VMError(f"the guest of {self.machine.id} ended in the middle of a step")
+        finally:
+            if not sending.done():
+                sending.cancel()
+            await asyncio.gather(sending, return_exceptions=True)
+
+    async def _next_event(self, sending: asyncio.Future[None]) -> GuestEvent:
+        """The guest's next event; a failed send raises at once (the command's events may never come)."""
+        if sending.done():
+            sending.result()
+            return await self._next()
+        nxt: asyncio.Future[GuestEvent] = asyncio.ensure_future(self._next())
+        waiting: set[asyncio.Future[Any]] = {nxt, sending}
+        handed = False
+        try:
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            if not nxt.done():
+                sending.result()  # a failed send raises here
+            handed = True
+        finally:
+            if not handed:  # no reader left behind on the guest's events
+                nxt.cancel()
+                await asyncio.gather(nxt, return_exceptions=True)
+        return await nxt  # (awaiting a task: cancelling this cancels it)
+
+    async def _next(self) -> GuestEvent:
+        try:
+            return await self._events.__anext__()
+        except StopAsyncIteration:
+            raise VMError(f"the guest of {self.machine.id} ended in the middle of a step") from None
 
     async def probe(self) -> None:
         """The guest's work dir, PATH and which interpreters it has."""
