@@ -11,8 +11,9 @@ Starts a private Valkey and `smith cache serve` (a separate process, so its peak
   FinalizeCacheEntryUpload; then GetCacheEntryDownloadURL and a curl of the signed URL to /dev/null (best of 3);
 - with v6, each repetition first times the client's own transfer functions alone (``bench/cache_transfer.mjs``:
   its one-stream download of that entry from each server and of the same file from nginx, its upload of the file
-  into a new entry on each server; no tar, no lookup): the nginx download row is the client's ceiling, what no
-  server can beat through that client;
+  into a new entry on each server; no tar, no lookup), and its upload into ``bench/cache_sink.mjs`` (takes the
+  blocks, keeps nothing): the nginx download and the sink upload are the client's ceiling, what no server can beat
+  through that client; "best smith/peer" puts them in place of Smith's transfer in its whole save and restore;
 - with ``--client v3`` / ``--client v6`` (repeatable; v6 by default when a peer is given), the real
   ``@actions/cache`` client from ``tests/cache/npm/<v>`` saves and restores a file of the entry's size
   (``bench/cache_client.mjs``; tar + zstd included, as a job sees it), ``--repeat`` times;
@@ -415,6 +416,36 @@ def ratios(results: dict[str, dict[str, dict[str, list[float]]]]) -> dict[str, d
     return out
 
 
+def ceiling_ratios(results: dict[str, dict[str, dict[str, list[float]]]], size: int) -> dict[str, float]:
+    """The best Smith / peer a v6 save or restore could show through this client: Smith's whole run with its
+    transfer (the client's function alone) swapped for the client's ceiling (its upload into the sink, its
+    download from nginx), against the peer's whole run."""
+    smith, peer, alone = results["smith"].get("v6"), results["peer"].get("v6"), results["smith"].get(ALONE)
+    ceilings = {"save": results.get("sink", {}).get(ALONE, {}), "restore": results["nginx"].get(ALONE, {})}
+    if not smith or not peer or not alone:
+        return {}
+
+    def seconds(runs: list[float]) -> float:
+        return size / MB / statistics.median(runs)
+
+    out = {}
+    for way, ceiling in ceilings.items():
+        if ceiling.get(way):
+            rest = max(0.0, seconds(smith[way]) - seconds(alone[way]))  # tar + zstd, lookup, finalize
+            out[way] = round(seconds(peer[way]) / (rest + seconds(ceiling[way])), 2)
+    return out
+
+
+def start_sink(stack: contextlib.ExitStack) -> str:
+    """``bench/cache_sink.mjs``: an upload URL that takes blocks and keeps nothing (the client's upload ceiling)."""
+    script = Path(__file__).resolve().parent / "cache_sink.mjs"
+    proc = subprocess.Popen(["node", str(script)], stdout=subprocess.PIPE, start_new_session=True)
+    stack.callback(stop, proc)
+    assert proc.stdout is not None
+    port = int(proc.stdout.readline())
+    return f"http://127.0.0.1:{port}/sink/entry?sp=w"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", default="256M", help="entry size (e.g. 256M, 1GiB); default 256M")
@@ -443,7 +474,7 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind: the servers run in their own sessions
     load_before = os.getloadavg()
 
-    results: dict[str, dict[str, dict[str, list[float]]]] = {"smith": {}, "peer": {}, "nginx": {}}
+    results: dict[str, dict[str, dict[str, list[float]]]] = {"smith": {}, "peer": {}, "nginx": {}, "sink": {}}
     rss: dict[str, dict[str, float]] = {}
 
     def mbps(seconds: float) -> float:
@@ -466,8 +497,11 @@ def main() -> None:
         static, static_url, static_name = start_static(work / "static", work)
         stack.callback(stop_static, static)
         download_urls["nginx"] = f"{static_url}/entry.tzst"
+        sink_url = start_sink(stack) if "v6" in clients else ""
         for rep in range(args.repeat):
             if "v6" in clients:  # the client's transfer functions alone, the same bytes from each server and nginx
+                sink_runs = results.setdefault("sink", {}).setdefault(ALONE, {"save": []})
+                sink_runs["save"].append(mbps(client_transfer("v6", "upload", sink_url, blob)))
                 for name, url in download_urls.items():
                     ways: dict[str, list[float]] = {"restore": []} if name == "nginx" else {"save": [], "restore": []}
                     runs = results[name].setdefault(ALONE, ways)
@@ -501,6 +535,7 @@ def main() -> None:
         "mb_per_s": {name: runs for name, runs in results.items() if runs},
         "rss": rss,
         "smith_over_peer": ratios(results),
+        "best_smith_over_peer_v6": ceiling_ratios(results, size),
     }
     if args.json:
         print(json.dumps(report, indent=2))
@@ -531,7 +566,7 @@ def print_report(report: dict[str, Any]) -> None:
         for client, runs in by_client.items():
             label = {
                 "protocol": "v2 protocol (httpx blocks, curl)",
-                ALONE: "@actions/cache v6 upload/download fn",
+                ALONE: "@actions/cache v6 upload/download fn" if name != "sink" else "@actions/cache v6 upload fn",
                 "curl": f"curl, same file ({report['static_server']})",
             }
             what = label.get(client, f"@actions/cache {client}")
@@ -545,6 +580,11 @@ def print_report(report: dict[str, Any]) -> None:
         for way, r in ways.items():
             met = "met" if r["met"] else "NOT met"
             print(f"  smith/peer {client} {way:<7} {r['ratio']:5.2f}x  (goal >= {r['goal']}x: {met})")
+    for way, best in report["best_smith_over_peer_v6"].items():
+        print(
+            f"  best smith/peer v6 {way:<7} {best:5.2f}x through this client (Smith's transfer at the client's ceiling:"
+            f" {'nginx download' if way == 'restore' else 'upload sink'})"
+        )
 
 
 if __name__ == "__main__":
