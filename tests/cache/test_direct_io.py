@@ -82,3 +82,30 @@ async def test_page_cache_writes_when_direct_is_off(tmp_path: Path, monkeypatch:
     await store.write_part("5", "b00", pieces(data, 65536), len(data))
     assert called == []
     assert (tmp_path / "uploads" / "5" / "b00").read_bytes() == data
+
+
+@needs_direct
+async def test_direct_write_refused_for_alignment_goes_through_the_page_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A filesystem that takes the O_DIRECT flag but refuses the writes (EINVAL: it wants another alignment): the
+    part is written through the page cache from then on, whole."""
+    import errno
+
+    real = filesystem.write_all
+    flags_seen: list[bool] = []
+
+    def picky(fd: int, chunks: Any, offset: int | None = None) -> None:
+        direct = bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT)
+        flags_seen.append(direct)
+        if direct:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        real(fd, chunks, offset)
+
+    monkeypatch.setattr(filesystem, "write_all", picky)
+    store = FilesystemBlobStore(tmp_path)
+    data = os.urandom(3 * BUFFER + 11)
+    assert await store.write_part("6", "b00", pieces(data, 65536), len(data)) == len(data)
+    assert (tmp_path / "uploads" / "6" / "b00").read_bytes() == data
+    if flags_seen[0]:
+        assert flags_seen == [True, False, False, False, False]
