@@ -6,9 +6,14 @@
 Starts a private Valkey and `smith cache serve` (a separate process, so its peak RSS can be read from
 /proc/<pid>/status VmHWM), then:
 
-- the v2 protocol driven directly, once: CreateCacheEntry, the entry's bytes as the @actions/cache v2 client sends
-  them (64 MiB blocks, 8 in parallel, then the block list), FinalizeCacheEntryUpload; then
-  GetCacheEntryDownloadURL and a curl of the signed URL to /dev/null (best of 3);
+- the v2 protocol driven directly, once per server (Smith and the peer): CreateCacheEntry, the entry's bytes as
+  the @actions/cache v2 client sends them (64 MiB blocks, 8 in parallel, then the block list),
+  FinalizeCacheEntryUpload; then GetCacheEntryDownloadURL and a curl of the signed URL to /dev/null (best of 3);
+- with v6, each repetition first times the client's own transfer functions alone (``bench/cache_transfer.mjs``:
+  its one-stream download of that entry from each server and of the same file from nginx, its upload of the file
+  into a new entry on each server; no tar, no lookup), and its upload into ``bench/cache_sink.mjs`` (takes the
+  blocks, keeps nothing): the nginx download and the sink upload are the client's ceiling, what no server can beat
+  through that client; "best smith/peer" puts them in place of Smith's transfer in its whole save and restore;
 - with ``--client v3`` / ``--client v6`` (repeatable; v6 by default when a peer is given), the real
   ``@actions/cache`` client from ``tests/cache/npm/<v>`` saves and restores a file of the entry's size
   (``bench/cache_client.mjs``; tar + zstd included, as a job sees it), ``--repeat`` times;
@@ -42,6 +47,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -327,41 +333,72 @@ def real_client(version: str, server: Server, size: int, work: Path) -> tuple[fl
     return float(result["save_s"]), float(result["restore_s"])
 
 
-def protocol_run(server: Server, blob: Path, size: int) -> tuple[float, float]:
-    """(save, restore) seconds of the v2 protocol driven directly: blocks as the client sends them, curl restore."""
-    twirp = f"{server.base}/twirp/github.actions.results.api.v1.CacheService"
-    with httpx.Client(headers={"Authorization": f"Bearer {server.token}"}, timeout=600) as c:
-        t0 = time.perf_counter()
-        created = c.post(f"{twirp}/CreateCacheEntry", json={"key": "bench", "version": VERSION}).json()
-        url = created["signed_upload_url"]
-        starts = list(range(0, size, BLOCK))
-        ids = [base64.b64encode(f"{i:08d}".encode()).decode() for i in range(len(starts))]
-
-        def put(i: int) -> None:
-            n = min(BLOCK, size - starts[i])
-            r = httpx.put(
-                f"{url}&comp=block&blockid={quote(ids[i])}",
-                content=file_range(blob, starts[i], n),
-                headers={"Content-Length": str(n)},
-                timeout=600,
-            )
-            r.raise_for_status()
-
-        with concurrent.futures.ThreadPoolExecutor(CONCURRENCY) as pool:
-            list(pool.map(put, range(len(starts))))
-        xml = "<BlockList>" + "".join(f"<Latest>{i}</Latest>" for i in ids) + "</BlockList>"
-        httpx.put(f"{url}&comp=blocklist", content=xml, timeout=600).raise_for_status()
-        fin = c.post(
-            f"{twirp}/FinalizeCacheEntryUpload", json={"key": "bench", "version": VERSION, "size_bytes": str(size)}
-        ).json()
-        save_s = time.perf_counter() - t0
-        assert fin["ok"], fin
-        t0 = time.perf_counter()
-        got = c.post(f"{twirp}/GetCacheEntryDownloadURL", json={"key": "bench", "version": VERSION}).json()
-        lookup_s = time.perf_counter() - t0
-    return save_s, lookup_s + curl_download(got["signed_download_url"])
+TWIRP = "/twirp/github.actions.results.api.v1.CacheService"
 
 
+def twirp_call(server: Server, method: str, body: dict[str, str]) -> dict[str, Any]:
+    r = httpx.post(
+        f"{server.base}{TWIRP}/{method}", json=body, headers={"Authorization": f"Bearer {server.token}"}, timeout=60
+    )
+    r.raise_for_status()
+    return dict(r.json())
+
+
+def protocol_run(server: Server, blob: Path, size: int) -> tuple[float, float, str]:
+    """(save, restore) seconds of the v2 protocol driven directly (blocks as the client sends them, curl restore),
+    and the entry's signed download URL."""
+    t0 = time.perf_counter()
+    url = twirp_call(server, "CreateCacheEntry", {"key": "bench", "version": VERSION})["signed_upload_url"]
+    url += "&" if "?" in url else "?"  # the peer's signed URLs have no query
+    starts = list(range(0, size, BLOCK))
+    prefix = str(uuid.uuid4())  # block ids as the Azure SDK makes them (the peer reads the index from them)
+    ids = [base64.b64encode(f"{prefix}{i:012d}".encode()).decode() for i in range(len(starts))]
+
+    def put(i: int) -> None:
+        n = min(BLOCK, size - starts[i])
+        r = httpx.put(
+            f"{url}comp=block&blockid={quote(ids[i])}",
+            content=file_range(blob, starts[i], n),
+            headers={"Content-Length": str(n)},
+            timeout=600,
+        )
+        r.raise_for_status()
+
+    with concurrent.futures.ThreadPoolExecutor(CONCURRENCY) as pool:
+        list(pool.map(put, range(len(starts))))
+    xml = "<BlockList>" + "".join(f"<Latest>{i}</Latest>" for i in ids) + "</BlockList>"
+    httpx.put(f"{url}comp=blocklist", content=xml, timeout=600).raise_for_status()
+    fin = twirp_call(server, "FinalizeCacheEntryUpload", {"key": "bench", "version": VERSION, "size_bytes": str(size)})
+    save_s = time.perf_counter() - t0
+    assert fin["ok"], fin
+    t0 = time.perf_counter()
+    got = twirp_call(server, "GetCacheEntryDownloadURL", {"key": "bench", "version": VERSION})
+    lookup_s = time.perf_counter() - t0
+    return save_s, lookup_s + curl_download(got["signed_download_url"]), got["signed_download_url"]
+
+
+def client_transfer(version: str, way: str, url: str, file: Path) -> float:
+    """Seconds of one upload or download through the real client's own function alone (no tar, no lookup):
+    ``bench/cache_transfer.mjs``."""
+    modules = Path(__file__).resolve().parent.parent / "tests" / "cache" / "npm" / version
+    script = Path(__file__).resolve().parent / "cache_transfer.mjs"
+    done = subprocess.run(["node", str(script), str(modules), way, url, str(file)], capture_output=True, text=True)
+    lines = done.stdout.strip().splitlines()
+    if done.returncode or not lines:
+        raise SystemExit(f"the {version} client's {way} of {url} failed: {(done.stdout + done.stderr)[-1500:]}")
+    return float(json.loads(lines[-1])["seconds"])
+
+
+def upload_alone(version: str, server: Server, blob: Path, key: str) -> float:
+    """Seconds of the client's upload function alone into a new entry (reserved and finalized around it)."""
+    url = twirp_call(server, "CreateCacheEntry", {"key": key, "version": VERSION})["signed_upload_url"]
+    seconds = client_transfer(version, "upload", url, blob)
+    size = str(blob.stat().st_size)
+    assert twirp_call(server, "FinalizeCacheEntryUpload", {"key": key, "version": VERSION, "size_bytes": size})["ok"]
+    return seconds
+
+
+ALONE = "v6 transfer alone"
 GOALS = {"restore": 3.0, "save": 1.5}  # Smith / peer through the same client, issue 14
 
 
@@ -377,6 +414,36 @@ def ratios(results: dict[str, dict[str, dict[str, list[float]]]]) -> dict[str, d
             ratio = statistics.median(smith_runs[way]) / statistics.median(peer_runs[way])
             out[client][way] = {"ratio": round(ratio, 2), "goal": goal, "met": ratio >= goal}
     return out
+
+
+def ceiling_ratios(results: dict[str, dict[str, dict[str, list[float]]]], size: int) -> dict[str, float]:
+    """The best Smith / peer a v6 save or restore could show through this client: Smith's whole run with its
+    transfer (the client's function alone) swapped for the client's ceiling (its upload into the sink, its
+    download from nginx), against the peer's whole run."""
+    smith, peer, alone = results["smith"].get("v6"), results["peer"].get("v6"), results["smith"].get(ALONE)
+    ceilings = {"save": results.get("sink", {}).get(ALONE, {}), "restore": results["nginx"].get(ALONE, {})}
+    if not smith or not peer or not alone:
+        return {}
+
+    def seconds(runs: list[float]) -> float:
+        return size / MB / statistics.median(runs)
+
+    out = {}
+    for way, ceiling in ceilings.items():
+        if ceiling.get(way):
+            rest = max(0.0, seconds(smith[way]) - seconds(alone[way]))  # tar + zstd, lookup, finalize
+            out[way] = round(seconds(peer[way]) / (rest + seconds(ceiling[way])), 2)
+    return out
+
+
+def start_sink(stack: contextlib.ExitStack) -> str:
+    """``bench/cache_sink.mjs``: an upload URL that takes blocks and keeps nothing (the client's upload ceiling)."""
+    script = Path(__file__).resolve().parent / "cache_sink.mjs"
+    proc = subprocess.Popen(["node", str(script)], stdout=subprocess.PIPE, start_new_session=True)
+    stack.callback(stop, proc)
+    assert proc.stdout is not None
+    port = int(proc.stdout.readline())
+    return f"http://127.0.0.1:{port}/sink/entry?sp=w"
 
 
 def main() -> None:
@@ -407,7 +474,7 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind: the servers run in their own sessions
     load_before = os.getloadavg()
 
-    results: dict[str, dict[str, dict[str, list[float]]]] = {"smith": {}, "peer": {}, "nginx": {}}
+    results: dict[str, dict[str, dict[str, list[float]]]] = {"smith": {}, "peer": {}, "nginx": {}, "sink": {}}
     rss: dict[str, dict[str, float]] = {}
 
     def mbps(seconds: float) -> float:
@@ -421,12 +488,27 @@ def main() -> None:
         servers = [start_smith(work, size, args.download_host, stack)]
         if peer_cmd:
             servers.append(start_peer(peer_cmd, work, stack))
+        servers_by = {s.name: s for s in servers}
         idle = {s.name: tree_rss_mib(s.proc.pid)[0] for s in servers}
-        save_s, restore_s = protocol_run(servers[0], blob, size)
-        results["smith"]["protocol"] = {"save": [mbps(save_s)], "restore": [mbps(restore_s)]}
+        download_urls = {}
+        for server in servers:
+            save_s, restore_s, download_urls[server.name] = protocol_run(server, blob, size)
+            results[server.name]["protocol"] = {"save": [mbps(save_s)], "restore": [mbps(restore_s)]}
         static, static_url, static_name = start_static(work / "static", work)
         stack.callback(stop_static, static)
+        download_urls["nginx"] = f"{static_url}/entry.tzst"
+        sink_url = start_sink(stack) if "v6" in clients else ""
         for rep in range(args.repeat):
+            if "v6" in clients:  # the client's transfer functions alone, the same bytes from each server and nginx
+                sink_runs = results.setdefault("sink", {}).setdefault(ALONE, {"save": []})
+                sink_runs["save"].append(mbps(client_transfer("v6", "upload", sink_url, blob)))
+                for name, url in download_urls.items():
+                    ways: dict[str, list[float]] = {"restore": []} if name == "nginx" else {"save": [], "restore": []}
+                    runs = results[name].setdefault(ALONE, ways)
+                    if name in servers_by:
+                        runs["save"].append(mbps(upload_alone("v6", servers_by[name], blob, f"bench-upload-{rep}")))
+                    runs["restore"].append(mbps(client_transfer("v6", "download", url, work / "download.bin")))
+                    (work / "download.bin").unlink()
             for server in servers if rep % 2 == 0 else servers[::-1]:
                 for version in clients:
                     if version == "v3" and server.name == "peer":
@@ -453,6 +535,7 @@ def main() -> None:
         "mb_per_s": {name: runs for name, runs in results.items() if runs},
         "rss": rss,
         "smith_over_peer": ratios(results),
+        "best_smith_over_peer_v6": ceiling_ratios(results, size),
     }
     if args.json:
         print(json.dumps(report, indent=2))
@@ -483,19 +566,25 @@ def print_report(report: dict[str, Any]) -> None:
         for client, runs in by_client.items():
             label = {
                 "protocol": "v2 protocol (httpx blocks, curl)",
+                ALONE: "@actions/cache v6 upload/download fn" if name != "sink" else "@actions/cache v6 upload fn",
                 "curl": f"curl, same file ({report['static_server']})",
             }
             what = label.get(client, f"@actions/cache {client}")
             ways = "  ".join(
                 f"{way} {spread(values, 1 if way == 'server_cpu_s' else 0)}" for way, values in runs.items()
             )
-            print(f"  {name:<6} {what:<34} {ways}")
+            print(f"  {name:<6} {what:<38} {ways}")
     for name, r in report["rss"].items():
         print(f"  {name:<6} RSS idle {r['idle_mib']} MiB, after {r['after_mib']} MiB, peak {r['peak_mib']} MiB")
     for client, ways in report["smith_over_peer"].items():
         for way, r in ways.items():
             met = "met" if r["met"] else "NOT met"
             print(f"  smith/peer {client} {way:<7} {r['ratio']:5.2f}x  (goal >= {r['goal']}x: {met})")
+    for way, best in report["best_smith_over_peer_v6"].items():
+        print(
+            f"  best smith/peer v6 {way:<7} {best:5.2f}x through this client (Smith's transfer at the client's ceiling:"
+            f" {'nginx download' if way == 'restore' else 'upload sink'})"
+        )
 
 
 if __name__ == "__main__":

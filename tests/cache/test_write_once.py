@@ -167,3 +167,39 @@ def test_download_urls_use_the_placeholder_host(serve: Any, tmp_path: Path) -> N
         httpx.get(direct, headers={"Range": f"bytes={o}-{o + 4 * MIB - 1}"}) for o in range(0, len(data), 4 * MIB)
     ]
     assert b"".join(s.content for s in segments) == data
+
+
+def test_write_all_finishes_partial_gathered_writes(tmp_path: Path) -> None:
+    """A batch goes out in gathered writes; a short write (a pipe takes 64 KiB at a time) resumes mid-buffer, empty
+    chunks are skipped, and more buffers than one call takes (IOV_MAX) still all land, in order."""
+    import threading
+
+    chunks = [os.urandom(100_000) for _ in range(6)] + [b""] + [os.urandom(n % 7) for n in range(3000)]
+    r, w = os.pipe()
+    got = bytearray()
+
+    def drain() -> None:
+        while data := os.read(r, MIB):
+            got.extend(data)
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+    try:
+        filesystem.write_all(w, chunks)
+    finally:
+        os.close(w)
+        reader.join()
+        os.close(r)
+    assert bytes(got) == b"".join(chunks)
+
+
+def test_write_all_at_an_offset_leaves_the_rest_of_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"x" * 20)
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        filesystem.write_all(fd, [b"ab", b"", b"cde"], 10)
+        filesystem.write_all(fd, [b"Z"] * 1500, 30)  # more buffers than one call takes, past the end
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == b"x" * 10 + b"abcde" + b"x" * 5 + b"\0" * 10 + b"Z" * 1500

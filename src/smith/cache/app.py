@@ -43,7 +43,7 @@ def build_store(settings: CacheSettings) -> BlobStore:
     if settings.cache_storage == "filesystem":
         from smith.adapters.filesystem import FilesystemBlobStore
 
-        return FilesystemBlobStore(settings.storage_path)
+        return FilesystemBlobStore(settings.storage_path, direct=settings.cache_direct_io)
     if settings.cache_storage == "s3":
         if not settings.cache_s3_bucket:
             raise ConfigError("SMITH_CACHE_STORAGE=s3 needs SMITH_CACHE_S3_BUCKET")

@@ -33,6 +33,11 @@ class CacheSettings(CommonSettings):
     )
     cache_storage: Literal["filesystem", "s3"] = Field("filesystem", description="filesystem or s3")
     cache_storage_path: Path | None = Field(None, description="Blob directory (default <data_dir>/cache/blobs)")
+    cache_direct_io: bool = Field(
+        True,
+        description="Filesystem store: write v2 blocks past the page cache (O_DIRECT; about half the server's CPU "
+        "per save); off: through the page cache. Filesystems that refuse O_DIRECT get the page cache either way",
+    )
     cache_s3_endpoint: str | None = Field(None, description="S3-compatible endpoint URL (unset: AWS)")
     cache_s3_bucket: str | None = None
     cache_s3_region: str | None = Field(
