@@ -15,6 +15,7 @@ from smith.workflows.session import GuestSession
 GUEST = r"""
 import json, sys
 stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+stdout.write(json.dumps({"type": "started", "ts": 0, "stream": "system"}).encode() + b"\n")  # the agent's first
 head = stdin.read(16)
 for i in range(20000):
     event = {"type": "line", "ts": 0, "stream": "stdout", "line": f"event {i} " + "e" * 80}
