@@ -119,6 +119,18 @@ def make_repo(base: Path, workflows: dict[str, str]) -> tuple[Path, str, str]:
     return repo, base_sha, git(repo, "rev-parse", "HEAD")
 
 
+def moved_on(base: Path, workflows: dict[str, str]) -> tuple[Path, str, str]:
+    """``make_repo``, then main gets a commit after the feature branch was cut: (path, base, head)."""
+    repo, _, head = make_repo(base, workflows)
+    git(repo, "checkout", "-q", "main")
+    (repo / "BASE_NOTE").write_text("from main\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "main moved on")
+    base_sha = git(repo, "rev-parse", "HEAD")
+    git(repo, "checkout", "-q", "feature")
+    return repo, base_sha, head
+
+
 def pull_request_payload(number: int, base_sha: str, head_sha: str, action: str = "opened") -> dict[str, Any]:
     owner, name = REPO.split("/")
     repository = {
@@ -160,7 +172,7 @@ class Platform:
     fake: FakeGitHub
     agent: Agent
 
-    def deliver(self, payload: dict[str, Any], delivery: str | None = None) -> httpx.Response:
+    def deliver(self, payload: dict[str, Any], delivery: str) -> httpx.Response:
         body = json.dumps(payload).encode()
         headers = signed(body, "pull_request", delivery)
         return httpx.post(self.control.url + "/webhooks/github", content=body, headers=headers, timeout=30)
@@ -178,6 +190,16 @@ class Platform:
             r = await c.get(path)
             r.raise_for_status()
             return dict(r.json())
+
+    async def runs_of(self, delivery: str) -> list[str]:
+        """The runs a delivery started, once the trigger worker has started them."""
+        deadline = time.monotonic() + 60
+        while True:
+            view = await self.operator(f"/v1/workflows/triggers/{delivery}")
+            if view["state"] != "pending" or time.monotonic() > deadline:
+                assert view["state"] == "done", view
+                return list(view["runs"])
+            await asyncio.sleep(0.05)
 
     async def wait_run(self, run_id: str, until: Any, timeout: float = 90) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
@@ -219,7 +241,7 @@ async def platform(
     vmm: Any = SandboxVMM(tmp_path / "sbx")
     if request.param.get("backend") == "qemu":
         vmm = qemu_vmm(tmp_path)
-    repo, base_sha, head_sha = make_repo(tmp_path, workflows)
+    repo, base_sha, head_sha = (moved_on if request.param.get("moved_on") else make_repo)(tmp_path, workflows)
     config = tmp_path / "workflow-repos.yml"
     config.write_text(json.dumps({"repositories": [{"repository": REPO, "source": str(repo)}]}))
     logs_settings = LogsSettings(
@@ -289,8 +311,8 @@ def qemu_vmm(tmp_path: Path) -> Any:
 async def test_pull_request_jobs_on_qemu(platform: Platform) -> None:
     """The same run on the QEMU backend: checkout copied into the VM, the output passed, logs, statuses."""
     p = platform
-    r = await asyncio.to_thread(p.deliver, pull_request_payload(9, p.base_sha, p.head_sha))  # type: ignore[attr-defined]
-    [run_id] = r.json()["runs"]
+    await asyncio.to_thread(p.deliver, pull_request_payload(9, p.base_sha, p.head_sha), "d-9")  # type: ignore[attr-defined]
+    [run_id] = await p.runs_of("d-9")
     run = await p.wait_run(run_id, lambda run: run["state"] == "completed", timeout=180)
     assert run["conclusion"] == "success", run
     [test_id] = run["jobs"]["test"]["smith_jobs"]
@@ -303,8 +325,8 @@ async def test_pull_request_runs_jobs_in_needs_order_through_a_restart(platform:
     p = platform
     payload = pull_request_payload(7, p.base_sha, p.head_sha)  # type: ignore[attr-defined]
     r = await asyncio.to_thread(p.deliver, payload, "delivery-7")
-    assert r.status_code == 202, r.text
-    [run_id] = r.json()["runs"]
+    assert r.status_code == 202 and r.json()["outcome"] == "triggered", r.text
+    [run_id] = await p.runs_of("delivery-7")
     # The build job has run and its output is recorded; restart the control plane before test runs (or ends).
     run = await p.wait_run(run_id, lambda run: run["jobs"]["build"]["state"] == "done")
     assert run["jobs"]["build"] == {**run["jobs"]["build"], "result": "success", "outputs": {"version": "1.2.3"}}
@@ -319,7 +341,7 @@ async def test_pull_request_runs_jobs_in_needs_order_through_a_restart(platform:
     assert build["finished_at"] <= test["created_at"]  # needs order: test was queued once build had finished
     build_log, test_log = await p.log_lines(build_id), await p.log_lines(test_id)
     assert "▶ Read the version" in build_log
-    assert f"built 1.2.3 at {p.head_sha}" in build_log  # type: ignore[attr-defined]
+    assert f"built 1.2.3 at {run['sha']}" in build_log  # the merge commit
     assert "testing version 1.2.3" in test_log
     assert any(x.startswith("✓ Test: success [") for x in test_log)
     assert any(x.startswith("✓ job test: success [") for x in test_log)
@@ -333,8 +355,8 @@ async def test_pull_request_runs_jobs_in_needs_order_through_a_restart(platform:
 @pytest.mark.parametrize("platform", [{"workflows": {"lint.yml": FAILING}}], indirect=True)
 async def test_a_failing_workflow_reports_failure(platform: Platform) -> None:
     p = platform
-    r = await asyncio.to_thread(p.deliver, pull_request_payload(8, p.base_sha, p.head_sha))  # type: ignore[attr-defined]
-    [run_id] = r.json()["runs"]
+    await asyncio.to_thread(p.deliver, pull_request_payload(8, p.base_sha, p.head_sha), "d-8")  # type: ignore[attr-defined]
+    [run_id] = await p.runs_of("d-8")
     run = await p.wait_run(run_id, lambda run: run["state"] == "completed")
     assert run["conclusion"] == "failure" and run["jobs"]["lint"]["result"] == "failure"
     [lint_id] = run["jobs"]["lint"]["smith_jobs"]
@@ -342,3 +364,34 @@ async def test_a_failing_workflow_reports_failure(platform: Platform) -> None:
     assert "lint found 3 problems" in log and "Error: Process completed with exit code 3." in log
     assert [s["state"] for s in await p.statuses(2)] == ["pending", "failure"]
     assert p.fake.statuses[-1]["description"] == "failed: lint"
+
+
+MERGE = """\
+name: Merge
+on: pull_request
+jobs:
+  look:
+    runs-on: ubuntu-latest
+    steps:
+      - uses: actions/checkout@v4
+      - run: |
+          echo "head file: $(cat VERSION)"
+          echo "base file: $(cat BASE_NOTE)"
+          echo "sha=$GITHUB_SHA ref=$GITHUB_REF head=$GITHUB_HEAD_REF base=$GITHUB_BASE_REF"
+"""
+
+
+@pytest.mark.parametrize("platform", [{"workflows": {"merge.yml": MERGE}, "moved_on": True}], indirect=True)
+async def test_a_pull_request_whose_base_moved_on_runs_on_the_merge_commit(platform: Platform) -> None:
+    """GitHub runs pull_request workflows on refs/pull/N/merge: the job sees the files of both branches."""
+    p = platform
+    await asyncio.to_thread(p.deliver, pull_request_payload(11, p.base_sha, p.head_sha), "d-11")  # type: ignore[attr-defined]
+    [run_id] = await p.runs_of("d-11")
+    run = await p.wait_run(run_id, lambda run: run["state"] == "completed")
+    assert run["conclusion"] == "success", run
+    [look_id] = run["jobs"]["look"]["smith_jobs"]
+    log = await p.log_lines(look_id)
+    assert "head file: 1.2.3" in log and "base file: from main" in log, log
+    assert f"sha={run['sha']} ref=refs/pull/11/merge head=feature base=main" in log
+    assert run["sha"] not in (p.base_sha, p.head_sha)  # type: ignore[attr-defined]
+    assert [(s["state"], s["sha"]) for s in await p.statuses(2)] == [("pending", p.head_sha), ("success", p.head_sha)]  # type: ignore[attr-defined]

@@ -288,6 +288,10 @@ def create_app(
     async def workflow_run(run_id: str, _: Operator) -> dict[str, Any]:
         return await plane.workflows.view(run_id)
 
+    @app.get("/v1/workflows/triggers/{delivery}", tags=["operators"])
+    async def workflow_trigger(delivery: str, _: Operator) -> dict[str, Any]:
+        return await plane.workflows.trigger_view(delivery)
+
     @app.get("/v1/queue", tags=["operators"])
     async def queue(_: Operator) -> dict[str, Any]:
         return await plane.queue_health()

@@ -82,6 +82,7 @@ class WorkflowRuns:
         self.repos = repos
         self.statuses = statuses
         self._lock = asyncio.Lock()  # one advance at a time in this process (the scripts make them safe anyway)
+        self.wake = asyncio.Event()  # set when a trigger is recorded: the trigger worker looks at once
 
     @classmethod
     def for_plane(
@@ -106,7 +107,8 @@ class WorkflowRuns:
         return self.repos.get(name.lower())
 
     async def webhook(self, event: str, delivery: str, payload: dict[str, Any]) -> dict[str, Any] | None:
-        """Start the runs a push / pull_request delivery asks for; None when it is not for built-in execution."""
+        """Record a push / pull_request delivery as a trigger for the trigger worker (wftriggers.py), reading no
+        git here (GitHub gives a webhook 10 s); None when it is not for built-in execution."""
         repo = self.repo_of(payload)
         if repo is None or event not in ("push", "pull_request"):
             return None
@@ -123,8 +125,25 @@ class WorkflowRuns:
         if not sha:
             raise InvalidInput(f"{event} payload names no commit")
         installation = int((payload.get("installation") or {}).get("id") or repo.installation_id or 0)
-        started = await self.start(repo, event, payload, sha, ref, delivery, installation)
-        return {"outcome": "runs", "runs": started}
+        fields = {
+            "event": event,
+            "payload": orjson.dumps(payload).decode(),
+            "sha": sha,
+            "ref": ref,
+            "installation_id": str(installation),
+        }
+        new = await self.runs.trigger(delivery, fields)
+        self.wake.set()
+        return {"outcome": "triggered", "delivery": delivery, "new": new}
+
+    async def trigger_view(self, delivery: str) -> dict[str, Any]:
+        """A recorded trigger: pending (its runs not started yet), done (with its runs) or failed (why)."""
+        rec = await self.runs.get_trigger(delivery)
+        if not rec:
+            raise NotFound(f"no workflow trigger for delivery {delivery}")
+        runs = orjson.loads(rec["runs"]) if rec.get("runs") else []
+        return {"delivery": delivery, "event": rec.get("event"), "state": rec.get("state"), "runs": runs,
+                "error": rec.get("error") or None}  # fmt: skip
 
     async def dispatch(self, repository: str, workflow: str, ref: str, inputs: dict[str, Any]) -> list[str]:
         """``workflow_dispatch`` from the operator API: one run of ``workflow`` (its path) at ``ref``."""
@@ -164,13 +183,16 @@ class WorkflowRuns:
         delivery: str,
         installation: int,
         only: str | None = None,
+        merge_time: int | None = None,
     ) -> list[str]:
-        def read() -> tuple[dict[str, str], list[str] | None]:
-            with sources.local_copy(repo.source) as git:
-                return sources.workflow_files(git, sha), changed_paths(git, event, payload)
-
+        """One run per workflow the event triggers at ``sha`` (with ``merge_time``, a pull request's: at the
+        merge commit of ``sha`` into its base, made with that date): their ids, created now or before (a trigger
+        done again after a crash starts none twice). Raises ``MergeConflict``."""
+        head = sha  # statuses go on the pushed commit, not on a merge commit
         try:
-            files, changed = await asyncio.to_thread(read)
+            sha, files, changed, extra = await asyncio.to_thread(_read, repo.source, event, payload, sha, merge_time)
+        except sources.MergeConflict:
+            raise
         except WorkflowError as exc:
             raise InvalidInput(f"cannot read {repo.repository} at {sha[:12]}: {exc.message}") from exc
         started: list[str] = []
@@ -181,7 +203,7 @@ class WorkflowRuns:
                 wf = parse(text, path)
             except WorkflowError as exc:
                 log.warning("invalid workflow", repo=repo.repository, file=path, error=exc.message)
-                await self._status(repo.repository, sha, "error", f"smith/{path}", exc.message[:140], installation)
+                await self.post_status(repo.repository, head, "error", f"smith/{path}", exc.message[:140], installation)
                 continue
             if not triggered(wf, event, payload, changed):
                 continue
@@ -198,11 +220,13 @@ class WorkflowRuns:
                 "name": wf.name,
                 "inputs": orjson.dumps(inputs).decode(),
                 "installation_id": str(installation),
+                "head_sha": head,
+                **extra,
             }
+            started.append(run_id)
             if await self.runs.create(run_id, fields):
                 log.info("workflow run started", run=run_id, repo=repo.repository, file=path, github_event=event)
-                await self._status(repo.repository, sha, "pending", _context(wf), "queued", installation)
-                started.append(run_id)
+                await self.post_status(repo.repository, head, "pending", _context(wf), "queued", installation)
                 await self.advance(run_id)
         return started
 
@@ -245,7 +269,8 @@ class WorkflowRuns:
                 failed = [j for j, r in zip(wf.jobs, results, strict=True) if r in ("failure", "cancelled")]
                 text = f"failed: {', '.join(failed)}" if failed else f"{len(results)} jobs succeeded"
                 installation = int(rec.get("installation_id") or 0)
-                await self._status(rec["repo"], rec["sha"], conclusion, _context(wf), text[:140], installation)
+                head = rec.get("head_sha") or rec["sha"]
+                await self.post_status(rec["repo"], head, conclusion, _context(wf), text[:140], installation)
                 if await self.runs.run_done(run_id, conclusion):
                     log.info("workflow run finished", run=run_id, conclusion=conclusion)
 
@@ -314,7 +339,7 @@ class WorkflowRuns:
             org=rec["repo"].split("/")[0],
             name=spec["key"],
             workflow=rec["name"],
-            head_sha=rec["sha"],
+            head_sha=rec.get("head_sha") or rec["sha"],
             head_branch=rec["ref"].split("/", 2)[-1],
             wf_run=run_id,
         )
@@ -410,6 +435,9 @@ class WorkflowRuns:
             secrets=dict(repo.secrets) if repo else {},
             vars=dict(repo.vars) if repo else {},
             inputs=orjson.loads(rec.get("inputs") or "{}"),
+            merge_base=rec.get("merge_base", ""),
+            merge_head=rec.get("merge_head", ""),
+            merge_time=int(rec.get("merge_time") or 0),
         )
 
     async def finished(self, agent_id: str, job: Job, req: wire.StatusReport) -> None:
@@ -425,13 +453,31 @@ class WorkflowRuns:
         result = req.conclusion or {"succeeded": "success", "cancelled": "cancelled"}.get(req.state, "failure")
         await self.runs.instance_done(job.wf_run, spec["job"], spec["index"], _result(result, req.outputs, req.reason))
 
-    async def _status(self, repo: str, sha: str, state: str, context: str, description: str, installation: int) -> None:
+    async def post_status(
+        self, repo: str, sha: str, state: str, context: str, description: str, installation: int
+    ) -> None:
         if self.statuses is None:
             return
         try:
             await self.statuses.commit_status(repo, sha, state, context, description, installation)
         except SmithError as exc:
             log.warning("commit status not reported", repo=repo, sha=sha, state=state, error=exc.message)
+
+
+def _read(
+    source: str, event: str, payload: dict[str, Any], sha: str, merge_time: int | None
+) -> tuple[str, dict[str, str], list[str] | None, dict[str, str]]:
+    """The commit a run runs (a pull request's merge commit, made in a scratch clone), its workflow files, the
+    paths the event changed, and the run fields saying how the merge was made (none without one)."""
+    with sources.local_copy(source, scratch=merge_time is not None) as git:
+        extra: dict[str, str] = {}
+        if merge_time is not None:
+            base = payload.get("pull_request", {}).get("base", {})
+            parent = str(base.get("sha") or "") or sources.resolve(git, f"refs/heads/{base.get('ref')}")
+            merged = sources.merge_commit(git, parent, sha, merge_time)
+            extra = {"merge_base": parent, "merge_head": sha, "merge_time": str(merge_time)}
+            sha = merged
+        return sha, sources.workflow_files(git, sha), changed_paths(git, event, payload), extra
 
 
 def _result(result: str, outputs: dict[str, str], error: str = "") -> str:

@@ -102,6 +102,9 @@ class WorkflowJobSpec(BaseModel):
     vars: dict[str, str] = {}
     inputs: dict[str, Any] = {}
     run_number: int = 1
+    merge_base: str = Field("", description="A pull request run: ``sha`` is the merge of merge_head into this")
+    merge_head: str = ""
+    merge_time: int = Field(0, description="The merge commit's date (Unix time): it is made again identically")
 
 
 class JobSpec(BaseModel):

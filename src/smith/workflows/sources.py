@@ -1,7 +1,8 @@
 """A repository configured for built-in execution, read with git: a local path or a clone URL.
 
-The control plane reads a commit's workflow files from it (``workflow_files``); the host agent checks the
-commit out for a job (``checkout``). Both only run git; nothing here writes to the source."""
+The control plane reads a commit's workflow files from it (``workflow_files``) and makes a pull request's merge
+commit in a scratch clone (``merge_commit``); the host agent checks the commit out for a job (``checkout``,
+making the same merge commit again). All only run git; nothing here writes to the source."""
 
 from __future__ import annotations
 
@@ -18,10 +19,29 @@ from smith.workflows.errors import WorkflowError
 FOLDER = ".github/workflows"
 
 
-def _git(*args: str, cwd: Path | None = None, timeout: float = 300) -> str:
+# A pull request's merge commit is made with these, so every machine that makes it gets the same sha.
+MERGER = {
+    "GIT_AUTHOR_NAME": "GitHub",
+    "GIT_AUTHOR_EMAIL": "noreply@github.com",
+    "GIT_COMMITTER_NAME": "GitHub",
+    "GIT_COMMITTER_EMAIL": "noreply@github.com",
+}
+
+
+class MergeConflict(WorkflowError):
+    """The pull request's head does not merge cleanly into its base."""
+
+
+def _git(*args: str, cwd: Path | None = None, timeout: float = 300, env: dict[str, str] | None = None) -> str:
     try:
         done = subprocess.run(
-            ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=minimal_env(), check=False
+            ["git", *args],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=minimal_env(**(env or {})),
+            check=False,
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise WorkflowError(f"git {args[0]} failed: {exc}") from exc
@@ -31,15 +51,17 @@ def _git(*args: str, cwd: Path | None = None, timeout: float = 300) -> str:
 
 
 @contextlib.contextmanager
-def local_copy(source: str) -> Iterator[Path]:
-    """A git directory holding the source's commits: the source itself when it is a local directory, else a
-    bare clone made for the call (removed after)."""
-    if Path(source).is_dir():
+def local_copy(source: str, scratch: bool = False) -> Iterator[Path]:
+    """A git directory holding the source's commits: the source itself when it is a local directory (unless
+    ``scratch``: a clone sharing its objects, for writing new ones), else a bare clone made for the call (removed
+    after)."""
+    if Path(source).is_dir() and not scratch:
         yield Path(source)
         return
     tmp = Path(tempfile.mkdtemp(prefix="smith-src-"))
     try:
-        _git("clone", "--bare", "-q", source, str(tmp / "repo.git"))
+        shared = ["--shared"] if Path(source).is_dir() else []
+        _git("clone", "--bare", "-q", *shared, source, str(tmp / "repo.git"))
         yield tmp / "repo.git"
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -68,8 +90,42 @@ def _has_folder(repo: Path, sha: str) -> bool:
     return True
 
 
-def checkout(source: str, sha: str, dest: Path) -> Path:
-    """The source's commit ``sha`` checked out at ``dest`` (a new directory)."""
+def merge_commit(repo: Path, base: str, head: str, when: int) -> str:
+    """A pull request's merge commit, as GitHub tests it (``refs/pull/N/merge``): ``head`` merged into ``base``.
+    Made with a fixed identity, date (``when``, Unix time) and message, so the control plane and every agent
+    make the same commit (the same sha) from the same two parents. Writes objects into ``repo``; raises
+    ``MergeConflict`` when the two do not merge cleanly."""
+    try:
+        done = subprocess.run(
+            ["git", "merge-tree", "--write-tree", "--name-only", "--no-messages", base, head],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=minimal_env(),
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise WorkflowError(f"git merge-tree failed: {exc}") from exc
+    if done.returncode == 1:
+        files = [line for line in done.stdout.splitlines()[1:] if line]
+        raise MergeConflict(f"merge conflict in {', '.join(files[:5]) or 'the pull request'}")
+    if done.returncode != 0:
+        raise WorkflowError(f"git merge-tree failed: {done.stderr.strip()[-500:]}")
+    tree = done.stdout.split()[0]
+    date = f"{when} +0000"
+    env = {**MERGER, "GIT_AUTHOR_DATE": date, "GIT_COMMITTER_DATE": date}
+    message = f"Merge {head} into {base}"
+    return _git("commit-tree", tree, "-p", base, "-p", head, "-m", message, cwd=repo, env=env).strip()
+
+
+def checkout(source: str, sha: str, dest: Path, merge: tuple[str, str, int] | None = None) -> Path:
+    """The source's commit ``sha`` checked out at ``dest`` (a new directory). With ``merge`` (base, head, time),
+    ``sha`` is a pull request's merge commit: made here again from its parents (``merge_commit``)."""
     _git("clone", "-q", "--no-checkout", source, str(dest))
+    if merge is not None:
+        made = merge_commit(dest, *merge)
+        if made != sha:
+            raise WorkflowError(f"the merge commit made here ({made[:12]}) is not the run's ({sha[:12]})")
     _git("-c", "advice.detachedHead=false", "checkout", "-q", sha, cwd=dest)
     return dest

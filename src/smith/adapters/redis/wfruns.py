@@ -8,6 +8,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
 import redis.asyncio as aioredis
 
 from smith.adapters.redis import keys, replay, wfscripts
@@ -28,6 +29,8 @@ class RedisRuns:
         self._instance = redis.register_script(wfscripts.INSTANCE)
         self._job_done = redis.register_script(wfscripts.JOB_DONE)
         self._run_done = redis.register_script(wfscripts.RUN_DONE)
+        self._trigger = redis.register_script(wfscripts.TRIGGER)
+        self._trigger_done = redis.register_script(wfscripts.TRIGGER_DONE)
 
     async def create(self, run_id: str, fields: Mapping[str, str]) -> bool:
         """A new run (state running); False if a run with this id exists (a redelivered webhook)."""
@@ -66,3 +69,31 @@ class RedisRuns:
         args: list[str | int] = [run_id, conclusion, repr(time.time()), self.retention]
         async with errors(self.reach):
             return bool(await self._run_done(keys=[keys.wf_run(run_id), keys.WF_RUNS, _reply()], args=args))
+
+    # -- triggers: a delivery recorded at once, turned into runs by the control plane's trigger worker --------
+
+    async def trigger(self, delivery: str, fields: Mapping[str, str]) -> bool:
+        """Record a delivery to be turned into runs; False if it was recorded before (a redelivery)."""
+        now = repr(time.time())
+        argv: list[str] = [delivery, now]
+        for k, v in {**fields, "delivery": delivery, "received_at": now}.items():
+            argv += [k, v]
+        ks = [keys.wf_trigger(delivery), keys.WF_TRIGGERS, _reply()]
+        async with errors(self.reach):
+            return bool(await self._trigger(keys=ks, args=argv))
+
+    async def get_trigger(self, delivery: str) -> dict[str, str]:
+        async with errors(self.reach):
+            return dict(await self.r.hgetall(keys.wf_trigger(delivery)))
+
+    async def pending_triggers(self, limit: int = 100) -> list[str]:
+        """Deliveries whose runs are not started yet, oldest first."""
+        async with errors(self.reach):
+            return [str(x) for x in await self.r.zrange(keys.WF_TRIGGERS, 0, limit - 1)]
+
+    async def trigger_done(self, delivery: str, state: str, runs: list[str], error: str = "") -> bool:
+        """Settle a trigger (done: its runs exist; failed: none will); it is kept as long as a run record."""
+        args: list[str | int] = [delivery, state, orjson.dumps(runs).decode(), error, self.retention]
+        ks = [keys.wf_trigger(delivery), keys.WF_TRIGGERS, _reply()]
+        async with errors(self.reach):
+            return bool(await self._trigger_done(keys=ks, args=args))

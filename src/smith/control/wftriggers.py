@@ -1,0 +1,75 @@
+"""The trigger worker: turns recorded push / pull_request deliveries into workflow runs, outside the request.
+
+The webhook only records a trigger (``{smith}:wftrigger:<delivery>``, one script) and answers; this worker,
+supervised in the control plane like the reaper, reads each pending trigger's workflow files with git (a slow
+clone delays nothing but itself), makes a pull request's merge commit, starts the runs and settles the
+trigger. A crash at any point leaves the trigger pending and the next worker (after a restart, or another
+replica) does it again: run ids come from the delivery and the workflow file, and a run is created at most once,
+so a trigger done twice starts each run once."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from smith.errors import InvalidInput, SmithError
+from smith.logging import get_logger
+from smith.workflows import sources
+
+if TYPE_CHECKING:
+    from smith.control.workflows import WorkflowRuns
+
+log = get_logger("smith.control.wftriggers")
+
+MERGE_CONTEXT = "smith/merge"
+
+
+class TriggerWorker:
+    def __init__(self, runs: WorkflowRuns, interval: float) -> None:
+        self.runs = runs
+        self.interval = interval  # how often pending triggers are looked for without a wake-up
+
+    async def serve(self) -> None:
+        """Forever: every pending trigger, then wait for the next webhook (or ``interval``)."""
+        while True:
+            self.runs.wake.clear()
+            try:
+                await self.drain()
+            except SmithError as exc:  # Redis down: the triggers stay pending
+                log.warning("workflow triggers not processed", error=exc.message)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.runs.wake.wait(), self.interval)
+
+    async def drain(self) -> int:
+        """Process every pending trigger once; how many were settled."""
+        settled = 0
+        for delivery in await self.runs.runs.pending_triggers():
+            settled += await self.process(delivery)
+        return settled
+
+    async def process(self, delivery: str) -> bool:
+        """Start the runs one trigger asks for and settle it; True if this call settled it."""
+        rec = await self.runs.runs.get_trigger(delivery)
+        if rec.get("state") != "pending":
+            return False
+        payload: dict[str, Any] = orjson.loads(rec["payload"])
+        event, sha, ref = rec["event"], rec["sha"], rec["ref"]
+        repo = self.runs.repo_of(payload)
+        if repo is None:
+            return await self.runs.runs.trigger_done(delivery, "failed", [], "repository no longer configured")
+        installation = int(rec.get("installation_id") or 0)
+        when = int(float(rec["received_at"])) if event == "pull_request" else None
+        try:
+            started = await self.runs.start(repo, event, payload, sha, ref, delivery, installation, merge_time=when)
+        except sources.MergeConflict as exc:
+            why = f"pull request #{payload.get('number')} does not merge into its base: {exc.message}; no workflow ran"
+            await self.runs.post_status(repo.repository, sha, "failure", MERGE_CONTEXT, why[:140], installation)
+            log.info("pull request not run: merge conflict", delivery=delivery, repo=repo.repository)
+            return await self.runs.runs.trigger_done(delivery, "failed", [], why)
+        except InvalidInput as exc:  # git could not read the source or the commit
+            log.warning("workflow trigger failed", delivery=delivery, repo=repo.repository, error=exc.message)
+            return await self.runs.runs.trigger_done(delivery, "failed", [], exc.message)
+        return await self.runs.runs.trigger_done(delivery, "done", started)
