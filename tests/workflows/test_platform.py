@@ -347,6 +347,12 @@ async def test_pull_request_runs_jobs_in_needs_order_through_a_restart(platform:
     assert any(x.startswith("✓ job test: success [") for x in test_log)
     statuses = [(s["state"], s["context"], s["sha"]) for s in await p.statuses(2)]
     assert statuses == [("pending", "smith/CI", p.head_sha), ("success", "smith/CI", p.head_sha)]  # type: ignore[attr-defined]
+    # Each job is a check run on the pull request's head, completed with its conclusion (across the restart).
+    checks = [(c["name"], c["status"], c["conclusion"], c["head_sha"]) for c in p.fake.checks.runs.values()]
+    assert sorted(checks) == [
+        ("CI / build", "completed", "success", p.head_sha),
+        ("CI / test", "completed", "success", p.head_sha),
+    ]  # type: ignore[attr-defined]
     # A redelivery of the same webhook starts nothing again.
     again = await asyncio.to_thread(p.deliver, payload, "delivery-7")
     assert again.json()["outcome"] == "duplicate"

@@ -22,6 +22,7 @@ import orjson
 from smith.adapters.redis.jobs import RedisJobs
 from smith.adapters.redis.wfruns import RedisRuns
 from smith.control.settings import ControlSettings
+from smith.control.wfchecks import JobChecks
 from smith.control.wfrepos import RepoConfig, load_repos
 from smith.domain.jobs import Job, JobState, RunnerClass, match_runner_class
 from smith.errors import Conflict, InvalidInput, NotFound, SmithError
@@ -82,6 +83,7 @@ class WorkflowRuns:
         self.repos = repos
         self.statuses = statuses
         self._lock = asyncio.Lock()  # one advance at a time in this process (the scripts make them safe anyway)
+        self.checks = JobChecks(statuses if hasattr(statuses, "create_check_run") else None, runs)  # type: ignore[arg-type]
         self.wake = asyncio.Event()  # set when a trigger is recorded: the trigger worker looks at once
 
     @classmethod
@@ -94,6 +96,11 @@ class WorkflowRuns:
 
     async def reported(self, job: Job) -> None:
         """After a workflow job's final report: advance its run (a failure here is retried by the sweep)."""
+        if job.source == "workflow" and job.wf_run and job.state == JobState.RUNNING:
+            rec = await self.runs.get(job.wf_run)
+            if f"s:{job.id}" in rec:
+                key = orjson.loads(rec[f"s:{job.id}"])["key"]
+                await self.checks.report(job.wf_run, rec, job.id, key, "in_progress")
         if job.source == "workflow" and job.wf_run and job.state.terminal:
             try:
                 await self.advance(job.wf_run)
@@ -323,9 +330,8 @@ class WorkflowRuns:
         fallback = list(repo.labels) if repo else ["self-hosted"]
         rc = match_runner_class(labels, self.classes) or match_runner_class(fallback, self.classes)
         if rc is None:
-            await self.runs.instance_done(
-                run_id, spec["job"], spec["index"], _result("failure", {}, f"no runner class for {labels}")
-            )
+            why = f"no runner class for {labels}"
+            await self._instance_done(run_id, rec, smith_id, spec, "failure", {}, why)
             return
         record = Job(
             id=smith_id,
@@ -345,6 +351,7 @@ class WorkflowRuns:
         )
         with contextlib.suppress(Conflict):  # submitted before (a sweep after a restart)
             await self.jobs.submit(record)
+            await self.checks.report(run_id, rec, smith_id, spec["key"], "queued")
 
     async def _collect(self, run_id: str, rec: dict[str, str], jid: str) -> bool:
         """Conclude a started job whose instances all have results; give results to instances whose Smith job
@@ -368,7 +375,8 @@ class WorkflowRuns:
             if job.state.terminal:
                 result = RESULT_OF_STATE[job.state]
                 why = job.reason or f"its Smith job {smith_id} ended {job.state.value} without a report"
-                changed |= await self.runs.instance_done(run_id, jid, i, _result(result, {}, why))
+                spec = orjson.loads(rec[f"s:{smith_id}"])
+                changed |= await self._instance_done(run_id, rec, smith_id, spec, result, {}, why)
             else:
                 running += 1
                 if stopping:
@@ -377,7 +385,9 @@ class WorkflowRuns:
         for i in missing:
             if stopping:
                 why = "fail-fast: another matrix job failed"
-                changed |= await self.runs.instance_done(run_id, jid, i, _result("cancelled", {}, why))
+                smith_id = instance_id(run_id, jid, i)
+                spec = orjson.loads(rec[f"s:{smith_id}"])
+                changed |= await self._instance_done(run_id, rec, smith_id, spec, "cancelled", {}, why)
             elif running < limit:
                 smith_id = instance_id(run_id, jid, i)
                 spec = orjson.loads(rec[f"s:{smith_id}"])
@@ -451,7 +461,23 @@ class WorkflowRuns:
             return
         spec = orjson.loads(raw)
         result = req.conclusion or {"succeeded": "success", "cancelled": "cancelled"}.get(req.state, "failure")
-        await self.runs.instance_done(job.wf_run, spec["job"], spec["index"], _result(result, req.outputs, req.reason))
+        await self._instance_done(job.wf_run, rec, job.id, spec, result, req.outputs, req.reason)
+
+    async def _instance_done(
+        self,
+        run_id: str,
+        rec: dict[str, str],
+        smith_id: str,
+        spec: dict[str, Any],
+        result: str,
+        outputs: dict[str, str],
+        why: str = "",
+    ) -> bool:
+        """Record an instance's result once; the caller that recorded it completes its check run."""
+        if not await self.runs.instance_done(run_id, spec["job"], spec["index"], _result(result, outputs, why)):
+            return False
+        await self.checks.report(run_id, rec, smith_id, spec["key"], "completed", result, why)
+        return True
 
     async def post_status(
         self, repo: str, sha: str, state: str, context: str, description: str, installation: int

@@ -70,6 +70,16 @@ class RedisRuns:
         async with errors(self.reach):
             return bool(await self._run_done(keys=[keys.wf_run(run_id), keys.WF_RUNS, _reply()], args=args))
 
+    async def check_of(self, run_id: str, smith_id: str) -> str | None:
+        """The GitHub check run kept for a job instance (control/wfchecks.py), if any."""
+        async with errors(self.reach):
+            got = await self.r.hget(keys.wf_run(run_id), f"k:{smith_id}")
+        return str(got) if got else None
+
+    async def keep_check(self, run_id: str, smith_id: str, check_id: str) -> None:
+        async with errors(self.reach):
+            await self.r.hset(keys.wf_run(run_id), f"k:{smith_id}", check_id)
+
     # -- triggers: a delivery recorded at once, turned into runs by the control plane's trigger worker --------
 
     async def trigger(self, delivery: str, fields: Mapping[str, str]) -> bool:

@@ -4,7 +4,8 @@
 The run hash's fields: the run's own (``repo``, ``workflow``, ``event``, ``state``, ``conclusion``, ...), and per
 workflow job ``j:<job>`` (waiting | started | done), ``n:<job>`` (how many instances: matrix combinations),
 ``s:<smith job id>`` (one instance's spec, JSON), ``i:<job>:<index>`` (an instance's result, JSON) and
-``r:<job>`` (the job's result and outputs, JSON)."""
+``r:<job>`` (the job's result and outputs, JSON); ``k:<smith job id>`` is the instance's GitHub check run id
+(written plainly by wfruns.py: not part of the run's state)."""
 
 from __future__ import annotations
 
