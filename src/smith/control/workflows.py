@@ -21,6 +21,7 @@ import orjson
 
 from smith.adapters.redis.jobs import RedisJobs
 from smith.adapters.redis.wfruns import RedisRuns
+from smith.control import wfconcurrency
 from smith.control.settings import ControlSettings
 from smith.control.wfchecks import JobChecks
 from smith.control.wfrepos import RepoConfig, load_repos
@@ -29,6 +30,7 @@ from smith.errors import Conflict, InvalidInput, NotFound, SmithError
 from smith.logging import get_logger
 from smith.wire import agent as wire
 from smith.workflows import sources
+from smith.workflows.concurrency import concurrency_of
 from smith.workflows.context import RunInfo
 from smith.workflows.errors import WorkflowError
 from smith.workflows.executor import Executor, conclude
@@ -230,6 +232,14 @@ class WorkflowRuns:
                 "head_sha": head,
                 **extra,
             }
+            try:
+                group = concurrency_of(wf.concurrency, self._contexts(fields))
+            except WorkflowError as exc:
+                why = f"{path}: {exc.message}"
+                await self.post_status(repo.repository, head, "error", f"smith/{path}", why[:140], installation)
+                continue
+            if group is not None:
+                fields.update(group=group[0], cancel_in_progress="1" if group[1] else "0", held="1")
             started.append(run_id)
             if await self.runs.create(run_id, fields):
                 log.info("workflow run started", run=run_id, repo=repo.repository, file=path, github_event=event)
@@ -251,35 +261,62 @@ class WorkflowRuns:
                 log.warning("workflow run not advanced", run=run_id, error=exc.message)
 
     async def advance(self, run_id: str) -> None:
-        async with self._lock:
+        """Move a run on (and then the runs that this let in or displaced through its concurrency group)."""
+        todo = [run_id]
+        while todo:
+            async with self._lock:
+                todo += await self._advance(todo.pop(0))
+
+    async def _advance(self, run_id: str) -> list[str]:
+        rec = await self.runs.get(run_id)
+        if not rec or rec.get("state") == "completed":
+            return []
+        more: list[str] = []
+        if rec.get("held") and not rec.get("cancelled"):
+            go, more = await wfconcurrency.admit(self, run_id, rec)
+            if not go:
+                return more
             rec = await self.runs.get(run_id)
-            if not rec or rec.get("state") == "completed":
-                return
-            wf = parse(rec["workflow"], rec["file"])
-            moved = True
-            while moved:
-                moved = False
-                for jid, job in wf.jobs.items():
-                    state = rec.get(f"j:{jid}", "waiting")
-                    if state == "waiting" and all(rec.get(f"j:{n}") == "done" for n in job.needs):
-                        needs = {n: orjson.loads(rec[f"r:{n}"]) for n in job.needs}
-                        await self._start_job(run_id, rec, wf, jid, needs)
-                        moved = True
-                    elif state == "started":
-                        moved = await self._collect(run_id, rec, jid) or moved
-                if moved:
-                    rec = await self.runs.get(run_id)
-            if all(rec.get(f"j:{j}") == "done" for j in wf.jobs):
-                results = [orjson.loads(rec[f"r:{j}"])["result"] for j in wf.jobs]
-                conclusion = "failure" if {"failure", "cancelled"} & set(results) else "success"
-                # The status first: a restart before run_done posts it again (the same state), never not at all.
-                failed = [j for j, r in zip(wf.jobs, results, strict=True) if r in ("failure", "cancelled")]
-                text = f"failed: {', '.join(failed)}" if failed else f"{len(results)} jobs succeeded"
-                installation = int(rec.get("installation_id") or 0)
-                head = rec.get("head_sha") or rec["sha"]
-                await self.post_status(rec["repo"], head, conclusion, _context(wf), text[:140], installation)
-                if await self.runs.run_done(run_id, conclusion):
-                    log.info("workflow run finished", run=run_id, conclusion=conclusion)
+        cancelled = rec.get("cancelled", "")
+        wf = parse(rec["workflow"], rec["file"])
+        moved = True
+        while moved:
+            moved = False
+            for jid, job in wf.jobs.items():
+                state = rec.get(f"j:{jid}", "waiting")
+                if state == "waiting" and cancelled:  # never started: cancelled with the run
+                    if await self.runs.start_job(run_id, jid, {}):
+                        await self.runs.job_done(run_id, jid, _result("cancelled", {}, cancelled))
+                    moved = True
+                elif state == "waiting" and all(rec.get(f"j:{n}") == "done" for n in job.needs):
+                    needs = {n: orjson.loads(rec[f"r:{n}"]) for n in job.needs}
+                    await self._start_job(run_id, rec, wf, jid, needs)
+                    moved = True
+                elif state == "started":
+                    moved = await self._collect(run_id, rec, jid) or moved
+            if moved:
+                rec = await self.runs.get(run_id)
+        if all(rec.get(f"j:{j}") == "done" for j in wf.jobs):
+            more += await wfconcurrency.leave(self, run_id, rec)
+            results = [orjson.loads(rec[f"r:{j}"])["result"] for j in wf.jobs]
+            conclusion = "failure" if {"failure", "cancelled"} & set(results) else "success"
+            # The status first: a restart before run_done posts it again (the same state), never not at all.
+            failed = [j for j, r in zip(wf.jobs, results, strict=True) if r in ("failure", "cancelled")]
+            text = f"failed: {', '.join(failed)}" if failed else f"{len(results)} jobs succeeded"
+            state = conclusion
+            if cancelled:
+                conclusion, state, text = "cancelled", "error", f"cancelled: {cancelled}"
+            installation = int(rec.get("installation_id") or 0)
+            head = rec.get("head_sha") or rec["sha"]
+            await self.post_status(rec["repo"], head, state, _context(wf), text[:140], installation)
+            if await self.runs.run_done(run_id, conclusion):
+                log.info("workflow run finished", run=run_id, conclusion=conclusion)
+        return more
+
+    def _contexts(self, rec: dict[str, str]) -> dict[str, Any]:
+        """The contexts a workflow-level expression (``concurrency``) sees."""
+        info = self._info(rec)
+        return {"github": info.github("", ""), "inputs": info.inputs, "vars": info.vars}
 
     def _info(self, rec: dict[str, str]) -> RunInfo:
         repo = self.repos.get(rec["repo"].lower())
@@ -362,6 +399,8 @@ class WorkflowRuns:
         limit = int(strategy.get("max-parallel") or total) or total
         done = [orjson.loads(rec[f"i:{jid}:{i}"]) for i in range(total) if f"i:{jid}:{i}" in rec]
         stopping = bool(strategy.get("fail-fast", True)) and any(d["result"] == "failure" for d in done)
+        why_stop = f"cancelled: {rec['cancelled']}" if rec.get("cancelled") else "fail-fast: another matrix job failed"
+        stopping = stopping or bool(rec.get("cancelled"))
         changed, running, missing = False, 0, []
         for i in range(total):
             if f"i:{jid}:{i}" in rec:
@@ -381,13 +420,12 @@ class WorkflowRuns:
                 running += 1
                 if stopping:
                     with contextlib.suppress(Conflict, NotFound):
-                        await self.jobs.cancel(smith_id, "fail-fast: another matrix job failed")
+                        await self.jobs.cancel(smith_id, why_stop)
         for i in missing:
             if stopping:
-                why = "fail-fast: another matrix job failed"
                 smith_id = instance_id(run_id, jid, i)
                 spec = orjson.loads(rec[f"s:{smith_id}"])
-                changed |= await self._instance_done(run_id, rec, smith_id, spec, "cancelled", {}, why)
+                changed |= await self._instance_done(run_id, rec, smith_id, spec, "cancelled", {}, why_stop)
             elif running < limit:
                 smith_id = instance_id(run_id, jid, i)
                 spec = orjson.loads(rec[f"s:{smith_id}"])

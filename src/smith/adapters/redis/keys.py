@@ -19,6 +19,7 @@ key                               type    what
 {smith}:wfruns                    zset    unfinished workflow runs by creation time: advanced on every sweep
 {smith}:wftrigger:<delivery_id>   hash    a push / pull_request delivery for built-in execution, until its runs start
 {smith}:wftriggers                zset    triggers not yet turned into runs, by time received (the trigger worker)
+{smith}:wfgroup:<repo>:<group>    hash    a workflow concurrency group: running and pending run, x:<run> displaced
 ================================  ======  ==========================================================
 
 Every key starts with the hash tag ``{smith}``, so on a Redis Cluster they all hash to one slot: scripts and
@@ -87,3 +88,8 @@ def wf_trigger(delivery_id: str) -> str:
 
 
 WF_TRIGGERS = f"{PREFIX}wftriggers"
+
+
+def wf_group(repo: str, group: str) -> str:
+    """A ``concurrency`` group of a repository's workflow runs (names compare case-insensitively, as on GitHub)."""
+    return f"{PREFIX}wfgroup:{repo.lower()}:{group.lower()}"

@@ -29,6 +29,9 @@ class RedisRuns:
         self._instance = redis.register_script(wfscripts.INSTANCE)
         self._job_done = redis.register_script(wfscripts.JOB_DONE)
         self._run_done = redis.register_script(wfscripts.RUN_DONE)
+        self._mark = redis.register_script(wfscripts.MARK)
+        self._enter = redis.register_script(wfscripts.ENTER)
+        self._leave = redis.register_script(wfscripts.LEAVE)
         self._trigger = redis.register_script(wfscripts.TRIGGER)
         self._trigger_done = redis.register_script(wfscripts.TRIGGER_DONE)
 
@@ -69,6 +72,24 @@ class RedisRuns:
         args: list[str | int] = [run_id, conclusion, repr(time.time()), self.retention]
         async with errors(self.reach):
             return bool(await self._run_done(keys=[keys.wf_run(run_id), keys.WF_RUNS, _reply()], args=args))
+
+    async def mark(self, run_id: str, fields: Mapping[str, str]) -> bool:
+        """Set fields of an existing run (a value "" deletes its field); False if there is no such run."""
+        argv = [x for kv in fields.items() for x in kv]
+        async with errors(self.reach):
+            return bool(await self._mark(keys=[keys.wf_run(run_id), _reply()], args=argv))
+
+    async def enter(self, repo: str, group: str, run_id: str, cancel_in_progress: bool) -> tuple[str, list[str]]:
+        """Ask run ``run_id``'s concurrency group: ('run' | 'wait' | 'cancelled', the runs this displaced)."""
+        args: list[str | int] = [run_id, "1" if cancel_in_progress else "0", self.retention]
+        async with errors(self.reach):
+            out = await self._enter(keys=[keys.wf_group(repo, group), _reply()], args=args)
+        return str(out[0]), [str(x) for x in out[1:]]
+
+    async def leave(self, repo: str, group: str, run_id: str) -> str:
+        """Run ``run_id`` leaves its group: the pending run that runs now, or ''."""
+        async with errors(self.reach):
+            return str(await self._leave(keys=[keys.wf_group(repo, group), _reply()], args=[run_id]) or "")
 
     async def check_of(self, run_id: str, smith_id: str) -> str | None:
         """The GitHub check run kept for a job instance (control/wfchecks.py), if any."""
