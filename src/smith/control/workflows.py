@@ -242,10 +242,16 @@ class WorkflowRuns:
                 fields.update(group=group[0], cancel_in_progress="1" if group[1] else "0", held="1")
             started.append(run_id)
             if await self.runs.create(run_id, fields):
-                log.info("workflow run started", run=run_id, repo=repo.repository, file=path, github_event=event)
-                await self.post_status(repo.repository, head, "pending", _context(wf), "queued", installation)
-                await self.advance(run_id)
+                await self.started(run_id, fields)
         return started
+
+    async def started(self, run_id: str, fields: dict[str, str]) -> None:
+        """A run just created: its pending status, then its first advance."""
+        log.info("workflow run started", run=run_id, repo=fields["repo"], file=fields["file"])
+        installation = int(fields.get("installation_id") or 0)
+        head = fields.get("head_sha") or fields["sha"]
+        await self.post_status(fields["repo"], head, "pending", f"smith/{fields['name']}", "queued", installation)
+        await self.advance(run_id)
 
     # -- progress -----------------------------------------------------------------------------------------
 
@@ -451,7 +457,8 @@ class WorkflowRuns:
                 "outputs": done.get("outputs", {}),
                 "smith_jobs": [instance_id(run_id, jid, i) for i in range(int(rec.get(f"n:{jid}") or 0))],
             }
-        keep = ("id", "repo", "event_name", "sha", "ref", "file", "name", "state", "conclusion", "created_at")
+        keep = ("id", "repo", "event_name", "sha", "ref", "file", "name", "state", "conclusion", "created_at",
+                "attempt", "rerun_of", "group", "cancelled")  # fmt: skip
         return {**{k: rec.get(k) for k in keep}, "jobs": jobs}
 
     # -- agents -------------------------------------------------------------------------------------------
