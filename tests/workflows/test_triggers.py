@@ -148,6 +148,26 @@ def test_a_git_source_that_blocks_does_not_hold_the_webhook_answer(tmp_path: Pat
             assert c.get("/v1/workflows/triggers/nope").status_code == 404
 
 
+def test_a_blocked_source_holds_up_only_its_own_trigger(tmp_path: Path, control_factory: Any) -> None:  # noqa: F811
+    repo, base, head = make_repo(tmp_path, {"one.yml": ONE_JOB})
+    with blocking_git_server() as (url, release):
+        config = tmp_path / "repos.json"
+        repos = [{"repository": REPO, "source": url}, {"repository": "Codertocat/Other", "source": str(repo)}]
+        config.write_text(orjson.dumps({"repositories": repos}).decode())
+        control = control_factory(workflow_repos=config)
+        blocked = pull_request_payload(3, base, head)
+        other = pull_request_payload(4, base, head)
+        other["repository"] = {**other["repository"], "full_name": "Codertocat/Other", "name": "Other"}
+        assert control.deliver(blocked, "pull_request", "s-1").status_code == 202
+        assert control.deliver(other, "pull_request", "s-2").status_code == 202
+        with control.client(operator_token()) as c:
+            done = wait_for(lambda: c.get("/v1/workflows/triggers/s-2").json(), lambda v: v["state"] != "pending")
+            assert done["state"] == "done" and len(done["runs"]) == 1, done
+            assert not release.is_set() and c.get("/v1/workflows/triggers/s-1").json()["state"] == "pending"
+            release.set()
+            wait_for(lambda: c.get("/v1/workflows/triggers/s-1").json(), lambda v: v["state"] != "pending")
+
+
 async def test_a_pull_request_runs_on_its_merge_commit(redis_url: str, tmp_path: Path) -> None:
     repo, base, head = moved_on(tmp_path, {"one.yml": ONE_JOB})
     statuses = Statuses()

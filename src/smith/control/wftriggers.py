@@ -28,20 +28,40 @@ MERGE_CONTEXT = "smith/merge"
 
 
 class TriggerWorker:
-    def __init__(self, runs: WorkflowRuns, interval: float) -> None:
+    def __init__(self, runs: WorkflowRuns, interval: float, parallel: int = 4) -> None:
         self.runs = runs
         self.interval = interval  # how often pending triggers are looked for without a wake-up
+        self.parallel = parallel  # triggers worked on at once: a slow git source holds up only its own
+        self._working: dict[str, asyncio.Task[None]] = {}
 
     async def serve(self) -> None:
-        """Forever: every pending trigger, then wait for the next webhook (or ``interval``)."""
-        while True:
-            self.runs.wake.clear()
-            try:
-                await self.drain()
-            except SmithError as exc:  # Redis down: the triggers stay pending
-                log.warning("workflow triggers not processed", error=exc.message)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.runs.wake.wait(), self.interval)
+        """Forever: take pending triggers (up to ``parallel`` at a time), then wait for the next webhook, a
+        trigger settled, or ``interval``."""
+        try:
+            while True:
+                self.runs.wake.clear()
+                try:
+                    for delivery in await self.runs.runs.pending_triggers():
+                        if delivery not in self._working and len(self._working) < self.parallel:
+                            self._working[delivery] = asyncio.create_task(self._work(delivery))
+                except SmithError as exc:  # Redis down: the triggers stay pending
+                    log.warning("workflow triggers not read", error=exc.message)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.runs.wake.wait(), self.interval)
+        finally:
+            for task in self._working.values():
+                task.cancel()
+
+    async def _work(self, delivery: str) -> None:
+        try:
+            await self.process(delivery)
+            self.runs.wake.set()  # a slot is free: look again now
+        except SmithError as exc:  # left pending: the next look (after ``interval``) takes it again
+            log.warning("workflow trigger not processed", delivery=delivery, error=exc.message)
+        except Exception:  # a bug: logged, and the trigger stays pending (the loop goes on)
+            log.exception("workflow trigger failed unexpectedly", delivery=delivery)
+        finally:
+            self._working.pop(delivery, None)
 
     async def drain(self) -> int:
         """Process every pending trigger once; how many were settled."""
