@@ -10,20 +10,28 @@ import asyncio
 import contextlib
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 
-from smith.adapters.redis import keys
+from smith.adapters.redis import connect, keys
+from smith.adapters.redis.embedded import free_port
 from smith.control.wftriggers import TriggerWorker
 from smith.errors import Unavailable
 from smith.workflows import sources
-from tests.control.conftest import control_factory, operator_token  # noqa: F401  (fixture)
+from tests.control.conftest import (  # noqa: F401  (control_factory: a fixture)
+    control_env,
+    control_factory,
+    operator_token,
+    signed,
+)
 from tests.workflows.test_platform import REPO, git, make_repo, moved_on, pull_request_payload
 from tests.workflows.test_runs import MATRIX, Statuses, plane
 
@@ -146,6 +154,59 @@ def test_a_git_source_that_blocks_does_not_hold_the_webhook_answer(tmp_path: Pat
             view = wait_for(lambda: c.get("/v1/workflows/triggers/b-1").json(), lambda v: v["state"] != "pending")
             assert view["state"] == "failed" and "cannot read" in view["error"], view
             assert c.get("/v1/workflows/triggers/nope").status_code == 404
+
+
+@pytest.mark.slow
+def test_a_control_plane_killed_after_the_webhook_answered_starts_the_run_once_after_a_restart(
+    redis_url: str,
+    tmp_path: Path,
+    control_factory: Any,  # noqa: F811
+) -> None:
+    """A real process, SIGKILLed after its answer while its worker is still in git (the source blocks)."""
+    repo, base, head = make_repo(tmp_path, {"one.yml": ONE_JOB})
+    config = tmp_path / "repos.json"
+    port = free_port()
+    env = control_env(redis_url, tmp_path, SMITH_WORKFLOW_REPOS=str(config))
+    payload = pull_request_payload(3, base, head)
+    with blocking_git_server() as (url, _):
+        config.write_text(orjson.dumps({"repositories": [{"repository": REPO, "source": url}]}).decode())
+        server = subprocess.Popen([sys.executable, "-m", "smith", "control", "serve", "--port", str(port)], env=env)
+        try:
+            up = wait_for(lambda: _ready(f"http://127.0.0.1:{port}"), bool, timeout=120)
+            assert up, "the control plane did not start"
+            body = orjson.dumps(payload)
+            r = httpx.post(
+                f"http://127.0.0.1:{port}/webhooks/github", content=body, headers=signed(body, "pull_request", "k-9")
+            )
+            assert r.status_code == 202 and r.json()["outcome"] == "triggered", r.text
+        finally:
+            server.kill()  # SIGKILL: its worker was in git, no run was started
+            server.wait(30)
+    # The source is reachable now; a new control plane (same Valkey) starts the run, once.
+    config.write_text(orjson.dumps({"repositories": [{"repository": REPO, "source": str(repo)}]}).decode())
+    control = control_factory(workflow_repos=config)
+    with control.client(operator_token()) as c:
+        view = wait_for(lambda: c.get("/v1/workflows/triggers/k-9").json(), lambda v: v["state"] != "pending")
+        assert view["state"] == "done" and len(view["runs"]) == 1, view
+        again = control.deliver(payload, "pull_request", "k-9")  # GitHub redelivers the same delivery
+        assert again.json()["outcome"] == "duplicate"
+    keys_now = asyncio.run(_run_keys(redis_url))
+    assert keys_now == view["runs"]
+
+
+def _ready(url: str) -> bool:
+    try:
+        return httpx.get(url + "/readyz").status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+async def _run_keys(redis_url: str) -> list[str]:
+    r = connect.client(redis_url)
+    try:
+        return await run_ids(r)
+    finally:
+        await r.aclose()
 
 
 def test_a_blocked_source_holds_up_only_its_own_trigger(tmp_path: Path, control_factory: Any) -> None:  # noqa: F811
