@@ -60,6 +60,10 @@ def test_cancel_a_run_then_rerun_it(tmp_path: Path, control_factory: Any) -> Non
         [new_build] = second["jobs"]["build"]["smith_jobs"]
         assert new_build != build_id and c.get(f"/v1/jobs/{new_build}").json()["state"] == "queued"
         assert c.post(f"/v1/workflows/runs/{run_id}/rerun").json()["id"] == second["id"]  # the same attempt
+        # The agent's spec: github.run_attempt 2, github.run_id the first attempt's (as on GitHub).
+        lease = control.agent("agent-1").post("/v1/agents/lease", json={"free_vcpus": 8, "free_memory_mib": 32768})
+        steps = lease.json()["job"]["steps"]
+        assert (steps["run_attempt"], steps["first_run_id"], steps["run_id"]) == (2, run_id, second["id"])
         assert c.post("/v1/workflows/runs/nope/rerun").status_code == 404
         with control.client() as anonymous:
             assert anonymous.post(f"/v1/workflows/runs/{run_id}/cancel", json={}).status_code == 401

@@ -110,8 +110,9 @@ async def drive(machine: Machine, lease: wire.LeaseResponse, output: JobOutput) 
             secrets=dict(spec.secrets),
             vars=dict(spec.vars),
             inputs=dict(spec.inputs),
-            run_id=int(spec.run_id[:12], 16) if _hex(spec.run_id) else 1,
+            run_id=int(first[:12], 16) if _hex(first := spec.first_run_id or spec.run_id) else 1,
             run_number=spec.run_number,
+            run_attempt=spec.run_attempt,
             cache=lease.cache is not None,
         )
         executor = Executor(info, wf, lambda key: contextlib.nullcontext(session), reporter)

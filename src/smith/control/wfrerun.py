@@ -44,7 +44,9 @@ async def rerun(wr: WorkflowRuns, run_id: str) -> str:
     attempt = int(rec.get("attempt") or 1) + 1
     new_id = hashlib.sha256(f"{run_id}\0{attempt}".encode()).hexdigest()[:16]
     fields = {k: rec[k] for k in KEPT if k in rec}
-    fields |= {"attempt": str(attempt), "rerun_of": run_id, **({"held": "1"} if rec.get("group") else {})}
+    fields |= {"attempt": str(attempt), "rerun_of": run_id, "first_run": rec.get("first_run") or run_id}
+    if rec.get("group"):
+        fields["held"] = "1"
     if await wr.runs.create(new_id, fields):
         await wr.started(new_id, fields)
     return new_id

@@ -493,6 +493,8 @@ class WorkflowRuns:
             merge_base=rec.get("merge_base", ""),
             merge_head=rec.get("merge_head", ""),
             merge_time=int(rec.get("merge_time") or 0),
+            run_attempt=int(rec.get("attempt") or 1),
+            first_run_id=rec.get("first_run", ""),
         )
 
     async def finished(self, agent_id: str, job: Job, req: wire.StatusReport) -> None:
