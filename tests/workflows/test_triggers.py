@@ -23,6 +23,7 @@ import pytest
 
 from smith.adapters.redis import connect, keys
 from smith.adapters.redis.embedded import free_port
+from smith.control.wfrepos import RepoConfig
 from smith.control.wftriggers import TriggerWorker
 from smith.errors import Unavailable
 from smith.workflows import sources
@@ -253,6 +254,29 @@ async def test_a_pull_request_runs_on_its_merge_commit(redis_url: str, tmp_path:
     # The source itself was not written to (the merge was made in a scratch clone).
     with pytest.raises(subprocess.CalledProcessError):
         git(repo, "cat-file", "-e", merge)
+
+
+async def test_a_pull_request_from_a_fork_is_fetched_from_its_pull_ref(redis_url: str, tmp_path: Path) -> None:
+    """Its head is in no branch of the base repository, only at refs/pull/N/head; the source is a URL (file://,
+    git's network transport: a clone copies the branches and tags, nothing else)."""
+    repo, base, head = moved_on(tmp_path, {"one.yml": ONE_JOB})
+    git(repo, "update-ref", "refs/pull/21/head", head)
+    git(repo, "checkout", "-q", "main")
+    git(repo, "branch", "-qD", "feature")
+    url = f"file://{repo}"
+    wr, jobs = plane(redis_url, repo, Statuses())
+    wr.repos[REPO.lower()] = RepoConfig(REPO, url)
+    await wr.webhook("pull_request", "f-1", pull_request_payload(21, base, head))
+    assert await TriggerWorker(wr, 1.0).drain() == 1
+    view = await wr.trigger_view("f-1")
+    assert view["state"] == "done", view
+    [run_id] = view["runs"]
+    [smith_id] = (await wr.view(run_id))["jobs"]["only"]["smith_jobs"]
+    spec = await wr.spec_for(await jobs.get(smith_id))
+    assert spec is not None and spec.source == url
+    merge = (spec.merge_base, spec.merge_head, spec.merge_time)
+    out = await asyncio.to_thread(sources.checkout, url, spec.sha, tmp_path / "co", merge, "refs/pull/21/head")
+    assert (out / "VERSION").read_text() == "1.2.3\n" and (out / "BASE_NOTE").read_text() == "from main\n"
 
 
 async def test_a_conflicting_pull_request_runs_nothing_and_says_why(redis_url: str, tmp_path: Path) -> None:

@@ -94,7 +94,8 @@ async def drive(machine: Machine, lease: wire.LeaseResponse, output: JobOutput) 
                 raise WorkflowError(f"no job {spec.job!r} in {spec.file}")
             repo_name = spec.repository.split("/")[-1]
             merge = (spec.merge_base, spec.merge_head, spec.merge_time) if spec.merge_head else None
-            repo = await asyncio.to_thread(sources.checkout, spec.source, spec.sha, tmp / repo_name, merge)
+            pull = spec.ref.removesuffix("/merge") + "/head" if spec.ref.startswith("refs/pull/") else ""
+            repo = await asyncio.to_thread(sources.checkout, spec.source, spec.sha, tmp / repo_name, merge, pull)
         except (WorkflowError, SmithError) as exc:
             reporter.line(spec.key, "error", f"Error: {exc.message}")
             return Outcome(1, "failure")

@@ -547,10 +547,16 @@ def _read(
         if merge_time is not None:
             base = payload.get("pull_request", {}).get("base", {})
             parent = str(base.get("sha") or "") or sources.resolve(git, f"refs/heads/{base.get('ref')}")
+            sources.fetch_missing(git, sha, source, pull_head(payload))
             merged = sources.merge_commit(git, parent, sha, merge_time)
             extra = {"merge_base": parent, "merge_head": sha, "merge_time": str(merge_time)}
             sha = merged
         return sha, sources.workflow_files(git, sha), changed_paths(git, event, payload), extra
+
+
+def pull_head(payload: dict[str, Any]) -> str:
+    """Where the base repository keeps a pull request's head (also a fork's): ``refs/pull/N/head``."""
+    return f"refs/pull/{payload.get('number') or (payload.get('pull_request') or {}).get('number')}/head"
 
 
 def _result(result: str, outputs: dict[str, str], error: str = "") -> str:

@@ -119,11 +119,32 @@ def merge_commit(repo: Path, base: str, head: str, when: int) -> str:
     return _git("commit-tree", tree, "-p", base, "-p", head, "-m", message, cwd=repo, env=env).strip()
 
 
-def checkout(source: str, sha: str, dest: Path, merge: tuple[str, str, int] | None = None) -> Path:
+def fetch_missing(repo: Path, sha: str, source: str, ref: str) -> None:
+    """Make sure ``repo`` has commit ``sha``: if not, fetch ``ref`` from ``source`` (a pull request's head from a
+    fork is only under ``refs/pull/N/head`` in the base repository, which a clone does not copy)."""
+    if _has(repo, sha):
+        return
+    _git("fetch", "-q", source, ref, cwd=repo)
+    if not _has(repo, sha):
+        raise WorkflowError(f"commit {sha[:12]} is neither in the source nor at its {ref}")
+
+
+def _has(repo: Path, sha: str) -> bool:
+    try:
+        _git("cat-file", "-e", f"{sha}^{{commit}}", cwd=repo)
+    except WorkflowError:
+        return False
+    return True
+
+
+def checkout(source: str, sha: str, dest: Path, merge: tuple[str, str, int] | None = None, pull: str = "") -> Path:
     """The source's commit ``sha`` checked out at ``dest`` (a new directory). With ``merge`` (base, head, time),
-    ``sha`` is a pull request's merge commit: made here again from its parents (``merge_commit``)."""
+    ``sha`` is a pull request's merge commit: made here again from its parents (``merge_commit``), the head
+    fetched from ``pull`` (``refs/pull/N/head``) when the clone lacks it."""
     _git("clone", "-q", "--no-checkout", source, str(dest))
     if merge is not None:
+        if pull:
+            fetch_missing(dest, merge[1], "origin", pull)
         made = merge_commit(dest, *merge)
         if made != sha:
             raise WorkflowError(f"the merge commit made here ({made[:12]}) is not the run's ({sha[:12]})")
