@@ -33,6 +33,7 @@ from tests.control.conftest import (  # noqa: F401  (control_factory: a fixture)
     operator_token,
     signed,
 )
+from tests.scrape import scrape, value
 from tests.workflows.test_platform import REPO, git, make_repo, moved_on, pull_request_payload
 from tests.workflows.test_runs import MATRIX, Statuses, plane
 
@@ -145,8 +146,10 @@ def test_a_git_source_that_blocks_does_not_hold_the_webhook_answer(tmp_path: Pat
         config = tmp_path / "repos.json"
         config.write_text(orjson.dumps({"repositories": [{"repository": REPO, "source": url}]}).decode())
         control = control_factory(workflow_repos=config)
+        before = value(scrape(control.url), "smith_webhooks_received_total", event="pull_request")
         r = control.deliver(pull_request_payload(3, base, head), "pull_request", "b-1")
         assert r.status_code == 202, r.text
+        assert value(scrape(control.url), "smith_webhooks_received_total", event="pull_request") == before + 1
         assert r.json()["outcome"] == "triggered"
         with control.client(operator_token()) as c:
             assert not release.is_set()  # answered while the source still holds git's connection

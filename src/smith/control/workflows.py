@@ -458,7 +458,7 @@ class WorkflowRuns:
                 "smith_jobs": [instance_id(run_id, jid, i) for i in range(int(rec.get(f"n:{jid}") or 0))],
             }
         keep = ("id", "repo", "event_name", "sha", "ref", "file", "name", "state", "conclusion", "created_at",
-                "attempt", "rerun_of", "group", "cancelled")  # fmt: skip
+                "attempt", "rerun_of", "group", "held", "cancelled")  # fmt: skip
         return {**{k: rec.get(k) for k in keep}, "jobs": jobs}
 
     # -- agents -------------------------------------------------------------------------------------------

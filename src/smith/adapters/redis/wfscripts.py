@@ -63,11 +63,12 @@ return 1
 """)
 
 # KEYS: trigger, triggers, reply. ARGV: delivery id, state (done | failed), runs JSON, error, keep seconds.
-# 1: this call settled it; 0: it was settled (or is gone).
+# The payload goes (each run keeps its own copy). 1: this call settled it; 0: it was settled (or is gone).
 TRIGGER_DONE = replayable("""
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 if redis.call('HGET', KEYS[1], 'state') ~= 'pending' then return 0 end
 redis.call('HSET', KEYS[1], 'state', ARGV[2], 'runs', ARGV[3], 'error', ARGV[4])
+redis.call('HDEL', KEYS[1], 'payload')
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[5]))
 return 1
