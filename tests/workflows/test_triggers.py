@@ -131,6 +131,13 @@ def blocking_git_server() -> Iterator[tuple[str, threading.Event]]:
         srv.close()
 
 
+def repos_config(tmp_path: Path, source: str) -> Path:
+    """SMITH_WORKFLOW_REPOS: the test repository at ``source``."""
+    config = tmp_path / "repos.json"
+    config.write_text(orjson.dumps({"repositories": [{"repository": REPO, "source": source}]}).decode())
+    return config
+
+
 def wait_for(get: Any, until: Any, timeout: float = 60) -> Any:
     deadline = time.monotonic() + timeout
     while True:
@@ -143,9 +150,7 @@ def wait_for(get: Any, until: Any, timeout: float = 60) -> Any:
 def test_a_git_source_that_blocks_does_not_hold_the_webhook_answer(tmp_path: Path, control_factory: Any) -> None:  # noqa: F811
     repo, base, head = make_repo(tmp_path, {"one.yml": ONE_JOB})
     with blocking_git_server() as (url, release):
-        config = tmp_path / "repos.json"
-        config.write_text(orjson.dumps({"repositories": [{"repository": REPO, "source": url}]}).decode())
-        control = control_factory(workflow_repos=config)
+        control = control_factory(workflow_repos=repos_config(tmp_path, url))
         before = value(scrape(control.url), "smith_webhooks_received_total", event="pull_request")
         r = control.deliver(pull_request_payload(3, base, head), "pull_request", "b-1")
         assert r.status_code == 202, r.text
@@ -168,12 +173,10 @@ def test_a_control_plane_killed_after_the_webhook_answered_starts_the_run_once_a
 ) -> None:
     """A real process, SIGKILLed after its answer while its worker is still in git (the source blocks)."""
     repo, base, head = make_repo(tmp_path, {"one.yml": ONE_JOB})
-    config = tmp_path / "repos.json"
     port = free_port()
-    env = control_env(redis_url, tmp_path, SMITH_WORKFLOW_REPOS=str(config))
     payload = pull_request_payload(3, base, head)
     with blocking_git_server() as (url, _):
-        config.write_text(orjson.dumps({"repositories": [{"repository": REPO, "source": url}]}).decode())
+        env = control_env(redis_url, tmp_path, SMITH_WORKFLOW_REPOS=str(repos_config(tmp_path, url)))
         server = subprocess.Popen([sys.executable, "-m", "smith", "control", "serve", "--port", str(port)], env=env)
         try:
             up = wait_for(lambda: _ready(f"http://127.0.0.1:{port}"), bool, timeout=120)
@@ -187,8 +190,7 @@ def test_a_control_plane_killed_after_the_webhook_answered_starts_the_run_once_a
             server.kill()  # SIGKILL: its worker was in git, no run was started
             server.wait(30)
     # The source is reachable now; a new control plane (same Valkey) starts the run, once.
-    config.write_text(orjson.dumps({"repositories": [{"repository": REPO, "source": str(repo)}]}).decode())
-    control = control_factory(workflow_repos=config)
+    control = control_factory(workflow_repos=repos_config(tmp_path, str(repo)))
     with control.client(operator_token()) as c:
         view = wait_for(lambda: c.get("/v1/workflows/triggers/k-9").json(), lambda v: v["state"] != "pending")
         assert view["state"] == "done" and len(view["runs"]) == 1, view
@@ -209,6 +211,28 @@ async def _run_keys(redis_url: str) -> list[str]:
     r = connect.client(redis_url)
     try:
         return await run_ids(r)
+    finally:
+        await r.aclose()
+
+
+def test_a_control_plane_stops_at_once_while_git_hangs(tmp_path: Path, control_factory: Any) -> None:  # noqa: F811
+    """Its worker's git is killed, and the trigger stays pending for the next control plane."""
+    repo, base, head = make_repo(tmp_path, {"one.yml": ONE_JOB})
+    with blocking_git_server() as (url, release):
+        control = control_factory(workflow_repos=repos_config(tmp_path, url))
+        assert control.deliver(pull_request_payload(3, base, head), "pull_request", "h-1").status_code == 202
+        with control.client(operator_token()) as c:
+            assert c.get("/v1/workflows/triggers/h-1").json()["state"] == "pending"
+        control.server.stop()  # raises if the server's loop is still waiting for git
+        assert not release.is_set()
+        held = asyncio.run(_trigger_state(control.settings.redis_url, "h-1"))
+        assert held == "pending"
+
+
+async def _trigger_state(redis_url: str, delivery: str) -> str:
+    r = connect.client(redis_url)
+    try:
+        return str(await r.hget(keys.wf_trigger(delivery), "state"))
     finally:
         await r.aclose()
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -48,14 +49,21 @@ class TriggerWorker:
                     log.warning("workflow triggers not read", error=exc.message)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.runs.wake.wait(), self.interval)
-        finally:
-            for task in self._working.values():
+        finally:  # stopping: no git left running (each task kills its own), nothing settled half-way
+            working = list(self._working.values())
+            for task in working:
                 task.cancel()
+            await asyncio.gather(*working, return_exceptions=True)
 
     async def _work(self, delivery: str) -> None:
+        stop = threading.Event()
+        sources.ABORT.set(stop)  # this task's context: its git commands (in threads) die when it is cancelled
         try:
             await self.process(delivery)
             self.runs.wake.set()  # a slot is free: look again now
+        except asyncio.CancelledError:
+            stop.set()
+            raise
         except SmithError as exc:  # left pending: the next look (after ``interval``) takes it again
             log.warning("workflow trigger not processed", delivery=delivery, error=exc.message)
         except Exception:  # a bug: logged, and the trigger stays pending (the loop goes on)

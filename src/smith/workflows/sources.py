@@ -7,9 +7,12 @@ making the same merge commit again). All only run git; nothing here writes to th
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import shutil
 import subprocess
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,22 +35,45 @@ class MergeConflict(WorkflowError):
     """The pull request's head does not merge cleanly into its base."""
 
 
-def _git(*args: str, cwd: Path | None = None, timeout: float = 300, env: dict[str, str] | None = None) -> str:
+# Set (in the calling task: ``asyncio.to_thread`` carries it into the thread) to an event that, once set, kills
+# the git command running and fails the call: a control plane stopping does not wait for a clone that hangs.
+ABORT: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar("smith_git_abort", default=None)
+
+
+def _run(argv: list[str], cwd: Path | None, timeout: float, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    """(exit status, stdout, stderr) of a git command; killed when ``ABORT``'s event is set or after ``timeout``."""
+    abort = ABORT.get()
     try:
-        done = subprocess.run(
-            ["git", *args],
+        proc = subprocess.Popen(
+            argv,
             cwd=cwd,
-            capture_output=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
-            timeout=timeout,
             env=minimal_env(**(env or {})),
-            check=False,
         )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise WorkflowError(f"git {args[0]} failed: {exc}") from exc
-    if done.returncode != 0:
-        raise WorkflowError(f"git {' '.join(args[:2])} failed: {done.stderr.strip()[-500:]}")
-    return done.stdout
+    except OSError as exc:
+        raise WorkflowError(f"git {argv[1]} failed: {exc}") from exc
+    deadline = time.monotonic() + timeout
+    with proc:
+        while True:
+            try:
+                out, err = proc.communicate(timeout=0.2 if abort is not None else timeout)
+                return proc.returncode, out, err
+            except subprocess.TimeoutExpired:
+                if (abort is not None and abort.is_set()) or time.monotonic() >= deadline:
+                    proc.kill()
+                    proc.communicate()
+                    why = "stopped" if abort is not None and abort.is_set() else f"timed out after {timeout:.0f} s"
+                    raise WorkflowError(f"git {argv[1]} {why}") from None
+
+
+def _git(*args: str, cwd: Path | None = None, timeout: float = 300, env: dict[str, str] | None = None) -> str:
+    code, out, err = _run(["git", *args], cwd, timeout, env)
+    if code != 0:
+        raise WorkflowError(f"git {' '.join(args[:2])} failed: {err.strip()[-500:]}")
+    return out
 
 
 @contextlib.contextmanager
@@ -95,24 +121,13 @@ def merge_commit(repo: Path, base: str, head: str, when: int) -> str:
     Made with a fixed identity, date (``when``, Unix time) and message, so the control plane and every agent
     make the same commit (the same sha) from the same two parents. Writes objects into ``repo``; raises
     ``MergeConflict`` when the two do not merge cleanly."""
-    try:
-        done = subprocess.run(
-            ["git", "merge-tree", "--write-tree", "--name-only", "--no-messages", base, head],
-            cwd=repo,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            env=minimal_env(),
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise WorkflowError(f"git merge-tree failed: {exc}") from exc
-    if done.returncode == 1:
-        files = [line for line in done.stdout.splitlines()[1:] if line]
+    code, out, err = _run(["git", "merge-tree", "--write-tree", "--name-only", "--no-messages", base, head], repo, 300)
+    if code == 1:
+        files = [line for line in out.splitlines()[1:] if line]
         raise MergeConflict(f"merge conflict in {', '.join(files[:5]) or 'the pull request'}")
-    if done.returncode != 0:
-        raise WorkflowError(f"git merge-tree failed: {done.stderr.strip()[-500:]}")
-    tree = done.stdout.split()[0]
+    if code != 0:
+        raise WorkflowError(f"git merge-tree failed: {err.strip()[-500:]}")
+    tree = out.split()[0]
     date = f"{when} +0000"
     env = {**MERGER, "GIT_AUTHOR_DATE": date, "GIT_COMMITTER_DATE": date}
     message = f"Merge {head} into {base}"
