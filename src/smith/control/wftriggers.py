@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from smith.errors import InvalidInput, SmithError
+from smith.errors import InvalidInput, NotFound, SmithError
 from smith.logging import get_logger
 from smith.workflows import sources
 
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 log = get_logger("smith.control.wftriggers")
 
 MERGE_CONTEXT = "smith/merge"
+PR_ACTIONS = ("opened", "synchronize", "reopened")
 
 
 class TriggerWorker:
@@ -101,3 +102,44 @@ class TriggerWorker:
             log.warning("workflow trigger failed", delivery=delivery, repo=repo.repository, error=exc.message)
             return await self.runs.runs.trigger_done(delivery, "failed", [], exc.message)
         return await self.runs.runs.trigger_done(delivery, "done", started)
+
+
+async def record(wr: WorkflowRuns, event: str, delivery: str, payload: dict[str, Any]) -> dict[str, Any] | None:
+    """Record a push / pull_request delivery as a trigger for the trigger worker, reading no git here (GitHub
+    gives a webhook 10 s); None when it is not for built-in execution."""
+    repo = wr.repo_of(payload)
+    if repo is None or event not in ("push", "pull_request"):
+        return None
+    if event == "push":
+        sha, ref = str(payload.get("after") or ""), str(payload.get("ref") or "")
+        if not sha or set(sha) == {"0"}:
+            return {"outcome": "ignored", "reason": "a deleted ref runs nothing"}
+    else:
+        if payload.get("action") not in PR_ACTIONS:
+            return {"outcome": "ignored", "reason": f"pull_request action {payload.get('action')!r}"}
+        pr = payload.get("pull_request") or {}
+        sha = str((pr.get("head") or {}).get("sha") or "")
+        ref = f"refs/pull/{payload.get('number') or pr.get('number')}/merge"
+    if not sha:
+        raise InvalidInput(f"{event} payload names no commit")
+    installation = int((payload.get("installation") or {}).get("id") or repo.installation_id or 0)
+    fields = {
+        "event": event,
+        "payload": orjson.dumps(payload).decode(),
+        "sha": sha,
+        "ref": ref,
+        "installation_id": str(installation),
+    }
+    new = await wr.runs.trigger(delivery, fields)
+    wr.wake.set()
+    return {"outcome": "triggered", "delivery": delivery, "new": new}
+
+
+async def view(wr: WorkflowRuns, delivery: str) -> dict[str, Any]:
+    """A recorded trigger: pending (its runs not started yet), done (with its runs) or failed (why)."""
+    rec = await wr.runs.get_trigger(delivery)
+    if not rec:
+        raise NotFound(f"no workflow trigger for delivery {delivery}")
+    runs = orjson.loads(rec["runs"]) if rec.get("runs") else []
+    return {"delivery": delivery, "event": rec.get("event"), "state": rec.get("state"), "runs": runs,
+            "error": rec.get("error") or None}  # fmt: skip

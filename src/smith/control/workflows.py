@@ -21,7 +21,7 @@ import orjson
 
 from smith.adapters.redis.jobs import RedisJobs
 from smith.adapters.redis.wfruns import RedisRuns
-from smith.control import wfconcurrency
+from smith.control import wfconcurrency, wftriggers
 from smith.control.settings import ControlSettings
 from smith.control.wfchecks import JobChecks
 from smith.control.wfrepos import RepoConfig, load_repos
@@ -35,14 +35,12 @@ from smith.workflows.context import RunInfo
 from smith.workflows.errors import WorkflowError
 from smith.workflows.executor import Executor, conclude
 from smith.workflows.expressions import Scope, interpolate_tree
-from smith.workflows.local import changed_paths
 from smith.workflows.model import Workflow
 from smith.workflows.parser import parse
 from smith.workflows.triggers import triggered
 
 log = get_logger("smith.control.workflows")
 
-PR_ACTIONS = ("opened", "synchronize", "reopened")
 RESULT_OF_STATE = {JobState.SUCCEEDED: "success", JobState.FAILED: "failure", JobState.CANCELLED: "cancelled"}
 
 
@@ -116,43 +114,12 @@ class WorkflowRuns:
         return self.repos.get(name.lower())
 
     async def webhook(self, event: str, delivery: str, payload: dict[str, Any]) -> dict[str, Any] | None:
-        """Record a push / pull_request delivery as a trigger for the trigger worker (wftriggers.py), reading no
-        git here (GitHub gives a webhook 10 s); None when it is not for built-in execution."""
-        repo = self.repo_of(payload)
-        if repo is None or event not in ("push", "pull_request"):
-            return None
-        if event == "push":
-            sha, ref = str(payload.get("after") or ""), str(payload.get("ref") or "")
-            if not sha or set(sha) == {"0"}:
-                return {"outcome": "ignored", "reason": "a deleted ref runs nothing"}
-        else:
-            if payload.get("action") not in PR_ACTIONS:
-                return {"outcome": "ignored", "reason": f"pull_request action {payload.get('action')!r}"}
-            pr = payload.get("pull_request") or {}
-            sha = str((pr.get("head") or {}).get("sha") or "")
-            ref = f"refs/pull/{payload.get('number') or pr.get('number')}/merge"
-        if not sha:
-            raise InvalidInput(f"{event} payload names no commit")
-        installation = int((payload.get("installation") or {}).get("id") or repo.installation_id or 0)
-        fields = {
-            "event": event,
-            "payload": orjson.dumps(payload).decode(),
-            "sha": sha,
-            "ref": ref,
-            "installation_id": str(installation),
-        }
-        new = await self.runs.trigger(delivery, fields)
-        self.wake.set()
-        return {"outcome": "triggered", "delivery": delivery, "new": new}
+        """Record a push / pull_request delivery for the trigger worker (wftriggers.py); None when it is not for
+        built-in execution."""
+        return await wftriggers.record(self, event, delivery, payload)
 
     async def trigger_view(self, delivery: str) -> dict[str, Any]:
-        """A recorded trigger: pending (its runs not started yet), done (with its runs) or failed (why)."""
-        rec = await self.runs.get_trigger(delivery)
-        if not rec:
-            raise NotFound(f"no workflow trigger for delivery {delivery}")
-        runs = orjson.loads(rec["runs"]) if rec.get("runs") else []
-        return {"delivery": delivery, "event": rec.get("event"), "state": rec.get("state"), "runs": runs,
-                "error": rec.get("error") or None}  # fmt: skip
+        return await wftriggers.view(self, delivery)
 
     async def dispatch(self, repository: str, workflow: str, ref: str, inputs: dict[str, Any]) -> list[str]:
         """``workflow_dispatch`` from the operator API: one run of ``workflow`` (its path) at ``ref``."""
@@ -199,7 +166,9 @@ class WorkflowRuns:
         done again after a crash starts none twice). Raises ``MergeConflict``."""
         head = sha  # statuses go on the pushed commit, not on a merge commit
         try:
-            sha, files, changed, extra = await asyncio.to_thread(_read, repo.source, event, payload, sha, merge_time)
+            sha, files, changed, extra = await asyncio.to_thread(
+                sources.read_event, repo.source, event, payload, sha, merge_time
+            )
         except sources.MergeConflict:
             raise
         except WorkflowError as exc:
@@ -535,28 +504,6 @@ class WorkflowRuns:
             await self.statuses.commit_status(repo, sha, state, context, description, installation)
         except SmithError as exc:
             log.warning("commit status not reported", repo=repo, sha=sha, state=state, error=exc.message)
-
-
-def _read(
-    source: str, event: str, payload: dict[str, Any], sha: str, merge_time: int | None
-) -> tuple[str, dict[str, str], list[str] | None, dict[str, str]]:
-    """The commit a run runs (a pull request's merge commit, made in a scratch clone), its workflow files, the
-    paths the event changed, and the run fields saying how the merge was made (none without one)."""
-    with sources.local_copy(source, scratch=merge_time is not None) as git:
-        extra: dict[str, str] = {}
-        if merge_time is not None:
-            base = payload.get("pull_request", {}).get("base", {})
-            parent = str(base.get("sha") or "") or sources.resolve(git, f"refs/heads/{base.get('ref')}")
-            sources.fetch_missing(git, sha, source, pull_head(payload))
-            merged = sources.merge_commit(git, parent, sha, merge_time)
-            extra = {"merge_base": parent, "merge_head": sha, "merge_time": str(merge_time)}
-            sha = merged
-        return sha, sources.workflow_files(git, sha), changed_paths(git, event, payload), extra
-
-
-def pull_head(payload: dict[str, Any]) -> str:
-    """Where the base repository keeps a pull request's head (also a fork's): ``refs/pull/N/head``."""
-    return f"refs/pull/{payload.get('number') or (payload.get('pull_request') or {}).get('number')}/head"
 
 
 def _result(result: str, outputs: dict[str, str], error: str = "") -> str:

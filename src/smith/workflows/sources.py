@@ -15,9 +15,11 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from smith.adapters.childenv import minimal_env
 from smith.workflows.errors import WorkflowError
+from smith.workflows.local import changed_paths
 
 FOLDER = ".github/workflows"
 
@@ -165,3 +167,26 @@ def checkout(source: str, sha: str, dest: Path, merge: tuple[str, str, int] | No
             raise WorkflowError(f"the merge commit made here ({made[:12]}) is not the run's ({sha[:12]})")
     _git("-c", "advice.detachedHead=false", "checkout", "-q", sha, cwd=dest)
     return dest
+
+
+def read_event(
+    source: str, event: str, payload: dict[str, Any], sha: str, merge_time: int | None
+) -> tuple[str, dict[str, str], list[str] | None, dict[str, str]]:
+    """For a run of ``event`` at ``sha``: the commit it runs (a pull request's merge commit, made in a
+    scratch clone), its workflow files, the paths the event changed, and the run fields saying how the merge was
+    made (none without one)."""
+    with local_copy(source, scratch=merge_time is not None) as git:
+        extra: dict[str, str] = {}
+        if merge_time is not None:
+            base = payload.get("pull_request", {}).get("base", {})
+            parent = str(base.get("sha") or "") or resolve(git, f"refs/heads/{base.get('ref')}")
+            fetch_missing(git, sha, source, pull_head(payload))
+            merged = merge_commit(git, parent, sha, merge_time)
+            extra = {"merge_base": parent, "merge_head": sha, "merge_time": str(merge_time)}
+            sha = merged
+        return sha, workflow_files(git, sha), changed_paths(git, event, payload), extra
+
+
+def pull_head(payload: dict[str, Any]) -> str:
+    """Where the base repository keeps a pull request's head (also a fork's): ``refs/pull/N/head``."""
+    return f"refs/pull/{payload.get('number') or (payload.get('pull_request') or {}).get('number')}/head"
