@@ -221,6 +221,14 @@ class Platform:
             await asyncio.sleep(0.05)
         return list(self.fake.statuses)
 
+    async def log_lines_now(self, job_id: str) -> str:
+        """What the log pipeline has of a job's log so far, as one text."""
+        async with httpx.AsyncClient(
+            base_url=self.logs.url, headers={"Authorization": f"Bearer {logs_operator_token()}"}, timeout=30
+        ) as reader:
+            page = (await reader.get(f"/v1/jobs/{job_id}/logs", params={"limit": 1000})).json()
+            return "\n".join(x["line"] for x in page.get("lines", []))
+
     async def log_lines(self, job_id: str) -> list[str]:
         async with httpx.AsyncClient(
             base_url=self.logs.url, headers={"Authorization": f"Bearer {logs_operator_token()}"}, timeout=30
@@ -401,3 +409,44 @@ async def test_a_pull_request_whose_base_moved_on_runs_on_the_merge_commit(platf
     assert f"sha={run['sha']} ref=refs/pull/11/merge head=feature base=main" in log
     assert run["sha"] not in (p.base_sha, p.head_sha)  # type: ignore[attr-defined]
     assert [(s["state"], s["sha"]) for s in await p.statuses(2)] == [("pending", p.head_sha), ("success", p.head_sha)]  # type: ignore[attr-defined]
+
+
+SLOW = """\
+name: Slow
+on: pull_request
+jobs:
+  wait:
+    runs-on: ubuntu-latest
+    steps:
+      - run: echo started; sleep 600
+  after:
+    needs: wait
+    runs-on: ubuntu-latest
+    steps:
+      - run: echo never
+"""
+
+
+@pytest.mark.parametrize("platform", [{"workflows": {"slow.yml": SLOW}}], indirect=True)
+async def test_cancelling_a_run_stops_its_running_job_in_the_vm(platform: Platform) -> None:
+    p = platform
+    await asyncio.to_thread(p.deliver, pull_request_payload(12, p.base_sha, p.head_sha), "d-12")  # type: ignore[attr-defined]
+    [run_id] = await p.runs_of("d-12")
+    run = await p.wait_run(run_id, lambda run: run["jobs"]["wait"]["smith_jobs"])
+    [wait_id] = run["jobs"]["wait"]["smith_jobs"]
+    deadline = time.monotonic() + 60
+    while "started" not in await p.log_lines_now(wait_id):
+        assert time.monotonic() < deadline, "the step never started"
+        await asyncio.sleep(0.1)
+    async with httpx.AsyncClient(
+        base_url=p.control.url, headers={"Authorization": f"Bearer {operator_token()}"}, timeout=30
+    ) as c:
+        r = await c.post(f"/v1/workflows/runs/{run_id}/cancel", json={"reason": "not needed"})
+        assert r.status_code == 200, r.text
+    run = await p.wait_run(run_id, lambda run: run["state"] == "completed")
+    assert run["conclusion"] == "cancelled", run
+    assert run["jobs"]["wait"]["result"] == "cancelled" and run["jobs"]["after"]["smith_jobs"] == []
+    assert (await p.operator(f"/v1/jobs/{wait_id}"))["state"] == "cancelled"
+    assert [s["state"] for s in await p.statuses(2)] == ["pending", "error"]
+    [check] = p.fake.checks.named("Slow / wait")
+    assert (check["status"], check["conclusion"]) == ("completed", "cancelled")
