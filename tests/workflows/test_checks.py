@@ -115,3 +115,16 @@ async def test_an_app_without_the_checks_permission_reports_jobs_as_commit_statu
     assert fake.statuses[-1]["context"] == "smith/CI" and fake.statuses[-1]["state"] == "success"
     refused = [r for r in fake.requests if r.path.endswith("/check-runs")]
     assert [r.status for r in refused] == [403]  # asked once; this process remembers the refusal
+
+
+async def test_a_late_queued_report_never_moves_a_check_run_back(
+    redis_url: str, tmp_path: Path, github: tuple[FakeGitHub, GitHubApp]
+) -> None:
+    """The agent's running report may reach the control plane before the queued check run was made."""
+    fake, client = github
+    wr, _, _ = await start(redis_url, tmp_path, client)
+    rec = await wr.runs.get((await wr.trigger_view("k-1"))["runs"][0])
+    await wr.checks.report(rec["id"], rec, "late-1", "late", "in_progress")
+    await wr.checks.report(rec["id"], rec, "late-1", "late", "queued")
+    [check] = fake.checks.named("CI / late")
+    assert check["status"] == "in_progress" and check["external_id"] == "late-1"

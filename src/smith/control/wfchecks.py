@@ -2,7 +2,8 @@
 ``<workflow> / <job>`` as GitHub Actions names them: ``queued`` when its Smith job is queued, ``in_progress``
 when its agent starts it, ``completed`` with its conclusion. The check run's id is kept in the run record
 (``k:<smith job id>``), so a restarted control plane updates the same one; a step that finds none (a crash
-between creating it and keeping its id) creates it in the state it reports.
+between creating it and keeping its id, or an agent that reported the job running before its queued check run
+was made) creates it in the state it reports, and a late ``queued`` never moves a check run back.
 
 An App installed without "Checks: write" gets 403: then (and from then on in this process, per repository) each
 job is a commit status with the same name instead (pending, then success / failure / error). Any other failure
@@ -10,6 +11,7 @@ to report is logged: a report never stops a run."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -47,6 +49,7 @@ class JobChecks:
         self.client = client
         self.runs = runs
         self.denied: set[str] = set()  # repositories whose installation refused check runs (403)
+        self._locks: dict[str, asyncio.Lock] = {}
 
     async def report(
         self,
@@ -99,9 +102,17 @@ class JobChecks:
         if status == "completed":
             fields.update(conclusion=conclusion, completed_at=_now())
             fields["output"] = {"title": f"{name}: {conclusion}", "summary": why or f"The job's result: {conclusion}."}
-        known = await self.runs.check_of(run_id, smith_id)
-        if known:
-            await self.client.update_check_run(repo, int(known), fields, installation)
-            return
-        made = await self.client.create_check_run(repo, sha, name, {**fields, "external_id": smith_id}, installation)
-        await self.runs.keep_check(run_id, smith_id, str(made))
+        async with self._locks.setdefault(smith_id, asyncio.Lock()):  # one create per instance in this process
+            try:
+                known = await self.runs.check_of(run_id, smith_id)
+                if known and status == "queued":  # its agent reported first: never back to queued
+                    return
+                if known:
+                    await self.client.update_check_run(repo, int(known), fields, installation)
+                    return
+                fields["external_id"] = smith_id
+                made = await self.client.create_check_run(repo, sha, name, fields, installation)
+                await self.runs.keep_check(run_id, smith_id, str(made))
+            finally:
+                if status == "completed":
+                    self._locks.pop(smith_id, None)
