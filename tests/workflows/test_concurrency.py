@@ -5,6 +5,7 @@ its group still starts the pending run (the next sweep)."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,8 @@ from smith.adapters.redis.jobs import RedisJobs
 from smith.control.wftriggers import TriggerWorker
 from smith.control.workflows import WorkflowRuns
 from smith.domain.jobs import JobState
+from smith.errors import NotFound
+from smith.wire.agent import StatusReport
 from tests.workflows.test_platform import REPO, make_repo
 from tests.workflows.test_runs import Statuses, plane, report
 
@@ -97,17 +100,14 @@ async def test_cancel_in_progress_cancels_the_running_run(redis_url: str, tmp_pa
     repo, base, head = make_repo(tmp_path, {"deploy.yml": DEPLOY})
     wr, jobs = plane(redis_url, repo, Statuses())
     a = await push(wr, "a", "refs/heads/feature", base, head)
-    [a_job] = await smith_jobs(wr, a)
-    lease = await jobs.lease("agent-1", [(await jobs.get(a_job)).runner_class], 1)
-    assert lease is not None
-    await jobs.report("agent-1", a_job, JobState.RUNNING)
+    a_job = await running(jobs, await smith_jobs(wr, a))
     b = await push(wr, "b", "refs/heads/main", base, head)  # cancel-in-progress is true on main
     cancelling = await jobs.get(a_job)
     assert cancelling.cancel_requested  # the agent is told through its heartbeat, stops the VM and reports
     assert "concurrency group 'deploy-Codertocat/Hello-World'" in cancelling.reason
     [b_job] = await smith_jobs(wr, b)
     assert (await jobs.get(b_job)).state == JobState.QUEUED  # b runs at once
-    await jobs.report("agent-1", a_job, JobState.CANCELLED)
+    await jobs.report("agent-9", a_job, JobState.CANCELLED)
     await wr.sweep()
     view_a = await wr.view(a)
     assert (view_a["state"], view_a["conclusion"]) == ("completed", "cancelled"), view_a
@@ -131,12 +131,94 @@ async def test_a_control_plane_that_died_after_a_run_left_its_group_still_starts
     b = await push(wr, "b", "refs/heads/feature", base, head)
     [a_job] = await smith_jobs(wr, a)
     # a's job finished and the process got only as far as a leaving its group, then died.
-    lease = await jobs.lease("agent-1", [(await jobs.get(a_job)).runner_class], 1)
-    assert lease is not None
-    await jobs.report("agent-1", a_job, JobState.RUNNING)
-    await jobs.report("agent-1", a_job, JobState.SUCCEEDED)
+    await running(jobs, [a_job])
+    await jobs.report("agent-9", a_job, JobState.SUCCEEDED)
     assert await wr.runs.leave(REPO, "deploy-Codertocat/Hello-World", a) == b
     wr2, _ = plane(redis_url, repo, Statuses())
     await wr2.sweep()
     assert len(await smith_jobs(wr2, b)) == 1
     assert (await wr2.view(a))["state"] == "completed"
+
+
+JOB_GROUP = """\
+name: Release
+on: push
+jobs:
+  build:
+    runs-on: ubuntu-latest
+    steps:
+      - run: echo build
+  publish:
+    needs: build
+    runs-on: ubuntu-latest
+    concurrency:
+      group: publish-${{ github.repository }}
+      cancel-in-progress: ${{ github.ref == 'refs/heads/main' }}
+    steps:
+      - run: echo publish
+"""
+
+
+async def jobs_of(wr: WorkflowRuns, run_id: str, job: str) -> list[str]:
+    return list((await wr.view(run_id))["jobs"][job]["smith_jobs"])
+
+
+async def succeed(wr: WorkflowRuns, jobs: RedisJobs, run_id: str, job: str) -> str:
+    [job_id] = await jobs_of(wr, run_id, job)
+    await report(wr, jobs, job_id, "agent-1", state="succeeded", conclusion="success")
+    await wr.advance(run_id)
+    return job_id
+
+
+async def publishing(redis_url: str, tmp_path: Path) -> tuple[WorkflowRuns, RedisJobs, str, str, tuple[str, str]]:
+    """Run a of the release workflow, its build done and its publish job running."""
+    repo, base, head = make_repo(tmp_path, {"release.yml": JOB_GROUP})
+    wr, jobs = plane(redis_url, repo, Statuses())
+    a = await push(wr, "a", "refs/heads/feature", base, head)
+    await succeed(wr, jobs, a, "build")
+    return wr, jobs, a, await running(jobs, await jobs_of(wr, a, "publish")), (base, head)
+
+
+async def test_a_jobs_own_group_holds_that_job_not_the_run(redis_url: str, tmp_path: Path) -> None:
+    wr, jobs, a, a_publish, (base, head) = await publishing(redis_url, tmp_path)
+    b = await push(wr, "b", "refs/heads/feature", base, head)
+    await succeed(wr, jobs, b, "build")  # the run goes on: only publish has a group
+    assert await queued_ids(jobs, await jobs_of(wr, b, "publish")) == []  # b's publish waits for a's
+    await wr.sweep()
+    assert await queued_ids(jobs, await jobs_of(wr, b, "publish")) == []
+    done = StatusReport.model_validate({"state": "succeeded", "conclusion": "success"})
+    await wr.finished("agent-9", await jobs.get(a_publish), done)
+    await wr.reported(await jobs.report("agent-9", a_publish, JobState.SUCCEEDED))
+    assert (await wr.view(a))["conclusion"] == "success"
+    assert len(await queued_ids(jobs, await jobs_of(wr, b, "publish"))) == 1  # a's left the group: b's is queued
+
+
+async def test_a_jobs_group_with_cancel_in_progress_cancels_the_other_runs_job(redis_url: str, tmp_path: Path) -> None:
+    wr, jobs, a, a_publish, (base, head) = await publishing(redis_url, tmp_path)
+    b = await push(wr, "b", "refs/heads/main", base, head)
+    await succeed(wr, jobs, b, "build")  # b's publish (cancel-in-progress on main) cancels a's
+    assert (await jobs.get(a_publish)).cancel_requested
+    assert len(await queued_ids(jobs, await jobs_of(wr, b, "publish"))) == 1
+    await jobs.report("agent-9", a_publish, JobState.CANCELLED)  # its agent stopped it
+    await wr.sweep()
+    view = await wr.view(a)
+    assert (view["conclusion"], view["jobs"]["publish"]["result"]) == ("failure", "cancelled")
+
+
+async def queued_ids(jobs: RedisJobs, ids: list[str]) -> list[str]:
+    """Those of the instances whose Smith job is queued (an instance waiting in a group has none yet)."""
+    out = []
+    for i in ids:
+        with contextlib.suppress(NotFound):
+            if (await jobs.get(i)).state == JobState.QUEUED:
+                out.append(i)
+    return out
+
+
+async def running(jobs: RedisJobs, ids: list[str]) -> str:
+    """The one instance, leased and running on agent-9 (so later jobs are leased by others)."""
+    [job_id] = ids
+    lease = await jobs.lease("agent-9", [(await jobs.get(job_id)).runner_class], 1)
+    assert lease is not None and lease.job.id == job_id
+    await jobs.report("agent-9", job_id, JobState.RUNNING)
+    return job_id

@@ -85,6 +85,7 @@ class WorkflowRuns:
         self._lock = asyncio.Lock()  # one advance at a time in this process (the scripts make them safe anyway)
         self.checks = JobChecks(statuses if hasattr(statuses, "create_check_run") else None, runs)  # type: ignore[arg-type]
         self.wake = asyncio.Event()  # set when a trigger is recorded: the trigger worker looks at once
+        self.woken: list[str] = []  # runs to advance next (a job's concurrency group let one of theirs in)
 
     @classmethod
     def for_plane(
@@ -241,6 +242,8 @@ class WorkflowRuns:
         while todo:
             async with self._lock:
                 todo += await self._advance(todo.pop(0))
+                todo += [r for r in self.woken if r not in todo]
+                self.woken.clear()
 
     async def _advance(self, run_id: str) -> list[str]:
         rec = await self.runs.get(run_id)
@@ -324,6 +327,15 @@ class WorkflowRuns:
         specs = {}
         for i, (key, combo) in enumerate(zip(plan.keys, plan.combos, strict=True)):
             spec = {"job": jid, "index": i, "key": key, "matrix": combo, "strategy": plan.strategies[i]}
+            ctx = {**self._contexts(rec), "needs": needs, "matrix": combo, "strategy": plan.strategies[i]}
+            try:
+                group = concurrency_of(wf.jobs[jid].concurrency, ctx)
+            except WorkflowError as exc:
+                if await self.runs.start_job(run_id, jid, {}):
+                    await self.runs.job_done(run_id, jid, _result("failure", {}, f"job {jid}: {exc.message}"))
+                return
+            if group is not None:
+                spec.update(group=group[0], cancel_in_progress=group[1])
             specs[instance_id(run_id, jid, i)] = orjson.dumps({**spec, "needs": needs}).decode()
         if await self.runs.start_job(run_id, jid, specs):
             for smith_id, spec_json in list(specs.items())[: plan.max_parallel or len(specs)]:
@@ -332,6 +344,8 @@ class WorkflowRuns:
     async def _submit(
         self, rec: dict[str, str], wf: Workflow, run_id: str, smith_id: str, spec: dict[str, Any]
     ) -> None:
+        if spec.get("group") and not await wfconcurrency.admit_instance(self, run_id, rec, smith_id, spec):
+            return  # waits in its job's concurrency group (asked again on the next advance), or was cancelled
         job = wf.jobs[spec["job"]]
         try:
             runs_on = interpolate_tree(job.runs_on, Scope({"matrix": spec["matrix"], "inputs": {}, "vars": {}}))
@@ -343,7 +357,7 @@ class WorkflowRuns:
         rc = match_runner_class(labels, self.classes) or match_runner_class(fallback, self.classes)
         if rc is None:
             why = f"no runner class for {labels}"
-            await self._instance_done(run_id, rec, smith_id, spec, "failure", {}, why)
+            await self.instance_result(run_id, rec, smith_id, spec, "failure", {}, why)
             return
         record = Job(
             id=smith_id,
@@ -390,7 +404,7 @@ class WorkflowRuns:
                 result = RESULT_OF_STATE[job.state]
                 why = job.reason or f"its Smith job {smith_id} ended {job.state.value} without a report"
                 spec = orjson.loads(rec[f"s:{smith_id}"])
-                changed |= await self._instance_done(run_id, rec, smith_id, spec, result, {}, why)
+                changed |= await self.instance_result(run_id, rec, smith_id, spec, result, {}, why)
             else:
                 running += 1
                 if stopping:
@@ -400,7 +414,7 @@ class WorkflowRuns:
             if stopping:
                 smith_id = instance_id(run_id, jid, i)
                 spec = orjson.loads(rec[f"s:{smith_id}"])
-                changed |= await self._instance_done(run_id, rec, smith_id, spec, "cancelled", {}, why_stop)
+                changed |= await self.instance_result(run_id, rec, smith_id, spec, "cancelled", {}, why_stop)
             elif running < limit:
                 smith_id = instance_id(run_id, jid, i)
                 spec = orjson.loads(rec[f"s:{smith_id}"])
@@ -477,9 +491,9 @@ class WorkflowRuns:
             return
         spec = orjson.loads(raw)
         result = req.conclusion or {"succeeded": "success", "cancelled": "cancelled"}.get(req.state, "failure")
-        await self._instance_done(job.wf_run, rec, job.id, spec, result, req.outputs, req.reason)
+        await self.instance_result(job.wf_run, rec, job.id, spec, result, req.outputs, req.reason)
 
-    async def _instance_done(
+    async def instance_result(
         self,
         run_id: str,
         rec: dict[str, str],
@@ -490,6 +504,8 @@ class WorkflowRuns:
         why: str = "",
     ) -> bool:
         """Record an instance's result once; the caller that recorded it completes its check run."""
+        if spec.get("group"):  # first: a crash before the result is recorded leaves it again (a no-op) on retry
+            await wfconcurrency.leave_instance(self, rec, smith_id, spec)
         if not await self.runs.instance_done(run_id, spec["job"], spec["index"], _result(result, outputs, why)):
             return False
         await self.checks.report(run_id, rec, smith_id, spec["key"], "completed", result, why)
