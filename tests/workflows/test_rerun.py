@@ -10,8 +10,10 @@ import orjson
 from typer.testing import CliRunner
 
 from smith.cli import app
+from smith.control import wfrerun
 from tests.control.conftest import control_factory, operator_token  # noqa: F401  (fixture)
 from tests.workflows.test_platform import REPO, make_repo
+from tests.workflows.test_runs import Statuses, plane, report
 
 TWO = """\
 name: Two
@@ -78,7 +80,62 @@ def test_smith_jobs_cancel_run_and_rerun(tmp_path: Path, control_factory: Any) -
     res = CliRunner().invoke(app, ["jobs", "cancel-run", run_id, "--url", control.url, "--json"], env=env)
     assert res.exit_code == 0, res.output
     assert orjson.loads(res.stdout[res.stdout.index("{\n") :])["conclusion"] == "cancelled"
-    res = CliRunner().invoke(app, ["jobs", "rerun", run_id, "--url", control.url], env=env)
+    res = CliRunner().invoke(app, ["jobs", "rerun", run_id, "--failed", "--url", control.url], env=env)
     assert res.exit_code == 0 and f"(attempt 2 of {run_id})" in res.output, res.output
     res = CliRunner().invoke(app, ["jobs", "cancel-run", "nope", "--url", control.url], env=env)
     assert res.exit_code != 0 and "not found" in res.output and "Traceback" not in res.output
+
+
+PIPELINE = """\
+name: Pipeline
+on: workflow_dispatch
+jobs:
+  build:
+    runs-on: ubuntu-latest
+    outputs:
+      version: ${{ steps.v.outputs.version }}
+    steps:
+      - id: v
+        run: echo "version=1.0" >> "$GITHUB_OUTPUT"
+  lint:
+    runs-on: ubuntu-latest
+    steps:
+      - run: echo lint
+  test:
+    needs: build
+    runs-on: ubuntu-latest
+    steps:
+      - run: exit 1
+  deploy:
+    needs: test
+    runs-on: ubuntu-latest
+    steps:
+      - run: echo deploy
+"""
+
+
+async def test_rerun_failed_jobs_keeps_the_ones_that_succeeded(redis_url: str, tmp_path: Path) -> None:
+    repo, _, _ = make_repo(tmp_path, {"p.yml": PIPELINE})
+    wr, jobs = plane(redis_url, repo, Statuses())
+    [run_id] = await wr.dispatch(REPO, ".github/workflows/p.yml", "feature", {})
+    view = await wr.view(run_id)
+    for jid, state, conclusion, outputs in [
+        ("build", "succeeded", "success", {"version": "1.0"}),
+        ("lint", "succeeded", "success", {}),
+    ]:
+        [smith_id] = view["jobs"][jid]["smith_jobs"]
+        await report(wr, jobs, smith_id, "a-1", state=state, conclusion=conclusion, outputs=outputs)
+    await wr.advance(run_id)
+    [test_id] = (await wr.view(run_id))["jobs"]["test"]["smith_jobs"]
+    await report(wr, jobs, test_id, "a-1", state="failed", conclusion="failure")
+    await wr.advance(run_id)
+    first = await wr.view(run_id)
+    assert (first["conclusion"], first["jobs"]["deploy"]["result"]) == ("failure", "skipped")
+    second_id = await wfrerun.rerun(wr, run_id, failed_only=True)
+    second = await wr.view(second_id)
+    assert second["jobs"]["build"] == {**first["jobs"]["build"], "smith_jobs": []}  # kept, with its outputs
+    assert second["jobs"]["lint"]["result"] == "success" and second["jobs"]["lint"]["smith_jobs"] == []
+    assert second["jobs"]["deploy"]["state"] == "waiting"  # downstream of the failed job: runs again
+    [new_test] = second["jobs"]["test"]["smith_jobs"]
+    spec = await wr.spec_for(await jobs.get(new_test))
+    assert spec is not None and spec.needs["build"]["outputs"] == {"version": "1.0"} and spec.run_attempt == 2

@@ -205,13 +205,15 @@ def cancel_run(
 @app.command()
 def rerun(
     run_id: str = typer.Argument(..., help="A finished built-in workflow run's id"),
+    failed: bool = typer.Option(False, "--failed", help="Only the failed jobs and those after them"),
     url: str = URL,
     token: str = TOKEN,
     json_out: bool = JSON,
 ) -> None:
     """Re-run a finished built-in workflow run: its next attempt, same workflow, commit and event."""
     text = "started run {0[id]} (attempt {0[attempt]} of {0[rerun_of]})".format
-    _post(url, token, f"/v1/workflows/runs/{run_id}/rerun", None, json_out, text)
+    path = f"/v1/workflows/runs/{run_id}/rerun" + ("?failed_only=true" if failed else "")
+    _post(url, token, path, None, json_out, text)
 
 
 if __name__ == "__main__":  # python -m smith.cli.jobs ...: the same commands as `smith jobs ...`

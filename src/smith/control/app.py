@@ -295,8 +295,8 @@ def create_app(
         return await plane.workflows.view(run_id)
 
     @app.post("/v1/workflows/runs/{run_id}/rerun", status_code=201, tags=["operators"])
-    async def workflow_rerun(run_id: str, _: Operator) -> dict[str, Any]:
-        return await plane.workflows.view(await wfrerun.rerun(plane.workflows, run_id))
+    async def workflow_rerun(run_id: str, _: Operator, failed_only: bool = False) -> dict[str, Any]:
+        return await plane.workflows.view(await wfrerun.rerun(plane.workflows, run_id, failed_only))
 
     @app.get("/v1/workflows/triggers/{delivery}", tags=["operators"])
     async def workflow_trigger(delivery: str, _: Operator) -> dict[str, Any]:

@@ -5,14 +5,18 @@ Cancel marks the run ``cancelled`` and advances it: jobs not started end ``cance
 Smith jobs are cancelled (queued ones at once, running ones through their agent's heartbeat) and the run ends
 ``cancelled`` once they have (commit status ``error``). Re-run (of a finished run, as GitHub allows) starts the
 run's next attempt: a new run of the same workflow text at the same commit with the same event, through the same
-concurrency group; asked again, it answers the same attempt."""
+concurrency group (all its jobs, or only the failed ones and those downstream); asked again, it answers the same
+attempt."""
 
 from __future__ import annotations
 
 import hashlib
 from typing import TYPE_CHECKING
 
+import orjson
+
 from smith.errors import Conflict, NotFound
+from smith.workflows.parser import parse
 
 if TYPE_CHECKING:
     from smith.control.workflows import WorkflowRuns
@@ -34,8 +38,10 @@ async def cancel(wr: WorkflowRuns, run_id: str, reason: str) -> None:
     await wr.advance(run_id)
 
 
-async def rerun(wr: WorkflowRuns, run_id: str) -> str:
-    """The id of the run's next attempt (started now, or by an earlier call)."""
+async def rerun(wr: WorkflowRuns, run_id: str, failed_only: bool = False) -> str:
+    """The id of the run's next attempt (started now, or by an earlier call). ``failed_only``: GitHub's "Re-run
+    failed jobs": the jobs that succeeded (or were skipped) with all their needs kept are carried over, done,
+    with their outputs; the others (failed, cancelled, and every job downstream of one) run again."""
     rec = await wr.runs.get(run_id)
     if not rec:
         raise NotFound(f"workflow run {run_id} not found")
@@ -47,6 +53,20 @@ async def rerun(wr: WorkflowRuns, run_id: str) -> str:
     fields |= {"attempt": str(attempt), "rerun_of": run_id, "first_run": rec.get("first_run") or run_id}
     if rec.get("group"):
         fields["held"] = "1"
+    if failed_only:
+        fields |= kept_jobs(rec)
     if await wr.runs.create(new_id, fields):
         await wr.started(new_id, fields)
     return new_id
+
+
+def kept_jobs(rec: dict[str, str]) -> dict[str, str]:
+    """The run fields carrying over, done, the jobs a re-run of the failed jobs keeps."""
+    wf = parse(rec["workflow"], rec["file"])
+    kept: dict[str, str] = {}
+    for stage in wf.stages():
+        for jid in stage:
+            done = orjson.loads(rec.get(f"r:{jid}") or "{}")
+            if done.get("result") in ("success", "skipped") and all(n in kept for n in wf.jobs[jid].needs):
+                kept[jid] = rec[f"r:{jid}"]
+    return {k: v for jid, raw in kept.items() for k, v in ((f"j:{jid}", "done"), (f"r:{jid}", raw))}
