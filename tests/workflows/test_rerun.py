@@ -92,11 +92,9 @@ on: workflow_dispatch
 jobs:
   build:
     runs-on: ubuntu-latest
-    outputs:
-      version: ${{ steps.v.outputs.version }}
+    outputs: {version: "${{ steps.v.outputs.version }}"}
     steps:
-      - id: v
-        run: echo "version=1.0" >> "$GITHUB_OUTPUT"
+      - {id: v, run: 'echo "version=1.0" >> "$GITHUB_OUTPUT"'}
   lint:
     runs-on: ubuntu-latest
     steps:
