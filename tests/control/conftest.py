@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -41,6 +43,21 @@ def make_settings(redis_url: str, **overrides: Any) -> ControlSettings:
     )
     base.update(overrides)
     return ControlSettings(**base)
+
+
+def control_env(redis_url: str, data_dir: Path, **more: str) -> dict[str, str]:
+    """The environment of a `smith control serve` process for tests: this one's minus SMITH_*/PROMETHEUS_*, plus
+    the test secrets, the Valkey and a data directory."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SMITH_", "PROMETHEUS_"))}
+    return env | {
+        "SMITH_REDIS_URL": redis_url,
+        "SMITH_GITHUB_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "SMITH_AGENT_TOKEN_SECRET": AGENT_SECRET,
+        "SMITH_JWT_SECRET": OPERATOR_SECRET,
+        "SMITH_DATA_DIR": str(data_dir),
+        "SMITH_LOG_LEVEL": "WARNING",
+        **more,
+    }
 
 
 def agent_token(agent_id: str, ttl: float = 3600, now: float | None = None) -> str:

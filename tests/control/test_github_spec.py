@@ -82,6 +82,7 @@ async def test_every_route_checks_its_request_before_answering(fake: FakeGitHub,
             "runner_id": 1,
             "job_id": 1,
             "run_id": 1,
+            "check_run_id": 1,
             "sha": "6dcb09b5b57875f334f61aebed695e2e4193db5e",
         }
         path = template.format(owner="octo-org", repo="app", org="octo-org", **ids)
@@ -141,6 +142,11 @@ async def test_the_clients_real_requests_pass(client: GitHubApp, fake: FakeGitHu
     sha = "6dcb09b5b57875f334f61aebed695e2e4193db5e"
     await client.commit_status("octo-org/app", sha, "pending", "smith/CI", "queued", 11)
     assert [(s["state"], s["context"], s["sha"]) for s in fake.statuses] == [("pending", "smith/CI", sha)]
+    check = await client.create_check_run("octo-org/app", sha, "CI / build", {"status": "queued"}, 11)
+    await client.update_check_run("octo-org/app", check, {"status": "in_progress"}, 11)
+    await client.update_check_run("octo-org/app", check, {"status": "completed", "conclusion": "success"}, 11)
+    [run] = fake.checks.named("CI / build")
+    assert (run["status"], run["conclusion"], run["head_sha"]) == ("completed", "success", sha)
     used = set()
     for rec in fake.requests:
         op, _ = spec.match(rec.method, rec.path)
@@ -186,3 +192,29 @@ def test_openapi_nullable_and_refs() -> None:
     runner = {"id": 1, "name": "r", "os": "linux", "status": "online", "busy": False, "labels": [], "version": None}
     assert spec.response_problems(op, 200, {"total_count": 1, "runners": [runner]}) == []
     assert spec.response_problems(op, 200, {"total_count": 1, "runners": [runner | {"version": 2}]}) != []
+
+
+async def test_check_runs_refuse_what_github_refuses(
+    fake: FakeGitHub, http: httpx.AsyncClient, auth: dict[str, str]
+) -> None:
+    url = "/repos/octo-org/app/check-runs"
+    sha = "6dcb09b5b57875f334f61aebed695e2e4193db5e"
+    made = await http.post(url, headers=auth, json={"name": "CI / a", "head_sha": sha, "status": "queued"})
+    assert made.status_code == 201 and made.json()["status"] == "queued", made.text
+    check = f"{url}/{made.json()['id']}"
+    # The description: required fields, enums, no unknown field; a completed update needs a conclusion.
+    refusal(await http.post(url, headers=auth, json={"name": "x"}), 422)
+    refusal(await http.post(url, headers=auth, json={"name": "x", "head_sha": sha, "status": "done"}), 422)
+    refusal(await http.post(url, headers=auth, json={"name": "x", "head_sha": sha, "state": "queued"}), 422)
+    refusal(await http.patch(check, headers=auth, json={"status": "completed"}), 422)
+    # GitHub's words: a completed run needs a conclusion when created too, and only GitHub sets "stale".
+    assert "conclusion" in refusal(await http.post(url, headers=auth, json={"name": "x", "head_sha": sha,
+                                                                            "status": "completed"}), 422)  # fmt: skip
+    refusal(await http.patch(check, headers=auth, json={"conclusion": "stale"}), 422)
+    refusal(await http.patch(f"{url}/999999", headers=auth, json={"status": "in_progress"}), 404)
+    done = await http.patch(check, headers=auth, json={"conclusion": "failure"})  # a conclusion completes it
+    assert (done.json()["status"], done.json()["conclusion"]) == ("completed", "failure")
+    # An installation without the checks permission: 403, as GitHub answers an App installed without it.
+    fake.installations[11].checks = False
+    assert "not accessible" in refusal(await http.post(url, headers=auth, json={"name": "y", "head_sha": sha}), 403)
+    assert fake.violations == []

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -13,22 +12,14 @@ import orjson
 import pytest
 
 from smith.adapters.redis.embedded import free_port
-from tests.control.conftest import AGENT_SECRET, OPERATOR_SECRET, WEBHOOK_SECRET, queued_payload, signed
+from tests.control.conftest import control_env, queued_payload, signed
 from tests.scrape import scrape, value
 
 
 @pytest.mark.slow
 def test_two_workers_sum_their_counters(redis_url: str, tmp_path: Path) -> None:
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SMITH_", "PROMETHEUS_"))}
-    env |= {
-        "SMITH_REDIS_URL": redis_url,
-        "SMITH_GITHUB_WEBHOOK_SECRET": WEBHOOK_SECRET,
-        "SMITH_AGENT_TOKEN_SECRET": AGENT_SECRET,
-        "SMITH_JWT_SECRET": OPERATOR_SECRET,
-        "SMITH_DATA_DIR": str(tmp_path),
-        "SMITH_LOG_LEVEL": "WARNING",
-    }
+    env = control_env(redis_url, tmp_path)
     server = subprocess.Popen(
         [sys.executable, "-m", "smith", "control", "serve", "--port", str(port), "--workers", "2"], env=env
     )

@@ -121,6 +121,18 @@ def make_repo(base: Path, workflows: dict[str, str]) -> tuple[Path, str, str]:
     return repo, base_sha, git(repo, "rev-parse", "HEAD")
 
 
+def moved_on(base: Path, workflows: dict[str, str]) -> tuple[Path, str, str]:
+    """``make_repo``, then main gets a commit after the feature branch was cut: (path, base, head)."""
+    repo, _, head = make_repo(base, workflows)
+    git(repo, "checkout", "-q", "main")
+    (repo / "BASE_NOTE").write_text("from main\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "main moved on")
+    base_sha = git(repo, "rev-parse", "HEAD")
+    git(repo, "checkout", "-q", "feature")
+    return repo, base_sha, head
+
+
 def pull_request_payload(number: int, base_sha: str, head_sha: str, action: str = "opened") -> dict[str, Any]:
     owner, name = REPO.split("/")
     repository = {
@@ -162,7 +174,7 @@ class Platform:
     fake: FakeGitHub
     agent: Agent
 
-    def deliver(self, payload: dict[str, Any], delivery: str | None = None) -> httpx.Response:
+    def deliver(self, payload: dict[str, Any], delivery: str) -> httpx.Response:
         body = json.dumps(payload).encode()
         headers = signed(body, "pull_request", delivery)
         return httpx.post(self.control.url + "/webhooks/github", content=body, headers=headers, timeout=30)
@@ -180,6 +192,16 @@ class Platform:
             r = await c.get(path)
             r.raise_for_status()
             return dict(r.json())
+
+    async def runs_of(self, delivery: str) -> list[str]:
+        """The runs a delivery started, once the trigger worker has started them."""
+        deadline = time.monotonic() + 60
+        while True:
+            view = await self.operator(f"/v1/workflows/triggers/{delivery}")
+            if view["state"] != "pending" or time.monotonic() > deadline:
+                assert view["state"] == "done", view
+                return list(view["runs"])
+            await asyncio.sleep(0.05)
 
     async def wait_run(self, run_id: str, until: Any, timeout: float = 90) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
@@ -200,6 +222,14 @@ class Platform:
         while len(self.fake.statuses) < count and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         return list(self.fake.statuses)
+
+    async def log_lines_now(self, job_id: str) -> str:
+        """What the log pipeline has of a job's log so far, as one text."""
+        async with httpx.AsyncClient(
+            base_url=self.logs.url, headers={"Authorization": f"Bearer {logs_operator_token()}"}, timeout=30
+        ) as reader:
+            page = (await reader.get(f"/v1/jobs/{job_id}/logs", params={"limit": 1000})).json()
+            return "\n".join(x["line"] for x in page.get("lines", []))
 
     async def log_lines(self, job_id: str) -> list[str]:
         async with httpx.AsyncClient(
@@ -228,7 +258,7 @@ async def platform(
         labels = (QEMU_CLASS,)
     if request.param.get("backend") == "firecracker":
         vmm = firecracker_vmm(request)
-    repo, base_sha, head_sha = make_repo(tmp_path, workflows)
+    repo, base_sha, head_sha = (moved_on if request.param.get("moved_on") else make_repo)(tmp_path, workflows)
     config = tmp_path / "workflow-repos.yml"
     entry = {"repository": REPO, "source": str(repo), **({"labels": list(labels)} if labels else {})}
     config.write_text(json.dumps({"repositories": [entry]}))
@@ -312,8 +342,8 @@ def firecracker_vmm(request: pytest.FixtureRequest) -> Any:
 async def test_pull_request_jobs_on_qemu(platform: Platform) -> None:
     """The same run on the QEMU backend: checkout copied into the VM, the output passed, logs, statuses."""
     p = platform
-    r = await asyncio.to_thread(p.deliver, pull_request_payload(9, p.base_sha, p.head_sha))  # type: ignore[attr-defined]
-    [run_id] = r.json()["runs"]
+    await asyncio.to_thread(p.deliver, pull_request_payload(9, p.base_sha, p.head_sha), "d-9")  # type: ignore[attr-defined]
+    [run_id] = await p.runs_of("d-9")
     run = await p.wait_run(run_id, lambda run: run["state"] == "completed", timeout=180)
     assert run["conclusion"] == "success", run
     [build_id], [test_id] = run["jobs"]["build"]["smith_jobs"], run["jobs"]["test"]["smith_jobs"]
@@ -328,8 +358,8 @@ async def test_pull_request_runs_jobs_in_needs_order_through_a_restart(platform:
     p = platform
     payload = pull_request_payload(7, p.base_sha, p.head_sha)  # type: ignore[attr-defined]
     r = await asyncio.to_thread(p.deliver, payload, "delivery-7")
-    assert r.status_code == 202, r.text
-    [run_id] = r.json()["runs"]
+    assert r.status_code == 202 and r.json()["outcome"] == "triggered", r.text
+    [run_id] = await p.runs_of("delivery-7")
     # The build job has run and its output is recorded; restart the control plane before test runs (or ends).
     run = await p.wait_run(run_id, lambda run: run["jobs"]["build"]["state"] == "done")
     assert run["jobs"]["build"] == {**run["jobs"]["build"], "result": "success", "outputs": {"version": "1.2.3"}}
@@ -344,12 +374,18 @@ async def test_pull_request_runs_jobs_in_needs_order_through_a_restart(platform:
     assert build["finished_at"] <= test["created_at"]  # needs order: test was queued once build had finished
     build_log, test_log = await p.log_lines(build_id), await p.log_lines(test_id)
     assert "▶ Read the version" in build_log
-    assert f"built 1.2.3 at {p.head_sha}" in build_log  # type: ignore[attr-defined]
+    assert f"built 1.2.3 at {run['sha']}" in build_log  # the merge commit
     assert "testing version 1.2.3" in test_log
     assert any(x.startswith("✓ Test: success [") for x in test_log)
     assert any(x.startswith("✓ job test: success [") for x in test_log)
     statuses = [(s["state"], s["context"], s["sha"]) for s in await p.statuses(2)]
     assert statuses == [("pending", "smith/CI", p.head_sha), ("success", "smith/CI", p.head_sha)]  # type: ignore[attr-defined]
+    # Each job is a check run on the pull request's head, completed with its conclusion (across the restart).
+    checks = [(c["name"], c["status"], c["conclusion"], c["head_sha"]) for c in p.fake.checks.runs.values()]
+    assert sorted(checks) == [
+        ("CI / build", "completed", "success", p.head_sha),
+        ("CI / test", "completed", "success", p.head_sha),
+    ]  # type: ignore[attr-defined]
     # A redelivery of the same webhook starts nothing again.
     again = await asyncio.to_thread(p.deliver, payload, "delivery-7")
     assert again.json()["outcome"] == "duplicate"
@@ -358,8 +394,8 @@ async def test_pull_request_runs_jobs_in_needs_order_through_a_restart(platform:
 @pytest.mark.parametrize("platform", [{"workflows": {"lint.yml": FAILING}}], indirect=True)
 async def test_a_failing_workflow_reports_failure(platform: Platform) -> None:
     p = platform
-    r = await asyncio.to_thread(p.deliver, pull_request_payload(8, p.base_sha, p.head_sha))  # type: ignore[attr-defined]
-    [run_id] = r.json()["runs"]
+    await asyncio.to_thread(p.deliver, pull_request_payload(8, p.base_sha, p.head_sha), "d-8")  # type: ignore[attr-defined]
+    [run_id] = await p.runs_of("d-8")
     run = await p.wait_run(run_id, lambda run: run["state"] == "completed")
     assert run["conclusion"] == "failure" and run["jobs"]["lint"]["result"] == "failure"
     [lint_id] = run["jobs"]["lint"]["smith_jobs"]
@@ -391,3 +427,75 @@ async def test_pull_request_jobs_on_firecracker(platform: Platform) -> None:
     assert "lint found 3 problems" in lint_log and "Error: Process completed with exit code 3." in lint_log
     finals = {s["context"]: s["state"] for s in (await p.statuses(4))[-4:] if s["state"] != "pending"}
     assert finals == {"smith/CI": "success", "smith/Lint": "failure"}
+
+
+MERGE = """\
+name: Merge
+on: pull_request
+jobs:
+  look:
+    runs-on: ubuntu-latest
+    steps:
+      - uses: actions/checkout@v4
+      - run: |
+          echo "head file: $(cat VERSION)"
+          echo "base file: $(cat BASE_NOTE)"
+          echo "sha=$GITHUB_SHA ref=$GITHUB_REF head=$GITHUB_HEAD_REF base=$GITHUB_BASE_REF"
+"""
+
+
+@pytest.mark.parametrize("platform", [{"workflows": {"merge.yml": MERGE}, "moved_on": True}], indirect=True)
+async def test_a_pull_request_whose_base_moved_on_runs_on_the_merge_commit(platform: Platform) -> None:
+    """GitHub runs pull_request workflows on refs/pull/N/merge: the job sees the files of both branches."""
+    p = platform
+    await asyncio.to_thread(p.deliver, pull_request_payload(11, p.base_sha, p.head_sha), "d-11")  # type: ignore[attr-defined]
+    [run_id] = await p.runs_of("d-11")
+    run = await p.wait_run(run_id, lambda run: run["state"] == "completed")
+    assert run["conclusion"] == "success", run
+    [look_id] = run["jobs"]["look"]["smith_jobs"]
+    log = await p.log_lines(look_id)
+    assert "head file: 1.2.3" in log and "base file: from main" in log, log
+    assert f"sha={run['sha']} ref=refs/pull/11/merge head=feature base=main" in log
+    assert run["sha"] not in (p.base_sha, p.head_sha)  # type: ignore[attr-defined]
+    assert [(s["state"], s["sha"]) for s in await p.statuses(2)] == [("pending", p.head_sha), ("success", p.head_sha)]  # type: ignore[attr-defined]
+
+
+SLOW = """\
+name: Slow
+on: pull_request
+jobs:
+  wait:
+    runs-on: ubuntu-latest
+    steps:
+      - run: echo started; sleep 600
+  after:
+    needs: wait
+    runs-on: ubuntu-latest
+    steps:
+      - run: echo never
+"""
+
+
+@pytest.mark.parametrize("platform", [{"workflows": {"slow.yml": SLOW}}], indirect=True)
+async def test_cancelling_a_run_stops_its_running_job_in_the_vm(platform: Platform) -> None:
+    p = platform
+    await asyncio.to_thread(p.deliver, pull_request_payload(12, p.base_sha, p.head_sha), "d-12")  # type: ignore[attr-defined]
+    [run_id] = await p.runs_of("d-12")
+    run = await p.wait_run(run_id, lambda run: run["jobs"]["wait"]["smith_jobs"])
+    [wait_id] = run["jobs"]["wait"]["smith_jobs"]
+    deadline = time.monotonic() + 60
+    while "started" not in await p.log_lines_now(wait_id):
+        assert time.monotonic() < deadline, "the step never started"
+        await asyncio.sleep(0.1)
+    async with httpx.AsyncClient(
+        base_url=p.control.url, headers={"Authorization": f"Bearer {operator_token()}"}, timeout=30
+    ) as c:
+        r = await c.post(f"/v1/workflows/runs/{run_id}/cancel", json={"reason": "not needed"})
+        assert r.status_code == 200, r.text
+    run = await p.wait_run(run_id, lambda run: run["state"] == "completed")
+    assert run["conclusion"] == "cancelled", run
+    assert run["jobs"]["wait"]["result"] == "cancelled" and run["jobs"]["after"]["smith_jobs"] == []
+    assert (await p.operator(f"/v1/jobs/{wait_id}"))["state"] == "cancelled"
+    assert [s["state"] for s in await p.statuses(2)] == ["pending", "error"]
+    [check] = p.fake.checks.named("Slow / wait")
+    assert (check["status"], check["conclusion"]) == ("completed", "cancelled")

@@ -14,6 +14,7 @@ from smith.adapters.redis import connect, keys
 from smith.adapters.redis.jobs import RedisJobs
 from smith.adapters.redis.wfruns import RedisRuns
 from smith.control.wfrepos import RepoConfig
+from smith.control.wftriggers import TriggerWorker
 from smith.control.workflows import WorkflowRuns
 from smith.domain.jobs import JobState, default_runner_classes
 from smith.errors import NotFound
@@ -63,6 +64,16 @@ def plane(redis_url: str, repo: Path, statuses: Statuses) -> tuple[WorkflowRuns,
     return runs, jobs
 
 
+async def trigger(wr: WorkflowRuns, event: str, delivery: str, payload: dict[str, Any]) -> list[str]:
+    """A delivery recorded by the webhook, then turned into runs by the trigger worker: the runs' ids."""
+    got = await wr.webhook(event, delivery, payload)
+    assert got is not None and got["outcome"] == "triggered", got
+    await TriggerWorker(wr, 1.0).drain()
+    view = await wr.trigger_view(delivery)
+    assert view["state"] == "done", view
+    return list(view["runs"])
+
+
 async def report(wr: WorkflowRuns, jobs: RedisJobs, job_id: str, agent: str, **req: Any) -> None:
     """What ControlPlane.report does for a workflow job's final report, minus the advance (the crash)."""
     lease = await jobs.lease(agent, [(await jobs.get(job_id)).runner_class], 1)
@@ -78,9 +89,7 @@ async def test_outputs_and_needs_survive_a_control_plane_that_died_before_advanc
     repo, base, head = make_repo(tmp_path, {"matrix.yml": MATRIX})
     statuses = Statuses()
     wr, jobs = plane(redis_url, repo, statuses)
-    got = await wr.webhook("pull_request", "d-1", pull_request_payload(3, base, head))
-    assert got is not None
-    [run_id] = got["runs"]
+    [run_id] = await trigger(wr, "pull_request", "d-1", pull_request_payload(3, base, head))
     view = await wr.view(run_id)
     builds = view["jobs"]["build"]["smith_jobs"]
     assert len(builds) == 2 and view["jobs"]["test"]["smith_jobs"] == []  # test waits for build
@@ -121,9 +130,10 @@ async def test_a_redelivered_webhook_starts_no_second_run(redis_url: str, tmp_pa
     repo, base, head = make_repo(tmp_path, {"matrix.yml": MATRIX})
     wr, _ = plane(redis_url, repo, Statuses())
     payload = pull_request_payload(3, base, head)
-    first = await wr.webhook("pull_request", "d-2", payload)
+    first = await trigger(wr, "pull_request", "d-2", payload)
     again = await wr.webhook("pull_request", "d-2", payload)
-    assert first and len(first["runs"]) == 1 and again == {"outcome": "runs", "runs": []}
+    assert len(first) == 1 and again == {"outcome": "triggered", "delivery": "d-2", "new": False}
+    assert await TriggerWorker(wr, 1.0).drain() == 0 and await trigger(wr, "pull_request", "d-2", payload) == first
     closed = await wr.webhook("pull_request", "d-3", pull_request_payload(3, base, head, action="closed"))
     assert closed == {"outcome": "ignored", "reason": "pull_request action 'closed'"}
 
@@ -154,12 +164,10 @@ async def test_push_webhooks_start_runs_whose_filters_match(redis_url: str, tmp_
     assert real["repository"]["full_name"] == REPO
     assert await wr.webhook("push", "p-1", real) == {"outcome": "ignored", "reason": "a deleted ref runs nothing"}
     pushed = {**real, "ref": "refs/heads/feature", "before": base, "after": head, "deleted": False, "created": False}
-    got = await wr.webhook("push", "p-2", pushed)
-    assert got is not None and len(got["runs"]) == 1
-    view = await wr.view(got["runs"][0])
+    [run_id] = await trigger(wr, "push", "p-2", pushed)
+    view = await wr.view(run_id)
     assert (view["event_name"], view["sha"], view["ref"]) == ("push", head, "refs/heads/feature")
-    other = await wr.webhook("push", "p-3", {**pushed, "ref": "refs/heads/main"})
-    assert other == {"outcome": "runs", "runs": []}  # branches: [feature]
+    assert await trigger(wr, "push", "p-3", {**pushed, "ref": "refs/heads/main"}) == []  # branches: [feature]
 
 
 async def test_workflow_dispatch_through_the_operator_api(redis_url: str, tmp_path: Path, control_factory: Any) -> None:  # noqa: F811
@@ -221,9 +229,7 @@ async def queued(jobs: RedisJobs, ids: list[str]) -> list[bool]:
 async def test_max_parallel_queues_instances_as_others_finish(redis_url: str, tmp_path: Path) -> None:
     repo, base, head = make_repo(tmp_path, {"s.yml": strategy_workflow(False, 2)})
     wr, jobs = plane(redis_url, repo, Statuses())
-    got = await wr.webhook("pull_request", "m-1", pull_request_payload(4, base, head))
-    assert got is not None
-    [run_id] = got["runs"]
+    [run_id] = await trigger(wr, "pull_request", "m-1", pull_request_payload(4, base, head))
     ids = (await wr.view(run_id))["jobs"]["build"]["smith_jobs"]
     assert await queued(jobs, ids) == [True, True, False]  # max-parallel: 2
     await report(wr, jobs, ids[0], "a-0", state="failed", conclusion="failure")
@@ -235,9 +241,7 @@ async def test_fail_fast_cancels_the_instances_not_run_yet(redis_url: str, tmp_p
     repo, base, head = make_repo(tmp_path, {"s.yml": strategy_workflow(True, 1)})
     statuses = Statuses()
     wr, jobs = plane(redis_url, repo, statuses)
-    got = await wr.webhook("pull_request", "f-1", pull_request_payload(5, base, head))
-    assert got is not None
-    [run_id] = got["runs"]
+    [run_id] = await trigger(wr, "pull_request", "f-1", pull_request_payload(5, base, head))
     ids = (await wr.view(run_id))["jobs"]["build"]["smith_jobs"]
     assert await queued(jobs, ids) == [True, False, False]
     await report(wr, jobs, ids[0], "a-0", state="failed", conclusion="failure")

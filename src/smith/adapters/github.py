@@ -457,6 +457,26 @@ class GitHubApp:
         await self._request("POST", f"{scope.api_prefix}/statuses/{sha}", installation, json=body)
         log.info("commit status", repo=repo, sha=sha[:12], state=state, context=context)
 
+    async def create_check_run(
+        self, repo: str, head_sha: str, name: str, fields: dict[str, Any], installation_id: int = 0
+    ) -> int:
+        """``POST /repos/{o}/{r}/check-runs`` (needs the App's "Checks: write"; 403 without): the new run's id."""
+        scope = RunnerScope.repo(repo)
+        installation = installation_id or await self.installation_for(scope)
+        body = {"name": name, "head_sha": head_sha, **fields}
+        resp = await self._request("POST", f"{scope.api_prefix}/check-runs", installation, json=body)
+        check_id = int(_json(resp)["id"])
+        log.info("check run", repo=repo, sha=head_sha[:12], name=name, check_run=check_id, status=fields.get("status"))
+        return check_id
+
+    async def update_check_run(
+        self, repo: str, check_run_id: int, fields: dict[str, Any], installation_id: int = 0
+    ) -> None:
+        """``PATCH /repos/{o}/{r}/check-runs/{id}``: its status, conclusion, output."""
+        scope = RunnerScope.repo(repo)
+        installation = installation_id or await self.installation_for(scope)
+        await self._request("PATCH", f"{scope.api_prefix}/check-runs/{int(check_run_id)}", installation, json=fields)
+
     async def remove_runner_named(self, scope: RunnerScope, installation_id: int, name: str) -> bool:
         runner_id = await self.find_runner(scope, installation_id, name)
         if runner_id is None:

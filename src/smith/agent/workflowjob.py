@@ -93,7 +93,9 @@ async def drive(machine: Machine, lease: wire.LeaseResponse, output: JobOutput) 
             if spec.job not in wf.jobs:
                 raise WorkflowError(f"no job {spec.job!r} in {spec.file}")
             repo_name = spec.repository.split("/")[-1]
-            repo = await asyncio.to_thread(sources.checkout, spec.source, spec.sha, tmp / repo_name)
+            merge = (spec.merge_base, spec.merge_head, spec.merge_time) if spec.merge_head else None
+            pull = spec.ref.removesuffix("/merge") + "/head" if spec.ref.startswith("refs/pull/") else ""
+            repo = await asyncio.to_thread(sources.checkout, spec.source, spec.sha, tmp / repo_name, merge, pull)
         except (WorkflowError, SmithError) as exc:
             reporter.line(spec.key, "error", f"Error: {exc.message}")
             return Outcome(1, "failure")
@@ -109,8 +111,9 @@ async def drive(machine: Machine, lease: wire.LeaseResponse, output: JobOutput) 
             secrets=dict(spec.secrets),
             vars=dict(spec.vars),
             inputs=dict(spec.inputs),
-            run_id=int(spec.run_id[:12], 16) if _hex(spec.run_id) else 1,
+            run_id=int(first[:12], 16) if _hex(first := spec.first_run_id or spec.run_id) else 1,
             run_number=spec.run_number,
+            run_attempt=spec.run_attempt,
             cache=lease.cache is not None,
         )
         executor = Executor(info, wf, lambda key: contextlib.nullcontext(session), reporter)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -125,6 +126,20 @@ def status(url: str = URL, token: str = TOKEN, json_out: bool = JSON) -> None:
         console.print(f"[red]GitHub refuses the App: {alarm['status']} {alarm['meaning']}: {alarm['message']}[/red]")
 
 
+def _post(url: str, token: str, path: str, body: Any, json_out: bool, text: Callable[[Any], str]) -> None:
+    """POST ``body`` to the control plane; print the answer (JSON, or ``text`` of it)."""
+    with _client(url, token) as c:
+        out = check(c.post(path, json=body))
+    if json_out:
+        print_json(out)
+    else:
+        console.print(text(out))
+
+
+def _started(out: Any) -> str:
+    return f"started run {', '.join(out['runs'])} (GET /v1/workflows/runs/<id> shows it)"
+
+
 @app.command()
 def cancel(
     job_id: str = JOB_ID,
@@ -134,12 +149,9 @@ def cancel(
     json_out: bool = JSON,
 ) -> None:
     """Cancel a job: a queued job leaves the queue; a running one is stopped by its agent."""
-    with _client(url, token) as c:
-        out = check(c.post(f"/v1/jobs/{job_id}/cancel", json={"reason": reason}))
-    if json_out:
-        print_json(out)
-    else:
-        console.print(f"{job_id}: {out['outcome']}")
+    _post(
+        url, token, f"/v1/jobs/{job_id}/cancel", {"reason": reason}, json_out, lambda out: f"{job_id}: {out['outcome']}"
+    )
 
 
 @app.command()
@@ -152,12 +164,8 @@ def submit(
     json_out: bool = JSON,
 ) -> None:
     """Queue a job that runs a shell script (no GitHub involved)."""
-    with _client(url, token) as c:
-        job = check(c.post("/v1/jobs", json={"run": run, "labels": label, "repo": repo}))
-    if json_out:
-        print_json(job)
-    else:
-        console.print(f"queued {job['id']} on {job['runner_class']}")
+    body = {"run": run, "labels": label, "repo": repo}
+    _post(url, token, "/v1/jobs", body, json_out, lambda job: f"queued {job['id']} on {job['runner_class']}")
 
 
 @app.command()
@@ -178,12 +186,34 @@ def dispatch(
             raise typer.BadParameter(f"--input {pair!r}: use KEY=VALUE")
         given[key] = value
     body = {"repository": repository, "workflow": workflow, "ref": ref, "inputs": given}
-    with _client(url, token) as c:
-        out = check(c.post("/v1/workflows/dispatch", json=body))
-    if json_out:
-        print_json(out)
-    else:
-        console.print(f"started run {', '.join(out['runs'])} (GET /v1/workflows/runs/<id> shows it)")
+    _post(url, token, "/v1/workflows/dispatch", body, json_out, _started)
+
+
+@app.command("cancel-run")
+def cancel_run(
+    run_id: str = typer.Argument(..., help="A built-in workflow run's id"),
+    reason: str = typer.Option("cancelled by operator", help="Why (shown in its jobs and commit status)"),
+    url: str = URL,
+    token: str = TOKEN,
+    json_out: bool = JSON,
+) -> None:
+    """Cancel a whole built-in workflow run: its jobs not started, and its Smith jobs."""
+    path = f"/v1/workflows/runs/{run_id}/cancel"
+    _post(url, token, path, {"reason": reason}, json_out, lambda o: f"run {run_id}: {o['conclusion'] or 'cancelling'}")
+
+
+@app.command()
+def rerun(
+    run_id: str = typer.Argument(..., help="A finished built-in workflow run's id"),
+    failed: bool = typer.Option(False, "--failed", help="Only the failed jobs and those after them"),
+    url: str = URL,
+    token: str = TOKEN,
+    json_out: bool = JSON,
+) -> None:
+    """Re-run a finished built-in workflow run: its next attempt, same workflow, commit and event."""
+    text = "started run {0[id]} (attempt {0[attempt]} of {0[rerun_of]})".format
+    path = f"/v1/workflows/runs/{run_id}/rerun" + ("?failed_only=true" if failed else "")
+    _post(url, token, path, None, json_out, text)
 
 
 if __name__ == "__main__":  # python -m smith.cli.jobs ...: the same commands as `smith jobs ...`

@@ -15,7 +15,7 @@ from smith import tokens, tracing
 from smith.adapters.redis import connect
 from smith.adapters.redis.group import Durability
 from smith.adapters.redis.jobs import RedisJobs
-from smith.control import console, metrics
+from smith.control import console, metrics, wfrerun
 from smith.control.ratelimit import TokenBucket
 from smith.control.service import ControlPlane, job_view
 from smith.control.settings import ControlSettings
@@ -287,6 +287,20 @@ def create_app(
     @app.get("/v1/workflows/runs/{run_id}", tags=["operators"])
     async def workflow_run(run_id: str, _: Operator) -> dict[str, Any]:
         return await plane.workflows.view(run_id)
+
+    @app.post("/v1/workflows/runs/{run_id}/cancel", tags=["operators"], openapi_extra=_body_doc(CancelRequest))
+    async def workflow_cancel(request: Request, run_id: str, who: Operator) -> dict[str, Any]:
+        body = await _json_body(request, CancelRequest, settings.operator_max_body_bytes)
+        await wfrerun.cancel(plane.workflows, run_id, body.reason + f" ({who})")
+        return await plane.workflows.view(run_id)
+
+    @app.post("/v1/workflows/runs/{run_id}/rerun", status_code=201, tags=["operators"])
+    async def workflow_rerun(run_id: str, _: Operator, failed_only: bool = False) -> dict[str, Any]:
+        return await plane.workflows.view(await wfrerun.rerun(plane.workflows, run_id, failed_only))
+
+    @app.get("/v1/workflows/triggers/{delivery}", tags=["operators"])
+    async def workflow_trigger(delivery: str, _: Operator) -> dict[str, Any]:
+        return await plane.workflows.trigger_view(delivery)
 
     @app.get("/v1/queue", tags=["operators"])
     async def queue(_: Operator) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from smith.domain.jobs import Job, JobState
 from smith.errors import SmithError
 from smith.metrics import DURATION_BUCKETS, WAIT_BUCKETS, Family
 
-_EVENTS = frozenset({"workflow_job", "ping", "workflow_run", "check_run", "check_suite", "push"})
+_EVENTS = frozenset({"workflow_job", "ping", "workflow_run", "check_run", "check_suite", "push", "pull_request"})
 
 WEBHOOKS = Counter("smith_webhooks_received_total", "Signed webhook deliveries accepted, by GitHub event", ["event"])
 REJECTED = Counter("smith_webhooks_rejected_total", "Webhook deliveries refused, by reason (error code)", ["reason"])

@@ -21,6 +21,7 @@ from smith.control.githubview import already_taken, resolve_waiting
 from smith.control.settings import ControlSettings
 from smith.control.spool import Spool
 from smith.control.sweep import sweep_runners
+from smith.control.wftriggers import TriggerWorker
 from smith.control.workflows import WorkflowRuns
 from smith.domain.jobs import Job, JobState, match_runner_class
 from smith.errors import ConfigError, Conflict, InvalidInput, SmithError, Unavailable
@@ -64,9 +65,11 @@ class ControlPlane:
         self._by_name = {rc.name: rc for rc in self.classes}
         self._reaper: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self._triggers: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
         self.github = GitHubHealth(settings.github_retry_max_seconds, redis=jobs.r)
         self.workflows = WorkflowRuns.for_plane(settings, jobs, self.classes, credentials)
+        self.triggers = TriggerWorker(self.workflows, settings.reclaim_interval_seconds)
 
     # -- lifecycle ----------------------------------------------------------------------------------------
 
@@ -84,6 +87,8 @@ class ControlPlane:
         self._reaper = asyncio.create_task(supervise("reaper", self._reap_forever), name="smith-reaper")
         if self.credentials is not None and self.settings.github_runner_sweep_seconds > 0:
             self._sweeper = asyncio.create_task(supervise("runner-sweep", self._sweep_forever), name="smith-sweep")
+        if self.workflows.repos:
+            self._triggers = asyncio.create_task(supervise("wf-triggers", self.triggers.serve), name="smith-triggers")
 
     async def _check_memory_policy(self) -> None:
         """Refuse to start on a Redis that may evict keys (unless allowed); warn if the policy cannot be read."""
@@ -109,7 +114,7 @@ class ControlPlane:
         for task in list(self._background):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(task, 5)
-        for loop in (self._reaper, self._sweeper):
+        for loop in (self._reaper, self._sweeper, self._triggers):
             if loop and not await stop_task(loop):
                 log.error("background loop did not stop", loop=loop.get_name())
         if self.credentials:

@@ -21,25 +21,26 @@ import orjson
 
 from smith.adapters.redis.jobs import RedisJobs
 from smith.adapters.redis.wfruns import RedisRuns
+from smith.control import wfconcurrency, wftriggers
 from smith.control.settings import ControlSettings
+from smith.control.wfchecks import JobChecks
 from smith.control.wfrepos import RepoConfig, load_repos
 from smith.domain.jobs import Job, JobState, RunnerClass, match_runner_class
 from smith.errors import Conflict, InvalidInput, NotFound, SmithError
 from smith.logging import get_logger
 from smith.wire import agent as wire
 from smith.workflows import sources
+from smith.workflows.concurrency import concurrency_of
 from smith.workflows.context import RunInfo
 from smith.workflows.errors import WorkflowError
 from smith.workflows.executor import Executor, conclude
 from smith.workflows.inputs import dispatch_inputs
-from smith.workflows.local import changed_paths
 from smith.workflows.model import Workflow
 from smith.workflows.parser import parse
 from smith.workflows.triggers import triggered
 
 log = get_logger("smith.control.workflows")
 
-PR_ACTIONS = ("opened", "synchronize", "reopened")
 RESULT_OF_STATE = {JobState.SUCCEEDED: "success", JobState.FAILED: "failure", JobState.CANCELLED: "cancelled"}
 
 
@@ -82,6 +83,9 @@ class WorkflowRuns:
         self.repos = repos
         self.statuses = statuses
         self._lock = asyncio.Lock()  # one advance at a time in this process (the scripts make them safe anyway)
+        self.checks = JobChecks(statuses if hasattr(statuses, "create_check_run") else None, runs)  # type: ignore[arg-type]
+        self.wake = asyncio.Event()  # set when a trigger is recorded: the trigger worker looks at once
+        self.woken: list[str] = []  # runs to advance next (a job's concurrency group let one of theirs in)
 
     @classmethod
     def for_plane(
@@ -93,6 +97,11 @@ class WorkflowRuns:
 
     async def reported(self, job: Job) -> None:
         """After a workflow job's final report: advance its run (a failure here is retried by the sweep)."""
+        if job.source == "workflow" and job.wf_run and job.state == JobState.RUNNING:
+            rec = await self.runs.get(job.wf_run)
+            if f"s:{job.id}" in rec:
+                key = orjson.loads(rec[f"s:{job.id}"])["key"]
+                await self.checks.report(job.wf_run, rec, job.id, key, "in_progress")
         if job.source == "workflow" and job.wf_run and job.state.terminal:
             try:
                 await self.advance(job.wf_run)
@@ -106,25 +115,12 @@ class WorkflowRuns:
         return self.repos.get(name.lower())
 
     async def webhook(self, event: str, delivery: str, payload: dict[str, Any]) -> dict[str, Any] | None:
-        """Start the runs a push / pull_request delivery asks for; None when it is not for built-in execution."""
-        repo = self.repo_of(payload)
-        if repo is None or event not in ("push", "pull_request"):
-            return None
-        if event == "push":
-            sha, ref = str(payload.get("after") or ""), str(payload.get("ref") or "")
-            if not sha or set(sha) == {"0"}:
-                return {"outcome": "ignored", "reason": "a deleted ref runs nothing"}
-        else:
-            if payload.get("action") not in PR_ACTIONS:
-                return {"outcome": "ignored", "reason": f"pull_request action {payload.get('action')!r}"}
-            pr = payload.get("pull_request") or {}
-            sha = str((pr.get("head") or {}).get("sha") or "")
-            ref = f"refs/pull/{payload.get('number') or pr.get('number')}/merge"
-        if not sha:
-            raise InvalidInput(f"{event} payload names no commit")
-        installation = int((payload.get("installation") or {}).get("id") or repo.installation_id or 0)
-        started = await self.start(repo, event, payload, sha, ref, delivery, installation)
-        return {"outcome": "runs", "runs": started}
+        """Record a push / pull_request delivery for the trigger worker (wftriggers.py); None when it is not for
+        built-in execution."""
+        return await wftriggers.record(self, event, delivery, payload)
+
+    async def trigger_view(self, delivery: str) -> dict[str, Any]:
+        return await wftriggers.view(self, delivery)
 
     async def dispatch(self, repository: str, workflow: str, ref: str, inputs: dict[str, Any]) -> list[str]:
         """``workflow_dispatch`` from the operator API: one run of ``workflow`` (its path) at ``ref``."""
@@ -164,13 +160,18 @@ class WorkflowRuns:
         delivery: str,
         installation: int,
         only: str | None = None,
+        merge_time: int | None = None,
     ) -> list[str]:
-        def read() -> tuple[dict[str, str], list[str] | None]:
-            with sources.local_copy(repo.source) as git:
-                return sources.workflow_files(git, sha), changed_paths(git, event, payload)
-
+        """One run per workflow the event triggers at ``sha`` (with ``merge_time``, a pull request's: at the
+        merge commit of ``sha`` into its base, made with that date): their ids, created now or before (a trigger
+        done again after a crash starts none twice). Raises ``MergeConflict``."""
+        head = sha  # statuses go on the pushed commit, not on a merge commit
         try:
-            files, changed = await asyncio.to_thread(read)
+            sha, files, changed, extra = await asyncio.to_thread(
+                sources.read_event, repo.source, event, payload, sha, merge_time
+            )
+        except sources.MergeConflict:
+            raise
         except WorkflowError as exc:
             raise InvalidInput(f"cannot read {repo.repository} at {sha[:12]}: {exc.message}") from exc
         started: list[str] = []
@@ -181,7 +182,7 @@ class WorkflowRuns:
                 wf = parse(text, path)
             except WorkflowError as exc:
                 log.warning("invalid workflow", repo=repo.repository, file=path, error=exc.message)
-                await self._status(repo.repository, sha, "error", f"smith/{path}", exc.message[:140], installation)
+                await self.post_status(repo.repository, head, "error", f"smith/{path}", exc.message[:140], installation)
                 continue
             if not triggered(wf, event, payload, changed):
                 continue
@@ -198,13 +199,29 @@ class WorkflowRuns:
                 "name": wf.name,
                 "inputs": orjson.dumps(inputs).decode(),
                 "installation_id": str(installation),
+                "head_sha": head,
+                **extra,
             }
+            try:
+                group = concurrency_of(wf.concurrency, self._contexts(fields))
+            except WorkflowError as exc:
+                why = f"{path}: {exc.message}"
+                await self.post_status(repo.repository, head, "error", f"smith/{path}", why[:140], installation)
+                continue
+            if group is not None:
+                fields.update(group=group[0], cancel_in_progress="1" if group[1] else "0", held="1")
+            started.append(run_id)
             if await self.runs.create(run_id, fields):
-                log.info("workflow run started", run=run_id, repo=repo.repository, file=path, github_event=event)
-                await self._status(repo.repository, sha, "pending", _context(wf), "queued", installation)
-                started.append(run_id)
-                await self.advance(run_id)
+                await self.started(run_id, fields)
         return started
+
+    async def started(self, run_id: str, fields: dict[str, str]) -> None:
+        """A run just created: its pending status, then its first advance."""
+        log.info("workflow run started", run=run_id, repo=fields["repo"], file=fields["file"])
+        installation = int(fields.get("installation_id") or 0)
+        head = fields.get("head_sha") or fields["sha"]
+        await self.post_status(fields["repo"], head, "pending", f"smith/{fields['name']}", "queued", installation)
+        await self.advance(run_id)
 
     # -- progress -----------------------------------------------------------------------------------------
 
@@ -220,34 +237,64 @@ class WorkflowRuns:
                 log.warning("workflow run not advanced", run=run_id, error=exc.message)
 
     async def advance(self, run_id: str) -> None:
-        async with self._lock:
+        """Move a run on (and then the runs that this let in or displaced through its concurrency group)."""
+        todo = [run_id]
+        while todo:
+            async with self._lock:
+                todo += await self._advance(todo.pop(0))
+                todo += [r for r in self.woken if r not in todo]
+                self.woken.clear()
+
+    async def _advance(self, run_id: str) -> list[str]:
+        rec = await self.runs.get(run_id)
+        if not rec or rec.get("state") == "completed":
+            return []
+        more: list[str] = []
+        if rec.get("held") and not rec.get("cancelled"):
+            go, more = await wfconcurrency.admit(self, run_id, rec)
+            if not go:
+                return more
             rec = await self.runs.get(run_id)
-            if not rec or rec.get("state") == "completed":
-                return
-            wf = parse(rec["workflow"], rec["file"])
-            moved = True
-            while moved:
-                moved = False
-                for jid, job in wf.jobs.items():
-                    state = rec.get(f"j:{jid}", "waiting")
-                    if state == "waiting" and all(rec.get(f"j:{n}") == "done" for n in job.needs):
-                        needs = {n: orjson.loads(rec[f"r:{n}"]) for n in job.needs}
-                        await self._start_job(run_id, rec, wf, jid, needs)
-                        moved = True
-                    elif state == "started":
-                        moved = await self._collect(run_id, rec, jid) or moved
-                if moved:
-                    rec = await self.runs.get(run_id)
-            if all(rec.get(f"j:{j}") == "done" for j in wf.jobs):
-                results = [orjson.loads(rec[f"r:{j}"])["result"] for j in wf.jobs]
-                conclusion = "failure" if {"failure", "cancelled"} & set(results) else "success"
-                # The status first: a restart before run_done posts it again (the same state), never not at all.
-                failed = [j for j, r in zip(wf.jobs, results, strict=True) if r in ("failure", "cancelled")]
-                text = f"failed: {', '.join(failed)}" if failed else f"{len(results)} jobs succeeded"
-                installation = int(rec.get("installation_id") or 0)
-                await self._status(rec["repo"], rec["sha"], conclusion, _context(wf), text[:140], installation)
-                if await self.runs.run_done(run_id, conclusion):
-                    log.info("workflow run finished", run=run_id, conclusion=conclusion)
+        cancelled = rec.get("cancelled", "")
+        wf = parse(rec["workflow"], rec["file"])
+        moved = True
+        while moved:
+            moved = False
+            for jid, job in wf.jobs.items():
+                state = rec.get(f"j:{jid}", "waiting")
+                if state == "waiting" and cancelled:  # never started: cancelled with the run
+                    if await self.runs.start_job(run_id, jid, {}):
+                        await self.runs.job_done(run_id, jid, _result("cancelled", {}, cancelled))
+                    moved = True
+                elif state == "waiting" and all(rec.get(f"j:{n}") == "done" for n in job.needs):
+                    needs = {n: orjson.loads(rec[f"r:{n}"]) for n in job.needs}
+                    await self._start_job(run_id, rec, wf, jid, needs)
+                    moved = True
+                elif state == "started":
+                    moved = await self._collect(run_id, rec, jid) or moved
+            if moved:
+                rec = await self.runs.get(run_id)
+        if all(rec.get(f"j:{j}") == "done" for j in wf.jobs):
+            more += await wfconcurrency.leave(self, run_id, rec)
+            results = [orjson.loads(rec[f"r:{j}"])["result"] for j in wf.jobs]
+            conclusion = "failure" if {"failure", "cancelled"} & set(results) else "success"
+            # The status first: a restart before run_done posts it again (the same state), never not at all.
+            failed = [j for j, r in zip(wf.jobs, results, strict=True) if r in ("failure", "cancelled")]
+            text = f"failed: {', '.join(failed)}" if failed else f"{len(results)} jobs succeeded"
+            state = conclusion
+            if cancelled:
+                conclusion, state, text = "cancelled", "error", f"cancelled: {cancelled}"
+            installation = int(rec.get("installation_id") or 0)
+            head = rec.get("head_sha") or rec["sha"]
+            await self.post_status(rec["repo"], head, state, _context(wf), text[:140], installation)
+            if await self.runs.run_done(run_id, conclusion):
+                log.info("workflow run finished", run=run_id, conclusion=conclusion)
+        return more
+
+    def _contexts(self, rec: dict[str, str]) -> dict[str, Any]:
+        """The contexts a workflow-level expression (``concurrency``) sees."""
+        info = self._info(rec)
+        return {"github": info.github("", ""), "inputs": info.inputs, "vars": info.vars}
 
     def _info(self, rec: dict[str, str]) -> RunInfo:
         repo = self.repos.get(rec["repo"].lower())
@@ -280,6 +327,15 @@ class WorkflowRuns:
         specs = {}
         for i, (key, combo) in enumerate(zip(plan.keys, plan.combos, strict=True)):
             spec = {"job": jid, "index": i, "key": key, "matrix": combo, "strategy": plan.strategies[i]}
+            ctx = {**self._contexts(rec), "needs": needs, "matrix": combo, "strategy": plan.strategies[i]}
+            try:
+                group = concurrency_of(wf.jobs[jid].concurrency, ctx)
+            except WorkflowError as exc:
+                if await self.runs.start_job(run_id, jid, {}):
+                    await self.runs.job_done(run_id, jid, _result("failure", {}, f"job {jid}: {exc.message}"))
+                return
+            if group is not None:
+                spec.update(group=group[0], cancel_in_progress=group[1])
             specs[instance_id(run_id, jid, i)] = orjson.dumps({**spec, "needs": needs}).decode()
         if await self.runs.start_job(run_id, jid, specs):
             for smith_id, spec_json in list(specs.items())[: plan.max_parallel or len(specs)]:
@@ -288,6 +344,8 @@ class WorkflowRuns:
     async def _submit(
         self, rec: dict[str, str], wf: Workflow, run_id: str, smith_id: str, spec: dict[str, Any]
     ) -> None:
+        if spec.get("group") and not await wfconcurrency.admit_instance(self, run_id, rec, smith_id, spec):
+            return  # waits in its job's concurrency group (asked again on the next advance), or was cancelled
         try:
             executor = Executor(self._info(rec), wf, _no_sessions, _Quiet())
             labels = executor.runs_on(spec["job"], spec.get("needs") or {}, spec["matrix"], spec["strategy"])
@@ -297,9 +355,8 @@ class WorkflowRuns:
         fallback = list(repo.labels) if repo else ["self-hosted"]
         rc = match_runner_class(labels, self.classes) or match_runner_class(fallback, self.classes)
         if rc is None:
-            await self.runs.instance_done(
-                run_id, spec["job"], spec["index"], _result("failure", {}, f"no runner class for {labels}")
-            )
+            why = f"no runner class for {labels}"
+            await self.instance_result(run_id, rec, smith_id, spec, "failure", {}, why)
             return
         record = Job(
             id=smith_id,
@@ -313,12 +370,13 @@ class WorkflowRuns:
             org=rec["repo"].split("/")[0],
             name=spec["key"],
             workflow=rec["name"],
-            head_sha=rec["sha"],
+            head_sha=rec.get("head_sha") or rec["sha"],
             head_branch=rec["ref"].split("/", 2)[-1],
             wf_run=run_id,
         )
         with contextlib.suppress(Conflict):  # submitted before (a sweep after a restart)
             await self.jobs.submit(record)
+            await self.checks.report(run_id, rec, smith_id, spec["key"], "queued")
 
     async def _collect(self, run_id: str, rec: dict[str, str], jid: str) -> bool:
         """Conclude a started job whose instances all have results; give results to instances whose Smith job
@@ -329,6 +387,8 @@ class WorkflowRuns:
         limit = int(strategy.get("max-parallel") or total) or total
         done = [orjson.loads(rec[f"i:{jid}:{i}"]) for i in range(total) if f"i:{jid}:{i}" in rec]
         stopping = bool(strategy.get("fail-fast", True)) and any(d["result"] == "failure" for d in done)
+        why_stop = f"cancelled: {rec['cancelled']}" if rec.get("cancelled") else "fail-fast: another matrix job failed"
+        stopping = stopping or bool(rec.get("cancelled"))
         changed, running, missing = False, 0, []
         for i in range(total):
             if f"i:{jid}:{i}" in rec:
@@ -342,16 +402,18 @@ class WorkflowRuns:
             if job.state.terminal:
                 result = RESULT_OF_STATE[job.state]
                 why = job.reason or f"its Smith job {smith_id} ended {job.state.value} without a report"
-                changed |= await self.runs.instance_done(run_id, jid, i, _result(result, {}, why))
+                spec = orjson.loads(rec[f"s:{smith_id}"])
+                changed |= await self.instance_result(run_id, rec, smith_id, spec, result, {}, why)
             else:
                 running += 1
                 if stopping:
                     with contextlib.suppress(Conflict, NotFound):
-                        await self.jobs.cancel(smith_id, "fail-fast: another matrix job failed")
+                        await self.jobs.cancel(smith_id, why_stop)
         for i in missing:
             if stopping:
-                why = "fail-fast: another matrix job failed"
-                changed |= await self.runs.instance_done(run_id, jid, i, _result("cancelled", {}, why))
+                smith_id = instance_id(run_id, jid, i)
+                spec = orjson.loads(rec[f"s:{smith_id}"])
+                changed |= await self.instance_result(run_id, rec, smith_id, spec, "cancelled", {}, why_stop)
             elif running < limit:
                 smith_id = instance_id(run_id, jid, i)
                 spec = orjson.loads(rec[f"s:{smith_id}"])
@@ -377,7 +439,8 @@ class WorkflowRuns:
                 "outputs": done.get("outputs", {}),
                 "smith_jobs": [instance_id(run_id, jid, i) for i in range(int(rec.get(f"n:{jid}") or 0))],
             }
-        keep = ("id", "repo", "event_name", "sha", "ref", "file", "name", "state", "conclusion", "created_at")
+        keep = ("id", "repo", "event_name", "sha", "ref", "file", "name", "state", "conclusion", "created_at",
+                "attempt", "rerun_of", "group", "held", "cancelled")  # fmt: skip
         return {**{k: rec.get(k) for k in keep}, "jobs": jobs}
 
     # -- agents -------------------------------------------------------------------------------------------
@@ -409,6 +472,11 @@ class WorkflowRuns:
             secrets=dict(repo.secrets) if repo else {},
             vars=dict(repo.vars) if repo else {},
             inputs=orjson.loads(rec.get("inputs") or "{}"),
+            merge_base=rec.get("merge_base", ""),
+            merge_head=rec.get("merge_head", ""),
+            merge_time=int(rec.get("merge_time") or 0),
+            run_attempt=int(rec.get("attempt") or 1),
+            first_run_id=rec.get("first_run", ""),
         )
 
     async def finished(self, agent_id: str, job: Job, req: wire.StatusReport) -> None:
@@ -422,9 +490,29 @@ class WorkflowRuns:
             return
         spec = orjson.loads(raw)
         result = req.conclusion or {"succeeded": "success", "cancelled": "cancelled"}.get(req.state, "failure")
-        await self.runs.instance_done(job.wf_run, spec["job"], spec["index"], _result(result, req.outputs, req.reason))
+        await self.instance_result(job.wf_run, rec, job.id, spec, result, req.outputs, req.reason)
 
-    async def _status(self, repo: str, sha: str, state: str, context: str, description: str, installation: int) -> None:
+    async def instance_result(
+        self,
+        run_id: str,
+        rec: dict[str, str],
+        smith_id: str,
+        spec: dict[str, Any],
+        result: str,
+        outputs: dict[str, str],
+        why: str = "",
+    ) -> bool:
+        """Record an instance's result once; the caller that recorded it completes its check run."""
+        if spec.get("group"):  # first: a crash before the result is recorded leaves it again (a no-op) on retry
+            await wfconcurrency.leave_instance(self, rec, smith_id, spec)
+        if not await self.runs.instance_done(run_id, spec["job"], spec["index"], _result(result, outputs, why)):
+            return False
+        await self.checks.report(run_id, rec, smith_id, spec["key"], "completed", result, why)
+        return True
+
+    async def post_status(
+        self, repo: str, sha: str, state: str, context: str, description: str, installation: int
+    ) -> None:
         if self.statuses is None:
             return
         try:

@@ -48,6 +48,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
 from smith.testing.github_actions import Actions
+from smith.testing.github_checks import CheckRuns
 from smith.testing.github_runs import account as _account
 from smith.testing.github_runs import id_of as _id_of
 from smith.testing.github_runs import run_body
@@ -75,6 +76,7 @@ class Installation:
     account: str
     account_type: str
     repos: set[str]  # "owner/name", lower-case
+    checks: bool = True  # the App's "checks: write" permission on this installation
 
 
 @dataclass
@@ -117,6 +119,7 @@ class FakeGitHub:
         self._failures: list[_Failure] = []
         self._ids = itertools.count(1000)
         self.actions = Actions(self)
+        self.checks = CheckRuns(self.clock)
         self.handlers = self._handlers()
         routes: list[BaseRoute] = [*self.actions.routes(), Route("/{path:path}", self._endpoint, methods=_METHODS)]
         self.app = Starlette(routes=[Mount(self.base_path, routes=routes)] if self.base_path else routes)
@@ -220,6 +223,8 @@ class FakeGitHub:
         handlers[("GET", "/repos/{owner}/{repo}/actions/jobs/{job_id}")] = self._workflow_job
         handlers[("GET", "/repos/{owner}/{repo}/actions/runs/{run_id}")] = self._workflow_run
         handlers[("POST", "/repos/{owner}/{repo}/statuses/{sha}")] = self._create_status
+        handlers[("POST", "/repos/{owner}/{repo}/check-runs")] = self._check_run
+        handlers[("PATCH", "/repos/{owner}/{repo}/check-runs/{check_run_id}")] = self._check_run
         return handlers
 
     async def _endpoint(self, request: Request) -> Response:
@@ -540,6 +545,22 @@ class FakeGitHub:
             }
             self.statuses.append({**entry, "repo": f"{p['owner']}/{p['repo']}", "sha": p["sha"]})
         return JSONResponse(entry, status_code=201)
+
+    async def _check_run(self, request: Request) -> Response:
+        """Create or update a check run (``github_checks.py``); 403 without the checks permission."""
+        inst, denied = self._installation_auth(request)
+        if denied:
+            return denied
+        scope, denied = self._scope(request, inst)
+        if denied:
+            return denied
+        if inst is not None and not inst.checks:
+            return _error(403, "Resource not accessible by integration")
+        repo = scope.removeprefix("repo:")
+        run_id = int(request.path_params.get("check_run_id") or 0)
+        sent = json.loads(await request.body())
+        status, body = self.checks.update(repo, run_id, sent) if run_id else self.checks.create(repo, sent)
+        return _error(status, body["message"]) if status >= 400 else JSONResponse(body, status_code=status)
 
     async def _registration_token(self, request: Request) -> Response:
         _, denied = self._authorized_scope(request)

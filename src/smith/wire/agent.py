@@ -102,6 +102,11 @@ class WorkflowJobSpec(BaseModel):
     vars: dict[str, str] = {}
     inputs: dict[str, Any] = {}
     run_number: int = 1
+    run_attempt: int = Field(1, description="A re-run's attempt; github.run_id is then the first attempt's run")
+    first_run_id: str = Field("", description="A re-run: the first attempt's run id (for github.run_id)")
+    merge_base: str = Field("", description="A pull request run: ``sha`` is the merge of merge_head into this")
+    merge_head: str = ""
+    merge_time: int = Field(0, description="The merge commit's date (Unix time): it is made again identically")
 
 
 class JobSpec(BaseModel):

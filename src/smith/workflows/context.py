@@ -29,6 +29,7 @@ class RunInfo:
     server_url: str = "https://github.com"
     run_id: int = field(default_factory=lambda: next(_RUN_IDS))
     run_number: int = 1
+    run_attempt: int = 1  # a re-run's attempt (github.run_attempt); github.run_id stays the first attempt's
     action_mirror: Path | None = None
     llm: Any = None  # an llm.LLM asked for steps Smith cannot run; None: off
     artifacts: Path | None = None  # where upload-artifact keeps this run's artifacts (a host directory)
@@ -61,7 +62,7 @@ class RunInfo:
             "repository": self.repository,
             "repository_owner": self.repository.split("/")[0],
             "retention_days": "90",
-            "run_attempt": "1",
+            "run_attempt": str(self.run_attempt),
             "run_id": str(self.run_id),
             "run_number": str(self.run_number),
             "server_url": self.server_url,

@@ -69,6 +69,7 @@ class Job:
     defaults_run: dict[str, Any] = field(default_factory=dict)
     outputs: dict[str, Any] = field(default_factory=dict)
     steps: list[Step] = field(default_factory=list)
+    concurrency: Any = None  # a group per job instance, on the platform (control/wfconcurrency.py)
 
 
 @dataclass(frozen=True)

@@ -161,6 +161,7 @@ def parse_job(c: _Ctx, jid: str, spec: Any, jobs: LineDict) -> Job:
         defaults_run=dict(c.mapping(defaults.get("run"), f"job {jid!r}: 'defaults.run'", defaults, "run")),
         outputs=dict(c.mapping(spec.get("outputs"), f"job {jid!r}: 'outputs'", spec, "outputs")),
         steps=steps,
+        concurrency=spec.get("concurrency"),
     )
 
 

@@ -17,6 +17,9 @@ key                               type    what
 {smith}:github:alarm              string  a 401/403/404 from GitHub (JSON), with TTL, until GitHub answers
 {smith}:wfrun:<run_id>            hash    a built-in workflow run: workflow, event, its jobs' state/outputs
 {smith}:wfruns                    zset    unfinished workflow runs by creation time: advanced on every sweep
+{smith}:wftrigger:<delivery_id>   hash    a push / pull_request delivery for built-in execution, until its runs start
+{smith}:wftriggers                zset    triggers not yet turned into runs, by time received (the trigger worker)
+{smith}:wfgroup:<repo>:<group>    hash    a workflow concurrency group: running and pending run, x:<run> displaced
 ================================  ======  ==========================================================
 
 Every key starts with the hash tag ``{smith}``, so on a Redis Cluster they all hash to one slot: scripts and
@@ -77,3 +80,16 @@ def wf_run(run_id: str) -> str:
 
 
 WF_RUNS = f"{PREFIX}wfruns"
+
+
+def wf_trigger(delivery_id: str) -> str:
+    """A delivery that may start built-in workflow runs, recorded before any git is read (wfruns.py)."""
+    return f"{PREFIX}wftrigger:{delivery_id}"
+
+
+WF_TRIGGERS = f"{PREFIX}wftriggers"
+
+
+def wf_group(repo: str, group: str) -> str:
+    """A ``concurrency`` group of a repository's workflow runs (names compare case-insensitively, as on GitHub)."""
+    return f"{PREFIX}wfgroup:{repo.lower()}:{group.lower()}"
