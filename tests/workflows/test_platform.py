@@ -348,7 +348,7 @@ async def test_pull_request_jobs_on_qemu(platform: Platform) -> None:
     assert run["conclusion"] == "success", run
     [build_id], [test_id] = run["jobs"]["build"]["smith_jobs"], run["jobs"]["test"]["smith_jobs"]
     assert (await p.operator(f"/v1/jobs/{build_id}"))["runner_class"] == QEMU_CLASS
-    assert f"built 1.2.3 at {p.head_sha}" in await p.log_lines(build_id)  # type: ignore[attr-defined]
+    assert f"built 1.2.3 at {run['sha']}" in await p.log_lines(build_id)  # the merge commit
     assert "testing version 1.2.3" in await p.log_lines(test_id)
     assert [s["state"] for s in await p.statuses(2)] == ["pending", "success"]
 
@@ -412,14 +412,14 @@ async def test_pull_request_jobs_on_firecracker(platform: Platform) -> None:
     """The runs on the Firecracker backend (the fake): steps over vsock, checkout copied in, the output passed on,
     a failing step's exit code, step logs in the pipeline, a status per workflow."""
     p = platform
-    r = await asyncio.to_thread(p.deliver, pull_request_payload(10, p.base_sha, p.head_sha))  # type: ignore[attr-defined]
-    runs = [await p.wait_run(run_id, lambda run: run["state"] == "completed") for run_id in r.json()["runs"]]
+    await asyncio.to_thread(p.deliver, pull_request_payload(10, p.base_sha, p.head_sha), "d-10")  # type: ignore[attr-defined]
+    runs = [await p.wait_run(run_id, lambda run: run["state"] == "completed") for run_id in await p.runs_of("d-10")]
     ci, lint = sorted(runs, key=lambda run: "lint" in run["jobs"])
     assert ci["conclusion"] == "success", ci
     assert ci["jobs"]["build"]["outputs"] == {"version": "1.2.3"}
     [build_id], [test_id] = ci["jobs"]["build"]["smith_jobs"], ci["jobs"]["test"]["smith_jobs"]
     build_log, test_log = await p.log_lines(build_id), await p.log_lines(test_id)
-    assert "▶ Read the version" in build_log and f"built 1.2.3 at {p.head_sha}" in build_log  # type: ignore[attr-defined]
+    assert "▶ Read the version" in build_log and f"built 1.2.3 at {ci['sha']}" in build_log  # the merge commit
     assert "testing version 1.2.3" in test_log and any(x.startswith("✓ job test: success [") for x in test_log)
     assert lint["conclusion"] == "failure" and lint["jobs"]["lint"]["result"] == "failure"
     [lint_id] = lint["jobs"]["lint"]["smith_jobs"]
