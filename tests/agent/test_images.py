@@ -126,3 +126,40 @@ def test_the_image_holds_every_module_the_guest_agent_imports_even_inside_functi
     names = {(p.parent.name, p.name) for p in python_files(python)}
     assert ("urllib", "parse.py") in names and ("", "tarfile.py") not in names
     assert any(n == "tarfile.py" for _, n in names)
+
+
+def test_an_elf_kernel_with_everything_built_in_gets_no_modules(tmp_path: Path) -> None:
+    """`smith image kernel`'s vmlinux: booted as is (no bzImage to unpack), and the image has no modules, so
+    init loads none (init.sh skips the loop when there is no modules.order)."""
+    try:
+        debian = images.find_inputs()
+    except ConfigError as exc:
+        pytest.skip(f"no image inputs here: {exc.message}")
+    vmlinux = tmp_path / "k1" / "vmlinux"
+    vmlinux.parent.mkdir()
+    vmlinux.write_bytes(b"\x7fELF" + b"\0" * 60 + b"smith kernel")
+    inputs = images.find_inputs(kernel=vmlinux)
+    assert inputs.modules_dir is None and inputs.busybox == debian.busybox
+    image = images.build_image(tmp_path / "data", inputs)
+    assert image.vmlinux.read_bytes() == vmlinux.read_bytes() and image.kernel_version == "elf-k1"
+    files = parse_cpio(image.initrd.read_bytes())
+    assert not [name for name in files if name.startswith("usr/lib/modules/")]
+    assert b"[ -s /lib/modules/modules.order ] &&" in files["init"][1]
+    assert image.key != images.build_image(tmp_path / "data", debian).key
+
+
+def test_the_image_holds_the_guest_agent_precompiled_and_init_runs_it(tmp_path: Path) -> None:
+    """Python never caches a script's bytecode: the agent goes in compiled by the image's python, and that
+    bytecode runs (same magic number); init prefers it to the source."""
+    import subprocess
+
+    try:
+        inputs = images.find_inputs()
+    except ConfigError as exc:
+        pytest.skip(f"no image inputs here: {exc.message}")
+    files = parse_cpio(images.build_image(tmp_path, inputs).initrd.read_bytes())
+    pyc = tmp_path / "agent.pyc"
+    pyc.write_bytes(files["smith/agent.pyc"][1])
+    res = subprocess.run([str(inputs.python), "-I", "-S", str(pyc), "--help"], capture_output=True, text=True)
+    assert res.returncode == 0 and "--config-port" in res.stdout, res.stderr
+    assert b"[ -f /smith/agent.pyc ] && agent_py=/smith/agent.pyc" in files["init"][1]
