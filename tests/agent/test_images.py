@@ -138,10 +138,12 @@ def test_an_elf_kernel_with_everything_built_in_gets_no_modules(tmp_path: Path) 
     vmlinux = tmp_path / "k1" / "vmlinux"
     vmlinux.parent.mkdir()
     vmlinux.write_bytes(b"\x7fELF" + b"\0" * 60 + b"smith kernel")
+    (vmlinux.parent / "config").write_text("# CONFIG_ACPI is not set\n")  # QEMU reads it beside the image's vmlinux
     inputs = images.find_inputs(kernel=vmlinux)
     assert inputs.modules_dir is None and inputs.busybox == debian.busybox
     image = images.build_image(tmp_path / "data", inputs)
     assert image.vmlinux.read_bytes() == vmlinux.read_bytes() and image.kernel_version == "elf-k1"
+    assert (image.dir / "config").read_text() == (vmlinux.parent / "config").read_text()
     files = parse_cpio(image.initrd.read_bytes())
     assert not [name for name in files if name.startswith("usr/lib/modules/")]
     assert b"[ -s /lib/modules/modules.order ] &&" in files["init"][1]

@@ -166,6 +166,8 @@ def build_image(
         say("unpacking vmlinux")
         raw = inputs.kernel.read_bytes()
         (tmp / "vmlinux").write_bytes(raw if raw.startswith(b"\x7fELF") else extract_vmlinux(raw))
+        if (inputs.kernel.parent / "config").is_file() and inputs.modules_dir is None:  # QEMU reads it: no ACPI?
+            shutil.copyfile(inputs.kernel.parent / "config", tmp / "config")
         say("compiling the guest agent")
         compile_agent(inputs.python, tmp / "agent.pyc")
         say(f"writing the initramfs ({len(modules)} modules, {len(py_files)} python files)")
