@@ -1039,8 +1039,8 @@ def tsc_args(khz: int | None) -> str:
     """Kernel arguments for a TCG guest's clock on a host with a constant, known TSC rate (under TCG the guest's
     TSC is the host's). ``tsc_early_khz``: see host_tsc_khz. ``tsc=reliable``: no clocksource watchdog; without
     it a loaded host's guest compares its TSC with jiffies (timer ticks that come late under emulation), calls
-    the TSC unstable and falls back to jiffies, whose clock then runs slow: measured here (bench/vms.py
-    --stages), Smith's kernel took 5.2 s to a ready agent without it and 2.4 s with it."""
+    the TSC unstable and falls back to jiffies, whose clock then runs slow (guest printk times stop matching the
+    host's). Boot and restore times with and without it were within noise at load 7-8 here."""
     return f" tsc_early_khz={khz} tsc=reliable" if khz else ""
 
 
