@@ -77,6 +77,7 @@ async def main() -> None:
     ap.add_argument("--disks", type=int, default=3, help="runs per rootfs-disk figure (0: skip)")
     ap.add_argument("--kernel", choices=("debian", "smith", "both"), default="debian", help="guest kernel(s)")
     ap.add_argument("--stages", action="store_true", help="print one cold boot's timeline per kernel")
+    ap.add_argument("--accel", choices=("auto", "tcg", "kvm"), default="auto", help="tcg: skip the KVM probe")
     args = ap.parse_args()
     print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     base = Path(tempfile.mkdtemp(prefix="sb", dir="/tmp"))
@@ -97,9 +98,9 @@ async def main() -> None:
                 await disks(next(iter(images.values())), base, args.disks)
             for name, image in images.items():
                 if args.stages:
-                    await stages(name, image, base / f"s-{name}")
+                    await stages(name, image, base / f"s-{name}", args.accel)
                 if args.qemu > 0:
-                    await qemu_figures(name, image, base / f"q-{name}", args.qemu)
+                    await qemu_figures(name, image, base / f"q-{name}", args.qemu, args.accel)
         else:
             print("qemu: no qemu-system-x86_64, skipped")
     finally:
@@ -122,8 +123,8 @@ def kernels(which: str) -> list[tuple[str, Path | None]]:
     return out
 
 
-async def qemu_figures(name: str, image: GuestImage, base: Path, runs: int) -> None:
-    vmm = QemuVMM(base, QemuConfig(kernel=image.vmlinux, initrd=image.initrd))
+async def qemu_figures(name: str, image: GuestImage, base: Path, runs: int, accel: str = "auto") -> None:
+    vmm = QemuVMM(base, QemuConfig(kernel=image.vmlinux, initrd=image.initrd, accel=accel))
     accel = await vmm.accel()
     report(f"qemu {name} cold ({accel}) -> first", [await timed(vmm, i, False) for i in range(runs)])
     start = time.perf_counter()
@@ -138,12 +139,12 @@ async def qemu_figures(name: str, image: GuestImage, base: Path, runs: int) -> N
 STAGES = re.compile(r"^\[\s*(\d+\.\d+)\] (Run /init as init process|smith: .*)$", re.M)
 
 
-async def stages(name: str, image: GuestImage, base: Path) -> None:
+async def stages(name: str, image: GuestImage, base: Path, accel: str = "auto") -> None:
     """One cold boot, verbose (loglevel=8: init's KERN_DEBUG marks show): where its time went."""
     from smith.adapters.qemu import DEFAULT_APPEND
 
     append = DEFAULT_APPEND.replace("quiet", "loglevel=8")
-    vmm = QemuVMM(base, QemuConfig(kernel=image.vmlinux, initrd=image.initrd, append=append))
+    vmm = QemuVMM(base, QemuConfig(kernel=image.vmlinux, initrd=image.initrd, append=append, accel=accel))
     await vmm.accel()  # the KVM probe (a minute where /dev/kvm cannot boot guests) is not the boot's
     start = time.perf_counter()
     machine = await vmm.boot(SHAPE, "stages")

@@ -186,3 +186,20 @@ def test_the_guest_agent_starts_without_importing_what_only_some_jobs_need(tmp_p
     loaded = {line.rsplit("|", 1)[-1].strip() for line in res.stderr.splitlines() if line.startswith("import time:")}
     assert "argparse" in loaded and "subprocess" in loaded  # the import list was read
     assert not loaded & {"socket", "typing"}, loaded & {"socket", "typing"}
+
+
+def test_the_image_keeps_its_kernels_config_so_qemu_knows_whether_it_has_acpi(tmp_path: Path) -> None:
+    """Debian's kernel finds microvm's virtio devices through ACPI (its virtio_mmio module takes no device=
+    parameter): its image keeps /boot/config-<release>, and QEMU leaves ACPI on for it."""
+    from smith.adapters.qemu import machine_for
+
+    try:
+        inputs = images.find_inputs()
+    except ConfigError as exc:
+        pytest.skip(f"no image inputs here: {exc.message}")
+    assert inputs.modules_dir is not None
+    if not (inputs.kernel.parent / f"config-{inputs.modules_dir.name}").is_file():
+        pytest.skip("no /boot/config-<release> for this kernel")
+    image = images.build_image(tmp_path, inputs)
+    assert "\nCONFIG_ACPI=y" in (image.dir / "config").read_text()
+    assert "acpi=off" not in machine_for(image.vmlinux)

@@ -1025,14 +1025,19 @@ def host_tsc_khz(cpuinfo: Path = Path("/proc/cpuinfo")) -> int | None:
         return None
 
 
-def machine_for(kernel: Path) -> str:
-    """microvm, with acpi=off when the kernel's build config (``config`` beside it: `smith image kernel` and
-    `smith image build` put it there) says it has no ACPI."""
+def kernel_config(kernel: Path) -> str:
+    """The kernel's build config, ``config`` beside it (`smith image kernel` and `smith image build` put it
+    there), or "" when there is none."""
     try:
-        config = (Path(kernel).parent / "config").read_text()
+        return (Path(kernel).parent / "config").read_text()
     except OSError:
-        return MACHINE
-    return MACHINE if "\nCONFIG_ACPI=y" in config else f"{MACHINE},acpi=off"
+        return ""
+
+
+def machine_for(kernel: Path) -> str:
+    """microvm, with acpi=off when the kernel's build config says it has no ACPI."""
+    config = kernel_config(kernel)
+    return f"{MACHINE},acpi=off" if config and "\nCONFIG_ACPI=y" not in config else MACHINE
 
 
 def tsc_args(khz: int | None) -> str:

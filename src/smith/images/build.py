@@ -166,8 +166,9 @@ def build_image(
         say("unpacking vmlinux")
         raw = inputs.kernel.read_bytes()
         (tmp / "vmlinux").write_bytes(raw if raw.startswith(b"\x7fELF") else extract_vmlinux(raw))
-        if (inputs.kernel.parent / "config").is_file() and inputs.modules_dir is None:  # QEMU reads it: no ACPI?
-            shutil.copyfile(inputs.kernel.parent / "config", tmp / "config")
+        config = kernel_config_file(inputs)
+        if config is not None:  # QEMU reads it (ACPI or not, HZ)
+            shutil.copyfile(config, tmp / "config")
         say("compiling the guest agent")
         compile_agent(inputs.python, tmp / "agent.pyc")
         say(f"writing the initramfs ({len(modules)} modules, {len(py_files)} python files)")
@@ -209,6 +210,16 @@ def cached_image(data_dir: Path) -> GuestImage | None:
     if not (out / "manifest.json").exists():
         return None
     return GuestImage(out, key, out / "vmlinuz", out / "vmlinux", out / "initrd.cpio", _kernel_version(inputs), False)
+
+
+def kernel_config_file(inputs: ImageInputs) -> Path | None:
+    """The kernel's build config: ``config`` beside an ELF kernel (`smith image kernel`), Debian's
+    /boot/config-<release> beside its vmlinuz."""
+    if inputs.modules_dir is None:
+        path = inputs.kernel.parent / "config"
+    else:
+        path = inputs.kernel.parent / f"config-{inputs.modules_dir.name}"
+    return path if path.is_file() else None
 
 
 def is_elf(path: Path) -> bool:
