@@ -176,9 +176,9 @@ def test_the_guest_agent_starts_without_importing_what_only_some_jobs_need(tmp_p
     import sys
 
     config = {"job": {"id": "j1", "run": "echo hi"}}
+    vm_mode = ["--set-hosts", "--hosts-file", str(tmp_path / "hosts")]
     res = subprocess.run(
-        [sys.executable, "-I", "-S", "-X", "importtime", str(images.GUEST_AGENT), "--workdir", str(tmp_path)]
-        + ["--set-hosts", "--hosts-file", str(tmp_path / "hosts")],
+        [sys.executable, "-I", "-S", "-X", "importtime", str(images.GUEST_AGENT), "--workdir", str(tmp_path), *vm_mode],
         input=json.dumps(config) + "\n",
         capture_output=True,
         text=True,

@@ -78,13 +78,16 @@ def find_source(source: Path | None = None) -> Path:
         source = found[-1]
     if not source.is_file():
         raise ConfigError(f"no kernel source at {source}")
+    return source
+
+
+def check_tools() -> None:
     missing = [tool for tool in BUILD_TOOLS if shutil.which(tool) is None]
     if missing:
         raise ConfigError(
             f"cannot build a kernel, missing {', '.join(missing)} "
             "(apt-get install build-essential flex bison bc libelf-dev libssl-dev)"
         )
-    return source
 
 
 def kernel_key(source: Path, fragment: Path = FRAGMENT) -> str:
@@ -123,6 +126,7 @@ def build_kernel(
     if (out / "manifest.json").exists() and not force:
         _point_current(kernels, key)
         return kernel
+    check_tools()
     kernels.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=kernels))
     try:
