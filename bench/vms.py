@@ -95,7 +95,7 @@ async def main() -> None:
                 print(f"qemu: skipped ({exc.message})")
                 return
             if args.disks > 0:
-                await disks(next(iter(images.values())), base, args.disks)
+                await disks(next(iter(images.values())), base, args.disks, args.accel)
             for name, image in images.items():
                 if args.stages:
                     await stages(name, image, base / f"s-{name}", args.accel)
@@ -188,7 +188,7 @@ def rootfs_versions(image: GuestImage, base: Path) -> Path:
     return config.output_dir
 
 
-async def disks(image: GuestImage, base: Path, runs: int) -> None:
+async def disks(image: GuestImage, base: Path, runs: int, accel: str = "auto") -> None:
     from smith.adapters import vmdisks
     from smith.rootfs import store
 
@@ -196,7 +196,7 @@ async def disks(image: GuestImage, base: Path, runs: int) -> None:
     big = store.built(out, "big")
     assert big is not None
     print(f"{'rootfs 2 GiB image':<28} allocated {big.rootfs.stat().st_blocks * 512 / 2**20:.0f} MiB")
-    vmm = QemuVMM(base / "qd", QemuConfig(kernel=image.vmlinux, initrd=image.initrd, rootfs_dir=out))
+    vmm = QemuVMM(base / "qd", QemuConfig(kernel=image.vmlinux, initrd=image.initrd, rootfs_dir=out, accel=accel))
     accel = await vmm.accel()
     for name in ("small", "big"):
         store.activate(out, name)
