@@ -16,8 +16,9 @@ mount -t tmpfs -o mode=1777 tmpfs /dev/shm
 mark() { echo "<7>smith: $*" > /dev/kmsg; }  # boot timings: on the console with loglevel=8 (bench/vms.py)
 mark mounted
 
-# Module parameters on the kernel command line (virtio_mmio.device=...) reach only built-in drivers; hand them
-# to the loadable ones here, in dependency order (modules.order was written by the image builder). A kernel
+# Module parameters on the kernel command line (name.param=...) reach only built-in drivers; hand them to the
+# loadable ones here, in dependency order (modules.order was written by the image builder). (Debian's
+# virtio_mmio takes no device= parameter: under QEMU it finds the devices in microvm's ACPI tables.) A kernel
 # with everything built in (`smith image kernel`) has no modules.order: nothing to load.
 cmdline=$(cat /proc/cmdline)
 [ -s /lib/modules/modules.order ] && while read -r mod; do
