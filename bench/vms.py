@@ -1,6 +1,6 @@
 """VM backend start-up: time from "give me a machine" (or from assign, when pre-booted) to the guest's first line.
 
-    uv run python bench/vms.py [--sandbox N] [--qemu N]
+    uv run python bench/vms.py [--sandbox N] [--qemu N] [--kernel debian|smith|both] [--stages]
 
 - sandbox cold: boot() + assign() -> first output line
 - sandbox warm: boot() done beforehand (a warm pool); assign() -> first output line
@@ -9,6 +9,9 @@
 - qemu disks:   cold boot from a rootfs version (ext4 root under a per-VM qcow2 layer, scratch disk at /work),
                 with the image at its own size and grown to 2 GiB: start cost must not depend on it
 - disk clones:  per-VM qcow2 layers and a Firecracker raw clone (reflink or sparse copy) of a 2 GiB image
+- --kernel:     the QEMU figures with Debian's kernel, Smith's (`smith image kernel`, from SMITH_DATA_DIR), or both
+                in one run (A/B under the same load); --stages prints one cold boot's timeline (guest printk
+                times of the kernel's and init's milestones, host times of ready and the first line)
 Bounded: a handful of runs each; prints p50/p95 in milliseconds.
 """
 
@@ -16,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -70,7 +75,11 @@ async def main() -> None:
     ap.add_argument("--sandbox", type=int, default=20, help="runs per sandbox figure")
     ap.add_argument("--qemu", type=int, default=3, help="runs per QEMU figure (cold boots are seconds each)")
     ap.add_argument("--disks", type=int, default=3, help="runs per rootfs-disk figure (0: skip)")
+    ap.add_argument("--kernel", choices=("debian", "smith", "both"), default="debian", help="guest kernel(s)")
+    ap.add_argument("--stages", action="store_true", help="print one cold boot's timeline per kernel")
+    ap.add_argument("--accel", choices=("auto", "tcg", "kvm"), default="auto", help="tcg: skip the KVM probe")
     args = ap.parse_args()
+    print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     base = Path(tempfile.mkdtemp(prefix="sb", dir="/tmp"))
     try:
         if shutil.which("bwrap") and args.sandbox > 0:
@@ -81,27 +90,74 @@ async def main() -> None:
             print("sandbox: no bwrap, skipped")
         if shutil.which("qemu-system-x86_64") and (args.qemu > 0 or args.disks > 0):
             try:
-                image = build_image(base / "data", find_inputs())
+                images = {name: build_image(base / "data", find_inputs(kernel=k)) for name, k in kernels(args.kernel)}
             except ConfigError as exc:
                 print(f"qemu: skipped ({exc.message})")
                 return
             if args.disks > 0:
-                await disks(image, base, args.disks)
-            if args.qemu == 0:
-                return
-            vmm = QemuVMM(base / "q", QemuConfig(kernel=image.vmlinux, initrd=image.initrd))
-            accel = await vmm.accel()
-            report(f"qemu cold ({accel}) -> first line", [await timed(vmm, i, False) for i in range(args.qemu)])
-            start = time.perf_counter()
-            await vmm.prepare_snapshot(SHAPE)
-            print(f"{'qemu template save':<28} {1000 * (time.perf_counter() - start):.0f} ms (once per shape)")
-            size = next((base / "q" / "snapshots").glob("*.state")).stat().st_size
-            print(f"{'qemu template size':<28} {size / 2**20:.1f} MiB")
-            report(f"qemu restore ({accel}) -> first", [await timed(vmm, 100 + i, False) for i in range(args.qemu * 3)])
+                await disks(next(iter(images.values())), base, args.disks, args.accel)
+            for name, image in images.items():
+                if args.stages:
+                    await stages(name, image, base / f"s-{name}", args.accel)
+                if args.qemu > 0:
+                    await qemu_figures(name, image, base / f"q-{name}", args.qemu, args.accel)
         else:
             print("qemu: no qemu-system-x86_64, skipped")
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def kernels(which: str) -> list[tuple[str, Path | None]]:
+    """(label, kernel) pairs: Debian's newest in /boot (None), Smith's built one."""
+    from smith.images.kernel import current_kernel
+    from smith.settings import CommonSettings
+
+    out: list[tuple[str, Path | None]] = []
+    if which in ("debian", "both"):
+        out.append(("debian", None))
+    if which in ("smith", "both"):
+        smith = current_kernel(CommonSettings().data_dir)
+        if smith is None:
+            raise ConfigError("no Smith kernel built (run `smith image kernel`)")
+        out.append(("smith", smith.vmlinux))
+    return out
+
+
+async def qemu_figures(name: str, image: GuestImage, base: Path, runs: int, accel: str = "auto") -> None:
+    vmm = QemuVMM(base, QemuConfig(kernel=image.vmlinux, initrd=image.initrd, accel=accel))
+    accel = await vmm.accel()
+    report(f"qemu {name} cold ({accel}) -> first", [await timed(vmm, i, False) for i in range(runs)])
+    start = time.perf_counter()
+    await vmm.prepare_snapshot(SHAPE)
+    print(f"{'qemu template save':<28} {1000 * (time.perf_counter() - start):.0f} ms (once per shape)")
+    size = next((base / "snapshots").glob("*.state")).stat().st_size
+    print(f"{'qemu template size':<28} {size / 2**20:.1f} MiB")
+    report(f"qemu {name} restore -> first", [await timed(vmm, 100 + i, False) for i in range(runs * 3)])
+    print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+
+
+STAGES = re.compile(r"^\[\s*(\d+\.\d+)\] (Run /init as init process|smith: .*)$", re.M)
+
+
+async def stages(name: str, image: GuestImage, base: Path, accel: str = "auto") -> None:
+    """One cold boot, verbose (loglevel=8: init's KERN_DEBUG marks show): where its time went."""
+    from smith.adapters.qemu import DEFAULT_APPEND
+
+    append = DEFAULT_APPEND.replace("quiet", "loglevel=8")
+    vmm = QemuVMM(base, QemuConfig(kernel=image.vmlinux, initrd=image.initrd, append=append, accel=accel))
+    await vmm.accel()  # the KVM probe (a minute where /dev/kvm cannot boot guests) is not the boot's
+    start = time.perf_counter()
+    machine = await vmm.boot(SHAPE, "stages")
+    ready = time.perf_counter() - start
+    await machine.assign(job(0))
+    await first_line(machine)
+    line = time.perf_counter() - start
+    console = (machine.dir / "console.log").read_text(errors="replace")
+    await machine.stop()
+    print(f"stages ({name} kernel), guest printk time / host time since spawn:")
+    for match in STAGES.finditer(console):
+        print(f"  guest {float(match.group(1)):7.3f} s  {match.group(2)}")
+    print(f"  host  {ready:7.3f} s  agent ready (announced)\n  host  {line:7.3f} s  first line of the job")
 
 
 def rootfs_versions(image: GuestImage, base: Path) -> Path:
@@ -132,7 +188,7 @@ def rootfs_versions(image: GuestImage, base: Path) -> Path:
     return config.output_dir
 
 
-async def disks(image: GuestImage, base: Path, runs: int) -> None:
+async def disks(image: GuestImage, base: Path, runs: int, accel: str = "auto") -> None:
     from smith.adapters import vmdisks
     from smith.rootfs import store
 
@@ -140,7 +196,7 @@ async def disks(image: GuestImage, base: Path, runs: int) -> None:
     big = store.built(out, "big")
     assert big is not None
     print(f"{'rootfs 2 GiB image':<28} allocated {big.rootfs.stat().st_blocks * 512 / 2**20:.0f} MiB")
-    vmm = QemuVMM(base / "qd", QemuConfig(kernel=image.vmlinux, initrd=image.initrd, rootfs_dir=out))
+    vmm = QemuVMM(base / "qd", QemuConfig(kernel=image.vmlinux, initrd=image.initrd, rootfs_dir=out, accel=accel))
     accel = await vmm.accel()
     for name in ("small", "big"):
         store.activate(out, name)

@@ -53,7 +53,7 @@ def test_the_agent_builds_the_image_its_host_now_needs(tmp_path: Path) -> None:
 def test_a_host_that_cannot_build_it_gets_one_clear_error_and_auto_takes_the_sandbox(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def no_busybox() -> None:
+    def no_busybox(kernel: Path | None = None) -> None:
         raise ConfigError("cannot build the guest image, missing: a static busybox (apt-get install busybox-static)")
 
     monkeypatch.setattr(refresh, "find_inputs", no_busybox)
@@ -105,3 +105,19 @@ def test_the_guest_agent_runs_a_job_on_the_oldest_supported_python(tmp_path: Pat
     events = [json.loads(line) for line in res.stdout.splitlines()]
     assert res.returncode == 0, res.stderr
     assert [e.get("line") for e in events if e["type"] == "line"] == ["hi"] and events[-1]["exit_code"] == 4
+
+
+def test_the_agent_boots_smiths_kernel_once_one_is_built(tmp_path: Path) -> None:
+    """`smith image kernel` leaves kernels/current in the data dir: the agent's image is then built on it."""
+    try:
+        find_inputs()
+    except ConfigError as exc:
+        pytest.skip(f"no image inputs here: {exc.message}")
+    debian = refresh.current_image(tmp_path)
+    built = tmp_path / "kernels" / "0123456789abcdef"
+    built.mkdir(parents=True)
+    (built / "vmlinux").write_bytes(b"\x7fELF" + b"\0" * 60 + b"smith kernel")
+    (built / "manifest.json").write_text("{}")
+    (tmp_path / "kernels" / "current").symlink_to(built.name)
+    image = refresh.current_image(tmp_path)
+    assert image.key != debian.key and image.vmlinux.read_bytes() == (built / "vmlinux").read_bytes()

@@ -126,3 +126,82 @@ def test_the_image_holds_every_module_the_guest_agent_imports_even_inside_functi
     names = {(p.parent.name, p.name) for p in python_files(python)}
     assert ("urllib", "parse.py") in names and ("", "tarfile.py") not in names
     assert any(n == "tarfile.py" for _, n in names)
+
+
+def test_an_elf_kernel_with_everything_built_in_gets_no_modules(tmp_path: Path) -> None:
+    """`smith image kernel`'s vmlinux: booted as is (no bzImage to unpack), and the image has no modules, so
+    init loads none (init.sh skips the loop when there is no modules.order)."""
+    try:
+        debian = images.find_inputs()
+    except ConfigError as exc:
+        pytest.skip(f"no image inputs here: {exc.message}")
+    vmlinux = tmp_path / "k1" / "vmlinux"
+    vmlinux.parent.mkdir()
+    vmlinux.write_bytes(b"\x7fELF" + b"\0" * 60 + b"smith kernel")
+    (vmlinux.parent / "config").write_text("# CONFIG_ACPI is not set\n")  # QEMU reads it beside the image's vmlinux
+    inputs = images.find_inputs(kernel=vmlinux)
+    assert inputs.modules_dir is None and inputs.busybox == debian.busybox
+    image = images.build_image(tmp_path / "data", inputs)
+    assert image.vmlinux.read_bytes() == vmlinux.read_bytes() and image.kernel_version == "elf-k1"
+    assert (image.dir / "config").read_text() == (vmlinux.parent / "config").read_text()
+    files = parse_cpio(image.initrd.read_bytes())
+    assert not [name for name in files if name.startswith("usr/lib/modules/")]
+    assert b"[ -s /lib/modules/modules.order ] &&" in files["init"][1]
+    assert image.key != images.build_image(tmp_path / "data", debian).key
+
+
+def test_the_image_holds_the_guest_agent_precompiled_and_init_runs_it(tmp_path: Path) -> None:
+    """Python never caches a script's bytecode: the agent goes in compiled by the image's python, and that
+    bytecode runs (same magic number); init prefers it to the source."""
+    import subprocess
+
+    try:
+        inputs = images.find_inputs()
+    except ConfigError as exc:
+        pytest.skip(f"no image inputs here: {exc.message}")
+    files = parse_cpio(images.build_image(tmp_path, inputs).initrd.read_bytes())
+    pyc = tmp_path / "agent.pyc"
+    pyc.write_bytes(files["smith/agent.pyc"][1])
+    res = subprocess.run([str(inputs.python), "-I", "-S", str(pyc), "--help"], capture_output=True, text=True)
+    assert res.returncode == 0 and "--config-port" in res.stdout, res.stderr
+    assert b"[ -f /smith/agent.pyc ] && agent_py=/smith/agent.pyc" in files["init"][1]
+
+
+def test_the_guest_agent_starts_without_importing_what_only_some_jobs_need(tmp_path: Path) -> None:
+    """Under emulation every import costs each VM's boot (QEMU translates the C code it runs), and an import after a
+    restore from a snapshot delays the job's first line: socket, urllib.parse and typing are imported only where a
+    job uses them (typing never). A script job without a cache runs without them, in a VM's mode (--set-hosts)."""
+    import json
+    import subprocess
+    import sys
+
+    config = {"job": {"id": "j1", "run": "echo hi"}}
+    vm_mode = ["--set-hosts", "--hosts-file", str(tmp_path / "hosts")]
+    res = subprocess.run(
+        [sys.executable, "-I", "-S", "-X", "importtime", str(images.GUEST_AGENT), "--workdir", str(tmp_path), *vm_mode],
+        input=json.dumps(config) + "\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 0 and '"hi"' in res.stdout, res.stderr[-2000:]
+    loaded = {line.rsplit("|", 1)[-1].strip() for line in res.stderr.splitlines() if line.startswith("import time:")}
+    assert "argparse" in loaded and "subprocess" in loaded  # the import list was read
+    assert not loaded & {"socket", "typing", "urllib.parse"}, loaded & {"socket", "typing", "urllib.parse"}
+
+
+def test_the_image_keeps_its_kernels_config_so_qemu_knows_whether_it_has_acpi(tmp_path: Path) -> None:
+    """Debian's kernel finds microvm's virtio devices through ACPI (its virtio_mmio module takes no device=
+    parameter): its image keeps /boot/config-<release>, and QEMU leaves ACPI on for it."""
+    from smith.adapters.qemu import machine_for
+
+    try:
+        inputs = images.find_inputs()
+    except ConfigError as exc:
+        pytest.skip(f"no image inputs here: {exc.message}")
+    assert inputs.modules_dir is not None
+    if not (inputs.kernel.parent / f"config-{inputs.modules_dir.name}").is_file():
+        pytest.skip("no /boot/config-<release> for this kernel")
+    image = images.build_image(tmp_path, inputs)
+    assert "\nCONFIG_ACPI=y" in (image.dir / "config").read_text()
+    assert "acpi=off" not in machine_for(image.vmlinux)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from smith.adapters.qemu import READY, QemuConfig, QemuVMM, _NoSignOfLife, host_tsc_khz
+from smith.adapters.qemu import READY, QemuConfig, QemuVMM, _NoSignOfLife, host_tsc_khz, tsc_args
 from smith.domain.vms import VMShape
 from smith.loadscale import Budget, slowness
 
@@ -89,3 +89,26 @@ def test_a_tcg_guest_is_told_the_host_tsc_rate_so_a_busy_host_cannot_stall_its_b
     append = tcg[tcg.index("-append") + 1]
     assert (f"tsc_early_khz={expected}" in append) if expected else ("tsc_early_khz" not in append)
     assert "tsc_early_khz" not in kvm[kvm.index("-append") + 1]  # KVM guests have kvm-clock
+    # ... and that TSC is trusted (no watchdog falling back to jiffies, whose clock runs slow under TCG), only then
+    assert tsc_args(2_599_998).split() == ["tsc_early_khz=2599998", "tsc=reliable"] and tsc_args(None) == ""
+    assert ("tsc=reliable" in append) == bool(expected) and "tsc=reliable" not in kvm[kvm.index("-append") + 1]
+
+
+def test_qemu_names_the_virtio_devices_on_the_command_line_for_a_kernel_without_acpi(tmp_path: Path) -> None:
+    """Smith's kernel has no ACPI: microvm with acpi=off lists its virtio-mmio devices on the kernel command line
+    (virtio_mmio.device=...), as Firecracker does. Debian's kernel finds them in the ACPI tables: ACPI stays on."""
+    from smith.adapters.qemu import machine_for
+
+    smith, debian = tmp_path / "smith", tmp_path / "debian"
+    smith.mkdir()
+    debian.mkdir()
+    (smith / "config").write_text("CONFIG_64BIT=y\n# CONFIG_ACPI is not set\n")
+    (debian / "config").write_text("CONFIG_64BIT=y\nCONFIG_ACPI=y\n")
+    assert "acpi=off" in machine_for(smith / "vmlinux").split(",")
+    assert "acpi=off" not in machine_for(debian / "vmlinux") and machine_for(tmp_path / "vmlinux") == machine_for(
+        debian / "vmlinux"
+    )
+    argv = vmm(tmp_path, load=1.0, life=15).command(
+        tmp_path, VMShape("t", 1, 512), "tcg", None, None, kernel=smith / "vmlinux"
+    )
+    assert "acpi=off" in argv[argv.index("-M") + 1].split(",")

@@ -5,7 +5,7 @@ Inputs come from Debian packages installed on this machine (``linux-image-amd64`
 library modules the guest agent needs (and their shared libraries). Out come, under
 ``<data_dir>/images/<key>/``:
 
-- ``vmlinuz``   the compressed kernel, as Debian ships it (QEMU boots it),
+- ``vmlinuz``   the compressed kernel, as Debian ships it (QEMU boots it; with an ELF kernel: that ELF),
 - ``vmlinux``   the same kernel unpacked to an ELF (Firecracker 1.16 on x86_64 boots only this; QEMU boots it
                 faster too, no decompression under emulation),
 - ``initrd.cpio`` the root filesystem (newc cpio, uncompressed: unpacking is faster than decompressing in TCG),
@@ -14,6 +14,11 @@ library modules the guest agent needs (and their shared libraries). Out come, un
 ``key`` is a hash of every input (file contents, the module list, the init script, the guest agent, this
 builder's version), so an image is built once per machine and rebuilt when any input changes. Building takes
 about a second: no debootstrap, no mount, no root needed.
+
+The kernel may instead be an ELF ``vmlinux`` with everything built in (``smith image kernel``, images/kernel.py):
+then the image holds no modules and init loads none. The guest agent goes in precompiled too (``agent.pyc``,
+by the image's own python): a script's bytecode is never cached, and compiling it under emulation costs each
+boot about a tenth of a second.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from pathlib import Path
 
 from smith.errors import ConfigError
 
-BUILDER_VERSION = "1"
+BUILDER_VERSION = "2"
 HERE = Path(__file__).resolve().parent
 GUEST_AGENT = HERE.parent / "guest" / "agent.py"
 INIT = HERE / "init.sh"
@@ -77,7 +82,7 @@ Progress = Callable[[str], None]
 @dataclass(frozen=True)
 class ImageInputs:
     kernel: Path
-    modules_dir: Path
+    modules_dir: Path | None  # None: an ELF kernel with everything built in
     busybox: Path
     python: Path
 
@@ -108,8 +113,10 @@ def find_inputs(kernel: Path | None = None, python: Path | None = None) -> Image
         missing.append(f"the kernel {kernel} (no such file)")
     elif not os.access(kernel, os.R_OK):
         missing.append(f"{kernel} is not readable by this user")
-    modules_dir = Path("/lib/modules") / (kernel.name.removeprefix("vmlinuz-") if kernel else "")
-    if kernel is not None and not (modules_dir / "modules.dep").is_file():
+    modules_dir: Path | None = Path("/lib/modules") / (kernel.name.removeprefix("vmlinuz-") if kernel else "")
+    if kernel is not None and kernel.is_file() and os.access(kernel, os.R_OK) and is_elf(kernel):
+        modules_dir = None  # everything built in (`smith image kernel`)
+    if kernel is not None and modules_dir is not None and not (modules_dir / "modules.dep").is_file():
         missing.append(f"kernel modules in {modules_dir} (they come with the kernel's package)")
     busybox = static_busybox()
     if busybox is None:
@@ -134,11 +141,11 @@ def build_image(
     say = progress or (lambda _msg: None)
     inputs = inputs or find_inputs()
     say("resolving inputs")
-    modules = module_files(inputs.modules_dir, MODULES)
+    modules = module_files(inputs.modules_dir, MODULES) if inputs.modules_dir else []
     py_files = python_files(inputs.python)
     key = image_key(inputs, modules, py_files)
     out = data_dir / "images" / key
-    kernel_version = inputs.modules_dir.name
+    kernel_version = _kernel_version(inputs)
     image = GuestImage(
         dir=out,
         key=key,
@@ -157,16 +164,22 @@ def build_image(
         say("copying the kernel")
         shutil.copyfile(inputs.kernel, tmp / "vmlinuz")
         say("unpacking vmlinux")
-        (tmp / "vmlinux").write_bytes(extract_vmlinux(inputs.kernel.read_bytes()))
+        raw = inputs.kernel.read_bytes()
+        (tmp / "vmlinux").write_bytes(raw if raw.startswith(b"\x7fELF") else extract_vmlinux(raw))
+        config = kernel_config_file(inputs)
+        if config is not None:  # QEMU reads it (ACPI or not, HZ)
+            shutil.copyfile(config, tmp / "config")
+        say("compiling the guest agent")
+        compile_agent(inputs.python, tmp / "agent.pyc")
         say(f"writing the initramfs ({len(modules)} modules, {len(py_files)} python files)")
-        entries = list(rootfs_entries(inputs, modules, py_files))
+        entries = list(rootfs_entries(inputs, modules, py_files, (tmp / "agent.pyc").read_bytes()))
         with (tmp / "initrd.cpio").open("wb") as f:
             write_cpio(f, entries)
         manifest = {
             "key": key,
             "kernel": str(inputs.kernel),
             "kernel_version": kernel_version,
-            "modules": [str(m.relative_to(inputs.modules_dir)) for m in modules],
+            "modules": [str(m.relative_to(inputs.modules_dir)) for m in modules if inputs.modules_dir],
             "python": str(inputs.python),
             "python_files": len(py_files),
             "busybox": str(inputs.busybox),
@@ -191,12 +204,48 @@ def cached_image(data_dir: Path) -> GuestImage | None:
         inputs = find_inputs()
     except ConfigError:
         return None
-    modules = module_files(inputs.modules_dir, MODULES)
+    modules = module_files(inputs.modules_dir, MODULES) if inputs.modules_dir else []
     key = image_key(inputs, modules, python_files(inputs.python))
     out = data_dir / "images" / key
     if not (out / "manifest.json").exists():
         return None
-    return GuestImage(out, key, out / "vmlinuz", out / "vmlinux", out / "initrd.cpio", inputs.modules_dir.name, False)
+    return GuestImage(out, key, out / "vmlinuz", out / "vmlinux", out / "initrd.cpio", _kernel_version(inputs), False)
+
+
+def kernel_config_file(inputs: ImageInputs) -> Path | None:
+    """The kernel's build config: ``config`` beside an ELF kernel (`smith image kernel`), Debian's
+    /boot/config-<release> beside its vmlinuz."""
+    if inputs.modules_dir is None:
+        path = inputs.kernel.parent / "config"
+    else:
+        path = inputs.kernel.parent / f"config-{inputs.modules_dir.name}"
+    return path if path.is_file() else None
+
+
+def is_elf(path: Path) -> bool:
+    with path.open("rb") as f:
+        return f.read(4) == b"\x7fELF"
+
+
+def _kernel_version(inputs: ImageInputs) -> str:
+    """Debian's release (its modules directory's name), or for an ELF kernel its build's directory name."""
+    return inputs.modules_dir.name if inputs.modules_dir else f"elf-{inputs.kernel.parent.name}"
+
+
+def compile_agent(python: Path, out: Path) -> None:
+    """The guest agent's bytecode, compiled by the python that runs it in the guest (same magic number)."""
+    code = "import py_compile, sys; py_compile.compile(sys.argv[1], cfile=sys.argv[2], doraise=True)"
+    try:
+        res = subprocess.run(
+            [str(python), "-I", "-S", "-c", code, str(GUEST_AGENT), str(out)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ConfigError(f"cannot run {python}: {exc}") from exc
+    if res.returncode != 0:
+        raise ConfigError(f"{python} cannot compile the guest agent: {res.stderr.strip()[-500:]}")
 
 
 # -- inputs -------------------------------------------------------------------------------------------------
@@ -380,7 +429,9 @@ EXEC = 0o100755
 LINK = 0o120777
 
 
-def rootfs_entries(inputs: ImageInputs, modules: list[Path], py_files: list[Path]) -> Iterable[Entry]:
+def rootfs_entries(
+    inputs: ImageInputs, modules: list[Path], py_files: list[Path], agent_pyc: bytes | None = None
+) -> Iterable[Entry]:
     """Everything in the initramfs. Debian's merged /usr: /bin, /sbin, /lib, /lib64 are links into /usr."""
     dirs = {"dev", "proc", "sys", "tmp", "run", "work", "root", "etc", "usr", "usr/bin", "usr/sbin", "usr/lib"}
     files: dict[str, tuple[int, bytes | str]] = {}
@@ -390,6 +441,8 @@ def rootfs_entries(inputs: ImageInputs, modules: list[Path], py_files: list[Path
     files["usr/bin/busybox"] = (EXEC, inputs.busybox.read_bytes())
     files["usr/bin/sh"] = (LINK, "busybox")  # init installs the other applets; a sandbox needs sh at least
     files["smith/agent.py"] = (FILE, GUEST_AGENT.read_bytes())
+    if agent_pyc is not None:  # init runs this one when it is there
+        files["smith/agent.pyc"] = (FILE, agent_pyc)
     files["etc/passwd"] = (FILE, b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n")
     files["etc/group"] = (FILE, b"root:x:0:\nnogroup:x:65534:\n")
     files["etc/hosts"] = (FILE, b"127.0.0.1 localhost smith-guest\n")
@@ -401,6 +454,7 @@ def rootfs_entries(inputs: ImageInputs, modules: list[Path], py_files: list[Path
         files[_in_usr(lib)] = (EXEC, lib.resolve().read_bytes())
     order = []
     for mod in modules:
+        assert inputs.modules_dir is not None
         rel = mod.relative_to(inputs.modules_dir)
         data = mod.read_bytes()
         if mod.suffix == ".xz":
@@ -409,7 +463,8 @@ def rootfs_entries(inputs: ImageInputs, modules: list[Path], py_files: list[Path
             data, rel = _unzstd(data), rel.with_suffix("")
         files[f"usr/lib/modules/{rel}"] = (FILE, data)
         order.append(str(rel))
-    files["usr/lib/modules/modules.order"] = (FILE, ("\n".join(order) + "\n").encode())
+    if order:  # none with a kernel that has everything built in
+        files["usr/lib/modules/modules.order"] = (FILE, ("\n".join(order) + "\n").encode())
     for name in files:
         parts = name.split("/")[:-1]
         for i in range(1, len(parts) + 1):

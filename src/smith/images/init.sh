@@ -13,10 +13,15 @@ mount -t devpts devpts /dev/pts
 mount -t tmpfs -o mode=1777 tmpfs /tmp
 mount -t tmpfs -o mode=1777 tmpfs /dev/shm
 
-# Module parameters on the kernel command line (virtio_mmio.device=...) reach only built-in drivers; hand them
-# to the loadable ones here, in dependency order (modules.order was written by the image builder).
+mark() { echo "<7>smith: $*" > /dev/kmsg; }  # boot timings: on the console with loglevel=8 (bench/vms.py)
+mark mounted
+
+# Module parameters on the kernel command line (name.param=...) reach only built-in drivers; hand them to the
+# loadable ones here, in dependency order (modules.order was written by the image builder). (Debian's
+# virtio_mmio takes no device= parameter: under QEMU it finds the devices in microvm's ACPI tables.) A kernel
+# with everything built in (`smith image kernel`) has no modules.order: nothing to load.
 cmdline=$(cat /proc/cmdline)
-while read -r mod; do
+[ -s /lib/modules/modules.order ] && while read -r mod; do
     name=${mod##*/}
     name=${name%.ko}
     params=""
@@ -28,6 +33,7 @@ while read -r mod; do
     # shellcheck disable=SC2086
     insmod "/lib/modules/$mod" $params 2>/dev/null
 done < /lib/modules/modules.order
+mark modules loaded
 
 for port in /sys/class/virtio-ports/*; do
     [ -e "$port/name" ] || continue
@@ -81,7 +87,12 @@ if [ -n "$root_serial" ]; then
     reboot -f  # Firecracker exits on a reboot (reboot=k), QEMU on either (-no-reboot): the boot fails at once
 fi
 
-agent="/usr/bin/python3 -I -S /smith/agent.py --workdir /work"
+# The agent precompiled by the image builder (python does not cache a script's bytecode: compiling it under
+# emulation costs a tenth of a second each boot), else its source.
+agent_py=/smith/agent.py
+[ -f /smith/agent.pyc ] && agent_py=/smith/agent.pyc
+agent="/usr/bin/python3 -I -S $agent_py --workdir /work"
+mark agent starting
 # Ctrl+Alt+Del makes the kernel send PID 1 SIGINT, which a shell as PID 1 ignores unless it traps it: trap it
 # and reboot (the agent runs in the background so that `wait` returns to the trap at once).
 trap 'sync; reboot -f' INT

@@ -1,5 +1,6 @@
 """The guest image for this host as it is now, built at agent start when its inputs changed.
 
+The kernel is Smith's own when `smith image kernel` built one under the data dir, else Debian's newest in /boot.
 The image is keyed by the host's kernel, modules, busybox and python. After an unattended kernel or python
 update the key changes; the agent then builds the new image (about a second) instead of finding none and
 exiting, which under systemd's ``Restart=`` would loop for ever. A host that cannot build one at all (RHEL 9:
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from smith.errors import ConfigError, VMError
 from smith.images.build import GuestImage, build_image, find_inputs
+from smith.images.kernel import current_kernel
 from smith.logging import get_logger
 
 log = get_logger("smith.images")
@@ -28,7 +30,7 @@ NO_IMAGE_HINT = (
 def current_image(data_dir: Path) -> GuestImage:
     """The image for this host's current inputs, built now if it is missing; VMError if it cannot be built."""
     try:
-        inputs = find_inputs()
+        inputs = find_inputs(kernel=default_kernel(data_dir))
         image = build_image(data_dir, inputs)
     except (ConfigError, OSError) as exc:
         why = exc.message if isinstance(exc, ConfigError) else str(exc)
@@ -39,6 +41,13 @@ def current_image(data_dir: Path) -> GuestImage:
     if removed:
         log.info("old guest images removed", removed=removed)
     return image
+
+
+def default_kernel(data_dir: Path) -> Path | None:
+    """The kernel `smith image kernel` built under ``data_dir`` (everything built in: boots faster), else None
+    (the newest Debian kernel in /boot)."""
+    kernel = current_kernel(data_dir)
+    return kernel.vmlinux if kernel is not None else None
 
 
 def prune_images(images: Path, current: str, keep: int = 1) -> list[str]:
