@@ -93,9 +93,7 @@ async def boots(base: Path, vms: int) -> None:
 
 def versions(base: Path) -> Path:
     """Two rootfs versions of a tiny base with 64 MiB of incompressible data: in a 64 MiB+ and a 2 GiB image."""
-    from smith.rootfs.build import build_version
-    from smith.rootfs.config import RootfsConfig
-    from smith.rootfs.fetch import sha256_file
+    from smith.testing.rootfs import small_and_big
 
     tarball = base / "base.tar"
     with tarfile.open(tarball, "w") as tar:
@@ -103,19 +101,7 @@ def versions(base: Path) -> Path:
             info = tarfile.TarInfo(name)
             info.size, info.mode = len(data), 0o644
             tar.addfile(info, io.BytesIO(data))
-    sha = sha256_file(tarball)
-    config = RootfsConfig.model_validate(
-        {
-            "rootfs": {"output_dir": str(base / "rootfs")},
-            "versions": [
-                {"name": "small", "base_path": str(tarball), "sha256": sha},
-                {"name": "big", "base_path": str(tarball), "sha256": sha, "size": "2G"},
-            ],
-        }
-    )
-    for version in config.versions:
-        build_version(config, version)
-    return config.output_dir
+    return small_and_big(tarball, base / "rootfs")
 
 
 async def first_command(vmm: FirecrackerVMM, shape: VMShape, vm_id: str) -> float:

@@ -163,29 +163,16 @@ async def stages(name: str, image: GuestImage, base: Path, accel: str = "auto") 
 def rootfs_versions(image: GuestImage, base: Path) -> Path:
     """Two versions of a tiny rootfs (the initramfs's tree: busybox, python3, the agent): as is, and 2 GiB."""
     from smith.rootfs import store
-    from smith.rootfs.build import build_version
-    from smith.rootfs.config import RootfsConfig
-    from smith.rootfs.fetch import sha256_file
+    from smith.testing.rootfs import small_and_big
 
     tree = base / "tree"
     tree.mkdir()
     unpack_cpio(image.initrd, tree)
     tarball = base / "base.tar"
     subprocess.run(["tar", "-C", str(tree), "-cf", str(tarball), "."], check=True)
-    sha = sha256_file(tarball)
-    config = RootfsConfig.model_validate(
-        {
-            "rootfs": {"output_dir": str(base / "rootfs")},
-            "versions": [
-                {"name": "small", "base_path": str(tarball), "sha256": sha},
-                {"name": "big", "base_path": str(tarball), "sha256": sha, "size": "2G"},
-            ],
-        }
-    )
-    for version in config.versions:
-        build_version(config, version)
-    store.activate(config.output_dir, "small")
-    return config.output_dir
+    out = small_and_big(tarball, base / "rootfs")
+    store.activate(out, "small")
+    return out
 
 
 async def disks(image: GuestImage, base: Path, runs: int, accel: str = "auto") -> None:
