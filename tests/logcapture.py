@@ -21,14 +21,12 @@ def json_lines() -> Iterator[list[dict[str, Any]]]:
     saved_config, saved_handlers = structlog.get_config(), logging.getLogger().handlers[:]
     buffer, stderr = io.StringIO(), sys.stderr
     lines: list[dict[str, Any]] = []
-    sys.stderr = buffer
+    sys.stderr = buffer  # for the whole block: Smith's logging writes to the stderr of the moment
     try:
         configure("INFO")
-    finally:
-        sys.stderr = stderr
-    try:
         yield lines
     finally:
+        sys.stderr = stderr
         structlog.configure(**saved_config)
         logging.getLogger().handlers = saved_handlers
         lines += [json.loads(raw) for raw in buffer.getvalue().splitlines() if raw.startswith("{")]
