@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -162,11 +163,19 @@ def test_a_drive_put_again_keeps_its_place_and_a_root_device_goes_first(
     )
     root = {"drive_id": "r", "path_on_host": files["rootfs"], "is_root_device": True}
     assert call(fc, "PUT", "/drives/r", root)[0] == 204
+    bystander = subprocess.Popen(["sleep", "60"])  # another child of this process (the test's Valkey, say)
     guest = Guest(fc, asyncio.Event(), console=Console(os.open(os.devnull, os.O_WRONLY)))
     try:
         names = {dev: d["drive_id"] for dev, d in guest.devices().items()}
     finally:
         guest.cleanup()
+    try:
+        # A guest played inside another process ends only what it started: it once killed every child of the
+        # test process, the session's Valkey among them, and 271 later tests failed.
+        assert bystander.poll() is None
+    finally:
+        bystander.kill()
+        bystander.wait()
     assert names == {"vda": "r", "vdb": "a", "vdc": "b"}
 
 

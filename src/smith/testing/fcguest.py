@@ -107,8 +107,19 @@ def root_mountable(path: Path) -> bool:
 class Guest:
     """Plays the VM on ``api`` (a FakeFirecracker); sets ``done`` when Firecracker would exit."""
 
-    def __init__(self, api: Any, done: asyncio.Event, console: Console | None = None, vsock: bool = True) -> None:
+    def __init__(
+        self,
+        api: Any,
+        done: asyncio.Event,
+        console: Console | None = None,
+        vsock: bool = True,
+        *,
+        whole_process: bool = False,
+    ) -> None:
         self.api = api
+        # The fake's own process (the Firecracker stand-in) is the VM: everything below it ends with the guest.
+        # Played inside another process (a test), only the guest's own process group goes.
+        self.whole_process = whole_process
         self.vsock = vsock  # the guest kernel has vsock
         self.done = done
         self.console = console or Console()
@@ -121,8 +132,9 @@ class Guest:
         self.identity = ("", "")  # eth0's MAC and address/prefix
         self.init = INIT_SH  # the init that runs (a rootfs version's own after the switch)
         api.on_change = self.changed
-        with contextlib.suppress(OSError, AttributeError):  # the guest's orphans become ours: see cleanup()
-            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1)
+        if whole_process:
+            with contextlib.suppress(OSError, AttributeError):  # the guest's orphans become ours: see cleanup()
+                ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1)
 
     @property
     def boot_args(self) -> str:
@@ -282,6 +294,9 @@ class Guest:
         """Everything the guest ran goes with the VM, as it would: the agent and whatever outlived it."""
         if self.proc is not None:
             _signal_group(self.proc, signal.SIGKILL)
+        if not self.whole_process:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            return
         for pid in _descendants(os.getpid()):
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)

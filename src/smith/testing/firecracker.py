@@ -574,7 +574,7 @@ async def run_binary(args: argparse.Namespace) -> int:
         api.record = Path(args.record_dir) / f"{args.id}.jsonl"
     api.check_taps = args.taps == "check"
     done = asyncio.Event()
-    guest = Guest(api, done, vsock=args.guest_vsock == "yes") if not args.no_guest else None
+    guest = Guest(api, done, vsock=args.guest_vsock == "yes", whole_process=True) if not args.no_guest else None
     if guest is None:  # an idle guest: it says it is ready and reboots on Ctrl+Alt+Del (reboot=k), nothing more
         console = Console()
 
