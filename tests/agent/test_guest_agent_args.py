@@ -4,6 +4,7 @@ what its start imports."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -64,3 +65,24 @@ def test_start_imports_neither_argparse_nor_shutil() -> None:
     res = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True, timeout=30)
     assert res.returncode == 0, res.stderr
     assert res.stdout.split() == []
+
+
+def test_the_job_is_first_for_the_oom_killer(tmp_path: Path) -> None:
+    config = {
+        "job": {
+            "id": "j1",
+            "runner_class": "x",
+            "vcpus": 1,
+            "memory_mib": 512,
+            "run": "sleep 0.2; cat /proc/$$/oom_score_adj",
+        }
+    }
+    res = subprocess.run(
+        [sys.executable, "-I", "-S", str(AGENT), "--workdir", str(tmp_path)],
+        input=json.dumps(config),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    lines = [e["line"] for e in map(json.loads, res.stdout.splitlines()) if e["type"] == "line"]
+    assert lines == ["500"], res.stderr
