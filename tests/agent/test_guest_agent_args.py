@@ -86,3 +86,18 @@ def test_the_job_is_first_for_the_oom_killer(tmp_path: Path) -> None:
     )
     lines = [e["line"] for e in map(json.loads, res.stdout.splitlines()) if e["type"] == "line"]
     assert lines == ["500"], res.stderr
+
+
+def test_preload_imports_what_restored_jobs_may_need() -> None:
+    code = (
+        "import importlib.util, sys\n"
+        f"spec = importlib.util.spec_from_file_location('a', {str(AGENT)!r})\n"
+        "agent = importlib.util.module_from_spec(spec)\n"
+        "spec.loader.exec_module(agent)\n"
+        "assert agent.Args.parse(['--preload']).preload and not agent.Args.parse([]).preload\n"
+        "agent.preload()\n"
+        "print(' '.join(m for m in ('socket', 'urllib.parse') if m in sys.modules))\n"
+    )
+    res = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True, timeout=30)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["socket", "urllib.parse"]

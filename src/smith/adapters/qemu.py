@@ -432,6 +432,8 @@ class QemuVMM:
             append += f" smith.ip={slot.guest_ip}/{_prefix(slot.netmask)} smith.gw={slot.gateway_ip}"
             if c.dns:
                 append += f" smith.dns={c.dns}"
+        if not confined:  # a template being made: its agent imports before ready what restored jobs may need
+            append += " smith.template"
         append += tsc_args(host_tsc_khz() if accel == "tcg" else None)
         argv = [
             shutil.which(c.qemu_bin) or c.qemu_bin,
