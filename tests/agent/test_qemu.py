@@ -29,6 +29,7 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="no qemu-system-x86_64 (qemu-system-x86)"),
 ]
 SHAPE = VMShape("qemu-test", 1, 512)
+AGENT_ARGV = "tr '\\0' ' ' < /proc/$PPID/cmdline; echo"  # the job's parent is the guest agent
 
 
 @pytest.fixture(scope="module")
@@ -73,14 +74,17 @@ async def test_cold_boot_runs_a_job_and_snapshots_restore_it(image: GuestImage, 
     machine = await vmm.boot(SHAPE, "cold")
     await machine.assign(
         job(
-            'echo "hello from $(uname -r)"; echo warn >&2; echo "token=$ACTIONS_RUNTIME_TOKEN"; exit 3',
+            'echo "hello from $(uname -r)"; echo warn >&2; echo "token=$ACTIONS_RUNTIME_TOKEN"; '
+            + AGENT_ARGV
+            + "; exit 3",
             cache=ServiceAccess(url="http://10.0.0.2:1234", token="qemu-secret-token"),
         )
     )
     events = await asyncio.wait_for(collect(machine), patient(60))
     await machine.stop()
     assert events[0].type == "started" and events[-1].type == "exit" and events[-1].exit_code == 3
-    assert lines(events) == [f"hello from {image.kernel_version}", "token=***"]
+    assert lines(events)[:2] == [f"hello from {image.kernel_version}", "token=***"]
+    assert "--set-hosts" in lines(events)[2] and "--preload" not in lines(events)[2]  # a cold guest imports less
     assert lines(events, "stderr") == ["warn"]
     assert not machine.dir.exists()
 
@@ -91,12 +95,13 @@ async def test_cold_boot_runs_a_job_and_snapshots_restore_it(image: GuestImage, 
     for name in ("r1", "r2"):
         restored = await vmm.boot(SHAPE, name)
         assert restored.restored
-        await restored.assign(job(f"echo {name}; date +%s; head -c 16 /dev/urandom | od -An -tx1"))
+        await restored.assign(job(f"echo {name}; date +%s; head -c 16 /dev/urandom | od -An -tx1; {AGENT_ARGV}"))
         got = await asyncio.wait_for(collect(restored), patient(60))
         await restored.stop()
         assert got[-1].exit_code == 0, got
         outputs.append(lines(got))
     assert outputs[0][0] == "r1" and outputs[1][0] == "r2"
+    assert "--preload" in outputs[0][3]  # the template's agent imported what restored jobs may need, before ready
     # the restored guests took the host's clock and differ in randomness, though restored from one state
     assert abs(int(outputs[0][1]) - int(events[0].ts)) < 600
     assert outputs[0][2] != outputs[1][2]

@@ -72,6 +72,12 @@ DEFAULT_APPEND = "console=ttyS0 panic=-1 quiet"  # no i8042.* here: probing a mi
 # `device=` parameter). A kernel without ACPI (`smith image kernel`) gets acpi=off: QEMU then names each device
 # on the kernel command line (virtio_mmio.device=...), as Firecracker does (see machine_for).
 MACHINE = "microvm,x-option-roms=off"
+# Under TCG a kernel without ACPI (Smith's) takes its timer interrupts from microvm's PIT, not the local APIC
+# timer: the kernel calibrates that timer against jiffies and checks it (0.1 s each, longer on a loaded host;
+# TCG offers no TSC-deadline timer and 6.1 no parameter to skip the calibration). Cold boot to the first line
+# 2.1 -> 1.7 s (bench/vms.py). Not with ACPI (Debian's kernel): microvm's ACPI is hardware-reduced, the kernel
+# then sets up no PIT, and without the APIC timer it has no timer at all (the boot hangs).
+NO_ACPI_TCG_APPEND = " noapictimer"
 
 
 class NetSlotLike(Protocol):
@@ -432,11 +438,16 @@ class QemuVMM:
             append += f" smith.ip={slot.guest_ip}/{_prefix(slot.netmask)} smith.gw={slot.gateway_ip}"
             if c.dns:
                 append += f" smith.dns={c.dns}"
+        if not confined:  # a template being made: its agent imports before ready what restored jobs may need
+            append += " smith.template"
         append += tsc_args(host_tsc_khz() if accel == "tcg" else None)
+        machine = c.machine or machine_for(kernel or c.kernel)
+        if accel == "tcg" and "acpi=off" in machine:
+            append += NO_ACPI_TCG_APPEND
         argv = [
             shutil.which(c.qemu_bin) or c.qemu_bin,
             "-M",
-            c.machine or machine_for(kernel or c.kernel),
+            machine,
             "-accel",
             accel,
             "-m",

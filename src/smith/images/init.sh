@@ -92,6 +92,9 @@ fi
 agent_py=/smith/agent.py
 [ -f /smith/agent.pyc ] && agent_py=/smith/agent.pyc
 agent="/usr/bin/python3 -I -S $agent_py --workdir /work"
+case " $cmdline " in  # a template guest (saved once ready): what restored jobs may need, imported before
+    *" smith.template "*) agent="$agent --preload" ;;
+esac
 mark agent starting
 # Ctrl+Alt+Del makes the kernel send PID 1 SIGINT, which a shell as PID 1 ignores unless it traps it: trap it
 # and reboot (the agent runs in the background so that `wait` returns to the trap at once).

@@ -53,6 +53,9 @@ if $bb ip link set eth0 up 2>/dev/null; then
 fi
 $bb hostname smith-guest
 agent="python3 -I -S /smith/agent.py --workdir /work"
+case " $($bb cat /proc/cmdline) " in  # a template guest (saved once ready): imports made before it is
+    *" smith.template "*) agent="$agent --preload" ;;
+esac
 if [ -e /dev/virtio-ports/smith.config ]; then
     $agent --config-port /dev/virtio-ports/smith.config --out /dev/virtio-ports/smith.events --announce --set-clock --set-hosts
 else
