@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -13,6 +14,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+import structlog
 
 from smith.adapters.redis.embedded import EmbeddedRedis
 from smith.loadscale import slowness
@@ -69,6 +71,18 @@ async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
     client = aioredis.Redis.from_url(redis_url, decode_responses=True)
     yield client
     await client.aclose()
+
+
+@pytest.fixture(autouse=True)
+def _log_config_restored() -> Iterator[None]:
+    """A CLI run inside a test configures logging for the whole process (``smith run`` at ERROR level): put it back,
+    so a later test that captures warnings sees them whatever ran before it."""
+    saved, root = structlog.get_config(), logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    structlog.configure(**saved)
+    root.handlers = handlers
+    root.setLevel(level)  # (clears the loggers' cached levels)
 
 
 @pytest.fixture(autouse=True)
