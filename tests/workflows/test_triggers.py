@@ -25,7 +25,7 @@ from smith.adapters.redis import connect, keys
 from smith.adapters.redis.embedded import free_port
 from smith.control.wfrepos import RepoConfig
 from smith.control.wftriggers import TriggerWorker
-from smith.errors import Unavailable
+from smith.errors import InvalidInput, Unavailable
 from smith.workflows import sources
 from tests.control.conftest import (  # noqa: F401  (control_factory: a fixture)
     control_env,
@@ -321,3 +321,45 @@ async def test_a_conflicting_pull_request_runs_nothing_and_says_why(redis_url: s
     assert view["state"] == "failed" and view["runs"] == [] and "merge conflict in VERSION" in view["error"]
     assert await run_ids(jobs.r) == []
     assert statuses.posted == [("failure", "smith/merge", head)]
+
+
+@pytest.mark.parametrize(
+    ("where", "value"),
+    [
+        ("head", "--upload-pack=touch /tmp/smith-pwned"),
+        ("head", "HEAD~1"),
+        ("base", "-c core.sshCommand=x"),
+        ("number", "1/head:refs/heads/main --force"),
+        ("number", 0),
+    ],
+)
+async def test_a_payload_naming_no_real_commit_or_ref_reaches_no_git(
+    redis_url: str, tmp_path: Path, where: str, value: Any
+) -> None:
+    """Only commit ids and refs of the usual shapes reach git's command line: an option or a revision expression in
+    a (signed) payload is refused at the webhook, and nothing is recorded for the worker."""
+    repo, base, head = make_repo(tmp_path, {"one.yml": ONE_JOB})
+    wr, jobs = plane(redis_url, repo, Statuses())
+    payload = pull_request_payload(4, base, head)
+    if where == "number":
+        payload["number"] = payload["pull_request"]["number"] = value
+    else:
+        payload["pull_request"][where]["sha"] = value
+    with pytest.raises(InvalidInput):
+        await wr.webhook("pull_request", "bad-1", payload)
+    assert await TriggerWorker(wr, 1.0).drain() == 0 and await run_ids(jobs.r) == []
+    good = await wr.webhook("pull_request", "good-1", pull_request_payload(4, base, head))
+    assert good is not None and good["outcome"] == "triggered"
+
+
+async def test_a_push_to_a_ref_that_is_no_branch_or_tag_is_refused(redis_url: str, tmp_path: Path) -> None:
+    repo, base, head = make_repo(tmp_path, {"one.yml": ONE_JOB})
+    wr, _ = plane(redis_url, repo, Statuses())
+    payload = {
+        "ref": "--mirror",
+        "after": head,
+        "before": base,
+        "repository": pull_request_payload(1, base, head)["repository"],
+    }
+    with pytest.raises(InvalidInput):
+        await wr.webhook("push", "bad-push", payload)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -122,6 +123,7 @@ async def record(wr: WorkflowRuns, event: str, delivery: str, payload: dict[str,
         ref = f"refs/pull/{payload.get('number') or pr.get('number')}/merge"
     if not sha:
         raise InvalidInput(f"{event} payload names no commit")
+    _check_git_names(event, payload, sha, ref)
     installation = int((payload.get("installation") or {}).get("id") or repo.installation_id or 0)
     fields = {
         "event": event,
@@ -133,6 +135,24 @@ async def record(wr: WorkflowRuns, event: str, delivery: str, payload: dict[str,
     new = await wr.runs.trigger(delivery, fields)
     wr.wake.set()
     return {"outcome": "triggered", "delivery": delivery, "new": new}
+
+
+_SHA = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+_REF = re.compile(r"refs/(heads|tags|pull)/[A-Za-z0-9._/+@-]{1,250}")
+
+
+def _check_git_names(event: str, payload: dict[str, Any], sha: str, ref: str) -> None:
+    """What reaches git's command line from a payload is a commit id or a ref of the usual shapes, never an
+    option (``--upload-pack=...``) or a revision expression: a signed payload is GitHub's, but a forge sending
+    GitHub-style webhooks, or a leaked secret, must not steer the control plane's git."""
+    base = str(((payload.get("pull_request") or {}).get("base") or {}).get("sha") or "")
+    number = payload.get("number") or (payload.get("pull_request") or {}).get("number")
+    if not _SHA.fullmatch(sha) or (base and not _SHA.fullmatch(base)):
+        raise InvalidInput(f"{event} payload: a commit id is not 40 or 64 hex digits")
+    if event == "pull_request" and not (isinstance(number, int) and not isinstance(number, bool) and number > 0):
+        raise InvalidInput("pull_request payload: the pull request number is not a positive integer")
+    if not _REF.fullmatch(ref) or ".." in ref or ref.endswith((".lock", "/", ".")):
+        raise InvalidInput(f"{event} payload: {ref[:80]!r} is not a branch, tag or pull request ref")
 
 
 async def view(wr: WorkflowRuns, delivery: str) -> dict[str, Any]:
