@@ -120,9 +120,21 @@ def test_repo_dir_elsewhere_and_workflow_outside_github_dir(tmp_path: Path) -> N
 
 
 def test_invalid_workflow_exits_2_with_a_located_error(tmp_path: Path) -> None:
-    ran = run_text(tmp_path, "    services:\n      db: {image: postgres}\n    steps:\n      - run: x\n", name="bad.yml")
+    ran = run_text(tmp_path, "    stepz: []\n", name="bad.yml")
     assert ran.code == 2
-    assert "bad.yml:5: job 'a': 'services' is not supported" in ran.log
+    assert "bad.yml:5: job 'a': unknown key 'stepz'" in ran.log
+
+
+def test_a_job_smith_cannot_run_fails_alone_and_the_others_run(tmp_path: Path) -> None:
+    """As on GitHub, one job with `services` does not stop the workflow's other jobs: it fails with a located
+    reason, a job that needs it is skipped, the rest run."""
+    jobs = "    services:\n      db: {image: postgres}\n    steps:\n      - run: x\n"
+    jobs += "  b:\n    runs-on: x\n    steps:\n      - run: echo b-ran\n"
+    jobs += "  c:\n    needs: a\n    runs-on: x\n    steps:\n      - run: echo c-ran\n"
+    ran = run_text(tmp_path, jobs, "--json", name="some.yml")
+    assert ran.code == 1, ran.log
+    assert "some.yml:5: job 'a': 'services' is not supported" in ran.log
+    assert "b-ran" in ran.log and "c-ran" not in ran.log
 
 
 def test_unknown_remote_action_is_an_early_error_naming_the_step(tmp_path: Path) -> None:

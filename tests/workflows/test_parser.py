@@ -91,9 +91,6 @@ def test_full_model() -> None:
         ("on: push\njobs:\n  a:\n    steps:\n      - run: x\n", 3, "missing 'runs-on'"),
         ("on: push\njobs:\n  a:\n    runs-on: x\n    steps:\n      - run: x\n        uses: y\n", 6, "exactly one"),
         ("on: push\njobs:\n  a:\n    runs-on: x\n    needs: b\n    steps:\n      - run: x\n", 3, "needs 'b'"),
-        ("on: push\njobs:\n  a:\n    runs-on: x\n    services: {}\n    steps:\n      - run: x\n", 5, "'services'"),
-        ("on: push\njobs:\n  a:\n    runs-on: x\n    container: x\n    steps:\n      - run: x\n", 5, "'container'"),
-        ("on: push\njobs:\n  a:\n    uses: o/r/.github/workflows/x.yml@v1\n", 3, "reusable workflows"),
         ("on: push\njobs:\n  a:\n    runs-on: x\n    stepz: []\n", 5, "unknown key 'stepz'"),
         ("on: push\njobs:\n  a: [\n", 4, "invalid YAML"),
         ("jobs: {}\n", 1, "missing 'on'"),
@@ -103,6 +100,27 @@ def test_located_errors(text: str, line: int, what: str) -> None:
     with pytest.raises(WorkflowError) as err:
         parse(text, "ci.yml")
     assert err.value.file == "ci.yml" and err.value.line == line and what in err.value.what, err.value.message
+
+
+@pytest.mark.parametrize(
+    ("job", "line", "what"),
+    [
+        ("    runs-on: x\n    services: {}\n    steps:\n      - run: x\n", 5, "'services'"),
+        ("    runs-on: x\n    container: x\n    steps:\n      - run: x\n", 5, "'container'"),
+        ("    uses: o/r/.github/workflows/x.yml@v1\n    secrets: inherit\n", 3, "reusable workflows"),
+    ],
+)
+def test_a_job_smith_cannot_run_is_kept_with_its_located_reason(job: str, line: int, what: str) -> None:
+    """The file parses (GitHub runs its other jobs); the job keeps its needs and if, and carries why it cannot run."""
+    text = (
+        "on: push\njobs:\n  a:\n"
+        + job
+        + "  b:\n    needs: a\n    if: always()\n    runs-on: x\n    steps:\n      - run: x\n"
+    )
+    w = parse(text, "ci.yml")
+    a = w.jobs["a"]
+    assert a.unsupported is not None and a.unsupported.startswith(f"ci.yml:{line}: job 'a': ") and what in a.unsupported
+    assert not a.steps and w.jobs["b"].unsupported is None and w.stages() == [["a"], ["b"]]
 
 
 def test_needs_cycle_is_an_error() -> None:

@@ -96,6 +96,8 @@ class Executor:
         base_ctx = self.job_context(jid, needs)
         if not evaluate_if(job.if_, Scope(base_ctx, status=needs_status(needs))):
             return None
+        if job.unsupported:
+            raise WorkflowError(job.unsupported)
         combos, names = self._combos(job, base_ctx)
         strategy = job.strategy
         fail_fast = truthy(interpolate_tree(strategy.fail_fast, Scope(base_ctx))) if strategy else True

@@ -70,6 +70,9 @@ class Job:
     outputs: dict[str, Any] = field(default_factory=dict)
     steps: list[Step] = field(default_factory=list)
     concurrency: Any = None  # a group per job instance, on the platform (control/wfconcurrency.py)
+    # Why Smith cannot run this job (a reusable workflow, `services`, `container`): the job fails with it when its
+    # `if` lets it run, and the workflow's other jobs run as on GitHub.
+    unsupported: str | None = None
 
 
 @dataclass(frozen=True)

@@ -120,12 +120,14 @@ def parse_job(c: _Ctx, jid: str, spec: Any, jobs: LineDict) -> Job:
     if not isinstance(spec, LineDict):
         raise c.fail(f"job {jid!r} must be a mapping", jobs, jid)
     if "uses" in spec:
-        raise c.fail(
+        why = c.fail(
             f"job {jid!r}: reusable workflows (job-level 'uses') are not supported by Smith's executor", jobs, jid
         )
+        return _unsupported_job(c, jid, spec, jobs, why.message)
     for unsupported in ("services", "container"):
         if unsupported in spec:
-            raise c.fail(f"job {jid!r}: '{unsupported}' is not supported by Smith's executor", spec, unsupported)
+            why = c.fail(f"job {jid!r}: '{unsupported}' is not supported by Smith's executor", spec, unsupported)
+            return _unsupported_job(c, jid, spec, jobs, why.message)
     unknown = sorted(set(spec) - JOB_KEYS)
     if unknown:
         raise c.fail(f"job {jid!r}: unknown key {unknown[0]!r}", spec, unknown[0])
@@ -162,6 +164,20 @@ def parse_job(c: _Ctx, jid: str, spec: Any, jobs: LineDict) -> Job:
         outputs=dict(c.mapping(spec.get("outputs"), f"job {jid!r}: 'outputs'", spec, "outputs")),
         steps=steps,
         concurrency=spec.get("concurrency"),
+    )
+
+
+def _unsupported_job(c: _Ctx, jid: str, spec: LineDict, jobs: LineDict, why: str) -> Job:
+    """A job Smith cannot run: kept with what orders it (``needs``, ``if``) so the workflow's other jobs run and
+    this one fails with ``why`` (located: file:line), as a whole-file refusal would stop jobs GitHub runs."""
+    return Job(
+        id=jid,
+        line=jobs.line_of(jid),
+        name=spec.get("name"),
+        needs=c.strings(spec.get("needs", []), f"job {jid!r}: 'needs'", spec, "needs"),
+        if_=spec.get("if"),
+        runs_on=spec.get("runs-on"),
+        unsupported=why,
     )
 
 
