@@ -141,7 +141,11 @@ class QMP:
 
     @classmethod
     async def connect(cls, path: Path) -> QMP:
-        reader, writer = await asyncio.open_unix_connection(str(path), limit=LINE_LIMIT)
+        return await cls.start(*await asyncio.open_unix_connection(str(path), limit=LINE_LIMIT))
+
+    @classmethod
+    async def start(cls, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> QMP:
+        """QMP on an open connection: the greeting, then capabilities negotiation."""
         qmp = cls(reader, writer)
         greeting = await qmp._read()
         if "QMP" not in greeting:
@@ -637,8 +641,9 @@ class QemuVMM:
             _, config_writer = await self._connect(vm_dir / "config.sock", proc, vm_dir)
             cleanup.push("config channel", lambda: _close(config_writer))
             # 5. QMP
-            await self._wait_socket(vm_dir / "qmp.sock", proc, vm_dir)
-            qmp = await QMP.connect(vm_dir / "qmp.sock")
+            # Connected with the same retries as the channels: QEMU binds a socket before it listens on it, and a
+            # connect in between is refused (seen as a restore failing "Connection refused" now and then).
+            qmp = await self._open_qmp(vm_dir, proc)
             cleanup.push("qmp", qmp.close)
             # 6. ready: a cold guest announces itself; a restored one was waiting already when it was saved
             if snap is not None:
@@ -771,6 +776,9 @@ class QemuVMM:
             except (ConnectionRefusedError, FileNotFoundError):
                 await asyncio.sleep(0.01)
         raise VMError(f"cannot connect to {path}")
+
+    async def _open_qmp(self, vm_dir: Path, proc: asyncio.subprocess.Process) -> QMP:
+        return await QMP.start(*await self._connect(vm_dir / "qmp.sock", proc, vm_dir))
 
     async def _wait_ready(
         self, reader: asyncio.StreamReader, proc: asyncio.subprocess.Process, vm_dir: Path, wait_s: float
