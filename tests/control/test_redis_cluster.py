@@ -6,6 +6,7 @@ Keys written before the hash tag are renamed at start and keep working.
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable, Iterator
 
@@ -25,12 +26,28 @@ from tests.control.conftest import Control, operator_token, queued_payload
 CLASS = "smith-2vcpu"
 
 
+def cluster_port() -> int:
+    """A free port a cluster node can take: its bus listens 10000 higher, so the port must be 55535 or less (a
+    free ephemeral port is often above that: the node then refuses to start) and the bus port free too."""
+    for _ in range(500):
+        port = free_port()
+        if port > 55535:
+            continue
+        with socket.socket() as bus:
+            try:
+                bus.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port pair for a cluster node")
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
     data = tmp_path_factory.mktemp("cluster")
     server = EmbeddedRedis(
         data,
-        port=free_port(),
+        port=cluster_port(),
         fsync="everysec",
         extra=("cluster-enabled yes", f"cluster-config-file {data / 'nodes.conf'}", "cluster-node-timeout 2000"),
     )
