@@ -150,12 +150,7 @@ def parse_job(c: _Ctx, jid: str, spec: Any, jobs: LineDict) -> Job:
         strategy = Strategy(matrix=matrix, fail_fast=st.get("fail-fast", True), max_parallel=st.get("max-parallel"))
     defaults = c.mapping(spec.get("defaults"), f"job {jid!r}: 'defaults'", spec, "defaults")
     return Job(
-        id=jid,
-        line=jobs.line_of(jid),
-        name=spec.get("name"),
-        needs=c.strings(spec.get("needs", []), f"job {jid!r}: 'needs'", spec, "needs"),
-        if_=spec.get("if"),
-        runs_on=spec.get("runs-on"),
+        **_ordering(c, jid, spec, jobs),
         strategy=strategy,
         timeout_minutes=spec.get("timeout-minutes", 360),
         continue_on_error=spec.get("continue-on-error", False),
@@ -170,15 +165,19 @@ def parse_job(c: _Ctx, jid: str, spec: Any, jobs: LineDict) -> Job:
 def _unsupported_job(c: _Ctx, jid: str, spec: LineDict, jobs: LineDict, why: str) -> Job:
     """A job Smith cannot run: kept with what orders it (``needs``, ``if``) so the workflow's other jobs run and
     this one fails with ``why`` (located: file:line), as a whole-file refusal would stop jobs GitHub runs."""
-    return Job(
-        id=jid,
-        line=jobs.line_of(jid),
-        name=spec.get("name"),
-        needs=c.strings(spec.get("needs", []), f"job {jid!r}: 'needs'", spec, "needs"),
-        if_=spec.get("if"),
-        runs_on=spec.get("runs-on"),
-        unsupported=why,
-    )
+    return Job(**_ordering(c, jid, spec, jobs), unsupported=why)
+
+
+def _ordering(c: _Ctx, jid: str, spec: LineDict, jobs: LineDict) -> dict[str, Any]:
+    """What every job has, runnable or not: its id, line, name, ``needs``, ``if`` and ``runs-on``."""
+    return {
+        "id": jid,
+        "line": jobs.line_of(jid),
+        "name": spec.get("name"),
+        "needs": c.strings(spec.get("needs", []), f"job {jid!r}: 'needs'", spec, "needs"),
+        "if_": spec.get("if"),
+        "runs_on": spec.get("runs-on"),
+    }
 
 
 def parse_step(c: _Ctx, jid: str, i: int, spec: Any, job: LineDict) -> Step:
