@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from smith.domain.cache import RunOrigin
 from smith.domain.jobs import Job
@@ -159,6 +159,16 @@ class BlobStore(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class LocalBlobs(Protocol):
+    """A ``BlobStore`` whose blobs are local files: a download is sent from them by the kernel (``sendfile``)."""
+
+    async def open_spans(self, key: str, start: int = 0, end: int | None = None) -> list[tuple[int, int, int]]:
+        """``(descriptor, first byte, end byte exclusive)`` per file holding bytes ``start..end`` of blob ``key``,
+        open (the caller closes them)."""
+        ...
 
 
 # -- log pipeline -----------------------------------------------------------------------------------------

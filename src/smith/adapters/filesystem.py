@@ -145,13 +145,21 @@ class FilesystemBlobStore:
         except OSError as exc:
             raise _os_error(exc, "blob") from exc
 
-    async def read(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
-        """Every file the range needs is opened before the first byte, so a blob deleted while it is being sent
-        (evicted, purged) is still sent whole from the open descriptors."""
+    async def open_spans(self, key: str, start: int = 0, end: int | None = None) -> list[tuple[int, int, int]]:
+        """``(descriptor, first byte, end byte exclusive)`` in each file holding bytes ``start..end`` of blob
+        ``key``, opened now: a blob deleted while it is being sent (evicted, purged) is still sent whole from
+        them. The caller closes the descriptors."""
+        return await self._open_spans(key, start, end)
+
+    async def _open_spans(self, key: str, start: int, end: int | None) -> list[tuple[int, int, int]]:
         try:
-            spans = await asyncio.to_thread(_open_range, self._blob(key), start, end)
+            return await asyncio.to_thread(_open_range, self._blob(key), start, end)
         except OSError as exc:
             raise _os_error(exc, "blob") from exc
+
+    async def read(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        """Every file the range needs is opened before the first byte (``open_spans``)."""
+        spans = await self._open_spans(key, start, end)
         try:
             for fd, pos, stop in spans:
                 while pos < stop:

@@ -23,6 +23,7 @@ from fastapi.responses import StreamingResponse
 from smith.cache import signing
 from smith.cache.service import CacheService
 from smith.errors import InvalidInput, PayloadTooLarge, SmithError
+from smith.zerocopy import FilesResponse
 
 router = APIRouter()
 
@@ -141,6 +142,8 @@ async def get_blob(request: Request, entry_id: int) -> Response:
         status = 206
         headers["Content-Range"] = f"bytes {download.start}-{download.end}/{download.entry.size}"
     if request.method == "HEAD":
-        await download.body.aclose()  # type: ignore[attr-defined]
+        await download.aclose()
         return Response(status_code=status, headers=headers)
+    if download.spans is not None:  # local files: sent by the kernel where the server can (smith.zerocopy)
+        return FilesResponse(download.spans, download.aclose, status, headers, "application/octet-stream")
     return StreamingResponse(download.body, status_code=status, headers=headers, media_type="application/octet-stream")

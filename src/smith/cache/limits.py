@@ -1,4 +1,5 @@
-"""Limits uvicorn does not set by itself: the size of a request's head (request line + headers).
+"""The cache server's HTTP protocol: ``smith.zerocopy``'s, plus a limit uvicorn does not set by itself: the size
+of a request's head (request line + headers).
 
 uvicorn picks the httptools parser when it is installed, and that parser buffers a header of any size (a
 128 MiB header took 19 s and doubled the server's memory). ``http_protocol(limit)`` is uvicorn's httptools
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from smith.zerocopy import BulkProtocol
 
 _TOO_LARGE = (
     b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
@@ -20,7 +21,7 @@ _TOO_LARGE = (
 )
 
 
-class LimitedHttpToolsProtocol(HttpToolsProtocol):
+class LimitedHttpToolsProtocol(BulkProtocol):
     max_head_bytes = 32 * 1024
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -51,5 +52,6 @@ def http_protocol(max_head_bytes: int) -> type[LimitedHttpToolsProtocol]:
 
 
 def uvicorn_options(max_head_bytes: int) -> dict[str, Any]:
-    """What `smith cache serve` (and the tests' server) pass to ``uvicorn.Config`` besides host and port."""
-    return {"http": http_protocol(max_head_bytes), "h11_max_incomplete_event_size": max_head_bytes}
+    """What `smith cache serve` (and the tests' server) pass to ``uvicorn.Config`` besides host and port: the
+    protocol, and asyncio's event loop, which can ``sendfile`` a download (``smith.zerocopy``; uvloop cannot)."""
+    return {"http": http_protocol(max_head_bytes), "h11_max_incomplete_event_size": max_head_bytes, "loop": "asyncio"}
