@@ -123,6 +123,21 @@ def test_oversized_request_head_is_refused(serve: Any) -> None:
     assert big_token.status_code == 200  # headers well under the limit pass
 
 
+@pytest.mark.parametrize("size", [33 * 1024, 64 * 1024])
+def test_a_head_over_the_limit_that_comes_in_one_read_is_refused(serve: Any, size: int) -> None:
+    """A head over the 32 KiB limit whose bytes all arrive in one socket read (so it is never seen incomplete) is
+    refused all the same (a 64 KiB header was answered by the app before), and what follows it on the connection
+    is not taken for a next request."""
+    srv = serve()
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=30) as sock:
+        head = b"PUT /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * size + b"\r\nContent-Length: 20\r\n\r\n"
+        sock.sendall(head + b"GET /usage HTTP/1.1\r\n")
+        answer = b""
+        while chunk := sock.recv(4096):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 431") and answer.count(b"HTTP/1.1") == 1, answer[:300]
+
+
 async def test_concurrent_parts_cannot_overshoot_the_entry_limit(
     settings: CacheSettings, redis_client: aioredis.Redis, tmp_path: Path
 ) -> None:

@@ -48,6 +48,9 @@ def test_dev_without_a_usable_backend_runs_the_other_services_and_says_why_once(
             time.sleep(0.2)
         assert proc.poll() is None, "smith dev stopped"
         assert not waiting, f"did not answer /healthz: {waiting}"
+        # the cache is served with its own protocol, as `smith cache serve` does: a 64 KiB header is refused
+        big = httpx.get(f"http://127.0.0.1:{ports['cache']}/healthz", headers={"x-big": "a" * 65536})
+        assert big.status_code == 431
     finally:
         proc.send_signal(signal.SIGTERM)
         out = proc.communicate(timeout=30)[0].decode()

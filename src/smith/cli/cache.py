@@ -201,6 +201,7 @@ def purge(
 def dev_service(env: dict[str, str]) -> Coroutine[Any, Any, None] | None:
     """`smith dev`: the cache on the filesystem under the data dir, metadata in dev's Valkey."""
     from smith.cache.app import create_app
+    from smith.cache.limits import uvicorn_options
     from smith.cache.settings import CacheSettings
     from smith.cli.common import serve_app
 
@@ -208,7 +209,8 @@ def dev_service(env: dict[str, str]) -> Coroutine[Any, Any, None] | None:
     if not settings.cache_shared_secret:
         return None
     can_listen(settings.cache_host, settings.cache_port)
-    return serve_app(create_app(settings), settings, settings.cache_host, settings.cache_port)
+    options = uvicorn_options(settings.cache_max_header_bytes)  # the header cap and sendfile downloads, as served
+    return serve_app(create_app(settings), settings, settings.cache_host, settings.cache_port, **options)
 
 
 if __name__ == "__main__":  # python -m smith.cli.cache ...: the same commands as `smith cache ...`

@@ -136,11 +136,12 @@ def can_listen(host: str, port: int) -> None:
             raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
-async def serve_app(app: Any, settings: Any, host: str, port: int) -> None:
+async def serve_app(app: Any, settings: Any, host: str, port: int, **extra: Any) -> None:
     """Serve an ASGI app (with ``smith.serving``'s connection limits from ``settings``) until cancelled; on
     cancel, shut down gracefully (finish requests, run lifespan exit).
 
-    Signals are left to the caller (``smith dev`` handles SIGINT/SIGTERM once for all its services).
+    Signals are left to the caller (``smith dev`` handles SIGINT/SIGTERM once for all its services). ``extra``
+    goes to uvicorn's config (the cache's protocol); the event loop is the caller's, so ``loop`` is ignored.
     """
     import asyncio
     import contextlib
@@ -154,7 +155,8 @@ async def serve_app(app: Any, settings: Any, host: str, port: int) -> None:
         def capture_signals(self) -> Any:
             return contextlib.nullcontext()
 
-    server = _Server(serving.config(app, settings, host=host, port=port, timeout_graceful_shutdown=5))
+    extra.pop("loop", None)
+    server = _Server(serving.config(app, settings, host=host, port=port, timeout_graceful_shutdown=5, **extra))
     task = asyncio.ensure_future(server.serve())
     try:
         await asyncio.shield(task)
