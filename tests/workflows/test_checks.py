@@ -5,7 +5,8 @@ Real Valkey; the agents' reports are made by hand (as test_runs.py does)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from smith.adapters.github import GitHubApp
 from smith.adapters.redis import connect
 from smith.adapters.redis.jobs import RedisJobs
 from smith.adapters.redis.wfruns import RedisRuns
+from smith.control.wfchecks import RETRY_CHECKS_AFTER
 from smith.control.wfrepos import RepoConfig
 from smith.control.wftriggers import TriggerWorker
 from smith.control.workflows import WorkflowRuns
@@ -44,11 +46,14 @@ def github() -> Iterator[tuple[FakeGitHub, GitHubApp]]:
         yield pair
 
 
-async def start(redis_url: str, tmp_path: Path, client: GitHubApp) -> tuple[WorkflowRuns, RedisJobs, list[str]]:
+async def start(
+    redis_url: str, tmp_path: Path, client: GitHubApp, clock: Callable[[], float] = time.monotonic
+) -> tuple[WorkflowRuns, RedisJobs, list[str]]:
     repo, base, head = make_repo(tmp_path, {"ci.yml": CI})
     r = connect.client(redis_url)
     jobs = RedisJobs(r)
     wr = WorkflowRuns(jobs, RedisRuns(r), default_runner_classes(), {REPO.lower(): RepoConfig(REPO, str(repo))}, client)
+    wr.checks.clock = clock
     await wr.webhook("pull_request", "k-1", pull_request_payload(5, base, head))
     await TriggerWorker(wr, 1.0).drain()
     [run_id] = (await wr.trigger_view("k-1"))["runs"]
@@ -115,6 +120,34 @@ async def test_an_app_without_the_checks_permission_reports_jobs_as_commit_statu
     assert fake.statuses[-1]["context"] == "smith/CI" and fake.statuses[-1]["state"] == "success"
     refused = [r for r in fake.requests if r.path.endswith("/check-runs")]
     assert [r.status for r in refused] == [403]  # asked once; this process remembers the refusal
+
+
+async def test_check_runs_are_tried_again_ten_minutes_after_a_403(
+    redis_url: str, tmp_path: Path, github: tuple[FakeGitHub, GitHubApp]
+) -> None:
+    """Granting "Checks: write" takes effect without a restart; a job that began as a commit status ends as one."""
+    fake, client = github
+    fake.installations[INSTALLATION].checks = False
+    now = [1000.0]
+    wr, jobs, (alpine, _) = await start(redis_url, tmp_path, client, clock=lambda: now[0])
+    rec = await wr.runs.get((await wr.trigger_view("k-1"))["runs"][0])
+    fake.installations[INSTALLATION].checks = True  # the permission is granted
+    now[0] += RETRY_CHECKS_AFTER - 1
+    await wr.checks.report(rec["id"], rec, "early-1", "early", "queued")
+    assert fake.checks.named("CI / early") == []  # the 403 is still believed: a commit status, not asked
+    assert [r.status for r in fake.requests if r.path.endswith("/check-runs")] == [403]
+    now[0] += 1
+    await wr.checks.report(rec["id"], rec, "late-1", "late", "queued")
+    [late] = fake.checks.named("CI / late")  # asked again, and made
+    assert (late["status"], late["external_id"]) == ("queued", "late-1")
+    await run_one(wr, jobs, alpine, "success")  # queued as a commit status before: it ends as one
+    await wr.checks.report(rec["id"], rec, "early-1", "early", "completed", "success")
+    assert fake.checks.named("CI / build (alpine)") == [] and fake.checks.named("CI / early") == []
+    mine = [(s["state"], s["description"]) for s in fake.statuses if s["context"] == "CI / build (alpine)"]
+    assert mine == [("pending", "queued"), ("pending", "running"), ("success", "success")]
+    early = [(s["state"], s["description"]) for s in fake.statuses if s["context"] == "CI / early"]
+    assert early == [("pending", "queued"), ("success", "success")]
+    assert fake.violations == []
 
 
 async def test_a_late_queued_report_never_moves_a_check_run_back(

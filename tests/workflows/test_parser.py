@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import textwrap
+from typing import Any
 
 import pytest
 
 from smith.workflows.errors import WorkflowError
 from smith.workflows.globs import matches
 from smith.workflows.matrix import expand, named
+from smith.workflows.model import Workflow
 from smith.workflows.parser import parse
 from smith.workflows.triggers import triggered
 
@@ -18,6 +20,16 @@ def wf(text: str) -> str:
 
 
 JOB = "jobs:\n  a:\n    runs-on: ubuntu-latest\n    steps:\n      - run: echo hi\n"
+# a job whose env has A (a literal) and B = {value}; B is on line 9
+ENV_JOB = (
+    "on: push\nenv:\n  A: w\njobs:\n  a:\n    runs-on: x\n    env:\n      A: j\n      B: {value}\n"
+    "    steps:\n      - run: x\n"
+)
+# a job whose matrix has one axis, os, then {extra} and one exclude entry {exclude} on line 10
+MATRIX_JOB = (
+    "on: push\njobs:\n  a:\n    runs-on: x\n    strategy:\n      matrix:\n        os: [a, b]\n        {extra}\n"
+    "        exclude:\n          - {exclude}\n    steps:\n      - run: x\n"
+)
 
 
 @pytest.mark.parametrize(
@@ -94,12 +106,42 @@ def test_full_model() -> None:
         ("on: push\njobs:\n  a:\n    runs-on: x\n    stepz: []\n", 5, "unknown key 'stepz'"),
         ("on: push\njobs:\n  a: [\n", 4, "invalid YAML"),
         ("jobs: {}\n", 1, "missing 'on'"),
+        # GitHub refuses these too: a job's env may not read env (only github, needs, strategy, matrix, vars,
+        # secrets, inputs), and an exclude may only name the matrix's axes
+        (ENV_JOB.format(value="${{ env.A }}"), 9, "'env.B': unrecognized named-value: 'env'"),
+        (ENV_JOB.format(value="v-${{ format('{0}', ENV.A) }}"), 9, "unrecognized named-value: 'env'"),
+        (MATRIX_JOB.format(extra="", exclude="{os: a, arch: b}"), 10, "exclude key 'arch' does not match any key"),
+        (MATRIX_JOB.format(extra="include: [{os: a, arch: b}]", exclude="{arch: b}"), 10, "exclude key 'arch'"),
     ],
 )
 def test_located_errors(text: str, line: int, what: str) -> None:
     with pytest.raises(WorkflowError) as err:
         parse(text, "ci.yml")
     assert err.value.file == "ci.yml" and err.value.line == line and what in err.value.what, err.value.message
+
+
+def matrix_of(w: Workflow) -> dict[str, Any]:
+    strategy = w.jobs["a"].strategy
+    assert strategy is not None and isinstance(strategy.matrix, dict)
+    return strategy.matrix
+
+
+def test_a_job_env_reads_the_contexts_github_gives_it_and_an_exclude_names_the_matrix_axes() -> None:
+    """What GitHub accepts next to what it refuses (test_located_errors): a job's env reading github, needs,
+    strategy, matrix, vars, secrets or inputs; a step's env reading env; an exclude naming real axes (also
+    objects'); an include adding a key."""
+    job_env = "${{ matrix.os }} ${{ github.ref }} ${{ needs.b.outputs.x }} ${{ strategy.job-index }} ${{ vars.V }}"
+    w = parse(ENV_JOB.format(value=f"'{job_env} ${{{{ secrets.S }}}} ${{{{ inputs.i }}}}'"), "ci.yml")
+    assert w.jobs["a"].env["B"].startswith("${{ matrix.os }}")
+    step_env = "    steps:\n      - run: x\n        env:\n          C: ${{ env.A }}\n"
+    assert parse(ENV_JOB.format(value="x").replace("    steps:\n      - run: x\n", step_env)).jobs["a"].steps
+    w = parse(MATRIX_JOB.format(extra="include: [{os: a, arch: b}, {os: c}]", exclude="{os: b}"))
+    assert expand(matrix_of(w)) == [{"os": "a", "arch": "b"}, {"os": "c"}]
+    objects = MATRIX_JOB.format(extra="cfg: [{v: 1}, {v: 2}]", exclude="{os: a, cfg: {v: 1}}")
+    assert len(expand(matrix_of(parse(objects)))) == 3
+    # a matrix that is an expression is checked when it is expanded
+    with pytest.raises(WorkflowError, match=r"job 'a': strategy\.matrix\.exclude: matrix exclude key 'arch'"):
+        expand({"os": ["a"], "include": [{"arch": "x"}], "exclude": [{"arch": "x"}]}, "job 'a': ")
 
 
 @pytest.mark.parametrize(

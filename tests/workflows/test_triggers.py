@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import socket
 import subprocess
 import sys
@@ -23,10 +24,15 @@ import pytest
 
 from smith.adapters.redis import connect, keys
 from smith.adapters.redis.embedded import free_port
+from smith.adapters.redis.jobs import RedisJobs
+from smith.adapters.redis.wfruns import RedisRuns
 from smith.control.wfrepos import RepoConfig
 from smith.control.wftriggers import TriggerWorker
+from smith.control.workflows import WorkflowRuns
+from smith.domain.jobs import default_runner_classes
 from smith.errors import InvalidInput, Unavailable
 from smith.workflows import sources
+from smith.workflows.errors import WorkflowError
 from tests.control.conftest import (  # noqa: F401  (control_factory: a fixture)
     control_env,
     control_factory,
@@ -255,6 +261,71 @@ def test_a_blocked_source_holds_up_only_its_own_trigger(tmp_path: Path, control_
             assert not release.is_set() and c.get("/v1/workflows/triggers/s-1").json()["state"] == "pending"
             release.set()
             wait_for(lambda: c.get("/v1/workflows/triggers/s-1").json(), lambda v: v["state"] != "pending")
+
+
+def test_a_git_source_that_never_answers_fails_its_trigger_after_the_configured_git_timeout(
+    tmp_path: Path,
+    control_factory: Any,  # noqa: F811
+) -> None:
+    """SMITH_WORKFLOW_GIT_TIMEOUT_SECONDS reaches the worker's git: the trigger fails then, saying why, while the
+    source still holds the connection (before, git had 300 s)."""
+    repo, base, head = make_repo(tmp_path, {"one.yml": ONE_JOB})
+    with blocking_git_server() as (url, release):
+        control = control_factory(workflow_repos=repos_config(tmp_path, url), workflow_git_timeout_seconds=2)
+        assert control.deliver(pull_request_payload(3, base, head), "pull_request", "g-1").status_code == 202
+        with control.client(operator_token()) as c:
+            view = wait_for(lambda: c.get("/v1/workflows/triggers/g-1").json(), lambda v: v["state"] != "pending")
+        assert not release.is_set()
+        assert view["state"] == "failed" and "git clone timed out after 2 s" in view["error"], view
+
+
+async def test_a_git_timeout_frees_the_trigger_worker_slot(redis_url: str, tmp_path: Path) -> None:
+    """A worker with one slot: the trigger whose source never answers fails after the git timeout, and the
+    trigger waiting behind it then runs."""
+    repo, base, head = make_repo(tmp_path, {"one.yml": ONE_JOB})
+    other = pull_request_payload(4, base, head)
+    other["repository"] = {**other["repository"], "full_name": "Codertocat/Other", "name": "Other"}
+    with blocking_git_server() as (url, release):
+        r = connect.client(redis_url)
+        repos = {REPO.lower(): RepoConfig(REPO, url), "codertocat/other": RepoConfig("Codertocat/Other", str(repo))}
+        wr = WorkflowRuns(RedisJobs(r), RedisRuns(r), default_runner_classes(), repos, Statuses(), git_timeout=2)
+        worker = TriggerWorker(wr, 60.0, parallel=1)
+        await wr.webhook("pull_request", "f-1", pull_request_payload(3, base, head))
+        serving = asyncio.create_task(worker.serve())
+        try:
+            assert await until(lambda: "f-1" in worker._working)  # the one slot is held by git
+            await wr.webhook("pull_request", "f-2", other)
+            assert await until(lambda: "f-1" not in worker._working and "f-2" not in worker._working)
+            first, second = await wr.trigger_view("f-1"), await wr.trigger_view("f-2")
+            assert first["state"] == "failed" and "git clone timed out after 2 s" in first["error"], first
+            assert second["state"] == "done" and len(second["runs"]) == 1, second
+            assert not release.is_set()  # the source never answered
+        finally:
+            serving.cancel()
+            await asyncio.gather(serving, return_exceptions=True)
+            await r.aclose()
+
+
+def test_git_gives_up_by_itself_on_an_http_source_that_sends_nothing() -> None:
+    """Over http(s) git's own low-speed limit (half the timeout here) ends the clone, with git's reason, before
+    the timeout would kill it."""
+
+    def read(url: str) -> Any:
+        sources.TIMEOUT.set(6)  # this context only: git would be killed after 6 s, its low-speed limit is 3 s
+        return sources.read_event(url, "push", {}, "0" * 40, None)
+
+    with blocking_git_server() as (url, release):
+        with pytest.raises(WorkflowError, match="Operation too slow") as err:
+            contextvars.copy_context().run(read, url.replace("git://", "http://"))
+        assert "timed out" not in err.value.message and not release.is_set()
+
+
+async def until(check: Any, timeout: float = 60) -> bool:
+    """Whether ``check()`` came true within ``timeout`` (the event loop going on meanwhile)."""
+    deadline = time.monotonic() + timeout
+    while not check() and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    return bool(check())
 
 
 async def test_a_pull_request_runs_on_its_merge_commit(redis_url: str, tmp_path: Path) -> None:

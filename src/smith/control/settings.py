@@ -131,6 +131,13 @@ class ControlSettings(CommonSettings):
         description="YAML/JSON file of repositories whose workflows Smith runs itself on push/pull_request "
         "webhooks and workflow_dispatch (docs/parts/workflows.md)",
     )
+    workflow_git_timeout_seconds: float = Field(
+        120.0,
+        gt=0,
+        description="Longest a git command on a workflow repository's source may take (reading a trigger's "
+        "workflow files, a dispatch's ref) before it is killed and the trigger fails: a source that never answers "
+        "frees its trigger worker slot then",
+    )
     # Where the VM reaches the other services (handed to the agent with each job)
     cache_url: str | None = None
     cache_shared_secret: SecretStr | None = None

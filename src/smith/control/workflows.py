@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import orjson
 
@@ -60,6 +62,9 @@ class _Quiet:
     def job_finished(self, key: str, result: str, seconds: float) -> None: ...
 
 
+T = TypeVar("T")
+
+
 def _no_sessions(key: str) -> Any:
     raise SmithError("the control plane runs no steps")
 
@@ -76,12 +81,14 @@ class WorkflowRuns:
         classes: tuple[RunnerClass, ...],
         repos: dict[str, RepoConfig],
         statuses: CommitStatuses | None = None,
+        git_timeout: float = 120.0,
     ) -> None:
         self.jobs = jobs
         self.runs = runs
         self.classes = classes
         self.repos = repos
         self.statuses = statuses
+        self.git_timeout = git_timeout  # seconds one git command on a source may take (the setting in for_plane)
         self._lock = asyncio.Lock()  # one advance at a time in this process (the scripts make them safe anyway)
         self.checks = JobChecks(statuses if hasattr(statuses, "create_check_run") else None, runs)  # type: ignore[arg-type]
         self.wake = asyncio.Event()  # set when a trigger is recorded: the trigger worker looks at once
@@ -93,7 +100,17 @@ class WorkflowRuns:
     ) -> WorkflowRuns:
         statuses = github if hasattr(github, "commit_status") else None
         runs = RedisRuns(jobs.r, retention_seconds=jobs.retention)
-        return cls(jobs, runs, classes, load_repos(settings.workflow_repos), statuses)
+        repos = load_repos(settings.workflow_repos)
+        return cls(jobs, runs, classes, repos, statuses, settings.workflow_git_timeout_seconds)
+
+    async def _git(self, call: Callable[[], T]) -> T:
+        """``call()`` (sources' git) in a thread, each git command it runs killed after ``git_timeout`` seconds."""
+
+        def limited() -> T:
+            sources.TIMEOUT.set(self.git_timeout)  # the thread's copy of the context: nothing else sees it
+            return call()
+
+        return await asyncio.to_thread(limited)
 
     async def reported(self, job: Job) -> None:
         """After a workflow job's final report: advance its run (a failure here is retried by the sweep)."""
@@ -133,7 +150,7 @@ class WorkflowRuns:
                 return sources.resolve(git, ref)
 
         try:
-            sha = await asyncio.to_thread(commit)
+            sha = await self._git(commit)
         except WorkflowError as exc:
             raise InvalidInput(f"cannot resolve {ref!r} in {repository}: {exc.message}") from exc
         full_ref = ref if ref.startswith("refs/") or len(ref) == 40 else f"refs/heads/{ref}"
@@ -167,8 +184,8 @@ class WorkflowRuns:
         done again after a crash starts none twice). Raises ``MergeConflict``."""
         head = sha  # statuses go on the pushed commit, not on a merge commit
         try:
-            sha, files, changed, extra = await asyncio.to_thread(
-                sources.read_event, repo.source, event, payload, sha, merge_time
+            sha, files, changed, extra = await self._git(
+                functools.partial(sources.read_event, repo.source, event, payload, sha, merge_time)
             )
         except sources.MergeConflict:
             raise

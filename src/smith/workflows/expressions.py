@@ -597,6 +597,25 @@ def _find_end(text: str, start: int) -> int:
     raise ExpressionError(f"unclosed '${{{{' in {text[:80]!r}")
 
 
+def named_values(text: str) -> set[str]:
+    """The contexts (lower-case) that the ``${{ }}`` expressions in ``text`` read, without evaluating them; raises
+    ``ExpressionError`` for one that does not parse."""
+    found: set[str] = set()
+
+    def walk(node: Node) -> None:
+        if node.kind == "ctx":
+            found.add(node.value)
+        for arg in node.args:
+            walk(arg)
+
+    pos = 0
+    while (start := text.find("${{", pos)) >= 0:
+        end = _find_end(text, start + 3)
+        walk(compile_expression(text[start + 3 : end].strip()))
+        pos = end + 2
+    return found
+
+
 def interpolate_value(text: str, scope: Scope) -> Value:
     """A whole-value string: ``${{ x }}`` alone keeps x's type; otherwise every expression becomes a string."""
     stripped = text.strip()

@@ -21,6 +21,18 @@ def _equal(a: Any, b: Any) -> bool:
     return a == b or loose_equal(a, b)
 
 
+def unknown_exclude_key(matrix: dict[str, Any]) -> tuple[dict[str, Any], str, str] | None:
+    """An ``exclude`` entry naming a key that is none of the matrix's axes (an ``include``-only key is not one):
+    the entry, the key and what GitHub says refusing the workflow; None when there is none. Entries that are not
+    mappings yet (expressions) are left to the expansion."""
+    exclude = matrix.get("exclude")
+    for entry in exclude if isinstance(exclude, list) else []:
+        for key in entry if isinstance(entry, dict) else {}:
+            if key in ("include", "exclude") or key not in matrix:
+                return entry, key, f"matrix exclude key {key!r} does not match any key within the matrix"
+    return None
+
+
 def expand(matrix: dict[str, Any], where: str = "") -> list[dict[str, Any]]:
     """The job's combinations, in GitHub's order: the product of the axes, minus excludes, then includes
     (an include extends every combination whose original values it does not overwrite, else it is added)."""
@@ -39,6 +51,8 @@ def _expand(matrix: dict[str, Any], where: str) -> tuple[list[dict[str, Any]], i
     for k, v in axes.items():
         if not isinstance(v, list):
             raise WorkflowError(f"{where}strategy.matrix.{k} must be a list")
+    if (unknown := unknown_exclude_key(matrix)) is not None:
+        raise WorkflowError(f"{where}strategy.matrix.exclude: {unknown[2]}")
     combos: list[dict[str, Any]] = []
     if axes:
         keys = list(axes)

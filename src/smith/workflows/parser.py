@@ -6,7 +6,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from smith.workflows.errors import WorkflowError
+from smith.workflows.errors import ExpressionError, WorkflowError
+from smith.workflows.expressions import named_values
+from smith.workflows.matrix import unknown_exclude_key
 from smith.workflows.model import Job, Step, Strategy, Trigger, Workflow
 from smith.workflows.yamlload import LineDict, load
 
@@ -21,6 +23,11 @@ STEP_KEYS = {
     "id", "name", "if", "run", "uses", "with", "env", "shell", "working-directory", "continue-on-error",
     "timeout-minutes",
 }  # fmt: skip
+# The contexts an expression may read, per workflow key, from GitHub's context availability table: a workflow
+# whose expression there reads another is refused, as GitHub refuses it ("Unrecognized named-value").
+CONTEXTS = {
+    "jobs.<job_id>.env": ("github", "needs", "strategy", "matrix", "vars", "secrets", "inputs"),
+}
 
 
 class _Ctx:
@@ -147,19 +154,42 @@ def parse_job(c: _Ctx, jid: str, spec: Any, jobs: LineDict) -> Job:
         matrix = st.get("matrix")
         if matrix is not None and not isinstance(matrix, LineDict | str):
             raise c.fail(f"job {jid!r}: 'strategy.matrix' must be a mapping or an expression", st, "matrix")
+        if isinstance(matrix, LineDict) and (stray := unknown_exclude_key(matrix)) is not None:
+            entry, key, what = stray
+            raise c.fail(f"job {jid!r}: 'strategy.matrix.exclude': {what}", entry, key)
         strategy = Strategy(matrix=matrix, fail_fast=st.get("fail-fast", True), max_parallel=st.get("max-parallel"))
     defaults = c.mapping(spec.get("defaults"), f"job {jid!r}: 'defaults'", spec, "defaults")
+    env = c.mapping(spec.get("env"), f"job {jid!r}: 'env'", spec, "env")
+    check_contexts(c, f"job {jid!r}: 'env", "jobs.<job_id>.env", env)
     return Job(
         **_ordering(c, jid, spec, jobs),
         strategy=strategy,
         timeout_minutes=spec.get("timeout-minutes", 360),
         continue_on_error=spec.get("continue-on-error", False),
-        env=dict(c.mapping(spec.get("env"), f"job {jid!r}: 'env'", spec, "env")),
+        env=dict(env),
         defaults_run=dict(c.mapping(defaults.get("run"), f"job {jid!r}: 'defaults.run'", defaults, "run")),
         outputs=dict(c.mapping(spec.get("outputs"), f"job {jid!r}: 'outputs'", spec, "outputs")),
         steps=steps,
         concurrency=spec.get("concurrency"),
     )
+
+
+def check_contexts(c: _Ctx, where: str, key: str, values: LineDict) -> None:
+    """Refuse a value of ``values`` (the mapping at workflow key ``key``, e.g. a job's ``env``) whose expressions
+    read a context ``CONTEXTS`` does not give that key; located at the value's line. An expression that does not
+    parse is left to be reported where it is evaluated."""
+    allowed = CONTEXTS[key]
+    for name, value in values.items():
+        if not isinstance(value, str):
+            continue
+        try:
+            read = named_values(value)
+        except ExpressionError:
+            continue
+        unknown = sorted(read - set(allowed))
+        if unknown:
+            what = f"unrecognized named-value: {unknown[0]!r} ({key} may only read {', '.join(allowed)})"
+            raise c.fail(f"{where}.{name}': {what}", values, name)
 
 
 def _unsupported_job(c: _Ctx, jid: str, spec: LineDict, jobs: LineDict, why: str) -> Job:

@@ -40,14 +40,31 @@ class MergeConflict(WorkflowError):
 # Set (in the calling task: ``asyncio.to_thread`` carries it into the thread) to an event that, once set, kills
 # the git command running and fails the call: a control plane stopping does not wait for a clone that hangs.
 ABORT: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar("smith_git_abort", default=None)
+# Set (the same way) to the seconds one git command may take before it is killed and the call fails: the control
+# plane sets its SMITH_WORKFLOW_GIT_TIMEOUT_SECONDS, so a source that accepts the connection and never answers
+# frees its trigger worker slot then; the agent's checkout keeps this default.
+TIMEOUT: contextvars.ContextVar[float] = contextvars.ContextVar("smith_git_timeout", default=300.0)
+# An http(s) transfer (also one waiting for the server's first byte) slower than this many bytes a second for
+# LOW_SPEED_SECONDS, or for half the timeout if that is shorter, is given up by git itself (its http.lowSpeedLimit /
+# http.lowSpeedTime), before the timeout kills it and with git's own reason; other transports ignore these.
+LOW_SPEED_BYTES = 1000
+LOW_SPEED_SECONDS = 30
 
 
-def _run(argv: list[str], cwd: Path | None, timeout: float, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    """(exit status, stdout, stderr) of a git command; killed when ``ABORT``'s event is set or after ``timeout``."""
+def _limits(timeout: float) -> list[str]:
+    """The ``-c`` options that make git give up on a stalled http(s) transfer within half of ``timeout``."""
+    seconds = max(1, min(LOW_SPEED_SECONDS, int(timeout / 2)))
+    return ["-c", f"http.lowSpeedLimit={LOW_SPEED_BYTES}", "-c", f"http.lowSpeedTime={seconds}"]
+
+
+def _run(argv: list[str], cwd: Path | None, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    """(exit status, stdout, stderr) of a git command (``argv``: ``git`` and its arguments); killed when
+    ``ABORT``'s event is set or after ``TIMEOUT``'s seconds."""
     abort = ABORT.get()
+    timeout = TIMEOUT.get()
     try:
         proc = subprocess.Popen(
-            argv,
+            [argv[0], *_limits(timeout), *argv[1:]],
             cwd=cwd,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -71,8 +88,8 @@ def _run(argv: list[str], cwd: Path | None, timeout: float, env: dict[str, str] 
                     raise WorkflowError(f"git {argv[1]} {why}") from None
 
 
-def _git(*args: str, cwd: Path | None = None, timeout: float = 300, env: dict[str, str] | None = None) -> str:
-    code, out, err = _run(["git", *args], cwd, timeout, env)
+def _git(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> str:
+    code, out, err = _run(["git", *args], cwd, env)
     if code != 0:
         raise WorkflowError(f"git {' '.join(args[:2])} failed: {err.strip()[-500:]}")
     return out
@@ -123,7 +140,7 @@ def merge_commit(repo: Path, base: str, head: str, when: int) -> str:
     Made with a fixed identity, date (``when``, Unix time) and message, so the control plane and every agent
     make the same commit (the same sha) from the same two parents. Writes objects into ``repo``; raises
     ``MergeConflict`` when the two do not merge cleanly."""
-    code, out, err = _run(["git", "merge-tree", "--write-tree", "--name-only", "--no-messages", base, head], repo, 300)
+    code, out, err = _run(["git", "merge-tree", "--write-tree", "--name-only", "--no-messages", base, head], repo)
     if code == 1:
         files = [line for line in out.splitlines()[1:] if line]
         raise MergeConflict(f"merge conflict in {', '.join(files[:5]) or 'the pull request'}")
