@@ -231,3 +231,107 @@ def test_the_cache_server_runs_on_a_loop_that_can_sendfile() -> None:
 
     options = uvicorn_options(32 * 1024)
     assert options["loop"] == "asyncio" and issubclass(options["http"], zerocopy.BulkProtocol)
+
+
+def put_head(target: str, framing: str) -> bytes:
+    return f"PUT {target} HTTP/1.1\r\nHost: x\r\n{framing}\r\n\r\n".encode()
+
+
+def _answers(sock: socket.socket, count: int) -> list[bytes]:
+    """The status lines of the next ``count`` answers on ``sock`` (each answer's body read by Content-Length)."""
+    buf, lines = b"", []
+    while len(lines) < count:
+        while b"\r\n\r\n" not in buf:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return lines
+            buf += chunk
+        head, _, buf = buf.partition(b"\r\n\r\n")
+        lines.append(head.split(b"\r\n")[0])
+        length = next(
+            (int(h.split(b":")[1]) for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")), 0
+        )
+        while len(buf) < length:
+            buf += sock.recv(65536)
+        buf = buf[length:]
+    return lines
+
+
+def test_a_body_taken_past_the_parser_ends_where_its_length_says(
+    serve: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once the head is in, a block's body is taken from the socket reads as they are (not through the parser);
+    exactly Content-Length bytes: a request pipelined right behind it, in the same read as the body's end, is
+    answered, and the block holds exactly its bytes."""
+    taken: list[int] = []
+    take = zerocopy.BulkProtocol._take
+
+    def counted(self: zerocopy.BulkProtocol, data: bytes) -> None:
+        taken.append(len(data))
+        take(self, data)
+
+    monkeypatch.setattr(zerocopy.BulkProtocol, "_take", counted)
+    srv = serve(FilesystemBlobStore(tmp_path / "blobs"))
+    c = client(srv)
+    url = create(c, "past").json()["signed_upload_url"]
+    parts = urlsplit(url)
+    body = os.urandom(3 * MiB + 11)
+    head = put_head(f"{parts.path}?{parts.query}&comp=block&blockid=YQ==", f"Content-Length: {len(body)}")
+    with socket.create_connection(("127.0.0.1", srv.port)) as sock:
+        sock.sendall(head + body[:1000])
+        time.sleep(0.1)  # the head and the body's start in one read: the rest comes past the parser
+        sock.sendall(body[1000 : 2 * MiB])
+        sock.sendall(body[2 * MiB :] + b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert _answers(sock, 2) == [b"HTTP/1.1 201 Created", b"HTTP/1.1 200 OK"]
+    assert len(body) - zerocopy.READ_SIZE <= sum(taken) <= len(body) - 1000  # (the first read's part: the parser)
+    r = httpx.put(f"{url}&comp=blocklist", content="<BlockList><Latest>YQ==</Latest></BlockList>")
+    assert r.status_code == 201
+    fin = {"key": "past", "version": VERSION, "size_bytes": str(len(body))}
+    assert c.post(f"{TWIRP}/FinalizeCacheEntryUpload", json=fin).json()["ok"]
+    got = c.post(f"{TWIRP}/GetCacheEntryDownloadURL", json={"key": "past", "version": VERSION}).json()
+    assert httpx.get(got["signed_download_url"]).content == body
+
+
+def test_a_body_answered_early_is_dropped_and_the_connection_goes_on(serve: Any, tmp_path: Path) -> None:
+    """A block PUT whose signature is wrong is answered before its body is read; the body (taken past the parser)
+    is dropped to its last byte and the next request on the connection is answered; a chunked body (no length:
+    the parser reads it) is refused with 411 and the connection goes on too."""
+    srv = serve(FilesystemBlobStore(tmp_path / "blobs"))
+    url = create(client(srv), "early").json()["signed_upload_url"]
+    parts = urlsplit(url)
+    forged = parts.query.replace("sig=", "sig=x")
+    body = os.urandom(2 * MiB)
+    with socket.create_connection(("127.0.0.1", srv.port)) as sock:
+        sock.sendall(put_head(f"{parts.path}?{forged}&comp=block&blockid=YQ==", f"Content-Length: {len(body)}"))
+        time.sleep(0.1)
+        sock.sendall(body + b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        first, second = _answers(sock, 2)
+        assert first.startswith((b"HTTP/1.1 401", b"HTTP/1.1 403")) and second == b"HTTP/1.1 200 OK"
+        chunked = put_head(f"{parts.path}?{parts.query}&comp=block&blockid=Yg==", "Transfer-Encoding: chunked")
+        sock.sendall(chunked + b"5\r\nhello\r\n0\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert _answers(sock, 2) == [b"HTTP/1.1 411 Length Required", b"HTTP/1.1 200 OK"]
+
+
+def test_content_length_with_transfer_encoding_smuggles_nothing(serve: Any, tmp_path: Path) -> None:
+    """Both framings at once (the classic smuggling request): the body is not taken past the parser, and no request
+    hidden in the body is answered."""
+    srv = serve(FilesystemBlobStore(tmp_path / "blobs"))
+    hidden = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    body = b"0\r\n\r\n" + hidden
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as sock:
+        sock.sendall(
+            b"PUT /blob/smith/1?sp=w HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\nTransfer-Encoding: chunked\r\n\r\n"
+            % len(body)
+            + body
+        )
+        sock.shutdown(socket.SHUT_WR)
+        answers = _answers(sock, 3)
+    assert answers and answers[0].startswith(b"HTTP/1.1 4") and b"200" not in b"".join(answers), answers
+
+
+def test_body_lengths_that_may_go_past_the_parser() -> None:
+    assert zerocopy.body_length([(b"content-length", b"12")]) == 12
+    assert zerocopy.body_length([(b"content-length", b"12"), (b"transfer-encoding", b"chunked")]) is None
+    assert zerocopy.body_length([(b"content-length", b"12"), (b"content-length", b"12")]) is None
+    assert zerocopy.body_length([(b"transfer-encoding", b"chunked")]) is None
+    assert zerocopy.body_length([]) is None
