@@ -10,7 +10,8 @@ Starts a private Valkey and `smith cache serve` (a separate process, so its peak
   the @actions/cache v2 client sends them (64 MiB blocks, 8 in parallel, then the block list),
   FinalizeCacheEntryUpload; then GetCacheEntryDownloadURL and a curl of the signed URL to /dev/null (best of 3);
 - with v6, each repetition first times the client's own transfer functions alone (``bench/cache_transfer.mjs``:
-  its one-stream download of that entry from each server and of the same file from nginx, its upload of the file
+  its download of that entry from each server and of the same file from nginx (one stream; the Azure SDK's
+  parallel ranges for a ``--download-host`` on ``*.blob.core.windows.net``), its upload of the file
   into a new entry on each server; no tar, no lookup), and its upload into ``bench/cache_sink.mjs`` (takes the
   blocks, keeps nothing): the nginx download and the sink upload are the client's ceiling, what no server can beat
   through that client; "best smith/peer" puts them in place of Smith's transfer in its whole save and restore;
@@ -51,7 +52,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import httpx
 
@@ -382,7 +383,9 @@ def client_transfer(version: str, way: str, url: str, file: Path) -> float:
     ``bench/cache_transfer.mjs``."""
     modules = Path(__file__).resolve().parent.parent / "tests" / "cache" / "npm" / version
     script = Path(__file__).resolve().parent / "cache_transfer.mjs"
-    done = subprocess.run(["node", str(script), str(modules), way, url, str(file)], capture_output=True, text=True)
+    env = {**os.environ, "LOOPBACK_HOST": urlsplit(url).hostname or ""}  # a download host resolves to the server
+    argv = ["node", str(script), str(modules), way, url, str(file)]
+    done = subprocess.run(argv, capture_output=True, text=True, env=env)
     lines = done.stdout.strip().splitlines()
     if done.returncode or not lines:
         raise SystemExit(f"the {version} client's {way} of {url} failed: {(done.stdout + done.stderr)[-1500:]}")

@@ -109,3 +109,46 @@ async def test_direct_write_refused_for_alignment_goes_through_the_page_cache(
     assert (tmp_path / "uploads" / "6" / "b00").read_bytes() == data
     if flags_seen[0]:
         assert flags_seen == [True, False, False, False, False]
+
+
+@needs_direct
+async def test_legacy_chunks_at_aligned_offsets_are_written_direct(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Legacy chunks (written at their offsets into one file, in any order) that start at a multiple of the buffer
+    go past the page cache, each buffer at its place; one at another offset goes through the page cache; the
+    committed blob holds every byte."""
+    seen: list[tuple[int | None, int, bool]] = []
+    real = filesystem.write_all
+
+    def spying(fd: int, chunks: Any, offset: int | None = None) -> None:
+        seen.append((offset, sum(len(c) for c in chunks), bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT)))
+        real(fd, chunks, offset)
+
+    monkeypatch.setattr(filesystem, "write_all", spying)
+    store = FilesystemBlobStore(tmp_path)
+    data = os.urandom(4 * BUFFER + 5 * 4096 + 3)
+    cuts = [(2 * BUFFER, 4 * BUFFER), (0, 2 * BUFFER), (4 * BUFFER, 4 * BUFFER + 4096), (4 * BUFFER + 4096, len(data))]
+    for start, stop in cuts:  # out of order, as the client's parallel uploads arrive
+        assert await store.write_part("9", f"{start:020d}", pieces(data[start:stop], 70_000), stop - start, start) == (
+            stop - start
+        )
+    probe = os.open(tmp_path / "probe", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        if not directio.set_direct(probe, True):
+            pytest.skip(f"the filesystem under {tmp_path} refuses O_DIRECT")
+    finally:
+        os.close(probe)
+    direct = sorted((at, n) for at, n, on in seen if on)
+    assert direct == [(0, BUFFER), (BUFFER, BUFFER), (2 * BUFFER, BUFFER), (3 * BUFFER, BUFFER)]
+    assert not any(on for at, _, on in seen if at is not None and at >= 4 * BUFFER)  # the tail: page cache
+    assert await store.complete("9", [f"{a:020d}" for a, _ in sorted(cuts)], "k") == len(data)
+    assert b"".join([c async for c in store.read("k")]) == data
+
+
+async def test_a_direct_write_must_start_at_a_buffer_boundary() -> None:
+    async def nothing() -> AsyncIterator[bytes]:
+        yield b""
+
+    with pytest.raises(ValueError, match="multiple"):
+        await directio.write_direct(-1, nothing(), 0, filesystem.write_all, offset=4096)

@@ -1,4 +1,5 @@
-"""Part writes that skip the page cache (``O_DIRECT``), for the filesystem store's named parts (v2 blocks).
+"""Part writes that skip the page cache (``O_DIRECT``), for the filesystem store's named parts (v2 blocks) and
+legacy chunks that start at a multiple of ``BUFFER`` (each written through its own descriptor, at its offset).
 
 Writing a saved entry through the page cache cost the cache server more CPU than everything else in a save:
 1.3-1.9 CPU seconds per GiB in the kernel on the bench machine (allocating and filling fresh page-cache pages),
@@ -55,29 +56,32 @@ def _give(buffers: list[mmap.mmap]) -> None:
             buf.close()
 
 
-def _flush(write: Writer, fd: int, buf: mmap.mmap, n: int) -> None:
-    """Write the first ``n`` bytes of ``buf`` at the file position; a partial buffer (the last) without O_DIRECT."""
+def _flush(write: Writer, fd: int, buf: mmap.mmap, n: int, at: int) -> None:
+    """Write the first ``n`` bytes of ``buf`` at file offset ``at``; a partial buffer (the last) without O_DIRECT."""
     view = memoryview(buf)[:n]
     try:
         if n % BUFFER:
             set_direct(fd, False)
         try:
-            write(fd, [view], None)
+            write(fd, [view], at)
         except OSError as exc:
             if exc.errno != errno.EINVAL or not set_direct(fd, False):  # O_DIRECT wants another alignment here
                 raise
-            write(fd, [view], None)
+            write(fd, [view], at)
     finally:
         view.release()
 
 
-async def write_direct(fd: int, chunks: AsyncIterator[bytes], size: int, write: Writer) -> int:
-    """Write a part of exactly ``size`` bytes from ``chunks`` to ``fd`` (new, at position 0) past the page cache
-    where the filesystem allows it, with ``write`` (``filesystem.write_all``); ``InvalidInput`` if the body is
-    longer or shorter."""
+async def write_direct(fd: int, chunks: AsyncIterator[bytes], size: int, write: Writer, offset: int = 0) -> int:
+    """Write a part of exactly ``size`` bytes from ``chunks`` to ``fd`` at ``offset`` (a multiple of ``BUFFER``:
+    0 for a new file, a legacy chunk's place in its blob) past the page cache where the filesystem allows it, with
+    ``write`` (``filesystem.write_all``); ``InvalidInput`` if the body is longer or shorter. ``fd`` is this part's
+    own open file (its O_DIRECT flag is switched for it alone)."""
+    if offset % BUFFER:
+        raise ValueError(f"direct writes start at a multiple of {BUFFER}, not {offset}")
     await asyncio.to_thread(set_direct, fd, True)
     buffers = [_take(), _take()]
-    current, fill, written = 0, 0, 0
+    current, fill, written, at = 0, 0, 0, offset  # at: where the buffer being filled goes in the file
     pending: asyncio.Future[None] | None = None
     try:
         async for chunk in chunks:
@@ -93,14 +97,14 @@ async def write_direct(fd: int, chunks: AsyncIterator[bytes], size: int, write: 
                 if fill == BUFFER:
                     if pending is not None:
                         await pending
-                    pending = asyncio.ensure_future(asyncio.to_thread(_flush, write, fd, buffers[current], BUFFER))
-                    current, fill = current ^ 1, 0
+                    pending = asyncio.ensure_future(asyncio.to_thread(_flush, write, fd, buffers[current], BUFFER, at))
+                    current, fill, at = current ^ 1, 0, at + BUFFER
         if pending is not None:
             await pending
         if written != size:
             raise InvalidInput(f"part ended after {written} of its declared {size} bytes")
         if fill:
-            await asyncio.to_thread(_flush, write, fd, buffers[current], fill)
+            await asyncio.to_thread(_flush, write, fd, buffers[current], fill, at)
     except BaseException:
         if pending is not None and not pending.done():  # a thread may still write from a buffer: not reused
             pending.add_done_callback(lambda f: f.cancelled() or f.exception())

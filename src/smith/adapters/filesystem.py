@@ -6,8 +6,8 @@ finished blobs. No saved byte is copied a second time (a join on ext4 is a full 
 - a part written at an offset (a legacy chunk, ``offset=``) goes straight into ``uploads/<id>/.ranged`` with
   ``pwrite``, next to a marker file that records its size; ``complete`` checks the markers cover the file from
   byte 0 without gaps, trims it to that size and renames it to ``blobs/<key>``;
-- named parts (v2 blocks) are written past the page cache where the filesystem allows (``directio.py``; off
-  with ``direct=False``);
+- named parts (v2 blocks), and legacy chunks that start at a multiple of 2 MiB (the clients' 32 MiB chunks do),
+  are written past the page cache where the filesystem allows (``directio.py``; off with ``direct=False``);
 - one named part (a single-shot upload) is renamed to ``blobs/<key>``;
 - several named parts (Azure blocks, whose order is known only from the block list at commit) stay as they
   are: ``complete`` writes ``.manifest`` (the parts in the block list's order, with their sizes) into the
@@ -31,7 +31,7 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
-from smith.adapters.directio import write_direct
+from smith.adapters.directio import BUFFER, write_direct
 from smith.errors import InvalidInput, NotFound, SmithError, Unavailable
 
 READ_CHUNK = 4 * 1024 * 1024
@@ -91,12 +91,11 @@ class FilesystemBlobStore:
         written = 0
         try:
             try:
-                if offset is None and self.direct:
-                    written = await write_direct(fd, chunks, size, write_all)
-                elif offset is None:
-                    written = await write_chunks(fd, chunks, size)
-                else:
+                if offset is not None:
                     await asyncio.to_thread(_preallocate, fd, offset, size)
+                if self.direct and (offset or 0) % BUFFER == 0:  # (a legacy chunk's own descriptor: see directio)
+                    written = await write_direct(fd, chunks, size, write_all, offset or 0)
+                else:
                     written = await write_chunks(fd, chunks, size, offset)
             finally:
                 os.close(fd)
