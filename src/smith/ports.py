@@ -161,13 +161,25 @@ class BlobStore(Protocol):
     async def aclose(self) -> None: ...
 
 
+class FileRange(Protocol):
+    """Bytes of a blob in local files opened already: ``spans`` (descriptor, first byte, end byte exclusive) for a
+    sender that reads the descriptors itself (``sendfile``), ``chunks()`` to read them, ``aclose()`` to close them
+    (idempotent)."""
+
+    spans: list[tuple[int, int, int]]
+
+    def chunks(self) -> AsyncIterator[bytes]: ...
+
+    async def aclose(self) -> None: ...
+
+
 @runtime_checkable
 class LocalBlobs(Protocol):
     """A ``BlobStore`` whose blobs are local files: a download is sent from them by the kernel (``sendfile``)."""
 
-    async def open_spans(self, key: str, start: int = 0, end: int | None = None) -> list[tuple[int, int, int]]:
-        """``(descriptor, first byte, end byte exclusive)`` per file holding bytes ``start..end`` of blob ``key``,
-        open (the caller closes them)."""
+    async def open_range(self, key: str, start: int = 0, end: int | None = None) -> FileRange:
+        """Bytes ``start..end`` (inclusive; ``end=None``: to the end) of blob ``key``, every file they are in opened
+        now (the caller closes them)."""
         ...
 
 

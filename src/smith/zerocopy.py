@@ -7,9 +7,10 @@
   a server that wants it runs on asyncio's loop). A request's scope then has
   ``extensions["http.response.zerocopysend"]`` and, after ``http.response.start``, the app may send
   ``{"type": "http.response.zerocopysend", "file": <binary file>, "offset": int, "count": int, "more_body": bool}``.
-  ``FilesResponse`` sends spans of open files that way when the extension is there and reads them in chunks
-  otherwise (another server, uvloop, an in-process test client). On the bench machine a 1 GiB download cost the
-  cache server 0.11 CPU seconds instead of 0.41, and the real ``@actions/cache`` client read it 20% faster.
+  ``FilesResponse`` sends a range of open files that way when the extension is there and reads them in chunks
+  (the store's own reader) otherwise (another server, uvloop, an in-process test client). On the bench machine a
+  1 GiB download cost the cache server 0.11 CPU seconds instead of 0.41, and the real ``@actions/cache`` client
+  read it 20% faster.
 - **Uploads without copies.** uvicorn hands each body chunk the parser gives (a copy of the socket read) to a
   ``bytearray`` and the app ``bytes(bytearray)``: three copies of every uploaded byte. Here the chunks are kept as
   they came and one chunk is handed on as it is (several are joined once); and once a request's head is in, a
@@ -31,8 +32,9 @@ from starlette.responses import Response
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from smith.ports import FileRange
+
 EXTENSION = "http.response.zerocopysend"
-READ_CHUNK = 4 * 1024 * 1024  # FilesResponse without the extension
 READ_SIZE = 1024 * 1024  # one socket read (asyncio's transport reads 256 KiB)
 
 Message = MutableMapping[str, Any]
@@ -75,9 +77,17 @@ def body_length(headers: Sequence[tuple[bytes, bytes]]) -> int | None:
     return int(text) if text.isdigit() else None
 
 
+def _as_chunks(cycle: Any) -> None:
+    """uvicorn's request cycle keeps its pending body in ``Chunks`` (it starts, and is reset to, an empty
+    ``bytearray``: nothing is pending then, the app took the rest)."""
+    if not isinstance(cycle.body, Chunks):
+        cycle.body = Chunks(bytes(cycle.body))
+
+
 class BulkProtocol(HttpToolsProtocol):
     """See the module: ``sendfile`` downloads where the loop can, uploads handed on without copies."""
 
+    _zero_copy = False  # this connection's loop can sendfile: the extension is offered
     _length: int | None = None  # this request's body length, when it may be taken past the parser
     _parsed = 0  # body bytes the parser gave for this request
     _ended = False  # this request's body is complete
@@ -85,6 +95,7 @@ class BulkProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self._zero_copy = loop_can_sendfile(self.loop)
         if hasattr(transport, "max_size"):  # asyncio's socket transport reads at most this much at a time
             transport.max_size = READ_SIZE
 
@@ -111,8 +122,7 @@ class BulkProtocol(HttpToolsProtocol):
         cycle = self.cycle
         if cycle is None or cycle.response_complete:  # answered already: the body is read and dropped
             return
-        if not isinstance(cycle.body, Chunks):
-            cycle.body = Chunks(bytes(cycle.body))  # type: ignore[assignment]
+        _as_chunks(cycle)
         cycle.body += data
         if len(cycle.body) > HIGH_WATER_LIMIT:
             self.flow.pause_reading()
@@ -131,9 +141,8 @@ class BulkProtocol(HttpToolsProtocol):
 
     def on_body(self, body: bytes) -> None:
         self._parsed += len(body)
-        cycle = self.cycle
-        if cycle is not None and not isinstance(cycle.body, Chunks):
-            cycle.body = Chunks(bytes(cycle.body))  # type: ignore[assignment]  # (empty: the app took the rest)
+        if self.cycle is not None:
+            _as_chunks(self.cycle)
         super().on_body(body)
 
     def on_message_complete(self) -> None:
@@ -143,12 +152,11 @@ class BulkProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         if not self.parser.should_upgrade():
             self._length = body_length(self.headers)
-        zero_copy = loop_can_sendfile(self.loop)
-        if zero_copy:
+        if self._zero_copy:
             self.scope.setdefault("extensions", {})[EXTENSION] = {}
         super().on_headers_complete()
         cycle = self.cycle
-        if zero_copy and cycle is not None and cycle.scope is self.scope:
+        if self._zero_copy and cycle is not None and cycle.scope is self.scope:
             plain = cycle.send
 
             async def send(message: Message) -> None:
@@ -186,19 +194,17 @@ async def _sendfile(loop: asyncio.AbstractEventLoop, cycle: Any, message: Messag
 
 
 class FilesResponse(Response):
-    """Spans ``(descriptor, start, stop)`` of open files as the body; the caller sets ``Content-Length``.
-    ``close`` runs once the answer is sent or abandoned (it closes the descriptors)."""
+    """A range of local files (``smith.ports.FileRange``) as the body; the caller sets ``Content-Length``. The
+    files are closed once the answer is sent or abandoned."""
 
     def __init__(
         self,
-        spans: Sequence[tuple[int, int, int]],
-        close: Callable[[], Awaitable[None]],
+        files: FileRange,
         status_code: int = 200,
         headers: dict[str, str] | None = None,
         media_type: str | None = None,
     ) -> None:
-        self.spans = list(spans)
-        self.close = close
+        self.files = files
         self.status_code = status_code
         self.media_type = media_type
         self.background = None
@@ -211,22 +217,13 @@ class FilesResponse(Response):
                 if EXTENSION in scope.get("extensions", {}):
                     await self._zero_copy(send)
                 else:
-                    await self._chunks(send)
+                    async for chunk in self.files.chunks():
+                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
-            await self.close()
+            await self.files.aclose()
 
     async def _zero_copy(self, send: Send) -> None:
-        for fd, start, stop in self.spans:
+        for fd, start, stop in self.files.spans:
             with os.fdopen(fd, "rb", buffering=0, closefd=False) as file:
                 await send({"type": EXTENSION, "file": file, "offset": start, "count": stop - start, "more_body": True})
-
-    async def _chunks(self, send: Send) -> None:
-        for fd, start, stop in self.spans:
-            pos = start
-            while pos < stop:
-                chunk = await asyncio.to_thread(os.pread, fd, min(READ_CHUNK, stop - pos), pos)
-                if not chunk:
-                    raise RuntimeError(f"file ended {stop - pos} bytes early")
-                pos += len(chunk)
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})

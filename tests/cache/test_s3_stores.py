@@ -289,7 +289,7 @@ async def test_a_fetched_body_is_closed_when_nothing_is_read(
     closed: list[bool] = []
 
     class Watched(FilesystemBlobStore):
-        open_spans = None  # type: ignore[assignment]  # streamed like S3's objects, not sent from local files
+        open_range = None  # type: ignore[assignment]  # streamed like S3's objects, not sent from local files
 
         def read(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
             inner = super().read(key, start, end)

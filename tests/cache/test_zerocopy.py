@@ -17,7 +17,7 @@ import pytest
 import uvloop
 
 from smith import zerocopy
-from smith.adapters.filesystem import FilesystemBlobStore
+from smith.adapters.filesystem import FilesystemBlobStore, OpenRange
 from smith.zerocopy import EXTENSION, Chunks, FilesResponse, loop_can_sendfile
 from tests.cache.conftest import client
 from tests.cache.test_protocol import TWIRP, VERSION, create, upload_blocks
@@ -181,12 +181,12 @@ async def _answer(scope: dict[str, Any], tmp_path: Path) -> tuple[list[dict[str,
             message = {**message, "data": os.pread(message["file"].fileno(), message["count"], message["offset"])}
         messages.append(message)
 
-    async def close() -> None:
-        for fd, _, _ in spans:
-            os.close(fd)
-        closed.append(True)
+    class Watched(OpenRange):
+        async def aclose(self) -> None:
+            await super().aclose()
+            closed.append(True)
 
-    await FilesResponse(spans, close, 206, {"Content-Length": "9"})(scope, None, send)
+    await FilesResponse(Watched("k", spans), 206, {"Content-Length": "9"})(scope, None, send)
     return messages, closed, expected
 
 

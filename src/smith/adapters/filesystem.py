@@ -54,6 +54,30 @@ def _os_error(exc: OSError, what: str) -> SmithError:
     return Unavailable(f"filesystem error on {what}: {exc.strerror or exc}")
 
 
+class OpenRange:
+    """Bytes of a blob in files opened already (``smith.ports.FileRange``): ``spans`` are (descriptor, first byte,
+    end byte exclusive), read in order by ``chunks()``; ``aclose()`` closes the descriptors once."""
+
+    def __init__(self, key: str, spans: list[tuple[int, int, int]]) -> None:
+        self.key = key
+        self.spans = spans
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        for fd, pos, stop in self.spans:
+            while pos < stop:
+                chunk = await asyncio.to_thread(os.pread, fd, min(READ_CHUNK, stop - pos), pos)
+                if not chunk:
+                    raise Unavailable(f"blob {self.key} is shorter than its manifest says")
+                pos += len(chunk)
+                yield chunk
+
+    async def aclose(self) -> None:
+        spans, self.spans = self.spans, []
+        for fd, _, _ in spans:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
 class FilesystemBlobStore:
     name = "filesystem"
 
@@ -144,32 +168,25 @@ class FilesystemBlobStore:
         except OSError as exc:
             raise _os_error(exc, "blob") from exc
 
-    async def open_spans(self, key: str, start: int = 0, end: int | None = None) -> list[tuple[int, int, int]]:
-        """``(descriptor, first byte, end byte exclusive)`` in each file holding bytes ``start..end`` of blob
-        ``key``, opened now: a blob deleted while it is being sent (evicted, purged) is still sent whole from
-        them. The caller closes the descriptors."""
-        return await self._open_spans(key, start, end)
+    async def open_range(self, key: str, start: int = 0, end: int | None = None) -> OpenRange:
+        """Every file holding bytes ``start..end`` of blob ``key``, opened now: a blob deleted while it is being
+        sent (evicted, purged) is still sent whole from them. The caller closes them (``aclose``)."""
+        return await self._opened(key, start, end)
 
-    async def _open_spans(self, key: str, start: int, end: int | None) -> list[tuple[int, int, int]]:
+    async def _opened(self, key: str, start: int, end: int | None) -> OpenRange:
         try:
-            return await asyncio.to_thread(_open_range, self._blob(key), start, end)
+            return OpenRange(key, await asyncio.to_thread(_open_range, self._blob(key), start, end))
         except OSError as exc:
             raise _os_error(exc, "blob") from exc
 
     async def read(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
-        """Every file the range needs is opened before the first byte (``open_spans``)."""
-        spans = await self._open_spans(key, start, end)
+        """Every file the range needs is opened before the first byte (``open_range``)."""
+        opened = await self._opened(key, start, end)
         try:
-            for fd, pos, stop in spans:
-                while pos < stop:
-                    chunk = await asyncio.to_thread(os.pread, fd, min(READ_CHUNK, stop - pos), pos)
-                    if not chunk:
-                        raise Unavailable(f"blob {key} is shorter than its manifest says")
-                    pos += len(chunk)
-                    yield chunk
+            async for chunk in opened.chunks():
+                yield chunk
         finally:
-            for fd, _, _ in spans:
-                os.close(fd)
+            await opened.aclose()
 
     async def delete(self, key: str) -> None:
         await asyncio.to_thread(_remove, self._blob(key))

@@ -144,6 +144,6 @@ async def get_blob(request: Request, entry_id: int) -> Response:
     if request.method == "HEAD":
         await download.aclose()
         return Response(status_code=status, headers=headers)
-    if download.spans is not None:  # local files: sent by the kernel where the server can (smith.zerocopy)
-        return FilesResponse(download.spans, download.aclose, status, headers, "application/octet-stream")
+    if download.files is not None:  # local files: sent by the kernel where the server can (smith.zerocopy)
+        return FilesResponse(download.files, status, headers, "application/octet-stream")
     return StreamingResponse(download.body, status_code=status, headers=headers, media_type="application/octet-stream")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ from smith.domain.cache import (
 )
 from smith.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge, SmithError, Unavailable
 from smith.logging import get_logger
-from smith.ports import BlobStore, LocalBlobs
+from smith.ports import BlobStore, FileRange, LocalBlobs
 
 log = get_logger("smith.cache")
 
@@ -38,24 +37,23 @@ MAX_PARTS = 10_000
 
 @dataclass(frozen=True)
 class Download:
-    """What a download sends: ``spans`` of open local files (``LocalBlobs``) or else ``body``, a stream whose first
-    chunk is already fetched. ``aclose`` releases either."""
+    """What a download sends: ``files``, local files opened already (``LocalBlobs``), or else ``body``, a stream
+    whose first chunk is already fetched. ``aclose`` releases either."""
 
     entry: CacheEntry
     start: int
     end: int  # inclusive
     body: AsyncIterator[bytes]
     partial: bool = False  # a Range was honoured: answer 206
-    spans: list[tuple[int, int, int]] | None = None
+    files: FileRange | None = None
 
     @property
     def length(self) -> int:
         return self.end - self.start + 1
 
     async def aclose(self) -> None:
-        for fd, _, _ in self.spans or ():
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        if self.files is not None:
+            await self.files.aclose()
         await self.body.aclose()  # type: ignore[attr-defined]
 
 
@@ -133,15 +131,13 @@ class CacheService:
             raise NotFound("no such cache entry")
         rng = parse_range(range_header, entry.size)
         start, end = rng if rng else (0, entry.size - 1)
-        spans = None
-        if not entry.size:
-            body = _empty()
-        elif isinstance(self.store, LocalBlobs):
-            spans, body = await self.store.open_spans(entry.blob_key, start, end), _empty()
-        else:
+        files, body = None, _empty()
+        if entry.size and isinstance(self.store, LocalBlobs):
+            files = await self.store.open_range(entry.blob_key, start, end)
+        elif entry.size:
             body = await _primed(self.store.read(entry.blob_key, start, end))
         metrics.moved(entry.org, "download", end - start + 1 if entry.size else 0)
-        return Download(entry, start, end, body, partial=rng is not None, spans=spans)
+        return Download(entry, start, end, body, partial=rng is not None, files=files)
 
     # -- save ------------------------------------------------------------------------------------------
 

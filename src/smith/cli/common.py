@@ -141,7 +141,8 @@ async def serve_app(app: Any, settings: Any, host: str, port: int, **extra: Any)
     cancel, shut down gracefully (finish requests, run lifespan exit).
 
     Signals are left to the caller (``smith dev`` handles SIGINT/SIGTERM once for all its services). ``extra``
-    goes to uvicorn's config (the cache's protocol); the event loop is the caller's, so ``loop`` is ignored.
+    goes to uvicorn's config (the cache's protocol); the event loop is the caller's (uvicorn's ``loop`` setting
+    applies only to ``Server.run``).
     """
     import asyncio
     import contextlib
@@ -155,7 +156,6 @@ async def serve_app(app: Any, settings: Any, host: str, port: int, **extra: Any)
         def capture_signals(self) -> Any:
             return contextlib.nullcontext()
 
-    extra.pop("loop", None)
     server = _Server(serving.config(app, settings, host=host, port=port, timeout_graceful_shutdown=5, **extra))
     task = asyncio.ensure_future(server.serve())
     try:
