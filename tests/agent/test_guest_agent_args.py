@@ -3,24 +3,15 @@ what its start imports."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
-AGENT = Path(__file__).resolve().parents[2] / "src" / "smith" / "guest" / "agent.py"
-
-
-def load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("smith_guest_agent_args", AGENT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.agent.guestagent import AGENT
+from tests.agent.guestagent import load_agent as load
 
 
 def test_options_flags_and_defaults() -> None:

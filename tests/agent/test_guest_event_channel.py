@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import json
 import socket
@@ -12,19 +11,11 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
-AGENT = Path(__file__).resolve().parents[2] / "src" / "smith" / "guest" / "agent.py"
+from tests.agent.guestagent import AGENT, load_agent
+
 CONFIG = {"job": {"id": "j1", "runner_class": "x", "vcpus": 1, "memory_mib": 512, "run": "echo one; echo two"}}
-
-
-def load_agent() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("smith_guest_agent", AGENT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @contextlib.contextmanager
